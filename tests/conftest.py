@@ -1,0 +1,20 @@
+"""Shared test set-up: 8 simulated CPU devices for every test, so each training test also
+exercises the data-parallel mesh; a small real data set prepared once per session."""
+
+import os
+
+# Must happen before JAX is imported anywhere.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+    """scikit-learn's 8x8 digits (1,797 real images) prepared as a TFDS data set."""
+    import data
+    data_dir = tmp_path_factory.mktemp('tfds')
+    data.prepare(['digits'], str(data_dir))
+    return str(data_dir)

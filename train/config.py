@@ -1,0 +1,214 @@
+"""The experiment config: defaults for every key, and validation before any compilation.
+
+Every experiment file starts from `default_config()` and changes what it needs, so every key a
+run can have exists in one place and can be overridden on the command line
+(`--config.optimizer.learning_rate=0.05`). `validate(config)` runs before data loading and
+compilation: an unknown key, a value of the wrong type or an unknown name (model, dataset,
+optimizer, schedule, ...) fails with a message naming the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+import nets
+
+TASKS = ('classify',)
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'rmsprop', 'adam', 'adamw')
+WEIGHT_DECAY_MODES = ('coupled', 'decoupled')
+SCHEDULES = ('constant', 'step', 'exponential', 'warmup_cosine', 'plateau')
+DTYPES = ('float32', 'bfloat16')
+NONFINITE_POLICIES = ('stop', 'skip')
+EARLY_STOPPING_MODES = ('min', 'max')
+
+# Model fields the trainer sets itself; a config never carries them.
+_TRAINER_OWNED_MODEL_FIELDS = ('dtype', 'param_dtype')
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the value and the valid choices."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a run can have, with its default."""
+    config = ml_collections.ConfigDict()
+    config.task = 'classify'
+    config.seed = 0
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = 'fashion_mnist'
+    config.dataset.data_dir = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    config.dataset.train_split = 'train'
+    config.dataset.eval_split = 'test'
+    config.dataset.worker_count = 0  # grain worker processes; 0 reads in the main process
+
+    config.model = model_config('cnn')
+
+    config.batch_size = 128  # global, over all devices and processes
+    config.eval_batch_size = 1000
+    config.num_epochs = 10.0  # may be fractional
+    config.num_steps = -1  # > 0 overrides num_epochs
+    config.dtype = 'float32'  # compute dtype of the model; parameters stay float32
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = 'momentum'
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.momentum = 0.9  # momentum/nesterov, and rmsprop when > 0
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.rms_decay = 0.9
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.weight_decay_mode = 'coupled'  # coupled = L2 in the gradient; decoupled = AdamW-style
+    config.optimizer.l1 = 0.0
+    config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = 'warmup_cosine'
+    config.schedule.warmup_epochs = 0.0
+    config.schedule.end_factor = 0.0  # cosine ends at learning_rate * end_factor
+    config.schedule.decay_factor = 0.96  # step/exponential: multiply by this ...
+    config.schedule.decay_every_epochs = 8.0  # ... every this many epochs
+    config.schedule.plateau_factor = 0.5
+    config.schedule.plateau_patience_epochs = 2
+    config.schedule.plateau_min_scale = 1e-3
+
+    config.log_every_steps = 50
+    config.eval_every_steps = -1  # -1 = once per epoch
+    config.checkpoint_every_steps = -1  # -1 = once per epoch
+    config.keep_checkpoints = 3
+
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.metric = ''  # e.g. 'loss' or 'accuracy' of the eval split; '' = off
+    config.early_stopping.mode = 'min'
+    config.early_stopping.patience = 3  # evaluations without improvement before stopping
+    config.early_stopping.min_delta = 0.0
+
+    config.nonfinite = 'stop'  # on a NaN/Inf loss or gradient: stop, or skip that update
+    config.pictures = True
+    return config
+
+
+def _plain_field_value(value: Any) -> bool:
+    """Whether a model field's default can live in a ConfigDict and be set from the CLI."""
+    return value is None or isinstance(value, (bool, int, float, str, tuple))
+
+
+def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """A `config.model` block: the model's name and every configurable field, so each one can be
+    overridden with `--config.model.<field>=...`."""
+    fields = nets.model_fields(name)  # raises on an unknown name, listing valid ones
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(f'model {name!r} has no field(s) {unknown}; valid fields: {sorted(fields)}')
+    block = {'name': name}
+    if 'num_classes' in fields:
+        block['num_classes'] = -1  # -1: taken from the data set at run time
+    for field, default in fields.items():
+        if field in _TRAINER_OWNED_MODEL_FIELDS:
+            continue
+        value = overrides.get(field, block.get(field, default))
+        if _plain_field_value(value):
+            block[field] = value
+    return ml_collections.ConfigDict(block)
+
+
+def _check_keys(config: Mapping[str, Any], reference: Mapping[str, Any], path: str) -> None:
+    for key, value in config.items():
+        where = f'{path}{key}'
+        if key not in reference:
+            raise ConfigError(f'unknown config key {where!r}; valid keys here: {sorted(reference)}')
+        expected = reference[key]
+        if isinstance(expected, Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f'config key {where!r} must be a block of keys, got {value!r}')
+            _check_keys(value, expected, where + '.')
+            continue
+        if isinstance(expected, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(expected, bool)
+        elif isinstance(expected, float):
+            ok = isinstance(value, (int, float))
+        else:
+            ok = isinstance(value, type(expected))
+        if not ok:
+            raise ConfigError(f'config key {where!r} must be of type {type(expected).__name__}, '
+                                                f'got {value!r} ({type(value).__name__})')
+
+
+def _check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f'{where}={value!r} is not valid; choose one of {list(choices)}')
+
+
+def _check_positive(where: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f'{where} must be {">= 0" if allow_zero else "> 0"}, got {value!r}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the whole config before anything expensive happens. Raises ConfigError."""
+    reference = default_config().to_dict()
+    plain = config.to_dict()
+    model_block = plain.pop('model', None)
+    reference.pop('model')
+    _check_keys(plain, reference, '')
+    if not isinstance(model_block, Mapping) or 'name' not in model_block:
+        raise ConfigError('config.model must be a block with a "name"; '
+                                            f'valid names: {nets.list_models()}')
+    model_name = model_block['name']
+    if model_name not in nets.list_models():
+        raise ConfigError(f'config.model.name={model_name!r} is not a registered model; '
+                                            f'valid names: {nets.list_models()}')
+    fields = nets.model_fields(model_name)
+    for key in model_block:
+        if key != 'name' and (key not in fields or key in _TRAINER_OWNED_MODEL_FIELDS):
+            valid = sorted(f for f in fields if f not in _TRAINER_OWNED_MODEL_FIELDS)
+            raise ConfigError(f'config.model.{key} is not a field of model {model_name!r}; '
+                                                f'valid fields: {valid}')
+
+    _check_choice('config.task', config.task, TASKS)
+    _check_choice('config.dtype', config.dtype, DTYPES)
+    _check_choice('config.nonfinite', config.nonfinite, NONFINITE_POLICIES)
+    _check_choice('config.optimizer.name', config.optimizer.name, OPTIMIZERS)
+    _check_choice('config.optimizer.weight_decay_mode', config.optimizer.weight_decay_mode,
+                                WEIGHT_DECAY_MODES)
+    _check_choice('config.schedule.name', config.schedule.name, SCHEDULES)
+    _check_choice('config.early_stopping.mode', config.early_stopping.mode, EARLY_STOPPING_MODES)
+    _check_positive('config.batch_size', config.batch_size)
+    _check_positive('config.eval_batch_size', config.eval_batch_size)
+    _check_positive('config.optimizer.learning_rate', config.optimizer.learning_rate)
+    _check_positive('config.optimizer.weight_decay', config.optimizer.weight_decay, allow_zero=True)
+    _check_positive('config.optimizer.l1', config.optimizer.l1, allow_zero=True)
+    _check_positive('config.optimizer.grad_clip_norm', config.optimizer.grad_clip_norm,
+                                    allow_zero=True)
+    _check_positive('config.schedule.warmup_epochs', config.schedule.warmup_epochs, allow_zero=True)
+    _check_positive('config.schedule.decay_every_epochs', config.schedule.decay_every_epochs)
+    _check_positive('config.log_every_steps', config.log_every_steps)
+    _check_positive('config.keep_checkpoints', config.keep_checkpoints)
+    if config.num_steps <= 0 and config.num_epochs <= 0:
+        raise ConfigError('set config.num_epochs > 0 or config.num_steps > 0; '
+                                            f'got num_epochs={config.num_epochs}, num_steps={config.num_steps}')
+    if not 0.0 <= config.schedule.end_factor <= 1.0:
+        raise ConfigError(f'config.schedule.end_factor must be in [0, 1], '
+                                            f'got {config.schedule.end_factor}')
+    if not 0.0 < config.schedule.decay_factor <= 1.0:
+        raise ConfigError(f'config.schedule.decay_factor must be in (0, 1], '
+                                            f'got {config.schedule.decay_factor}')
+    if not 0.0 < config.schedule.plateau_factor < 1.0:
+        raise ConfigError(f'config.schedule.plateau_factor must be in (0, 1), '
+                                            f'got {config.schedule.plateau_factor}')
+    for key in ('momentum', 'b1', 'b2', 'rms_decay'):
+        value = config.optimizer[key]
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f'config.optimizer.{key} must be in [0, 1), got {value}')
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The keyword arguments for `nets.create` from `config.model` (name excluded)."""
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+    # ConfigDict turns tuples into lists on the way through the CLI; modules want tuples.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+

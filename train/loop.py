@@ -1,0 +1,276 @@
+"""The one training loop, readable top to bottom in phases:
+
+  1. check the config and the workdir (before anything is loaded or compiled);
+  2. data: the data set's facts, its train and eval sources, the train iterator;
+  3. model and task;
+  4. mesh, optimiser, initial state;
+  5. resume from the newest checkpoint (state + data iterator position);
+  6. compile the steps;
+  7. train: step, log, evaluate, checkpoint, stop early / on SIGTERM / on a non-finite loss;
+  8. finish: final evaluation and checkpoint, pictures, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+import data
+import nets
+from train import config as config_lib
+from train import pictures
+from train.checkpointing import Checkpointer
+from train.early_stopping import EarlyStopping
+from train.metrics_writer import MetricWriter
+from train.optim import build_optimizer, plateau_scale
+from train.sharding import check_batch_divides, fetch, host_to_global, make_mesh
+from train.state import TrainState
+from train.steps import init_train_state, make_eval_step, make_train_step
+from train.tasks import create_task
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or Inf appeared in training; the message names the step and the quantity."""
+
+
+def check_workdir(workdir: Path) -> None:
+    """Fails early, with the reason, when the run could not write its results."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / '.write_probe'
+        probe.write_text('ok')
+        probe.unlink()
+    except OSError as error:
+        raise config_lib.ConfigError(f'workdir {str(workdir)!r} is not writable: {error}') from error
+
+
+def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+    """The configured model, with the data set's number of classes unless the config sets it."""
+    kwargs = config_lib.model_kwargs(config)
+    if kwargs.get('num_classes', -1) == -1:
+        kwargs['num_classes'] = info.num_classes
+    return nets.create(config.model.name, **kwargs, dtype=jax.numpy.dtype(config.dtype))
+
+
+class _SigtermFlag:
+    """Turns SIGTERM (a preemption notice) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning('SIGTERM received: checkpointing and exiting after this step')
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _evaluate(eval_step, state: TrainState, task, eval_source, batch_size: int, mesh) -> tuple[
+        dict[str, float], dict[str, np.ndarray]]:
+    totals = None
+    for host_batch in data.eval_batches(eval_source, global_batch_size=batch_size):
+        sums = eval_step(state, host_to_global(host_batch, mesh))
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals = fetch(totals)
+    return task.summarize(totals), totals
+
+
+def _check_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int,
+                  skip_nonfinite: bool) -> None:
+    for offset, metrics in enumerate(step_metrics):
+        step = first_step + offset
+        for flag, quantity in (('loss_finite', 'loss'), ('grads_finite', 'gradient norm')):
+            if not bool(metrics[flag]):
+                value = metrics['loss'] if quantity == 'loss' else metrics['grad_norm']
+                if skip_nonfinite:
+                    logging.warning('step %d: non-finite %s (%s); update skipped', step, quantity,
+                                    value)
+                    break
+                raise NonFiniteError(f'non-finite {quantity} ({value}) at step {step}; training '
+                                     'stopped, the last good checkpoint is kept. Lower the '
+                                     'learning rate, clip gradients (optimizer.grad_clip_norm) or '
+                                     "set config.nonfinite='skip'.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains and evaluates as `config` says, writing everything under `workdir`; resumes from
+    the newest checkpoint there. Returns the run's summary (also written as summary.json)."""
+    # 1. Check.
+    config_lib.validate(config)
+    workdir = Path(workdir).absolute()
+    check_workdir(workdir)
+    is_primary = jax.process_index() == 0
+    started = time.time()
+
+    # 2. Data.
+    data_dir = config.dataset.data_dir or None
+    info = data.dataset_info(config.dataset.name, data_dir)
+    train_source = data.load_source(config.dataset.name, config.dataset.train_split, data_dir)
+    eval_source = data.load_source(config.dataset.name, config.dataset.eval_split, data_dir)
+
+    # 3. Model and task.
+    model = create_model(config, info)
+    task = create_task(config.task, model=model, info=info)
+
+    # 4. Mesh, optimiser, initial state.
+    mesh = make_mesh()
+    check_batch_divides(config.batch_size, mesh)
+    check_batch_divides(config.eval_batch_size, mesh, 'eval_batch_size')
+    steps_per_epoch = data.steps_per_epoch(len(train_source), config.batch_size)
+    total_steps = (config.num_steps if config.num_steps > 0
+                   else max(1, math.ceil(config.num_epochs * steps_per_epoch)))
+    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+    checkpoint_every = (config.checkpoint_every_steps if config.checkpoint_every_steps > 0
+                        else steps_per_epoch)
+    tx, schedule = build_optimizer(config.optimizer, config.schedule,
+                                   steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    state = init_train_state(task, tx, config.seed, mesh)
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+
+    # 5. Resume.
+    loader = data.train_loader(train_source, global_batch_size=config.batch_size,
+                               seed=config.seed, worker_count=config.dataset.worker_count)
+    data_iterator = iter(loader)
+    checkpointer = Checkpointer(workdir / 'checkpoints', keep=config.keep_checkpoints)
+    restored = checkpointer.restore_latest(state, data_iterator)
+    if restored is not None:
+        state = restored
+    start_step = int(fetch(state.step))
+    writer = MetricWriter(workdir, enabled=is_primary)
+    writer.truncate_after(start_step)
+    if is_primary:
+        (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    stopper = None
+    if config.early_stopping.metric:
+        stopper = EarlyStopping(config.early_stopping.metric, config.early_stopping.mode,
+                                config.early_stopping.patience, config.early_stopping.min_delta)
+        if restored is not None and writer.metrics_file.exists():
+            for record in pictures.read_metrics(writer.metrics_file).get('eval', []):
+                stopper.update(record['step'], record)
+    logging.info('%s: %s (%s parameters) on %s, %d devices, %d process(es); steps %d..%d, '
+                 '%d per epoch', config.dataset.name, config.model.name, f'{num_params:,}',
+                 jax.devices()[0].platform, jax.device_count(), jax.process_count(),
+                 start_step, total_steps, steps_per_epoch)
+
+    # 6. Compile.
+    skip_nonfinite = config.nonfinite == 'skip'
+    train_step = make_train_step(task, tx, mesh, skip_nonfinite=skip_nonfinite)
+    eval_step = make_eval_step(task, mesh)
+
+    last_eval_sums: dict[str, np.ndarray] = {}
+
+    def evaluate(at_step: int) -> dict[str, float]:
+        metrics, sums = _evaluate(eval_step, state, task, eval_source, config.eval_batch_size,
+                                  mesh)
+        last_eval_sums.update(sums)
+        writer.write(at_step, 'eval', metrics)
+        writer.console(at_step, total_steps, 'eval', metrics)
+        return metrics
+
+    # 7. Train.
+    step = start_step
+    pending: list[dict[str, jax.Array]] = []
+    window_start, window_first_step = time.time(), step
+    stop_reason = 'finished' if step >= total_steps else ''
+    last_eval: dict[str, float] | None = None
+    last_eval_step = -1
+
+    def flush_metrics() -> None:
+        """Fetches the steps' metrics since the last flush, checks them, logs their mean."""
+        nonlocal pending, window_start, window_first_step
+        if not pending:
+            return
+        fetched = fetch(pending)
+        _check_finite(fetched, window_first_step + 1, skip_nonfinite)
+        seconds = time.time() - window_start
+        steps_done = len(fetched)
+        mean = {key: float(np.mean([m[key] for m in fetched]))
+                for key in ('loss', 'accuracy', 'grad_norm') if key in fetched[0]}
+        mean['learning_rate'] = float(schedule(step - 1)) * plateau_scale(state.opt_state)
+        mean['examples_per_second'] = steps_done * config.batch_size / max(seconds, 1e-9)
+        mean['epoch'] = step / steps_per_epoch
+        writer.write(step, 'train', mean)
+        eta = (total_steps - step) * seconds / steps_done
+        writer.console(step, total_steps, 'train', mean, eta_seconds=eta)
+        pending, window_start, window_first_step = [], time.time(), step
+
+    with _SigtermFlag() as sigterm:
+        while step < total_steps:
+            batch = host_to_global(next(data_iterator), mesh)
+            state, metrics = train_step(state, batch)
+            pending.append(metrics)
+            step += 1
+            at_end = step == total_steps
+            if step % config.log_every_steps == 0 or at_end:
+                flush_metrics()
+            if step % eval_every == 0 or at_end:
+                flush_metrics()  # never evaluate or save a state a NaN already spoiled
+                last_eval, last_eval_step = evaluate(step), step
+                if stopper is not None and stopper.update(step, last_eval):
+                    stop_reason = (f'early stopping: eval {stopper.metric} has not improved for '
+                                   f'{stopper.patience} evaluations (best '
+                                   f'{stopper.best_value:.4g} at step {stopper.best_step})')
+            if step % checkpoint_every == 0 or at_end or stop_reason or sigterm.raised:
+                flush_metrics()
+                checkpointer.save(step, state, data_iterator)
+            if sigterm.raised:
+                stop_reason = 'preempted (SIGTERM): checkpoint written, rerun the command to resume'
+            if stop_reason:
+                break
+        stop_reason = stop_reason or 'finished'
+
+    # 8. Finish.
+    flush_metrics()
+    checkpointer.save(step, state, data_iterator)
+    if last_eval_step != step and not sigterm.raised:
+        last_eval, last_eval_step = evaluate(step), step
+    checkpointer.close()
+    summary: dict[str, Any] = {
+        'stop_reason': stop_reason, 'step': step, 'total_steps': total_steps,
+        'epochs': step / steps_per_epoch, 'num_params': num_params,
+        'model': config.model.name, 'dataset': config.dataset.name,
+        'devices': jax.device_count(), 'processes': jax.process_count(),
+        'platform': jax.devices()[0].platform,
+        'wall_seconds_this_session': time.time() - started,
+        'eval': last_eval,
+    }
+    if stopper is not None:
+        summary['early_stopping'] = {'metric': stopper.metric, 'best_value': stopper.best_value,
+                                     'best_step': stopper.best_step}
+    if is_primary:
+        summary['pictures'] = _write_pictures(config, workdir, writer, task, last_eval_sums)
+        (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
+    writer.close()
+    logging.info('%s after %d steps; eval %s', stop_reason, step, last_eval)
+    return summary
+
+
+def _write_pictures(config, workdir: Path, writer: MetricWriter, task,
+                    eval_sums: dict[str, np.ndarray]) -> list[str]:
+    if not config.pictures or not writer.metrics_file.exists():
+        return []
+    picture_dir = workdir / 'pictures'
+    written = [pictures.plot_training_curves(writer.metrics_file,
+                                             picture_dir / 'training_curves.png')]
+    if eval_sums:
+        written += task.write_pictures(picture_dir, eval_sums)
+    return [str(p) for p in written]

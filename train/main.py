@@ -1,0 +1,56 @@
+"""Entry point: `python -m train.main --config=experiments/<name>.py[:arg] --workdir=DIR`.
+
+Override any config key on the command line: `--config.optimizer.learning_rate=0.05`.
+Rerunning the same command resumes from the newest checkpoint in the workdir.
+Multi-host (Cloud TPU pods, several GPU hosts): add `--multihost`; on TPU VMs and SLURM
+`jax.distributed.initialize()` finds its peers itself, elsewhere pass `--coordinator_address`,
+`--num_processes` and `--process_id`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, optionally with ":arg".', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and pictures go.')
+_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0 (multi-host without auto-detection).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (multi-host).')
+
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    if _MULTIHOST.value:
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value,
+                                   process_id=_PROCESS_ID.value)
+    if jax.process_index() != 0:
+        logging.set_verbosity(logging.WARNING)  # only process 0 reports
+    # Imported here so that --help and flag errors answer without loading JAX models.
+    from train.loop import train_and_evaluate
+
+    workdir = Path(_WORKDIR.value)
+    summary = train_and_evaluate(_CONFIG.value, workdir)
+    if jax.process_index() == 0:
+        print(json.dumps({'stop_reason': summary['stop_reason'], 'step': summary['step'],
+                          'eval': summary['eval']}, indent=None))
+        print(f'metrics:      {workdir / "metrics.jsonl"}')
+        print(f'tensorboard:  tensorboard --logdir {workdir / "tensorboard"}')
+        print(f'checkpoints:  {workdir / "checkpoints"}')
+        print(f'pictures:     {workdir / "pictures"}')
+        print(f'summary:      {workdir / "summary.json"}')
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,72 @@
+"""Where numbers go: metrics.jsonl (one JSON record per line), TensorBoard events, the console.
+
+Only JAX process 0 writes; the others get a writer that drops everything, so callers never
+branch on the process index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f'{value:.4g}'
+    return str(value)
+
+
+class MetricWriter:
+    """Appends records to `<workdir>/metrics.jsonl`, TensorBoard events in `<workdir>/tensorboard`."""
+
+    def __init__(self, workdir: Path, *, enabled: bool = True):
+        self.enabled = enabled
+        self.metrics_file = workdir / 'metrics.jsonl'
+        self.tensorboard_dir = workdir / 'tensorboard'
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # pure-Python event writer: no TensorFlow
+            self._tb = SummaryWriter(str(self.tensorboard_dir), flush_secs=30)
+
+    def write(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {'step': int(step), 'kind': kind, 'time': time.time(), **metrics}
+        with open(self.metrics_file, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(f'{kind}/{name}', value, int(step))
+
+    def console(self, step: int, total_steps: int, kind: str, metrics: dict[str, Any],
+                eta_seconds: float | None = None) -> None:
+        if not self.enabled:
+            return
+        parts = [f'{kind} step {step}/{total_steps}']
+        parts += [f'{k} {_format(v)}' for k, v in metrics.items()]
+        if eta_seconds is not None and math.isfinite(eta_seconds):
+            parts.append(f'ETA {int(eta_seconds // 60)}m{int(eta_seconds % 60):02d}s')
+        logging.info(' | '.join(parts))
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records past `step`: a resumed run rewrites what the interrupted one logged after
+        its last checkpoint, so the file holds each step once."""
+        if not self.enabled or not self.metrics_file.exists():
+            return
+        lines = self.metrics_file.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
+        self.metrics_file.write_text(''.join(line + '\n' for line in kept))
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,125 @@
+"""The one optax builder: optimiser, regularisers, clipping and learning-rate schedule from config.
+
+The chain, in order (each piece only when configured):
+
+    clip_by_global_norm -> L1 (+l1·sign(w)) -> coupled L2 (+wd·w) -> optimiser statistics
+    (momentum / RMS / Adam moments) -> decoupled weight decay (+wd·w, AdamW-style)
+    -> scale by -schedule(step) -> reduce-on-plateau scale
+
+Coupled L2 goes through the optimiser's statistics like a loss term (PyTorch's `weight_decay`);
+decoupled decay is added after them, so Adam does not rescale it (Loshchilov & Hutter). Both,
+and L1, are masked off biases and normalisation parameters (every parameter with ndim <= 1).
+The update always takes `value=loss` so that reduce-on-plateau can see the training loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+Schedule = Callable[[jax.Array | int], jax.Array]
+
+
+def decay_mask(params: Any) -> Any:
+    """True for weights that regularisation applies to: kernels and embeddings, not biases or
+    norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+class _L1State(NamedTuple):
+    pass
+
+
+def add_l1_penalty(strength: float, mask: Any = decay_mask) -> optax.GradientTransformation:
+    """Adds strength·sign(w) to the gradient: the subgradient of strength·Σ|w| in the loss."""
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError('add_l1_penalty needs the parameters: call update(grads, state, params)')
+        updates = jax.tree.map(lambda g, p: g + strength * jnp.sign(p).astype(g.dtype),
+                               updates, params)
+        return updates, state
+
+    transform = optax.GradientTransformation(lambda params: _L1State(), update)
+    return optax.masked(transform, mask)
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, sched: ml_collections.ConfigDict, *,
+                           steps_per_epoch: int, total_steps: int) -> Schedule:
+    """The per-step learning rate (before any reduce-on-plateau scaling)."""
+    base = opt.learning_rate
+    warmup_steps = int(round(sched.warmup_epochs * steps_per_epoch))
+    decay_steps = max(1, total_steps - warmup_steps)
+    every = max(1, int(round(sched.decay_every_epochs * steps_per_epoch)))
+    if sched.name in ('constant', 'plateau'):
+        main = optax.constant_schedule(base)
+    elif sched.name == 'step':
+        # e.g. Inception v1: "-4% every 8 epochs" = decay_factor 0.96 every 8 epochs, staircase.
+        main = optax.exponential_decay(base, every, sched.decay_factor, staircase=True)
+    elif sched.name == 'exponential':
+        main = optax.exponential_decay(base, every, sched.decay_factor, staircase=False)
+    elif sched.name == 'warmup_cosine':
+        main = optax.cosine_decay_schedule(base, decay_steps, alpha=sched.end_factor)
+    else:
+        raise ValueError(f'unknown schedule {sched.name!r}; valid: constant, step, exponential, '
+                         'warmup_cosine, plateau')
+    if warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(0.0, base, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def _optimiser_statistics(opt: ml_collections.ConfigDict) -> list[optax.GradientTransformation]:
+    if opt.name == 'sgd':
+        return []
+    if opt.name in ('momentum', 'nesterov'):
+        return [optax.trace(decay=opt.momentum, nesterov=opt.name == 'nesterov')]
+    if opt.name == 'rmsprop':
+        stats = [optax.scale_by_rms(decay=opt.rms_decay, eps=opt.eps)]
+        if opt.momentum > 0:
+            stats.append(optax.trace(decay=opt.momentum))
+        return stats
+    if opt.name in ('adam', 'adamw'):
+        return [optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)]
+    raise ValueError(f'unknown optimizer {opt.name!r}; valid: sgd, momentum, nesterov, rmsprop, '
+                     'adam, adamw')
+
+
+def build_optimizer(opt: ml_collections.ConfigDict, sched: ml_collections.ConfigDict, *,
+                    steps_per_epoch: int, total_steps: int,
+                    ) -> tuple[optax.GradientTransformationExtraArgs, Schedule]:
+    """Returns (transformation, schedule). Call `tx.update(grads, state, params, value=loss)`."""
+    schedule = learning_rate_schedule(opt, sched, steps_per_epoch=steps_per_epoch,
+                                      total_steps=total_steps)
+    # adamw means decoupled decay whatever weight_decay_mode says: that is what the name promises.
+    decoupled = opt.weight_decay_mode == 'decoupled' or opt.name == 'adamw'
+    chain: list[optax.GradientTransformation] = []
+    if opt.grad_clip_norm > 0:
+        chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+    if opt.l1 > 0:
+        chain.append(add_l1_penalty(opt.l1))
+    if opt.weight_decay > 0 and not decoupled:
+        chain.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+    chain.extend(_optimiser_statistics(opt))
+    if opt.weight_decay > 0 and decoupled:
+        chain.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+    chain.append(optax.scale_by_learning_rate(schedule))
+    if sched.name == 'plateau':
+        chain.append(optax.contrib.reduce_on_plateau(
+            factor=sched.plateau_factor, patience=sched.plateau_patience_epochs,
+            accumulation_size=steps_per_epoch, min_scale=sched.plateau_min_scale))
+    return optax.chain(*chain), schedule
+
+
+def plateau_scale(opt_state: Any) -> float:
+    """The current reduce-on-plateau multiplier in an optimiser state (1.0 when there is none)."""
+    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, 'scale')
+                                and hasattr(x, 'plateau_count')):
+        if hasattr(leaf, 'scale') and hasattr(leaf, 'plateau_count'):
+            return float(leaf.scale)
+    return 1.0

@@ -1,0 +1,85 @@
+"""Classification: softmax cross-entropy, accuracy, and a confusion matrix over the eval split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from data import DatasetInfo
+from train import pictures
+
+
+class ClassificationTask:
+    """Loss and metrics of an image (or 1-D signal) classifier."""
+
+    def __init__(self, model: nn.Module, info: DatasetInfo):
+        self.model = model
+        self.info = info
+        self.num_classes = info.num_classes
+        self._mean = np.asarray(info.mean, np.float32)
+        self._std = np.asarray(info.std, np.float32)
+        self._scale = 255.0 if info.image_dtype == 'uint8' else 1.0
+
+    @property
+    def init_batch_shape(self) -> tuple[int, ...]:
+        return (1, *self.info.example_shape)
+
+    def init_variables(self, rng: jax.Array) -> dict[str, Any]:
+        dummy = jnp.zeros(self.init_batch_shape, jnp.float32)
+        return self.model.init({'params': rng, 'dropout': rng}, dummy, train=False)
+
+    def normalise(self, images: jax.Array) -> jax.Array:
+        """Raw pixels (uint8) or signals (float) -> standardised float32, on device."""
+        return (images.astype(jnp.float32) / self._scale - self._mean) / self._std
+
+    def _apply(self, params, model_state, images, *, train: bool, rng=None):
+        variables = {'params': params, **model_state}
+        if train and model_state:
+            logits, new_state = self.model.apply(variables, images, train=True,
+                                                 rngs={'dropout': rng},
+                                                 mutable=list(model_state))
+            return logits, dict(new_state)
+        rngs = {'dropout': rng} if train else {}
+        return self.model.apply(variables, images, train=train, rngs=rngs), model_state
+
+    def train_loss(self, params, model_state, batch, rng):
+        images = self.normalise(batch['image'])
+        logits, new_state = self._apply(params, model_state, images, train=True, rng=rng)
+        logits = logits.astype(jnp.float32)
+        labels = batch['label']
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return loss, (new_state, {'loss': loss, 'accuracy': accuracy})
+
+    def eval_sums(self, params, model_state, batch) -> dict[str, jax.Array]:
+        images = self.normalise(batch['image'])
+        logits, _ = self._apply(params, model_state, images, train=False)
+        logits = logits.astype(jnp.float32)
+        labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        predicted = jnp.argmax(logits, -1)
+        # confusion[true, predicted], counted with one-hot products so it stays one fused op.
+        confusion = jnp.einsum('n,ni,nj->ij', mask,
+                               jax.nn.one_hot(labels, self.num_classes),
+                               jax.nn.one_hot(predicted, self.num_classes))
+        return {'loss_sum': jnp.sum(losses * mask),
+                'correct': jnp.sum((predicted == labels) * mask),
+                'count': jnp.sum(mask),
+                'confusion': confusion}
+
+    def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+        count = max(float(sums['count']), 1.0)
+        return {'loss': float(sums['loss_sum']) / count,
+                'accuracy': float(sums['correct']) / count,
+                'examples': int(sums['count'])}
+
+    def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
+        path = picture_dir / 'confusion_matrix.png'
+        pictures.plot_confusion_matrix(np.asarray(sums['confusion']), self.info.class_names, path)
+        return [path]
