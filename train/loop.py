@@ -125,7 +125,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     data_dir = config.dataset.data_dir or None
     info = data.dataset_info(config.dataset.name, data_dir)
     train_source = data.load_source(config.dataset.name, config.dataset.train_split, data_dir)
-    eval_source = data.load_source(config.dataset.name, config.dataset.eval_split, data_dir)
+    # Evaluated many times: decode it into memory once when it is small.
+    eval_source = data.maybe_in_memory(
+        data.load_source(config.dataset.name, config.dataset.eval_split, data_dir))
 
     # 3. Model and task.
     model = create_model(config, info)
@@ -189,29 +191,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # 7. Train.
     step = start_step
     pending: list[dict[str, jax.Array]] = []
-    window_start, window_first_step = time.time(), step
+    window_start = time.time()
     stop_reason = 'finished' if step >= total_steps else ''
     last_eval: dict[str, float] | None = None
     last_eval_step = -1
 
-    def flush_metrics() -> None:
-        """Fetches the steps' metrics since the last flush, checks them, logs their mean."""
-        nonlocal pending, window_start, window_first_step
-        if not pending:
+    checked: list[dict[str, np.ndarray]] = []  # fetched and found finite, not yet logged
+
+    def check_pending() -> None:
+        """Fetches the metrics of the steps run since the last check and stops on a NaN/Inf, so
+        that no evaluation or checkpoint ever sees a spoiled state."""
+        nonlocal pending
+        if pending:
+            fetched = fetch(pending)
+            _check_finite(fetched, step - len(fetched) + 1, skip_nonfinite)
+            checked.extend(fetched)
+            pending = []
+
+    def log_train_metrics() -> None:
+        """Logs the mean of the train metrics since the last log line."""
+        nonlocal window_start
+        check_pending()
+        if not checked:
             return
-        fetched = fetch(pending)
-        _check_finite(fetched, window_first_step + 1, skip_nonfinite)
         seconds = time.time() - window_start
-        steps_done = len(fetched)
-        mean = {key: float(np.mean([m[key] for m in fetched]))
-                for key in ('loss', 'accuracy', 'grad_norm') if key in fetched[0]}
+        mean = {key: float(np.mean([m[key] for m in checked]))
+                for key in ('loss', 'accuracy', 'grad_norm') if key in checked[0]}
         mean['learning_rate'] = float(schedule(step - 1)) * plateau_scale(state.opt_state)
-        mean['examples_per_second'] = steps_done * config.batch_size / max(seconds, 1e-9)
+        mean['examples_per_second'] = len(checked) * config.batch_size / max(seconds, 1e-9)
         mean['epoch'] = step / steps_per_epoch
         writer.write(step, 'train', mean)
-        eta = (total_steps - step) * seconds / steps_done
+        eta = (total_steps - step) * seconds / len(checked)
         writer.console(step, total_steps, 'train', mean, eta_seconds=eta)
-        pending, window_start, window_first_step = [], time.time(), step
+        checked.clear()
+        window_start = time.time()
 
     with _SigtermFlag() as sigterm:
         while step < total_steps:
@@ -221,16 +234,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             step += 1
             at_end = step == total_steps
             if step % config.log_every_steps == 0 or at_end:
-                flush_metrics()
+                log_train_metrics()
             if step % eval_every == 0 or at_end:
-                flush_metrics()  # never evaluate or save a state a NaN already spoiled
+                check_pending()
                 last_eval, last_eval_step = evaluate(step), step
                 if stopper is not None and stopper.update(step, last_eval):
                     stop_reason = (f'early stopping: eval {stopper.metric} has not improved for '
                                    f'{stopper.patience} evaluations (best '
                                    f'{stopper.best_value:.4g} at step {stopper.best_step})')
             if step % checkpoint_every == 0 or at_end or stop_reason or sigterm.raised:
-                flush_metrics()
+                check_pending()
                 checkpointer.save(step, state, data_iterator)
             if sigterm.raised:
                 stop_reason = 'preempted (SIGTERM): checkpoint written, rerun the command to resume'
@@ -239,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         stop_reason = stop_reason or 'finished'
 
     # 8. Finish.
-    flush_metrics()
+    log_train_metrics()
     checkpointer.save(step, state, data_iterator)
     if last_eval_step != step and not sigterm.raised:
         last_eval, last_eval_step = evaluate(step), step

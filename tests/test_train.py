@@ -1,0 +1,186 @@
+"""The trainer end to end on real (tiny) data: training, sharding, resume, stops, outputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import data
+from train import loop
+from train.checkpointing import load_checkpoint
+from train.config import ConfigError, default_config, model_config
+from train.sharding import host_to_global, make_mesh
+from train.steps import init_train_state, make_train_step
+from train.tasks import create_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir, **changes):
+    config = default_config()
+    config.dataset.name = 'digits'
+    config.dataset.data_dir = data_dir
+    config.model = model_config('mlp', depth=1, width=32, dropout_rate=0.1, batch_norm=True)
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.num_steps = 12
+    config.optimizer.name = 'adam'
+    config.optimizer.learning_rate = 3e-3
+    config.schedule.name = 'constant'
+    config.log_every_steps = 4
+    config.eval_every_steps = 6
+    config.checkpoint_every_steps = 4
+    for key, value in changes.items():
+        block, _, leaf = key.rpartition('.')
+        (config[block] if block else config)[leaf] = value
+    return config
+
+
+def final_params(workdir):
+    return load_checkpoint(Path(workdir) / 'checkpoints')['params']
+
+
+def test_training_writes_every_output_and_learns(digits_dir, tmp_path):
+    config = tiny_config(digits_dir, num_steps=60, eval_every_steps=30)
+    summary = loop.train_and_evaluate(config, tmp_path)
+    assert summary['stop_reason'] == 'finished' and summary['step'] == 60
+    assert summary['devices'] == 8  # conftest simulates 8 CPU devices
+    assert summary['eval']['accuracy'] > 0.6  # 10 classes: chance is 0.1
+    assert summary['eval']['examples'] == data.dataset_info('digits', digits_dir).splits['test']
+    records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    train_records = [r for r in records if r['kind'] == 'train']
+    assert [r['step'] for r in train_records] == list(range(4, 61, 4))
+    assert {'loss', 'accuracy', 'learning_rate', 'examples_per_second'} <= set(train_records[0])
+    assert [r['step'] for r in records if r['kind'] == 'eval'] == [30, 60]
+    assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+    for picture in ('training_curves.png', 'confusion_matrix.png'):
+        assert (tmp_path / 'pictures' / picture).read_bytes()[:4] == b'\x89PNG'
+    assert json.loads((tmp_path / 'summary.json').read_text())['step'] == 60
+    assert json.loads((tmp_path / 'config.json').read_text())['model']['name'] == 'mlp'
+
+
+def test_sharded_step_equals_single_device_step(digits_dir):
+    """The same batch on a 1-device mesh and on the 8-device mesh: same loss and parameters.
+    (SGD with momentum: Adam divides by |g|, which turns float reassociation noise in near-zero
+    gradients into O(1) differences.)"""
+    config = tiny_config(digits_dir, **{'optimizer.name': 'momentum',
+                                        'optimizer.learning_rate': 0.1})
+    info = data.dataset_info('digits', digits_dir)
+    model = loop.create_model(config, info)
+    task = create_task('classify', model=model, info=info)
+    from train.optim import build_optimizer
+    tx, _ = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=10,
+                            total_steps=20)
+    source = data.load_source('digits', 'train', digits_dir)
+    batch = next(iter(data.train_loader(source, global_batch_size=32, seed=0)))
+    results = []
+    for mesh in (make_mesh(jax.devices()[:1]), make_mesh()):
+        state = init_train_state(task, tx, seed=0, mesh=mesh)
+        step = make_train_step(task, tx, mesh, skip_nonfinite=False)
+        for _ in range(3):
+            state, metrics = step(state, host_to_global(batch, mesh))
+        results.append((float(metrics['loss']), jax.device_get(state.params),
+                        jax.device_get(state.model_state)))
+    (loss1, params1, bn1), (loss8, params8, bn8) = results
+    assert loss1 == pytest.approx(loss8, rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 (params1, bn1), (params8, bn8))
+
+
+def test_resume_continues_with_identical_state(digits_dir, tmp_path):
+    straight = tmp_path / 'straight'
+    loop.train_and_evaluate(tiny_config(digits_dir), straight)
+    interrupted = tmp_path / 'interrupted'
+    loop.train_and_evaluate(tiny_config(digits_dir, num_steps=8), interrupted)
+    # Same command with the full length: restores step 8, its optimiser state, rng and data order.
+    summary = loop.train_and_evaluate(tiny_config(digits_dir), interrupted)
+    assert summary['step'] == 12
+    jax.tree.map(np.testing.assert_array_equal, final_params(straight), final_params(interrupted))
+    steps = [json.loads(l)['step'] for l in (interrupted / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)['kind'] == 'train']
+    assert steps == sorted(set(steps))  # each step logged once
+
+
+def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
+    """SIGKILL a real training process after its first checkpoint; rerun the same command."""
+    overrides = [f'--config.dataset.data_dir={digits_dir}', '--config.num_steps=400',
+                 '--config.checkpoint_every_steps=50', '--config.log_every_steps=50',
+                 '--config.eval_every_steps=400', '--config.schedule.name=constant']
+    command = [sys.executable, '-m', 'train.main',
+               f'--config={REPO}/tests/tiny_digits_config.py', f'--workdir={tmp_path / "run"}',
+               *overrides]
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / 'run' / 'checkpoints'
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoints / '50').exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = ocp.CheckpointManager(checkpoints).all_steps()
+    assert done and max(done) < 400, done
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f'Restored checkpoint of step {max(done)}' in rerun.stderr
+    assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['step'] == 400
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(digits_dir, tmp_path):
+    config = tiny_config(digits_dir, num_steps=40)
+    config.optimizer.name = 'sgd'
+    config.optimizer.learning_rate = 1e30  # diverges within a few steps
+    config.model = model_config('mlp', depth=1, width=32)
+    with pytest.raises(loop.NonFiniteError, match=r'non-finite .* at step \d+'):
+        loop.train_and_evaluate(config, tmp_path)
+    for step in ocp.CheckpointManager(tmp_path / 'checkpoints').all_steps():
+        params = load_checkpoint(tmp_path / 'checkpoints', step)['params']
+        assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def test_nan_skip_policy_keeps_parameters_finite(digits_dir, tmp_path):
+    config = tiny_config(digits_dir, num_steps=8, nonfinite='skip')
+    config.optimizer.name = 'sgd'
+    config.optimizer.learning_rate = 1e30
+    config.model = model_config('mlp', depth=1, width=32)
+    summary = loop.train_and_evaluate(config, tmp_path)
+    assert summary['step'] == 8
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(final_params(tmp_path)))
+
+
+def test_early_stopping_stops_when_metric_stalls(digits_dir, tmp_path):
+    config = tiny_config(digits_dir, num_steps=200, eval_every_steps=2)
+    config.optimizer.learning_rate = 1e-9  # nothing improves...
+    config.model = model_config('mlp', depth=1, width=32)  # ...not even batch-norm statistics
+    config.early_stopping.metric = 'accuracy'
+    config.early_stopping.mode = 'max'
+    config.early_stopping.patience = 2
+    summary = loop.train_and_evaluate(config, tmp_path)
+    assert summary['stop_reason'].startswith('early stopping')
+    assert summary['step'] < 20
+    assert summary['early_stopping']['best_step'] == 2
+
+
+def test_bad_input_fails_before_compiling(digits_dir, tmp_path):
+    with pytest.raises(ConfigError, match='optimizer.name'):
+        loop.train_and_evaluate(tiny_config(digits_dir, **{'optimizer.name': 'adagrad'}),
+                                tmp_path)
+    with pytest.raises(ValueError, match='does not divide over 8 devices'):
+        loop.train_and_evaluate(tiny_config(digits_dir, batch_size=12), tmp_path / 'b')
+    unwritable = tmp_path / 'file'
+    unwritable.write_text('not a folder')
+    with pytest.raises(ConfigError, match='not writable'):
+        loop.train_and_evaluate(tiny_config(digits_dir), unwritable / 'run')
+    started = time.time()
+    with pytest.raises(data.DatasetNotPreparedError, match='data.prepare'):
+        loop.train_and_evaluate(tiny_config(str(tmp_path / 'empty')), tmp_path / 'c')
+    assert time.time() - started < 5
