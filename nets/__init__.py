@@ -1,0 +1,32 @@
+"""Model zoo: MLP, CNN, ResNet and Vision Transformer classifiers in Flax linen.
+
+Every model is a `flax.linen.Module` called as `model.apply(variables, x, train=...)`
+on channels-last inputs and returns float32 logits `(batch, num_classes)`.
+Importing this package registers the named variants; build them with
+`create(name, **overrides)` and size them with `count_params`.
+"""
+
+from nets.registry import (
+    count_params,
+    create,
+    list_families,
+    list_models,
+    model_defaults,
+    model_family,
+    model_fields,
+    register,
+)
+
+# Importing a family module registers its variants.
+from nets import layers, attention  # noqa: E402
+from nets.mlp import MLP  # noqa: E402
+from nets.cnn import CNN  # noqa: E402
+from nets.resnet import ResNet  # noqa: E402
+from nets.vit import VisionTransformer  # noqa: E402
+from nets.attention import MultiHeadAttention, dot_product_attention  # noqa: E402
+
+__all__ = [
+    'CNN', 'MLP', 'MultiHeadAttention', 'ResNet', 'VisionTransformer',
+    'attention', 'count_params', 'create', 'dot_product_attention', 'layers',
+    'list_families', 'list_models', 'model_defaults', 'model_family', 'model_fields', 'register',
+]
