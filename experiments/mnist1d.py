@@ -6,8 +6,9 @@ Command:
   python -m train.main --config=experiments/mnist1d.py:cnn,shuffled ...   (spatially shuffled)
 The argument is the model (mlp or cnn), optionally followed by ',shuffled' to train on the
 variant whose 40 positions are permuted once: local connectivity no longer helps the CNN.
-Hardware: 2-core CPU, under a minute each.
+Hardware: 2-core CPU, one XLA device; 6-18 s each.
 Expected (paper, anchors.md): MLP 68%, CNN 94%; shuffled: CNN falls to 56%, MLP stays 68%.
+Measured here: MLP 67.9%, CNN 98.5%; shuffled: CNN 60.9%, MLP 68.4%.
 """
 
 from train.config import default_config, model_config
