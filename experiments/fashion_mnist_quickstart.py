@@ -3,9 +3,10 @@
 Command:
   python -m train.main --config=experiments/fashion_mnist_quickstart.py \
       --workdir=workdirs/fashion_mnist_quickstart
-Hardware: 2-core x86-64 CPU, no accelerator (the project's reference machine).
-Time: about 6 minutes for 8 epochs, including compilation.
-Expected: 92-93% test accuracy (measured: see the README's results table).
+Hardware: 2-core x86-64 CPU, no accelerator (the project's reference machine), one XLA device.
+Time: 5 min 53 s for 10 epochs (4,680 steps at ~1,800 examples/s), compilation and evaluation
+included.
+Expected: 92.0% test accuracy (measured 92.04%, eval loss 0.216; 92.22% with --cpu_devices=2).
 """
 
 from train.config import default_config, model_config

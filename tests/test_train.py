@@ -65,6 +65,11 @@ def test_training_writes_every_output_and_learns(digits_dir, tmp_path):
         assert (tmp_path / 'pictures' / picture).read_bytes()[:4] == b'\x89PNG'
     assert json.loads((tmp_path / 'summary.json').read_text())['step'] == 60
     assert json.loads((tmp_path / 'config.json').read_text())['model']['name'] == 'mlp'
+    # Rerunning a finished run only re-evaluates, and logs nothing twice.
+    again = loop.train_and_evaluate(config, tmp_path)
+    assert again['step'] == 60 and again['eval'] == summary['eval']
+    assert (tmp_path / 'metrics.jsonl').read_text().splitlines() == [
+        json.dumps(r) for r in records]
 
 
 def test_sharded_step_equals_single_device_step(digits_dir):
@@ -184,3 +189,40 @@ def test_bad_input_fails_before_compiling(digits_dir, tmp_path):
     with pytest.raises(data.DatasetNotPreparedError, match='data.prepare'):
         loop.train_and_evaluate(tiny_config(str(tmp_path / 'empty')), tmp_path / 'c')
     assert time.time() - started < 5
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(digits_dir, tmp_path):
+    """Two JAX processes over loopback (jax.distributed, CPU collectives), one device each,
+    against one process with two devices: same global batches, same parameters; only process 0
+    writes metrics and pictures."""
+    common = [f'--config={REPO}/tests/tiny_digits_config.py', '--config.num_steps=20',
+              f'--config.dataset.data_dir={digits_dir}', '--config.optimizer.name=momentum',
+              '--config.optimizer.learning_rate=0.05', '--config.log_every_steps=10']
+    env = dict(os.environ, XLA_FLAGS='')
+    port = _free_port()
+    workers = [subprocess.Popen(
+        [sys.executable, '-m', 'train.main', *common, f'--workdir={tmp_path / "two"}',
+         '--multihost', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+         f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=240)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    single = subprocess.run(
+        [sys.executable, '-m', 'train.main', *common, f'--workdir={tmp_path / "one"}',
+         '--cpu_devices=2'], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = json.loads((tmp_path / 'two' / 'summary.json').read_text())
+    one = json.loads((tmp_path / 'one' / 'summary.json').read_text())
+    assert two['processes'] == 2 and one['processes'] == 1
+    assert two['eval']['loss'] == pytest.approx(one['eval']['loss'], rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 final_params(tmp_path / 'two'), final_params(tmp_path / 'one'))
+    assert 'metrics:' in outputs[0] and 'metrics:' not in outputs[1]  # process 0 reports
+    assert len(list((tmp_path / 'two' / 'tensorboard').glob('events.*'))) == 1

@@ -62,13 +62,19 @@ class Checkpointer:
 
 
 def load_checkpoint(directory: str | Path, step: int | None = None) -> dict[str, Any]:
-    """A saved train state as nested dicts of arrays (no model or config needed): for analysis,
-    export and tests. `step=None` takes the newest."""
+    """A saved train state as nested dicts of arrays on this host's first device (no model or
+    config needed, whatever mesh or host count wrote it): for analysis, export and tests.
+    `step=None` takes the newest."""
     directory = Path(directory).absolute()
     with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                item_handlers={'state': ocp.StandardCheckpointHandler()}) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f'no checkpoint in {directory}')
-        return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
-            'state']
+        # Target every array at one local device: the saved shardings may name devices of
+        # another mesh or of other processes.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              manager.item_metadata(step)['state'])
+        return manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))['state']

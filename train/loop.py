@@ -180,11 +180,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     last_eval_sums: dict[str, np.ndarray] = {}
 
-    def evaluate(at_step: int) -> dict[str, float]:
+    def evaluate(at_step: int, record: bool = True) -> dict[str, float]:
         metrics, sums = _evaluate(eval_step, state, task, eval_source, config.eval_batch_size,
                                   mesh)
         last_eval_sums.update(sums)
-        writer.write(at_step, 'eval', metrics)
+        if record:
+            writer.write(at_step, 'eval', metrics)
         writer.console(at_step, total_steps, 'eval', metrics)
         return metrics
 
@@ -255,7 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     log_train_metrics()
     checkpointer.save(step, state, data_iterator)
     if last_eval_step != step and not sigterm.raised:
-        last_eval, last_eval_step = evaluate(step), step
+        # A rerun of a finished run evaluates again for its summary and pictures, but its
+        # metrics file already holds that evaluation.
+        last_eval, last_eval_step = evaluate(step, record=step != start_step), step
     checkpointer.close()
     summary: dict[str, Any] = {
         'stop_reason': stop_reason, 'step': step, 'total_steps': total_steps,
