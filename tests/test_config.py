@@ -124,3 +124,16 @@ def test_model_kwargs_turns_cli_lists_into_tuples():
     with config.ignore_type():
         config.model.channels = [8, 16]
     assert config_lib.model_kwargs(config)['channels'] == (8, 16)
+
+
+def test_command_line_rejects_unknown_override_before_any_work(tmp_path):
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, '-m', 'train.main', f'--config={repo}/tests/tiny_digits_config.py',
+         f'--workdir={tmp_path}', '--config.optimizer.momentun=0.8'],
+        cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert 'momentun' in result.stderr
+    assert not (tmp_path / 'checkpoints').exists()

@@ -53,6 +53,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_steps = -1  # > 0 overrides num_epochs
     config.dtype = 'float32'  # compute dtype of the model; parameters stay float32
 
+    # On-device augmentation of training images (data/augment): a sequence of ops, each a dict
+    # {'op': name, **params}, applied in order inside the jitted train step; eval sees none.
+    config.augment = ()
+
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = 'momentum'
     config.optimizer.learning_rate = 0.1
@@ -148,6 +152,19 @@ def _check_positive(where: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f'{where} must be {">= 0" if allow_zero else "> 0"}, got {value!r}')
 
 
+def _check_augment(ops: Any) -> None:
+    if not ops:
+        return
+    if not isinstance(ops, (tuple, list)) or not all(isinstance(op, Mapping) for op in ops):
+        raise ConfigError("config.augment must be a sequence of dicts like {'op': 'rotate', "
+                          f"'degrees': (-10.0, 10.0)}}, got {ops!r}")
+    from data import augment  # imported here: most runs never need it
+    try:
+        augment.check_ops(ops)
+    except ValueError as error:
+        raise ConfigError(f'config.augment: {error}') from error
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before anything expensive happens. Raises ConfigError."""
     reference = default_config().to_dict()
@@ -169,6 +186,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f'config.model.{key} is not a field of model {model_name!r}; '
                                                 f'valid fields: {valid}')
 
+    _check_augment(config.augment)
     _check_choice('config.task', config.task, TASKS)
     _check_choice('config.dtype', config.dtype, DTYPES)
     _check_choice('config.nonfinite', config.nonfinite, NONFINITE_POLICIES)

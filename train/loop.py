@@ -131,7 +131,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # 3. Model and task.
     model = create_model(config, info)
-    task = create_task(config.task, model=model, info=info)
+    augmenter = None
+    if config.augment:
+        from data import augment
+        augmenter = augment.make_augmenter(config.augment, num_classes=info.num_classes)
+    task = create_task(config.task, model=model, info=info, augmenter=augmenter)
 
     # 4. Mesh, optimiser, initial state.
     mesh = make_mesh()

@@ -1,4 +1,9 @@
-"""Classification: softmax cross-entropy, accuracy, and a confusion matrix over the eval split."""
+"""Classification: softmax cross-entropy, accuracy, and a confusion matrix over the eval split.
+
+Training images may pass through an on-device augmenter (data/augment) between scaling to
+[0, 1] and standardising; with mixup/cutmix it returns mixed label distributions, and the loss
+is the cross-entropy against them.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,20 @@ import optax
 from data import DatasetInfo
 from train import pictures
 
+# fold_in stream of the step key that augmentation draws from (dropout uses the key itself).
+_AUGMENT_STREAM = 1
+
 
 class ClassificationTask:
     """Loss and metrics of an image (or 1-D signal) classifier."""
 
-    def __init__(self, model: nn.Module, info: DatasetInfo):
+    def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None):
+        if augmenter is not None and len(info.example_shape) != 3:
+            raise ValueError(f'augmentation needs images (H, W, C); data set {info.name!r} has '
+                             f'examples of shape {info.example_shape}')
         self.model = model
         self.info = info
+        self.augmenter = augmenter
         self.num_classes = info.num_classes
         self._mean = np.asarray(info.mean, np.float32)
         self._std = np.asarray(info.std, np.float32)
@@ -34,9 +46,16 @@ class ClassificationTask:
         dummy = jnp.zeros(self.init_batch_shape, jnp.float32)
         return self.model.init({'params': rng, 'dropout': rng}, dummy, train=False)
 
+    def to_unit_range(self, images: jax.Array) -> jax.Array:
+        """Raw pixels (uint8) -> float32 in [0, 1]; float signals stay as they are."""
+        return images.astype(jnp.float32) / self._scale
+
+    def standardise(self, images: jax.Array) -> jax.Array:
+        return (images - self._mean) / self._std
+
     def normalise(self, images: jax.Array) -> jax.Array:
         """Raw pixels (uint8) or signals (float) -> standardised float32, on device."""
-        return (images.astype(jnp.float32) / self._scale - self._mean) / self._std
+        return self.standardise(self.to_unit_range(images))
 
     def _apply(self, params, model_state, images, *, train: bool, rng=None):
         variables = {'params': params, **model_state}
@@ -49,12 +68,18 @@ class ClassificationTask:
         return self.model.apply(variables, images, train=train, rngs=rngs), model_state
 
     def train_loss(self, params, model_state, batch, rng):
-        images = self.normalise(batch['image'])
-        logits, new_state = self._apply(params, model_state, images, train=True, rng=rng)
+        images, labels = self.to_unit_range(batch['image']), batch['label']
+        if self.augmenter is not None:
+            images, targets = self.augmenter(jax.random.fold_in(rng, _AUGMENT_STREAM), images,
+                                             labels)
+        else:
+            targets = jax.nn.one_hot(labels, self.num_classes)
+        logits, new_state = self._apply(params, model_state, self.standardise(images),
+                                        train=True, rng=rng)
         logits = logits.astype(jnp.float32)
-        labels = batch['label']
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        # With mixed labels, "correct" means predicting the larger share.
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
         return loss, (new_state, {'loss': loss, 'accuracy': accuracy})
 
     def eval_sums(self, params, model_state, batch) -> dict[str, jax.Array]:
