@@ -131,3 +131,14 @@ def test_reduce_on_plateau_lowers_the_scale_when_loss_stalls():
     for _ in range(12):  # a constant loss: never improves after the first epoch
         _, state = tx.update(GRADS, state, PARAMS, value=jnp.asarray(1.0))
     assert optim.plateau_scale(state) < 1.0
+
+
+def test_adaptive_gradient_clipping_caps_unitwise_ratio_but_skips_head():
+    params = {'conv': {'kernel': jnp.ones((3, 3, 2, 4))}, 'head': {'kernel': jnp.ones((4, 2))}}
+    grads = jax.tree.map(lambda p: 100.0 * p, params)
+    updates, _ = _one_update(*_configs(name='sgd', learning_rate=1.0, agc_clip=0.01), grads,
+                             params)
+    unit_ratio = (jnp.linalg.norm(updates['conv']['kernel'].reshape(-1, 4), axis=0)
+                  / jnp.linalg.norm(params['conv']['kernel'].reshape(-1, 4), axis=0))
+    np.testing.assert_allclose(unit_ratio, 0.01, rtol=1e-3)
+    np.testing.assert_allclose(updates['head']['kernel'], -100.0)  # the classifier is exempt

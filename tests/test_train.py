@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import flax.linen as nn
 import orbax.checkpoint as ocp
 import pytest
 
@@ -226,3 +227,35 @@ def test_two_processes_train_like_one(digits_dir, tmp_path):
                  final_params(tmp_path / 'two'), final_params(tmp_path / 'one'))
     assert 'metrics:' in outputs[0] and 'metrics:' not in outputs[1]  # process 0 reports
     assert len(list((tmp_path / 'two' / 'tensorboard').glob('events.*'))) == 1
+
+
+class _AuxNet(nn.Module):
+    """A linear classifier with one auxiliary head that only runs in training, like GoogLeNet's."""
+    num_classes: int = 10
+    aux_loss_weight: float = 0.3
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        h = x.reshape(x.shape[0], -1)
+        if train:
+            self.sow('aux_logits', 'aux1', nn.Dense(self.num_classes, name='aux')(h))
+        return nn.Dense(self.num_classes, name='head')(h)
+
+
+def test_auxiliary_logits_add_weighted_loss_in_training_only(digits_dir):
+    import optax
+    info = data.dataset_info('digits', digits_dir)
+    task = create_task('classify', model=_AuxNet(), info=info)
+    variables = task.init_variables(jax.random.key(0))
+    assert 'aux' in variables['params']  # created at init although eval never runs it
+    batch = next(iter(data.train_loader(data.load_source('digits', 'train', digits_dir),
+                                        global_batch_size=16, seed=0)))
+    loss, (_, metrics) = task.train_loss(variables['params'], {}, batch, jax.random.key(1))
+    images = task.normalise(batch['image']).reshape(16, -1)
+    ce = lambda name: optax.softmax_cross_entropy_with_integer_labels(
+        images @ variables['params'][name]['kernel'] + variables['params'][name]['bias'],
+        batch['label']).mean()
+    assert float(metrics['aux_loss']) == pytest.approx(float(ce('aux')), rel=1e-5)
+    assert float(loss) == pytest.approx(float(ce('head') + 0.3 * ce('aux')), rel=1e-5)
+    sums = task.eval_sums(variables['params'], {}, dict(batch, mask=np.ones(16, bool)))
+    assert float(sums['loss_sum']) / 16 == pytest.approx(float(ce('head')), rel=1e-5)

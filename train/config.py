@@ -69,6 +69,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay_mode = 'coupled'  # coupled = L2 in the gradient; decoupled = AdamW-style
     config.optimizer.l1 = 0.0
     config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+    config.optimizer.agc_clip = 0.0  # adaptive gradient clipping (NFNets), 0 = off
+    config.optimizer.agc_eps = 1e-3
 
     config.schedule = ml_collections.ConfigDict()
     config.schedule.name = 'warmup_cosine'
@@ -202,6 +204,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive('config.optimizer.l1', config.optimizer.l1, allow_zero=True)
     _check_positive('config.optimizer.grad_clip_norm', config.optimizer.grad_clip_norm,
                                     allow_zero=True)
+    _check_positive('config.optimizer.agc_clip', config.optimizer.agc_clip, allow_zero=True)
+    _check_positive('config.optimizer.agc_eps', config.optimizer.agc_eps)
     _check_positive('config.schedule.warmup_epochs', config.schedule.warmup_epochs, allow_zero=True)
     _check_positive('config.schedule.decay_every_epochs', config.schedule.decay_every_epochs)
     _check_positive('config.log_every_steps', config.log_every_steps)

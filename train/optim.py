@@ -2,7 +2,7 @@
 
 The chain, in order (each piece only when configured):
 
-    clip_by_global_norm -> L1 (+l1·sign(w)) -> coupled L2 (+wd·w) -> optimiser statistics
+    adaptive clipping (AGC) -> clip_by_global_norm -> L1 (+l1·sign(w)) -> coupled L2 (+wd·w) -> optimiser statistics
     (momentum / RMS / Adam moments) -> decoupled weight decay (+wd·w, AdamW-style)
     -> scale by -schedule(step) -> reduce-on-plateau scale
 
@@ -23,6 +23,12 @@ import ml_collections
 import optax
 
 Schedule = Callable[[jax.Array | int], jax.Array]
+
+
+def agc_mask(params: Any) -> Any:
+    """Adaptive gradient clipping skips the final classifier, as in the NFNet paper."""
+    return {name: jax.tree.map(lambda _: name != 'head', subtree)
+            for name, subtree in params.items()}
 
 
 def decay_mask(params: Any) -> Any:
@@ -99,6 +105,9 @@ def build_optimizer(opt: ml_collections.ConfigDict, sched: ml_collections.Config
     # adamw means decoupled decay whatever weight_decay_mode says: that is what the name promises.
     decoupled = opt.weight_decay_mode == 'decoupled' or opt.name == 'adamw'
     chain: list[optax.GradientTransformation] = []
+    if opt.agc_clip > 0:
+        # Unit-wise: each output unit's gradient norm is capped at agc_clip times its weight norm.
+        chain.append(optax.masked(optax.adaptive_grad_clip(opt.agc_clip, opt.agc_eps), agc_mask))
     if opt.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
     if opt.l1 > 0:

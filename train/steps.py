@@ -28,7 +28,8 @@ def init_train_state(task: Any, tx: optax.GradientTransformation, seed: int,
         init_rng, run_rng = jax.random.split(rng)
         variables = dict(task.init_variables(init_rng))
         params = variables.pop('params')
-        variables.pop('intermediates', None)  # sown values are outputs, not state
+        for sown in ('intermediates', 'aux_logits'):  # sown values are outputs, not state
+            variables.pop(sown, None)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                           opt_state=tx.init(params), rng=run_rng)
 

@@ -43,8 +43,10 @@ class ClassificationTask:
         return (1, *self.info.example_shape)
 
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
+        """Initialised in training mode, so that layers used only in training (auxiliary
+        classifiers) get their parameters too."""
         dummy = jnp.zeros(self.init_batch_shape, jnp.float32)
-        return self.model.init({'params': rng, 'dropout': rng}, dummy, train=False)
+        return self.model.init({'params': rng, 'dropout': rng}, dummy, train=True)
 
     def to_unit_range(self, images: jax.Array) -> jax.Array:
         """Raw pixels (uint8) -> float32 in [0, 1]; float signals stay as they are."""
@@ -58,14 +60,16 @@ class ClassificationTask:
         return self.standardise(self.to_unit_range(images))
 
     def _apply(self, params, model_state, images, *, train: bool, rng=None):
+        """-> (logits, new model state, auxiliary logits sown by the model in training)."""
         variables = {'params': params, **model_state}
-        if train and model_state:
-            logits, new_state = self.model.apply(variables, images, train=True,
-                                                 rngs={'dropout': rng},
-                                                 mutable=list(model_state))
-            return logits, dict(new_state)
-        rngs = {'dropout': rng} if train else {}
-        return self.model.apply(variables, images, train=train, rngs=rngs), model_state
+        if not train:
+            return self.model.apply(variables, images, train=False), model_state, []
+        # Auxiliary classifiers (GoogLeNet, Inception v3) sow their logits in training only.
+        logits, updated = self.model.apply(variables, images, train=True, rngs={'dropout': rng},
+                                           mutable=[*model_state, 'aux_logits'])
+        updated = dict(updated)
+        aux = [a for values in updated.pop('aux_logits', {}).values() for a in values]
+        return logits, updated, aux
 
     def train_loss(self, params, model_state, batch, rng):
         images, labels = self.to_unit_range(batch['image']), batch['label']
@@ -74,17 +78,23 @@ class ClassificationTask:
                                              labels)
         else:
             targets = jax.nn.one_hot(labels, self.num_classes)
-        logits, new_state = self._apply(params, model_state, self.standardise(images),
-                                        train=True, rng=rng)
+        logits, new_state, aux_logits = self._apply(params, model_state,
+                                                    self.standardise(images), train=True, rng=rng)
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
+        metrics = {}
+        if aux_logits:
+            aux_loss = sum(optax.softmax_cross_entropy(a.astype(jnp.float32), targets).mean()
+                           for a in aux_logits)
+            metrics['aux_loss'] = aux_loss
+            loss = loss + self.model.aux_loss_weight * aux_loss
         # With mixed labels, "correct" means predicting the larger share.
         accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
-        return loss, (new_state, {'loss': loss, 'accuracy': accuracy})
+        return loss, (new_state, {'loss': loss, 'accuracy': accuracy, **metrics})
 
     def eval_sums(self, params, model_state, batch) -> dict[str, jax.Array]:
         images = self.normalise(batch['image'])
-        logits, _ = self._apply(params, model_state, images, train=False)
+        logits, _, _ = self._apply(params, model_state, images, train=False)
         logits = logits.astype(jnp.float32)
         labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
