@@ -10,7 +10,6 @@ Multi-host (Cloud TPU pods, several GPU hosts): add `--multihost`; on TPU VMs an
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 import re
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from train.metrics_writer import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally with ":arg".', lock_config=True)
@@ -49,22 +50,11 @@ def configure_cpu_devices(count: int) -> None:
     os.environ['XLA_FLAGS'] = f'{flags_now} --xla_force_host_platform_device_count={count}'.strip()
 
 
-class _LibraryInfoFilter(std_logging.Filter):
-    """Keeps the console to the run's own lines: orbax, grain and TFDS log several INFO lines
-    per checkpoint or file; their warnings and errors still show."""
-
-    _LIBRARIES = ('/orbax/', '/grain/', '/tensorflow_datasets/')
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or not any(
-            part in record.pathname for part in self._LIBRARIES)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     configure_cpu_devices(_CPU_DEVICES.value)
-    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+    quiet_library_logs()
     if _MULTIHOST.value:
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                    num_processes=_NUM_PROCESSES.value,

@@ -7,12 +7,31 @@ branch on the process index.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 from absl import logging
+
+
+class _LibraryInfoFilter(std_logging.Filter):
+    """Drops the INFO lines of orbax, grain and TFDS (several per checkpoint or file); their
+    warnings and errors still show."""
+
+    _LIBRARIES = ('/orbax/', '/grain/', '/tensorflow_datasets/')
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or not any(
+            part in record.pathname for part in self._LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+    """Keeps the console to the run's own lines (call once from an entry point)."""
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+        handler.addFilter(_LibraryInfoFilter())
 
 
 def _format(value: Any) -> str:

@@ -1,0 +1,45 @@
+"""The ConvNet families of the course, each sized for 28x28, on Fashion-MNIST with one budget.
+
+Command (one model):
+  python -m train.main --config=experiments/fashion_mnist_convnets.py:resnet \
+      --workdir=workdirs/convnets/resnet
+All of them, with the results table (accuracy, parameters, FLOPs, examples/s) and a plot:
+  python -m experiments.convnet_comparison --workdir=workdirs/convnets
+The argument is one of MODELS below: the families (AlexNet, VGG, GoogLeNet, ResNet, ConvNeXt)
+at small widths with their small-input stems, plus the course's comparison of an MLP and a CNN
+of about the same parameter count (203,530 vs 206,970).
+Hardware: 2-core CPU, one XLA device; the whole comparison took the time in the README.
+Expected: the README's ConvNet comparison table (made by the command above).
+"""
+
+from train.config import default_config, model_config
+
+# name -> (registered model, fields). Widths chosen so every model trains in minutes on a CPU.
+MODELS = {
+    'mlp': ('mlp', dict(depth=1, width=256)),
+    'cnn': ('cnn', dict(channels=(16, 32), convs_per_stage=1, head='flatten', head_hidden=128,
+                        dropout_rate=0.2)),
+    'alexnet': ('alexnet', dict(stem='small', width=16, fc_width=256)),
+    'vgg': ('vgg11_bn', dict(stem='small', width=16, fc_width=256)),
+    'googlenet': ('googlenet', dict(stem='small', width_multiplier=0.25)),
+    'resnet': ('resnet20', dict(width=8)),
+    'convnext': ('convnext_t', dict(stem='small', depths=(1, 1, 3, 1), dims=(16, 32, 64, 128))),
+}
+
+
+def get_config(name: str = 'cnn'):
+    if name not in MODELS:
+        raise ValueError(f'unknown model {name!r}; valid: {sorted(MODELS)}')
+    model_name, fields = MODELS[name]
+    config = default_config()
+    config.dataset.name = 'fashion_mnist'
+    config.model = model_config(model_name, **fields)
+    config.batch_size = 128
+    config.num_epochs = 3.0
+    config.optimizer.name = 'adamw' if name == 'convnext' else 'momentum'
+    config.optimizer.learning_rate = 2e-3 if name == 'convnext' else 0.05
+    config.optimizer.weight_decay = 0.05 if name == 'convnext' else 5e-4
+    config.schedule.name = 'warmup_cosine'
+    config.schedule.warmup_epochs = 0.5
+    config.log_every_steps = 100
+    return config
