@@ -259,3 +259,16 @@ def test_auxiliary_logits_add_weighted_loss_in_training_only(digits_dir):
     assert float(loss) == pytest.approx(float(ce('head') + 0.3 * ce('aux')), rel=1e-5)
     sums = task.eval_sums(variables['params'], {}, dict(batch, mask=np.ones(16, bool)))
     assert float(sums['loss_sum']) / 16 == pytest.approx(float(ce('head')), rel=1e-5)
+
+
+def test_training_with_on_device_augmentation_and_mixing(digits_dir, tmp_path):
+    """An augmentation pipeline runs inside the jitted, sharded step; mixup gives soft labels."""
+    config = tiny_config(digits_dir, num_steps=6, eval_every_steps=6)
+    config.augment = ({'op': 'translate', 'max_pixels': 1.0}, {'op': 'flip_lr'},
+                      {'op': 'gaussian_noise', 'stddev': 0.02}, {'op': 'mixup', 'alpha': 0.4})
+    summary = loop.train_and_evaluate(config, tmp_path)
+    assert summary['step'] == 6 and np.isfinite(summary['eval']['loss'])
+    bad = tiny_config(digits_dir)
+    bad.augment = ({'op': 'rotat'},)
+    with pytest.raises(ConfigError, match="config.augment.*'rotat'.*'rotate'"):
+        loop.train_and_evaluate(bad, tmp_path / 'bad')

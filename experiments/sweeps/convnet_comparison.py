@@ -1,7 +1,7 @@
 """Trains every model of experiments/fashion_mnist_convnets.py with the same budget and writes
 one results table: test accuracy, parameters, FLOPs per example, train examples/s.
 
-    python -m experiments.convnet_comparison --workdir=workdirs/convnets [--models=mlp,cnn]
+    python -m experiments.sweeps.convnet_comparison --workdir=workdirs/convnets [--models=mlp,cnn]
         [--num_epochs=3]
 
 Each model trains in `<workdir>/<model>` through the ordinary trainer, so an interrupted
