@@ -23,10 +23,19 @@ from nets.mlp import MLP  # noqa: E402
 from nets.cnn import CNN  # noqa: E402
 from nets.resnet import ResNet  # noqa: E402
 from nets.vit import VisionTransformer  # noqa: E402
+from nets.alexnet import AlexNet  # noqa: E402
+from nets.vgg import VGG  # noqa: E402
+from nets.inception import GoogLeNet, InceptionV2, InceptionV3  # noqa: E402
+from nets.inception_resnet import InceptionResNetV2  # noqa: E402
+from nets.deformable import DeformableConv, DeformableResNet, deformable_conv  # noqa: E402
+from nets.convnext import ConvNeXt  # noqa: E402
+from nets.nfnet import NFNet  # noqa: E402
 from nets.attention import MultiHeadAttention, dot_product_attention  # noqa: E402
 
 __all__ = [
-    'CNN', 'MLP', 'MultiHeadAttention', 'ResNet', 'VisionTransformer',
+    'AlexNet', 'CNN', 'ConvNeXt', 'DeformableConv', 'DeformableResNet', 'NFNet',
+    'deformable_conv', 'GoogLeNet', 'InceptionResNetV2', 'InceptionV2', 'InceptionV3', 'MLP',
+    'MultiHeadAttention', 'ResNet', 'VGG', 'VisionTransformer',
     'attention', 'count_params', 'create', 'dot_product_attention', 'layers',
     'list_families', 'list_models', 'model_defaults', 'model_family', 'model_fields', 'register',
 ]

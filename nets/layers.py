@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import flax.linen as nn
 
 Dtype = Any
@@ -244,3 +245,160 @@ def check_rate(name: str, value: float) -> None:
     """Raise ValueError unless 0 <= value < 1 (dropout-like probabilities)."""
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+# --------------------------------------------------------------------------- shared by the modern ConvNets
+
+def channels_last_dimension_numbers(ndim: int) -> jax.lax.ConvDimensionNumbers:
+    """`lax.conv_general_dilated` layout for (N, *spatial, C) inputs and (*spatial, I, O) kernels."""
+    spatial = tuple(range(1, ndim - 1))
+    lhs = (0, ndim - 1) + spatial
+    rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
+    return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): `x * sigmoid(fc2(act(fc1(mean(x)))))`.
+
+    The gate is one value per example and channel, from the spatial mean. Dense
+    layers have biases and LeCun-normal kernels (Haiku's Linear default, which the
+    NFNet reference uses).
+    """
+
+    hidden_features: int
+    activation: str = 'relu'
+    kernel_init: str = 'lecun_normal'
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense = dict(kernel_init=initializer(self.kernel_init), dtype=self.dtype, param_dtype=self.param_dtype)
+        h = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+        h = nn.Dense(self.hidden_features, name='fc1', **dense)(h)
+        h = activation(self.activation)(h)
+        h = nn.Dense(x.shape[-1], name='fc2', **dense)(h)
+        return x * nn.sigmoid(h)
+
+
+class ScaledWSConv(nn.Module):
+    """Convolution with scaled weight standardisation (Brock et al. 2021, NF-ResNets/NFNets).
+
+    The weights used are `gain * (W - mean(W)) / sqrt(fan_in * var(W))`, the mean
+    and variance taken per output channel over its fan-in, with a learnable
+    per-channel `gain` (init 1). A zero-mean, 1/fan_in-variance filter keeps a
+    unit-variance input at unit variance without a normaliser, and removing the
+    mean cancels the mean shift that ReLU/GELU outputs carry. `epsilon` bounds
+    fan_in·var from below (as the reference does) so a collapsed filter cannot
+    blow up. The standardisation runs in `param_dtype`; the conv runs in `dtype`.
+    Padding defaults to 'SAME' (TensorFlow/Haiku placement, as the NFNet
+    reference). `feature_group_count` gives grouped convs (fan-in per group).
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    padding: str | Sequence[tuple[int, int]] = 'SAME'
+    feature_group_count: int = 1
+    use_bias: bool = True
+    epsilon: float = 1e-4
+    kernel_init: str = 'lecun_normal'
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        rank = x.ndim - 2
+        kernel_size = to_tuple(self.kernel_size, rank, 'kernel_size')
+        strides = to_tuple(self.strides, rank, 'strides')
+        in_features = x.shape[-1]
+        if in_features % self.feature_group_count or self.features % self.feature_group_count:
+            raise ValueError(f"feature_group_count {self.feature_group_count} must divide the input "
+                             f"({in_features}) and output ({self.features}) channels")
+        shape = kernel_size + (in_features // self.feature_group_count, self.features)
+        kernel = self.param('kernel', initializer(self.kernel_init), shape, self.param_dtype)
+        gain = self.param('gain', nn.initializers.ones, (self.features,), self.param_dtype)
+        fan_in = 1
+        for size in shape[:-1]:
+            fan_in *= size
+        fan_in_axes = tuple(range(rank + 1))
+        mean = jnp.mean(kernel, axis=fan_in_axes, keepdims=True)
+        var = jnp.var(kernel, axis=fan_in_axes, keepdims=True)
+        scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, self.epsilon)) * gain
+        weight = (kernel - mean) * scale
+        padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), weight.astype(self.dtype), strides, padding,
+            dimension_numbers=channels_last_dimension_numbers(x.ndim),
+            feature_group_count=self.feature_group_count)
+        if self.use_bias:
+            bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+# --------------------------------------------------------------------------- pooling and input sizes
+# Used by the classic ConvNets (alexnet.py, vgg.py, inception.py, inception_resnet.py), which
+# pool to a fixed grid before their classifiers and must reject inputs their windows cannot fit.
+
+def adaptive_avg_pool(x: jax.Array, output_size: int | Sequence[int]) -> jax.Array:
+    """Average-pool channels-last `x` to `output_size` per spatial dim, as PyTorch's AdaptiveAvgPool.
+
+    Output cell i along a dim of length n averages inputs [floor(i·n/m), ceil((i+1)·n/m)),
+    so inputs smaller than the output are repeated (a 1x1 map becomes a constant 6x6 one) and
+    torchvision classifiers keep their input width at any image size. The rectangle average is
+    separable, so each dim is one small matrix product (differentiable, any rank).
+    """
+    spatial = x.shape[1:-1]
+    output = to_tuple(output_size, len(spatial), 'output_size')
+    for axis, (n, m) in enumerate(zip(spatial, output), start=1):
+        if m < 1:
+            raise ValueError(f"adaptive_avg_pool output size must be positive, got {output}")
+        if n == m:
+            continue
+        if m == 1:
+            x = jnp.mean(x, axis=axis, keepdims=True)
+            continue
+        weights = np.zeros((m, n), np.float32)
+        for i in range(m):
+            start, end = (i * n) // m, -(-(i + 1) * n // m)
+            weights[i, start:end] = 1.0 / (end - start)
+        x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(weights, x.dtype), axes=([axis], [1])), -1, axis)
+    return x
+
+
+def window_output_size(size: int, window: int, stride: int = 1, padding: int = 0,
+                       ceil_mode: bool = False) -> int:
+    """Length along one dim after a conv or pooling window, by PyTorch's rule; 0 if it does not fit.
+
+    `padding` is added on both sides. With `ceil_mode` a last, partial window counts as long as
+    it starts inside the input (PyTorch's ceil_mode=True pooling).
+    """
+    span = size + 2 * padding - window
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out
+
+
+def smallest_input_size(output_size: Callable[[int], int], limit: int = 4096) -> int:
+    """Smallest input length n for which the (monotone) `output_size(n)` is at least 1."""
+    for n in range(1, limit + 1):
+        if output_size(n) >= 1:
+            return n
+    raise ValueError(f"No input length up to {limit} gives a non-empty output")
+
+
+def check_input_size(what: str, spatial: Sequence[int], minimum: int, hint: str = '') -> None:
+    """Raise a ValueError naming the input size and `minimum` if a spatial dim is below it."""
+    if any(s < minimum for s in spatial):
+        size = 'x'.join(str(s) for s in spatial)
+        raise ValueError(f"Input size {size} is too small for {what}: the minimum is "
+                         f"{'x'.join([str(minimum)] * len(spatial))}{hint}")
+
+
+def scale_width(features: int, multiplier: float) -> int:
+    """`features` times a width multiplier, rounded half up, at least 1."""
+    return max(1, int(features * multiplier + 0.5))

@@ -345,8 +345,12 @@ def test_registry_lists_all_families():
     assert nets.list_models('resnet') == sorted(resnets)
     assert nets.list_models('vit') == sorted(VIT_ANCHORS)
     assert nets.list_models('mlp') == ['mlp'] and nets.list_models('cnn') == ['cnn']
-    assert nets.list_models() == sorted(resnets + list(VIT_ANCHORS) + ['mlp', 'cnn'])
-    assert nets.list_families() == ['cnn', 'mlp', 'resnet', 'vit']
+    everything = nets.list_models()
+    assert everything == sorted(set(everything))
+    assert set(resnets + list(VIT_ANCHORS) + ['mlp', 'cnn']) <= set(everything)
+    assert {'cnn', 'mlp', 'resnet', 'vit', 'alexnet', 'vgg', 'inception', 'inception_resnet',
+            'convnext', 'nfnet', 'deformable'} <= set(nets.list_families())
+    assert sum(len(nets.list_models(f)) for f in nets.list_families()) == len(everything)
     assert nets.list_models('no_such_family') == []
     assert nets.model_family('vit_b16') == 'vit'
     assert nets.model_family('resnet20') == 'resnet'

@@ -1,0 +1,68 @@
+"""Writes the README's model-zoo table: every registered image classifier with its parameters
+and FLOPs at its ImageNet configuration, and the command that trains it on Fashion-MNIST.
+
+    python -m experiments.sweeps.zoo_table [--out=docs/model_zoo.md] [--families=resnet,vgg]
+
+Parameters come from `jax.eval_shape`; FLOPs from XLA's cost analysis of the forward pass at
+batch 1 (`nets.summary.flops_per_example`), printed as GMACs (a multiply-add counted once, as
+papers count) next to XLA's own GFLOPs (multiply-add = 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import app, flags
+
+_OUT = flags.DEFINE_string('out', 'docs/model_zoo.md', 'Where to write the markdown table.')
+_FAMILIES = flags.DEFINE_list('families', None, 'Only these families (default: all).')
+
+# Input size each family was designed for (Inception v3 and its residual sibling: 299 px).
+_INPUT_SIZE = {'inception_v3': 299, 'inception_resnet_v2': 299}
+# Families whose variants take a small-input stem for 28x28 images.
+_SMALL_STEM_FIELD = {'resnet': ('stem', 'cifar'), 'alexnet': ('stem', 'small'),
+                     'vgg': ('stem', 'small'), 'inception': ('stem', 'small'),
+                     'inception_resnet': ('stem', 'small'), 'convnext': ('stem', 'small'),
+                     'nfnet': ('stem', 'small'), 'deformable': ('stem', 'cifar')}
+
+
+def train_command(name: str, family: str) -> str:
+    fields = ''
+    if family in _SMALL_STEM_FIELD and name not in ('resnet20', 'resnet32', 'resnet44',
+                                                    'resnet56', 'resnet110'):
+        key, value = _SMALL_STEM_FIELD[family]
+        fields = f' --config.model.{key}={value}'
+    return (f'`python -m train.main --config=experiments/fashion_mnist_zoo.py:{name}'
+            f'{fields} --workdir=workdirs/{name}`')
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    import nets
+    from nets.summary import flops_per_example
+    from train.metrics_writer import quiet_library_logs
+    quiet_library_logs()
+    lines = ['| model | family | parameters | input | GMACs | GFLOPs (XLA) | train on Fashion-MNIST |',
+             '|---|---|---|---|---|---|---|']
+    for family in _FAMILIES.value or nets.list_families():
+        if family in ('mlp', 'cnn'):
+            continue  # sized by their fields, no ImageNet configuration
+        for name in nets.list_models(family):
+            model = nets.create(name)
+            size = _INPUT_SIZE.get(name, 224)
+            if nets.model_fields(name).get('num_classes') != 1000:
+                size = 32  # CIFAR-style variants
+            shape = (1, size, size, 3)
+            params = nets.count_params(model, shape)
+            flops = flops_per_example(model, shape)
+            lines.append(f'| `{name}` | {family} | {params:,} | {size}x{size}x3 | '
+                         f'{flops / 2e9:.3g} | {flops / 1e9:.3g} | {train_command(name, family)} |')
+            print(lines[-1], flush=True)
+    out = Path(_OUT.value)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text('\n'.join(lines) + '\n')
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+    app.run(main)
