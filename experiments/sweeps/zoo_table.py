@@ -19,21 +19,9 @@ _FAMILIES = flags.DEFINE_list('families', None, 'Only these families (default: a
 
 # Input size each family was designed for (Inception v3 and its residual sibling: 299 px).
 _INPUT_SIZE = {'inception_v3': 299, 'inception_resnet_v2': 299}
-# Families whose variants take a small-input stem for 28x28 images.
-_SMALL_STEM_FIELD = {'resnet': ('stem', 'cifar'), 'alexnet': ('stem', 'small'),
-                     'vgg': ('stem', 'small'), 'inception': ('stem', 'small'),
-                     'inception_resnet': ('stem', 'small'), 'convnext': ('stem', 'small'),
-                     'nfnet': ('stem', 'small'), 'deformable': ('stem', 'cifar')}
-
-
-def train_command(name: str, family: str) -> str:
-    fields = ''
-    if family in _SMALL_STEM_FIELD and name not in ('resnet20', 'resnet32', 'resnet44',
-                                                    'resnet56', 'resnet110'):
-        key, value = _SMALL_STEM_FIELD[family]
-        fields = f' --config.model.{key}={value}'
-    return (f'`python -m train.main --config=experiments/fashion_mnist_zoo.py:{name}'
-            f'{fields} --workdir=workdirs/{name}`')
+def train_command(name: str) -> str:
+    return (f'`python -m train.main --config=experiments/fashion_mnist_zoo.py:{name} '
+            f'--workdir=workdirs/{name}`')
 
 
 def main(argv: list[str]) -> None:
@@ -56,7 +44,7 @@ def main(argv: list[str]) -> None:
             params = nets.count_params(model, shape)
             flops = flops_per_example(model, shape)
             lines.append(f'| `{name}` | {family} | {params:,} | {size}x{size}x3 | '
-                         f'{flops / 2e9:.3g} | {flops / 1e9:.3g} | {train_command(name, family)} |')
+                         f'{flops / 2e9:.3g} | {flops / 1e9:.3g} | {train_command(name)} |')
             print(lines[-1], flush=True)
     out = Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
