@@ -10,8 +10,10 @@ The argument picks the pipeline: 'none'; 'light' (small shifts and zooms, horizo
 random erasing: what suits centred 28x28 clothing); 'course' (every geometric op at the
 course's default range: rotation in [0, 360), translation ±10 px, zoom 1/1.6-1.6, both flips,
 shear ±20°, stretch 1.3 — too strong for this data, which is the other half of the lesson).
-Hardware: 2-core CPU, one XLA device; about 2.5 minutes each (40 epochs of 6,000 images).
-Expected: see the README's results table (measured there with these commands).
+Hardware: 2-core CPU, one XLA device; 4.5-5.5 minutes each (40 epochs of 6,000 images) while
+other jobs shared the machine.
+Expected (measured): none 88.54% (train 98.7%: overfits), light 87.42% with the lower test
+loss (0.353 vs 0.426) and no train/test gap, course 34.27%.
 """
 
 from train.config import default_config, model_config
