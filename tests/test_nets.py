@@ -18,18 +18,9 @@ from hypothesis import given, settings, strategies as st
 import nets
 from nets import layers
 from nets.attention import MultiHeadAttention, attention_weights, dot_product_attention
+from tests.nets_harness import TinyRun, fast_jit, rng
 
 IMAGENET_INPUT = (1, 224, 224, 3)
-
-
-def rng(seed: int) -> jax.Array:
-    """A PRNG key for the tests.
-
-    'rbg' keys compile much faster on CPU than the default threefry (XLA spends
-    seconds optimising threefry for every parameter of a ResNet init), which
-    keeps this file fast; the models work with either.
-    """
-    return jax.random.key(seed, impl='rbg')
 
 
 # torchvision resnet*(num_classes=1000).
@@ -191,39 +182,10 @@ CASES = {
 BF16_CASES = ['mlp_image', 'cnn_signal', 'resnet18_cifar', 'vit_token_learned']
 
 
-def fast_jit(fn):
-    """jax.jit with XLA's backend optimisations off: these programs run once or
-    twice on tiny inputs, so compile time is what matters (about 30% less)."""
-    return jax.jit(fn, compiler_options={'xla_backend_optimization_level': 0})
-
-
-class TinyRun:
-    """One tiny model, its variables and jitted train/eval functions (compiled once per case)."""
-
-    def __init__(self, case_id: str):
-        name, overrides, shape, self.has_dropout, self.has_batch_norm = CASES[case_id]
-        self.name, self.overrides = name, overrides
-        self.model = nets.create(name, **overrides)
-        self.x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-        self.variables = fast_jit(self.model.init)({'params': rng(1)}, self.x)
-        self.eval_apply = fast_jit(functools.partial(self.model.apply, train=False))
-
-        def loss(params, batch_stats, x, dropout_rng):
-            variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-            logits, updates = self.model.apply(variables, x, train=True, rngs={'dropout': dropout_rng},
-                                               mutable=['batch_stats'])
-            return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), (logits, updates)
-
-        self.train_grad = fast_jit(jax.grad(loss, has_aux=True))
-
-    def train(self, seed: int):
-        return self.train_grad(self.variables['params'], self.variables.get('batch_stats', {}),
-                               self.x, rng(seed))
-
-
 @functools.cache
 def tiny_run(case_id: str) -> TinyRun:
-    return TinyRun(case_id)
+    name, overrides, shape, has_dropout, has_batch_norm = CASES[case_id]
+    return TinyRun(name, overrides, shape, has_dropout=has_dropout, has_batch_norm=has_batch_norm)
 
 
 @pytest.mark.parametrize('case_id', sorted(CASES))

@@ -23,25 +23,10 @@ import nets.vgg  # noqa: F401
 from nets import layers
 from nets.alexnet import local_response_norm
 from nets.inception import InceptionA, InceptionV1Block, InceptionV2Block, max_pool
+from tests.nets_harness import fast_jit, rng
 
 IMAGENET_INPUT = (1, 224, 224, 3)
 INCEPTION_V3_INPUT = (1, 299, 299, 3)
-
-
-def rng(seed: int) -> jax.Array:
-    """'rbg' keys: much faster to compile on CPU than threefry (see tests/test_nets.py)."""
-    return jax.random.key(seed, impl='rbg')
-
-
-def fast_jit(fn):
-    """jax.jit tuned for compile time: these programs run once on tiny inputs.
-
-    Besides XLA's backend optimisations, the CPU's newer (MLIR) fusion emitters are turned
-    off: with the many distinct kernel shapes of an Inception network they take about four
-    times longer to compile (GoogLeNet's gradient: 17 s -> 4 s here) and run no faster.
-    """
-    return jax.jit(fn, compiler_options={'xla_backend_optimization_level': 0,
-                                         'xla_cpu_use_fusion_emitters': False})
 
 
 # --------------------------------------------------------------------------- parameter counts

@@ -24,19 +24,10 @@ import nets.nfnet
 from nets import layers
 from nets.deformable import DeformableConv, deformable_conv
 from nets.nfnet import ACTIVATION_GAMMAS, NFBlock
+from tests.nets_harness import TinyRun, fast_jit, rng
 
 IMAGENET_INPUT = (1, 224, 224, 3)
 FASHION_INPUT = (2, 28, 28, 1)
-
-
-def rng(seed: int) -> jax.Array:
-    """'rbg' keys: much faster to compile on CPU than threefry (see tests/test_nets.py)."""
-    return jax.random.key(seed, impl='rbg')
-
-
-def fast_jit(fn):
-    """jax.jit without XLA backend optimisations: these programs run once or twice."""
-    return jax.jit(fn, compiler_options={'xla_backend_optimization_level': 0})
 
 
 # --------------------------------------------------------------------------- parameter counts
@@ -302,33 +293,11 @@ CASES = {
 }
 
 
-class TinyRun:
-    """One tiny model on 28x28x1, its variables and jitted train/eval functions."""
-
-    def __init__(self, case_id: str):
-        name, overrides, self.has_dropout, self.has_batch_norm = CASES[case_id]
-        self.name, self.overrides = name, overrides
-        self.model = nets.create(name, **overrides)
-        self.x = np.random.default_rng(0).normal(size=FASHION_INPUT).astype(np.float32)
-        self.variables = fast_jit(self.model.init)({'params': rng(1)}, self.x)
-        self.eval_apply = fast_jit(functools.partial(self.model.apply, train=False))
-
-        def loss(params, batch_stats, x, dropout_rng):
-            variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-            logits, updates = self.model.apply(variables, x, train=True, rngs={'dropout': dropout_rng},
-                                               mutable=['batch_stats'])
-            return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), (logits, updates)
-
-        self.train_grad = fast_jit(jax.grad(loss, has_aux=True))
-
-    def train(self, seed: int):
-        return self.train_grad(self.variables['params'], self.variables.get('batch_stats', {}),
-                               self.x, rng(seed))
-
-
 @functools.cache
 def tiny_run(case_id: str) -> TinyRun:
-    return TinyRun(case_id)
+    name, overrides, has_dropout, has_batch_norm = CASES[case_id]
+    return TinyRun(name, overrides, FASHION_INPUT, has_dropout=has_dropout,
+                   has_batch_norm=has_batch_norm)
 
 
 @pytest.mark.parametrize('case_id', sorted(CASES))
