@@ -94,10 +94,7 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"AlexNet expects (N, H, W, C) images, got shape {x.shape}")
-        layers.check_input_size(f"AlexNet(stem={self.stem!r})", x.shape[1:3], self.min_input_size(),
-                                " (stem='small' accepts smaller images)" if self.stem == 'imagenet' else '')
+        layers.check_images(self, x)
         conv = dict(use_norm=False, activation=self.activation, kernel_init=self.kernel_init,
                     dtype=self.dtype, param_dtype=self.param_dtype)
         widths = [self.width * f for f in _WIDTH_FACTORS]

@@ -237,16 +237,6 @@ def _classifier(model: nn.Module, x: jax.Array, train: bool) -> jax.Array:
     return x.astype(jnp.float32)
 
 
-def _check_images(model: nn.Module, x: jax.Array, hint: str = '') -> None:
-    """Reject non-image inputs and images below `model.min_input_size()` (naming both sizes)."""
-    name = type(model).__name__
-    if x.ndim != 4:
-        raise ValueError(f"{name} expects (N, H, W, C) images, got shape {x.shape}")
-    if not hint and model.stem == 'imagenet':
-        hint = " (stem='small' accepts smaller images)"
-    layers.check_input_size(f"{name}(stem={model.stem!r})", x.shape[1:3], model.min_input_size(), hint)
-
-
 class GoogLeNet(nn.Module):
     """GoogLeNet / Inception v1; see the module docstring for layout, aux heads and small inputs."""
 
@@ -278,7 +268,7 @@ class GoogLeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        _check_images(self, x)
+        layers.check_images(self, x)
         fields = _block_fields(self)
         inception = functools.partial(InceptionV1Block, wide_kernel_size=self.wide_kernel_size, **fields)
         aux_head = functools.partial(GoogLeNetAuxHead, num_classes=self.num_classes, **fields)
@@ -343,7 +333,7 @@ class InceptionV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        _check_images(self, x)
+        layers.check_images(self, x)
         fields = _block_fields(self)
         x = GoogLeNetStem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)
         for name, features, pool, strides in _BN_INCEPTION_LAYOUT:
@@ -533,7 +523,7 @@ class InceptionV3(nn.Module):
             without_aux = layers.smallest_input_size(functools.partial(self._output_size, with_aux=False))
             hint = (f" (the auxiliary head needs the 17x17 grid; aux_logits=False accepts "
                     f"{without_aux}x{without_aux}, stem='small' smaller images)")
-        _check_images(self, x, hint)
+        layers.check_images(self, x, hint)
         fields = _block_fields(self)
         x = InceptionV3Stem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)
         for name, pool_features in (('mixed_5b', 32), ('mixed_5c', 64), ('mixed_5d', 64)):

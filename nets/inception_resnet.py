@@ -166,10 +166,7 @@ class InceptionResNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"InceptionResNetV2 expects (N, H, W, C) images, got shape {x.shape}")
-        layers.check_input_size(f"InceptionResNetV2(stem={self.stem!r})", x.shape[1:3], self.min_input_size(),
-                                " (stem='small' accepts smaller images)" if self.stem == 'imagenet' else '')
+        layers.check_images(self, x)
         fields = dict(width_multiplier=self.width_multiplier, activation=self.activation,
                       kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
         x = InceptionV3Stem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)

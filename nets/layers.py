@@ -402,3 +402,14 @@ def check_input_size(what: str, spatial: Sequence[int], minimum: int, hint: str 
 def scale_width(features: int, multiplier: float) -> int:
     """`features` times a width multiplier, rounded half up, at least 1."""
     return max(1, int(features * multiplier + 0.5))
+
+
+def check_images(model: nn.Module, x: jax.Array, hint: str = '') -> None:
+    """Reject non-image inputs and images below `model.min_input_size()` (naming both sizes);
+    models with an ImageNet stem point at their small-input stem."""
+    name = type(model).__name__
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects (N, H, W, C) images, got shape {x.shape}")
+    if not hint and model.stem == 'imagenet':
+        hint = " (stem='small' accepts smaller images)"
+    check_input_size(f"{name}(stem={model.stem!r})", x.shape[1:3], model.min_input_size(), hint)

@@ -83,10 +83,7 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"VGG expects (N, H, W, C) images, got shape {x.shape}")
-        layers.check_input_size(f"VGG(stem={self.stem!r})", x.shape[1:3], self.min_input_size(),
-                                " (stem='small' accepts smaller images)" if self.stem == 'imagenet' else '')
+        layers.check_images(self, x)
         # torchvision keeps the conv bias even when BatchNorm follows (the anchors count it).
         conv = dict(use_norm=self.batch_norm, use_bias=True, activation=self.activation,
                     kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
