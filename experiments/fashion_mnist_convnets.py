@@ -8,8 +8,9 @@ All of them, with the results table (accuracy, parameters, FLOPs, examples/s) an
 The argument is one of MODELS below: the families (AlexNet, VGG, GoogLeNet, ResNet, ConvNeXt)
 at small widths with their small-input stems, plus the course's comparison of an MLP and a CNN
 of about the same parameter count (203,530 vs 206,970).
-Hardware: 2-core CPU, one XLA device; the whole comparison took the time in the README.
-Expected: the README's ConvNet comparison table (made by the command above).
+Hardware: 2-core CPU, one XLA device; about 30 minutes for all seven (GoogLeNet is the slowest).
+Expected (measured, 1 epoch): mlp 86.2%, cnn 88.2%, alexnet 77.5%, vgg 90.0%, googlenet 89.3%,
+resnet 86.9%, convnext 85.6% (README table).
 """
 
 from train.config import default_config, model_config
