@@ -287,7 +287,6 @@ class DeformableBasicBlock(BasicBlock):
         return layers.activation(self.activation)(y + residual)
 
 
-_BLOCK_CLASSES = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
 _DEFORMABLE_BLOCK_CLASSES = {'basic': DeformableBasicBlock, 'bottleneck': DeformableBottleneckBlock}
 
 
@@ -321,39 +320,20 @@ class DeformableResNet(ResNet):
         """Smallest H and W: the total stride (stem, then /2 per stage after the first)."""
         return (4 if self.stem == 'imagenet' else 1) * 2 ** (len(self.stage_sizes) - 1)
 
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def check_input(self, x: jax.Array) -> None:
         if x.ndim != 4:
             raise ValueError(f"DeformableResNet expects (N, H, W, C) images, got shape {x.shape}")
         minimum = self.min_input_size()
         if min(x.shape[1:3]) < minimum:
             raise ValueError(f"Input size {x.shape[1]}x{x.shape[2]} is too small for stem {self.stem!r} and "
                              f"{len(self.stage_sizes)} stages: minimum {minimum}x{minimum}")
-        conv = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
-        deform = dict(version=self.deform_version, offset_groups=self.offset_groups, mask_scale=self.mask_scale)
-        x = x.astype(self.dtype)
-        # Stem, stage loop and head as in ResNet.__call__ (same parameter names);
-        # only the block class per stage differs.
-        if self.stem == 'imagenet':
-            x = layers.ConvNormAct(self.width, 7, strides=2, activation=self.activation,
-                                   name='stem', **conv)(x, train=train)
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
-        else:
-            x = layers.ConvNormAct(self.width, 3, activation=self.activation,
-                                   name='stem', **conv)(x, train=train)
-        for stage, num_blocks in enumerate(self.stage_sizes):
-            if stage in self.deformable_stages:
-                block_cls = functools.partial(_DEFORMABLE_BLOCK_CLASSES[self.block], **deform)
-            else:
-                block_cls = _BLOCK_CLASSES[self.block]
-            for i in range(num_blocks):
-                strides = 2 if stage > 0 and i == 0 else 1
-                x = block_cls(self.width * 2 ** stage, strides=strides, activation=self.activation,
-                              shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
-                              name=f'stage{stage}_block{i}', **conv)(x, train=train)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
-        return x.astype(jnp.float32)
+
+    def block_class(self, stage: int) -> Any:
+        """Deformable blocks in `deformable_stages`, ResNet's own elsewhere (same parameter names)."""
+        if stage not in self.deformable_stages:
+            return super().block_class(stage)
+        return functools.partial(_DEFORMABLE_BLOCK_CLASSES[self.block], version=self.deform_version,
+                                 offset_groups=self.offset_groups, mask_scale=self.mask_scale)
 
 
 register('deformable_resnet50', DeformableResNet, family='deformable', stage_sizes=(3, 4, 6, 3),

@@ -146,8 +146,17 @@ class ResNet(nn.Module):
                              f"got stage_sizes={self.stage_sizes!r}, width={self.width}")
         super().__post_init__()
 
+    def block_class(self, stage: int) -> Any:
+        """The residual block of `stage` (a hook: deformable ResNets swap it per stage)."""
+        del stage
+        return _BLOCK_CLASSES[self.block]
+
+    def check_input(self, x: jax.Array) -> None:
+        """Input checks before the stem (a hook for variants with stricter needs)."""
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        self.check_input(x)
         conv = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
         rank = x.ndim - 2
         x = x.astype(self.dtype)
@@ -158,8 +167,8 @@ class ResNet(nn.Module):
         else:
             x = layers.ConvNormAct(self.width, 3, activation=self.activation,
                                    name='stem', **conv)(x, train=train)
-        block_cls = _BLOCK_CLASSES[self.block]
         for stage, num_blocks in enumerate(self.stage_sizes):
+            block_cls = self.block_class(stage)
             for i in range(num_blocks):
                 strides = 2 if stage > 0 and i == 0 else 1
                 x = block_cls(self.width * 2 ** stage, strides=strides, activation=self.activation,
