@@ -1,9 +1,17 @@
-"""Scaled dot-product attention and multi-head attention.
+"""Scaled dot-product attention, masks and multi-head attention.
 
-Written out explicitly, softmax(Q Kᵀ / √d) V, so the code reads like the
-equations. Arrays are laid out `(batch, length, heads, head_dim)`; attention
-weights are `(batch, heads, q_len, k_len)`. Masks are boolean and broadcast to
-the weights' shape, True meaning "may attend".
+One attention library for the Transformer, ViT, Swin, seq2seq and captioning
+models. Written out explicitly, softmax(Q Kᵀ / √d + bias) V, so the code reads
+like the equations. Arrays are laid out `(batch, length, heads, head_dim)`;
+attention weights are `(batch, heads, q_len, k_len)`. Masks are boolean and
+broadcast to the weights' shape, True meaning "may attend".
+
+Two implementations compute the same thing (tested equal):
+- 'plain': the einsum-softmax-einsum above; the only one that can apply dropout
+  to the weights or hand the weights back;
+- 'xla' / 'cudnn': `jax.nn.dot_product_attention` (cuDNN's fused flash
+  attention on NVIDIA GPUs in half precision).
+'auto' picks cuDNN where it is eligible and 'plain' elsewhere.
 """
 
 import math
@@ -17,6 +25,49 @@ from nets import layers
 
 Dtype = Any
 
+IMPLEMENTATIONS = ('auto', 'plain', 'xla', 'cudnn')
+
+
+# ----------------------------------------------------------------------------- masks
+
+def causal_mask(q_len: int, k_len: int | None = None) -> jax.Array:
+    """(1, 1, q_len, k_len) mask letting query i see keys 0..i (+ k_len - q_len).
+
+    With k_len > q_len the queries are the last q_len positions of the sequence
+    (as when decoding continues a cached prefix).
+    """
+    k_len = q_len if k_len is None else k_len
+    offset = k_len - q_len
+    return (jnp.arange(k_len)[None, :] <= jnp.arange(q_len)[:, None] + offset)[None, None]
+
+
+def padding_mask(q_valid: jax.Array, k_valid: jax.Array | None = None) -> jax.Array:
+    """(batch, 1, q_len, k_len) mask from per-token validity (batch, len) booleans.
+
+    A pair may attend only when both the query and the key are real tokens.
+    Padded queries then have no keys; their rows come out uniform, not NaN.
+    """
+    k_valid = q_valid if k_valid is None else k_valid
+    return (q_valid[:, None, :, None] & k_valid[:, None, None, :]).astype(bool)
+
+
+def key_padding_mask(k_valid: jax.Array) -> jax.Array:
+    """(batch, 1, 1, k_len) mask hiding padded keys from every query."""
+    return k_valid[:, None, None, :].astype(bool)
+
+
+def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
+    """Logical AND of the masks that are not None (None if all are)."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    combined = present[0]
+    for m in present[1:]:
+        combined = jnp.logical_and(combined, m)
+    return combined
+
+
+# ----------------------------------------------------------------------------- functions
 
 def attention_weights(q: jax.Array, k: jax.Array, *, mask: jax.Array | None = None,
                       bias: jax.Array | None = None, dtype: Dtype | None = None) -> jax.Array:
@@ -38,21 +89,47 @@ def attention_weights(q: jax.Array, k: jax.Array, *, mask: jax.Array | None = No
     return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
 
+def cudnn_eligible(q: jax.Array, k: jax.Array, bias: jax.Array | None) -> bool:
+    """Whether cuDNN's fused attention can run this call (NVIDIA GPU, half precision)."""
+    return (jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16)
+            and k.dtype == q.dtype and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128
+            and bias is None)
+
+
+def resolve_implementation(implementation: str, q: jax.Array, k: jax.Array,
+                           bias: jax.Array | None = None) -> str:
+    """Maps 'auto' to the implementation used for these arrays on this backend."""
+    layers.check_choice('attention implementation', implementation, IMPLEMENTATIONS)
+    if implementation == 'auto':
+        return 'cudnn' if cudnn_eligible(q, k, bias) else 'plain'
+    return implementation
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           mask: jax.Array | None = None, bias: jax.Array | None = None,
                           dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
                           deterministic: bool = True, dtype: Dtype | None = None,
+                          implementation: str = 'plain',
                           return_weights: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Scaled dot-product attention, softmax(Q Kᵀ / √d) V.
+    """Scaled dot-product attention, softmax(Q Kᵀ / √d + bias) V.
 
     q: (batch, q_len, heads, head_dim); k, v: (batch, k_len, heads, head_dim).
     Returns the output (batch, q_len, heads, head_dim), and also the
     (pre-dropout) weights (batch, heads, q_len, k_len) if `return_weights`.
-    Dropout on the weights needs `dropout_rng` and `deterministic=False`.
+    Dropout on the weights needs `dropout_rng` and `deterministic=False`; it and
+    `return_weights` always use the plain implementation.
     """
+    dropout_active = not deterministic and dropout_rate > 0.0
+    implementation = resolve_implementation(implementation, q, k, bias)
+    if implementation != 'plain' and not (dropout_active or return_weights):
+        dtype = jnp.result_type(q, k) if dtype is None else dtype
+        if mask is not None:
+            mask = jnp.broadcast_to(mask, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+        return jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
+                                            bias=bias, mask=mask, implementation=implementation)
     weights = attention_weights(q, k, mask=mask, bias=bias, dtype=dtype)
     attended = weights
-    if not deterministic and dropout_rate > 0.0:
+    if dropout_active:
         if dropout_rng is None:
             raise ValueError("dropout_rng is required when deterministic=False and dropout_rate > 0")
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
@@ -61,14 +138,27 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     return (out, weights) if return_weights else out
 
 
+# ----------------------------------------------------------------------------- module
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate Q, K, V projections and an output projection.
 
     Parameters: 4·D² + 4·D for model width D (same as PyTorch's
-    nn.MultiheadAttention). Self-attention when `inputs_kv` is None. The
-    attention weights (batch, heads, q_len, k_len) are sown into
-    'intermediates'/'attention_weights' (apply with `mutable=['intermediates']`
-    to read them); nothing is sown during `init`, so `init` returns only params.
+    nn.MultiheadAttention). Self-attention when `inputs_kv` is None,
+    cross-attention otherwise. `mask` (True = may attend) and an additive
+    `bias` (e.g. Swin's relative position bias) broadcast to
+    (batch, heads, q_len, k_len).
+
+    Attention weights: when applied with `mutable=['intermediates']` the
+    weights (batch, heads, q_len, k_len) are sown into
+    'intermediates'/'attention_weights'. They are computed only then, so the
+    default call keeps its outputs and its speed; nothing is sown at `init`.
+
+    Decoding (`decode=True`, self-attention only): keys and values of earlier
+    steps are kept in the 'cache' collection. Initialise the cache by calling
+    `init` with decode=True on a (batch, max_length, D) input; then each apply
+    with `mutable=['cache']` takes the next token(s) (batch, n, D), appends
+    their keys/values, and attends causally over everything cached so far.
     """
 
     num_heads: int
@@ -76,13 +166,48 @@ class MultiHeadAttention(nn.Module):
     out_features: int | None = None  # default: input width
     dropout_rate: float = 0.0
     use_bias: bool = True
+    qkv_bias: bool | None = None  # default: use_bias
     kernel_init: str = 'glorot_uniform'
+    implementation: str = 'auto'
+    decode: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    def __post_init__(self) -> None:
+        layers.check_choice('implementation', self.implementation, IMPLEMENTATIONS)
+        layers.check_rate('dropout_rate', self.dropout_rate)
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads must be positive, got {self.num_heads}")
+        super().__post_init__()
+
+    def _cached_keys_values(self, k: jax.Array, v: jax.Array,
+                            mask: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """Appends this step's keys/values to the cache; returns all of them and the causal mask."""
+        initialised = self.has_variable('cache', 'cached_key')
+        cached_key = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
+        cached_value = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
+        cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+        if not initialised:  # `init` sizes the cache from a max-length input
+            return k, v, mask
+        max_length = cached_key.value.shape[1]
+        steps = k.shape[1]
+        index = cache_index.value
+        k = jax.lax.dynamic_update_slice(cached_key.value, k, (0, index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cached_value.value, v, (0, index, 0, 0))
+        cached_key.value, cached_value.value = k, v
+        cache_index.value = index + steps
+        # Query j of this call sits at position index + j and sees keys up to there.
+        positions = index + jnp.arange(steps)
+        visible = (jnp.arange(max_length)[None, :] <= positions[:, None])[None, None]
+        return k, v, combine_masks(visible, mask)
+
     @nn.compact
     def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *,
-                 mask: jax.Array | None = None, train: bool = False) -> jax.Array:
+                 mask: jax.Array | None = None, bias: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
+        if self.decode and inputs_kv is not None:
+            raise ValueError("decode=True caches self-attention only; call cross-attention "
+                             "with decode=False")
         if inputs_kv is None:
             inputs_kv = inputs_q
         features = inputs_q.shape[-1] if self.qkv_features is None else self.qkv_features
@@ -90,20 +215,33 @@ class MultiHeadAttention(nn.Module):
         if features % self.num_heads != 0:
             raise ValueError(f"qkv_features {features} is not divisible by num_heads {self.num_heads}")
         head_dim = features // self.num_heads
+        qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
 
         def projection(name: str) -> nn.DenseGeneral:
-            return nn.DenseGeneral((self.num_heads, head_dim), use_bias=self.use_bias,
+            return nn.DenseGeneral((self.num_heads, head_dim), use_bias=qkv_bias,
                                    kernel_init=layers.initializer(self.kernel_init),
                                    dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
         q = projection('query')(inputs_q)
         k = projection('key')(inputs_kv)
         v = projection('value')(inputs_kv)
-        weights = attention_weights(q, k, mask=mask, dtype=self.dtype)
-        if not self.is_initializing():
+        if self.decode:
+            k, v, mask = self._cached_keys_values(k, v, mask)
+
+        dropout_active = train and self.dropout_rate > 0.0
+        implementation = resolve_implementation(self.implementation, q, k, bias)
+        want_weights = self.is_mutable_collection('intermediates') and not self.is_initializing()
+        if implementation == 'plain' or dropout_active:
+            weights = attention_weights(q, k, mask=mask, bias=bias, dtype=self.dtype)
+            attended = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
+            out = jnp.einsum('bhqk,bkhd->bqhd', attended, v)
+        else:
+            out = dot_product_attention(q, k, v, mask=mask, bias=bias, dtype=self.dtype,
+                                        implementation=implementation)
+            # Weights only on request, so the default call stays on the fused path.
+            weights = attention_weights(q, k, mask=mask, bias=bias, dtype=self.dtype) if want_weights else None
+        if want_weights:
             self.sow('intermediates', 'attention_weights', weights)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
-        out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
         return nn.DenseGeneral(out_features, axis=(-2, -1), use_bias=self.use_bias,
                                kernel_init=layers.initializer(self.kernel_init),
                                dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out)

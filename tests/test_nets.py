@@ -275,7 +275,7 @@ def test_vit_other_pool_posemb_combinations(pool, posemb):
 
 
 def test_sincos2d_posemb():
-    from nets.vit import sincos2d_posemb
+    from nets.position import sincos_2d as sincos2d_posemb
     pos = sincos2d_posemb(3, 4, 8)
     assert pos.shape == (12, 8)
     assert np.all(np.abs(pos) <= 1.0)
@@ -305,7 +305,7 @@ def test_registry_lists_all_families():
     resnets = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
                'resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110']
     assert nets.list_models('resnet') == sorted(resnets)
-    assert nets.list_models('vit') == sorted(VIT_ANCHORS)
+    assert nets.list_models('vit') == sorted([*VIT_ANCHORS, 'vit_r50_b16'])
     assert nets.list_models('mlp') == ['mlp'] and nets.list_models('cnn') == ['cnn']
     everything = nets.list_models()
     assert everything == sorted(set(everything))

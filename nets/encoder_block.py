@@ -1,0 +1,66 @@
+"""The Transformer encoder block shared by the Transformer encoder and ViT.
+
+x + attention(x) then x + MLP(x), with LayerNorm either before each branch
+('pre', ViT and most modern Transformers: trains without warm-up tricks) or
+after each residual sum ('post', Vaswani et al. 2017).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from nets import layers
+from nets.attention import IMPLEMENTATIONS, MultiHeadAttention
+
+Dtype = Any
+
+NORM_POSITIONS = ('pre', 'post')
+
+
+class EncoderBlock(nn.Module):
+    """Self-attention and MLP sub-layers, each with a residual, dropout and stochastic depth.
+
+    `mask` (True = may attend) is passed to the attention, e.g. to hide padding.
+    Submodule names ('norm1', 'attention', 'norm2', 'mlp') are the same for both
+    norm positions, so checkpoints differ only in meaning, not in layout.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    norm_position: str = 'pre'
+    activation: str = 'gelu'
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    attention_implementation: str = 'auto'
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        layers.check_choice('norm_position', self.norm_position, NORM_POSITIONS)
+        layers.check_choice('attention_implementation', self.attention_implementation, IMPLEMENTATIONS)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, train: bool = False) -> jax.Array:
+        dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        pre = self.norm_position == 'pre'
+
+        def residual(x: jax.Array, branch, norm_name: str, dropout: bool) -> jax.Array:
+            norm = layers.layer_norm(name=norm_name, **dims)
+            y = branch(norm(x) if pre else x)
+            if dropout:
+                y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+            x = x + layers.DropPath(self.drop_path_rate)(y, train=train)
+            return x if pre else norm(x)
+
+        attention = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
+                                       implementation=self.attention_implementation,
+                                       name='attention', **dims)
+        x = residual(x, lambda y: attention(y, mask=mask, train=train), 'norm1', dropout=True)
+        mlp = layers.MlpBlock(self.mlp_dim, activation=self.activation, dropout_rate=self.dropout_rate,
+                              name='mlp', **dims)
+        # MlpBlock ends in its own dropout, which serves as this sub-layer's.
+        return residual(x, lambda y: mlp(y, train=train), 'norm2', dropout=False)
