@@ -25,7 +25,14 @@ MODELS = {
     'googlenet': ('googlenet', dict(stem='small', width_multiplier=0.25)),
     'resnet': ('resnet20', dict(width=8)),
     'convnext': ('convnext_t', dict(stem='small', depths=(1, 1, 3, 1), dims=(16, 32, 64, 128))),
+    # The course's "ViT or CNN?" at small scale: 4x4 patches make a 7x7 grid of 49 tokens.
+    'vit': ('vit_ti16', dict(patch_size=4, hidden_size=64, depth=6, num_heads=4, mlp_dim=128)),
+    # 2x2 patches: 14x14 tokens in 7x7 windows (regular, then shifted), merged to one 7x7 window.
+    'swin': ('swin_t', dict(patch_size=2, window_size=7, embed_dim=48, depths=(2, 2),
+                            num_heads=(3, 6), drop_path_rate=0.1)),
 }
+# Trained with AdamW and weight decay 0.05 (the Transformer / ConvNeXt recipe), not SGD.
+ADAMW_MODELS = ('convnext', 'vit', 'swin')
 
 
 def get_config(name: str = 'cnn'):
@@ -37,10 +44,11 @@ def get_config(name: str = 'cnn'):
     config.model = model_config(model_name, **fields)
     config.batch_size = 128
     config.num_epochs = 1.0
-    config.optimizer.name = 'adamw' if name == 'convnext' else 'momentum'
+    config.optimizer.name = 'adamw' if name in ADAMW_MODELS else 'momentum'
     # AlexNet has no batch norm: at 0.05 its loss spikes early; the paper's 0.01 trains.
-    config.optimizer.learning_rate = {'convnext': 2e-3, 'alexnet': 0.01}.get(name, 0.05)
-    config.optimizer.weight_decay = 0.05 if name == 'convnext' else 5e-4
+    config.optimizer.learning_rate = {'convnext': 2e-3, 'vit': 2e-3, 'swin': 2e-3,
+                                      'alexnet': 0.01}.get(name, 0.05)
+    config.optimizer.weight_decay = 0.05 if name in ADAMW_MODELS else 5e-4
     config.schedule.name = 'warmup_cosine'
     config.schedule.warmup_epochs = 0.5
     config.log_every_steps = 100

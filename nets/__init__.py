@@ -1,4 +1,4 @@
-"""Model zoo: MLP, CNN, ResNet and Vision Transformer classifiers in Flax linen.
+"""Model zoo: MLPs, ConvNets, ResNets, Vision Transformers and Swin in Flax linen.
 
 Every model is a `flax.linen.Module` called as `model.apply(variables, x, train=...)`
 on channels-last inputs and returns float32 logits `(batch, num_classes)`.
@@ -30,12 +30,16 @@ from nets.inception_resnet import InceptionResNetV2  # noqa: E402
 from nets.deformable import DeformableConv, DeformableResNet, deformable_conv  # noqa: E402
 from nets.convnext import ConvNeXt  # noqa: E402
 from nets.nfnet import NFNet  # noqa: E402
+from nets.swin import SwinTransformer  # noqa: E402
 from nets.attention import MultiHeadAttention, dot_product_attention  # noqa: E402
+from nets.rnn import (BidirectionalRNN, GRUCell, LSTMCell, RNNClassifier, RNNLayer,  # noqa: E402
+                      SimpleRNNCell, StackedRNN)
 
 __all__ = [
+    'BidirectionalRNN', 'GRUCell', 'LSTMCell', 'RNNClassifier', 'RNNLayer', 'SimpleRNNCell', 'StackedRNN',
     'AlexNet', 'CNN', 'ConvNeXt', 'DeformableConv', 'DeformableResNet', 'NFNet',
     'deformable_conv', 'GoogLeNet', 'InceptionResNetV2', 'InceptionV2', 'InceptionV3', 'MLP',
-    'MultiHeadAttention', 'ResNet', 'VGG', 'VisionTransformer',
+    'MultiHeadAttention', 'ResNet', 'SwinTransformer', 'VGG', 'VisionTransformer',
     'attention', 'count_params', 'create', 'dot_product_attention', 'layers',
     'list_families', 'list_models', 'model_defaults', 'model_family', 'model_fields', 'register',
 ]

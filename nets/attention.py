@@ -245,3 +245,26 @@ class MultiHeadAttention(nn.Module):
         return nn.DenseGeneral(out_features, axis=(-2, -1), use_bias=self.use_bias,
                                kernel_init=layers.initializer(self.kernel_init),
                                dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out)
+
+
+# ----------------------------------------------------------------------------- reading the weights
+
+def attention_rollout(layer_weights: list[jax.Array] | tuple[jax.Array, ...], *,
+                      residual: bool = True) -> jax.Array:
+    """Attention rollout (Abnar & Zuidema 2020): how much each output token draws on each input token.
+
+    `layer_weights`: per layer, (batch, heads, tokens, tokens), first layer first.
+    Heads are averaged; with `residual` the identity is mixed in (0.5·A + 0.5·I) for
+    the skip connection, rows renormalised, and the layers multiplied in order.
+    Returns (batch, tokens, tokens) whose rows sum to 1.
+    """
+    if not layer_weights:
+        raise ValueError('attention_rollout needs the weights of at least one layer')
+    rollout = None
+    for weights in layer_weights:
+        mixed = jnp.mean(jnp.asarray(weights, jnp.float32), axis=1)
+        if residual:
+            mixed = 0.5 * mixed + 0.5 * jnp.eye(mixed.shape[-1], dtype=mixed.dtype)
+        mixed = mixed / jnp.sum(mixed, axis=-1, keepdims=True)
+        rollout = mixed if rollout is None else jnp.einsum('bij,bjk->bik', mixed, rollout)
+    return rollout

@@ -299,3 +299,22 @@ def test_registered_hybrid_is_vit_b_on_resnet50_stages():
     # The patch embedding reads 1x1 patches of 1024 channels instead of 16x16x3 pixels.
     embedding_change = (1024 - 16 * 16 * 3) * 768
     assert size(hybrid) == size(vit_b) + stages + embedding_change
+
+
+def test_attention_rollout_composes_layers():
+    data = np.random.default_rng(0)
+    layers_weights = [jax.nn.softmax(data.normal(size=(2, 3, 4, 4)), -1) for _ in range(3)]
+    rollout = np.asarray(attention.attention_rollout(layers_weights))
+    assert rollout.shape == (2, 4, 4)
+    np.testing.assert_allclose(rollout.sum(-1), 1.0, atol=1e-5)
+    # By hand: average heads, mix in the identity, multiply later layers on the left.
+    expected = np.broadcast_to(np.eye(4), (2, 4, 4))
+    for w in layers_weights:
+        expected = (0.5 * np.asarray(w).mean(1) + 0.5 * np.eye(4)) @ expected
+    np.testing.assert_allclose(rollout, expected, atol=1e-5)
+    # Attention that only looks at token 0 in the last layer routes everything there.
+    only_first = np.zeros((1, 1, 4, 4), np.float32)
+    only_first[..., 0] = 1.0
+    np.testing.assert_allclose(attention.attention_rollout([only_first], residual=False)[0, :, 0], 1.0)
+    with pytest.raises(ValueError, match='at least one layer'):
+        attention.attention_rollout([])
