@@ -20,12 +20,19 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data.builders import Digits, FashionMnist, Mnist1d, Mnist1dShuffled, Mnist5k
+from data.builders.addition import Addition
+from data.builders.char_corpus import CharCorpus
+from data.builders.digit_captions import DigitCaptions
+from data.builders.sequences import vocabularies_of
+from data.builders.translation import Translation
+from data.tokenizers import Vocabulary
 
 DEFAULT_DATA_DIR: str = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 # Datasets whose builders ship in this repo and prepare offline.
 LOCAL_DATASETS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
-    cls.name: cls for cls in (FashionMnist, Mnist5k, Digits, Mnist1d, Mnist1dShuffled)
+    cls.name: cls for cls in (FashionMnist, Mnist5k, Digits, Mnist1d, Mnist1dShuffled,
+                              CharCorpus, Translation, Addition, DigitCaptions)
 }
 
 # Mean/std cache written next to the prepared array_record files.
@@ -46,6 +53,12 @@ class DatasetInfo:
 
     Normalise on device as (x / 255 - mean) / std when image_dtype == 'uint8',
     else (x - mean) / std; mean/std are per channel over the train split.
+
+    Sequence data sets (no `label`; see data/builders/sequences.py) describe their
+    per-token outputs: num_classes / class_names are the `targets` vocabulary, and
+    example_shape / image_dtype the `image` or else the `inputs` feature; mean/std are
+    empty for token inputs. vocab_sizes maps each token feature to its vocabulary size
+    (`load_vocabularies` gives the vocabularies themselves).
     """
 
     name: str
@@ -56,6 +69,7 @@ class DatasetInfo:
     splits: dict[str, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    vocab_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def list_datasets() -> list[str]:
@@ -218,17 +232,31 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> Datase
     data_dir = _resolve_data_dir(data_dir)
     builder = prepared_builder(name, data_dir)
     features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise ValueError(f"{name!r} has features {list(features)}; this project needs 'image' and 'label'")
-    image, label = features["image"], features["label"]
-    stats = _load_or_compute_stats(name, builder)
+    vocabularies = vocabularies_of(builder.info)
+    input_name = "image" if "image" in features else "inputs"
+    if input_name not in features or ("label" not in features and "targets" not in vocabularies):
+        raise ValueError(f"{name!r} has features {list(features)}; this project needs 'image' and 'label', "
+                         "or 'image'/'inputs' and 'targets' with a vocabulary")
+    if "label" in features:
+        num_classes, class_names = int(features["label"].num_classes), tuple(features["label"].names)
+    else:  # A sequence model's classes are the target tokens.
+        num_classes, class_names = len(vocabularies["targets"]), vocabularies["targets"].tokens
+    example = features[input_name]
+    stats = _load_or_compute_stats(name, builder) if input_name == "image" else {"mean": (), "std": ()}
     return DatasetInfo(
         name=name,
-        num_classes=int(label.num_classes),
-        class_names=tuple(label.names),
-        example_shape=tuple(image.shape),
-        image_dtype=np.dtype(image.np_dtype).name,
+        num_classes=num_classes,
+        class_names=class_names,
+        example_shape=tuple(example.shape),
+        image_dtype=np.dtype(example.np_dtype).name,
         splits={split: int(info.num_examples) for split, info in builder.info.splits.items()},
         mean=tuple(stats["mean"]),
         std=tuple(stats["std"]),
+        vocab_sizes={feature: len(vocab) for feature, vocab in vocabularies.items()},
     )
+
+
+def load_vocabularies(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Vocabulary]:
+    """Token feature name ('inputs', 'targets') -> data.tokenizers vocabulary of a prepared
+    sequence data set; empty for image sets."""
+    return vocabularies_of(prepared_builder(name, data_dir).info)

@@ -22,7 +22,7 @@ from nets.rnn import CELLS
 from train.config import default_config, model_config
 
 # Greydanus 2020's GRU layout, shared by the three recurrent cells so they compare like for like.
-_RECURRENT = dict(hidden_size=6, bidirectional=True, readout='flatten')
+_RECURRENT = dict(hidden_size=12, bidirectional=True, readout='flatten')
 
 _MODELS = {
     'mlp': dict(name='mlp', depth=2, width=100),

@@ -31,6 +31,8 @@ from nets.deformable import DeformableConv, DeformableResNet, deformable_conv  #
 from nets.convnext import ConvNeXt  # noqa: E402
 from nets.nfnet import NFNet  # noqa: E402
 from nets.swin import SwinTransformer  # noqa: E402
+from nets.transformer import Transformer  # noqa: E402
+from nets import decoding, position  # noqa: E402
 from nets.attention import MultiHeadAttention, dot_product_attention  # noqa: E402
 from nets.rnn import (BidirectionalRNN, GRUCell, LSTMCell, RNNClassifier, RNNLayer,  # noqa: E402
                       SimpleRNNCell, StackedRNN)
@@ -39,7 +41,7 @@ __all__ = [
     'BidirectionalRNN', 'GRUCell', 'LSTMCell', 'RNNClassifier', 'RNNLayer', 'SimpleRNNCell', 'StackedRNN',
     'AlexNet', 'CNN', 'ConvNeXt', 'DeformableConv', 'DeformableResNet', 'NFNet',
     'deformable_conv', 'GoogLeNet', 'InceptionResNetV2', 'InceptionV2', 'InceptionV3', 'MLP',
-    'MultiHeadAttention', 'ResNet', 'SwinTransformer', 'VGG', 'VisionTransformer',
-    'attention', 'count_params', 'create', 'dot_product_attention', 'layers',
+    'MultiHeadAttention', 'ResNet', 'SwinTransformer', 'Transformer', 'VGG', 'VisionTransformer',
+    'attention', 'decoding', 'position', 'count_params', 'create', 'dot_product_attention', 'layers',
     'list_families', 'list_models', 'model_defaults', 'model_family', 'model_fields', 'register',
 ]

@@ -136,24 +136,29 @@ def model_fields(name: str) -> dict[str, Any]:
     return fields
 
 
-def _abstract_variables(model: nn.Module, input_shape: Sequence[int],
+def _abstract_variables(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]],
                         input_dtype: Any = jnp.float32) -> dict[str, Any]:
-    inputs = jax.ShapeDtypeStruct(tuple(input_shape), input_dtype)
+    # One shape, or one per positional input (a Transformer takes inputs and targets).
+    shapes = [input_shape] if isinstance(input_shape[0], int) else list(input_shape)
+    inputs = [jax.ShapeDtypeStruct(tuple(shape), input_dtype) for shape in shapes]
 
-    def init(x: jax.Array) -> Any:
+    def init(*xs: jax.Array) -> Any:
         key = jax.random.key(0)
-        return model.init({'params': key, 'dropout': key}, x)
+        return model.init({'params': key, 'dropout': key}, *xs)
 
-    return jax.eval_shape(init, inputs)
+    return jax.eval_shape(init, *inputs)
 
 
-def count_params(model: nn.Module, input_shape: Sequence[int], *, batch_stats: bool = False) -> int:
+def count_params(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]], *,
+                 batch_stats: bool = False, input_dtype: Any = jnp.float32) -> int:
     """Number of parameters of `model` for inputs of `input_shape` (batch dim included).
 
-    Uses `jax.eval_shape`, so nothing is allocated; cheap even for ViT-H.
-    With `batch_stats=True` the BatchNorm running statistics are added.
+    `input_shape` is one shape, or a list of shapes for models with several
+    inputs (token models take `input_dtype=jnp.int32`). Uses `jax.eval_shape`,
+    so nothing is allocated; cheap even for ViT-H. With `batch_stats=True` the
+    BatchNorm running statistics are added.
     """
-    variables = _abstract_variables(model, input_shape)
+    variables = _abstract_variables(model, input_shape, input_dtype)
     collections = ['params'] + (['batch_stats'] if batch_stats else [])
     return sum(int(np.prod(leaf.shape))
                for col in collections if col in variables

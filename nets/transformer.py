@@ -199,7 +199,8 @@ class Transformer(nn.Module):
             self.encoder_norm = layers.layer_norm(**dims)
             self.decoder_norm = layers.layer_norm(**dims)
         self.dropout = nn.Dropout(self.dropout_rate)
-        if self.decoding:
+        # Made at init and read from a cache later; a call without a cache fails in decode_step.
+        if self.decoding and (self.is_initializing() or self.has_variable('cache', 'decode_position')):
             self.decode_position = self.variable('cache', 'decode_position', lambda: jnp.array(0, jnp.int32))
 
     # ------------------------------------------------------------------ pieces
@@ -278,6 +279,9 @@ class Transformer(nn.Module):
         """
         if not self.decoding:
             raise ValueError("decode_step needs a model with decoding=True (model.clone(decoding=True))")
+        if not self.has_variable('cache', 'decode_position'):
+            raise ValueError("decode_step needs the 'cache' collection from init_cache, "
+                             "applied with mutable=['cache']")
         step = self.decode_position.value
         x = self._embed(self._target_embedding(), tokens[:, None])
         if self.posemb == 'sinusoidal':

@@ -104,7 +104,7 @@ def test_shared_embeddings_are_one_matrix():
         logits = model.apply({'params': params}, x, y)
         return jnp.sum(logits[..., which])
 
-    grad = jax.grad(loss)(variables['params']['embedding']['embedding'], PAD)
+    grad = fast_jit(jax.grad(functools.partial(loss, which=PAD)))(variables['params']['embedding']['embedding'])
     # PAD never appears in x or y, so only the output projection can reach its row.
     assert jnp.abs(grad[PAD]).sum() > 0
 
@@ -150,13 +150,13 @@ def test_shift_right():
 
 @pytest.mark.parametrize('norm_position', ['post', 'pre'])
 def test_trains_on_reversal(norm_position):
-    """100 Adam steps on reversing 6 random tokens: the loss falls well below chance."""
+    """100 Adam steps on reversing 4 random tokens: the loss falls far below chance."""
+    steps, batch, length = 100, 64, 4
     model = tiny(norm_position=norm_position, num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
-    data = np.random.default_rng(0).integers(3, 16, (100, 32, 6))
-    inputs = jnp.asarray(data, jnp.int32)
-    targets = jnp.concatenate([inputs[:, :, ::-1], jnp.full((100, 32, 1), EOS, jnp.int32)], axis=2)
-    params = model.init({'params': rng(1)}, inputs[0, :1], targets[0, :1])['params']
-    optimizer = optax.adam(3e-3)
+    inputs = jnp.asarray(np.random.default_rng(0).integers(3, 16, (steps, batch, length)), jnp.int32)
+    targets = jnp.concatenate([inputs[:, :, ::-1], jnp.full((steps, batch, 1), EOS, jnp.int32)], axis=2)
+    params = fast_jit(model.init)({'params': rng(1)}, inputs[0, :1], targets[0, :1])['params']
+    optimizer = optax.adam(1e-2)
 
     def loss_fn(params, x, y, key):
         logits = model.apply({'params': params}, x, y, train=True, rngs={'dropout': key})
@@ -169,13 +169,13 @@ def test_trains_on_reversal(norm_position):
         updates, opt_state = optimizer.update(grads, opt_state)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    keys = jax.random.split(rng(2), 100)
-    train = fast_jit(lambda params: jax.lax.scan(step, (params, optimizer.init(params)),
-                                                 (inputs, targets, keys))[1])
-    losses = np.asarray(train(params))
+    # One compiled scan over all steps: a Python loop would pay dispatch on every step.
+    train = fast_jit(lambda params, keys: jax.lax.scan(step, (params, optimizer.init(params)),
+                                                       (inputs, targets, keys))[1])
+    losses = np.asarray(train(params, jax.random.split(rng(2), steps)))
     assert np.all(np.isfinite(losses))
-    assert losses[:5].mean() > 2.0  # about log(13) at the start
-    assert losses[-10:].mean() < 0.5 * losses[:5].mean()
+    assert losses[:5].mean() > 2.3  # chance is ln(13) ≈ 2.6 for the words, less for the eos
+    assert losses[-10:].mean() < 0.3 * losses[:5].mean()
 
 
 # --------------------------------------------------------------------------- cached decoding
@@ -202,9 +202,13 @@ def test_decode_needs_the_right_mode():
     encoded = jnp.zeros((1, 3, 32))
     with pytest.raises(ValueError, match='decoding=True'):
         model.apply(variables, encoded, jnp.ones((1, 3), bool), jnp.array([BOS]), method=Transformer.decode_step)
+    decoder = model.clone(decoding=True)
     with pytest.raises(ValueError, match='decode_step'):
-        model.clone(decoding=True).apply(variables, encoded, jnp.ones((1, 3), bool), jnp.ones((1, 2), jnp.int32),
-                                         method=Transformer.decode)
+        decoder.apply(variables, encoded, jnp.ones((1, 3), bool), jnp.ones((1, 2), jnp.int32),
+                      method=Transformer.decode)
+    with pytest.raises(ValueError, match='init_cache'):
+        decoder.apply(variables, encoded, jnp.ones((1, 3), bool), jnp.array([BOS]),
+                      method=Transformer.decode_step, mutable=['cache'])
 
 
 def test_greedy_equals_beam_of_one_on_the_model():
