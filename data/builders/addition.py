@@ -13,7 +13,6 @@ The vocabulary is the characters "+0123456789" after the four special ids (15 id
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import numpy as np

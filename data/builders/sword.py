@@ -30,9 +30,15 @@ _VERSE_ENTRY = struct.Struct("<IIH")  # block, offset in block, size
 _BLOCK_ENTRY = struct.Struct("<III")  # offset in .bzz, compressed size, decompressed size
 _CHAPTER_START = re.compile(r'<chapter\b[^>]*\bosisID="([^"]+)"')
 _DIV_TAG = re.compile(r"<div\b[^>]*>")
+_START_ID = re.compile(r'\ssID="')
 # Footnotes, editorial headings and speaker labels are not part of the verse text; canonical
 # titles (a psalm's "A Psalm by David, ...") are, and other translations print them in verse 1.
-_ANNOTATION = re.compile(r"<(note|title|speaker)\b([^>]*?)(?<!/)>(.*?)</\1>", re.DOTALL)
+# Notes go first: they also sit inside titles.
+_NOTE = re.compile(r"<note\b[^>]*?(?<!/)>.*?</note>", re.DOTALL)
+_HEADING = re.compile(r"<(title|speaker)\b([^>]*?)(?<!/)>(.*?)</\1>", re.DOTALL)
+# Removed elements leave a space (they often stand between two words); none belongs before
+# a closing mark.
+_SPACE_BEFORE_MARK = re.compile(r"\s+([,.;:!?)\]])")
 _TAG = re.compile(r"<[^>]*>")
 
 
@@ -93,7 +99,8 @@ def testament_slots(directory: str | os.PathLike, testament: str) -> Iterator[st
 
 
 def _opens_book(markup: str) -> bool:
-    return any('type="book"' in tag and "sID=" in tag for tag in _DIV_TAG.findall(markup))
+    # The start tag has sID; the end tag (in a book's last verse) has eID, and both osisID.
+    return any('type="book"' in tag and _START_ID.search(tag) for tag in _DIV_TAG.findall(markup))
 
 
 def read_verses(library: str | os.PathLike, module: str) -> dict[str, str]:
@@ -125,5 +132,5 @@ def _keep_canonical_title(match: re.Match) -> str:
 def plain_text(markup: str) -> str:
     """Verse text without footnotes, non-canonical headings, speaker labels or tags; spaces
     collapsed."""
-    text = _TAG.sub("", _ANNOTATION.sub(_keep_canonical_title, markup))
-    return " ".join(html.unescape(text).split())
+    text = _TAG.sub("", _HEADING.sub(_keep_canonical_title, _NOTE.sub(" ", markup)))
+    return _SPACE_BEFORE_MARK.sub(r"\1", " ".join(html.unescape(text).split()))
