@@ -25,13 +25,16 @@ The slope of log(memory) against log(L), fitted over the upper half of the lengt
 attention (the L×L weights dominate) and ~1 for the LSTM (it keeps L time steps of activations
 for the backward pass).
 
-Hardware and time: the full default run takes about 2 minutes on the 2-core CPU (the 4096 row
-dominates: a plain-attention step there takes ~3 s).
-Measured (2-core CPU, shared with other jobs, jax 0.10.2, D=128, 4 heads, batch 1): see
-docs/attention_memory.md. At L=4096 plain attention needs ~1 GiB (four 256 MiB L×L float32
-buffers live at once) against ~34 MiB for the LSTM; slopes ~2.0 and ~1.0. On the CPU the 'xla'
-implementation builds the same L×L matrices (same memory, a faster kernel); only fused
-(flash) attention such as cuDNN's on a GPU avoids them.
+Hardware and time: 2-2.5 minutes on the 2-core CPU (the 4096 row dominates: a plain-attention
+step there takes ~3 s); the process peaks at ~2.7 GiB resident.
+Measured (2-core CPU shared with other jobs at load averages 5-8, jax 0.10.2, D=128, 4 heads,
+batch 1; full table in docs/attention_memory.md): at L=4096 plain attention needs 1035 MiB
+(temporaries worth four 256 MiB L×L float32 matrices) against 36.5 MiB for the LSTM (28x);
+log-log memory slopes over L=512..4096: 1.96 attention, 0.92 LSTM (temporaries alone: 1.99
+and 1.00; the LSTM's constant parameters and their gradients flatten its total). Step time
+slopes ~2.3 and ~1.1; attention is the faster layer up to L≈512, the LSTM beyond. On the CPU
+'xla' materialises the same L×L matrices (identical memory); fused (flash) kernels such as
+cuDNN's on a GPU are built to avoid them (not measured here).
 """
 
 from __future__ import annotations
