@@ -19,15 +19,28 @@ import nets
 from train.config import default_config, model_config
 
 _SMALL_STEM = {'resnet': 'cifar', 'deformable': 'cifar'}
+# Families whose models classify images (the sequence models have their own experiments).
+IMAGE_FAMILIES = frozenset({'mlp', 'cnn', 'resnet', 'vit', 'alexnet', 'vgg', 'inception',
+                            'inception_resnet', 'deformable', 'convnext', 'nfnet', 'swin'})
 
 
 def get_config(model_name: str = 'resnet20'):
     fields = nets.model_fields(model_name)  # an unknown name fails here, listing valid ones
+    family = nets.model_family(model_name)
+    if family not in IMAGE_FAMILIES:
+        raise ValueError(f'{model_name!r} (family {family!r}) is not an image classifier; '
+                         f'valid families: {sorted(IMAGE_FAMILIES)}')
     overrides = {}
-    if 'stem' in fields:
-        overrides['stem'] = _SMALL_STEM.get(nets.model_family(model_name), 'small')
-    if nets.model_family(model_name) == 'vit':
-        overrides['patch_size'] = 4  # 28x28 -> 7x7 tokens
+    if family == 'vit':
+        if fields['stem'] == 'resnet':  # hybrid: stride-1 root, 3 stages /4 -> 7x7 grid of 1x1 patches
+            overrides.update(resnet_root='cifar', patch_size=1)
+        else:
+            overrides['patch_size'] = 4  # 28x28 -> 7x7 tokens
+    elif family == 'swin':
+        # 1x1 patches and the first three stages: 28 -> 14 -> 7 tokens, window 7.
+        overrides.update(patch_size=1, depths=fields['depths'][:3], num_heads=fields['num_heads'][:3])
+    elif 'stem' in fields:
+        overrides['stem'] = _SMALL_STEM.get(family, 'small')
     config = default_config()
     config.dataset.name = 'fashion_mnist'
     config.model = model_config(model_name, **overrides)

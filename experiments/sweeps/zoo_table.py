@@ -30,11 +30,21 @@ def main(argv: list[str]) -> None:
     from nets.summary import flops_per_example
     from train.metrics_writer import quiet_library_logs
     quiet_library_logs()
-    lines = ['| model | family | parameters | input | GMACs | GFLOPs (XLA) | train on Fashion-MNIST |',
-             '|---|---|---|---|---|---|---|']
-    for family in _FAMILIES.value or nets.list_families():
-        if family in ('mlp', 'cnn'):
-            continue  # sized by their fields, no ImageNet configuration
+    from experiments.fashion_mnist_zoo import IMAGE_FAMILIES
+    header = ['| model | family | parameters | input | GMACs | GFLOPs (XLA) | train on Fashion-MNIST |',
+              '|---|---|---|---|---|---|---|']
+    out = Path(_OUT.value)
+    families = _FAMILIES.value or nets.list_families()
+    # Rows of families not measured this time are kept from the existing table.
+    rows = {}
+    if out.exists():
+        for line in out.read_text().splitlines()[2:]:
+            cells = [c.strip() for c in line.split('|')]
+            if len(cells) > 3 and cells[2] not in families:
+                rows[(cells[2], cells[1])] = line
+    for family in families:
+        if family in ('mlp', 'cnn') or family not in IMAGE_FAMILIES:
+            continue  # sized by their fields (no ImageNet configuration), or not image models
         for name in nets.list_models(family):
             model = nets.create(name)
             size = _INPUT_SIZE.get(name, 224)
@@ -43,12 +53,11 @@ def main(argv: list[str]) -> None:
             shape = (1, size, size, 3)
             params = nets.count_params(model, shape)
             flops = flops_per_example(model, shape)
-            lines.append(f'| `{name}` | {family} | {params:,} | {size}x{size}x3 | '
-                         f'{flops / 2e9:.3g} | {flops / 1e9:.3g} | {train_command(name)} |')
-            print(lines[-1], flush=True)
-    out = Path(_OUT.value)
+            rows[(family, f'`{name}`')] = (f'| `{name}` | {family} | {params:,} | {size}x{size}x3 | '
+                                           f'{flops / 2e9:.3g} | {flops / 1e9:.3g} | {train_command(name)} |')
+            print(rows[(family, f'`{name}`')], flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text('\n'.join(lines) + '\n')
+    out.write_text('\n'.join(header + [rows[key] for key in sorted(rows)]) + '\n')
     print(f'wrote {out}')
 
 
