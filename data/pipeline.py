@@ -35,62 +35,103 @@ Batch = dict[str, np.ndarray]
 IN_MEMORY_MAX_BYTES = 2 * 1024**3
 
 
-class InMemorySource:
-    """A whole split decoded into `image` and `label` arrays; random access in O(1)."""
+def _is_numeric(value: Any) -> bool:
+    """Features a batch carries: numbers and arrays, not strings (kept for BLEU etc. only)."""
+    array = np.asarray(value)
+    return array.dtype.kind in "biuf"
 
-    def __init__(self, image: np.ndarray, label: np.ndarray):
-        if len(image) != len(label):
-            raise ValueError(f"{len(image)} images but {len(label)} labels")
-        self.image = image
-        self.label = label.astype(np.int32, copy=False)
+
+def _numeric_features(record: dict[str, Any]) -> list[str]:
+    return sorted(k for k, v in record.items() if _is_numeric(v))
+
+
+class InMemorySource:
+    """A whole split decoded into one array per numeric feature; random access in O(1).
+
+    Image data sets hold `image` and `label`; sequence data sets `inputs`,
+    `targets` and the like. String features are left out (read them from the
+    TFDS source where needed, e.g. reference translations for BLEU).
+    """
+
+    def __init__(self, image: np.ndarray | None = None, label: np.ndarray | None = None,
+                 **features: np.ndarray):
+        if image is not None:
+            features["image"] = image
+        if label is not None:
+            features["label"] = label
+        if not features:
+            raise ValueError("InMemorySource needs at least one feature")
+        lengths = {name: len(array) for name, array in features.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"features have different numbers of examples: {lengths}")
+        if "label" in features:
+            features["label"] = np.asarray(features["label"]).astype(np.int32, copy=False)
+        self.features = features
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.features["image"]
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.features["label"]
 
     @classmethod
     def from_source(cls, source: Sequence[dict[str, Any]], chunk_size: int = 4096) -> InMemorySource:
-        """Decodes every record of `source` (batched reads, one pass)."""
+        """Decodes every numeric feature of every record of `source` (batched reads, one pass)."""
         start_time = time.perf_counter()
         n = len(source)
         if n == 0:
             raise ValueError("cannot load an empty source into memory")
         first = _read_records(source, [0])[0]
-        image = np.empty((n, *np.shape(first["image"])), dtype=np.asarray(first["image"]).dtype)
-        label = np.empty((n,), dtype=np.int32)
+        names = _numeric_features(first)
+        arrays = {}
+        for name in names:
+            value = np.asarray(first[name])
+            arrays[name] = np.empty((n, *value.shape), np.int32 if name == "label" else value.dtype)
         for start in range(0, n, chunk_size):
             stop = min(n, start + chunk_size)
             records = _read_records(source, range(start, stop))
-            # Assigning into the preallocated array also checks shapes agree.
-            image[start:stop] = [r["image"] for r in records]
-            label[start:stop] = [r["label"] for r in records]
+            # Assigning into the preallocated arrays also checks shapes agree.
+            for name in names:
+                arrays[name][start:stop] = [r[name] for r in records]
         logging.info("Decoded %d records into memory (%.1f MB) in %.1fs",
-                     n, image.nbytes / 1e6, time.perf_counter() - start_time)
-        return cls(image, label)
+                     n, sum(a.nbytes for a in arrays.values()) / 1e6, time.perf_counter() - start_time)
+        return cls(**arrays)
 
     def __len__(self) -> int:
-        return len(self.label)
+        return len(next(iter(self.features.values())))
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {"image": self.image[index], "label": self.label[index]}
+        return {name: array[index] for name, array in self.features.items()}
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
         return [self[i] for i in indices]
 
     def gather(self, indices: np.ndarray) -> Batch:
         """A batch in one vectorised read."""
-        return {"image": self.image[indices], "label": self.label[indices]}
+        return {name: array[indices] for name, array in self.features.items()}
 
 
 def decoded_nbytes(source: Sequence[dict[str, Any]]) -> int | None:
-    """Estimated RAM for the decoded images of `source`; None if shapes vary."""
+    """Estimated RAM for the decoded numeric features of `source`; None if shapes vary."""
     if isinstance(source, InMemorySource):
-        return source.image.nbytes
-    info = getattr(source, "dataset_info", None)  # TFDS data sources carry their info.
-    if info is not None:
-        feature = info.features["image"]
-        if any(d is None for d in feature.shape):
-            return None
-        return len(source) * int(np.prod(feature.shape)) * np.dtype(feature.np_dtype).itemsize
+        return sum(a.nbytes for a in source.features.values())
     if len(source) == 0:
         return 0
-    return len(source) * np.asarray(_read_records(source, [0])[0]["image"]).nbytes
+    info = getattr(source, "dataset_info", None)  # TFDS data sources carry their info.
+    if info is not None:
+        first = _read_records(source, [0])[0]
+        total = 0
+        for name in _numeric_features(first):
+            feature = info.features[name]
+            shape = getattr(feature, "shape", ())
+            if any(d is None for d in shape):
+                return None
+            total += int(np.prod(shape)) * np.dtype(feature.np_dtype).itemsize
+        return len(source) * total
+    first = _read_records(source, [0])[0]
+    return len(source) * sum(np.asarray(first[name]).nbytes for name in _numeric_features(first))
 
 
 def maybe_in_memory(source: Sequence[dict[str, Any]], max_bytes: int = IN_MEMORY_MAX_BYTES) -> Sequence[dict[str, Any]]:
@@ -122,14 +163,14 @@ def _read_records(source: Sequence[dict[str, Any]], indices: Sequence[int]) -> S
 
 
 def _read_batch(source: Sequence[dict[str, Any]], indices: np.ndarray) -> Batch:
-    """{'image', 'label' (int32)} for `indices`, dropping any other feature."""
+    """Every numeric feature of the records at `indices`, stacked ('label' as int32)."""
     if isinstance(source, InMemorySource):
         return source.gather(indices)
     records = _read_records(source, indices)
-    return {
-        "image": np.stack([np.asarray(r["image"]) for r in records]),
-        "label": np.asarray([r["label"] for r in records], dtype=np.int32),
-    }
+    batch = {name: np.stack([np.asarray(r[name]) for r in records]) for name in _numeric_features(records[0])}
+    if "label" in batch:
+        batch["label"] = batch["label"].astype(np.int32)
+    return batch
 
 
 def _process_share(global_batch_size: int, shard: bool, process_index: int | None,
@@ -189,7 +230,8 @@ def train_loader(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.IterDataset:
-    """Shuffled training batches {'image', 'label' int32} for this JAX process.
+    """Shuffled training batches of every numeric feature ('image', 'label' int32; or 'inputs',
+    'targets' for sequences) for this JAX process.
 
     Each epoch is a fresh permutation of the split seeded by (seed, epoch);
     the last incomplete global batch is dropped. Every process reads its own
@@ -244,8 +286,8 @@ class _EvalBatch:
         mask = indices < n
         # Padding rows re-read example 0 (keeps shapes) and are zeroed below.
         batch = _read_batch(self.source, np.where(mask, indices, 0))
-        batch["image"][~mask] = 0
-        batch["label"][~mask] = 0
+        for array in batch.values():
+            array[~mask] = 0
         batch["mask"] = mask
         return batch
 
@@ -258,7 +300,7 @@ def eval_batches(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[Batch]:
-    """One in-order pass over the split: {'image', 'label' int32, 'mask' bool}.
+    """One in-order pass over the split: its numeric features and 'mask' (bool).
 
     Global batch k holds examples [k*B, (k+1)*B); process i takes rows
     [i*B/P, (i+1)*B/P) of it. Every process yields ceil(N / B) batches of

@@ -373,7 +373,7 @@ def test_steps_per_epoch():
 
 
 def test_maybe_in_memory_respects_budget(digits_train):
-    assert pipeline.decoded_nbytes(digits_train) == 1437 * 64
+    assert pipeline.decoded_nbytes(digits_train) == 1437 * (64 + 8)  # uint8 8x8 images + int64 labels
     assert pipeline.maybe_in_memory(digits_train, max_bytes=1000) is digits_train
     loaded = pipeline.maybe_in_memory(digits_train)
     assert isinstance(loaded, pipeline.InMemorySource) and len(loaded) == 1437
