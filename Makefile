@@ -11,7 +11,7 @@ CONFIG   ?= experiments/fashion_mnist_quickstart.py
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup data fashion-mnist-files clean-demo
+.PHONY: demo test setup data fashion-mnist-files sword-texts clean-demo
 
 demo: data
 	$(PY) -m train.main --config=$(CONFIG) --workdir=$(WORKDIR)
@@ -41,7 +41,19 @@ fashion-mnist-files:
 	  echo "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz"; exit 1; \
 	fi
 
-data: setup fashion-mnist-files
+# The translation data set's parallel Bibles (public domain) come from Debian's sword packages.
+SWORD_MODULES ?= /usr/share/sword/modules/texts/ztext
+sword-texts:
+	@if [ -d "$(SWORD_MODULES)/engWEB2015eb" ] && [ -d "$(SWORD_MODULES)/spaRV1909eb" ]; then \
+	  echo "SWORD Bibles: $(SWORD_MODULES)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sword-text-web sword-text-sparv; \
+	else \
+	  echo "sword-text-web and sword-text-sparv are not installed and apt-get is not available;"; \
+	  echo "data.prepare prepares the other data sets first, then stops at translation with the install hint"; \
+	fi
+
+data: setup fashion-mnist-files sword-texts
 	$(PY) -m data.prepare --data_dir=$(DATA_DIR) --fashion_mnist_dir=$(FASHION_MNIST_DIR)
 
 clean-demo:
