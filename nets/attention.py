@@ -268,3 +268,77 @@ def attention_rollout(layer_weights: list[jax.Array] | tuple[jax.Array, ...], *,
         mixed = mixed / jnp.sum(mixed, axis=-1, keepdims=True)
         rollout = mixed if rollout is None else jnp.einsum('bij,bjk->bik', mixed, rollout)
     return rollout
+
+
+# ----------------------------------------------------------------------------- additive attention
+
+class AdditiveAttention(nn.Module):
+    """Additive attention (Bahdanau et al. 2015), the recurrent models' attention.
+
+    For a query s (a decoder state) and keys h_j (the annotations, also the values):
+
+        e_j = vᵀ tanh(W_s s + W_h h_j + b)      α = softmax_j(e)      context = Σ_j α_j h_j
+
+    `features` is the width of the tanh layer (the paper's n'). The paper has no bias; one
+    bias `b` (on W_h, `use_bias`) is what Xu et al.'s code adds, and a second one on W_s
+    would be redundant. Weights are computed in float32.
+
+    query: (batch, query_features) or (batch, q_len, query_features); keys: (batch, k_len,
+    key_features). Returns `(context, weights)`: (batch, [q_len,] key_features) and
+    (batch, [q_len,] k_len). `mask` (True = may attend) is (batch, k_len), or anything that
+    broadcasts to the weights; masked keys get weight 0, and a query with no key at all
+    gets uniform weights rather than NaNs (as `attention_weights`).
+
+    W_h h_j does not depend on the query, so a recurrent decoder computes it once per
+    sequence with `project_keys` and passes it to every step as `projected_keys`.
+    Applied with `mutable=['intermediates']` (and not at init) the weights are sown into
+    'intermediates'/'attention_weights'.
+    """
+
+    features: int
+    use_bias: bool = True
+    kernel_init: str = 'glorot_uniform'
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        if self.features < 1:
+            raise ValueError(f"features must be positive, got {self.features}")
+        layers.check_choice('kernel_init', self.kernel_init, layers.INITIALIZERS)
+        super().__post_init__()
+
+    def setup(self) -> None:
+        dense = dict(kernel_init=layers.initializer(self.kernel_init), dtype=self.dtype,
+                     param_dtype=self.param_dtype)
+        self.query_projection = nn.Dense(self.features, use_bias=False, **dense)  # W_s
+        self.key_projection = nn.Dense(self.features, use_bias=self.use_bias, **dense)  # W_h, b
+        self.score = nn.Dense(1, use_bias=False, **dense)  # v
+
+    def project_keys(self, keys: jax.Array) -> jax.Array:
+        """W_h h_j + b: (batch, k_len, key_features) -> (batch, k_len, features)."""
+        return self.key_projection(keys)
+
+    def __call__(self, query: jax.Array, keys: jax.Array, *, mask: jax.Array | None = None,
+                 projected_keys: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        if query.ndim not in (2, 3) or keys.ndim != 3:
+            raise ValueError(f"AdditiveAttention expects a (batch, [q_len,] features) query and "
+                             f"(batch, k_len, features) keys, got {query.shape} and {keys.shape}")
+        if projected_keys is None:
+            projected_keys = self.project_keys(keys)
+        projected_query = self.query_projection(query)
+        if query.ndim == 3:  # every query against every key: (batch, q_len, k_len, features)
+            projected_query, projected_keys = projected_query[:, :, None], projected_keys[:, None]
+        else:
+            projected_query = projected_query[:, None]
+        logits = self.score(jnp.tanh(projected_query + projected_keys))[..., 0].astype(jnp.float32)
+        if mask is not None:
+            mask = jnp.asarray(mask, bool)
+            if query.ndim == 3 and mask.ndim == 2:
+                mask = mask[:, None, :]
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1)
+        if self.is_mutable_collection('intermediates') and not self.is_initializing():
+            self.sow('intermediates', 'attention_weights', weights)
+        spec = 'bqk,bkd->bqd' if query.ndim == 3 else 'bk,bkd->bd'
+        context = jnp.einsum(spec, weights.astype(self.dtype), keys.astype(self.dtype))
+        return context, weights
