@@ -203,8 +203,8 @@ def draw_swin(run, images: np.ndarray, labels: np.ndarray, intermediates: dict, 
                          f'{kind}' + (f' (shift {this_shift})' if this_shift else ''), fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle('Swin windows: white = attention windows, dashed = mask regions inside a '
-                 'shifted window (no attention across them)', fontsize=8)
+    fig.suptitle('Swin windows: white lines = attention windows; dashed = mask regions inside a\n'
+                 'shifted window (tokens attend only within their colour)', fontsize=8)
     fig.tight_layout()
     written = [_save(fig, out_dir / 'swin_windows.png')]
 
