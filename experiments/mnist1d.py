@@ -7,14 +7,16 @@ Command:
   python -m train.main --config=experiments/mnist1d.py:cnn,shuffled ...   (spatially shuffled)
 The argument is the model (mlp, cnn, gru, lstm or rnn), optionally followed by ',shuffled' to
 train on the variant whose 40 positions are permuted once: local connectivity no longer helps
-the CNN or the GRU. The recurrent models are the paper's GRU (bidirectional, 6 hidden units,
-every step's outputs flattened into the linear head, ~5K parameters) with a GRU, LSTM or Elman
-cell, trained 150 epochs (the paper's 6,000 steps) with gradients clipped to global norm 1.
+the CNN or the GRU. The recurrent models follow the paper's GRU layout (bidirectional, every
+step's outputs flattened into the linear head) with a GRU, LSTM or Elman cell and 12 hidden
+units (the paper's 6 reached 89.5% here, short of its 91%; 12 gives 10,618 parameters), trained
+150 epochs (the paper's 6,000 steps) with gradients clipped to global norm 1.
 Hardware: 2-core CPU, one XLA device; 6-18 s each for mlp/cnn, about 30-45 s for the recurrent
 ones (about 4 ms a step in a 200-step smoke run).
 Expected (paper, anchors.md): MLP 68%, CNN 94%, GRU 91%; shuffled: CNN falls to 56%, GRU to
 57%, MLP stays 68%.
-Measured here: MLP 67.9%, CNN 98.5%; shuffled: CNN 60.9%, MLP 68.4%. GRU, LSTM, RNN: not yet run.
+Measured here: MLP 67.9%, CNN 98.5%, GRU 93.9%, LSTM 93.7%, RNN 83.9%; shuffled: CNN 60.9%,
+MLP 68.4%, GRU 52.7%, LSTM 54.8%.
 """
 
 # Importing nets.rnn also registers its classifiers 'gru', 'lstm' and 'rnn', named after the cells.
