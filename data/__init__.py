@@ -21,7 +21,8 @@ from data.catalog import (
     list_datasets,
     load_source,
 )
-from data.pipeline import InMemorySource, eval_batches, maybe_in_memory, steps_per_epoch, train_loader
+from data.pipeline import (InMemorySource, eval_batches, maybe_in_memory, steps_per_epoch, stream_loader,
+                           train_loader)
 
 
 def __getattr__(name: str):
@@ -38,6 +39,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetNotPreparedError",
     "InMemorySource",
+    "stream_loader",
     "dataset_info",
     "eval_batches",
     "get_builder",

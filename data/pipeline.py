@@ -270,6 +270,77 @@ def train_loader(
     return dataset
 
 
+@functools.lru_cache(maxsize=4)
+def _stream_start(spare: int, seed: int, epoch: int) -> int:
+    # Which of the `spare` records left over by B equal streams are skipped at the front this
+    # epoch: a pure function of (seed, epoch), so every epoch cuts the streams a little
+    # differently and any step can be recomputed.
+    return int(np.random.default_rng((seed, epoch)).integers(spare + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamBatch:
+    """step -> this process's rows of global stream batch `step` (a picklable grain map)."""
+
+    source: Any
+    seed: int
+    global_batch_size: int
+    offset: int
+    per_process: int
+
+    def __call__(self, step: int) -> Batch:
+        chunks = len(self.source) // self.global_batch_size
+        epoch, chunk = divmod(step, chunks)
+        start = _stream_start(len(self.source) - chunks * self.global_batch_size, self.seed, epoch)
+        rows = np.arange(self.offset, self.offset + self.per_process)
+        batch = _read_batch(self.source, start + rows * chunks + chunk)
+        batch["reset"] = np.full(self.per_process, chunk == 0)
+        return batch
+
+
+def stream_loader(
+    source: Sequence[dict[str, Any]],
+    *,
+    global_batch_size: int,
+    seed: int,
+    num_epochs: int | None = None,
+    shard: bool = True,
+    in_memory: bool | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Batches of B = `global_batch_size` parallel contiguous streams, for truncated BPTT.
+
+    For sources whose records are consecutive pieces of one long sequence (char_corpus:
+    256-character windows in text order). Each epoch splits the records into B streams of
+    C = len(source) // B consecutive records; global batch k of the epoch holds record
+    (s + row·C + k) in each row, so row r of step k+1 continues exactly where row r of step
+    k stopped, and a recurrent model can carry its state from one step to the next. The
+    len(source) - B·C spare records are skipped, s of them at the front, s drawn from
+    (seed, epoch). Every batch also has 'reset' (bool, per row): True at the first step of
+    an epoch, when the streams start over and a carried state must start from zero.
+
+    Epochs have C steps, as `train_loader`'s. Sharding over processes, `num_epochs`,
+    `in_memory` and checkpointing (`get_state`/`set_state` of `iter(loader)`) work as in
+    `train_loader`; reading is in the main process (text sources are small).
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    offset, per_process = _process_share(global_batch_size, shard, process_index, process_count)
+    steps = steps_per_epoch(len(source), global_batch_size)
+    if steps == 0:
+        raise ValueError(f"split of {len(source)} examples is smaller than global_batch_size {global_batch_size}")
+    if in_memory is None:
+        source = maybe_in_memory(source)
+    elif in_memory and not isinstance(source, InMemorySource):
+        source = InMemorySource.from_source(source)
+    reader = _StreamBatch(source, seed, global_batch_size, offset, per_process)
+    num_steps = sys.maxsize if num_epochs is None else steps * num_epochs
+    threads = 1 if isinstance(source, InMemorySource) else 4
+    return grain.MapDataset.range(num_steps).map(reader).to_iter_dataset(
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+
+
 @dataclasses.dataclass(frozen=True)
 class _EvalBatch:
     """k -> this process's share of global eval batch k, padded and masked."""
