@@ -16,13 +16,18 @@ import ml_collections
 
 import nets
 
-TASKS = ('classify',)
+TASKS = ('classify', 'language_model', 'seq2seq', 'captioning', 'gan', 'diffusion')
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'rmsprop', 'adam', 'adamw')
 WEIGHT_DECAY_MODES = ('coupled', 'decoupled')
 SCHEDULES = ('constant', 'step', 'exponential', 'warmup_cosine', 'plateau')
 DTYPES = ('float32', 'bfloat16')
 NONFINITE_POLICIES = ('stop', 'skip')
 EARLY_STOPPING_MODES = ('min', 'max')
+# Training batch order: shuffled examples, or parallel contiguous streams (truncated BPTT).
+DATA_ORDERS = ('shuffled', 'streams')
+GAN_LOSSES = ('non_saturating', 'hinge')
+NOISE_SCHEDULES = ('linear', 'cosine')
+DIFFUSION_SAMPLERS = ('ddpm', 'ddim')
 
 # Model fields the trainer sets itself; a config never carries them.
 _TRAINER_OWNED_MODEL_FIELDS = ('dtype', 'param_dtype')
@@ -44,6 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.dataset.train_split = 'train'
     config.dataset.eval_split = 'test'
     config.dataset.worker_count = 0  # grain worker processes; 0 reads in the main process
+    # 'streams': row r of consecutive batches reads consecutive records of one stream and a
+    # recurrent language model carries its state across steps (data.pipeline.stream_loader).
+    config.dataset.order = 'shuffled'
 
     config.model = model_config('cnn')
 
@@ -95,12 +103,46 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.nonfinite = 'stop'  # on a NaN/Inf loss or gradient: stop, or skip that update
     config.pictures = True
+
+    # Options of the sequence tasks (train/tasks/seq2seq.py, captioning.py); others ignore them.
+    config.task_options = ml_collections.ConfigDict()
+    config.task_options.beam_size = 1  # decoding for exact match and BLEU; 1 = greedy search
+    config.task_options.final_eval_examples = 1000  # eval examples decoded for BLEU at the end
+    config.task_options.attention_penalty = 1.0  # captioning: λ of the doubly stochastic penalty
+    config.task_options.max_train_length = 0  # seq2seq: train on pairs that fit L tokens; 0 = all
+
+    # GAN task (train/tasks/gan.py): each network's optimiser is config.optimizer with these
+    # learning rates and Adam betas (the DCGAN paper: 2e-4, β1 = 0.5), on config.schedule.
+    config.gan = ml_collections.ConfigDict()
+    config.gan.loss = 'non_saturating'  # or 'hinge'
+    config.gan.generator_learning_rate = 2e-4
+    config.gan.discriminator_learning_rate = 2e-4
+    config.gan.b1 = 0.5
+    config.gan.b2 = 0.999
+    config.gan.d_steps = 1  # discriminator updates per generator update, in one step
+    config.gan.sample_grid = 8  # every evaluation draws sample_grid² fixed-noise samples
+
+    # Diffusion task (train/tasks/diffusion.py, nets/diffusion.py): DDPM training, samplers.
+    config.diffusion = ml_collections.ConfigDict()
+    config.diffusion.noise_schedule = 'linear'  # or 'cosine' (Nichol & Dhariwal)
+    config.diffusion.timesteps = 1000
+    config.diffusion.beta_start = 1e-4  # linear schedule only
+    config.diffusion.beta_end = 0.02
+    config.diffusion.ema_decay = 0.999  # EMA of the weights that sample; 0 = off
+    config.diffusion.sampler = 'ddim'  # eval grids: 'ddpm' (ancestral, T steps) or 'ddim'
+    config.diffusion.sample_steps = 50  # DDIM steps
+    config.diffusion.eta = 0.0  # DDIM noise: 0 deterministic, 1 with every step = DDPM
+    config.diffusion.sample_grid = 8
     return config
 
 
 def _plain_field_value(value: Any) -> bool:
     """Whether a model field's default can live in a ConfigDict and be set from the CLI."""
     return value is None or isinstance(value, (bool, int, float, str, tuple))
+
+
+# Model sizes the trainer takes from the data set (classes, vocabularies) unless set.
+DATA_SIZED_MODEL_FIELDS = ('num_classes', 'vocab_size', 'source_vocab_size', 'target_vocab_size')
 
 
 def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -111,8 +153,9 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     if unknown:
         raise ConfigError(f'model {name!r} has no field(s) {unknown}; valid fields: {sorted(fields)}')
     block = {'name': name}
-    if 'num_classes' in fields:
-        block['num_classes'] = -1  # -1: taken from the data set at run time
+    for field in DATA_SIZED_MODEL_FIELDS:
+        if field in fields:
+            block[field] = -1  # -1: taken from the data set at run time
     for field, default in fields.items():
         if field in _TRAINER_OWNED_MODEL_FIELDS:
             continue
@@ -167,6 +210,36 @@ def _check_augment(ops: Any) -> None:
         raise ConfigError(f'config.augment: {error}') from error
 
 
+def _check_generative(config: ml_collections.ConfigDict) -> None:
+    """The config.gan and config.diffusion blocks."""
+    gan, diffusion = config.gan, config.diffusion
+    _check_choice('config.gan.loss', gan.loss, GAN_LOSSES)
+    # 0 freezes a network (e.g. to train one against a fixed other).
+    _check_positive('config.gan.generator_learning_rate', gan.generator_learning_rate,
+                    allow_zero=True)
+    _check_positive('config.gan.discriminator_learning_rate', gan.discriminator_learning_rate,
+                    allow_zero=True)
+    for key in ('b1', 'b2'):
+        if not 0.0 <= gan[key] < 1.0:
+            raise ConfigError(f'config.gan.{key} must be in [0, 1), got {gan[key]}')
+    _check_positive('config.gan.d_steps', gan.d_steps)
+    _check_positive('config.gan.sample_grid', gan.sample_grid)
+    _check_choice('config.diffusion.noise_schedule', diffusion.noise_schedule, NOISE_SCHEDULES)
+    _check_choice('config.diffusion.sampler', diffusion.sampler, DIFFUSION_SAMPLERS)
+    _check_positive('config.diffusion.timesteps', diffusion.timesteps)
+    if not 0.0 < diffusion.beta_start <= diffusion.beta_end < 1.0:
+        raise ConfigError('need 0 < config.diffusion.beta_start <= beta_end < 1, got '
+                          f'{diffusion.beta_start}, {diffusion.beta_end}')
+    if not 0.0 <= diffusion.ema_decay < 1.0:
+        raise ConfigError(f'config.diffusion.ema_decay must be in [0, 1), got '
+                          f'{diffusion.ema_decay}')
+    if not 1 <= diffusion.sample_steps <= diffusion.timesteps:
+        raise ConfigError(f'config.diffusion.sample_steps must be in [1, timesteps='
+                          f'{diffusion.timesteps}], got {diffusion.sample_steps}')
+    _check_positive('config.diffusion.eta', diffusion.eta, allow_zero=True)
+    _check_positive('config.diffusion.sample_grid', diffusion.sample_grid)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before anything expensive happens. Raises ConfigError."""
     reference = default_config().to_dict()
@@ -197,6 +270,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                 WEIGHT_DECAY_MODES)
     _check_choice('config.schedule.name', config.schedule.name, SCHEDULES)
     _check_choice('config.early_stopping.mode', config.early_stopping.mode, EARLY_STOPPING_MODES)
+    _check_choice('config.dataset.order', config.dataset.order, DATA_ORDERS)
+    if config.dataset.order == 'streams' and config.task != 'language_model':
+        raise ConfigError(f"config.dataset.order='streams' carries a recurrent state between steps "
+                          f"and needs config.task='language_model', got {config.task!r}")
     _check_positive('config.batch_size', config.batch_size)
     _check_positive('config.eval_batch_size', config.eval_batch_size)
     _check_positive('config.optimizer.learning_rate', config.optimizer.learning_rate)
@@ -226,6 +303,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = config.optimizer[key]
         if not 0.0 <= value < 1.0:
             raise ConfigError(f'config.optimizer.{key} must be in [0, 1), got {value}')
+    _check_generative(config)
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -54,10 +54,20 @@ def check_workdir(workdir: Path) -> None:
 
 
 def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
-    """The configured model, with the data set's number of classes unless the config sets it."""
+    """The configured model, sized by the data set (number of classes, vocabularies) wherever
+    the config leaves a size unset or at -1."""
     kwargs = config_lib.model_kwargs(config)
-    if kwargs.get('num_classes', -1) == -1:
-        kwargs['num_classes'] = info.num_classes
+    fields = nets.model_fields(config.model.name)
+    vocab = info.vocab_sizes
+    from_data = {'num_classes': info.num_classes}
+    if vocab:
+        from_data.update(source_vocab_size=vocab.get('inputs', info.num_classes),
+                         target_vocab_size=vocab.get('targets', info.num_classes),
+                         # One table for both languages (a shared-vocabulary Transformer).
+                         vocab_size=max(vocab.values()))
+    for field, size in from_data.items():
+        if field in fields and kwargs.get(field, -1) == -1:
+            kwargs[field] = size
     return nets.create(config.model.name, **kwargs, dtype=jax.numpy.dtype(config.dtype))
 
 
@@ -135,7 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if config.augment:
         from data import augment
         augmenter = augment.make_augmenter(config.augment, num_classes=info.num_classes)
-    task = create_task(config.task, model=model, info=info, augmenter=augmenter)
+    task = create_task(config.task, model=model, info=info, augmenter=augmenter,
+                       **_task_options(config))
 
     # 4. Mesh, optimiser, initial state.
     mesh = make_mesh()
@@ -147,14 +158,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
     checkpoint_every = (config.checkpoint_every_steps if config.checkpoint_every_steps > 0
                         else steps_per_epoch)
-    tx, schedule = build_optimizer(config.optimizer, config.schedule,
-                                   steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    if hasattr(task, 'make_optimizer'):  # several networks, one optimiser each (gan)
+        tx, schedule = task.make_optimizer(config, steps_per_epoch=steps_per_epoch,
+                                           total_steps=total_steps)
+    else:
+        tx, schedule = build_optimizer(config.optimizer, config.schedule,
+                                       steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     state = init_train_state(task, tx, config.seed, mesh)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
     # 5. Resume.
-    loader = data.train_loader(train_source, global_batch_size=config.batch_size,
-                               seed=config.seed, worker_count=config.dataset.worker_count)
+    if config.dataset.order == 'streams':  # truncated BPTT: rows continue across steps
+        loader = data.stream_loader(train_source, global_batch_size=config.batch_size,
+                                    seed=config.seed)
+    else:
+        loader = data.train_loader(train_source, global_batch_size=config.batch_size,
+                                   seed=config.seed, worker_count=config.dataset.worker_count)
     data_iterator = iter(loader)
     checkpointer = Checkpointer(workdir / 'checkpoints', keep=config.keep_checkpoints)
     restored = checkpointer.restore_latest(state, data_iterator)
@@ -191,6 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if record:
             writer.write(at_step, 'eval', metrics)
         writer.console(at_step, total_steps, 'eval', metrics)
+        if is_primary and config.pictures and hasattr(task, 'write_eval_pictures'):
+            # Generative tasks draw fixed-noise samples at every evaluation, to watch training.
+            task.write_eval_pictures(workdir / 'pictures', at_step, fetch(state.params),
+                                     fetch(state.model_state))
         return metrics
 
     # 7. Train.
@@ -221,7 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             return
         seconds = time.time() - window_start
         mean = {key: float(np.mean([m[key] for m in checked]))
-                for key in ('loss', 'accuracy', 'grad_norm') if key in checked[0]}
+                for key in getattr(task, 'logged_train_metrics', ('loss', 'accuracy', 'grad_norm'))
+                if key in checked[0]}
         mean['learning_rate'] = float(schedule(step - 1)) * plateau_scale(state.opt_state)
         mean['examples_per_second'] = len(checked) * config.batch_size / max(seconds, 1e-9)
         mean['epoch'] = step / steps_per_epoch
@@ -263,6 +287,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         # A rerun of a finished run evaluates again for its summary and pictures, but its
         # metrics file already holds that evaluation.
         last_eval, last_eval_step = evaluate(step, record=step != start_step), step
+    if hasattr(task, 'final_eval') and is_primary and not sigterm.raised:
+        # Metrics too costly or not additive for every evaluation (generated text scored by
+        # BLEU), once on the host, from the raw eval split with its strings.
+        final = task.final_eval(fetch(state.params), fetch(state.model_state), data.load_source(
+            config.dataset.name, config.dataset.eval_split, data_dir))
+        if step != start_step:
+            writer.write(step, 'final_eval', final)
+        writer.console(step, total_steps, 'final_eval', final)
+        last_eval = {**(last_eval or {}), **final}
     checkpointer.close()
     summary: dict[str, Any] = {
         'stop_reason': stop_reason, 'step': step, 'total_steps': total_steps,
@@ -278,10 +311,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                      'best_step': stopper.best_step}
     if is_primary:
         summary['pictures'] = _write_pictures(config, workdir, writer, task, last_eval_sums)
+        if config.pictures and hasattr(task, 'write_samples'):  # what a generative model writes
+            summary['samples'] = [str(p) for p in task.write_samples(
+                workdir, fetch(state.params), fetch(state.model_state))]
         (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
     writer.close()
     logging.info('%s after %d steps; eval %s', stop_reason, step, last_eval)
     return summary
+
+
+def _task_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Keyword arguments that only some tasks take."""
+    if config.task == 'language_model':
+        # With stream order the model's state is carried over from step to step, one per row.
+        return {'carried_streams': config.batch_size if config.dataset.order == 'streams' else 0}
+    if config.task in ('seq2seq', 'captioning'):
+        options = config.task_options.to_dict()
+        # Each sequence task takes the options that concern it.
+        options.pop('attention_penalty' if config.task == 'seq2seq' else 'max_train_length')
+        return options
+    if config.task == 'gan':  # the optimiser settings of config.gan go to task.make_optimizer
+        return {'loss': config.gan.loss, 'd_steps': config.gan.d_steps,
+                'sample_grid': config.gan.sample_grid}
+    if config.task == 'diffusion':
+        return config.diffusion.to_dict()
+    return {}
 
 
 def _write_pictures(config, workdir: Path, writer: MetricWriter, task,

@@ -1,4 +1,5 @@
-"""PNG pictures written next to a run's metrics: training curves and confusion matrices."""
+"""PNG pictures written next to a run's metrics: training curves, confusion matrices and
+grids of (generated) images."""
 
 from __future__ import annotations
 
@@ -73,4 +74,32 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str] | No
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
+    return out_path
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """(N, H, W, C) images in [0, 1] -> one (rows·(H+pad)+pad, columns·(W+pad)+pad, C) uint8
+    mosaic on a white background, row by row; `columns` defaults to a square grid."""
+    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    n, height, width, channels = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 255,
+                   np.uint8)
+    for i, image in enumerate(images):
+        top, left = pad + (i // columns) * (height + pad), pad + (i % columns) * (width + pad)
+        grid[top:top + height, left:left + width] = np.round(image * 255).astype(np.uint8)
+    return grid
+
+
+def save_image_grid(images: np.ndarray, out_path: Path, *, columns: int | None = None,
+                    zoom: int = 3) -> Path:
+    """Writes `image_grid(images)` as a PNG, each pixel drawn `zoom` x `zoom` (nearest
+    neighbour) so that 8x8 and 28x28 samples are visible at a glance."""
+    from PIL import Image  # pillow comes with matplotlib
+
+    grid = image_grid(images, columns)
+    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out_path)
     return out_path

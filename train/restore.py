@@ -14,7 +14,7 @@ import ml_collections
 
 import data
 from train.checkpointing import load_checkpoint
-from train.loop import create_model
+from train.loop import _task_options, create_model
 from train.tasks import create_task
 
 
@@ -39,7 +39,8 @@ def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     info = data.dataset_info(config.dataset.name, config.dataset.data_dir or None)
     model = create_model(config, info)
-    task = create_task(config.task, model=model, info=info)
+    # With the run's task options: a diffusion run's noise schedule, a GAN's loss, ...
+    task = create_task(config.task, model=model, info=info, **_task_options(config))
     state = load_checkpoint(workdir / 'checkpoints', step)
     variables = {'params': state['params'], **state.get('model_state', {})}
     return TrainedRun(config, info, model, task, variables, int(state['step']))

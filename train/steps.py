@@ -6,6 +6,7 @@ all-reduce. The state argument is donated, so its buffers are reused for the new
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,11 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, mesh: Mesh, *,
         metrics = dict(metrics, grad_norm=grad_norm, loss_finite=loss_finite,
                        grads_finite=grads_finite)
         return new_state, metrics
+
+    if hasattr(task, 'train_step'):
+        # A task with several networks and optimisers (the GAN's alternating D and G updates)
+        # computes the whole update itself; jitting, sharding and donation stay the same.
+        train_step = functools.partial(task.train_step, tx=tx, skip_nonfinite=skip_nonfinite)
 
     return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
