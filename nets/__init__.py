@@ -35,13 +35,15 @@ from nets.transformer import Transformer  # noqa: E402
 from nets.seq2seq import Seq2Seq  # noqa: E402
 from nets.captioning import ShowAttendTell  # noqa: E402
 from nets.language_model import RecurrentLM, TransformerLM  # noqa: E402
+from nets.gan import DCGAN, Discriminator, Generator  # noqa: E402
+from nets.diffusion import UNet  # noqa: E402
 from nets import decoding, position  # noqa: E402
 from nets.attention import AdditiveAttention, MultiHeadAttention, dot_product_attention  # noqa: E402
 from nets.rnn import (BidirectionalRNN, GRUCell, LSTMCell, RNNClassifier, RNNLayer,  # noqa: E402
                       SimpleRNNCell, StackedRNN)
 
 __all__ = [
-    'AdditiveAttention', 'RecurrentLM', 'Seq2Seq', 'ShowAttendTell', 'TransformerLM',
+    'AdditiveAttention', 'DCGAN', 'Discriminator', 'Generator', 'UNet', 'RecurrentLM', 'Seq2Seq', 'ShowAttendTell', 'TransformerLM',
     'BidirectionalRNN', 'GRUCell', 'LSTMCell', 'RNNClassifier', 'RNNLayer', 'SimpleRNNCell', 'StackedRNN',
     'AlexNet', 'CNN', 'ConvNeXt', 'DeformableConv', 'DeformableResNet', 'NFNet',
     'deformable_conv', 'GoogLeNet', 'InceptionResNetV2', 'InceptionV2', 'InceptionV3', 'MLP',

@@ -61,12 +61,13 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, mesh: Mesh, *,
                        grads_finite=grads_finite)
         return new_state, metrics
 
+    step_fn = train_step
     if hasattr(task, 'train_step'):
         # A task with several networks and optimisers (the GAN's alternating D and G updates)
         # computes the whole update itself; jitting, sharding and donation stay the same.
-        train_step = functools.partial(task.train_step, tx=tx, skip_nonfinite=skip_nonfinite)
+        step_fn = functools.partial(task.train_step, tx=tx, skip_nonfinite=skip_nonfinite)
 
-    return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+    return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
 
 

@@ -1,0 +1,151 @@
+"""Diffusion (DDPM): the ε-prediction loss ||ε - ε_θ(x_t, t)||² through the generic train step,
+an eval loss, and a sample grid at every evaluation.
+
+Images are scaled to [-1, 1]. The model is an ε-predictor `model(x_t, t, train=...)` (nets/
+diffusion.py: UNet); the schedule, the loss and the samplers live in nets/diffusion.py.
+
+An exponential moving average of the parameters (Ho et al. sample from an EMA, decay 0.9999) is
+kept in `model_state['ema']` when `ema_decay > 0`, so it is checkpointed and resumed with the
+rest of the state. It is updated inside `train_loss` from the parameters that step sees, i.e.
+one update behind the optimiser (negligible over hundreds of steps, and it needs no hook in the
+generic step), with TensorFlow's warm-up decay min(ema_decay, (1 + n) / (10 + n)) after n
+updates, so that a short run is not dominated by its initial weights. Evaluation and sampling
+use the EMA weights when there are some.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import nets.diffusion as diffusion
+from data import DatasetInfo
+from train import pictures
+
+SAMPLERS = ('ddpm', 'ddim')
+# Fixed keys, independent of the run's seed: every evaluation draws the same grid (from the same
+# x_T) and the same eval noise, so successive pictures and losses are comparable.
+_GRID_NOISE_SEED = 20_200_619
+_EVAL_NOISE_SEED = 20_201_006
+
+
+class DiffusionTask:
+    """DDPM training of an ε-predicting image model; see the module docstring."""
+
+    def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
+                 noise_schedule: str = 'linear', timesteps: int = 1000,
+                 beta_start: float = 1e-4, beta_end: float = 0.02, ema_decay: float = 0.999,
+                 sampler: str = 'ddim', sample_steps: int = 50, eta: float = 0.0,
+                 sample_grid: int = 8):
+        if augmenter is not None:
+            raise ValueError('the diffusion task takes no augmentation: leave config.augment '
+                             'empty')
+        if len(info.example_shape) != 3:
+            raise ValueError(f'diffusion needs images (H, W, C); data set {info.name!r} has '
+                             f'examples of shape {info.example_shape}')
+        if sampler not in SAMPLERS:
+            raise ValueError(f'unknown sampler {sampler!r}; valid: {list(SAMPLERS)}')
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f'ema_decay must be in [0, 1), got {ema_decay}')
+        if sample_grid < 1:
+            raise ValueError(f'sample_grid must be >= 1, got {sample_grid}')
+        self.model = model
+        self.info = info
+        self.schedule = diffusion.make_schedule(noise_schedule, timesteps,
+                                                beta_start=beta_start, beta_end=beta_end)
+        diffusion.ddim_timesteps(timesteps, sample_steps)  # raises on an invalid count
+        self.ema_decay = ema_decay
+        self.sampler, self.sample_steps, self.eta = sampler, sample_steps, eta
+        self.image_shape = tuple(info.example_shape)
+        self._scale = 255.0 if info.image_dtype == 'uint8' else 1.0
+        self.grid_noise = jax.random.normal(jax.random.PRNGKey(_GRID_NOISE_SEED),
+                                            (sample_grid ** 2, *self.image_shape), jnp.float32)
+        self._sample_grid = jax.jit(lambda variables: self.sample(
+            variables, jax.random.PRNGKey(_GRID_NOISE_SEED), x_T=self.grid_noise))
+
+    def init_variables(self, rng: jax.Array) -> dict[str, Any]:
+        x = jnp.zeros((1, *self.image_shape), jnp.float32)
+        variables = dict(self.model.init({'params': rng, 'dropout': rng}, x,
+                                         jnp.zeros((1,), jnp.int32), train=True))
+        if self.ema_decay > 0:
+            variables['ema'] = {'params': variables['params'], 'updates': jnp.zeros((), jnp.int32)}
+        return variables
+
+    def to_model_range(self, images: jax.Array) -> jax.Array:
+        """Raw pixels -> [-1, 1]."""
+        return images.astype(jnp.float32) / self._scale * 2.0 - 1.0
+
+    def _eps_fn(self, params, model_state, *, train: bool, rng: jax.Array | None = None):
+        variables = {'params': params, **{k: v for k, v in model_state.items() if k != 'ema'}}
+        rngs = {'dropout': rng} if train else {}
+        return lambda x_t, t: self.model.apply(variables, x_t, t, train=train, rngs=rngs)
+
+    def sampling_variables(self, variables: dict[str, Any]) -> dict[str, Any]:
+        """The weights that sample: the EMA when the run keeps one."""
+        if 'ema' in variables:
+            return {**{k: v for k, v in variables.items() if k != 'ema'},
+                    'params': variables['ema']['params']}
+        return variables
+
+    def train_loss(self, params, model_state, batch, rng):
+        x0 = self.to_model_range(batch['image'])
+        dropout_rng, noise_rng = jax.random.split(rng)
+        eps_fn = self._eps_fn(params, model_state, train=True, rng=dropout_rng)
+        loss = jnp.mean(diffusion.epsilon_losses(eps_fn, self.schedule, x0, noise_rng))
+        new_state = dict(model_state)
+        if 'ema' in model_state:
+            ema = model_state['ema']
+            count = ema['updates'].astype(jnp.float32)
+            decay = jnp.minimum(self.ema_decay, (1.0 + count) / (10.0 + count))
+            new_state['ema'] = {
+                'params': jax.tree.map(lambda e, p: decay * e + (1.0 - decay) *
+                                       jax.lax.stop_gradient(p), ema['params'], params),
+                'updates': ema['updates'] + 1}
+        return loss, (new_state, {'loss': loss})
+
+    def eval_sums(self, params, model_state, batch) -> dict[str, jax.Array]:
+        """The ε loss of the sampling weights, with fixed (t, ε) draws."""
+        variables = self.sampling_variables({'params': params, **model_state})
+        x0 = self.to_model_range(batch['image'])
+        eps_fn = self._eps_fn(variables['params'], variables, train=False)
+        losses = diffusion.epsilon_losses(eps_fn, self.schedule, x0,
+                                          jax.random.PRNGKey(_EVAL_NOISE_SEED))
+        mask = batch['mask'].astype(jnp.float32)
+        return {'loss_sum': jnp.sum(losses * mask), 'count': jnp.sum(mask)}
+
+    def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+        count = max(float(sums['count']), 1.0)
+        return {'loss': float(sums['loss_sum']) / count, 'examples': int(sums['count'])}
+
+    def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
+        return []  # the sample grids are written at every evaluation
+
+    def sample(self, variables: dict[str, Any], key: jax.Array, count: int | None = None, *,
+               x_T: jax.Array | None = None, sampler: str | None = None,
+               steps: int | None = None, eta: float | None = None) -> jax.Array:
+        """Images in [-1, 1] from x_T (drawn from `key` when not given) with the task's sampler
+        (or the one named): 'ddpm' ancestral over all T steps, or 'ddim' over `steps`."""
+        sampler = sampler or self.sampler
+        if x_T is None:
+            x_T = jax.random.normal(jax.random.fold_in(key, 1), (count, *self.image_shape))
+        variables = self.sampling_variables(variables)
+        eps_fn = self._eps_fn(variables['params'], variables, train=False)
+        if sampler == 'ddpm':
+            return diffusion.ddpm_sample(eps_fn, self.schedule, x_T, key)
+        return diffusion.ddim_sample(eps_fn, self.schedule, x_T, key,
+                                     steps=steps or self.sample_steps,
+                                     eta=self.eta if eta is None else eta)
+
+    def write_eval_pictures(self, picture_dir: Path, step: int, params: Any,
+                            model_state: Any) -> list[Path]:
+        """The grid from the fixed x_T at this step (`samples_step<step>.png`) and as
+        `samples.png`."""
+        images = np.asarray(self._sample_grid({'params': params, **model_state}))
+        images = (images + 1.0) / 2.0
+        written = pictures.save_image_grid(images, picture_dir / f'samples_step{step:06d}.png')
+        return [written, pictures.save_image_grid(images, picture_dir / 'samples.png')]
