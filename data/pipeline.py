@@ -217,6 +217,26 @@ class _TrainBatch:
         return _read_batch(self.source, permutation[start:start + self.per_process])
 
 
+def _training_source(source: Sequence[dict[str, Any]], global_batch_size: int, seed: int, shard: bool,
+                     in_memory: bool | None, process_index: int | None,
+                     process_count: int | None) -> tuple[Sequence[dict[str, Any]], int, int, int]:
+    """Checks shared by the training loaders; -> (source, steps per epoch, row offset, rows per process).
+
+    `in_memory=None` decodes the split into RAM when it fits, True always, False never.
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    offset, per_process = _process_share(global_batch_size, shard, process_index, process_count)
+    steps = steps_per_epoch(len(source), global_batch_size)
+    if steps == 0:
+        raise ValueError(f"split of {len(source)} examples is smaller than global_batch_size {global_batch_size}")
+    if in_memory is None:
+        source = maybe_in_memory(source)
+    elif in_memory and not isinstance(source, InMemorySource):
+        source = InMemorySource.from_source(source)
+    return source, steps, offset, per_process
+
+
 def train_loader(
     source: Sequence[dict[str, Any]],
     *,
@@ -244,16 +264,8 @@ def train_loader(
     (for large datasets with costly decoding). `process_index`/`process_count`
     override JAX's (for tests and tools).
     """
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    offset, per_process = _process_share(global_batch_size, shard, process_index, process_count)
-    steps = steps_per_epoch(len(source), global_batch_size)
-    if steps == 0:
-        raise ValueError(f"split of {len(source)} examples is smaller than global_batch_size {global_batch_size}")
-    if in_memory is None:
-        source = maybe_in_memory(source)
-    elif in_memory and not isinstance(source, InMemorySource):
-        source = InMemorySource.from_source(source)
+    source, steps, offset, per_process = _training_source(source, global_batch_size, seed, shard,
+                                                          in_memory, process_index, process_count)
     reader = _TrainBatch(source, seed, global_batch_size, offset, per_process)
     num_steps = sys.maxsize if num_epochs is None else steps * num_epochs
     # In-memory batches are a single gather: extra threads only add overhead.
@@ -324,16 +336,8 @@ def stream_loader(
     `in_memory` and checkpointing (`get_state`/`set_state` of `iter(loader)`) work as in
     `train_loader`; reading is in the main process (text sources are small).
     """
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    offset, per_process = _process_share(global_batch_size, shard, process_index, process_count)
-    steps = steps_per_epoch(len(source), global_batch_size)
-    if steps == 0:
-        raise ValueError(f"split of {len(source)} examples is smaller than global_batch_size {global_batch_size}")
-    if in_memory is None:
-        source = maybe_in_memory(source)
-    elif in_memory and not isinstance(source, InMemorySource):
-        source = InMemorySource.from_source(source)
+    source, steps, offset, per_process = _training_source(source, global_batch_size, seed, shard,
+                                                          in_memory, process_index, process_count)
     reader = _StreamBatch(source, seed, global_batch_size, offset, per_process)
     num_steps = sys.maxsize if num_epochs is None else steps * num_epochs
     threads = 1 if isinstance(source, InMemorySource) else 4

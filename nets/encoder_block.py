@@ -5,6 +5,7 @@ x + attention(x) then x + MLP(x), with LayerNorm either before each branch
 after each residual sum ('post', Vaswani et al. 2017).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,6 +18,17 @@ from nets.attention import IMPLEMENTATIONS, MultiHeadAttention
 Dtype = Any
 
 NORM_POSITIONS = ('pre', 'post')
+
+
+def residual_sublayer(x: jax.Array, branch: Callable[[jax.Array], jax.Array], norm: nn.Module, *,
+                      pre: bool, train: bool, dropout_rate: float = 0.0,
+                      drop_path_rate: float = 0.0) -> jax.Array:
+    """x + branch(LN(x)) ('pre'), or LN(x + branch(x)) ('post'), with dropout and stochastic
+    depth on the branch. Call inside a compact method; `norm` is the sub-layer's LayerNorm."""
+    y = branch(norm(x) if pre else x)
+    y = nn.Dropout(dropout_rate)(y, deterministic=not train)
+    x = x + layers.DropPath(drop_path_rate)(y, train=train)
+    return x if pre else norm(x)
 
 
 class EncoderBlock(nn.Module):
@@ -49,12 +61,9 @@ class EncoderBlock(nn.Module):
         pre = self.norm_position == 'pre'
 
         def residual(x: jax.Array, branch, norm_name: str, dropout: bool) -> jax.Array:
-            norm = layers.layer_norm(name=norm_name, **dims)
-            y = branch(norm(x) if pre else x)
-            if dropout:
-                y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-            x = x + layers.DropPath(self.drop_path_rate)(y, train=train)
-            return x if pre else norm(x)
+            return residual_sublayer(x, branch, layers.layer_norm(name=norm_name, **dims), pre=pre,
+                                     train=train, dropout_rate=self.dropout_rate if dropout else 0.0,
+                                     drop_path_rate=self.drop_path_rate)
 
         attention = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
                                        implementation=self.attention_implementation,

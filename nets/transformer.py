@@ -42,7 +42,7 @@ import flax.linen as nn
 
 from nets import decoding, layers, position
 from nets.attention import IMPLEMENTATIONS, MultiHeadAttention, causal_mask, key_padding_mask
-from nets.encoder_block import NORM_POSITIONS, EncoderBlock
+from nets.encoder_block import NORM_POSITIONS, EncoderBlock, residual_sublayer
 from nets.registry import register
 
 Dtype = Any
@@ -89,12 +89,8 @@ class DecoderBlock(nn.Module):
         pre = self.norm_position == 'pre'
 
         def residual(x: jax.Array, branch, norm_name: str, dropout: bool) -> jax.Array:
-            norm = layers.layer_norm(name=norm_name, **dims)
-            y = branch(norm(x) if pre else x)
-            if dropout:
-                y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-            x = x + y
-            return x if pre else norm(x)
+            return residual_sublayer(x, branch, layers.layer_norm(name=norm_name, **dims), pre=pre,
+                                     train=train, dropout_rate=self.dropout_rate if dropout else 0.0)
 
         def attention(name: str, decode: bool) -> MultiHeadAttention:
             return MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
