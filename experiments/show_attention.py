@@ -25,9 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir of a ViT or Swin run.')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 6, 'How many test images to draw.')
-_SPLIT = flags.DEFINE_string('split', None, 'Split to take images from (default: the eval split).')
+
+
+def define_flags() -> None:
+    """Flags of the command line only: tests import this module beside other absl programs
+    that define --workdir too."""
+    flags.DEFINE_string('workdir', None, 'A training workdir of a ViT or Swin run.')
+    flags.DEFINE_integer('num_images', 6, 'How many test images to draw.')
+    flags.DEFINE_string('split', None, 'Split to take images from (default: the eval split).')
 
 
 # --------------------------------------------------------------------------- reading the model
@@ -278,11 +283,13 @@ def main(argv: Sequence[str]) -> None:
     del argv
     from train.metrics_writer import quiet_library_logs
     quiet_library_logs()
-    if not _WORKDIR.value:
+    options = flags.FLAGS
+    if not options.workdir:
         raise app.UsageError('--workdir is required: a training workdir of a ViT or Swin run')
-    for path in show_attention(_WORKDIR.value, _NUM_IMAGES.value, _SPLIT.value):
+    for path in show_attention(options.workdir, options.num_images, options.split):
         print(path)
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
