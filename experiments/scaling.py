@@ -224,6 +224,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# What a run of the grid has come to (the sweep driver records it; the report reads it).
+FINISHED, DIVERGED, INTERRUPTED, PENDING = 'finished', 'diverged', 'interrupted', 'pending'
+
+
+def size_key(preset: Preset, family: str, size: str) -> str:
+    """The key of one model size in a study's flops.json (FLOPs depend on batch and input)."""
+    h, w, c = preset.image_shape
+    return f'{preset.name}/{family}/{size}/batch{preset.batch_size}/{h}x{w}x{c}'
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """One point of the grid."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import scaling
+from experiments.sweeps import scaling_report as report
 from experiments.sweeps import scaling_study as study
 from train import compute
 from train import scaling_laws as laws
@@ -391,12 +392,12 @@ def test_analysis_report_and_plots(tmp_path):
                    for p in result['points'])
         assert result['optimal_lr_fit']['params']['p'] < 0  # longer budgets, lower rates
         assert result['compute_optimal'] and 'params' in result['optimal_params_fit']
-    figures = study.write_plots(records, analysis, tmp_path)
+    figures = report.write_plots(records, analysis, tmp_path)
     assert all(f.exists() and f.stat().st_size > 10_000 for f in figures)
-    report = study.write_report(preset, scaling.grid(preset), records, analysis, {}, tmp_path,
-                                figures, sweep_seconds=60.0,
-                                sweep_log=[{'started': 0.0, 'train_seconds': 120.0,
-                                            'counts': {'trained': 48}, 'host_cores': 2}])
-    text = report.read_text()
+    report_path = report.write_report(preset, scaling.grid(preset), records, analysis, {}, tmp_path,
+                                      figures, sweep_seconds=60.0,
+                                      sweep_log=[{'started': 0.0, 'train_seconds': 120.0,
+                                                  'counts': {'trained': 48}, 'host_cores': 2}])
+    text = report_path.read_text()
     assert 'Power law on the frontier' in text and 'frontiers.png' in text and '## vit' in text
     assert '2.0 min training the grid' in text
