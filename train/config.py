@@ -9,6 +9,7 @@ optimizer, schedule, ...) fails with a message naming the value and the valid ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ NONFINITE_POLICIES = ('stop', 'skip')
 EARLY_STOPPING_MODES = ('min', 'max')
 # Training batch order: shuffled examples, or parallel contiguous streams (truncated BPTT).
 DATA_ORDERS = ('shuffled', 'streams')
+SHARDING_STRATEGIES = ('fsdp', 'replicate')
 GAN_LOSSES = ('non_saturating', 'hinge')
 NOISE_SCHEDULES = ('linear', 'cosine')
 DIFFUSION_SAMPLERS = ('ddpm', 'ddim')
@@ -60,6 +62,22 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_epochs = 10.0  # may be fractional
     config.num_steps = -1  # > 0 overrides num_epochs
     config.dtype = 'float32'  # compute dtype of the model; parameters stay float32
+    # Each step's batch is split into this many micro-batches whose gradients optax.MultiSteps
+    # averages before one update: the step of the full batch with 1/k of its activation memory.
+    config.grad_accum_steps = 1
+    # Exponential moving average of the parameters (0 = off); evaluated beside the raw ones, its
+    # metrics prefixed 'ema_'. Warm-up decay min(ema_decay, (1 + n) / (10 + n)) after n updates.
+    config.ema_decay = 0.0
+
+    # How parameters and optimiser state lie on the mesh: (regex, strategy) pairs matched in
+    # order against each parameter's path ('Dense_0/kernel'); the first match wins, unmatched
+    # parameters are replicated. 'fsdp' shards the largest dimension that divides over the
+    # devices (ZeRO-3 / big_vision's fsdp), 'replicate' keeps a full copy on every device.
+    # E.g. (('.*', 'fsdp'),) shards everything; (('.*embedding', 'fsdp'),) only embeddings.
+    config.param_sharding = ()
+    # Parameters smaller than this stay replicated under 'fsdp': gathering them costs more
+    # than the memory they would save.
+    config.fsdp_min_size = 2 ** 14
 
     # On-device augmentation of training images (data/augment): a sequence of ops, each a dict
     # {'op': name, **params}, applied in order inside the jitted train step; eval sees none.
@@ -180,11 +198,21 @@ def _check_keys(config: Mapping[str, Any], reference: Mapping[str, Any], path: s
             ok = isinstance(value, bool) and isinstance(expected, bool)
         elif isinstance(expected, float):
             ok = isinstance(value, (int, float))
+        elif isinstance(expected, tuple):  # the command line and JSON turn tuples into lists
+            ok = isinstance(value, (tuple, list))
         else:
             ok = isinstance(value, type(expected))
         if not ok:
             raise ConfigError(f'config key {where!r} must be of type {type(expected).__name__}, '
                                                 f'got {value!r} ({type(value).__name__})')
+
+
+def _leaves(block: Mapping[str, Any], prefix: str):
+    for key, value in block.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f'{prefix}{key}.')
+        else:
+            yield f'{prefix}{key}', value
 
 
 def _check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
@@ -193,6 +221,8 @@ def _check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_positive(where: str, value: float, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f'{where} must be a finite number, got {value!r}')
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f'{where} must be {">= 0" if allow_zero else "> 0"}, got {value!r}')
 
@@ -208,6 +238,26 @@ def _check_augment(ops: Any) -> None:
         augment.check_ops(ops)
     except ValueError as error:
         raise ConfigError(f'config.augment: {error}') from error
+
+
+def _check_param_sharding(rules: Any) -> None:
+    if not isinstance(rules, (tuple, list)):
+        raise ConfigError('config.param_sharding must be a sequence of (regex, strategy) pairs, '
+                          f'got {rules!r}')
+    import re
+    for rule in rules:
+        if (not isinstance(rule, (tuple, list)) or len(rule) != 2
+                or not all(isinstance(part, str) for part in rule)):
+            raise ConfigError('config.param_sharding must hold (regex, strategy) pairs of strings '
+                              f"like ('.*kernel', 'fsdp'), got {rule!r}")
+        pattern, strategy = rule
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f'config.param_sharding: {pattern!r} is not a regular expression '
+                              f'({error})') from error
+        _check_choice(f'config.param_sharding strategy of {pattern!r}', strategy,
+                      SHARDING_STRATEGIES)
 
 
 def _check_generative(config: ml_collections.ConfigDict) -> None:
@@ -261,6 +311,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f'config.model.{key} is not a field of model {model_name!r}; '
                                                 f'valid fields: {valid}')
 
+    for where, value in _leaves(plain, 'config.'):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f'{where} must be a finite number, got {value!r}')
     _check_augment(config.augment)
     _check_choice('config.task', config.task, TASKS)
     _check_choice('config.dtype', config.dtype, DTYPES)
@@ -275,6 +328,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.dataset.order='streams' carries a recurrent state between steps "
                           f"and needs config.task='language_model', got {config.task!r}")
     _check_positive('config.batch_size', config.batch_size)
+    _check_positive('config.grad_accum_steps', config.grad_accum_steps)
+    if config.batch_size % config.grad_accum_steps:
+        raise ConfigError(f'config.batch_size={config.batch_size} does not split into '
+                          f'config.grad_accum_steps={config.grad_accum_steps} equal micro-batches;'
+                          ' use a batch size that is a multiple of it')
+    if config.grad_accum_steps > 1 and (config.task in ('gan',) or
+                                        config.dataset.order == 'streams'):
+        raise ConfigError('config.grad_accum_steps > 1 needs a task whose loss averages over '
+                          "independent examples: not task='gan' (its own two-network step) nor "
+                          "dataset.order='streams' (state carried between rows of a batch)")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ConfigError(f'config.ema_decay must be in [0, 1), got {config.ema_decay}')
+    _check_param_sharding(config.param_sharding)
+    _check_positive('config.fsdp_min_size', config.fsdp_min_size, allow_zero=True)
     _check_positive('config.eval_batch_size', config.eval_batch_size)
     _check_positive('config.optimizer.learning_rate', config.optimizer.learning_rate)
     _check_positive('config.optimizer.weight_decay', config.optimizer.weight_decay, allow_zero=True)
@@ -287,6 +354,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive('config.schedule.decay_every_epochs', config.schedule.decay_every_epochs)
     _check_positive('config.log_every_steps', config.log_every_steps)
     _check_positive('config.keep_checkpoints', config.keep_checkpoints)
+    _check_positive('config.dataset.worker_count', config.dataset.worker_count, allow_zero=True)
+    _check_positive('config.early_stopping.patience', config.early_stopping.patience)
+    _check_positive('config.early_stopping.min_delta', config.early_stopping.min_delta,
+                    allow_zero=True)
+    options = config.task_options
+    _check_positive('config.task_options.beam_size', options.beam_size)
+    for key in ('final_eval_examples', 'attention_penalty', 'max_train_length'):
+        _check_positive(f'config.task_options.{key}', options[key], allow_zero=True)
     if config.num_steps <= 0 and config.num_epochs <= 0:
         raise ConfigError('set config.num_epochs > 0 or config.num_steps > 0; '
                                             f'got num_epochs={config.num_epochs}, num_steps={config.num_steps}')

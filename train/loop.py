@@ -53,6 +53,21 @@ def check_workdir(workdir: Path) -> None:
         raise config_lib.ConfigError(f'workdir {str(workdir)!r} is not writable: {error}') from error
 
 
+def check_model_fits(config: ml_collections.ConfigDict, task: Any,
+                     example_shape: tuple[int, ...]) -> None:
+    """Traces the model's initialisation on the data's shapes (no compilation, no memory), so
+    an impossible shape — an image a patch size does not divide, a stack of poolings that
+    would shrink the feature map below 1x1 — fails with the model's name, the input shape and
+    the reason before anything is compiled."""
+    try:
+        jax.eval_shape(task.init_variables, jax.random.PRNGKey(0))
+    except (ValueError, TypeError) as error:
+        raise config_lib.ConfigError(
+            f'model {config.model.name!r} with {config_lib.model_kwargs(config)} cannot run on '
+            f'examples of shape {tuple(example_shape)} from data set '
+            f'{config.dataset.name!r}: {error}') from error
+
+
 def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
     """The configured model, sized by the data set (number of classes, vocabularies) wherever
     the config leaves a size unset or at -1."""
@@ -151,6 +166,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # 4. Mesh, optimiser, initial state.
     mesh = make_mesh()
     check_batch_divides(config.batch_size, mesh)
+    if config.grad_accum_steps > 1:
+        check_batch_divides(config.batch_size // config.grad_accum_steps, mesh,
+                            'micro-batch batch_size/grad_accum_steps')
     check_batch_divides(config.eval_batch_size, mesh, 'eval_batch_size')
     steps_per_epoch = data.steps_per_epoch(len(train_source), config.batch_size)
     total_steps = (config.num_steps if config.num_steps > 0
@@ -163,8 +181,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                            total_steps=total_steps)
     else:
         tx, schedule = build_optimizer(config.optimizer, config.schedule,
-                                       steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    state = init_train_state(task, tx, config.seed, mesh)
+                                       steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                                       accumulate_steps=config.grad_accum_steps)
+    check_model_fits(config, task, info.example_shape)
+    state = init_train_state(task, tx, config.seed, mesh, ema=config.ema_decay > 0,
+                             param_sharding=config.param_sharding,
+                             fsdp_min_size=config.fsdp_min_size)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
     # 5. Resume.
@@ -198,8 +221,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # 6. Compile.
     skip_nonfinite = config.nonfinite == 'skip'
-    train_step = make_train_step(task, tx, mesh, skip_nonfinite=skip_nonfinite)
-    eval_step = make_eval_step(task, mesh)
+    train_step = make_train_step(task, tx, mesh, skip_nonfinite=skip_nonfinite,
+                                 state_sharding=state_sharding,
+                                 grad_accum_steps=config.grad_accum_steps,
+                                 ema_decay=config.ema_decay)
+    eval_step = make_eval_step(task, mesh, state_sharding)
 
     last_eval_sums: dict[str, np.ndarray] = {}
 
@@ -207,6 +233,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         metrics, sums = _evaluate(eval_step, state, task, eval_source, config.eval_batch_size,
                                   mesh)
         last_eval_sums.update(sums)
+        if state.ema_params is not None:  # the moving average, evaluated beside the raw weights
+            ema_metrics, _ = _evaluate(eval_step, state.replace(params=state.ema_params), task,
+                                       eval_source, config.eval_batch_size, mesh)
+            metrics.update({f'ema_{key}': value for key, value in ema_metrics.items()})
         if record:
             writer.write(at_step, 'eval', metrics)
         writer.console(at_step, total_steps, 'eval', metrics)

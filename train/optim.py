@@ -6,6 +6,9 @@ The chain, in order (each piece only when configured):
     (momentum / RMS / Adam moments) -> decoupled weight decay (+wd·w, AdamW-style)
     -> scale by -schedule(step) -> reduce-on-plateau scale
 
+wrapped, with gradient accumulation, in optax.MultiSteps: it averages k micro-batch gradients
+and runs the chain once on their mean, so the schedule counts optimiser updates.
+
 Coupled L2 goes through the optimiser's statistics like a loss term (PyTorch's `weight_decay`);
 decoupled decay is added after them, so Adam does not rescale it (Loshchilov & Hutter). Both,
 and L1, are masked off biases and normalisation parameters (every parameter with ndim <= 1).
@@ -97,9 +100,13 @@ def _optimiser_statistics(opt: ml_collections.ConfigDict) -> list[optax.Gradient
 
 
 def build_optimizer(opt: ml_collections.ConfigDict, sched: ml_collections.ConfigDict, *,
-                    steps_per_epoch: int, total_steps: int,
+                    steps_per_epoch: int, total_steps: int, accumulate_steps: int = 1,
                     ) -> tuple[optax.GradientTransformationExtraArgs, Schedule]:
-    """Returns (transformation, schedule). Call `tx.update(grads, state, params, value=loss)`."""
+    """Returns (transformation, schedule). Call `tx.update(grads, state, params, value=loss)`.
+    With `accumulate_steps` = k > 1 the update of every k-th call applies the chain to the mean
+    of the k gradients; the others return zero updates."""
+    if accumulate_steps < 1:
+        raise ValueError(f'accumulate_steps must be >= 1, got {accumulate_steps}')
     schedule = learning_rate_schedule(opt, sched, steps_per_epoch=steps_per_epoch,
                                       total_steps=total_steps)
     # adamw means decoupled decay whatever weight_decay_mode says: that is what the name promises.
@@ -122,7 +129,10 @@ def build_optimizer(opt: ml_collections.ConfigDict, sched: ml_collections.Config
         chain.append(optax.contrib.reduce_on_plateau(
             factor=sched.plateau_factor, patience=sched.plateau_patience_epochs,
             accumulation_size=steps_per_epoch, min_scale=sched.plateau_min_scale))
-    return optax.chain(*chain), schedule
+    tx = optax.chain(*chain)
+    if accumulate_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps).gradient_transformation()
+    return tx, schedule
 
 
 def plateau_scale(opt_state: Any) -> float:

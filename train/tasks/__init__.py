@@ -11,7 +11,7 @@ A task object answers:
   - optionally `final_eval(params, model_state, raw_eval_source) -> dict`: metrics computed
     once at the end, on the host, merged into summary.json's eval (seq2seq: BLEU).
   - optionally `make_optimizer(config, steps_per_epoch=, total_steps=) -> (tx, schedule)` and
-    `train_step(state, batch, *, tx, skip_nonfinite) -> (state, metrics)`: a task with several
+    `train_step(state, batch, *, tx) -> (state, metrics)`: a task with several
     networks and optimisers (gan: alternating D and G updates) builds and runs its own update;
   - optionally `write_eval_pictures(picture_dir, step, params, model_state) -> list[Path]`:
     pictures drawn at every evaluation (gan, diffusion: a fixed-noise sample grid);

@@ -26,6 +26,7 @@ import numpy as np
 import nets.diffusion as diffusion
 from data import DatasetInfo
 from train import pictures
+from train.ema import ema_update
 
 SAMPLERS = ('ddpm', 'ddim')
 # Fixed keys, independent of the run's seed: every evaluation draws the same grid (from the same
@@ -100,11 +101,8 @@ class DiffusionTask:
         new_state = dict(model_state)
         if 'ema' in model_state:
             ema = model_state['ema']
-            count = ema['updates'].astype(jnp.float32)
-            decay = jnp.minimum(self.ema_decay, (1.0 + count) / (10.0 + count))
             new_state['ema'] = {
-                'params': jax.tree.map(lambda e, p: decay * e + (1.0 - decay) *
-                                       jax.lax.stop_gradient(p), ema['params'], params),
+                'params': ema_update(ema['params'], params, self.ema_decay, ema['updates']),
                 'updates': ema['updates'] + 1}
         return loss, (new_state, {'loss': loss})
 

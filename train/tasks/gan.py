@@ -224,7 +224,7 @@ class GANTask:
         return params, {**batch_stats, 'generator': g_stats}, opt_state, metrics
 
     def train_step(self, state: TrainState, batch: dict[str, jax.Array], *,
-                   tx: PerNetworkOptimizer, skip_nonfinite: bool):
+                   tx: PerNetworkOptimizer):
         """`d_steps` D updates, then one G update (the generic trainer jits this on the mesh)."""
         real = self.to_model_range(batch['image'])
         rng = state.step_rng()
@@ -240,11 +240,7 @@ class GANTask:
                                   opt_state=opt_state)
         loss_finite = jnp.isfinite(d_metrics['d_loss']) & jnp.isfinite(g_metrics['g_loss'])
         grad_norm = jnp.sqrt(d_metrics['d_grad_norm'] ** 2 + g_metrics['g_grad_norm'] ** 2)
-        grads_finite = jnp.isfinite(grad_norm)
-        if skip_nonfinite:
-            keep_old = jnp.logical_not(loss_finite & grads_finite)
-            new_state = jax.tree.map(lambda old, new: jnp.where(keep_old, old, new),
-                                     state.replace(step=state.step + 1), new_state)
+        grads_finite = jnp.isfinite(grad_norm)  # the trainer's step skips or stops on these
         # 'loss' is D's loss: >= 0 under both losses (G's hinge loss is not), so it can be
         # plotted on the log scale of the training curves.
         metrics = {'loss': d_metrics['d_loss'], **d_metrics, **g_metrics,
