@@ -116,7 +116,8 @@ def test_resume_continues_with_identical_state(digits_dir, tmp_path):
 
 
 def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
-    """SIGKILL a real training process after its first checkpoint; rerun the same command."""
+    """SIGKILL a real training process after its first checkpoint, while it writes a later one
+    when the poll catches the write in flight; rerun the same command."""
     overrides = [f'--config.dataset.data_dir={digits_dir}', '--config.num_steps=400',
                  '--config.checkpoint_every_steps=50', '--config.log_every_steps=50',
                  '--config.eval_every_steps=400', '--config.schedule.name=constant']
@@ -130,6 +131,12 @@ def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (checkpoints / '50').exists():
         time.sleep(0.2)
+    # Orbax writes a step into '<step>.orbax-checkpoint-tmp-*' and renames it when complete.
+    writing_deadline = time.time() + 20
+    while time.time() < writing_deadline and process.poll() is None:
+        if any('tmp' in p.name and not p.name.startswith('50.') for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = ocp.CheckpointManager(checkpoints).all_steps()
@@ -139,6 +146,35 @@ def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f'Restored checkpoint of step {max(done)}' in rerun.stderr
     assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['step'] == 400
+
+
+def test_sigterm_checkpoints_exits_cleanly_and_the_same_command_continues(digits_dir, tmp_path):
+    """A preemption notice mid-run: a checkpoint at the current step (none was due), exit code
+    0, and the rerun restores it and finishes."""
+    overrides = [f'--config.dataset.data_dir={digits_dir}', '--config.num_steps=1000',
+                 '--config.checkpoint_every_steps=5000', '--config.log_every_steps=20',
+                 '--config.eval_every_steps=5000']
+    command = [sys.executable, '-m', 'train.main',
+               f'--config={REPO}/tests/tiny_digits_config.py', f'--workdir={tmp_path / "run"}',
+               *overrides]
+    env = dict(os.environ, XLA_FLAGS='')
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / 'run' / 'metrics.jsonl'
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert 'preempted (SIGTERM)' in stdout
+    saved = ocp.CheckpointManager(tmp_path / 'run' / 'checkpoints').all_steps()
+    assert len(saved) == 1 and 20 <= saved[0] < 1000, saved
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f'Restored checkpoint of step {saved[0]}' in rerun.stderr
+    assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['step'] == 1000
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(digits_dir, tmp_path):
