@@ -238,22 +238,35 @@ def _free_port() -> int:
 def test_two_processes_train_like_one(digits_dir, tmp_path):
     """Two JAX processes over loopback (jax.distributed, CPU collectives), one device each,
     against one process with two devices: same global batches, same parameters; only process 0
-    writes metrics and pictures."""
-    common = [f'--config={REPO}/tests/tiny_digits_config.py', '--config.num_steps=20',
+    writes metrics and pictures; both write the shared checkpoint at step 10 and both restore
+    it when the two are started again for 20 steps."""
+    common = [f'--config={REPO}/tests/tiny_digits_config.py',
               f'--config.dataset.data_dir={digits_dir}', '--config.optimizer.name=momentum',
-              '--config.optimizer.learning_rate=0.05', '--config.log_every_steps=10']
+              '--config.optimizer.learning_rate=0.05', '--config.log_every_steps=10',
+              '--config.schedule.name=constant']
     env = dict(os.environ, XLA_FLAGS='')
-    port = _free_port()
-    workers = [subprocess.Popen(
-        [sys.executable, '-m', 'train.main', *common, f'--workdir={tmp_path / "two"}',
-         '--multihost', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-         f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [w.communicate(timeout=240)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+
+    def run_two(steps: int) -> list[str]:
+        port = _free_port()
+        workers = [subprocess.Popen(
+            [sys.executable, '-m', 'train.main', *common, f'--config.num_steps={steps}',
+             f'--workdir={tmp_path / "two"}', '--multihost',
+             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+             f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        outputs = [w.communicate(timeout=240)[0] for w in workers]
+        assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+        return outputs
+
+    run_two(10)
+    outputs = run_two(20)
+    # Process 1 logs warnings only; had it not restored too, the two would disagree on the
+    # step and the parameters would not match the one-process run below.
+    assert 'Restored checkpoint of step 10' in outputs[0]
     single = subprocess.run(
-        [sys.executable, '-m', 'train.main', *common, f'--workdir={tmp_path / "one"}',
-         '--cpu_devices=2'], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        [sys.executable, '-m', 'train.main', *common, '--config.num_steps=20',
+         f'--workdir={tmp_path / "one"}', '--cpu_devices=2'], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=240)
     assert single.returncode == 0, single.stderr[-3000:]
     two = json.loads((tmp_path / 'two' / 'summary.json').read_text())
     one = json.loads((tmp_path / 'one' / 'summary.json').read_text())
@@ -262,7 +275,8 @@ def test_two_processes_train_like_one(digits_dir, tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  final_params(tmp_path / 'two'), final_params(tmp_path / 'one'))
     assert 'metrics:' in outputs[0] and 'metrics:' not in outputs[1]  # process 0 reports
-    assert len(list((tmp_path / 'two' / 'tensorboard').glob('events.*'))) == 1
+    # One event file per session of process 0 (two sessions), none from process 1.
+    assert len(list((tmp_path / 'two' / 'tensorboard').glob('events.*'))) == 2
 
 
 class _AuxNet(nn.Module):
