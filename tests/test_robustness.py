@@ -38,33 +38,40 @@ def _array_files(checkpoints: Path, step: int) -> list[Path]:
             and p.parent.name == 'd']
 
 
-@pytest.mark.parametrize('damage', ['flipped_bytes_sealed', 'truncated_unsealed'])
-def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(digits_dir, tmp_path, damage,
-                                                             caplog):
-    config = tiny_config(digits_dir, num_steps=12)
-    straight = tmp_path / 'straight'
-    loop.train_and_evaluate(_with(config, num_steps=16), straight)
-    run = tmp_path / 'run'
-    loop.train_and_evaluate(config, run)  # checkpoints at 4, 8, 12
-    checkpoints = run / 'checkpoints'
-    assert (checkpoints / '12' / INTEGRITY_FILE).exists()  # sealed when the run closed
-    victims = _array_files(checkpoints, 12)
-    if damage == 'flipped_bytes_sealed':
+def _damage(checkpoints: Path, step: int, how: str) -> None:
+    victims = _array_files(checkpoints, step)
+    if how == 'flipped_bytes_sealed':
         victim = max(victims, key=lambda p: p.stat().st_size)
         raw = bytearray(victim.read_bytes())
         raw[len(raw) // 2] ^= 0xFF  # one silent bit-rot byte: only the seal can tell
         victim.write_bytes(bytes(raw))
     else:  # killed after orbax's rename, before the seal: the data files half written
-        (checkpoints / '12' / INTEGRITY_FILE).unlink()
+        (checkpoints / str(step) / INTEGRITY_FILE).unlink()
         for victim in victims:
             victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
-    with caplog.at_level(python_logging.WARNING):
-        summary = loop.train_and_evaluate(_with(config, num_steps=16), run)
-    assert any('step 12' in r.getMessage() and 'corrupt' in r.getMessage()
-               for r in caplog.records)
-    assert summary['step'] == 16
-    assert list(checkpoints.glob('corrupt-12-*'))  # moved aside, not deleted
-    # Resumed from step 8: same parameters as the run never interrupted.
+
+
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(digits_dir, tmp_path, caplog):
+    """Two damages in turn — one flipped byte in a sealed step, half-written files in an
+    unsealed one — each skipped with a warning; the run ends as the one never damaged."""
+    config = tiny_config(digits_dir, num_steps=12)
+    straight = tmp_path / 'straight'
+    loop.train_and_evaluate(_with(config, num_steps=20), straight)
+    run = tmp_path / 'run'
+    loop.train_and_evaluate(config, run)  # checkpoints at 4, 8, 12
+    checkpoints = run / 'checkpoints'
+    for bad_step, damage, steps in ((12, 'flipped_bytes_sealed', 16),
+                                    (16, 'truncated_unsealed', 20)):
+        assert (checkpoints / str(bad_step) / INTEGRITY_FILE).exists()  # sealed at close
+        _damage(checkpoints, bad_step, damage)
+        caplog.clear()
+        with caplog.at_level(python_logging.WARNING):
+            summary = loop.train_and_evaluate(_with(config, num_steps=steps), run)
+        assert any(f'step {bad_step}' in r.getMessage() and 'corrupt' in r.getMessage()
+                   for r in caplog.records), damage
+        assert summary['step'] == steps
+        assert list(checkpoints.glob(f'corrupt-{bad_step}-*'))  # moved aside, not deleted
+    # Resumed from the step before each damage: the parameters of the run never interrupted.
     jax.tree.map(np.testing.assert_array_equal, final_params(straight), final_params(run))
 
 
