@@ -1,0 +1,298 @@
+"""What the train-step benchmark measures and how its rows become a report (no JAX, no torch).
+
+Shared by `train_step_benchmark.py` (the driver and the JAX rows) and `torch_models.py` (the
+PyTorch twins), so a PyTorch worker process never imports JAX (its peak memory is its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# A worker prints its result as one line starting with this marker; the driver reads it.
+ROW_MARKER = 'BENCHMARK_ROW '
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked model: the project's registered net with explicit fields (the PyTorch
+    twin is built from the same values), its batch and the shape of one example."""
+
+    net: str  # name in nets/registry
+    fields: dict[str, Any]  # architecture fields, shared with the twin
+    batch_size: int
+    example_shape: tuple[int, ...]  # (H, W, C) images or (T,) token ids
+    kind: str  # 'image' (classify task) or 'tokens' (language_model task)
+    jax_fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # JAX-only knobs
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.fields['num_classes'])
+
+
+MODELS: dict[str, ModelSpec] = {
+    # ResNet-18 with the CIFAR stem (3x3/1 conv, no max pool), 32x32x3, 10 classes.
+    'resnet18': ModelSpec('resnet18', dict(num_classes=10, stem='cifar', stage_sizes=(2, 2, 2, 2),
+                                           width=64), 128, (32, 32, 3), 'image'),
+    # ViT-Ti with 4x4 patches on 32x32x3: 64 patches + the class token.
+    'vit_ti4': ModelSpec('vit_ti16', dict(num_classes=10, patch_size=4, hidden_size=192, depth=12,
+                                          num_heads=3, mlp_dim=768), 128, (32, 32, 3), 'image',
+                         jax_fields=dict(attention_implementation='xla')),
+    # One-layer LSTM language model, byte vocabulary, 128-token windows.
+    'lstm_lm': ModelSpec('char_lstm', dict(num_classes=256, embed_dim=128, hidden_size=512), 64,
+                         (128,), 'tokens', jax_fields=dict(unroll=1)),
+}
+
+# The same architectures at toy sizes: what the tests run (seconds, not minutes).
+TINY_MODELS: dict[str, ModelSpec] = {
+    'resnet18': ModelSpec('resnet18', dict(num_classes=10, stem='cifar', stage_sizes=(1, 1),
+                                           width=8), 8, (8, 8, 3), 'image'),
+    'vit_ti4': ModelSpec('vit_ti16', dict(num_classes=10, patch_size=4, hidden_size=16, depth=1,
+                                          num_heads=2, mlp_dim=32), 8, (8, 8, 3), 'image',
+                         jax_fields=dict(attention_implementation='xla')),
+    'lstm_lm': ModelSpec('char_lstm', dict(num_classes=32, embed_dim=8, hidden_size=16), 4, (8,),
+                         'tokens', jax_fields=dict(unroll=1)),
+}
+
+
+def model_spec(model: str, size: str = 'full') -> ModelSpec:
+    specs = {'full': MODELS, 'tiny': TINY_MODELS}
+    if size not in specs:
+        raise ValueError(f'unknown size {size!r}; valid: {sorted(specs)}')
+    if model not in specs[size]:
+        raise ValueError(f'unknown model {model!r}; valid: {sorted(specs[size])}')
+    return specs[size][model]
+
+
+def time_steps(run: Callable[[int], Any], sync: Callable[[Any], Any], *, steps: int,
+               warmup: int) -> tuple[float, list[float], list[float]]:
+    """(seconds of the first call, wall seconds of each of `steps` timed calls, CPU seconds of
+    this process in each) of `run(i)`, each call waited for with `sync`; `warmup` untimed calls
+    after the first (caches, allocator). CPU seconds over wall seconds is the parallelism the
+    step got: below the core count when other processes share the machine."""
+    start = time.perf_counter()
+    sync(run(0))
+    first = time.perf_counter() - start
+    for i in range(warmup):
+        sync(run(1 + i))
+    wall, cpu = [], []
+    for i in range(steps):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        sync(run(1 + warmup + i))
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return first, wall, cpu
+
+
+def step_summary(batch_size: int, first_call_s: float, times: Sequence[float],
+                 cpu_times: Sequence[float] = ()) -> dict[str, Any]:
+    """The timing fields of a row: median step, examples/s from it, spread, CPU seconds."""
+    median = statistics.median(times)
+    summary = {'step_s': median, 'step_s_min': min(times), 'step_s_max': max(times),
+               'examples_per_s': batch_size / median, 'first_call_s': first_call_s,
+               'timed_steps': len(times)}
+    if cpu_times:
+        summary['cpu_s'] = statistics.median(cpu_times)
+    return summary
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+        memory_kib = next(int(line.split()[1]) for line in
+                          Path('/proc/meminfo').read_text().splitlines()
+                          if line.startswith('MemTotal'))
+    except (OSError, StopIteration):
+        memory_kib = 0
+    return {'cpu_model': cpu, 'cores': os.cpu_count(), 'memory_gib': memory_kib / 2 ** 20,
+            'load_average': ', '.join(f'{x:.1f}' for x in os.getloadavg())}
+
+
+def version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def matmul_flops(size: int) -> float:
+    """FLOPs of one (size x size) @ (size x size) product (multiply-add = 2)."""
+    return 2.0 * size ** 3
+
+
+# What the report's notes say: the defaults chosen and what limits JAX (measured while
+# developing; the rows of a run are its own evidence).
+NOTES = [
+    'Rows are medians of --steps timed steps after one untimed call (plus --warmup); each row '
+    'runs in its own process. Compare rows only where `cores` is near the core count: lower '
+    'means other processes shared the machine, which costs PyTorch (OpenMP barriers) more than '
+    'JAX.',
+    # Development A/Bs (2-core AMD EPYC, jax 0.10.2, torch 2.13.0, machine shared at load 4-9,
+    # so train-step CPU seconds were compared, interleaved in one process or in alternating
+    # processes):
+    'XLA flags: --xla_cpu_experimental_ynn_fusion_type=-individual_convolution (convolutions on '
+    "XLA's own kernels, the rest on YNNPACK) cut the CPU seconds of a step by 24% for "
+    'ResNet-18 (8.9 -> 6.6-6.8 s), 5% for ViT-Ti/4 (6.0 -> 5.4-5.7 s), 0% for the LSTM and the '
+    'quickstart CNN; also taking dots, element-wise ops or reductions off YNNPACK gained '
+    'nothing more (dots: LSTM +30%). train/main.py adds the flag on CPU-only hosts '
+    '(--nocpu_xla_defaults leaves it out); these rows run with it (--xla_flags).',
+    "ViT attention: 'xla' (jax.nn.dot_product_attention) and the explicit 'plain' softmax cost "
+    "the same (5.6 vs 5.7 CPU s; on the CPU both materialise the 65x65 weights); rows use 'xla'.",
+    'LSTM unroll: 1 step per loop iteration is fastest (CPU s 1.25; 2: 1.38, 4: 1.58, 8: 2.32), '
+    'the project default.',
+    'Device count: a 2-device mesh took 7% fewer CPU s for ResNet-18, the same for ViT, 30% more '
+    'for the LSTM (every per-step product on half the batch, plus the all-reduce); the trainer '
+    'stays at one device by default (a 2-device all-reduce stalled once in ~10 runs, see '
+    'train/main.py), --cpu_devices=2 opts in.',
+    'bfloat16 in JAX: ResNet-18 13% faster than float32 (5.6 vs 6.4 s, interleaved, under load; '
+    "its memory-bound passes move half the bytes), ViT-Ti/4 15% slower (6.2 vs 5.4 s). XLA's "
+    'CPU matmuls get no bfloat16 speed-up (its bf16 peak is below its float32 one), while '
+    "PyTorch's oneDNN runs bfloat16 on AVX512-BF16 at ~2.4x its float32 peak, so PyTorch's "
+    'bfloat16 convolutions are the fastest rows and can beat JAX bfloat16 (vs eager < 1).',
+    'torch.compile breaks the graph at nn.LSTM (the LSTM compile row runs eagerly) and takes '
+    '35-50 s per model on 2 cores. PyTorch images are channels-last (faster than NCHW for '
+    'ResNet-18 here: 9.1 vs 10.4 s per step, interleaved, under load).',
+    'What limits JAX: ResNet-18 float32 runs its convolutions (and the memory-bound batch-norm '
+    'and ReLU passes between them) at ~60% of the float32 matmul peak, and bfloat16 has no fast '
+    "path in XLA's CPU backend (above). The LSTM cell computes x·W_x inside the scan, one "
+    '(64x128)·(128x2048) product per time step, where oneDNN/cuDNN do one (8192x128)·(128x2048) '
+    "product before the loop: hoisting the input projection out of nets/rnn.py's scan is the "
+    'next step. ViT-Ti/4 is dense products; layer norms, exact GELU and softmax are the rest. '
+    'A quiet-moment check: one-device steps keep both XLA threads ~93-95% busy (ResNet-18 3.5 s, '
+    'ViT-Ti/4 2.8 s, LSTM 0.6 s per step; 2048x2048 float32 matmul 180 GFLOP/s on both cores).',
+]
+
+
+# --- From measured rows to the report ----------------------------------------------------------
+
+def add_ratios(rows: list[dict[str, Any]], peaks: dict[str, float]) -> list[dict[str, Any]]:
+    """Adds to every train-step row `model_flops` and `mfu` = model FLOPs / step time / float32
+    matmul peak, and to every JAX row `vs_torch_eager`, `vs_torch_compile` (examples/s over
+    the PyTorch row of the same model and dtype) and `vs_torch_eager_float32` (the issue's
+    target: >= 1). Model FLOPs are XLA's count of the model's JAX float32 step (any dtype's
+    when no float32 row counted): one count per model, whatever dtype, mesh or framework runs
+    it, so MFUs compare. Rows that failed keep their error and get nothing."""
+    flops: dict[str, float] = {}
+    for row in sorted(rows, key=lambda r: r.get('dtype') != 'float32'):  # float32 first
+        if row.get('framework') == 'jax' and row.get('step_flops'):
+            flops.setdefault(row['model'], row['step_flops'])
+    torch_speed = {(row['model'], row['dtype'], row['mode']): row['examples_per_s']
+                   for row in rows if row.get('framework') == 'torch' and 'examples_per_s' in row}
+    peak = peaks.get('float32')
+    for row in rows:
+        if 'examples_per_s' not in row:
+            continue
+        row['model_flops'] = flops.get(row['model'])
+        row['mfu'] = (row['model_flops'] / row['step_s'] / peak
+                      if row['model_flops'] and peak else None)
+        if row['framework'] != 'jax':
+            continue
+        for name, key in (('vs_torch_eager', (row['model'], row['dtype'], 'eager')),
+                          ('vs_torch_compile', (row['model'], row['dtype'], 'compile')),
+                          ('vs_torch_eager_float32', (row['model'], 'float32', 'eager'))):
+            other = torch_speed.get(key)
+            row[name] = row['examples_per_s'] / other if other else None
+    return rows
+
+
+def reach(rows: list[dict[str, Any]], vit_model: str = 'vit_ti4') -> dict[str, Any]:
+    """The issue's two targets, judged on the measured rows: every JAX row at least as fast as
+    PyTorch eager float32 on its model, and the best float32 JAX ViT row at >= 50% of the
+    float32 matmul peak."""
+    jax_rows = [r for r in rows if r.get('framework') == 'jax' and 'examples_per_s' in r]
+    compared = [r for r in jax_rows if r.get('vs_torch_eager_float32') is not None]
+    slower = [f"{r['model']} {r['dtype']} {r['devices']}dev: {r['vs_torch_eager_float32']:.2f}x"
+              for r in compared if r['vs_torch_eager_float32'] < 1.0]
+    vit_mfu = [r['mfu'] for r in jax_rows
+               if r['model'] == vit_model and r['dtype'] == 'float32' and r.get('mfu')]
+    best_vit = max(vit_mfu) if vit_mfu else None
+    return {'all_rows_at_least_torch_eager_float32': bool(compared) and not slower,
+            'rows_slower_than_torch_eager_float32': slower,
+            'best_vit_mfu': best_vit,
+            'vit_at_least_half_of_peak': best_vit is not None and best_vit >= 0.5}
+
+
+def _fmt(value: Any, spec: str = '.2f', suffix: str = '') -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return '–'
+    return f'{value:{spec}}{suffix}'
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """docs/benchmarks.md: the setting, the peaks, one table row per measured train step, the
+    input pipeline, whether the targets were reached and the notes."""
+    meta = report['meta']
+    lines = ['# Train-step benchmarks: JAX against PyTorch and the machine\'s peak', '',
+             f"Generated by `{meta['command']}` on {meta['date']}.", '',
+             f"Machine: {meta['cpu_model']}, {meta['cores']} cores, {meta['memory_gib']:.0f} GiB; "
+             f"jax {meta['jax']}, torch {meta.get('torch') or 'not installed'}, "
+             f"python {meta['python']}. Load average at the start: {meta['load_average']}.", '',
+             '## Peak (large matmul in JAX; the roofline MFU is measured against)', '',
+             '| dtype | size | GFLOP/s | PyTorch GFLOP/s |', '|---|---|---|---|']
+    for row in report['peak']:
+        lines.append(f"| {row['dtype']} | {row['size']} | {_fmt(row.get('gflops'), '.1f')} | "
+                     f"{_fmt(row.get('torch_gflops'), '.1f')} |")
+    lines += ['', '## Train steps (forward + backward + SGD-momentum update, synthetic batches)',
+              '',
+              'examples/s from the median step; MFU = XLA FLOPs of the model\'s JAX float32 step / '
+              'step time / float32 matmul peak, for every row (PyTorch and bfloat16 rows too, so '
+              'over 100% means faster than the float32 roofline); ratios are examples/s of the '
+              'JAX row over the PyTorch row of the same model and dtype (`vs eager f32`: over '
+              'PyTorch eager float32, the target); cores = CPU seconds / wall seconds of a step '
+              '(below the core count: the step waited, or other processes took the cores).', '',
+              '| model | dtype | framework | devices/mode | params | examples/s | step ms | '
+              'cores | MFU | vs eager | vs compile | vs eager f32 | compile s | peak RSS MiB |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for row in report['rows']:
+        where = f"{row['devices']} dev" if row['framework'] == 'jax' else row.get('mode', '')
+        if 'error' in row:
+            lines.append(f"| {row['model']} | {row['dtype']} | {row['framework']} | {where} | | "
+                         f"failed: {row['error'][:80]} | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {row['model']} | {row['dtype']} | {row['framework']} | {where} | "
+            f"{row['params']:,} | {row['examples_per_s']:.1f} | {row['step_s'] * 1e3:.0f} | "
+            f"{_fmt(row['cpu_s'] / row['step_s'] if row.get('cpu_s') else None, '.1f')} | "
+            f"{_fmt(row.get('mfu'), '.1%')} | {_fmt(row.get('vs_torch_eager'), '.2f', 'x')} | "
+            f"{_fmt(row.get('vs_torch_compile'), '.2f', 'x')} | "
+            f"{_fmt(row.get('vs_torch_eager_float32'), '.2f', 'x')} | "
+            f"{_fmt(row.get('compile_s'), '.1f')} | {_fmt(row.get('peak_rss_mib'), '.0f')} |")
+    if report.get('pipeline'):
+        lines += ['', '## Input pipeline (data.train_loader over memory + on-device augmentation)',
+                  '', '| stage | examples/s | train step consumes (examples/s) | headroom |',
+                  '|---|---|---|---|']
+        for row in report['pipeline']:
+            lines.append(f"| {row['stage']} | {row['examples_per_s']:.0f} | "
+                         f"{_fmt(row.get('consumed_per_s'), '.1f')} | "
+                         f"{_fmt(row.get('headroom'), '.1f', 'x')} |")
+    target = report.get('reach', {})
+    lines += ['', '## Targets', '',
+              "- Every JAX row at least as fast as PyTorch eager float32: "
+              + ('reached' if target.get('all_rows_at_least_torch_eager_float32')
+                 else 'NOT reached')
+              + (f" (slower: {'; '.join(target['rows_slower_than_torch_eager_float32'])})"
+                 if target.get('rows_slower_than_torch_eager_float32') else ''),
+              "- ViT (float32) at >= 50% of the float32 matmul peak: "
+              f"{'reached' if target.get('vit_at_least_half_of_peak') else 'NOT reached'} "
+              f"(best ViT MFU {_fmt(target.get('best_vit_mfu'), '.1%')})", '']
+    if report.get('notes'):
+        lines += ['## Notes', ''] + [f'- {note}' for note in report['notes']] + ['']
+    return '\n'.join(lines)

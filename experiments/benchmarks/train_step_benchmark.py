@@ -1,0 +1,385 @@
+"""Train-step speed against PyTorch and against the machine's matmul peak, side by side.
+
+Command (the full run; writes docs/benchmarks.json and docs/benchmarks.md):
+  python -m experiments.benchmarks.train_step_benchmark --out=docs/benchmarks.json
+      [--models=resnet18,vit_ti4,lstm_lm] [--dtypes=float32,bfloat16] [--devices=1,2]
+      [--torch=eager,compile] [--steps=3] [--warmup=0] [--pipeline=true] [--size=full|tiny]
+Measures, each row in its own worker process (so its compile time and peak resident memory,
+ru_maxrss, are its own, and the device count can differ: `--xla_force_host_platform_device_count`
+is read when JAX starts), one model after another, so that the rows compared run close in time:
+  * peak: a 2048x2048 matmul in JAX, float32 and bfloat16 (and in PyTorch, for reference);
+  * the project's train step (train.tasks + train.optim SGD momentum 0.9 + train.steps on a
+    train.sharding mesh of 1 or 2 CPU devices, state donated) on synthetic batches of
+    ResNet-18 (CIFAR stem, 32x32x3, batch 128), ViT-Ti/4 (32x32x3, batch 128) and a one-layer
+    LSTM language model (hidden 512, embedding 128, 256 tokens, length 128, batch 64), in
+    float32 and bfloat16 compute; XLA's FLOP count of the compiled step (train.compute, loops
+    corrected) gives MFU = FLOPs / step time / float32 peak;
+  * the PyTorch twins (experiments/benchmarks/torch_models.py: same architecture, parameter
+    count and optimiser), eager and torch.compile, float32 and bfloat16 autocast;
+  * the input pipeline: data.train_loader over an in-memory split, and random crop + flip
+    (data.augment) jitted on device, against the train step's consumption.
+Ratios (JAX / PyTorch examples/s) and the two targets of issue 10 are judged in the report.
+CPU defaults (XLA flags, attention implementation, LSTM unroll) are the fastest measured; see
+NOTES and `--xla_flags`.
+
+Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0 (CPU wheel:
+`pip install -e '.[benchmark]'`). 26 worker processes; the smoke run (--steps=1) took 12 min
+of wall and 13 min of CPU time with the machine shared (load 2-5); the default run (--steps=3)
+should take ~11-13 minutes on an idle machine: ~7 of them fixed (imports, XLA compiles, FLOP
+counts, six torch.compile's of 35-50 s), ~1.3 min per timed round of all 24 rows.
+`--torch=eager` saves ~4 minutes; `--size=tiny` checks the plumbing in a few minutes.
+Expected (smoke run, load 2-5, so 'cores' ~1 in most rows): JAX float32 at 1.15x/1.64x/4.8x
+PyTorch eager float32 (ResNet-18/ViT-Ti/4/LSTM), ViT float32 MFU 60% (1 device) and 71%
+(2 devices); PyTorch bfloat16 ResNet-18 3-4x faster than JAX's. Rerun idle before quoting.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from experiments.benchmarks.bench_common import (NOTES, ROW_MARKER, ModelSpec, add_ratios, machine,
+                                                 markdown_report, matmul_flops, model_spec,
+                                                 peak_rss_mib, reach, step_summary, time_steps,
+                                                 version)
+
+# What the trainer adds on the CPU (train/main.py CPU_XLA_FLAGS, measured fastest: convolutions
+# on XLA's own kernels instead of YNNPACK), so the benchmark measures the shipped default.
+DEFAULT_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+CROP_FLIP = ({'op': 'translate', 'max_pixels': 4.0, 'fill_mode': 'constant'}, {'op': 'flip_lr'})
+
+
+def define_flags() -> None:
+    """Flags of the command line only: tests import this module beside other absl programs
+    that define --out too."""
+    flags.DEFINE_string('out', 'docs/benchmarks.json', 'JSON results; the markdown table goes '
+                        'beside it with the suffix .md (empty: print only).')
+    flags.DEFINE_list('models', ['resnet18', 'vit_ti4', 'lstm_lm'], 'Models to measure.')
+    flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
+    flags.DEFINE_list('devices', ['1', '2'], 'JAX CPU device counts (data-parallel mesh).')
+    flags.DEFINE_list('torch', ['eager', 'compile'], 'PyTorch modes (empty: no PyTorch).')
+    flags.DEFINE_integer('steps', 3, 'Timed train steps per row (median).', lower_bound=1)
+    flags.DEFINE_integer('warmup', 0, 'Untimed steps after the first (untimed) one.',
+                         lower_bound=0)
+    flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (a smoke test).")
+    flags.DEFINE_integer('peak_size', 2048, 'Side of the peak matmul.', lower_bound=8)
+    flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline.')
+    flags.DEFINE_string('xla_flags', DEFAULT_XLA_FLAGS,
+                        'XLA_FLAGS of the JAX workers (the device count is added per row).')
+    flags.DEFINE_integer('row_timeout', 900, 'Seconds before a worker is abandoned.')
+    flags.DEFINE_string('worker', None, 'Internal: run one row (JSON) and print it.')
+
+
+# --- JAX rows (run in a worker process) --------------------------------------------------------
+
+def _dataset_info(spec: ModelSpec) -> Any:
+    import data
+    if spec.kind == 'image':
+        channels = spec.example_shape[-1]
+        return data.DatasetInfo(name='synthetic', num_classes=spec.num_classes,
+                                class_names=tuple(map(str, range(spec.num_classes))),
+                                example_shape=spec.example_shape, image_dtype='uint8', splits={},
+                                mean=(0.5,) * channels, std=(0.25,) * channels)
+    from data.tokenizers import SPECIAL_TOKENS
+    # Byte-like vocabulary: the specials, then one character per remaining id.
+    tokens = tuple(SPECIAL_TOKENS) + tuple(chr(0x100 + i) for i in
+                                           range(spec.num_classes - len(SPECIAL_TOKENS)))
+    return data.DatasetInfo(name='synthetic', num_classes=spec.num_classes, class_names=tokens,
+                            example_shape=spec.example_shape, image_dtype='int32', splits={},
+                            mean=(), std=())
+
+
+def synthetic_batch(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """A host batch as the data pipeline gives it: uint8 images + labels, or token windows."""
+    rng = np.random.default_rng(seed)
+    shape = (spec.batch_size, *spec.example_shape)
+    if spec.kind == 'image':
+        return {'image': rng.integers(0, 256, shape, dtype=np.uint8),
+                'label': rng.integers(0, spec.num_classes, spec.batch_size, dtype=np.int32)}
+    return {'inputs': rng.integers(4, spec.num_classes, shape, dtype=np.int32),
+            'targets': rng.integers(4, spec.num_classes, shape, dtype=np.int32)}
+
+
+def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int, warmup: int,
+                       count_flops: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Times the project's compiled train step of `spec` on a mesh of the first `devices` JAX
+    devices; a benchmark row. `step_flops`: XLA's count of the same step on one device."""
+    import jax
+    import jax.numpy as jnp
+    import nets
+    from train.compute import loop_corrected_flops
+    from train.config import default_config
+    from train.optim import build_optimizer
+    from train.sharding import host_to_global, make_mesh
+    from train.steps import init_train_state, make_train_step
+    from train.tasks import create_task
+
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(f'{devices} devices asked for, {len(available)} available (set '
+                         f'XLA_FLAGS=--xla_force_host_platform_device_count={devices})')
+    mesh = make_mesh(available[:devices])
+    model = nets.create(spec.net, **spec.fields, **spec.jax_fields, dtype=jnp.dtype(dtype))
+    task_name = 'classify' if spec.kind == 'image' else 'language_model'
+    task = create_task(task_name, model=model, info=_dataset_info(spec))
+    config = default_config()
+    config.schedule.name = 'constant'
+    tx, _ = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=100,
+                            total_steps=1000)
+    state = init_train_state(task, tx, seed, mesh)
+    batch = host_to_global(synthetic_batch(spec, seed), mesh)
+    step = make_train_step(task, tx, mesh, skip_nonfinite=False)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    holder = [state]
+
+    def run(_: int) -> Any:
+        holder[0], metrics = compiled(holder[0], batch)
+        return metrics['loss']
+
+    first, times, cpu = time_steps(run, jax.block_until_ready, steps=steps, warmup=warmup)
+    row = {'framework': 'jax', 'devices': devices, 'dtype': dtype, 'params': params,
+           'compile_s': compile_s, 'jax_fields': dict(spec.jax_fields),
+           **step_summary(spec.batch_size, first, times, cpu)}
+    if count_flops:
+        start = time.perf_counter()
+        one_device = make_train_step(task, tx, make_mesh(available[:1]), skip_nonfinite=False)
+        count = loop_corrected_flops(one_device, holder[0], batch)
+        row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
+                   flop_count_s=time.perf_counter() - start)
+    row['peak_rss_mib'] = peak_rss_mib()
+    return row
+
+
+def jax_peak_row(size: int, dtypes: Sequence[str], repeats: int = 5) -> list[dict[str, Any]]:
+    """Achieved FLOP/s of a (size x size) @ (size x size) product per dtype: the median of
+    `repeats` calls (the roofline MFU is measured against)."""
+    import jax
+    import jax.numpy as jnp
+    rows = []
+    for dtype in dtypes:
+        key_a, key_b = jax.random.split(jax.random.key(0))
+        a = jax.random.normal(key_a, (size, size), dtype)
+        b = jax.random.normal(key_b, (size, size), dtype)
+        product = jax.jit(jnp.matmul)
+        _, times, _ = time_steps(lambda _: product(a, b), jax.block_until_ready,
+                                 steps=repeats, warmup=1)
+        summary = step_summary(1, 0.0, times)
+        rows.append({'dtype': dtype, 'size': size, 'seconds': summary['step_s'],
+                     'gflops': matmul_flops(size) / summary['step_s'] / 1e9,
+                     'gflops_best': matmul_flops(size) / summary['step_s_min'] / 1e9})
+    return rows
+
+
+def pipeline_rows(spec: ModelSpec, *, steps: int, examples: int = 4096) -> list[dict[str, Any]]:
+    """examples/s of data.train_loader over an in-memory split of random uint8 images, of the
+    jitted crop + flip (data.augment) on one device, and of both with the host -> device copy."""
+    import jax
+    import data
+    from data import augment
+
+    rng = np.random.default_rng(0)
+    source = data.InMemorySource(
+        image=rng.integers(0, 256, (examples, *spec.example_shape), dtype=np.uint8),
+        label=rng.integers(0, spec.num_classes, examples, dtype=np.int32))
+    batches = iter(data.train_loader(source, global_batch_size=spec.batch_size, seed=0))
+    augmenter = augment.make_augmenter(CROP_FLIP, num_classes=spec.num_classes)
+    key = jax.random.key(0)
+    crop_flip = jax.jit(lambda i, images, labels: augmenter(
+        jax.random.fold_in(key, i), images.astype('float32') / 255.0, labels))
+    host = next(batches)
+    on_device = jax.device_put(host)
+    loader = time_steps(lambda _: next(batches), lambda b: b, steps=steps, warmup=1)[1]
+    augment_only = time_steps(lambda i: crop_flip(i, on_device['image'], on_device['label']),
+                              jax.block_until_ready, steps=steps, warmup=1)[1]
+
+    def both(i: int) -> Any:
+        batch = jax.device_put(next(batches))
+        return crop_flip(i, batch['image'], batch['label'])
+
+    together = time_steps(both, jax.block_until_ready, steps=steps, warmup=1)[1]
+    return [{'stage': stage, **step_summary(spec.batch_size, 0.0, times)}
+            for stage, times in (('grain loader (host, in memory)', loader),
+                                 ('crop + flip (jitted, on device)', augment_only),
+                                 ('loader + device_put + crop + flip', together))]
+
+
+def run_worker(job: dict[str, Any]) -> Any:
+    """One job of the driver, in this process: 'peak', 'jax_step', 'torch_step', 'pipeline'."""
+    size, kind = job.get('size', 'full'), job['job']
+    if kind == 'peak':
+        rows = jax_peak_row(job['peak_size'], job['dtypes'])
+        if job.get('torch'):
+            try:
+                from experiments.benchmarks.torch_models import torch_matmul_gflops
+            except ImportError:
+                return rows
+            for row in rows:
+                row['torch_gflops'] = torch_matmul_gflops(job['peak_size'], row['dtype'], 5)
+        return rows
+    if kind == 'pipeline':
+        return pipeline_rows(model_spec(job['model'], size), steps=max(job['steps'], 20))
+    spec = model_spec(job['model'], size)
+    if kind == 'jax_step':
+        return jax_train_step_row(spec, dtype=job['dtype'], devices=job['devices'],
+                                  steps=job['steps'], warmup=job['warmup'],
+                                  count_flops=job.get('count_flops', True))
+    if kind == 'torch_step':
+        from experiments.benchmarks.torch_models import torch_train_step_row
+        return torch_train_step_row(spec, dtype=job['dtype'], mode=job['mode'], steps=job['steps'],
+                                    warmup=job['warmup'])
+    raise ValueError(f'unknown job {kind!r}')
+
+
+# --- The driver --------------------------------------------------------------------------------
+
+def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[int],
+              torch_modes: Sequence[str], *, steps: int, warmup: int, size: str,
+              peak_size: int, pipeline: bool) -> list[dict[str, Any]]:
+    """Every job in the order it runs: the peak, then per model and dtype its JAX rows (one
+    per device count) and PyTorch rows, so that the rows compared run close in time."""
+    common = dict(steps=steps, warmup=warmup, size=size)
+    jobs = [dict(job='peak', peak_size=peak_size, dtypes=list(dtypes), torch=bool(torch_modes),
+                 devices=1, size=size)]
+    for model in models:
+        model_spec(model, size)  # unknown names fail before anything runs
+        for dtype in dtypes:
+            # Model FLOPs are counted once per model (add_ratios): on the smallest mesh's row
+            # of the first dtype (float32 when measured).
+            count_dtype = 'float32' if 'float32' in dtypes else dtypes[0]
+            jobs += [dict(job='jax_step', model=model, dtype=dtype, devices=n,
+                          count_flops=dtype == count_dtype and n == min(devices), **common)
+                     for n in devices]
+            jobs += [dict(job='torch_step', model=model, dtype=dtype, mode=mode, **common)
+                     for mode in torch_modes]
+    if pipeline:
+        image_models = [m for m in models if model_spec(m, size).kind == 'image'] or ['resnet18']
+        jobs.append(dict(job='pipeline', model=image_models[0], devices=1, **common))
+    return jobs
+
+
+def worker_env(job: dict[str, Any], xla_flags: str) -> dict[str, str]:
+    """The environment of a job's process: XLA flags and, for a JAX mesh, the device count."""
+    env = dict(os.environ)
+    flags_now = xla_flags.split()
+    if job['job'] != 'torch_step' and job.get('devices', 1) > 1:
+        flags_now.append(f"--xla_force_host_platform_device_count={job['devices']}")
+    env['XLA_FLAGS'] = ' '.join(flags_now)
+    env.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    return env
+
+
+def run_in_subprocess(job: dict[str, Any], xla_flags: str, timeout: float) -> Any:
+    """Runs `job` in a fresh interpreter; its result, or {'error': ...}."""
+    command = [sys.executable, '-m', 'experiments.benchmarks.train_step_benchmark',
+               f'--worker={json.dumps(job)}']
+    try:
+        done = subprocess.run(command, env=worker_env(job, xla_flags), capture_output=True,
+                              text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[2])
+    except subprocess.TimeoutExpired:
+        return {'error': f'timed out after {timeout:.0f} s'}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(ROW_MARKER):
+            return json.loads(line[len(ROW_MARKER):])
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return {'error': f'exit {done.returncode}: ' + ' | '.join(tail)}
+
+
+def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]], Any], *,
+                  command: str, xla_flags: str, log: Callable[[str], None] = print,
+                  ) -> dict[str, Any]:
+    """Runs `jobs` with `runner` and assembles the report (rows, ratios, targets, notes)."""
+    report: dict[str, Any] = {
+        'meta': {'command': command, 'date': datetime.datetime.now(datetime.timezone.utc)
+                 .isoformat(timespec='seconds'), **machine(), 'jax': version('jax'),
+                 'torch': version('torch'), 'python': platform.python_version(),
+                 'xla_flags': xla_flags},
+        'peak': [], 'rows': [], 'pipeline': [], 'notes': list(NOTES)}
+    for job in jobs:
+        start = time.perf_counter()
+        result = runner(job)
+        label = ' '.join(str(job[k]) for k in ('job', 'model', 'dtype', 'devices', 'mode')
+                         if k in job and not (k == 'devices' and job['job'] != 'jax_step'))
+        if job['job'] == 'peak':
+            if isinstance(result, dict):  # failed
+                raise RuntimeError(f"the peak measurement failed: {result['error']}")
+            report['peak'] = result
+            text = ', '.join(f"{r['dtype']} {r['gflops']:.1f} GFLOP/s" for r in result)
+        elif job['job'] == 'pipeline':
+            report['pipeline'] = result if isinstance(result, list) else [
+                {'stage': 'pipeline', 'examples_per_s': 0.0, **result}]
+            text = ', '.join(f"{r['stage']}: {r['examples_per_s']:.0f}/s" for r in
+                             report['pipeline'])
+        else:
+            row = {'model': job['model'], 'dtype': job['dtype'],
+                   **({'devices': job['devices']} if job['job'] == 'jax_step'
+                      else {'mode': job['mode']}),
+                   'framework': 'jax' if job['job'] == 'jax_step' else 'torch', **result}
+            report['rows'].append(row)
+            text = (row['error'] if 'error' in row else
+                    f"{row['examples_per_s']:.1f} examples/s, step {row['step_s'] * 1e3:.0f} ms, "
+                    f"compile {row.get('compile_s') or 0:.1f} s, {row['params']:,} params")
+        log(f'{label:<40} {text}   ({time.perf_counter() - start:.0f} s)')
+    peaks = {r['dtype']: r['gflops'] * 1e9 for r in report['peak']}
+    add_ratios(report['rows'], peaks)
+    consumption = [r['examples_per_s'] for r in report['rows'] if r['framework'] == 'jax'
+                   and r.get('dtype') == 'float32' and r.get('devices') == 1 and
+                   'examples_per_s' in r and model_spec(r['model']).kind == 'image']
+    for row in report['pipeline']:
+        if consumption and row.get('examples_per_s'):
+            row['consumed_per_s'] = max(consumption)
+            row['headroom'] = row['examples_per_s'] / max(consumption)
+    report['reach'] = reach(report['rows'])
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        report['notes'].append(f'The machine was busy (load average {load:.1f} at the end): '
+                               'rerun on an idle machine before quoting these numbers.')
+    return report
+
+
+def main(argv: Sequence[str]) -> None:
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    if FLAGS.worker:
+        result = run_worker(json.loads(FLAGS.worker))
+        print(ROW_MARKER + json.dumps(result), flush=True)
+        return
+    torch_modes = [m for m in FLAGS.torch if m]
+    if torch_modes and version('torch') is None:
+        print("torch is not installed (pip install -e '.[benchmark]'): no PyTorch rows")
+        torch_modes = []
+    jobs = plan_jobs(FLAGS.models, FLAGS.dtypes, [int(n) for n in FLAGS.devices], torch_modes,
+                     steps=FLAGS.steps, warmup=FLAGS.warmup, size=FLAGS.size,
+                     peak_size=FLAGS.peak_size, pipeline=FLAGS.pipeline)
+    command = ' '.join(['python -m experiments.benchmarks.train_step_benchmark', *sys.argv[1:]])
+    print(f'{len(jobs)} jobs; XLA_FLAGS for JAX: {FLAGS.xla_flags or "(none)"}', flush=True)
+    report = run_benchmark(
+        jobs, lambda job: run_in_subprocess(job, FLAGS.xla_flags, FLAGS.row_timeout),
+        command=command, xla_flags=FLAGS.xla_flags, log=lambda s: print(s, flush=True))
+    table = markdown_report(report)
+    print(table)
+    if FLAGS.out:
+        out = Path(FLAGS.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        out.with_suffix('.md').write_text(table)
+        print(f'wrote {out} and {out.with_suffix(".md")}')
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main)

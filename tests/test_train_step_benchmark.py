@@ -1,0 +1,138 @@
+"""The train-step benchmark's bookkeeping (no timing assertions): rows carry what they should,
+ratios and MFU come from the measured numbers, the PyTorch twins have the JAX models' parameter
+counts. Toy sizes; PyTorch parts skip when torch is not installed."""
+
+import json
+
+import jax.numpy as jnp
+import pytest
+
+import nets
+from experiments.benchmarks import bench_common, train_step_benchmark as bench
+
+STEP_KEYS = {'framework', 'devices', 'dtype', 'params', 'compile_s', 'step_s', 'examples_per_s',
+             'first_call_s', 'cpu_s', 'step_flops', 'peak_rss_mib'}
+
+
+def jax_params(spec: bench_common.ModelSpec) -> int:
+    model = nets.create(spec.net, **spec.fields, **spec.jax_fields)
+    dtype = jnp.float32 if spec.kind == 'image' else jnp.int32
+    return nets.count_params(model, (1, *spec.example_shape), input_dtype=dtype)
+
+
+def fake_rows():
+    rows = [dict(model='m', dtype='float32', framework='jax', devices=1, step_s=2.0,
+                 examples_per_s=64.0, step_flops=4e11),
+            dict(model='m', dtype='bfloat16', framework='jax', devices=2, step_s=4.0,
+                 examples_per_s=32.0, step_flops=5e11),
+            dict(model='m', dtype='float32', framework='torch', mode='eager', step_s=4.0,
+                 examples_per_s=32.0),
+            dict(model='m', dtype='bfloat16', framework='torch', mode='eager', step_s=1.0,
+                 examples_per_s=128.0),
+            dict(model='m', dtype='float32', framework='torch', mode='compile', error='boom')]
+    return bench_common.add_ratios(rows, {'float32': 1e12})
+
+
+def test_ratios_and_mfu_come_from_the_measured_numbers():
+    jax_f32, jax_bf16, torch_f32, torch_bf16, failed = fake_rows()
+    assert jax_f32['mfu'] == pytest.approx(4e11 / 2.0 / 1e12)
+    assert jax_bf16['mfu'] == pytest.approx(4e11 / 4.0 / 1e12)  # the float32 step's FLOPs
+    assert torch_f32['mfu'] == pytest.approx(4e11 / 4.0 / 1e12)  # the JAX count of the model
+    assert jax_f32['vs_torch_eager'] == pytest.approx(64.0 / 32.0)
+    assert jax_bf16['vs_torch_eager'] == pytest.approx(32.0 / 128.0)
+    assert jax_bf16['vs_torch_eager_float32'] == pytest.approx(32.0 / 32.0)
+    assert jax_f32['vs_torch_compile'] is None  # the compile row failed
+    assert 'mfu' not in failed and failed['error'] == 'boom'
+
+
+def test_reach_names_the_slower_rows():
+    rows = fake_rows()
+    target = bench_common.reach(rows, vit_model='m')
+    assert target['all_rows_at_least_torch_eager_float32']  # 2.0x and 1.0x
+    assert target['best_vit_mfu'] == pytest.approx(0.2) and not target['vit_at_least_half_of_peak']
+    rows[0]['vs_torch_eager_float32'] = 0.5
+    target = bench_common.reach(rows, vit_model='m')
+    assert not target['all_rows_at_least_torch_eager_float32']
+    assert target['rows_slower_than_torch_eager_float32'] == ['m float32 1dev: 0.50x']
+
+
+def test_plan_runs_each_model_s_rows_together_with_their_device_counts():
+    jobs = bench.plan_jobs(['lstm_lm', 'resnet18'], ['float32'], [1, 2], ['eager'], steps=2,
+                           warmup=0, size='tiny', peak_size=64, pipeline=True)
+    assert [j['job'] for j in jobs] == ['peak', 'jax_step', 'jax_step', 'torch_step', 'jax_step',
+                                        'jax_step', 'torch_step', 'pipeline']
+    assert [j.get('model') for j in jobs[1:4]] == ['lstm_lm'] * 3
+    assert jobs[-1]['model'] == 'resnet18'  # the pipeline feeds an image model
+    env = bench.worker_env(jobs[2], '--xla_cpu_enable_fast_math=false')
+    assert env['XLA_FLAGS'] == ('--xla_cpu_enable_fast_math=false '
+                                '--xla_force_host_platform_device_count=2')
+    assert 'device_count' not in bench.worker_env(jobs[1], '')['XLA_FLAGS']
+    with pytest.raises(ValueError, match='unknown model'):
+        bench.plan_jobs(['nope'], ['float32'], [1], [], steps=1, warmup=0, size='tiny',
+                        peak_size=64, pipeline=False)
+
+
+def test_jax_row_measures_the_project_step():
+    spec = bench_common.model_spec('vit_ti4', 'tiny')
+    row = bench.jax_train_step_row(spec, dtype='float32', devices=2, steps=2, warmup=0)
+    assert STEP_KEYS <= set(row)
+    assert row['params'] == jax_params(spec)
+    assert row['examples_per_s'] == pytest.approx(spec.batch_size / row['step_s'])
+    assert row['step_flops'] > 0 and row['uncorrected_loops'] == 0
+
+
+def test_report_of_an_in_process_run(tmp_path):
+    """The whole driver on the toy LSTM with 1 and 2 devices, the peak and the pipeline,
+    jobs run in this process (the tests' 8 simulated devices) instead of subprocesses."""
+    jobs = bench.plan_jobs(['lstm_lm'], ['float32'], [1, 2], [], steps=2, warmup=0, size='tiny',
+                           peak_size=64, pipeline=True)
+    jobs[-1]['model'] = 'resnet18'
+    report = bench.run_benchmark(jobs, bench.run_worker, command='test', xla_flags='',
+                                 log=lambda _: None)
+    json.loads(json.dumps(report))  # the JSON written is plain data
+    assert {r['dtype'] for r in report['peak']} == {'float32'} and report['peak'][0]['gflops'] > 0
+    one, two = report['rows']
+    assert (one['devices'], two['devices']) == (1, 2)
+    lstm = bench_common.model_spec('lstm_lm', 'tiny')
+    assert one['params'] == two['params'] == jax_params(lstm)
+    # Counted once, on the 1-device row (a scan: the loop correction adds the iterations XLA
+    # counted once); the 2-device row's MFU uses the same count.
+    assert one['step_flops'] > 0 and 'step_flops' not in two
+    assert one['model_flops'] == two['model_flops'] == one['step_flops']
+    peak = report['peak'][0]['gflops'] * 1e9
+    assert one['mfu'] == pytest.approx(one['step_flops'] / one['step_s'] / peak)
+    assert one['vs_torch_eager'] is None  # no PyTorch rows asked for
+    assert [r['stage'] for r in report['pipeline']][0].startswith('grain loader')
+    assert all(r['examples_per_s'] > 0 for r in report['pipeline'])
+    assert not report['reach']['all_rows_at_least_torch_eager_float32']  # nothing to compare
+    table = bench_common.markdown_report(report)
+    assert table.count('| lstm_lm | float32 | jax |') == 2 and 'NOT reached' in table
+
+
+def test_torch_twins_match_the_jax_parameter_counts():
+    pytest.importorskip('torch')
+    from experiments.benchmarks import torch_models
+    for model in bench_common.MODELS:
+        spec = bench_common.model_spec(model)
+        assert torch_models.trainable_params(torch_models.build_twin(spec)) == jax_params(spec)
+
+
+def test_torch_row_on_a_toy_model():
+    pytest.importorskip('torch')
+    from experiments.benchmarks import torch_models
+    spec = bench_common.model_spec('lstm_lm', 'tiny')
+    row = torch_models.torch_train_step_row(spec, dtype='bfloat16', mode='eager', steps=2,
+                                            warmup=0)
+    assert row['params'] == jax_params(spec) and row['compile_s'] is None
+    assert row['examples_per_s'] == pytest.approx(spec.batch_size / row['step_s'])
+
+
+def test_benchmark_measures_the_trainer_s_cpu_flags():
+    """The JAX workers run with what train.main adds on the CPU (read from its source: importing
+    it would define its absl flags beside other programs' in this process)."""
+    import ast
+    from pathlib import Path
+    source = Path(bench.__file__).resolve().parents[2] / 'train' / 'main.py'
+    assigned = {node.targets[0].id: node.value for node in ast.parse(source.read_text()).body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    assert bench.DEFAULT_XLA_FLAGS == ' '.join(ast.literal_eval(assigned['CPU_XLA_FLAGS']))
