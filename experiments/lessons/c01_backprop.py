@@ -45,7 +45,7 @@ MAX_COST_RATIO = 5.0
 
 SIZES = {  # (data set, batch, depth, widths, timing repeats, seconds per repeat)
     'full': ('fashion_mnist', 256, 4, (128, 512, 1024, 2048), 10, 0.1),
-    'tiny': ('digits', 16, 2, (16, 32), 2, 0.01),
+    'tiny': ('digits', 16, 2, (16,), 2, 0.01),
 }
 
 

@@ -44,8 +44,8 @@ SETTINGS = {
                  validation_split='train[50000:55000]', test_split='test[:5000]', steps=1000,
                  batch=64, depth=2, width=256, eval_every=20, grid=(0, 1, 2),
                  variants=('none', 'l2', 'l1', 'dropout', 'early_stopping')),
-    'tiny': dict(dataset='digits', train_split='train[:200]', validation_split='train[1000:1200]',
-                 test_split='test[:200]', steps=24, batch=32, depth=1, width=32, eval_every=4,
+    'tiny': dict(dataset='digits', train_split='train[:128]', validation_split='train[1000:1064]',
+                 test_split='test[:64]', steps=12, batch=32, depth=1, width=16, eval_every=4,
                  grid=(1,), variants=('none', 'early_stopping')),
 }
 # (config key, grid of strengths) per regulariser; early stopping's patience is in evaluations.

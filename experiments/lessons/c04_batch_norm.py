@@ -51,10 +51,10 @@ SETTINGS = {
                  subset_eval_split='test', dropout=0.2, dropout_lr=0.1),
     # Tiny (tests, seconds): two runs. The dropout runs' data, rate and steps equal the ReLU
     # sweep's and the rate is 0, so all four are those runs, reused; no saturating sweep.
-    'tiny': dict(dataset='digits', train_split='train[:512]', eval_split='test[:200]',
-                 steps=16, batch=32, depth=3, width=16, log_every=4, relu_rates=(1.0,),
-                 saturating_rates=(1.0,), saturating=(), subset='train[:512]', subset_steps=16,
-                 subset_eval_split='test[:200]', dropout=0.0, dropout_lr=1.0),
+    'tiny': dict(dataset='digits', train_split='train[:256]', eval_split='test[:64]',
+                 steps=12, batch=32, depth=2, width=16, log_every=4, relu_rates=(1.0,),
+                 saturating_rates=(1.0,), saturating=(), subset='train[:256]', subset_steps=12,
+                 subset_eval_split='test[:64]', dropout=0.0, dropout_lr=1.0),
 }
 
 

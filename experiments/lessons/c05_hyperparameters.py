@@ -58,7 +58,7 @@ MOVES = {
 SETTINGS = {
     'full': dict(dataset='fashion_mnist', train_split='train[:2000]', test_split='test[:5000]',
                  steps=400, moves=tuple(MOVES)),
-    'tiny': dict(dataset='digits', train_split='train[:400]', test_split='test[:200]', steps=16,
+    'tiny': dict(dataset='digits', train_split='train[:256]', test_split='test[:64]', steps=12,
                  moves=('dropout',)),
 }
 

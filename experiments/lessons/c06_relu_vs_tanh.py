@@ -42,8 +42,8 @@ SETTINGS = {
     'full': dict(dataset='fashion_mnist', train_split='train[:20000]', eval_split='test[:2000]',
                  channels=(16, 32), steps=300, batch=64, log_every=5,
                  rates=(0.003, 0.01, 0.03, 0.1)),
-    'tiny': dict(dataset='digits', train_split='train[:512]', eval_split='test[:200]',
-                 channels=(4,), steps=16, batch=32, log_every=2, rates=(0.1,)),
+    'tiny': dict(dataset='digits', train_split='train[:256]', eval_split='test[:64]',
+                 channels=(4,), steps=12, batch=32, log_every=2, rates=(0.1,)),
 }
 
 

@@ -50,7 +50,7 @@ MAX_LOSS_RATIO = 0.8
 SETTINGS = {
     'full': dict(dataset='mnist1d', depth=24, width=64, steps=1000, batch=128, lr=1e-3,
                  log_every=20),
-    'tiny': dict(dataset='digits', depth=6, width=16, steps=24, batch=32, lr=3e-3, log_every=4),
+    'tiny': dict(dataset='digits', depth=4, width=16, steps=12, batch=32, lr=3e-3, log_every=4),
 }
 
 

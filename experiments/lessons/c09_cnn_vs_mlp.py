@@ -45,7 +45,7 @@ SETTINGS = {
                  models={'cnn': dict(channels=(32, 32, 32), convs_per_stage=1, kernel_size=5),
                          'mlp': dict(depth=2, width=100)}),
     'tiny': dict(steps=12, batch=32, seeds=(0,), log_every=4,
-                 models={'cnn': dict(channels=(4, 4), convs_per_stage=1, kernel_size=5),
+                 models={'cnn': dict(channels=(4,), convs_per_stage=1, kernel_size=5),
                          'mlp': dict(depth=1, width=16)}),
 }
 
