@@ -18,3 +18,14 @@ def digits_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp('tfds')
     data.prepare(['digits'], str(data_dir))
     return str(data_dir)
+
+
+@pytest.fixture(scope='module')
+def rbg_random_numbers():
+    """XLA:CPU compiles threefry slowly (a small model's init takes a second or more, in every
+    trainer run): this module's tiny runs draw their random numbers with the 'rbg' generator."""
+    import jax
+    previous = jax.config.jax_default_prng_impl
+    jax.config.update('jax_default_prng_impl', 'rbg')
+    yield
+    jax.config.update('jax_default_prng_impl', previous)

@@ -7,15 +7,7 @@ from experiments.lessons import (NOT_SUPPORTED, PARTLY, SUPPORTED, VERDICTS, Fin
                                  load_lesson, run_lesson)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def rbg_random_numbers():
-    """XLA:CPU compiles threefry slowly (a small model's init takes a second or more, in every
-    trainer run): this module's tiny runs draw their random numbers with the 'rbg' generator."""
-    import jax
-    previous = jax.config.jax_default_prng_impl
-    jax.config.update('jax_default_prng_impl', 'rbg')
-    yield
-    jax.config.update('jax_default_prng_impl', previous)
+pytestmark = pytest.mark.usefixtures('rbg_random_numbers')
 
 
 @pytest.fixture(scope='module')

@@ -16,15 +16,7 @@ NUMBERS = (1, 2, 3, 4, 5, 6)
 PNG = b'\x89PNG\r\n\x1a\n'
 
 
-@pytest.fixture(scope='module', autouse=True)
-def rbg_random_numbers():
-    """XLA:CPU compiles threefry slowly (a small model's init takes a second or more, in every
-    trainer run): this module's tiny runs draw their random numbers with the 'rbg' generator."""
-    import jax
-    previous = jax.config.jax_default_prng_impl
-    jax.config.update('jax_default_prng_impl', 'rbg')
-    yield
-    jax.config.update('jax_default_prng_impl', previous)
+pytestmark = pytest.mark.usefixtures('rbg_random_numbers')
 
 
 @pytest.fixture(scope='module')

@@ -196,3 +196,23 @@ def run_lesson(number: int, workdir: Path, scale: str = 'full',
     finding.scale = scale
     (lesson_dir / 'finding.json').write_text(json.dumps(finding.to_json(), indent=2))
     return finding
+
+
+def fresh_runs_dir(workdir: Path) -> Path:
+    """`<workdir>/runs`, emptied: a rerun of a lesson measures afresh, never resumes."""
+    import shutil
+    runs = Path(workdir) / 'runs'
+    shutil.rmtree(runs, ignore_errors=True)
+    return runs
+
+
+def save_figure(fig, out: Path, axes_with_legend=(), legend_fontsize: int = 8) -> Path:
+    """The lessons' plot finish: grid and legend on `axes_with_legend`, tight layout, PNG."""
+    import matplotlib.pyplot as plt
+    for ax in axes_with_legend:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_fontsize)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.lessons import Finding, Verdict, markdown_table, verdict_of_parts
+from experiments.lessons import save_figure, Finding, Verdict, markdown_table, verdict_of_parts
 
 NUMBER = 1
 TITLE = 'Backpropagation'
@@ -191,10 +191,7 @@ def plot(rows: list[dict], out: Path) -> Path:
         ax.set_xticks([], minor=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:

@@ -18,12 +18,12 @@ step decay (0.329) end 17% and 13% below the constant rate.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from experiments.lessons import (Finding, Verdict, markdown_table, steps_to_reach, train_run,
-                                 trailing_means, verdict_of_parts)
+from experiments.lessons import (
+    Finding, Verdict, fresh_runs_dir, markdown_table, save_figure, steps_to_reach, trailing_means,
+    train_run, verdict_of_parts)
 
 NUMBER = 2
 TITLE = 'Optimisers and schedules'
@@ -135,20 +135,13 @@ def plot(numbers: dict, out: Path) -> Path:
             axes[2].plot(*zip(*record['curve']), label=name)
     axes[2].set(yscale='log', xlabel='step', ylabel='train loss',
                 title=f'momentum SGD, lr {numbers["schedule_lr"]:g}')
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, axes)
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     import data
     setting = SETTINGS[scale]
-    runs = Path(workdir) / 'runs'
-    shutil.rmtree(runs, ignore_errors=True)  # a rerun measures afresh, never resumes
+    runs = fresh_runs_dir(workdir)
     train_examples = len(data.load_source(setting['dataset'], setting['train_split'], data_dir))
     optimisers: dict[str, Any] = {}
     for name in setting['optimisers']:

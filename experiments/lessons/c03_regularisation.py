@@ -18,12 +18,12 @@ costs 1.7 points. The accuracy gap (~20 points, train accuracy ~100%) barely mov
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from experiments.lessons import (Finding, Verdict, evaluate_on, markdown_table, train_run,
-                                 verdict_of_parts)
+from experiments.lessons import (
+    Finding, Verdict, evaluate_on, fresh_runs_dir, markdown_table, save_figure, train_run,
+    verdict_of_parts)
 
 NUMBER = 3
 TITLE = 'Regularisation'
@@ -152,19 +152,12 @@ def plot(numbers: dict, out: Path) -> Path:
                    if name == 'early_stopping' else name)
     right.set(yscale='log', xlabel='step', ylabel='validation loss',
               title='validation loss during training')
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, (left, right))
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     setting = SETTINGS[scale]
-    runs = Path(workdir) / 'runs'
-    shutil.rmtree(runs, ignore_errors=True)  # a rerun measures afresh, never resumes
+    runs = fresh_runs_dir(workdir)
     variants = {name: train_variant(setting, data_dir, name, runs)
                 for name in setting['variants']}
     numbers = {'dataset': setting['dataset'], 'train_split': setting['train_split'],

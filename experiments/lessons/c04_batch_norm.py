@@ -20,12 +20,12 @@ without BN, so "needs less regularisation" is not shown here.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from experiments.lessons import (Finding, Verdict, markdown_table, steps_to_reach, train_run,
-                                 trailing_means, verdict_of_parts)
+from experiments.lessons import (
+    Finding, Verdict, fresh_runs_dir, markdown_table, save_figure, steps_to_reach, trailing_means,
+    train_run, verdict_of_parts)
 
 NUMBER = 4
 TITLE = 'Batch normalisation'
@@ -196,19 +196,12 @@ def plot(numbers: dict, out: Path) -> Path:
                 if r['curve']:
                     ax.plot(*zip(*r['curve']), style, label=f'{norm}, lr {r["lr"]:g}')
         ax.set(yscale='log', xlabel='step', ylabel='train loss', title=f'{activation} MLP')
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, axes, legend_fontsize=7)
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     setting = SETTINGS[scale]
-    runs = Path(workdir) / 'runs'
-    shutil.rmtree(runs, ignore_errors=True)  # a rerun measures afresh, never resumes
+    runs = fresh_runs_dir(workdir)
     done: dict[str, dict] = {}
     relu = sweep(setting, data_dir, runs, done, 'relu', setting['relu_rates'])
     saturating = {a: sweep(setting, data_dir, runs, done, a, setting['saturating_rates'])

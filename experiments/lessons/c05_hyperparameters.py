@@ -19,12 +19,11 @@ no momentum 3.7x, dropout 0.5 3.1x, batch 16 2.8x, ...); test accuracy (base 79.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
-from experiments.lessons import (Finding, Verdict, evaluate_on, markdown_table, train_run,
-                                 verdict_of_parts)
+from experiments.lessons import (
+    save_figure, Finding, Verdict, evaluate_on, fresh_runs_dir, markdown_table, train_run, verdict_of_parts)
 
 NUMBER = 5
 TITLE = 'Hyperparameter sensitivity'
@@ -150,16 +149,12 @@ def plot(numbers: dict, out: Path) -> Path:
     for ax in (left, right):
         ax.grid(alpha=0.3, axis='x')
         ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     setting = SETTINGS[scale]
-    runs = Path(workdir) / 'runs'
-    shutil.rmtree(runs, ignore_errors=True)  # a rerun measures afresh, never resumes
+    runs = fresh_runs_dir(workdir)
     base = measure(setting, data_dir, {}, runs / 'base')
     moves: dict[str, list[dict]] = {}
     for hyper in setting['moves']:

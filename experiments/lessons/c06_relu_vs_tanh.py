@@ -17,12 +17,12 @@ AlexNet's 6x); 15% at steps 130 and 155.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from experiments.lessons import (Finding, Verdict, markdown_table, steps_to_reach, train_run,
-                                 trailing_means, verdict_of_parts)
+from experiments.lessons import (
+    save_figure, Finding, Verdict, fresh_runs_dir, markdown_table, steps_to_reach, trailing_means, train_run,
+    verdict_of_parts)
 
 NUMBER = 6
 TITLE = 'ReLU vs tanh'
@@ -117,18 +117,12 @@ def plot(numbers: dict, out: Path) -> Path:
     ax.axhline(STRICT_THRESHOLD, color='grey', ls='-.', label=f'{STRICT_THRESHOLD:.0%}')
     ax.set(xlabel='step', ylabel='training error (trailing mean)', ylim=(0, 1),
            title=f'CNN {numbers["channels"]} on {numbers["dataset"]}, no normalisation')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, [ax])
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     setting = SETTINGS[scale]
-    runs = Path(workdir) / 'runs'
-    shutil.rmtree(runs, ignore_errors=True)  # a rerun measures afresh, never resumes
+    runs = fresh_runs_dir(workdir)
     numbers: dict[str, Any] = {'dataset': setting['dataset'], 'channels': setting['channels'],
                                'steps': setting['steps']}
     never = setting['steps'] + 1  # ranks a run that never reaches the threshold last

@@ -23,7 +23,6 @@ on mnist5k both nets reach 96.2% test accuracy, the 3x3 net with 19,706 paramete
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.lessons import Finding, Verdict, markdown_table, train_run, verdict_of_parts
+from experiments.lessons import (
+    save_figure, Finding, Verdict, fresh_runs_dir, markdown_table, train_run, verdict_of_parts)
 from nets.inception import InceptionBlock, InceptionV1Block, max_pool
 
 NUMBER = 7
@@ -196,10 +196,7 @@ def plot(numbers: dict, out: Path) -> Path:
     axes[2].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
@@ -220,8 +217,7 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
                                            width_multiplier=setting['width_multiplier'])}
     numbers['inception'] = {name: cost(block, setting['inception_input'])
                             for name, block in blocks.items()}
-    runs = Path(workdir) / 'runs'
-    shutil.rmtree(runs, ignore_errors=True)  # a rerun measures afresh, never resumes
+    runs = fresh_runs_dir(workdir)
     numbers['trained'] = {}
     for name, layout in LAYOUTS.items():
         result = train_run(make_config(setting, layout, data_dir),

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.lessons import Finding, Verdict, markdown_table, verdict_of_parts
+from experiments.lessons import Finding, Verdict, markdown_table, save_figure, verdict_of_parts
 
 NUMBER = 8
 TITLE = 'Residual connections'
@@ -231,13 +231,7 @@ def plot(numbers: dict, out: Path) -> Path:
                 title=f'{numbers["depth"]}-block MLP on {numbers["dataset"]}')
     axes[1].set(yscale='log', xlabel='block (1 = nearest the input)',
                 ylabel='||dL/dW|| of the block', title='per-block gradient norms')
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, axes)
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:

@@ -18,13 +18,13 @@ shuffled CNN 59.4% vs MLP 68.7%). Verdict: supported.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.lessons import Finding, Verdict, markdown_table, train_run, verdict_of_parts
+from experiments.lessons import (
+    Finding, Verdict, fresh_runs_dir, markdown_table, save_figure, train_run, verdict_of_parts)
 
 NUMBER = 9
 TITLE = 'CNN vs MLP on ordered and shuffled signals'
@@ -101,19 +101,12 @@ def plot(numbers: dict, out: Path) -> Path:
             steps, losses = zip(*numbers['curves'][variant][model])
             axes[1].plot(steps, losses, style, color=color, label=f'{model}, {variant}')
     axes[1].set(yscale='log', xlabel='step', ylabel='train loss (seed 0)')
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, axes)
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     setting = SETTINGS[scale]
-    runs = Path(workdir) / 'runs'
-    shutil.rmtree(runs, ignore_errors=True)  # a rerun measures afresh, never resumes
+    runs = fresh_runs_dir(workdir)
     per_seed: dict[str, Any] = {v: {m: [] for m in MODELS} for v in VARIANTS}
     curves: dict[str, Any] = {v: {} for v in VARIANTS}
     params: dict[str, int] = {}

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.lessons import Finding, Verdict, markdown_table, verdict_of_parts
+from experiments.lessons import Finding, Verdict, markdown_table, save_figure, verdict_of_parts
 from experiments.lessons.c08_residual import train_on_arrays
 
 NUMBER = 10
@@ -175,13 +175,7 @@ def plot(numbers: dict, out: Path) -> Path:
     axes[1].axhline(SOLVED_NMSE, color='grey', ls=':', label='solved')
     axes[1].set(yscale='log', xscale='log', xlabel='sequence length T (lag ~ T)',
                 ylabel='test MSE / Var(target)', title='adding problem')
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, axes, legend_fontsize=7)
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:

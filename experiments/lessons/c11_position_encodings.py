@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.lessons import Finding, Verdict, markdown_table, verdict_of_parts
+from experiments.lessons import Finding, Verdict, markdown_table, save_figure, verdict_of_parts
 from experiments.lessons.c08_residual import evaluate_arrays, train_on_arrays
 
 NUMBER = 11
@@ -147,13 +147,7 @@ def plot(numbers: dict, out: Path) -> Path:
                 title=f'copy the token {numbers["lag"]} back', ylim=(0, 1.05))
     axes[1].set(yscale='log', xlabel='step', ylabel='train loss',
                 title=f'training at L={numbers["length"]}')
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, axes, legend_fontsize=7)
 
 
 def per_position_accuracy(model: Any, params: Any, data: dict[str, np.ndarray]) -> list[float]:

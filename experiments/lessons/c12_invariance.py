@@ -30,7 +30,6 @@ Verdict: supported.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.lessons import Finding, Verdict, markdown_table, train_run, verdict_of_parts
+from experiments.lessons import (
+    Finding, Verdict, fresh_runs_dir, markdown_table, save_figure, train_run, verdict_of_parts)
 
 NUMBER = 12
 TITLE = 'Global vs local; invariance and equivariance'
@@ -241,13 +241,7 @@ def plot(numbers: dict, out: Path) -> Path:
     axes[3].imshow(np.concatenate([conv, gap, attention], 1), cmap='Blues', vmin=0, vmax=1)
     axes[3].set(title='inputs one centre output depends on:\n3x3 conv (left), attention (right)',
                 xticks=[], yticks=[])
-    for ax in axes[:2]:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, axes[:2])
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
@@ -255,8 +249,7 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     from train.restore import load_run
 
     setting = SETTINGS[scale]
-    runs = Path(workdir) / 'runs'
-    shutil.rmtree(runs, ignore_errors=True)  # a rerun measures afresh, never resumes
+    runs = fresh_runs_dir(workdir)
     test = load_arrays(setting['dataset'], 'test', data_dir)
     images = jnp.asarray(test['image'], jnp.float32) / 255.0
     labels = jnp.asarray(test['label'])
