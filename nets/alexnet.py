@@ -27,6 +27,7 @@ import flax.linen as nn
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -125,9 +126,9 @@ class AlexNet(nn.Module):
                      param_dtype=self.param_dtype)
         for i in (1, 2):
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-            x = nn.Dense(self.fc_width, name=f'fc{i}', **dense)(x)
+            x = Dense(self.fc_width, name=f'fc{i}', **dense)(x)
             x = layers.activation(self.activation)(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+        x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
         return x.astype(jnp.float32)
 
 

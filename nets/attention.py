@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from nets import layers
+from nets.mixed_precision import Dense, DenseGeneral
 
 Dtype = Any
 
@@ -217,10 +218,10 @@ class MultiHeadAttention(nn.Module):
         head_dim = features // self.num_heads
         qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
 
-        def projection(name: str) -> nn.DenseGeneral:
-            return nn.DenseGeneral((self.num_heads, head_dim), use_bias=qkv_bias,
-                                   kernel_init=layers.initializer(self.kernel_init),
-                                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        def projection(name: str) -> DenseGeneral:
+            return DenseGeneral((self.num_heads, head_dim), use_bias=qkv_bias,
+                                kernel_init=layers.initializer(self.kernel_init),
+                                dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
         q = projection('query')(inputs_q)
         k = projection('key')(inputs_kv)
@@ -242,9 +243,9 @@ class MultiHeadAttention(nn.Module):
             weights = attention_weights(q, k, mask=mask, bias=bias, dtype=self.dtype) if want_weights else None
         if want_weights:
             self.sow('intermediates', 'attention_weights', weights)
-        return nn.DenseGeneral(out_features, axis=(-2, -1), use_bias=self.use_bias,
-                               kernel_init=layers.initializer(self.kernel_init),
-                               dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out)
+        return DenseGeneral(out_features, axis=(-2, -1), use_bias=self.use_bias,
+                            kernel_init=layers.initializer(self.kernel_init),
+                            dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out)
 
 
 # ----------------------------------------------------------------------------- reading the weights
@@ -310,9 +311,9 @@ class AdditiveAttention(nn.Module):
     def setup(self) -> None:
         dense = dict(kernel_init=layers.initializer(self.kernel_init), dtype=self.dtype,
                      param_dtype=self.param_dtype)
-        self.query_projection = nn.Dense(self.features, use_bias=False, **dense)  # W_s
-        self.key_projection = nn.Dense(self.features, use_bias=self.use_bias, **dense)  # W_h, b
-        self.score = nn.Dense(1, use_bias=False, **dense)  # v
+        self.query_projection = Dense(self.features, use_bias=False, **dense)  # W_s
+        self.key_projection = Dense(self.features, use_bias=self.use_bias, **dense)  # W_h, b
+        self.score = Dense(1, use_bias=False, **dense)  # v
 
     def project_keys(self, keys: jax.Array) -> jax.Array:
         """W_h h_j + b: (batch, k_len, key_features) -> (batch, k_len, features)."""

@@ -32,6 +32,7 @@ from nets.registry import register
 from nets.rnn import LSTMState
 from nets.seq2seq import Carry, DecoderStep, Encoded, Memory
 from nets.transformer import shift_right
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -78,8 +79,8 @@ class ShowAttendTell(nn.Module):
         self.convs = [[layers.ConvNormAct(features, 3, **dims) for _ in range(self.convs_per_stage)]
                       for features in self.channels]
         self.embedding = nn.Embed(self.vocab_size, self.embed_dim, **dims)
-        self.init_h = nn.Dense(self.hidden_size, **dims)
-        self.init_c = nn.Dense(self.hidden_size, **dims)
+        self.init_h = Dense(self.hidden_size, **dims)
+        self.init_c = Dense(self.hidden_size, **dims)
         self.decoder = DecoderStep(self.vocab_size, self.hidden_size, cell='lstm', num_layers=1,
                                    attention_features=self.attention_dim, gate=self.gate, readout='deep',
                                    readout_size=self.embed_dim, dropout_rate=self.dropout_rate, **dims)

@@ -17,6 +17,7 @@ import flax.linen as nn
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -85,11 +86,11 @@ class CNN(nn.Module):
             x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         if self.head_hidden:
-            x = nn.Dense(self.head_hidden, kernel_init=layers.initializer(init_name),
+            x = Dense(self.head_hidden, kernel_init=layers.initializer(init_name),
                          dtype=self.dtype, param_dtype=self.param_dtype, name='head_hidden')(x)
             x = layers.activation(self.activation)(x)
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+        x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
         return x.astype(jnp.float32)
 
 

@@ -26,6 +26,7 @@ import flax.linen as nn
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -52,9 +53,9 @@ class ConvNeXtBlock(nn.Module):
         y = nn.Conv(dim, (k, k), padding=[(k // 2, k // 2)] * 2, feature_group_count=dim, name='dwconv',
                     **init)(x)
         y = layers.layer_norm(name='norm', **dims)(y)
-        y = nn.Dense(self.mlp_ratio * dim, name='pwconv1', **init)(y)
+        y = Dense(self.mlp_ratio * dim, name='pwconv1', **init)(y)
         y = layers.activation('gelu')(y)
-        y = nn.Dense(dim, name='pwconv2', **init)(y)
+        y = Dense(dim, name='pwconv2', **init)(y)
         if self.layer_scale_init > 0:
             # Tiny γ: every block starts close to the identity, so deep stacks train from the start.
             gamma = self.param('layer_scale', nn.initializers.constant(self.layer_scale_init), (dim,),
@@ -129,7 +130,7 @@ class ConvNeXt(nn.Module):
                 index += 1
         x = jnp.mean(x, axis=(1, 2))
         x = layers.layer_norm(name='head_norm', **dims)(x)
-        x = nn.Dense(self.num_classes, name='head', **init)(x)
+        x = Dense(self.num_classes, name='head', **init)(x)
         return x.astype(jnp.float32)
 
 

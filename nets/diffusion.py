@@ -29,6 +29,7 @@ import numpy as np
 from nets import layers
 from nets.position import sinusoidal_at
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -192,7 +193,7 @@ class ResidualBlock(nn.Module):
         conv = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.silu(_group_norm(x.shape[-1], self.dtype, self.param_dtype, 'norm1')(x))
         h = nn.Conv(self.features, (3, 3), padding='SAME', name='conv1', **conv)(h)
-        h = h + nn.Dense(self.features, name='time', **conv)(time_embedding)[:, None, None, :]
+        h = h + Dense(self.features, name='time', **conv)(time_embedding)[:, None, None, :]
         h = nn.silu(_group_norm(self.features, self.dtype, self.param_dtype, 'norm2')(h))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
         # Zero-initialised: every block starts as the identity, as in Ho et al.'s code.
@@ -243,8 +244,8 @@ class UNet(nn.Module):
         conv = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         embedding_width = 4 * self.base_width
         emb = sinusoidal_at(t, self.base_width)
-        emb = nn.Dense(embedding_width, name='time_fc1', **conv)(emb)
-        emb = nn.Dense(embedding_width, name='time_fc2', **conv)(nn.silu(emb))
+        emb = Dense(embedding_width, name='time_fc1', **conv)(emb)
+        emb = Dense(embedding_width, name='time_fc2', **conv)(nn.silu(emb))
 
         def block(h, features, name):
             return ResidualBlock(features, self.dropout_rate, name=name, **conv)(h, emb,

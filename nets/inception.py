@@ -58,6 +58,7 @@ import flax.linen as nn
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -181,11 +182,11 @@ class GoogLeNetAuxHead(InceptionBlock):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.conv(128, 1, 'conv')(layers.adaptive_avg_pool(x, 4), train=train)
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(self.width(1024), kernel_init=layers.initializer(self.kernel_init), dtype=self.dtype,
+        x = Dense(self.width(1024), kernel_init=layers.initializer(self.kernel_init), dtype=self.dtype,
                      param_dtype=self.param_dtype, name='fc1')(x)
         x = layers.activation(self.activation)(x)
         x = nn.Dropout(0.7)(x, deterministic=not train)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc2')(x)
+        return Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc2')(x)
 
 
 def run_aux_head(model: nn.Module, head: nn.Module, x: jax.Array, name: str, train: bool) -> None:
@@ -233,7 +234,7 @@ def _classifier(model: nn.Module, x: jax.Array, train: bool) -> jax.Array:
     """Global average pool - dropout - FC classes, as float32 logits."""
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(model.dropout_rate)(x, deterministic=not train)
-    x = nn.Dense(model.num_classes, dtype=model.dtype, param_dtype=model.param_dtype, name='head')(x)
+    x = Dense(model.num_classes, dtype=model.dtype, param_dtype=model.param_dtype, name='head')(x)
     return x.astype(jnp.float32)
 
 
@@ -481,7 +482,7 @@ class InceptionV3AuxHead(InceptionBlock):
         x = self.conv(128, 1, 'conv0')(x, train=train)
         x = self.conv(768, 5, 'conv1', padding='VALID')(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(x)
+        return Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(x)
 
 
 class InceptionV3(nn.Module):

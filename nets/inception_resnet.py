@@ -39,6 +39,7 @@ from nets.inception import (
     max_pool,
 )
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -185,7 +186,7 @@ class InceptionResNetV2(nn.Module):
                                name='conv7b')(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+        x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
         return x.astype(jnp.float32)
 
 

@@ -42,6 +42,7 @@ from nets.attention import IMPLEMENTATIONS, causal_mask
 from nets.encoder_block import EncoderBlock
 from nets.registry import register
 from nets.rnn import CELLS, RNNLayer, make_cell
+from nets.mixed_precision import Dense
 
 Dtype = Any
 Carry = Any  # tuple with one cell carry per layer
@@ -119,7 +120,7 @@ class RecurrentLM(nn.Module):
         if self.tie_embeddings:
             logits = embedding.attend(x)
         else:
-            logits = nn.Dense(self.num_classes, name='head', **dims)(x)
+            logits = Dense(self.num_classes, name='head', **dims)(x)
         logits = logits.astype(jnp.float32)
         return (tuple(carries), logits) if return_carry else logits
 
@@ -194,7 +195,7 @@ class TransformerLM(nn.Module):
         if self.tie_embeddings:
             logits = embedding.attend(x)
         else:
-            logits = nn.Dense(self.num_classes, name='head', **dims)(x)
+            logits = Dense(self.num_classes, name='head', **dims)(x)
         return logits.astype(jnp.float32)
 
 

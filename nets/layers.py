@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from nets.mixed_precision import Dense
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -210,7 +212,7 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         out_features = x.shape[-1] if self.out_features is None else self.out_features
-        dense = lambda n, name: nn.Dense(  # noqa: E731
+        dense = lambda n, name: Dense(  # noqa: E731
             n, kernel_init=initializer(self.kernel_init), bias_init=nn.initializers.normal(1e-6),
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         x = dense(self.hidden_features, 'fc1')(x)
@@ -275,9 +277,9 @@ class SqueezeExcite(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = dict(kernel_init=initializer(self.kernel_init), dtype=self.dtype, param_dtype=self.param_dtype)
         h = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
-        h = nn.Dense(self.hidden_features, name='fc1', **dense)(h)
+        h = Dense(self.hidden_features, name='fc1', **dense)(h)
         h = activation(self.activation)(h)
-        h = nn.Dense(x.shape[-1], name='fc2', **dense)(h)
+        h = Dense(x.shape[-1], name='fc2', **dense)(h)
         return x * nn.sigmoid(h)
 
 

@@ -12,6 +12,7 @@ import flax.linen as nn
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -59,14 +60,14 @@ class MLP(nn.Module):
         act = layers.activation(self.activation)
         x = x.reshape(x.shape[0], -1).astype(self.dtype)
         for i, size in enumerate(self.layer_sizes):
-            x = nn.Dense(size, use_bias=not self.batch_norm, kernel_init=layers.initializer(init_name),
+            x = Dense(size, use_bias=not self.batch_norm, kernel_init=layers.initializer(init_name),
                          dtype=self.dtype, param_dtype=self.param_dtype, name=f'dense{i}')(x)
             if self.batch_norm:
                 x = layers.batch_norm(train=train, dtype=self.dtype, param_dtype=self.param_dtype,
                                       name=f'norm{i}')(x)
             x = act(x)
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+        x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
         return x.astype(jnp.float32)
 
 

@@ -60,6 +60,7 @@ import flax.linen as nn
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -240,7 +241,7 @@ class NFNet(nn.Module):
         x = act(x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = nn.Dense(self.num_classes, kernel_init=layers.initializer('normal'), name='head', **dims)(x)
+        x = Dense(self.num_classes, kernel_init=layers.initializer('normal'), name='head', **dims)(x)
         return x.astype(jnp.float32)
 
 

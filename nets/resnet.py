@@ -21,6 +21,7 @@ import flax.linen as nn
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -175,7 +176,7 @@ class ResNet(nn.Module):
                               shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
                               name=f'stage{stage}_block{i}', **conv)(x, train=train)
         x = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+        x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
         return x.astype(jnp.float32)
 
 

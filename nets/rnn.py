@@ -40,6 +40,7 @@ from flax.linen.dtypes import promote_dtype
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense, matmul
 
 Dtype = Any
 Carry = Any  # jax.Array (rnn, gru) or LSTMState (lstm)
@@ -123,7 +124,7 @@ class SimpleRNNCell(_Cell):
     def __call__(self, carry: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         w_x, w_h, b = self._weights(x.shape[-1])
         x, h, w_x, w_h, b = promote_dtype(x, carry, w_x, w_h, b, dtype=self.dtype)
-        h_new = jnp.tanh((x @ w_x + h @ w_h + b).astype(carry.dtype))
+        h_new = jnp.tanh((matmul(x, w_x) + matmul(h, w_h) + b).astype(carry.dtype))
         return h_new, h_new.astype(self.dtype)
 
 
@@ -161,7 +162,7 @@ class LSTMCell(_Cell):
         c, h = carry
         w_x, w_h, b = self._weights(x.shape[-1])
         x, h_in, w_x, w_h, b = promote_dtype(x, h, w_x, w_h, b, dtype=self.dtype)
-        z = (x @ w_x + h_in @ w_h + b).astype(c.dtype)
+        z = (matmul(x, w_x) + matmul(h_in, w_h) + b).astype(c.dtype)
         z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
         i, f, g, o = nn.sigmoid(z_i), nn.sigmoid(z_f), jnp.tanh(z_g), nn.sigmoid(z_o)
         c_new = f * c + i * g
@@ -189,12 +190,12 @@ class GRUCell(_Cell):
         w_x, w_h, b = self._weights(x.shape[-1])
         x, h_in, w_x, w_h, b = promote_dtype(x, h, w_x, w_h, b, dtype=self.dtype)
         width = self.features
-        from_x = x @ w_x + b
-        from_h = h_in @ w_h[:, :2 * width]  # U_z h, U_r h; U_n waits for the reset gate
+        from_x = matmul(x, w_x) + b
+        from_h = matmul(h_in, w_h[:, :2 * width])  # U_z h, U_r h; U_n waits for the reset gate
         z = nn.sigmoid((from_x[..., :width] + from_h[..., :width]).astype(h.dtype))
         r = nn.sigmoid((from_x[..., width:2 * width] + from_h[..., width:]).astype(h.dtype))
         reset_h = (r * h).astype(w_h.dtype)
-        n = jnp.tanh((from_x[..., 2 * width:] + reset_h @ w_h[:, 2 * width:]).astype(h.dtype))
+        n = jnp.tanh((from_x[..., 2 * width:] + matmul(reset_h, w_h[:, 2 * width:])).astype(h.dtype))
         h_new = z * h + (1.0 - z) * n
         return h_new, h_new.astype(self.dtype)
 
@@ -437,7 +438,7 @@ class RNNClassifier(nn.Module):
         else:
             features = outputs.reshape(outputs.shape[0], -1)
         features = nn.Dropout(self.dropout_rate)(features, deterministic=not train)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+        logits = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                           name='head')(features)
         return logits.astype(jnp.float32)
 

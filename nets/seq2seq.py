@@ -40,6 +40,7 @@ from nets.attention import AdditiveAttention
 from nets.registry import register
 from nets.rnn import CELLS, LSTMState, StackedRNN, hidden_state, make_cell
 from nets.transformer import shift_right
+from nets.mixed_precision import Dense
 
 Dtype = Any
 Carry = Any  # one cell's carry: jax.Array (rnn, gru) or LSTMState (lstm)
@@ -117,13 +118,13 @@ class DecoderStep(nn.Module):
         if self.attention_features:
             self.attention = AdditiveAttention(self.attention_features, **dims)
             if self.gate:
-                self.gate_projection = nn.Dense(1, **dims)
+                self.gate_projection = Dense(1, **dims)
         if self.readout == 'maxout':
-            self.readout_projection = nn.Dense(2 * self.readout_size, **dims)
+            self.readout_projection = Dense(2 * self.readout_size, **dims)
         else:
-            self.hidden_projection = nn.Dense(self.readout_size, **dims)  # L_h
-            self.context_projection = nn.Dense(self.readout_size, **dims)  # L_z
-        self.output_projection = nn.Dense(self.vocab_size, **dims)
+            self.hidden_projection = Dense(self.readout_size, **dims)  # L_h
+            self.context_projection = Dense(self.readout_size, **dims)  # L_z
+        self.output_projection = Dense(self.vocab_size, **dims)
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def project_keys(self, annotations: jax.Array) -> jax.Array:
@@ -249,7 +250,7 @@ class Seq2Seq(nn.Module):
         if attention:
             # s_0 = tanh(W ←h_1) per decoder layer; an LSTM's cell state gets its own W.
             parts = 2 if self.cell == 'lstm' else 1
-            self.bridges = [nn.Dense(parts * self.hidden_size, **dims) for _ in range(self.num_layers)]
+            self.bridges = [Dense(parts * self.hidden_size, **dims) for _ in range(self.num_layers)]
         self.decoder = DecoderStep(self.target_vocab_size, self.hidden_size, cell=self.cell,
                                    num_layers=self.num_layers,
                                    attention_features=self.attention_dim if attention else 0,
@@ -262,7 +263,7 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"Seq2Seq expects (batch, length) int token ids as {what}, got "
                              f"{tokens.dtype} of shape {tokens.shape}")
 
-    def _bridge(self, backward_carry: Carry, bridge: nn.Dense) -> Carry:
+    def _bridge(self, backward_carry: Carry, bridge: Dense) -> Carry:
         """A decoder layer's initial carry from the backward encoder's state after the first token."""
         state = jnp.tanh(bridge(hidden_state(backward_carry).astype(self.dtype))).astype(jnp.float32)
         if self.cell == 'lstm':

@@ -58,7 +58,8 @@ def flops_per_example(model, input_shape: Sequence[int]) -> float:
     return float(analysis['flops']) / input_shape[0]
 
 
-def _sub_jaxprs(eqn) -> list:
+def sub_jaxprs(eqn: Any) -> list[Any]:
+    """The jaxprs an equation calls (pjit, custom_jvp/vjp, remat, scan, ...)."""
     found = []
     for value in eqn.params.values():
         for item in value if isinstance(value, (list, tuple)) else [value]:
@@ -94,7 +95,7 @@ class _FieldWalker:
             fields = [read(v) for v in eqn.invars]
             tagged = [f for f in fields if f is not None]
             name = '/'.join(p for p in (prefix, str(eqn.source_info.name_stack)) if p)
-            subs = _sub_jaxprs(eqn)
+            subs = sub_jaxprs(eqn)
             if not tagged:
                 outs = [None] * len(eqn.outvars)
             elif len(subs) == 1 and len(subs[0].invars) == len(eqn.invars):

@@ -62,6 +62,7 @@ from nets import layers
 from nets.attention import IMPLEMENTATIONS, MultiHeadAttention
 from nets.position import RelativePositionBias
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 ArrayT = TypeVar('ArrayT', np.ndarray, jax.Array)
@@ -324,7 +325,7 @@ class PatchMerging(nn.Module):
         # The official order (top-left, bottom-left, top-right, bottom-right), so weights port directly.
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
         x = _layer_norm('norm', self.dtype, self.param_dtype)(x)
-        return nn.Dense(2 * channels, use_bias=False, kernel_init=layers.initializer('truncated_normal'),
+        return Dense(2 * channels, use_bias=False, kernel_init=layers.initializer('truncated_normal'),
                         dtype=self.dtype, param_dtype=self.param_dtype, name='reduction')(x)
 
 
@@ -405,7 +406,7 @@ class SwinTransformer(nn.Module):
                 index += 1
         x = _layer_norm('norm', **dims)(x)
         x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, kernel_init=layers.initializer('truncated_normal'), name='head', **dims)(x)
+        x = Dense(self.num_classes, kernel_init=layers.initializer('truncated_normal'), name='head', **dims)(x)
         return x.astype(jnp.float32)
 
 

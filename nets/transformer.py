@@ -44,6 +44,7 @@ from nets import decoding, layers, position
 from nets.attention import IMPLEMENTATIONS, MultiHeadAttention, causal_mask, key_padding_mask
 from nets.encoder_block import NORM_POSITIONS, EncoderBlock, residual_sublayer
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -175,7 +176,7 @@ class Transformer(nn.Module):
         else:
             self.source_embedding = embed()
             self.target_embedding = embed()
-            self.output_projection = nn.Dense(self.vocab_size, use_bias=False,
+            self.output_projection = Dense(self.vocab_size, use_bias=False,
                                               kernel_init=layers.initializer('glorot_uniform'), **dims)
         if self.posemb == 'learned':
             shape = (self.max_length, self.hidden_size)

@@ -26,6 +26,7 @@ import flax.linen as nn
 
 from nets import layers
 from nets.registry import register
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -101,10 +102,10 @@ class VGG(nn.Module):
         dense = dict(kernel_init=layers.initializer(self.kernel_init), dtype=self.dtype,
                      param_dtype=self.param_dtype)
         for i in (1, 2):
-            x = nn.Dense(self.fc_width, name=f'fc{i}', **dense)(x)
+            x = Dense(self.fc_width, name=f'fc{i}', **dense)(x)
             x = layers.activation(self.activation)(x)
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+        x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
         return x.astype(jnp.float32)
 
 

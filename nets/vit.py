@@ -27,6 +27,7 @@ from nets.attention import IMPLEMENTATIONS, MultiHeadAttention
 from nets.encoder_block import EncoderBlock
 from nets.registry import register
 from nets.resnet import BottleneckBlock
+from nets.mixed_precision import Dense
 
 Dtype = Any
 
@@ -204,8 +205,8 @@ class VisionTransformer(nn.Module):
             x = MAPHead(self.num_heads, self.mlp_dim, self.attention_implementation,
                         name='map_head', **dims)(x)
         if self.representation_size is not None:
-            x = jnp.tanh(nn.Dense(self.representation_size, name='pre_logits', **dims)(x))
-        x = nn.Dense(self.num_classes, kernel_init=layers.initializer(self.head_init), name='head', **dims)(x)
+            x = jnp.tanh(Dense(self.representation_size, name='pre_logits', **dims)(x))
+        x = Dense(self.num_classes, kernel_init=layers.initializer(self.head_init), name='head', **dims)(x)
         return x.astype(jnp.float32)
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nets
+from nets.summary import sub_jaxprs
 
 
 def rng(seed: int) -> jax.Array:
@@ -51,3 +52,22 @@ class TinyRun:
     def train(self, seed: int):
         return self.train_grad(self.variables['params'], self.variables.get('batch_stats', {}),
                                self.x, rng(seed))
+
+
+def heavy_op_operand_dtypes(jaxpr) -> list[set]:
+    """The operand dtypes of every matrix product and convolution in `jaxpr` and the jaxprs it
+    calls (the mixed-precision products sit inside custom_vjp calls)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
+            found.append({jnp.dtype(v.aval.dtype) for v in eqn.invars})
+        for sub in sub_jaxprs(eqn):
+            found += heavy_op_operand_dtypes(sub)
+    return found
+
+
+def assert_products_in_bfloat16(closed_jaxpr: Any) -> None:
+    """Every matrix product and convolution of a traced bfloat16 model multiplies bfloat16
+    operands (whatever it accumulates in), not just casts its output."""
+    heavy_ops = heavy_op_operand_dtypes(closed_jaxpr.jaxpr)
+    assert heavy_ops and all(dtypes == {jnp.dtype(jnp.bfloat16)} for dtypes in heavy_ops), heavy_ops

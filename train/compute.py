@@ -41,6 +41,8 @@ import numpy as np
 from absl import logging
 from jax.extend.core import jaxpr_as_fun
 
+from nets.summary import sub_jaxprs
+
 
 @dataclasses.dataclass(frozen=True)
 class FlopCount:
@@ -96,18 +98,6 @@ def _counted_iterations(length: int, unroll: Any) -> int:
     return min(max(int(unroll), 1), length)
 
 
-def _sub_jaxprs(eqn: Any) -> list[Any]:
-    """The jaxprs an equation calls (pjit, custom_jvp/vjp, remat, ...)."""
-    found = []
-    for value in eqn.params.values():
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if hasattr(item, 'jaxpr') and hasattr(item, 'consts'):  # ClosedJaxpr
-                found.append(item.jaxpr)
-            elif hasattr(item, 'eqns') and hasattr(item, 'invars'):  # Jaxpr
-                found.append(item)
-    return found
-
-
 def _loop_correction(jaxpr: Any, counts_once: bool) -> tuple[float, int]:
     """(FLOPs XLA left out of `jaxpr`'s loops, number of loops that could not be corrected)."""
     correction, uncorrected = 0.0, 0
@@ -133,7 +123,7 @@ def _loop_correction(jaxpr: Any, counts_once: bool) -> tuple[float, int]:
             correction += max(c for c, _ in branch_corrections)
             uncorrected += max(u for _, u in branch_corrections)
         else:
-            for sub in _sub_jaxprs(eqn):
+            for sub in sub_jaxprs(eqn):
                 c, u = _loop_correction(sub, counts_once)
                 correction += c
                 uncorrected += u
@@ -344,7 +334,7 @@ def _matmul_conv_flops(jaxpr: Any) -> float:
         elif name == 'cond':
             total += max(_matmul_conv_flops(b.jaxpr) for b in eqn.params['branches'])
         else:
-            total += sum(_matmul_conv_flops(sub) for sub in _sub_jaxprs(eqn))
+            total += sum(_matmul_conv_flops(sub) for sub in sub_jaxprs(eqn))
     return total
 
 

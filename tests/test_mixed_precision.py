@@ -1,0 +1,83 @@
+"""nets.mixed_precision: bfloat16 products accumulate in float32, forward and gradient, with the
+same values JAX's float32 products give (to bfloat16 rounding) and Flax's parameter trees."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from nets.mixed_precision import Dense, DenseGeneral, dot_general, matmul
+
+# (lhs shape, rhs shape, contracting dims): Dense, DenseGeneral over two axes, axes out of
+# order on both sides, a contraction over the lhs's leading axis.
+CASES = [((5, 7), (7, 3), ((1,), (0,))),
+         ((4, 6, 8), (8, 3, 5), ((2,), (0,))),
+         ((4, 6, 8), (6, 8, 5), ((1, 2), (0, 1))),
+         ((4, 3, 2, 8), (2, 8, 5), ((3, 2), (1, 0))),
+         ((6, 4), (5, 6), ((0,), (1,)))]
+
+
+@pytest.mark.parametrize('lhs_shape, rhs_shape, contracting', CASES)
+def test_bfloat16_product_and_gradients_match_float32(lhs_shape, rhs_shape, contracting):
+    rng = np.random.default_rng(0)
+    lhs = jnp.asarray(rng.normal(size=lhs_shape), jnp.bfloat16)
+    rhs = jnp.asarray(rng.normal(size=rhs_shape), jnp.bfloat16)
+    numbers = (contracting, ((), ()))
+    out, pullback = jax.vjp(lambda a, b: dot_general(a, b, numbers), lhs, rhs)
+    f32 = lambda a, b: lax.dot_general(a, b, numbers)  # noqa: E731
+    reference, reference_pullback = jax.vjp(f32, lhs.astype(jnp.float32), rhs.astype(jnp.float32))
+    assert out.dtype == jnp.bfloat16 and out.shape == reference.shape
+    np.testing.assert_allclose(np.asarray(out, np.float32), reference, rtol=2e-2, atol=2e-2)
+    g = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
+    for got, want, operand in zip(pullback(g), reference_pullback(g.astype(jnp.float32)),
+                                  (lhs, rhs)):
+        assert got.dtype == jnp.bfloat16 and got.shape == operand.shape
+        scale = float(jnp.max(jnp.abs(want)))
+        assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - want))) < 1e-2 * scale
+
+
+def test_products_accumulate_in_float32_inside():
+    lhs, rhs = jnp.ones((4, 8), jnp.bfloat16), jnp.ones((8, 2), jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(matmul(a, b).astype(jnp.float32)),
+                                    argnums=(0, 1)))(lhs, rhs)
+    products = [eqn for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == 'dot_general']
+    assert len(products) == 3  # forward, d lhs, d rhs
+    for eqn in products:
+        assert {v.aval.dtype for v in eqn.invars} == {jnp.dtype(jnp.bfloat16)}
+        assert eqn.params['preferred_element_type'] == jnp.float32
+
+
+def _all_eqns(jaxpr):
+    from nets.summary import sub_jaxprs
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in sub_jaxprs(eqn):
+            yield from _all_eqns(sub)
+
+
+def test_float32_and_batched_products_are_plain_dot_general():
+    rng = np.random.default_rng(1)
+    a, b = jnp.asarray(rng.normal(size=(3, 4, 5))), jnp.asarray(rng.normal(size=(3, 5, 2)))
+    batched = (((2,), (1,)), ((0,), (0,)))
+    np.testing.assert_array_equal(dot_general(a, b, batched), lax.dot_general(a, b, batched))
+    np.testing.assert_array_equal(matmul(a[0], b[0]), a[0] @ b[0])
+    ab, bb = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    np.testing.assert_array_equal(dot_general(ab, bb, batched), lax.dot_general(ab, bb, batched))
+
+
+@pytest.mark.parametrize('ours, flax_layer, kwargs', [
+    (Dense, nn.Dense, {'features': 6}),
+    (DenseGeneral, nn.DenseGeneral, {'features': (2, 3), 'axis': (-2, -1)})])
+def test_layers_keep_flax_parameters(ours, flax_layer, kwargs):
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 5, 7)), jnp.float32)
+    variables = flax_layer(**kwargs).init(jax.random.key(0), x)
+    mine = ours(**kwargs).init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, variables)
+    np.testing.assert_array_equal(ours(**kwargs).apply(variables, x),
+                                  flax_layer(**kwargs).apply(variables, x))
+    low = ours(**kwargs, dtype=jnp.bfloat16).apply(variables, x)
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(low, np.float32), flax_layer(**kwargs).apply(variables, x),
+                               rtol=5e-2, atol=5e-2)
