@@ -128,11 +128,17 @@ def test_torch_row_on_a_toy_model():
 
 
 def test_benchmark_measures_the_trainer_s_cpu_flags():
-    """The JAX workers run with what train.main adds on the CPU (read from its source: importing
-    it would define its absl flags beside other programs' in this process)."""
-    import ast
-    from pathlib import Path
-    source = Path(bench.__file__).resolve().parents[2] / 'train' / 'main.py'
-    assigned = {node.targets[0].id: node.value for node in ast.parse(source.read_text()).body
-                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
-    assert bench.DEFAULT_XLA_FLAGS == ' '.join(ast.literal_eval(assigned['CPU_XLA_FLAGS']))
+    """The JAX workers run with what train.main adds on the CPU for their model family and dtype
+    (train.cpu_defaults), unless --xla_flags overrides it for every row."""
+    from train.cpu_defaults import DEFAULT_YNN_FUSION, YNN_FUSION_FLAG, cpu_xla_flags
+    vit = {'job': 'jax_step', 'model': 'vit_ti4', 'dtype': 'float32', 'devices': 1}
+    lstm = {'job': 'jax_step', 'model': 'lstm_lm', 'dtype': 'float32', 'devices': 2}
+    assert bench.job_xla_flags(vit) == ' '.join(cpu_xla_flags('vit', 'float32'))
+    assert bench.job_xla_flags(lstm) == f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}'
+    assert bench.job_xla_flags({**vit, 'dtype': 'bfloat16'}) == bench.job_xla_flags(lstm)
+    assert bench.job_xla_flags(vit, '--xla_cpu_use_thunk_runtime=true') == \
+        '--xla_cpu_use_thunk_runtime=true'
+    assert bench.worker_env(lstm, None)['XLA_FLAGS'].split() == [
+        f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}', '--xla_force_host_platform_device_count=2']
+    assert bench.job_xla_flags({'job': 'torch_step', 'model': 'vit_ti4', 'dtype': 'float32',
+                                'mode': 'eager'}) == ''

@@ -9,7 +9,6 @@ Multi-host (Cloud TPU pods, several GPU hosts): add `--multihost`; on TPU VMs an
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -19,6 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from train.cpu_defaults import configure_cpu_xla_flags
 from train.metrics_writer import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,8 +33,9 @@ _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', 1, 'XLA CPU devices to split the host into (data parallel across cores). '
     'Ignored when XLA_FLAGS already sets a count; GPUs and TPUs are used as they are.')
 _CPU_XLA_DEFAULTS = flags.DEFINE_bool(
-    'cpu_xla_defaults', True, 'Add the XLA CPU flags measured fastest (CPU_XLA_FLAGS) to '
-    'XLA_FLAGS; a flag XLA_FLAGS already sets is left as it is.')
+    'cpu_xla_defaults', True, 'Add the XLA CPU flags measured fastest for the model family '
+    'and dtype (train/cpu_defaults.py) to XLA_FLAGS; a flag XLA_FLAGS already sets is left as '
+    'it is.')
 
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -54,50 +55,20 @@ def configure_cpu_devices(count: int) -> None:
     os.environ['XLA_FLAGS'] = f'{flags_now} --xla_force_host_platform_device_count={count}'.strip()
 
 
-# XLA CPU flags measured fastest on the 2-core CPU with jaxlib 0.10.2
-# (experiments/benchmarks/train_step_benchmark.py, docs/benchmarks.md): convolutions run on
-# XLA's own kernels instead of YNNPACK, everything else stays on YNNPACK.
-CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',)
-# jaxlib releases on which CPU_XLA_FLAGS were measured. An unknown flag makes XLA abort at start,
-# and experimental flags come and go, so other releases get none until they are measured.
-CPU_XLA_FLAGS_JAXLIB = ('0.10.',)
-
-
-def _trains_on_cpu() -> bool:
-    """Whether JAX will train on the CPU: JAX_PLATFORMS=cpu, or no GPU/TPU plugin installed
-    (accelerator plugins parse XLA_FLAGS with their own XLA build, which may not know a CPU
-    flag)."""
-    if os.environ.get('JAX_PLATFORMS', '').strip().lower() == 'cpu':
-        return True
-    names = {(dist.metadata['Name'] or '').lower().replace('_', '-')
-             for dist in importlib.metadata.distributions()}
-    return not any(name.startswith(('jax-cuda', 'jax-rocm', 'libtpu')) for name in names)
-
-
-def configure_cpu_xla_flags(enabled: bool = True) -> list[str]:
-    """On a CPU-only host, adds CPU_XLA_FLAGS to XLA_FLAGS (before JAX initialises its
-    backends); returns the flags added.
-
-    Measured (train-step CPU time on the shared 2-core machine, interleaved A/B): ResNet-18 at
-    32x32, batch 128: -24% (an earlier wall-clock measurement on a quieter machine: +39%
-    throughput); ViT-Ti/4: -5%; LSTM LM and the quickstart CNN: unchanged. Leave them out with
-    `--nocpu_xla_defaults`, or override one by setting it in XLA_FLAGS yourself; on a jaxlib
-    outside CPU_XLA_FLAGS_JAXLIB, or with a GPU/TPU plugin installed, nothing is added."""
-    from jaxlib.version import __version__ as jaxlib_version  # no backend initialised
-    if not (enabled and jaxlib_version.startswith(CPU_XLA_FLAGS_JAXLIB) and _trains_on_cpu()):
-        return []
-    flags_now = os.environ.get('XLA_FLAGS', '')
-    added = [flag for flag in CPU_XLA_FLAGS if flag.split('=')[0] not in flags_now]
-    if added:
-        os.environ['XLA_FLAGS'] = ' '.join([flags_now, *added]).strip()
-    return added
+def _model_family(config) -> str | None:
+    """The registry family of config.model.name (None when it is not registered: the config
+    check names the valid models later)."""
+    import nets
+    name = config.get('model', {}).get('name')
+    return nets.model_family(name) if name in nets.list_models() else None
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     configure_cpu_devices(_CPU_DEVICES.value)
-    configure_cpu_xla_flags(_CPU_XLA_DEFAULTS.value)
+    configure_cpu_xla_flags(_CPU_XLA_DEFAULTS.value, family=_model_family(_CONFIG.value),
+                            dtype=str(_CONFIG.value.get('dtype', 'float32')))
     quiet_library_logs()
     if _MULTIHOST.value:
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,

@@ -54,9 +54,6 @@ from experiments.benchmarks.bench_common import (NOTES, ROW_MARKER, ModelSpec, a
                                                  peak_rss_mib, reach, step_summary, time_steps,
                                                  version)
 
-# What the trainer adds on the CPU (train/main.py CPU_XLA_FLAGS, measured fastest: convolutions
-# on XLA's own kernels instead of YNNPACK), so the benchmark measures the shipped default.
-DEFAULT_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 CROP_FLIP = ({'op': 'translate', 'max_pixels': 4.0, 'fill_mode': 'constant'}, {'op': 'flip_lr'})
 
 
@@ -75,8 +72,10 @@ def define_flags() -> None:
     flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (a smoke test).")
     flags.DEFINE_integer('peak_size', 2048, 'Side of the peak matmul.', lower_bound=8)
     flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline.')
-    flags.DEFINE_string('xla_flags', DEFAULT_XLA_FLAGS,
-                        'XLA_FLAGS of the JAX workers (the device count is added per row).')
+    flags.DEFINE_string('xla_flags', None,
+                        'XLA_FLAGS of every JAX worker (the device count is added per row); '
+                        'default: what train.main adds for the row\'s model family and dtype '
+                        '(train/cpu_defaults.py).')
     flags.DEFINE_integer('row_timeout', 900, 'Seconds before a worker is abandoned.')
     flags.DEFINE_string('worker', None, 'Internal: run one row (JSON) and print it.')
 
@@ -168,13 +167,14 @@ def jax_peak_row(size: int, dtypes: Sequence[str], repeats: int = 5) -> list[dic
     """Achieved FLOP/s of a (size x size) @ (size x size) product per dtype: the median of
     `repeats` calls (the roofline MFU is measured against)."""
     import jax
-    import jax.numpy as jnp
+    from nets.mixed_precision import matmul
     rows = []
     for dtype in dtypes:
         key_a, key_b = jax.random.split(jax.random.key(0))
         a = jax.random.normal(key_a, (size, size), dtype)
         b = jax.random.normal(key_b, (size, size), dtype)
-        product = jax.jit(jnp.matmul)
+        # The product the models run (nets.mixed_precision): bfloat16 accumulates in float32.
+        product = jax.jit(matmul)
         _, times, _ = time_steps(lambda _: product(a, b), jax.block_until_ready,
                                  steps=repeats, warmup=1)
         summary = step_summary(1, 0.0, times)
@@ -271,10 +271,21 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
     return jobs
 
 
-def worker_env(job: dict[str, Any], xla_flags: str) -> dict[str, str]:
+def job_xla_flags(job: dict[str, Any], xla_flags: str | None = None) -> str:
+    """XLA_FLAGS for a job: `xla_flags` when given, else the trainer's CPU defaults for the
+    job's model family and dtype (train.cpu_defaults: the benchmark measures what ships)."""
+    if xla_flags is not None or job['job'] == 'torch_step':
+        return xla_flags or ''
+    import nets
+    from train.cpu_defaults import cpu_xla_flags
+    family = nets.model_family(model_spec(job['model']).net) if job['job'] == 'jax_step' else None
+    return ' '.join(cpu_xla_flags(family, job.get('dtype', 'float32')))
+
+
+def worker_env(job: dict[str, Any], xla_flags: str | None) -> dict[str, str]:
     """The environment of a job's process: XLA flags and, for a JAX mesh, the device count."""
     env = dict(os.environ)
-    flags_now = xla_flags.split()
+    flags_now = job_xla_flags(job, xla_flags).split()
     if job['job'] != 'torch_step' and job.get('devices', 1) > 1:
         flags_now.append(f"--xla_force_host_platform_device_count={job['devices']}")
     env['XLA_FLAGS'] = ' '.join(flags_now)
@@ -282,7 +293,7 @@ def worker_env(job: dict[str, Any], xla_flags: str) -> dict[str, str]:
     return env
 
 
-def run_in_subprocess(job: dict[str, Any], xla_flags: str, timeout: float) -> Any:
+def run_in_subprocess(job: dict[str, Any], xla_flags: str | None, timeout: float) -> Any:
     """Runs `job` in a fresh interpreter; its result, or {'error': ...}."""
     command = [sys.executable, '-m', 'experiments.benchmarks.train_step_benchmark',
                f'--worker={json.dumps(job)}']
@@ -299,14 +310,14 @@ def run_in_subprocess(job: dict[str, Any], xla_flags: str, timeout: float) -> An
 
 
 def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]], Any], *,
-                  command: str, xla_flags: str, log: Callable[[str], None] = print,
+                  command: str, xla_flags: str | None, log: Callable[[str], None] = print,
                   ) -> dict[str, Any]:
     """Runs `jobs` with `runner` and assembles the report (rows, ratios, targets, notes)."""
     report: dict[str, Any] = {
         'meta': {'command': command, 'date': datetime.datetime.now(datetime.timezone.utc)
                  .isoformat(timespec='seconds'), **machine(), 'jax': version('jax'),
                  'torch': version('torch'), 'python': platform.python_version(),
-                 'xla_flags': xla_flags},
+                 'xla_flags': 'per row' if xla_flags is None else xla_flags},
         'peak': [], 'rows': [], 'pipeline': [], 'notes': list(NOTES)}
     for job in jobs:
         start = time.perf_counter()
@@ -328,6 +339,8 @@ def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]],
                    **({'devices': job['devices']} if job['job'] == 'jax_step'
                       else {'mode': job['mode']}),
                    'framework': 'jax' if job['job'] == 'jax_step' else 'torch', **result}
+            if job['job'] == 'jax_step':
+                row['xla_flags'] = job_xla_flags(job, xla_flags)
             report['rows'].append(row)
             text = (row['error'] if 'error' in row else
                     f"{row['examples_per_s']:.1f} examples/s, step {row['step_s'] * 1e3:.0f} ms, "
@@ -366,7 +379,9 @@ def main(argv: Sequence[str]) -> None:
                      steps=FLAGS.steps, warmup=FLAGS.warmup, size=FLAGS.size,
                      peak_size=FLAGS.peak_size, pipeline=FLAGS.pipeline)
     command = ' '.join(['python -m experiments.benchmarks.train_step_benchmark', *sys.argv[1:]])
-    print(f'{len(jobs)} jobs; XLA_FLAGS for JAX: {FLAGS.xla_flags or "(none)"}', flush=True)
+    print(f'{len(jobs)} jobs; XLA_FLAGS for JAX: '
+          f'{"train/cpu_defaults.py per row" if FLAGS.xla_flags is None else FLAGS.xla_flags}',
+          flush=True)
     report = run_benchmark(
         jobs, lambda job: run_in_subprocess(job, FLAGS.xla_flags, FLAGS.row_timeout),
         command=command, xla_flags=FLAGS.xla_flags, log=lambda s: print(s, flush=True))

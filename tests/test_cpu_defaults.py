@@ -1,0 +1,40 @@
+"""train.cpu_defaults: the XLA CPU flags the trainer adds, per model family and dtype."""
+
+import pytest
+
+from train import cpu_defaults
+from train.cpu_defaults import YNN_FUSION_FLAG, configure_cpu_xla_flags, cpu_xla_flags
+
+
+def test_flags_per_family_and_dtype():
+    default = [f'{YNN_FUSION_FLAG}={cpu_defaults.DEFAULT_YNN_FUSION}']
+    assert cpu_xla_flags() == cpu_xla_flags('resnet', 'float32') == default
+    assert cpu_xla_flags('vit', 'bfloat16') == cpu_xla_flags('rnn', 'float32') == default
+    vit = cpu_xla_flags('vit', 'float32')
+    assert vit != default and '-individual_dot' in vit[0] and '-individual_convolution' in vit[0]
+    for (family, dtype), fusion in cpu_defaults.YNN_FUSION_BY_FAMILY_AND_DTYPE.items():
+        assert cpu_xla_flags(family, dtype) == [f'{YNN_FUSION_FLAG}={fusion}']
+
+
+@pytest.fixture
+def cpu_host(monkeypatch):
+    monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+    monkeypatch.delenv('XLA_FLAGS', raising=False)
+    monkeypatch.setattr('jaxlib.version.__version__', '0.10.2')
+    return monkeypatch
+
+
+def test_configure_adds_the_family_s_flags_once(cpu_host):
+    import os
+    assert configure_cpu_xla_flags(True, family='vit', dtype='float32') == \
+        cpu_xla_flags('vit', 'float32')
+    assert os.environ['XLA_FLAGS'] == cpu_xla_flags('vit', 'float32')[0]
+    assert configure_cpu_xla_flags(True, family='resnet') == []  # the user's (first) value stays
+    assert os.environ['XLA_FLAGS'] == cpu_xla_flags('vit', 'float32')[0]
+
+
+def test_configure_adds_nothing_when_off_or_unmeasured(cpu_host):
+    import os
+    assert configure_cpu_xla_flags(False) == [] and 'XLA_FLAGS' not in os.environ
+    cpu_host.setattr('jaxlib.version.__version__', '0.11.0')
+    assert configure_cpu_xla_flags(True) == [] and 'XLA_FLAGS' not in os.environ
