@@ -148,36 +148,50 @@ NOTES = [
     # Development A/Bs (2-core AMD EPYC, jax 0.10.2, torch 2.13.0, machine shared at load 4-9,
     # so train-step CPU seconds were compared, interleaved in one process or in alternating
     # processes):
-    'XLA flags: --xla_cpu_experimental_ynn_fusion_type=-individual_convolution (convolutions on '
-    "XLA's own kernels, the rest on YNNPACK) cut the CPU seconds of a step by 24% for "
-    'ResNet-18 (8.9 -> 6.6-6.8 s), 5% for ViT-Ti/4 (6.0 -> 5.4-5.7 s), 0% for the LSTM and the '
-    'quickstart CNN; also taking dots, element-wise ops or reductions off YNNPACK gained '
-    'nothing more (dots: LSTM +30%). train/main.py adds the flag on CPU-only hosts '
-    '(--nocpu_xla_defaults leaves it out); these rows run with it (--xla_flags).',
+    'XLA flags (train/cpu_defaults.py, per model family and dtype, what train.main adds on '
+    'CPU-only hosts; each row\'s flags are in the JSON): convolutions off YNNPACK '
+    '(--xla_cpu_experimental_ynn_fusion_type=-individual_convolution) for every model cut the '
+    'CPU seconds of a ResNet-18 step by 24% (8.9 -> 6.6-6.8 s), ViT-Ti/4 by 5%, the LSTM and the '
+    'quickstart CNN by 0%. Dot products off YNNPACK as well (-individual_dot,-dot) for float32 '
+    'ViTs: ViT-Ti/4 step 3.42/3.00 s -> 2.89/2.85 s (alternating A/B, 5 steps each); the same '
+    'made the LSTM slower (0.65 -> 0.94 s), ResNet-18 no faster, and bfloat16 slower (Eigen\'s '
+    'bfloat16 products run at half YNNPACK\'s rate).',
     "ViT attention: 'xla' (jax.nn.dot_product_attention) and the explicit 'plain' softmax cost "
     "the same (5.6 vs 5.7 CPU s; on the CPU both materialise the 65x65 weights); rows use 'xla'.",
     'LSTM unroll: 1 step per loop iteration is fastest (CPU s 1.25; 2: 1.38, 4: 1.58, 8: 2.32), '
-    'the project default.',
+    'the project default. Hoisting the input projection x·W_x out of the scan (one '
+    '(8192x128)·(128x2048) product before the loop, as cuDNN/oneDNN do) was measured slower: '
+    'train step 0.58 -> 0.72 s, fwd+bwd of a bare LSTM 0.45 -> 0.60 s. The projected inputs '
+    '(64 MiB, and their gradient) pass through memory several times at this VM\'s ~6 GB/s '
+    '(a 64 MiB read+write copy), while inside the loop x_t and W_x stay in cache; kept inside.',
     'Device count: a 2-device mesh took 7% fewer CPU s for ResNet-18, the same for ViT, 30% more '
     'for the LSTM (every per-step product on half the batch, plus the all-reduce); the trainer '
     'stays at one device by default (a 2-device all-reduce stalled once in ~10 runs, see '
     'train/main.py), --cpu_devices=2 opts in.',
-    'bfloat16 in JAX: ResNet-18 13% faster than float32 (5.6 vs 6.4 s, interleaved, under load; '
-    "its memory-bound passes move half the bytes), ViT-Ti/4 15% slower (6.2 vs 5.4 s). XLA's "
-    'CPU matmuls get no bfloat16 speed-up (its bf16 peak is below its float32 one), while '
-    "PyTorch's oneDNN runs bfloat16 on AVX512-BF16 at ~2.4x its float32 peak, so PyTorch's "
-    'bfloat16 convolutions are the fastest rows and can beat JAX bfloat16 (vs eager < 1).',
+    'bfloat16 in JAX: asked for a bfloat16 result, XLA\'s CPU backend converts both operands '
+    'to float32 (a 2048^3 product at 167 GFLOP/s, below float32\'s 200); asked to accumulate '
+    'in float32 it runs AVX512-BF16 through YNNPACK at 371 GFLOP/s (the bfloat16 peak above). '
+    'nets.mixed_precision (every model\'s Dense/DenseGeneral and the recurrent cells) does so '
+    'for the forward product and both gradient products: ViT-Ti/4 bfloat16 step 3.44 -> 2.49 s '
+    '(1 device; 2.23 s on 2, as fast as PyTorch eager float32), LSTM 0.81 -> 0.56 s. ResNet-18 '
+    'bfloat16 gains little: XLA\'s CPU convolutions have no bfloat16 path (124-132 GFLOP/s vs '
+    '146 float32 on a 32x32x64 3x3 layer), while PyTorch\'s oneDNN convolutions use '
+    'AVX512-BF16 (its ResNet-18 bfloat16 row is 2x its float32 one).',
     'torch.compile breaks the graph at nn.LSTM (the LSTM compile row runs eagerly) and takes '
     '35-50 s per model on 2 cores. PyTorch images are channels-last (faster than NCHW for '
     'ResNet-18 here: 9.1 vs 10.4 s per step, interleaved, under load).',
-    'What limits JAX: ResNet-18 float32 runs its convolutions (and the memory-bound batch-norm '
-    'and ReLU passes between them) at ~60% of the float32 matmul peak, and bfloat16 has no fast '
-    "path in XLA's CPU backend (above). The LSTM cell computes x·W_x inside the scan, one "
-    '(64x128)·(128x2048) product per time step, where oneDNN/cuDNN do one (8192x128)·(128x2048) '
-    "product before the loop: hoisting the input projection out of nets/rnn.py's scan is the "
-    'next step. ViT-Ti/4 is dense products; layer norms, exact GELU and softmax are the rest. '
-    'A quiet-moment check: one-device steps keep both XLA threads ~93-95% busy (ResNet-18 3.5 s, '
-    'ViT-Ti/4 2.8 s, LSTM 0.6 s per step; 2048x2048 float32 matmul 180 GFLOP/s on both cores).',
+    'What limits JAX. ResNet-18: XLA\'s weight-gradient convolutions want the incoming '
+    'gradient in (C, H, W, N) layout; a profile shows ~70 transpose fusions that recompute the '
+    'batch-norm backward from 5-15 inputs while transposing, ~0.9 s of a 3.3 s step, and the '
+    '4x4x512 stage\'s convolutions at ~110 GFLOP/s (185 at 8x8 and 16x16). Tried and measured '
+    'no better: materialising the gradient once (an optimization barrier in a custom VJP; '
+    '3.4 -> 3.5 s), or the activations; weight gradients as im2col or 9 shifted products (15-95 '
+    'GFLOP/s against XLA\'s 96-172); oneDNN flags (not built into this jaxlib). LSTM: PyTorch '
+    'runs oneDNN\'s fused LSTM; XLA runs each time step as ~14 small kernels in a while loop '
+    '(products of (64x512)·(512x2048) at ~140-180 GFLOP/s plus the element-wise gates and the '
+    'per-step weight-gradient accumulation). ViT-Ti/4 float32: its 192-wide products run at '
+    '~110-170 GFLOP/s, the layer norms, exact GELU and softmax are memory-bound at ~6 GB/s. '
+    'A quiet-moment check: one-device steps keep both XLA threads ~93-95% busy.',
 ]
 
 

@@ -22,15 +22,15 @@ Ratios (JAX / PyTorch examples/s) and the two targets of issue 10 are judged in 
 CPU defaults (XLA flags, attention implementation, LSTM unroll) are the fastest measured; see
 NOTES and `--xla_flags`.
 
-Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0 (CPU wheel:
-`pip install -e '.[benchmark]'`). 26 worker processes; the smoke run (--steps=1) took 12 min
-of wall and 13 min of CPU time with the machine shared (load 2-5); the default run (--steps=3)
-should take ~11-13 minutes on an idle machine: ~7 of them fixed (imports, XLA compiles, FLOP
-counts, six torch.compile's of 35-50 s), ~1.3 min per timed round of all 24 rows.
-`--torch=eager` saves ~4 minutes; `--size=tiny` checks the plumbing in a few minutes.
-Expected (smoke run, load 2-5, so 'cores' ~1 in most rows): JAX float32 at 1.15x/1.64x/4.8x
-PyTorch eager float32 (ResNet-18/ViT-Ti/4/LSTM), ViT float32 MFU 60% (1 device) and 71%
-(2 devices); PyTorch bfloat16 ResNet-18 3-4x faster than JAX's. Rerun idle before quoting.
+Hardware and time: the 2-core CPU (AMD EPYC, AVX-512 with AVX512-BF16), jax 0.10.2, torch
+2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 26 worker processes, about 7 minutes on an
+idle machine (2026-11-26 21:07 UTC: 376 s of jobs); `--torch=eager` saves ~1 minute; `--size=tiny`
+checks the plumbing in a few minutes.
+Expected (that run, docs/benchmarks.md): peak 202 GFLOP/s float32, 371 bfloat16 (float32
+accumulation); JAX / PyTorch eager float32 at float32: ResNet-18 0.74-0.76x, ViT-Ti/4
+0.80-0.81x, LSTM 0.81x (1 device); bfloat16 ViT-Ti/4 on 2 devices 1.00x; ViT float32 MFU 51%.
+Other processes on the cores change the picture (PyTorch's OpenMP threads suffer more): compare
+rows whose `cores` is near the core count.
 """
 
 from __future__ import annotations
@@ -356,10 +356,15 @@ def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]],
             row['consumed_per_s'] = max(consumption)
             row['headroom'] = row['examples_per_s'] / max(consumption)
     report['reach'] = reach(report['rows'])
-    load = os.getloadavg()[0]
-    if load > 0.5 * (os.cpu_count() or 1):
-        report['notes'].append(f'The machine was busy (load average {load:.1f} at the end): '
-                               'rerun on an idle machine before quoting these numbers.')
+    # The rows' own CPU use tells whether other processes took cores (the load average would
+    # count this benchmark's own threads).
+    shared = [f"{r['model']} {r['dtype']} {r['framework']} {r.get('devices') or r.get('mode')}"
+              for r in report['rows'] if r.get('cpu_s') and
+              r['cpu_s'] / r['step_s'] < 0.8 * (os.cpu_count() or 1)]
+    if shared:
+        report['notes'].append(f'Other processes shared the machine during {len(shared)} rows '
+                               f"({', '.join(shared[:4])}{', ...' if len(shared) > 4 else ''}: "
+                               'cores below 80% of the core count): rerun idle before quoting.')
     return report
 
 
