@@ -163,7 +163,9 @@ NOTES = [
     '(8192x128)·(128x2048) product before the loop, as cuDNN/oneDNN do) was measured slower: '
     'train step 0.58 -> 0.72 s, fwd+bwd of a bare LSTM 0.45 -> 0.60 s. The projected inputs '
     '(64 MiB, and their gradient) pass through memory several times at this VM\'s ~6 GB/s '
-    '(a 64 MiB read+write copy), while inside the loop x_t and W_x stay in cache; kept inside.',
+    '(a 64 MiB read+write copy), while inside the loop x_t and W_x stay in cache; kept inside. '
+    'One concatenated [x_t, h]·[W_x; W_h] product per step instead of two was no faster either '
+    '(bare LSTM 0.48-0.50 -> 0.51-0.54 s).',
     'Device count: a 2-device mesh took 7% fewer CPU s for ResNet-18, the same for ViT, 30% more '
     'for the LSTM (every per-step product on half the batch, plus the all-reduce); the trainer '
     'stays at one device by default (a 2-device all-reduce stalled once in ~10 runs, see '
@@ -186,7 +188,9 @@ NOTES = [
     '4x4x512 stage\'s convolutions at ~110 GFLOP/s (185 at 8x8 and 16x16). Tried and measured '
     'no better: materialising the gradient once (an optimization barrier in a custom VJP; '
     '3.4 -> 3.5 s), or the activations; weight gradients as im2col or 9 shifted products (15-95 '
-    'GFLOP/s against XLA\'s 96-172); oneDNN flags (not built into this jaxlib). LSTM: PyTorch '
+    'GFLOP/s against XLA\'s 96-172); oneDNN flags (not built into this jaxlib); '
+    '--xla_cpu_use_fusion_emitters=false (3.18 -> 3.41 s) and the concurrency-optimised '
+    'scheduler (3.18 -> 3.33 s). LSTM: PyTorch '
     'runs oneDNN\'s fused LSTM; XLA runs each time step as ~14 small kernels in a while loop '
     '(products of (64x512)·(512x2048) at ~140-180 GFLOP/s plus the element-wise gates and the '
     'per-step weight-gradient accumulation). ViT-Ti/4 float32: its 192-wide products run at '
