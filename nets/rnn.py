@@ -39,8 +39,8 @@ import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
 
 from nets import layers
-from nets.registry import register
 from nets.mixed_precision import Dense, matmul
+from nets.registry import register
 
 Dtype = Any
 Carry = Any  # jax.Array (rnn, gru) or LSTMState (lstm)

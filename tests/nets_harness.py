@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -54,16 +55,19 @@ class TinyRun:
                                self.x, rng(seed))
 
 
+def all_eqns(jaxpr) -> Iterator[Any]:
+    """Every equation of `jaxpr` and of the jaxprs it calls (custom_vjp, pjit, scan, ...)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in sub_jaxprs(eqn):
+            yield from all_eqns(sub)
+
+
 def heavy_op_operand_dtypes(jaxpr) -> list[set]:
     """The operand dtypes of every matrix product and convolution in `jaxpr` and the jaxprs it
     calls (the mixed-precision products sit inside custom_vjp calls)."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
-            found.append({jnp.dtype(v.aval.dtype) for v in eqn.invars})
-        for sub in sub_jaxprs(eqn):
-            found += heavy_op_operand_dtypes(sub)
-    return found
+    return [{jnp.dtype(v.aval.dtype) for v in eqn.invars} for eqn in all_eqns(jaxpr)
+            if eqn.primitive.name in ('dot_general', 'conv_general_dilated')]
 
 
 def assert_products_in_bfloat16(closed_jaxpr: Any) -> None:

@@ -9,6 +9,7 @@ import pytest
 from jax import lax
 
 from nets.mixed_precision import Dense, DenseGeneral, dot_general, matmul
+from tests.nets_harness import all_eqns
 
 # (lhs shape, rhs shape, contracting dims): Dense, DenseGeneral over two axes, axes out of
 # order on both sides, a contraction over the lhs's leading axis.
@@ -42,19 +43,11 @@ def test_products_accumulate_in_float32_inside():
     lhs, rhs = jnp.ones((4, 8), jnp.bfloat16), jnp.ones((8, 2), jnp.bfloat16)
     jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(matmul(a, b).astype(jnp.float32)),
                                     argnums=(0, 1)))(lhs, rhs)
-    products = [eqn for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == 'dot_general']
+    products = [eqn for eqn in all_eqns(jaxpr.jaxpr) if eqn.primitive.name == 'dot_general']
     assert len(products) == 3  # forward, d lhs, d rhs
     for eqn in products:
         assert {v.aval.dtype for v in eqn.invars} == {jnp.dtype(jnp.bfloat16)}
         assert eqn.params['preferred_element_type'] == jnp.float32
-
-
-def _all_eqns(jaxpr):
-    from nets.summary import sub_jaxprs
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for sub in sub_jaxprs(eqn):
-            yield from _all_eqns(sub)
 
 
 def test_float32_and_batched_products_are_plain_dot_general():
