@@ -12,7 +12,9 @@ Two entry points for other models:
   or, inside a module, `carry, h = self.cell(carry, x_t)`. The output is always the hidden
   state h; the carry is h for 'rnn'/'gru' and `LSTMState(c, h)` for 'lstm'.
 - a whole sequence: `RNNLayer(cell='lstm', features=D)(x)` maps (batch, time, in_features) to
-  (batch, time, D), with an optional `valid` (batch, time) mask or `lengths` (batch,).
+  (batch, time, D), with an optional `valid` (batch, time) mask or `lengths` (batch,). An
+  LSTM layer runs `LSTMSequence`: the same cell and parameters, with the backward pass of
+  `nets.fused_lstm` (weight gradients as one product over all steps).
 
 Every cell keeps its weights as one input kernel (in_features, G·H), one recurrent kernel
 (H, G·H) and one bias (G·H) for its G gates, written out in the order its docstring gives.
@@ -39,6 +41,7 @@ import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
 
 from nets import layers
+from nets.fused_lstm import lstm_sequence, lstm_update
 from nets.mixed_precision import Dense, matmul
 from nets.registry import register
 
@@ -162,12 +165,24 @@ class LSTMCell(_Cell):
         c, h = carry
         w_x, w_h, b = self._weights(x.shape[-1])
         x, h_in, w_x, w_h, b = promote_dtype(x, h, w_x, w_h, b, dtype=self.dtype)
-        z = (matmul(x, w_x) + matmul(h_in, w_h) + b).astype(c.dtype)
-        z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
-        i, f, g, o = nn.sigmoid(z_i), nn.sigmoid(z_f), jnp.tanh(z_g), nn.sigmoid(z_o)
-        c_new = f * c + i * g
-        h_new = (o * jnp.tanh(c_new)).astype(h.dtype)
+        c_new, h_new, _ = lstm_update(c, x, h_in, w_x, w_h, b)
+        h_new = h_new.astype(h.dtype)
         return LSTMState(c_new, h_new), h_new.astype(self.dtype)
+
+
+class LSTMSequence(LSTMCell):
+    """`LSTMCell` run over a whole time-major sequence in one call (same parameters), with
+    `nets.fused_lstm`'s backward pass: the weight gradients as single products over all steps
+    instead of per-step sums inside the loop. `RNNLayer` runs every LSTM this way."""
+
+    @nn.compact
+    def __call__(self, carry: LSTMState, inputs: jax.Array, mask: jax.Array, *,
+                 reverse: bool = False, unroll: int = 1) -> tuple[LSTMState, jax.Array]:
+        """inputs (time, batch, in), mask (time, batch) -> (final carry, outputs (time, batch, H))."""
+        w_x, w_h, b = self._weights(inputs.shape[-1])
+        carry, outputs = lstm_sequence(w_x, w_h, b, tuple(carry), inputs.astype(self.dtype), mask,
+                                       reverse, unroll, self.dtype)
+        return LSTMState(*carry), outputs
 
 
 class GRUCell(_Cell):
@@ -242,7 +257,8 @@ class RNNLayer(nn.Module):
     `return_carry=True` the call returns `(final_carry, outputs)`: the carry after the last
     valid step read (the first valid step for a reverse layer). `initial_carry` defaults to
     zeros. The cell's parameters live under 'cell' and are shared by all steps (`nn.scan` with
-    the params broadcast); `unroll` steps are unrolled per loop iteration (helps on GPU).
+    the params broadcast; for 'lstm', `LSTMSequence`); `unroll` steps are unrolled per loop
+    iteration (helps on GPU).
     """
 
     cell: str
@@ -262,10 +278,14 @@ class RNNLayer(nn.Module):
         super().__post_init__()
 
     def _build_cell(self, name: str | None = 'cell') -> _Cell:
-        extra = {'forget_bias': self.forget_bias} if self.cell == 'lstm' else {}
+        if self.cell == 'lstm':
+            return LSTMSequence(self.features, kernel_init=self.kernel_init,
+                                recurrent_kernel_init=self.recurrent_kernel_init,
+                                forget_bias=self.forget_bias, dtype=self.dtype,
+                                param_dtype=self.param_dtype, name=name)
         return make_cell(self.cell, self.features, kernel_init=self.kernel_init,
                          recurrent_kernel_init=self.recurrent_kernel_init, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=name, **extra)
+                         param_dtype=self.param_dtype, name=name)
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, valid: jax.Array | None = None,
@@ -277,6 +297,11 @@ class RNNLayer(nn.Module):
         mask = sequence_mask(batch, time, valid, lengths)
         cell = self._build_cell()
         carry = cell.initial_carry(batch) if initial_carry is None else initial_carry
+        if isinstance(cell, LSTMSequence):
+            carry, outputs = cell(carry, jnp.swapaxes(inputs, 0, 1), mask.T, reverse=self.reverse,
+                                  unroll=self.unroll)
+            outputs = jnp.swapaxes(outputs, 0, 1)
+            return (carry, outputs) if return_carry else outputs
         scan = nn.scan(_masked_step, variable_broadcast='params', split_rngs={'params': False},
                        in_axes=1, out_axes=1, reverse=self.reverse, unroll=self.unroll)
         carry, outputs = scan(cell, carry, (inputs, mask))

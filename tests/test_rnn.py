@@ -213,6 +213,53 @@ def test_initial_carry_is_used():
     np.testing.assert_array_equal(hidden_state(carry)[0], start.h[0])
 
 
+def looped_lstm_layer(params: dict, x: jax.Array, valid: np.ndarray, start: LSTMState,
+                      reverse: bool, dtype) -> tuple[LSTMState, jax.Array]:
+    """RNNLayer's semantics as a Python loop over LSTMCell (JAX differentiates it step by step)."""
+    cell = LSTMCell(HIDDEN, dtype=dtype)
+    carry, outputs = start, [None] * x.shape[1]
+    for t in (reversed(range(x.shape[1])) if reverse else range(x.shape[1])):
+        new_carry, y = cell.apply({'params': params}, carry, x[:, t])
+        keep = valid[:, t, None]
+        carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+        outputs[t] = jnp.where(keep, y, 0)
+    return carry, jnp.stack(outputs, axis=1)
+
+
+@pytest.mark.parametrize('reverse, dtype, tolerance', [(False, jnp.float32, 1e-5),
+                                                       (True, jnp.float32, 1e-5),
+                                                       (False, jnp.bfloat16, 3e-2)])
+def test_lstm_layer_gradients_equal_autodiff_through_the_cell(reverse, dtype, tolerance):
+    """RNNLayer's LSTM has its own backward pass (nets.fused_lstm); every gradient, through
+    padding, the initial carry and the final carry, equals JAX's through a loop over the cell."""
+    x = random_inputs((3, 5, IN_FEATURES))
+    valid = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
+    start = LSTMState(c=jnp.asarray(random_inputs((3, HIDDEN), seed=1)),
+                      h=jnp.asarray(random_inputs((3, HIDDEN), seed=2)))
+    layer = RNNLayer(cell='lstm', features=HIDDEN, reverse=reverse, dtype=dtype)
+    params = {k: jnp.asarray(v) for k, v in cell_params('lstm').items()}
+    weights = jnp.asarray(random_inputs((3, 5, HIDDEN), seed=3))
+
+    def loss(run):
+        def value(params, x, start):
+            carry, outputs = run(params, x, start)
+            return (jnp.sum(outputs.astype(jnp.float32) * weights) + jnp.sum(carry.c * carry.h)
+                    + jnp.sum(carry.c ** 2))
+        return fast_jit(jax.value_and_grad(value, argnums=(0, 1, 2)))(params, jnp.asarray(x), start)
+
+    fused = loss(lambda p, x, s: layer.apply({'params': {'cell': p}}, x, valid=valid,
+                                             initial_carry=s, return_carry=True))
+    looped = loss(lambda p, x, s: looped_lstm_layer(p, x, valid, s, reverse, dtype))
+    np.testing.assert_allclose(fused[0], looped[0], rtol=tolerance)
+    for path, got in jax.tree_util.tree_leaves_with_path(fused[1]):
+        want = dict(jax.tree_util.tree_leaves_with_path(looped[1]))[path]
+        scale = np.max(np.abs(np.asarray(want, np.float32)))
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   atol=tolerance * scale, err_msg=jax.tree_util.keystr(path))
+    # Padded inputs get no gradient.
+    assert not np.any(np.asarray(fused[1][1], np.float32)[~valid])
+
+
 @pytest.mark.parametrize('merge, width', [('concat', 2 * HIDDEN), ('sum', HIDDEN)])
 def test_bidirectional_output_shapes(merge, width):
     x = random_inputs((2, 5, IN_FEATURES))

@@ -85,7 +85,9 @@ def test_recurrent_model_train_flops_match_analytic_with_the_loop_correction():
     count = compute.loop_corrected_flops(jax.grad(loss), variables['params'], x)
     analytic = 3 * compute.analytic_forward_flops(lambda p, x: model.apply({'params': p}, x),
                                                   variables['params'], x)
-    assert count.loop_correction > 5 * count.xla  # 20 time steps: XLA alone sees one
+    # 20 time steps: XLA alone counts one step of each loop (the LSTM's weight gradients are
+    # products outside its loops, nets.fused_lstm, which XLA does count).
+    assert count.loop_correction > 1.5 * count.xla
     assert count.total == pytest.approx(analytic, rel=0.15)
 
 
