@@ -107,12 +107,12 @@ def _lstm_sequence_bwd(reverse, unroll, dtype, residuals, cotangents):
     d_final = (dc_final.astype(jnp.float32), dh_final.astype(jnp.float32))
     (dc0, dh0), dzs = lax.scan(step, d_final, (dys, cs_prev, gates, mask), reverse=not reverse,
                                unroll=unroll)
-    time, batch, width = dzs.shape
-    rows = time * batch
-    dz_rows = dzs.reshape(rows, width).astype(dtype)  # the bfloat16 step's rounding, as matmul's VJP
-    d_w_x = _product(xs.reshape(rows, -1), dz_rows, ((0,), (0,)))
-    d_w_h = _product(hs_prev.reshape(rows, -1), dz_rows, ((0,), (0,)))
-    d_xs = _product(dz_rows, w_x.astype(dtype), ((1,), (1,))).reshape(xs.shape)
+    # Contracted over (time, batch) as two axes, not one reshaped axis: on a data-parallel mesh
+    # the batch axis is sharded, and merging it with time would all-gather the operands.
+    dzs_low = dzs.astype(dtype)  # the bfloat16 step's rounding, as matmul's VJP
+    d_w_x = _product(xs, dzs_low, ((0, 1), (0, 1)))
+    d_w_h = _product(hs_prev, dzs_low, ((0, 1), (0, 1)))
+    d_xs = _product(dzs_low, w_x.astype(dtype), ((2,), (1,)))
     d_carry0 = (dc0.astype(carry0[0].dtype), dh0.astype(carry0[1].dtype))
     return (d_w_x.astype(w_x.dtype), d_w_h.astype(w_h.dtype), dzs.sum((0, 1)).astype(b.dtype),
             d_carry0, d_xs.astype(xs.dtype), None)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import nets
 from nets import rnn
@@ -258,6 +259,19 @@ def test_lstm_layer_gradients_equal_autodiff_through_the_cell(reverse, dtype, to
                                    atol=tolerance * scale, err_msg=jax.tree_util.keystr(path))
     # Padded inputs get no gradient.
     assert not np.any(np.asarray(fused[1][1], np.float32)[~valid])
+
+
+def test_lstm_layer_gradient_on_a_batch_sharded_mesh_gathers_nothing():
+    """Data parallel: the weight gradients are per-device partial products and one all-reduce;
+    merging the sharded batch axis with time would all-gather the stacked activations."""
+    mesh = Mesh(np.array(jax.devices()[:2]), ('data',))
+    x = jax.device_put(random_inputs((4, 6, IN_FEATURES)), NamedSharding(mesh, PartitionSpec('data')))
+    layer = RNNLayer(cell='lstm', features=HIDDEN)
+    params = jax.device_put(layer_variables(layer, x)['params'], NamedSharding(mesh, PartitionSpec()))
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply({'params': p}, x) ** 2)))
+    hlo = grad.lower(params, x).compile().as_text()
+    assert 'all-reduce' in hlo
+    assert 'all-gather' not in hlo
 
 
 @pytest.mark.parametrize('merge, width', [('concat', 2 * HIDDEN), ('sum', HIDDEN)])
