@@ -29,10 +29,11 @@ Dtype = Any
 
 
 def lstm_update(c: jax.Array, x: jax.Array, h: jax.Array, w_x: jax.Array, w_h: jax.Array,
-                b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+                b: jax.Array) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...]]:
     """One LSTM step from the previous cell state c (float32) and the input x and previous
     hidden state h, both already in the compute dtype of the weights. Returns (c', h', gates),
-    where gates = [i, f, g, o] concatenated on the last axis (float32)."""
+    gates = (i, f, g, o), each (..., H) float32 (kept apart: concatenating them for the backward
+    pass cost 6% of the language model's train step)."""
     z = (matmul(x, w_x) + matmul(h, w_h) + b).astype(c.dtype)
     z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jnp.tanh(z_g), jax.nn.sigmoid(z_o)
@@ -41,7 +42,8 @@ def lstm_update(c: jax.Array, x: jax.Array, h: jax.Array, w_x: jax.Array, w_h: j
     return c_new, h_new, (i, f, g, o)
 
 
-def _product(a: jax.Array, b: jax.Array, contracting: tuple[tuple[int, ...], tuple[int, ...]]) -> jax.Array:
+def _product(a: jax.Array, b: jax.Array,
+             contracting: tuple[tuple[int, ...], tuple[int, ...]]) -> jax.Array:
     """A float32 product of two same-dtype operands (low precision accumulates in float32)."""
     f32 = jnp.float32 if jnp.dtype(a.dtype) in LOW_PRECISION else None
     return lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=f32).astype(jnp.float32)

@@ -60,9 +60,10 @@ def test_plan_runs_each_model_s_rows_together_with_their_device_counts():
     jobs = bench.plan_jobs(['lstm_lm', 'resnet18'], ['float32'], [1, 2], ['eager'], steps=2,
                            warmup=0, size='tiny', peak_size=64, pipeline=True)
     assert [j['job'] for j in jobs] == ['peak', 'jax_step', 'jax_step', 'torch_step', 'jax_step',
-                                        'jax_step', 'torch_step', 'pipeline']
+                                        'jax_step', 'torch_step', 'pipeline', 'peak']
     assert [j.get('model') for j in jobs[1:4]] == ['lstm_lm'] * 3
-    assert jobs[-1]['model'] == 'resnet18'  # the pipeline feeds an image model
+    assert jobs[-2]['model'] == 'resnet18'  # the pipeline feeds an image model
+    assert jobs[-1]['again'] and not jobs[0].get('again')
     env = bench.worker_env(jobs[2], '--xla_cpu_enable_fast_math=false')
     assert env['XLA_FLAGS'] == ('--xla_cpu_enable_fast_math=false '
                                 '--xla_force_host_platform_device_count=2')
@@ -86,7 +87,6 @@ def test_report_of_an_in_process_run(tmp_path):
     jobs run in this process (the tests' 8 simulated devices) instead of subprocesses."""
     jobs = bench.plan_jobs(['lstm_lm'], ['float32'], [1, 2], [], steps=2, warmup=0, size='tiny',
                            peak_size=64, pipeline=True)
-    jobs[-1]['model'] = 'resnet18'
     report = bench.run_benchmark(jobs, bench.run_worker, command='test', xla_flags='',
                                  log=lambda _: None)
     json.loads(json.dumps(report))  # the JSON written is plain data
@@ -105,8 +105,24 @@ def test_report_of_an_in_process_run(tmp_path):
     assert [r['stage'] for r in report['pipeline']][0].startswith('grain loader')
     assert all(r['examples_per_s'] > 0 for r in report['pipeline'])
     assert not report['reach']['all_rows_at_least_torch_eager_float32']  # nothing to compare
+    assert report['peak_at_end'][0]['gflops'] > 0 and set(report['peak_drift']) == {'float32'}
     table = bench_common.markdown_report(report)
     assert table.count('| lstm_lm | float32 | jax |') == 2 and 'NOT reached' in table
+
+
+def test_a_run_whose_peak_moved_is_flagged():
+    start = [{'dtype': 'float32', 'gflops': 200.0, 'size': 64},
+             {'dtype': 'bfloat16', 'gflops': 350.0, 'size': 64}]
+    end = [{'dtype': 'float32', 'gflops': 196.0}, {'dtype': 'bfloat16', 'gflops': 120.0}]
+    drift = bench.peak_drift(start, end)
+    assert drift == pytest.approx({'float32': -0.02, 'bfloat16': 120 / 350 - 1})
+    jobs = [dict(job='peak'), dict(job='peak', again=True)]
+    peaks = iter([start, end])
+    report = bench.run_benchmark(jobs, lambda job: next(peaks), command='test', xla_flags='',
+                                 log=lambda _: None)
+    flagged = [note for note in report['notes'] if 'speed moved' in note]
+    assert len(flagged) == 1 and '-66% (bfloat16)' in flagged[0] and 'float32' not in flagged[0]
+    assert '| bfloat16 | ' in bench_common.markdown_report(report)
 
 
 def test_torch_twins_match_the_jax_parameter_counts():

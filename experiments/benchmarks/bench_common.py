@@ -166,8 +166,19 @@ NOTES = [
     '(a 64 MiB read+write copy), while inside the loop x_t and W_x stay in cache; kept inside. '
     'One concatenated [x_t, h]·[W_x; W_h] product per step instead of two was no faster either '
     '(bare LSTM 0.48-0.50 -> 0.51-0.54 s).',
+    'LSTM backward (nets/fused_lstm.py, every RNNLayer LSTM): differentiating the scanned cell, '
+    'JAX adds the 64-deep products x_t^T·dz_t and h_{t-1}^T·dz_t into the kernels\' gradients at '
+    'every step; the fused layer\'s backward loop carries only the state gradients and stacks '
+    'dz_t, and the weight, bias and input gradients are single products over all 8192 rows '
+    'after the loop (the (512x8192)·(8192x2048) one at 188 GFLOP/s), as cuDNN/oneDNN do. '
+    'Interleaved, one device: train step 0.69 -> 0.58 s (median); keeping the four gate '
+    'activations as separate arrays rather than concatenated gained another 6%; keeping tanh(c) '
+    'rather than recomputing it did not pay; unroll 2 the same, 4 slower. On the 2-device mesh '
+    'those products contract (time, batch) as two axes: reshaped into one, the sharded batch '
+    'merged with time and XLA all-gathered the 64 MiB stacked gradients (0.90 -> 0.75 s; a test '
+    'checks the sharded gradient gathers nothing).',
     'Device count: a 2-device mesh took 7% fewer CPU s for ResNet-18, the same for ViT, 30% more '
-    'for the LSTM (every per-step product on half the batch, plus the all-reduce); the trainer '
+    'for the LSTM before its fused backward (now about the same as one device); the trainer '
     'stays at one device by default (a 2-device all-reduce stalled once in ~10 runs, see '
     'train/main.py), --cpu_devices=2 opts in.',
     'bfloat16 in JAX: asked for a bfloat16 result, XLA\'s CPU backend converts both operands '
@@ -191,9 +202,10 @@ NOTES = [
     'GFLOP/s against XLA\'s 96-172); oneDNN flags (not built into this jaxlib); '
     '--xla_cpu_use_fusion_emitters=false (3.18 -> 3.41 s) and the concurrency-optimised '
     'scheduler (3.18 -> 3.33 s). LSTM: PyTorch '
-    'runs oneDNN\'s fused LSTM; XLA runs each time step as ~14 small kernels in a while loop '
-    '(products of (64x512)·(512x2048) at ~140-180 GFLOP/s plus the element-wise gates and the '
-    'per-step weight-gradient accumulation). ViT-Ti/4 float32: its 192-wide products run at '
+    'runs oneDNN\'s fused LSTM; XLA runs each time step as ~10 small kernels in a while loop: '
+    'the per-step products at 180-190 GFLOP/s (near the peak), then the element-wise gate '
+    'kernels, the stacking of what the backward pass keeps, and ~0.4 ms per step of gaps '
+    'between kernels (a profile\'s kernels add up to 0.45 of a 0.54 s step). ViT-Ti/4 float32: its 192-wide products run at '
     '~110-170 GFLOP/s, the layer norms, exact GELU and softmax are memory-bound at ~6 GB/s. '
     'A quiet-moment check: one-device steps keep both XLA threads ~93-95% busy.',
 ]
@@ -264,10 +276,13 @@ def markdown_report(report: dict[str, Any]) -> str:
              f"jax {meta['jax']}, torch {meta.get('torch') or 'not installed'}, "
              f"python {meta['python']}. Load average at the start: {meta['load_average']}.", '',
              '## Peak (large matmul in JAX; the roofline MFU is measured against)', '',
-             '| dtype | size | GFLOP/s | PyTorch GFLOP/s |', '|---|---|---|---|']
+             '| dtype | size | GFLOP/s | PyTorch GFLOP/s | GFLOP/s again at the end |',
+             '|---|---|---|---|---|']
+    at_end = {row['dtype']: row.get('gflops') for row in report.get('peak_at_end', [])}
     for row in report['peak']:
         lines.append(f"| {row['dtype']} | {row['size']} | {_fmt(row.get('gflops'), '.1f')} | "
-                     f"{_fmt(row.get('torch_gflops'), '.1f')} |")
+                     f"{_fmt(row.get('torch_gflops'), '.1f')} | "
+                     f"{_fmt(at_end.get(row['dtype']), '.1f')} |")
     lines += ['', '## Train steps (forward + backward + SGD-momentum update, synthetic batches)',
               '',
               'examples/s from the median step; MFU = XLA FLOPs of the model\'s JAX float32 step / '

@@ -66,7 +66,8 @@ def define_flags() -> None:
     flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
     flags.DEFINE_list('devices', ['1', '2'], 'JAX CPU device counts (data-parallel mesh).')
     flags.DEFINE_list('torch', ['eager', 'compile'], 'PyTorch modes (empty: no PyTorch).')
-    flags.DEFINE_integer('steps', 3, 'Timed train steps per row (median).', lower_bound=1)
+    flags.DEFINE_integer('steps', 6, 'Timed train steps per row (median; medians of 3 moved by '
+                         'up to 15% between runs on the shared 2-core VM).', lower_bound=1)
     flags.DEFINE_integer('warmup', 0, 'Untimed steps after the first (untimed) one.',
                          lower_bound=0)
     flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (a smoke test).")
@@ -250,10 +251,12 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
               torch_modes: Sequence[str], *, steps: int, warmup: int, size: str,
               peak_size: int, pipeline: bool) -> list[dict[str, Any]]:
     """Every job in the order it runs: the peak, then per model and dtype its JAX rows (one
-    per device count) and PyTorch rows, so that the rows compared run close in time."""
+    per device count) and PyTorch rows, so that the rows compared run close in time, and the
+    peak again (a shared VM's speed can drift within a run; the report says when it did)."""
     common = dict(steps=steps, warmup=warmup, size=size)
-    jobs = [dict(job='peak', peak_size=peak_size, dtypes=list(dtypes), torch=bool(torch_modes),
-                 devices=1, size=size)]
+    peak = dict(job='peak', peak_size=peak_size, dtypes=list(dtypes), torch=bool(torch_modes),
+                devices=1, size=size)
+    jobs = [peak]
     for model in models:
         model_spec(model, size)  # unknown names fail before anything runs
         for dtype in dtypes:
@@ -268,7 +271,7 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
     if pipeline:
         image_models = [m for m in models if model_spec(m, size).kind == 'image'] or ['resnet18']
         jobs.append(dict(job='pipeline', model=image_models[0], devices=1, **common))
-    return jobs
+    return jobs + [dict(peak, again=True)]
 
 
 def job_xla_flags(job: dict[str, Any], xla_flags: str | None = None) -> str:
@@ -327,7 +330,7 @@ def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]],
         if job['job'] == 'peak':
             if isinstance(result, dict):  # failed
                 raise RuntimeError(f"the peak measurement failed: {result['error']}")
-            report['peak'] = result
+            report['peak_at_end' if job.get('again') else 'peak'] = result
             text = ', '.join(f"{r['dtype']} {r['gflops']:.1f} GFLOP/s" for r in result)
         elif job['job'] == 'pipeline':
             report['pipeline'] = result if isinstance(result, list) else [
@@ -356,6 +359,16 @@ def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]],
             row['consumed_per_s'] = max(consumption)
             row['headroom'] = row['examples_per_s'] / max(consumption)
     report['reach'] = reach(report['rows'])
+    report['peak_drift'] = peak_drift(report['peak'], report.get('peak_at_end', []))
+    drifted = {dtype: change for dtype, change in report['peak_drift'].items()
+               if abs(change) > DRIFT_TOLERANCE}
+    if drifted:
+        report['notes'].append(
+            'The machine\'s speed moved during this run: the matmul peak measured again at the '
+            'end differs from the start by ' + ', '.join(f'{change:+.0%} ({dtype})' for dtype,
+                                                         change in drifted.items())
+            + ': rows measured minutes apart (and their ratios) are not comparable; rerun '
+            'before quoting.')
     # The rows' own CPU use tells whether other processes took cores (the load average would
     # count this benchmark's own threads).
     shared = [f"{r['model']} {r['dtype']} {r['framework']} {r.get('devices') or r.get('mode')}"
@@ -366,6 +379,16 @@ def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]],
                                f"({', '.join(shared[:4])}{', ...' if len(shared) > 4 else ''}: "
                                'cores below 80% of the core count): rerun idle before quoting.')
     return report
+
+
+DRIFT_TOLERANCE = 0.1  # a larger change of the peak between the start and the end flags the run
+
+
+def peak_drift(start: Sequence[dict[str, Any]], end: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Relative change of each dtype's matmul peak from the start of the run to its end."""
+    at_end = {row['dtype']: row['gflops'] for row in end}
+    return {row['dtype']: at_end[row['dtype']] / row['gflops'] - 1 for row in start
+            if row['dtype'] in at_end and row['gflops']}
 
 
 def main(argv: Sequence[str]) -> None:
