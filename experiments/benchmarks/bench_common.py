@@ -286,7 +286,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += ['', '## Train steps (forward + backward + SGD-momentum update, synthetic batches)',
               '',
               'examples/s from the median step; MFU = XLA FLOPs of the model\'s JAX float32 step / '
-              'step time / float32 matmul peak, for every row (PyTorch and bfloat16 rows too, so '
+              'step time / float32 matmul peak (the higher of its two measurements), for every row (PyTorch and bfloat16 rows too, so '
               'over 100% means faster than the float32 roofline); ratios are examples/s of the '
               'JAX row over the PyTorch row of the same model and dtype (`vs eager f32`: over '
               'PyTorch eager float32, the target); cores = CPU seconds / wall seconds of a step '

@@ -349,7 +349,11 @@ def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]],
                     f"{row['examples_per_s']:.1f} examples/s, step {row['step_s'] * 1e3:.0f} ms, "
                     f"compile {row.get('compile_s') or 0:.1f} s, {row['params']:,} params")
         log(f'{label:<40} {text}   ({time.perf_counter() - start:.0f} s)')
+    # MFU against the higher of the two peak measurements: a slow moment at the start must not
+    # flatter every row.
     peaks = {r['dtype']: r['gflops'] * 1e9 for r in report['peak']}
+    for r in report.get('peak_at_end', []):
+        peaks[r['dtype']] = max(peaks.get(r['dtype'], 0.0), r['gflops'] * 1e9)
     add_ratios(report['rows'], peaks)
     consumption = [r['examples_per_s'] for r in report['rows'] if r['framework'] == 'jax'
                    and r.get('dtype') == 'float32' and r.get('devices') == 1 and
