@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nets.mixed_precision import LOW_PRECISION, matmul
+from nets.mixed_precision import float32_product, matmul
 
 Dtype = Any
 
@@ -40,13 +40,6 @@ def lstm_update(c: jax.Array, x: jax.Array, h: jax.Array, w_x: jax.Array, w_h: j
     c_new = f * c + i * g
     h_new = o * jnp.tanh(c_new)
     return c_new, h_new, (i, f, g, o)
-
-
-def _product(a: jax.Array, b: jax.Array,
-             contracting: tuple[tuple[int, ...], tuple[int, ...]]) -> jax.Array:
-    """A float32 product of two same-dtype operands (low precision accumulates in float32)."""
-    f32 = jnp.float32 if jnp.dtype(a.dtype) in LOW_PRECISION else None
-    return lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=f32).astype(jnp.float32)
 
 
 def _forward(w_x: jax.Array, w_h: jax.Array, b: jax.Array, carry: tuple[jax.Array, jax.Array],
@@ -102,7 +95,8 @@ def _lstm_sequence_bwd(reverse, unroll, dtype, residuals, cotangents):
         dc = dc_in + dh * o * (1 - tanh_c * tanh_c)
         dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
                               dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], axis=-1)
-        dh_prev = _product(dz.astype(dtype), w_h_low, ((1,), (1,))) + jnp.where(keep, 0, dh_out)
+        dh_prev = (float32_product(dz.astype(dtype), w_h_low, ((1,), (1,)))
+                   + jnp.where(keep, 0, dh_out))
         dc_prev = dc * f + jnp.where(keep, 0, dc_out)
         return (dc_prev, dh_prev), dz
 
@@ -112,9 +106,9 @@ def _lstm_sequence_bwd(reverse, unroll, dtype, residuals, cotangents):
     # Contracted over (time, batch) as two axes, not one reshaped axis: on a data-parallel mesh
     # the batch axis is sharded, and merging it with time would all-gather the operands.
     dzs_low = dzs.astype(dtype)  # the bfloat16 step's rounding, as matmul's VJP
-    d_w_x = _product(xs, dzs_low, ((0, 1), (0, 1)))
-    d_w_h = _product(hs_prev, dzs_low, ((0, 1), (0, 1)))
-    d_xs = _product(dzs_low, w_x.astype(dtype), ((2,), (1,)))
+    d_w_x = float32_product(xs, dzs_low, ((0, 1), (0, 1)))
+    d_w_h = float32_product(hs_prev, dzs_low, ((0, 1), (0, 1)))
+    d_xs = float32_product(dzs_low, w_x.astype(dtype), ((2,), (1,)))
     d_carry0 = (dc0.astype(carry0[0].dtype), dh0.astype(carry0[1].dtype))
     return (d_w_x.astype(w_x.dtype), d_w_h.astype(w_h.dtype), dzs.sum((0, 1)).astype(b.dtype),
             d_carry0, d_xs.astype(xs.dtype), None)

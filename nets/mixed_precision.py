@@ -38,10 +38,17 @@ def _accumulates_in_float32(lhs: jax.Array, rhs: jax.Array, dimension_numbers: D
             and lhs.dtype == rhs.dtype and not lhs_batch and not rhs_batch)
 
 
+def float32_product(lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...],
+                    precision: Any = None) -> jax.Array:
+    """The float32 result of a product without batch dimensions (low-precision operands
+    accumulate in float32; float32 ones are a plain product)."""
+    return lax.dot_general(lhs, rhs, (contracting, ((), ())), precision=precision,
+                           preferred_element_type=jnp.float32)
+
+
 def _float32_accumulated(lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...],
                          precision: Any) -> jax.Array:
-    return lax.dot_general(lhs, rhs, (contracting, ((), ())), precision=precision,
-                           preferred_element_type=jnp.float32).astype(lhs.dtype)
+    return float32_product(lhs, rhs, contracting, precision).astype(lhs.dtype)
 
 
 def _kept(ndim: int, contracted: Sequence[int]) -> list[int]:
