@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from nets import layers
+from nets.conv import Conv
 from nets.registry import register
 from nets.mixed_precision import Dense
 
@@ -50,7 +51,7 @@ class ConvNeXtBlock(nn.Module):
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         init = dict(kernel_init=layers.initializer('truncated_normal'), **dims)
         k = self.kernel_size
-        y = nn.Conv(dim, (k, k), padding=[(k // 2, k // 2)] * 2, feature_group_count=dim, name='dwconv',
+        y = Conv(dim, (k, k), padding=[(k // 2, k // 2)] * 2, feature_group_count=dim, name='dwconv',
                     **init)(x)
         y = layers.layer_norm(name='norm', **dims)(y)
         y = Dense(self.mlp_ratio * dim, name='pwconv1', **init)(y)
@@ -113,7 +114,7 @@ class ConvNeXt(nn.Module):
         init = dict(kernel_init=layers.initializer('truncated_normal'), **dims)
         s = _STEM_STRIDE[self.stem]
         x = x.astype(self.dtype)
-        x = nn.Conv(self.dims[0], (s, s), strides=(s, s), padding='VALID', name='stem', **init)(x)
+        x = Conv(self.dims[0], (s, s), strides=(s, s), padding='VALID', name='stem', **init)(x)
         x = layers.layer_norm(name='stem_norm', **dims)(x)
 
         total_blocks = sum(self.depths)
@@ -121,7 +122,7 @@ class ConvNeXt(nn.Module):
         for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if stage > 0:
                 x = layers.layer_norm(name=f'downsample{stage}_norm', **dims)(x)
-                x = nn.Conv(dim, (2, 2), strides=(2, 2), padding='VALID', name=f'downsample{stage}', **init)(x)
+                x = Conv(dim, (2, 2), strides=(2, 2), padding='VALID', name=f'downsample{stage}', **init)(x)
             for i in range(depth):
                 rate = self.drop_path_rate * index / max(total_blocks - 1, 1)
                 x = ConvNeXtBlock(self.kernel_size, self.mlp_ratio, drop_path_rate=rate,

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from nets import layers
+from nets.conv import Conv
 from nets.registry import register
 from nets.resnet import BasicBlock, BottleneckBlock, ResNet, Shortcut
 
@@ -200,7 +201,7 @@ class DeformableConv(nn.Module):
         num_offsets = 2 * taps
         x = x.astype(self.dtype)
         # Same geometry as the deformable conv: one offset (and mask) set per output location.
-        predicted = nn.Conv(num_offsets + (taps if self.version == 'v2' else 0), kernel_size, strides=strides,
+        predicted = Conv(num_offsets + (taps if self.version == 'v2' else 0), kernel_size, strides=strides,
                             padding=pads, kernel_dilation=dilation, kernel_init=nn.initializers.zeros,
                             bias_init=nn.initializers.zeros, dtype=self.dtype, param_dtype=self.param_dtype,
                             name='offset')(x)

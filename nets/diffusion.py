@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nets import layers
+from nets.conv import Conv
 from nets.position import sinusoidal_at
 from nets.registry import register
 from nets.mixed_precision import Dense
@@ -192,15 +193,15 @@ class ResidualBlock(nn.Module):
     def __call__(self, x: jax.Array, time_embedding: jax.Array, *, train: bool) -> jax.Array:
         conv = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.silu(_group_norm(x.shape[-1], self.dtype, self.param_dtype, 'norm1')(x))
-        h = nn.Conv(self.features, (3, 3), padding='SAME', name='conv1', **conv)(h)
+        h = Conv(self.features, (3, 3), padding='SAME', name='conv1', **conv)(h)
         h = h + Dense(self.features, name='time', **conv)(time_embedding)[:, None, None, :]
         h = nn.silu(_group_norm(self.features, self.dtype, self.param_dtype, 'norm2')(h))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
         # Zero-initialised: every block starts as the identity, as in Ho et al.'s code.
-        h = nn.Conv(self.features, (3, 3), padding='SAME', kernel_init=nn.initializers.zeros,
+        h = Conv(self.features, (3, 3), padding='SAME', kernel_init=nn.initializers.zeros,
                     name='conv2', **conv)(h)
         if x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1, 1), name='skip', **conv)(x)
+            x = Conv(self.features, (1, 1), name='skip', **conv)(x)
         return x + h
 
 
@@ -251,7 +252,7 @@ class UNet(nn.Module):
             return ResidualBlock(features, self.dropout_rate, name=name, **conv)(h, emb,
                                                                                train=train)
 
-        h = nn.Conv(self.base_width, (3, 3), padding='SAME', name='stem', **conv)(
+        h = Conv(self.base_width, (3, 3), padding='SAME', name='stem', **conv)(
             x.astype(self.dtype))
         skips = [h]
         for level, multiplier in enumerate(self.width_multipliers):
@@ -259,7 +260,7 @@ class UNet(nn.Module):
                 h = block(h, self.base_width * multiplier, f'down{level}_block{i}')
                 skips.append(h)
             if level < levels - 1:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding='SAME',
+                h = Conv(h.shape[-1], (3, 3), strides=(2, 2), padding='SAME',
                             name=f'down{level}_resample', **conv)(h)
                 skips.append(h)
         middle = self.base_width * self.width_multipliers[-1]
@@ -272,10 +273,10 @@ class UNet(nn.Module):
             if level > 0:
                 n, height, width, c = h.shape
                 h = jax.image.resize(h, (n, 2 * height, 2 * width, c), 'nearest')
-                h = nn.Conv(c, (3, 3), padding='SAME', name=f'up{level}_resample', **conv)(h)
+                h = Conv(c, (3, 3), padding='SAME', name=f'up{level}_resample', **conv)(h)
         h = nn.silu(_group_norm(h.shape[-1], self.dtype, self.param_dtype, 'out_norm')(h))
         # Zero-initialised output: the untrained model predicts ε̂ = 0, a loss of exactly 1.
-        h = nn.Conv(x.shape[-1], (3, 3), padding='SAME', kernel_init=nn.initializers.zeros,
+        h = Conv(x.shape[-1], (3, 3), padding='SAME', kernel_init=nn.initializers.zeros,
                     name='out', **conv)(h)
         return h.astype(jnp.float32)
 

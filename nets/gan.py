@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from nets import layers
+from nets.conv import Conv
 from nets.registry import register
 
 Dtype = Any
@@ -104,13 +105,13 @@ class Discriminator(nn.Module):
         base, stages = dcgan_layout(self.image_size)
         x = x.astype(self.dtype)
         for stage in range(stages):
-            x = nn.Conv(self.width * 2 ** stage, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+            x = Conv(self.width * 2 ** stage, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
                         use_bias=stage == 0, kernel_init=_WEIGHT_INIT, dtype=self.dtype,
                         param_dtype=self.param_dtype, name=f'down{stage}')(x)
             if stage > 0:  # the paper leaves the discriminator's input layer unnormalised
                 x = _batch_norm(train, self.dtype, self.param_dtype, f'down{stage}_norm')(x)
             x = nn.leaky_relu(x, self.leaky_slope)
-        x = nn.Conv(1, (base, base), padding='VALID', kernel_init=_WEIGHT_INIT, dtype=self.dtype,
+        x = Conv(1, (base, base), padding='VALID', kernel_init=_WEIGHT_INIT, dtype=self.dtype,
                     param_dtype=self.param_dtype, name='logit')(x)
         return x.reshape(x.shape[0]).astype(jnp.float32)
 

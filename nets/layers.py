@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from nets.conv import Conv
 from nets.mixed_precision import Dense
 
 Dtype = Any
@@ -185,7 +186,7 @@ class ConvNormAct(nn.Module):
         strides = to_tuple(self.strides, rank, 'strides')
         padding = symmetric_padding(kernel) if self.padding is None else self.padding
         use_bias = (not self.use_norm) if self.use_bias is None else self.use_bias
-        x = nn.Conv(self.features, kernel, strides=strides, padding=padding, use_bias=use_bias,
+        x = Conv(self.features, kernel, strides=strides, padding=padding, use_bias=use_bias,
                     kernel_init=initializer(self.kernel_init), dtype=self.dtype,
                     param_dtype=self.param_dtype, name='conv')(x)
         if self.use_norm:

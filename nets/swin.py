@@ -59,6 +59,7 @@ import numpy as np
 import flax.linen as nn
 
 from nets import layers
+from nets.conv import Conv
 from nets.attention import IMPLEMENTATIONS, MultiHeadAttention
 from nets.position import RelativePositionBias
 from nets.registry import register
@@ -387,7 +388,7 @@ class SwinTransformer(nn.Module):
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         p = self.patch_size
         x = x.astype(self.dtype)
-        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID',
+        x = Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID',
                     kernel_init=layers.initializer('lecun_normal'), name='patch_embed', **dims)(x)
         x = _layer_norm('patch_embed_norm', **dims)(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)

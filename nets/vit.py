@@ -23,6 +23,7 @@ import numpy as np
 import flax.linen as nn
 
 from nets import layers, position
+from nets.conv import Conv
 from nets.attention import IMPLEMENTATIONS, MultiHeadAttention
 from nets.encoder_block import EncoderBlock
 from nets.registry import register
@@ -177,7 +178,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"patch_size {self.patch_size} does not divide the {what} size "
                              f"{height}x{width}")
         p = self.patch_size
-        x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID',
+        x = Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID',
                     kernel_init=layers.initializer('lecun_normal'), name='embedding', **dims)(x)
         batch, grid_h, grid_w, _ = x.shape
         x = x.reshape(batch, grid_h * grid_w, self.hidden_size)
