@@ -38,3 +38,40 @@ def test_configure_adds_nothing_when_off_or_unmeasured(cpu_host):
     assert configure_cpu_xla_flags(False) == [] and 'XLA_FLAGS' not in os.environ
     cpu_host.setattr('jaxlib.version.__version__', '0.11.0')
     assert configure_cpu_xla_flags(True) == [] and 'XLA_FLAGS' not in os.environ
+
+
+def test_micro_batches_per_family_batch_and_devices():
+    micro = cpu_defaults.MICRO_BATCH_BY_FAMILY['vit']
+    assert cpu_defaults.cpu_grad_accum_steps('vit', 8 * micro, 1) == 8
+    assert cpu_defaults.cpu_grad_accum_steps('vit', 8 * micro, 2) == 4  # per device
+    assert cpu_defaults.cpu_grad_accum_steps('vit', micro, 1) == 1  # already one micro-batch
+    assert cpu_defaults.cpu_grad_accum_steps('vit', 8 * micro + 2, 1) == 1  # would not split
+    assert cpu_defaults.cpu_grad_accum_steps('resnet', 1024, 1) == 1  # batch norm: never
+    assert cpu_defaults.cpu_grad_accum_steps(None, 1024, 1) == 1
+
+
+def _config(model: str, **fields):
+    from train.config import default_config, model_config
+    config = default_config()
+    config.model = model_config(model)
+    config.update(fields)
+    return config
+
+
+def test_configure_micro_batches_only_where_measured_and_asked(cpu_host):
+    import jax
+    micro = cpu_defaults.MICRO_BATCH_BY_FAMILY['vit']
+    batch = 4 * micro * jax.device_count()
+    config = _config('vit_ti16', batch_size=batch)
+    assert cpu_defaults.configure_cpu_micro_batches(config, True, 'vit') == 4
+    assert config.grad_accum_steps == 4
+    kept = _config('vit_ti16', batch_size=batch, grad_accum_steps=2)  # the user's value stays
+    assert cpu_defaults.configure_cpu_micro_batches(kept, True, 'vit') == 2
+    off = _config('vit_ti16', batch_size=batch)
+    assert cpu_defaults.configure_cpu_micro_batches(off, False, 'vit') == 1
+    assert off.grad_accum_steps == 1
+    cnn = _config('resnet18', batch_size=batch)
+    assert cpu_defaults.configure_cpu_micro_batches(cnn, True, 'resnet') == 1
+    cpu_host.setattr('jaxlib.version.__version__', '0.11.0')
+    assert cpu_defaults.configure_cpu_micro_batches(_config('vit_ti16', batch_size=batch),
+                                                    True, 'vit') == 1
