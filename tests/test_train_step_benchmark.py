@@ -80,6 +80,19 @@ def test_jax_row_measures_the_project_step():
     assert row['params'] == jax_params(spec)
     assert row['examples_per_s'] == pytest.approx(spec.batch_size / row['step_s'])
     assert row['step_flops'] > 0 and row['uncorrected_loops'] == 0
+    assert row['grad_accum_steps'] == 1  # 4 images per device: no smaller micro-batch
+
+
+def test_jax_row_splits_a_vit_batch_as_the_trainer_does_on_the_cpu():
+    import dataclasses
+    from train.cpu_defaults import MICRO_BATCH_BY_FAMILY
+    spec = dataclasses.replace(bench_common.model_spec('vit_ti4', 'tiny'),
+                               batch_size=2 * MICRO_BATCH_BY_FAMILY['vit'])
+    whole = bench.jax_train_step_row(spec, dtype='float32', devices=1, steps=1, warmup=0,
+                                     micro_batches=False)
+    split = bench.jax_train_step_row(spec, dtype='float32', devices=1, steps=1, warmup=0)
+    assert (whole['grad_accum_steps'], split['grad_accum_steps']) == (1, 2)
+    assert split['step_flops'] == whole['step_flops']  # the model's FLOPs, counted whole
 
 
 def test_report_of_an_in_process_run(tmp_path):

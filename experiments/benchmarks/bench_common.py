@@ -156,6 +156,19 @@ NOTES = [
     'ViTs: ViT-Ti/4 step 3.42/3.00 s -> 2.89/2.85 s (alternating A/B, 5 steps each); the same '
     'made the LSTM slower (0.65 -> 0.94 s), ResNet-18 no faster, and bfloat16 slower (Eigen\'s '
     'bfloat16 products run at half YNNPACK\'s rate).',
+    'Micro-batches (train/cpu_defaults.py MICRO_BATCH_BY_FAMILY, what train.main does on the '
+    'CPU; `(k micro)` in the table): ViT steps run their batch as micro-batches of 16 examples '
+    'per device in a scan (config.grad_accum_steps; the same averaged gradient and one update). '
+    'The activations of 16 images (0.8 MB per ViT-Ti/4 layer output, 3.2 MB in the MLP) stay '
+    'in the caches between the memory-bound layer norms, GELUs and softmaxes, where 128 images '
+    'stream through main memory at ~6 GB/s. Interleaved A/B, ViT-Ti/4 batch 128: float32 one '
+    'device 3.3-3.7 -> 2.2-2.4 s (micro-batches of 32: 2.3-2.5 s), two devices 2.8 -> 2.2 s, '
+    'bfloat16 2.7 -> 1.9 s; PyTorch eager split the same way: 2.7 -> 2.5 s. The LSTM gains '
+    'nothing (0.52 -> 0.54 s with two micro-batches); ResNet-18 would, but batch norm would then '
+    'see 16- or 32-image statistics, so it keeps whole batches. Convolutions in that scan go '
+    'through nets.conv.Conv: XLA\'s CPU backend gives a kernel-gradient convolution its fast '
+    'layout only outside loops (a 32x32x64 3x3 layer\'s took 13 s in a scan, 0.14 s with Conv; '
+    'ResNet-18 with 4 micro-batches: 168 s -> 6.0 s per step, against 3.3 s whole).',
     "ViT attention: 'xla' (jax.nn.dot_product_attention) and the explicit 'plain' softmax cost "
     "the same (5.6 vs 5.7 CPU s; on the CPU both materialise the 65x65 weights); rows use 'xla'.",
     'LSTM unroll: 1 step per loop iteration is fastest (CPU s 1.25; 2: 1.38, 4: 1.58, 8: 2.32), '
@@ -290,12 +303,16 @@ def markdown_report(report: dict[str, Any]) -> str:
               'over 100% means faster than the float32 roofline); ratios are examples/s of the '
               'JAX row over the PyTorch row of the same model and dtype (`vs eager f32`: over '
               'PyTorch eager float32, the target); cores = CPU seconds / wall seconds of a step '
-              '(below the core count: the step waited, or other processes took the cores).', '',
+              '(below the core count: the step waited, or other processes took the cores); '
+              '`(k micro)`: the step ran its batch as k micro-batches, as the trainer does on '
+              'the CPU for that family (train/cpu_defaults.py).', '',
               '| model | dtype | framework | devices/mode | params | examples/s | step ms | '
               'cores | MFU | vs eager | vs compile | vs eager f32 | compile s | peak RSS MiB |',
               '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for row in report['rows']:
         where = f"{row['devices']} dev" if row['framework'] == 'jax' else row.get('mode', '')
+        if row.get('grad_accum_steps', 1) > 1:
+            where += f" ({row['grad_accum_steps']} micro)"
         if 'error' in row:
             lines.append(f"| {row['model']} | {row['dtype']} | {row['framework']} | {where} | | "
                          f"failed: {row['error'][:80]} | | | | | | | | |")

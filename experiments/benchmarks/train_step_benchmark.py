@@ -73,6 +73,9 @@ def define_flags() -> None:
     flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (a smoke test).")
     flags.DEFINE_integer('peak_size', 2048, 'Side of the peak matmul.', lower_bound=8)
     flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline.')
+    flags.DEFINE_bool('micro_batches', True, 'JAX steps split their batch into the micro-batches '
+                      'the trainer uses on the CPU (train.cpu_defaults; ViTs: 16 examples per '
+                      'device); false: whole batches.')
     flags.DEFINE_string('xla_flags', None,
                         'XLA_FLAGS of every JAX worker (the device count is added per row); '
                         'default: what train.main adds for the row\'s model family and dtype '
@@ -112,14 +115,18 @@ def synthetic_batch(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int, warmup: int,
-                       count_flops: bool = True, seed: int = 0) -> dict[str, Any]:
+                       count_flops: bool = True, micro_batches: bool = True,
+                       seed: int = 0) -> dict[str, Any]:
     """Times the project's compiled train step of `spec` on a mesh of the first `devices` JAX
-    devices; a benchmark row. `step_flops`: XLA's count of the same step on one device."""
+    devices; a benchmark row. With `micro_batches` the step splits its batch as the trainer does
+    on the CPU (train.cpu_defaults.cpu_grad_accum_steps; `grad_accum_steps` in the row).
+    `step_flops`: XLA's count of the whole-batch step on one device."""
     import jax
     import jax.numpy as jnp
     import nets
     from train.compute import loop_corrected_flops
     from train.config import default_config
+    from train.cpu_defaults import cpu_grad_accum_steps
     from train.optim import build_optimizer
     from train.sharding import host_to_global, make_mesh
     from train.steps import init_train_state, make_train_step
@@ -135,11 +142,16 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     task = create_task(task_name, model=model, info=_dataset_info(spec))
     config = default_config()
     config.schedule.name = 'constant'
-    tx, _ = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=100,
-                            total_steps=1000)
+    family = nets.model_family(spec.net)
+    accumulate = cpu_grad_accum_steps(family, spec.batch_size, devices) if micro_batches else 1
+
+    def optimizer(accumulate_steps: int) -> Any:
+        return build_optimizer(config.optimizer, config.schedule, steps_per_epoch=100,
+                               total_steps=1000, accumulate_steps=accumulate_steps)[0]
+    tx = optimizer(accumulate)
     state = init_train_state(task, tx, seed, mesh)
     batch = host_to_global(synthetic_batch(spec, seed), mesh)
-    step = make_train_step(task, tx, mesh, skip_nonfinite=False)
+    step = make_train_step(task, tx, mesh, skip_nonfinite=False, grad_accum_steps=accumulate)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -153,11 +165,16 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     first, times, cpu = time_steps(run, jax.block_until_ready, steps=steps, warmup=warmup)
     row = {'framework': 'jax', 'devices': devices, 'dtype': dtype, 'params': params,
            'compile_s': compile_s, 'jax_fields': dict(spec.jax_fields),
+           'grad_accum_steps': accumulate,
            **step_summary(spec.batch_size, first, times, cpu)}
     if count_flops:
         start = time.perf_counter()
-        one_device = make_train_step(task, tx, make_mesh(available[:1]), skip_nonfinite=False)
-        count = loop_corrected_flops(one_device, holder[0], batch)
+        # The model's FLOPs, counted on the whole-batch step (micro-batches add no model FLOPs).
+        whole_tx = optimizer(1)
+        one_device = make_train_step(task, whole_tx, make_mesh(available[:1]),
+                                     skip_nonfinite=False)
+        count = loop_corrected_flops(one_device, init_train_state(task, whole_tx, seed, mesh),
+                                     batch)
         row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
                    flop_count_s=time.perf_counter() - start)
     row['peak_rss_mib'] = peak_rss_mib()
@@ -237,7 +254,8 @@ def run_worker(job: dict[str, Any]) -> Any:
     if kind == 'jax_step':
         return jax_train_step_row(spec, dtype=job['dtype'], devices=job['devices'],
                                   steps=job['steps'], warmup=job['warmup'],
-                                  count_flops=job.get('count_flops', True))
+                                  count_flops=job.get('count_flops', True),
+                                  micro_batches=job.get('micro_batches', True))
     if kind == 'torch_step':
         from experiments.benchmarks.torch_models import torch_train_step_row
         return torch_train_step_row(spec, dtype=job['dtype'], mode=job['mode'], steps=job['steps'],
@@ -249,7 +267,8 @@ def run_worker(job: dict[str, Any]) -> Any:
 
 def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[int],
               torch_modes: Sequence[str], *, steps: int, warmup: int, size: str,
-              peak_size: int, pipeline: bool) -> list[dict[str, Any]]:
+              peak_size: int, pipeline: bool, micro_batches: bool = True,
+              ) -> list[dict[str, Any]]:
     """Every job in the order it runs: the peak, then per model and dtype its JAX rows (one
     per device count) and PyTorch rows, so that the rows compared run close in time, and the
     peak again (a shared VM's speed can drift within a run; the report says when it did)."""
@@ -264,7 +283,8 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
             # of the first dtype (float32 when measured).
             count_dtype = 'float32' if 'float32' in dtypes else dtypes[0]
             jobs += [dict(job='jax_step', model=model, dtype=dtype, devices=n,
-                          count_flops=dtype == count_dtype and n == min(devices), **common)
+                          count_flops=dtype == count_dtype and n == min(devices),
+                          micro_batches=micro_batches, **common)
                      for n in devices]
             jobs += [dict(job='torch_step', model=model, dtype=dtype, mode=mode, **common)
                      for mode in torch_modes]
@@ -409,7 +429,8 @@ def main(argv: Sequence[str]) -> None:
         torch_modes = []
     jobs = plan_jobs(FLAGS.models, FLAGS.dtypes, [int(n) for n in FLAGS.devices], torch_modes,
                      steps=FLAGS.steps, warmup=FLAGS.warmup, size=FLAGS.size,
-                     peak_size=FLAGS.peak_size, pipeline=FLAGS.pipeline)
+                     peak_size=FLAGS.peak_size, pipeline=FLAGS.pipeline,
+                     micro_batches=FLAGS.micro_batches)
     command = ' '.join(['python -m experiments.benchmarks.train_step_benchmark', *sys.argv[1:]])
     print(f'{len(jobs)} jobs; XLA_FLAGS for JAX: '
           f'{"train/cpu_defaults.py per row" if FLAGS.xla_flags is None else FLAGS.xla_flags}',
