@@ -19,16 +19,16 @@ is read when JAX starts), one model after another, so that the rows compared run
   * the input pipeline: data.train_loader over an in-memory split, and random crop + flip
     (data.augment) jitted on device, against the train step's consumption.
 Ratios (JAX / PyTorch examples/s) and the two targets of issue 10 are judged in the report.
-CPU defaults (XLA flags, attention implementation, LSTM unroll) are the fastest measured; see
-NOTES and `--xla_flags`.
+CPU defaults (XLA flags, micro-batches, attention implementation, LSTM unroll) are the fastest
+measured; see NOTES, `--xla_flags` and `--micro_batches`.
 
 Hardware and time: the 2-core CPU (AMD EPYC, AVX-512 with AVX512-BF16), jax 0.10.2, torch
-2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 26 worker processes, about 7 minutes on an
-idle machine (2026-11-26 21:07 UTC: 376 s of jobs); `--torch=eager` saves ~1 minute; `--size=tiny`
+2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 27 worker processes, 7-11 minutes; `--torch=eager` saves ~1 minute; `--size=tiny`
 checks the plumbing in a few minutes.
-Expected (that run, docs/benchmarks.md): peak 202 GFLOP/s float32, 371 bfloat16 (float32
-accumulation); JAX / PyTorch eager float32 at float32: ResNet-18 0.74-0.76x, ViT-Ti/4
-0.80-0.81x, LSTM 0.81x (1 device); bfloat16 ViT-Ti/4 on 2 devices 1.00x; ViT float32 MFU 51%.
+Expected (2026-11-27 04:39 UTC run, docs/benchmarks.md, ~9 minutes): peak 150-170 GFLOP/s
+float32, 335-367 bfloat16 (float32 accumulation); JAX best / PyTorch eager float32: ResNet-18
+0.79x (float32) / 0.85x (bfloat16), ViT-Ti/4 0.98x / 1.21x (micro-batches of 16), LSTM 0.88x /
+1.19x; ViT float32 MFU 73%.
 Other processes on the cores change the picture (PyTorch's OpenMP threads suffer more): compare
 rows whose `cores` is near the core count.
 """
