@@ -3,7 +3,8 @@
 Command (the full run; writes docs/benchmarks.json and docs/benchmarks.md):
   python -m experiments.benchmarks.train_step_benchmark --out=docs/benchmarks.json
       [--models=resnet18,vit_ti4,lstm_lm] [--dtypes=float32,bfloat16] [--devices=1,2]
-      [--torch=eager,compile] [--steps=3] [--warmup=0] [--pipeline=true] [--size=full|tiny]
+      [--torch=eager,compile] [--steps=6] [--warmup=0] [--pipeline=true] [--size=full|tiny]
+      [--micro_batches=true]
 Measures, each row in its own worker process (so its compile time and peak resident memory,
 ru_maxrss, are its own, and the device count can differ: `--xla_force_host_platform_device_count`
 is read when JAX starts), one model after another, so that the rows compared run close in time:
