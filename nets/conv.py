@@ -1,15 +1,18 @@
-"""`Conv`: flax's nn.Conv whose kernel gradient XLA's CPU backend computes on its fast path
-inside loops as well.
+"""`Conv`: flax's nn.Conv whose gradients XLA's CPU backend computes on its fast path inside
+loops as well.
 
 XLA's CPU compiler gives a convolution the (batch, *spatial, channels) operands its Eigen
 kernels need by inserting transposes, but only in the entry computation. Inside a while loop
 (`lax.scan` over micro-batches: gradient accumulation) the kernel-gradient convolution, whose
 operands come with the batch as the contracted dimension, stays as it is and runs on a naive
-path: a 32x32x64 3x3 layer's gradient took 13 s instead of 0.08 s (jax 0.10.2). Here the kernel
-gradient is the gradient of the same convolution written on transposed operands (inputs as
-(C, *spatial, N), kernel as (I, *spatial, O)), which JAX transposes into a convolution already
-in the canonical layout, so the same fast kernel runs in and out of loops. Same values (the
-same sums, exactly); parameters and names are nn.Conv's.
+path: a 32x32x64 3x3 layer's gradient took 13 s instead of 0.08 s (jax 0.10.2); the input
+gradient, whose flipped kernel comes as (*spatial, O, I), ran 3-4x slower too. Here each gradient
+is that of the same convolution written on transposed operands (for the kernel gradient inputs
+as (C, *spatial, N) and the kernel as (I, *spatial, O); for the input gradient the kernel as
+(*spatial, O, I)), which JAX transposes into convolutions already in the canonical layout, so the
+same fast kernels run in and out of loops (4 scanned micro-batches of that layer: 13 s -> 0.13 s,
+ResNet-18 train step in 4 micro-batches 168 s -> 3.0 s). Same values (the same sums, exactly);
+parameters and names are nn.Conv's.
 """
 
 from __future__ import annotations
@@ -57,10 +60,17 @@ def _conv_fwd(x, w, strides, padding, rhs_dilation, precision):
 
 def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
     x, w = residuals
-    _, input_vjp = jax.vjp(lambda x_: _forward(x_, w, strides, padding, rhs_dilation, precision), x)
-    dx, = input_vjp(dy)
     ndim = x.ndim
     spatial = tuple(range(1, ndim - 1))
+    # The input gradient likewise, from the kernel given as (*spatial, O, I): its transpose
+    # convolution then reads the (flipped) kernel as (*spatial, I, O), the canonical layout.
+    w_s = w.swapaxes(-1, -2)
+    lhs = (0, ndim - 1) + spatial
+    numbers = lax.ConvDimensionNumbers(lhs, (ndim - 2, ndim - 1) + tuple(range(ndim - 2)), lhs)
+    _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(
+        x_, w_s, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=numbers,
+        precision=precision), x)
+    dx, = input_vjp(dy)
     # The same convolution on (C, *spatial, N) inputs, (I, *spatial, O) kernels and
     # (*spatial, N, C) outputs: its kernel gradient is a canonical (batch=C, feature=N) one.
     x_t = x.transpose((ndim - 1,) + spatial + (0,))
@@ -85,7 +95,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
-    """`lax.conv_general_dilated` with the loop-safe kernel gradient for channels-last,
+    """`lax.conv_general_dilated` with loop-safe gradients for channels-last,
     ungrouped, undilated-input convolutions (the others go to lax as they are)."""
     rank = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * rank)
@@ -104,7 +114,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 
 class Conv(nn.Conv):
-    """nn.Conv (same parameters, names and values) through `conv_general_dilated`: its kernel
-    gradient stays fast inside `lax.scan` on XLA's CPU backend (see the module docstring)."""
+    """nn.Conv (same parameters, names and values) through `conv_general_dilated`: its
+    gradients stay fast inside `lax.scan` on XLA's CPU backend (see the module docstring)."""
 
     conv_general_dilated: Any = conv_general_dilated

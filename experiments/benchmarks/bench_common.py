@@ -166,9 +166,9 @@ NOTES = [
     'bfloat16 2.7 -> 1.9 s; PyTorch eager split the same way: 2.7 -> 2.5 s. The LSTM gains '
     'nothing (0.52 -> 0.54 s with two micro-batches); ResNet-18 would, but batch norm would then '
     'see 16- or 32-image statistics, so it keeps whole batches. Convolutions in that scan go '
-    'through nets.conv.Conv: XLA\'s CPU backend gives a kernel-gradient convolution its fast '
-    'layout only outside loops (a 32x32x64 3x3 layer\'s took 13 s in a scan, 0.14 s with Conv; '
-    'ResNet-18 with 4 micro-batches: 168 s -> 6.0 s per step, against 3.3 s whole).',
+    'through nets.conv.Conv: XLA\'s CPU backend gives gradient convolutions their fast layout '
+    'only outside loops (a 32x32x64 3x3 layer\'s kernel gradient took 13 s in a scan, 0.13 s '
+    'with Conv; ResNet-18 in 4 micro-batches: 168 s -> 3.0 s per step, 3.3 s whole).',
     "ViT attention: 'xla' (jax.nn.dot_product_attention) and the explicit 'plain' softmax cost "
     "the same (5.6 vs 5.7 CPU s; on the CPU both materialise the 65x65 weights); rows use 'xla'.",
     'LSTM unroll: 1 step per loop iteration is fastest (CPU s 1.25; 2: 1.38, 4: 1.58, 8: 2.32), '
