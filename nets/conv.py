@@ -28,25 +28,18 @@ from jax import lax
 Padding = str | Sequence[tuple[int, int]]
 
 
-def _channels_last(dimension_numbers: Any, lhs_shape: Sequence[int],
-                   rhs_shape: Sequence[int]) -> bool:
-    """Whether the layout is (N, *spatial, C) inputs and outputs with (*spatial, I, O) kernels."""
-    ndim = len(lhs_shape)
-    numbers = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+def channels_last_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+    """`lax.conv_general_dilated` layout for (N, *spatial, C) inputs and (*spatial, I, O) kernels."""
     spatial = tuple(range(1, ndim - 1))
-    return (tuple(numbers.lhs_spec) == (0, ndim - 1) + spatial
-            and tuple(numbers.out_spec) == (0, ndim - 1) + spatial
-            and tuple(numbers.rhs_spec) == (ndim - 1, ndim - 2) + tuple(range(ndim - 2)))
+    lhs = (0, ndim - 1) + spatial
+    rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
+    return lax.ConvDimensionNumbers(lhs, rhs, lhs)
 
 
 def _forward(x, w, strides, padding, rhs_dilation, precision):
-    ndim = x.ndim
-    spatial = tuple(range(1, ndim - 1))
-    numbers = lax.ConvDimensionNumbers((0, ndim - 1) + spatial,
-                                       (ndim - 1, ndim - 2) + tuple(range(ndim - 2)),
-                                       (0, ndim - 1) + spatial)
     return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
-                                    dimension_numbers=numbers, precision=precision)
+                                    dimension_numbers=channels_last_dimension_numbers(x.ndim),
+                                    precision=precision)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -102,7 +95,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     rhs_dilation = tuple(rhs_dilation or (1,) * rank)
     if (feature_group_count != 1 or batch_group_count != 1 or any(d != 1 for d in lhs_dilation)
             or preferred_element_type is not None
-            or not _channels_last(dimension_numbers, lhs.shape, rhs.shape)):
+            or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            != channels_last_dimension_numbers(lhs.ndim)):
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from nets.conv import Conv
+from nets.conv import Conv, channels_last_dimension_numbers
 from nets.mixed_precision import Dense
 
 Dtype = Any
@@ -251,14 +251,6 @@ def check_rate(name: str, value: float) -> None:
 
 
 # --------------------------------------------------------------------------- shared by the modern ConvNets
-
-def channels_last_dimension_numbers(ndim: int) -> jax.lax.ConvDimensionNumbers:
-    """`lax.conv_general_dilated` layout for (N, *spatial, C) inputs and (*spatial, I, O) kernels."""
-    spatial = tuple(range(1, ndim - 1))
-    lhs = (0, ndim - 1) + spatial
-    rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
-    return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
-
 
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation (Hu et al. 2018): `x * sigmoid(fc2(act(fc1(mean(x)))))`.

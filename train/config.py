@@ -290,6 +290,13 @@ def _check_generative(config: ml_collections.ConfigDict) -> None:
     _check_positive('config.diffusion.sample_grid', diffusion.sample_grid)
 
 
+def can_accumulate_gradients(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config's loss averages over independent examples, so that its batch may run
+    as micro-batches: not task='gan' (its own two-network step) nor dataset.order='streams'
+    (state carried between rows of a batch)."""
+    return config.task != 'gan' and config.dataset.get('order') != 'streams'
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before anything expensive happens. Raises ConfigError."""
     reference = default_config().to_dict()
@@ -333,8 +340,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'config.batch_size={config.batch_size} does not split into '
                           f'config.grad_accum_steps={config.grad_accum_steps} equal micro-batches;'
                           ' use a batch size that is a multiple of it')
-    if config.grad_accum_steps > 1 and (config.task in ('gan',) or
-                                        config.dataset.order == 'streams'):
+    if config.grad_accum_steps > 1 and not can_accumulate_gradients(config):
         raise ConfigError('config.grad_accum_steps > 1 needs a task whose loss averages over '
                           "independent examples: not task='gan' (its own two-network step) nor "
                           "dataset.order='streams' (state carried between rows of a batch)")

@@ -98,10 +98,10 @@ def configure_cpu_micro_batches(config, enabled: bool = True, family: str | None
     Call it once JAX's devices are known (after `jax.distributed.initialize`)."""
     import jax
     from jaxlib.version import __version__ as jaxlib_version
+    from train.config import can_accumulate_gradients
     steps = int(config.grad_accum_steps)
     if not (enabled and steps == 1 and jaxlib_version.startswith(MEASURED_JAXLIB)
-            and jax.default_backend() == 'cpu' and config.task != 'gan'
-            and config.dataset.get('order') != 'streams'):
+            and jax.default_backend() == 'cpu' and can_accumulate_gradients(config)):
         return steps
     config.grad_accum_steps = cpu_grad_accum_steps(family, int(config.batch_size),
                                                    jax.device_count())

@@ -71,7 +71,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     configure_cpu_devices(_CPU_DEVICES.value)
-    configure_cpu_xla_flags(_CPU_XLA_DEFAULTS.value, family=_model_family(_CONFIG.value),
+    family = _model_family(_CONFIG.value)
+    configure_cpu_xla_flags(_CPU_XLA_DEFAULTS.value, family=family,
                             dtype=str(_CONFIG.value.get('dtype', 'float32')))
     quiet_library_logs()
     if _MULTIHOST.value:
@@ -80,7 +81,6 @@ def main(argv: list[str]) -> None:
                                    process_id=_PROCESS_ID.value)
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)  # only process 0 reports
-    family = _model_family(_CONFIG.value)
     micro_batches = configure_cpu_micro_batches(_CONFIG.value, _CPU_MICRO_BATCHES.value, family)
     if micro_batches > 1:
         logging.info('CPU default: %d micro-batches per step (config.grad_accum_steps; '

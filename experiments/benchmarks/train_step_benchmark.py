@@ -171,11 +171,12 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     if count_flops:
         start = time.perf_counter()
         # The model's FLOPs, counted on the whole-batch step (micro-batches add no model FLOPs).
-        whole_tx = optimizer(1)
+        whole_tx = tx if accumulate == 1 else optimizer(1)
+        whole_state = holder[0] if accumulate == 1 else init_train_state(task, whole_tx, seed,
+                                                                          mesh)
         one_device = make_train_step(task, whole_tx, make_mesh(available[:1]),
                                      skip_nonfinite=False)
-        count = loop_corrected_flops(one_device, init_train_state(task, whole_tx, seed, mesh),
-                                     batch)
+        count = loop_corrected_flops(one_device, whole_state, batch)
         row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
                    flop_count_s=time.perf_counter() - start)
     row['peak_rss_mib'] = peak_rss_mib()
