@@ -12,7 +12,9 @@ as (C, *spatial, N) and the kernel as (I, *spatial, O); for the input gradient t
 (*spatial, O, I)), which JAX transposes into convolutions already in the canonical layout, so the
 same fast kernels run in and out of loops (4 scanned micro-batches of that layer: 13 s -> 0.13 s,
 ResNet-18 train step in 4 micro-batches 168 s -> 3.0 s). Same values (the same sums, exactly);
-parameters and names are nn.Conv's.
+parameters and names are nn.Conv's. Only where JAX's default backend is the CPU: GPU and TPU
+compilers lay gradient convolutions out themselves, so there the convolution is lax's, as in
+nn.Conv.
 """
 
 from __future__ import annotations
@@ -89,11 +91,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
     """`lax.conv_general_dilated` with loop-safe gradients for channels-last,
-    ungrouped, undilated-input convolutions (the others go to lax as they are)."""
+    ungrouped, undilated-input convolutions on the CPU (the others go to lax as they are)."""
     rank = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * rank)
     rhs_dilation = tuple(rhs_dilation or (1,) * rank)
-    if (feature_group_count != 1 or batch_group_count != 1 or any(d != 1 for d in lhs_dilation)
+    if (jax.default_backend() != 'cpu' or feature_group_count != 1 or batch_group_count != 1 or any(d != 1 for d in lhs_dilation)
             or preferred_element_type is not None
             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
             != channels_last_dimension_numbers(lhs.ndim)):

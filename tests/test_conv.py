@@ -63,3 +63,18 @@ def test_gradients_in_a_loop_are_canonical_convolutions():
     assert any('_01oi->' in label for label in reference), reference
     labels = _loop_convolution_labels(Conv(5, (3, 3)))
     assert labels == ['b01f_01io->b01f'] * 3, labels  # forward, kernel and input gradients
+
+
+def test_other_backends_differentiate_lax_s_convolution(monkeypatch):
+    """The custom gradient is a CPU workaround: where JAX's default backend is a GPU or TPU, Conv
+    is nn.Conv's plain convolution (its compiler lays gradients out itself)."""
+    module = Conv(5, (3, 3))
+    x = jnp.ones((2, 6, 6, 3))
+    params = module.init(jax.random.key(0), x)
+
+    def traced() -> str:  # a new function each time: make_jaxpr caches traces
+        return str(jax.make_jaxpr(lambda p: module.apply(p, x).sum())(params))
+
+    assert 'custom_vjp_call' in traced()
+    monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+    assert 'custom_vjp_call' not in traced()

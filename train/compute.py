@@ -130,15 +130,18 @@ def _loop_correction(jaxpr: Any, counts_once: bool) -> tuple[float, int]:
     return correction, uncorrected
 
 
-def loop_corrected_flops(fn: Callable[..., Any], *args: Any) -> FlopCount:
+def loop_corrected_flops(fn: Callable[..., Any], *args: Any, compiled: Any = None) -> FlopCount:
     """FLOPs of one call of `fn(*args)` (args may be `jax.ShapeDtypeStruct`s).
 
     `fn` may be a jitted function with shardings; the count is then XLA's count for one
-    device's program, so count on a one-device mesh to get the whole step.
+    device's program, so count on a one-device mesh to get the whole step. `compiled`: `fn`
+    already compiled for these arguments (saves compiling it again).
     """
     abstract_args = jax.tree.map(_abstract, args)
-    jitted = fn if hasattr(fn, 'lower') else jax.jit(fn)
-    xla = _cost_flops(jitted.lower(*abstract_args).compile())
+    if compiled is None:
+        jitted = fn if hasattr(fn, 'lower') else jax.jit(fn)
+        compiled = jitted.lower(*abstract_args).compile()
+    xla = _cost_flops(compiled)
     closed = jax.make_jaxpr(fn)(*abstract_args)
     correction, uncorrected = _loop_correction(closed.jaxpr, xla_counts_loop_body_once())
     return FlopCount(xla=xla, loop_correction=correction, uncorrected_loops=uncorrected)

@@ -50,6 +50,15 @@ MODELS: dict[str, ModelSpec] = {
     # One-layer LSTM language model, byte vocabulary, 128-token windows.
     'lstm_lm': ModelSpec('char_lstm', dict(num_classes=256, embed_dim=128, hidden_size=512), 64,
                          (128,), 'tokens', jax_fields=dict(unroll=1)),
+    # The GPU benchmark's ImageNet-size pair (experiments/benchmarks/gpu_benchmark.py): a batch
+    # that keeps an accelerator busy; far too slow for the 2-core CPU's default run.
+    'resnet50': ModelSpec('resnet50', dict(num_classes=1000, stem='imagenet', block='bottleneck',
+                                           stage_sizes=(3, 4, 6, 3), width=64), 256,
+                          (224, 224, 3), 'image'),
+    'vit_b16': ModelSpec('vit_b16', dict(num_classes=1000, patch_size=16, hidden_size=768,
+                                         depth=12, num_heads=12, mlp_dim=3072), 256,
+                         (224, 224, 3), 'image',
+                         jax_fields=dict(attention_implementation='xla')),
 }
 
 # The same architectures at toy sizes: what the tests run (seconds, not minutes).
@@ -61,6 +70,12 @@ TINY_MODELS: dict[str, ModelSpec] = {
                          jax_fields=dict(attention_implementation='xla')),
     'lstm_lm': ModelSpec('char_lstm', dict(num_classes=32, embed_dim=8, hidden_size=16), 4, (8,),
                          'tokens', jax_fields=dict(unroll=1)),
+    'resnet50': ModelSpec('resnet50', dict(num_classes=10, stem='imagenet', block='bottleneck',
+                                           stage_sizes=(1, 1), width=4), 4, (16, 16, 3),
+                          'image'),
+    'vit_b16': ModelSpec('vit_b16', dict(num_classes=10, patch_size=8, hidden_size=16, depth=1,
+                                         num_heads=2, mlp_dim=32), 4, (16, 16, 3), 'image',
+                         jax_fields=dict(attention_implementation='xla')),
 }
 
 
@@ -226,9 +241,11 @@ NOTES = [
 
 # --- From measured rows to the report ----------------------------------------------------------
 
-def add_ratios(rows: list[dict[str, Any]], peaks: dict[str, float]) -> list[dict[str, Any]]:
+def add_ratios(rows: list[dict[str, Any]], peaks: dict[str, float], *,
+               peak_of_row_dtype: bool = False) -> list[dict[str, Any]]:
     """Adds to every train-step row `model_flops` and `mfu` = model FLOPs / step time / float32
-    matmul peak, and to every JAX row `vs_torch_eager`, `vs_torch_compile` (examples/s over
+    matmul peak (with `peak_of_row_dtype`, the peak of the row's own dtype: a GPU's bfloat16
+    tensor cores are the roofline of its bfloat16 rows), and to every JAX row `vs_torch_eager`, `vs_torch_compile` (examples/s over
     the PyTorch row of the same model and dtype) and `vs_torch_eager_float32` (the issue's
     target: >= 1). Model FLOPs are XLA's count of the model's JAX float32 step (any dtype's
     when no float32 row counted): one count per model, whatever dtype, mesh or framework runs
@@ -239,10 +256,10 @@ def add_ratios(rows: list[dict[str, Any]], peaks: dict[str, float]) -> list[dict
             flops.setdefault(row['model'], row['step_flops'])
     torch_speed = {(row['model'], row['dtype'], row['mode']): row['examples_per_s']
                    for row in rows if row.get('framework') == 'torch' and 'examples_per_s' in row}
-    peak = peaks.get('float32')
     for row in rows:
         if 'examples_per_s' not in row:
             continue
+        peak = peaks.get(row['dtype'] if peak_of_row_dtype else 'float32')
         row['model_flops'] = flops.get(row['model'])
         row['mfu'] = (row['model_flops'] / row['step_s'] / peak
                       if row['model_flops'] and peak else None)

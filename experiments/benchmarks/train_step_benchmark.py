@@ -117,11 +117,14 @@ def synthetic_batch(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
 
 def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int, warmup: int,
                        count_flops: bool = True, micro_batches: bool = True,
-                       seed: int = 0) -> dict[str, Any]:
+                       steps_per_call: int = 1, seed: int = 0) -> dict[str, Any]:
     """Times the project's compiled train step of `spec` on a mesh of the first `devices` JAX
     devices; a benchmark row. With `micro_batches` the step splits its batch as the trainer does
-    on the CPU (train.cpu_defaults.cpu_grad_accum_steps; `grad_accum_steps` in the row).
-    `step_flops`: XLA's count of the whole-batch step on one device."""
+    on the CPU (train.cpu_defaults.cpu_grad_accum_steps; `grad_accum_steps` in the row; whole
+    batches on other backends). Each timed call runs `steps_per_call` steps before waiting for
+    the device (so an accelerator's queue stays full); step times are per step.
+    `step_flops`: XLA's count of the whole-batch step on one device; `device_memory_mib`: the
+    compiled step's arguments, outputs and temporaries (XLA's memory analysis)."""
     import jax
     import jax.numpy as jnp
     import nets
@@ -144,7 +147,9 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     config = default_config()
     config.schedule.name = 'constant'
     family = nets.model_family(spec.net)
-    accumulate = cpu_grad_accum_steps(family, spec.batch_size, devices) if micro_batches else 1
+    on_cpu = jax.default_backend() == 'cpu'
+    accumulate = (cpu_grad_accum_steps(family, spec.batch_size, devices)
+                  if micro_batches and on_cpu else 1)
 
     def optimizer(accumulate_steps: int) -> Any:
         return build_optimizer(config.optimizer, config.schedule, steps_per_epoch=100,
@@ -154,31 +159,49 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     batch = host_to_global(synthetic_batch(spec, seed), mesh)
     step = make_train_step(task, tx, mesh, skip_nonfinite=False, grad_accum_steps=accumulate)
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    lowered = step.lower(state, batch)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    memory = compiled.memory_analysis()
     holder = [state]
 
     def run(_: int) -> Any:
-        holder[0], metrics = compiled(holder[0], batch)
+        for _ in range(steps_per_call):
+            holder[0], metrics = compiled(holder[0], batch)
         return metrics['loss']
 
     first, times, cpu = time_steps(run, jax.block_until_ready, steps=steps, warmup=warmup)
+    times, cpu = [t / steps_per_call for t in times], [t / steps_per_call for t in cpu]
     row = {'framework': 'jax', 'devices': devices, 'dtype': dtype, 'params': params,
            'compile_s': compile_s, 'jax_fields': dict(spec.jax_fields),
-           'grad_accum_steps': accumulate,
+           'grad_accum_steps': accumulate, 'backend': jax.default_backend(),
+           'device_kind': available[0].device_kind, 'steps_per_call': steps_per_call,
            **step_summary(spec.batch_size, first, times, cpu)}
+    if memory is not None:
+        row['device_memory_mib'] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                    + memory.temp_size_in_bytes
+                                    - memory.alias_size_in_bytes) / 2 ** 20
     if count_flops:
         start = time.perf_counter()
-        # The model's FLOPs, counted on the whole-batch step (micro-batches add no model FLOPs).
+        # The model's FLOPs, counted on the whole-batch step (micro-batches add no model FLOPs)
+        # of one device: the timed executable itself when it is that step.
         whole_tx = tx if accumulate == 1 else optimizer(1)
         whole_state = holder[0] if accumulate == 1 else init_train_state(task, whole_tx, seed,
                                                                           mesh)
         one_device = make_train_step(task, whole_tx, make_mesh(available[:1]),
                                      skip_nonfinite=False)
-        count = loop_corrected_flops(one_device, whole_state, batch)
+        reuse = compiled if accumulate == 1 and devices == 1 else None
+        count = loop_corrected_flops(one_device, whole_state, batch, compiled=reuse)
         row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
                    flop_count_s=time.perf_counter() - start)
+        # Before XLA's optimisations (kernels it hands to libraries, cuDNN/cuBLAS on a GPU, are
+        # then still plain convolutions and dots): a cross-check of the count above.
+        analysis = lowered.cost_analysis() if reuse is not None else None
+        if isinstance(analysis, (list, tuple)):  # older jaxlibs: one dict per device
+            analysis = analysis[0] if analysis else None
+        if analysis:
+            row['unoptimized_xla_flops'] = float(analysis.get('flops', 0.0))
     row['peak_rss_mib'] = peak_rss_mib()
     return row
 
