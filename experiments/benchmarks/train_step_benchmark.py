@@ -115,6 +115,45 @@ def synthetic_batch(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
             'targets': rng.integers(4, spec.num_classes, shape, dtype=np.int32)}
 
 
+def _task_and_optimizer(spec: ModelSpec, dtype: str, accumulate: int) -> tuple[Any, Any]:
+    """The project's task for `spec` in compute `dtype` and the benchmark's optimiser (the
+    default config's SGD momentum 0.9, constant schedule), accumulating over `accumulate`
+    micro-batches."""
+    import jax.numpy as jnp
+    import nets
+    from train.config import default_config
+    from train.optim import build_optimizer
+    from train.tasks import create_task
+    model = nets.create(spec.net, **spec.fields, **spec.jax_fields, dtype=jnp.dtype(dtype))
+    task_name = 'classify' if spec.kind == 'image' else 'language_model'
+    task = create_task(task_name, model=model, info=_dataset_info(spec))
+    config = default_config()
+    config.schedule.name = 'constant'
+    tx = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=100,
+                         total_steps=1000, accumulate_steps=accumulate)[0]
+    return task, tx
+
+
+def model_step_flops(spec: ModelSpec, dtype: str, *, compiled: Any = None,
+                     seed: int = 0) -> Any:
+    """XLA's count (train.compute.FlopCount) of `spec`'s whole-batch train step on one device,
+    always by the CPU compiler (present in every jaxlib; abstract arguments, nothing runs): one
+    count of the model's FLOPs whatever backend times the step. A GPU's cost analysis leaves out
+    what it hands to cuDNN (ResNet-50's convolutions: its count was 0.1 of the CPU's on an
+    H100). `compiled`: the step already compiled for one CPU device (saves compiling it)."""
+    import jax
+    from train.compute import loop_corrected_flops
+    from train.sharding import make_mesh
+    from train.steps import init_train_state, make_train_step
+    mesh = make_mesh(jax.devices('cpu')[:1])
+    task, tx = _task_and_optimizer(spec, dtype, 1)
+    state = jax.eval_shape(lambda: init_train_state(task, tx, seed, mesh))
+    batch = {name: jax.ShapeDtypeStruct(value.shape, value.dtype)
+             for name, value in synthetic_batch(spec, seed).items()}
+    step = make_train_step(task, tx, mesh, skip_nonfinite=False)
+    return loop_corrected_flops(step, state, batch, compiled=compiled)
+
+
 def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int, warmup: int,
                        count_flops: bool = True, micro_batches: bool = True,
                        steps_per_call: int = 1, seed: int = 0) -> dict[str, Any]:
@@ -123,44 +162,28 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     on the CPU (train.cpu_defaults.cpu_grad_accum_steps; `grad_accum_steps` in the row; whole
     batches on other backends). Each timed call runs `steps_per_call` steps before waiting for
     the device (so an accelerator's queue stays full); step times are per step.
-    `step_flops`: XLA's count of the whole-batch step on one device; `device_memory_mib`: the
-    compiled step's arguments, outputs and temporaries (XLA's memory analysis)."""
+    `step_flops`: `model_step_flops`; `device_memory_mib`: the compiled step's arguments,
+    outputs and temporaries (XLA's memory analysis)."""
     import jax
-    import jax.numpy as jnp
     import nets
-    from train.compute import loop_corrected_flops
-    from train.config import default_config
     from train.cpu_defaults import cpu_grad_accum_steps
-    from train.optim import build_optimizer
     from train.sharding import host_to_global, make_mesh
     from train.steps import init_train_state, make_train_step
-    from train.tasks import create_task
 
     available = jax.devices()
     if devices > len(available):
         raise ValueError(f'{devices} devices asked for, {len(available)} available (set '
                          f'XLA_FLAGS=--xla_force_host_platform_device_count={devices})')
     mesh = make_mesh(available[:devices])
-    model = nets.create(spec.net, **spec.fields, **spec.jax_fields, dtype=jnp.dtype(dtype))
-    task_name = 'classify' if spec.kind == 'image' else 'language_model'
-    task = create_task(task_name, model=model, info=_dataset_info(spec))
-    config = default_config()
-    config.schedule.name = 'constant'
-    family = nets.model_family(spec.net)
     on_cpu = jax.default_backend() == 'cpu'
-    accumulate = (cpu_grad_accum_steps(family, spec.batch_size, devices)
+    accumulate = (cpu_grad_accum_steps(nets.model_family(spec.net), spec.batch_size, devices)
                   if micro_batches and on_cpu else 1)
-
-    def optimizer(accumulate_steps: int) -> Any:
-        return build_optimizer(config.optimizer, config.schedule, steps_per_epoch=100,
-                               total_steps=1000, accumulate_steps=accumulate_steps)[0]
-    tx = optimizer(accumulate)
+    task, tx = _task_and_optimizer(spec, dtype, accumulate)
     state = init_train_state(task, tx, seed, mesh)
     batch = host_to_global(synthetic_batch(spec, seed), mesh)
     step = make_train_step(task, tx, mesh, skip_nonfinite=False, grad_accum_steps=accumulate)
     start = time.perf_counter()
-    lowered = step.lower(state, batch)
-    compiled = lowered.compile()
+    compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     memory = compiled.memory_analysis()
@@ -184,24 +207,12 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
                                     - memory.alias_size_in_bytes) / 2 ** 20
     if count_flops:
         start = time.perf_counter()
-        # The model's FLOPs, counted on the whole-batch step (micro-batches add no model FLOPs)
-        # of one device: the timed executable itself when it is that step.
-        whole_tx = tx if accumulate == 1 else optimizer(1)
-        whole_state = holder[0] if accumulate == 1 else init_train_state(task, whole_tx, seed,
-                                                                          mesh)
-        one_device = make_train_step(task, whole_tx, make_mesh(available[:1]),
-                                     skip_nonfinite=False)
-        reuse = compiled if accumulate == 1 and devices == 1 else None
-        count = loop_corrected_flops(one_device, whole_state, batch, compiled=reuse)
+        # Micro-batches add no model FLOPs: counted on the whole-batch step, the timed
+        # executable itself when it is that step on one CPU device.
+        reuse = compiled if on_cpu and accumulate == 1 and devices == 1 else None
+        count = model_step_flops(spec, dtype, compiled=reuse, seed=seed)
         row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
                    flop_count_s=time.perf_counter() - start)
-        # Before XLA's optimisations (kernels it hands to libraries, cuDNN/cuBLAS on a GPU, are
-        # then still plain convolutions and dots): a cross-check of the count above.
-        analysis = lowered.cost_analysis() if reuse is not None else None
-        if isinstance(analysis, (list, tuple)):  # older jaxlibs: one dict per device
-            analysis = analysis[0] if analysis else None
-        if analysis:
-            row['unoptimized_xla_flops'] = float(analysis.get('flops', 0.0))
     row['peak_rss_mib'] = peak_rss_mib()
     return row
 
