@@ -91,10 +91,13 @@ def attention_weights(q: jax.Array, k: jax.Array, *, mask: jax.Array | None = No
 
 
 def cudnn_eligible(q: jax.Array, k: jax.Array, bias: jax.Array | None) -> bool:
-    """Whether cuDNN's fused attention can run this call (NVIDIA GPU, half precision)."""
+    """Whether cuDNN's fused attention can run this call, forward and backward (NVIDIA GPU,
+    half precision, head dim a multiple of 8 up to 128, even sequence lengths: JAX's
+    training check rejects odd ones, ViTs' 197 or 65 tokens with the class token among them:
+    'Unsupported sequence length Q 197, KV 197', seen with jax 0.11.2 on an H100)."""
     return (jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16)
             and k.dtype == q.dtype and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128
-            and bias is None)
+            and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0 and bias is None)
 
 
 def resolve_implementation(implementation: str, q: jax.Array, k: jax.Array,

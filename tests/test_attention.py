@@ -76,11 +76,23 @@ def test_unknown_implementation_names_the_choices():
 
 
 def test_auto_picks_plain_off_gpu_and_cudnn_only_for_half_precision_on_gpu():
-    q, k, _ = random_qkv()
+    q, k, _ = random_qkv(q_len=6, k_len=8)
     expected = 'plain' if jax.default_backend() != 'gpu' else 'plain'  # float32 is never cuDNN
     assert attention.resolve_implementation('auto', q, k) == expected
     assert attention.cudnn_eligible(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), None) == (
         jax.default_backend() == 'gpu')
+
+
+def test_cudnn_is_not_picked_for_odd_sequence_lengths(monkeypatch):
+    """JAX's cuDNN attention cannot train on odd lengths (a ViT's class token + 196 patches
+    failed on an H100): 'auto' falls back to the plain softmax there."""
+    monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+    even = jnp.zeros((2, 196, 4, 64), jnp.bfloat16)
+    odd = jnp.zeros((2, 197, 4, 64), jnp.bfloat16)
+    assert attention.cudnn_eligible(even, even, None)
+    assert not attention.cudnn_eligible(odd, odd, None)
+    assert not attention.cudnn_eligible(even, odd, None)
+    assert attention.resolve_implementation('auto', odd, odd) == 'plain'
 
 
 # --------------------------------------------------------------------------- the module
