@@ -55,7 +55,35 @@ def test_workers_and_report_on_toy_models():
         assert lstm['vs_torch_eager'] == pytest.approx(
             lstm['examples_per_s'] / twin['examples_per_s'])
     table = gpu.markdown_report(report)
-    assert '| lstm_lm | 4 | bfloat16 | jax |' in table and '| vit_b16 | 4 | float32 | jax |' in table
+    assert '| lstm_lm | 4 | bfloat16 | jax |' in table
+    assert '| vit_b16 | 4 | float32 | jax (auto attention) |' in table  # the project's default
+    assert report['meta']['jax'] and report['meta']['measured_at']  # the workers' host record
+
+
+def test_merged_runs_keep_each_row_s_measurement():
+    skipped = dict(kind='row', framework='jax', model='lstm_lm', dtype='float32',
+                   error='skipped: ...')
+    measured = dict(kind='row', framework='jax', model='lstm_lm', dtype='float32',
+                    examples_per_s=10.0)
+    failed_later = dict(measured, examples_per_s=None, error='OOM')
+    peak = dict(kind='peak', dtype='float32', framework='jax', tflops=1.0)
+    assert gpu.merge_results([peak, skipped, measured]) == [peak, measured]
+    assert gpu.merge_results([measured, failed_later]) == [measured]
+    assert gpu.merge_results([skipped]) == [skipped]
+
+
+def test_recount_sets_the_cpu_count_the_rows_report():
+    from experiments.benchmarks import bench_common, train_step_benchmark as bench
+    spec = bench_common.model_spec('lstm_lm', 'tiny')
+    measured = bench.jax_train_step_row(spec, dtype='float32', devices=1, steps=1, warmup=0)
+    gpu_counted = dict(kind='row', framework='jax', model='lstm_lm', dtype='bfloat16',
+                       step_flops=1.0, examples_per_s=1.0)
+    gpu.recount_flops([gpu_counted], size='tiny')
+    # The float32 step's count is what a measured row reports; a bfloat16-only model is
+    # counted in bfloat16 (the same products).
+    assert gpu_counted['step_flops'] == bench.model_step_flops(spec, 'bfloat16').total
+    assert bench.model_step_flops(spec, 'float32').total == measured['step_flops'] > 0
+    assert gpu_counted['flops_counted_on'].startswith('cpu')
 
 
 def test_a_spent_budget_skips_the_remaining_rows():

@@ -138,12 +138,18 @@ def torch_peaks(size: int = PEAK_SIZE, device: str = 'cuda') -> list[dict[str, A
     return rows
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
 def run_worker(framework: str, plan: dict[str, Any], emit: Callable[[dict[str, Any]], None]
                ) -> None:
     """Measures the peak, then `plan['rows']` one by one, emitting each result as it comes;
     once `plan['budget_s']` has passed, the remaining rows are emitted as skipped. The plan's
     `device` ('cuda'; 'cpu' in the tests) and `size` ('full'; 'tiny') say where and what."""
     start = time.perf_counter()
+    emit({'kind': 'host', **machine(), 'jax': version('jax'), 'torch': version('torch'),
+          'python': platform.python_version(), 'measured_at': _now()})
     device, size = plan.get('device', 'cuda'), plan.get('size', 'full')
     peak_size = PEAK_SIZE if size == 'full' else 64
     for row in (jax_peaks(peak_size) if framework == 'jax' else torch_peaks(peak_size, device)):
@@ -197,6 +203,24 @@ def run_in_subprocess(framework: str, plan: dict[str, Any], timeout: float,
     return results
 
 
+NOTES = [
+    'Model FLOPs are counted by XLA\'s CPU compiler on the same step (train_step_benchmark.'
+    'model_step_flops): the GPU compiler\'s cost analysis leaves out the convolutions it hands '
+    'to cuDNN (ResNet-50 counted 0.1 of its FLOPs there).',
+    'float32 rows run on TF32 tensor cores in both frameworks (JAX\'s default precision on the '
+    'GPU; PyTorch with set_float32_matmul_precision(\'high\'), its cuDNN convolutions by '
+    'default); bfloat16 rows are JAX models in bfloat16 compute with float32 parameters and '
+    'PyTorch autocast.',
+    'ViT attention in JAX is the project\'s default \'auto\': cuDNN flash attention only for '
+    'even sequence lengths (JAX\'s cuDNN attention cannot train on odd ones, such as the class '
+    'token + patches: 197 for ViT-B/16, 65 for ViT-Ti/4), otherwise the einsum softmax; rows '
+    'measured with --attention=xla used jax.nn.dot_product_attention\'s XLA version (the same '
+    'materialised weights). PyTorch runs scaled_dot_product_attention (flash / memory-efficient '
+    'kernels).',
+    'The 2-device rows of the CPU benchmark have no GPU counterpart: the lent machine has one GPU.',
+]
+
+
 def _row_key(result: dict[str, Any]) -> tuple[Any, ...]:
     return result['framework'], result['model'], result['dtype'], result.get('mode')
 
@@ -211,11 +235,11 @@ def merge_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = _row_key(result)
         if 'error' not in result or 'error' in last.get(key, {'error': ''}):
             last[key] = result
-    return ([r for r in results if r['kind'] == 'peak'] +
+    return ([r for r in results if r['kind'] != 'row'] +
             [r for r in results if r['kind'] == 'row' and last[_row_key(r)] is r])
 
 
-def recount_flops(results: list[dict[str, Any]]) -> None:
+def recount_flops(results: list[dict[str, Any]], size: str = 'full') -> None:
     """Sets every measured JAX row's `step_flops` to XLA's CPU count of its model's step
     (train_step_benchmark.model_step_flops; float32 where the model has a float32 row, as
     add_ratios counts)."""
@@ -225,7 +249,7 @@ def recount_flops(results: list[dict[str, Any]]) -> None:
     for model in dict.fromkeys(r['model'] for r in rows):
         dtypes = {r['dtype'] for r in rows if r['model'] == model}
         dtype = 'float32' if 'float32' in dtypes else sorted(dtypes)[0]
-        count = model_step_flops(model_spec(model), dtype)
+        count = model_step_flops(model_spec(model, size), dtype)
         for row in rows:
             if row['model'] == model:
                 row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
@@ -237,18 +261,24 @@ def recount_flops(results: list[dict[str, Any]]) -> None:
 def assemble(results: list[dict[str, Any]], *, command: str) -> dict[str, Any]:
     """Peaks (the higher of JAX's and PyTorch's per dtype is the roofline), rows with MFU against
     their dtype's peak and ratios against the PyTorch rows of the same model."""
-    peaks = [r for r in results if r['kind'] == 'peak']
+    peaks = [{k: v for k, v in r.items() if k != 'kind'} for r in results if r['kind'] == 'peak']
     roofline = {}
     for row in peaks:
         roofline[row['dtype']] = max(roofline.get(row['dtype'], 0.0), row['tflops'] * 1e12)
     rows = [{k: v for k, v in r.items() if k != 'kind'} for r in results if r['kind'] == 'row']
     add_ratios(rows, roofline, peak_of_row_dtype=True)
-    meta = {'command': command, 'date': datetime.datetime.now(datetime.timezone.utc)
-            .isoformat(timespec='seconds'), **machine(), 'jax': version('jax'),
-            'torch': version('torch'), 'python': platform.python_version(),
+    # The machine that measured (its workers' record), not the one writing the report.
+    hosts = [r for r in results if r['kind'] == 'host']
+    host = {k: v for k, v in hosts[0].items() if k != 'kind'} if hosts else {
+        **machine(), 'jax': version('jax'), 'torch': version('torch'),
+        'python': platform.python_version()}
+    if hosts:  # each worker knows one framework's version
+        host['torch'] = next((h['torch'] for h in hosts if h.get('torch')), None)
+    meta = {'command': command, 'date': _now(), 'measured_at': _now(), **host,
             'device_kind': next((r['device_kind'] for r in rows if r.get('device_kind')), None)}
     return {'meta': meta, 'peak': peaks, 'roofline_tflops': {k: v / 1e12 for k, v in
-                                                              roofline.items()}, 'rows': rows}
+                                                              roofline.items()}, 'rows': rows,
+            'notes': list(NOTES)}
 
 
 def _cell(value: Any, spec: str, suffix: str = '') -> str:
@@ -258,7 +288,8 @@ def _cell(value: Any, spec: str, suffix: str = '') -> str:
 def markdown_report(report: dict[str, Any]) -> str:
     meta = report['meta']
     lines = ['# Train-step benchmarks on a GPU: JAX against PyTorch and the card\'s peak', '',
-             f"Generated by `{meta['command']}` on {meta['date']}.", '',
+             f"Generated by `{meta['command']}` on {meta['date']}; measured "
+             f"{meta['measured_at']}.", '',
              f"Device: {meta.get('device_kind') or 'GPU'}; host {meta['cpu_model']}, "
              f"{meta['cores']} cores; jax {meta['jax']}, torch {meta['torch']}, "
              f"python {meta['python']}.", '',
@@ -286,6 +317,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     for row in sorted(report['rows'], key=lambda r: (order[r['model']], r['dtype'] != 'float32',
                                                       r['framework'], r.get('mode', ''))):
         who = row['framework'] + (f" {row['mode']}" if row.get('mode') else '')
+        attention = (row.get('jax_fields') or {}).get('attention_implementation')
+        who += f' ({attention} attention)' if attention else ''
         if 'error' in row:
             lines.append(f"| {row['model']} | | {row['dtype']} | {who} | | "
                          f"{row['error'][:90]} | | | | | | | |")
@@ -299,6 +332,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{_cell(row.get('vs_torch_eager_float32'), '.2f', 'x')} | "
             f"{_cell(row.get('compile_s'), '.1f')} | "
             f"{_cell(memory / 1024 if memory else None, '.1f')} |")
+    if report.get('notes'):
+        lines += ['', '## Notes', ''] + [f'- {note}' for note in report['notes']]
     return '\n'.join(lines + [''])
 
 
