@@ -13,7 +13,9 @@ AVX-512 machine (jax 0.10.2, train steps of experiments/benchmarks, docs/benchma
   products are faster on its skinny (8320 x 192) x (192 x 192) shapes and their gradients);
   not for the LSTM (+45%: its per-time-step products are faster in YNNPACK), ResNet-18
   (unchanged), nor any bfloat16 model (YNNPACK multiplies bfloat16 with the chip's AVX512-BF16
-  instructions at ~2x Eigen's rate, see nets/mixed_precision.py).
+  instructions at ~2x Eigen's rate, see nets/mixed_precision.py). Measured on whole batches;
+  with the micro-batches below both cost the same (ViT-Ti/4 float32 2.516 vs 2.515 s on
+  YNNPACK, 4 alternating rounds, 2026-11-27), so the flag stays.
 
 Micro-batches (`config.grad_accum_steps`) of the size measured fastest, for families whose loss
 sums over independent examples (no batch norm, so the averaged gradient is the full batch's):

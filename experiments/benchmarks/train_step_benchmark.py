@@ -26,10 +26,11 @@ measured; see NOTES, `--xla_flags` and `--micro_batches`.
 Hardware and time: the 2-core CPU (AMD EPYC, AVX-512 with AVX512-BF16), jax 0.10.2, torch
 2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 27 worker processes, 7-11 minutes; `--torch=eager` saves ~1 minute; `--size=tiny`
 checks the plumbing in a few minutes.
-Expected (2026-11-27 04:39 UTC run, docs/benchmarks.md, ~9 minutes): peak 150-170 GFLOP/s
-float32, 335-367 bfloat16 (float32 accumulation); JAX best / PyTorch eager float32: ResNet-18
-0.79x (float32) / 0.85x (bfloat16), ViT-Ti/4 0.98x / 1.21x (micro-batches of 16), LSTM 0.88x /
-1.19x; ViT float32 MFU 73%.
+Expected (2026-11-27 08:21 UTC run, docs/benchmarks.md, ~12 minutes): peak 170-199 GFLOP/s
+float32, 313-315 bfloat16 (float32 accumulation); JAX best / PyTorch eager float32: ResNet-18
+0.73x (float32) / 0.81x (bfloat16), ViT-Ti/4 0.94x / 1.11x (micro-batches of 16), LSTM 0.91x /
+1.18x; ViT float32 MFU 62%. Runs spread: ResNet-18 float32 0.61-0.79x, ViT-Ti/4 float32
+0.90-1.00x, LSTM float32 0.80-1.03x. The GPU counterpart is gpu_benchmark.py.
 Other processes on the cores change the picture (PyTorch's OpenMP threads suffer more): compare
 rows whose `cores` is near the core count.
 """
