@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -363,3 +364,15 @@ def markdown_report(report: dict[str, Any]) -> str:
     if report.get('notes'):
         lines += ['## Notes', ''] + [f'- {note}' for note in report['notes']] + ['']
     return '\n'.join(lines)
+
+
+def write_report(report: dict[str, Any], table: str, out: str | None) -> None:
+    """Prints the markdown `table`; writes `report` as JSON to `out` and the table beside it
+    (suffix .md)."""
+    print(table)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        path.with_suffix('.md').write_text(table)
+        print(f'wrote {path} and {path.with_suffix(".md")}')

@@ -43,7 +43,8 @@ from typing import Any
 from absl import app, flags
 
 from experiments.benchmarks.bench_common import (ROW_MARKER, add_ratios, machine, matmul_flops,
-                                                 model_spec, step_summary, time_steps, version)
+                                                 model_spec, step_summary, time_steps, version,
+                                                 write_report)
 
 BIG_MODELS = ('vit_b16', 'resnet50')  # ImageNet size: measured in --big_dtypes only
 PEAK_SIZE = 8192
@@ -358,7 +359,8 @@ def main(argv: Sequence[str]) -> None:
                                  for line in Path(path).read_text().splitlines() if line.strip()])
         if FLAGS.recount_flops:
             recount_flops(results)
-        write_report(assemble(results, command=command), FLAGS.out)
+        report = assemble(results, command=command)
+        write_report(report, markdown_report(report), FLAGS.out)
         return
     rows = plan_rows(FLAGS.models, FLAGS.dtypes, FLAGS.big_dtypes, [m for m in FLAGS.torch if m])
     rows_path = Path(FLAGS.out).with_suffix('.rows.jsonl') if FLAGS.out else None
@@ -375,19 +377,8 @@ def main(argv: Sequence[str]) -> None:
         if rows[framework]:
             results += run_in_subprocess(framework, dict(rows=rows[framework], **common),
                                          timeout, lambda s: print(s, flush=True))
-    write_report(assemble(results, command=command), FLAGS.out)
-
-
-def write_report(report: dict[str, Any], out: str | None) -> None:
-    """Prints the markdown table; writes the JSON to `out` and the table beside it."""
-    table = markdown_report(report)
-    print(table)
-    if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        path.with_suffix('.md').write_text(table)
-        print(f'wrote {path} and {path.with_suffix(".md")}')
+    report = assemble(results, command=command)
+    write_report(report, markdown_report(report), FLAGS.out)
 
 
 if __name__ == '__main__':

@@ -54,7 +54,7 @@ from absl import app, flags
 from experiments.benchmarks.bench_common import (NOTES, ROW_MARKER, ModelSpec, add_ratios, machine,
                                                  markdown_report, matmul_flops, model_spec,
                                                  peak_rss_mib, reach, step_summary, time_steps,
-                                                 version)
+                                                 version, write_report)
 
 CROP_FLIP = ({'op': 'translate', 'max_pixels': 4.0, 'fill_mode': 'constant'}, {'op': 'flip_lr'})
 
@@ -475,14 +475,7 @@ def main(argv: Sequence[str]) -> None:
     report = run_benchmark(
         jobs, lambda job: run_in_subprocess(job, FLAGS.xla_flags, FLAGS.row_timeout),
         command=command, xla_flags=FLAGS.xla_flags, log=lambda s: print(s, flush=True))
-    table = markdown_report(report)
-    print(table)
-    if FLAGS.out:
-        out = Path(FLAGS.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        out.with_suffix('.md').write_text(table)
-        print(f'wrote {out} and {out.with_suffix(".md")}')
+    write_report(report, markdown_report(report), FLAGS.out)
 
 
 if __name__ == '__main__':
