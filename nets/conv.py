@@ -95,8 +95,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     rank = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * rank)
     rhs_dilation = tuple(rhs_dilation or (1,) * rank)
-    if (jax.default_backend() != 'cpu' or feature_group_count != 1 or batch_group_count != 1 or any(d != 1 for d in lhs_dilation)
-            or preferred_element_type is not None
+    if (jax.default_backend() != 'cpu' or feature_group_count != 1 or batch_group_count != 1
+            or any(d != 1 for d in lhs_dilation) or preferred_element_type is not None
             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
             != channels_last_dimension_numbers(lhs.ndim)):
         return lax.conv_general_dilated(

@@ -42,9 +42,8 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.benchmarks.bench_common import (ROW_MARKER, add_ratios, machine, matmul_flops,
-                                                 model_spec, step_summary, time_steps, version,
-                                                 write_report)
+from experiments.benchmarks.bench_common import (ROW_MARKER, add_ratios, machine, model_spec,
+                                                 version, write_report)
 
 BIG_MODELS = ('vit_b16', 'resnet50')  # ImageNet size: measured in --big_dtypes only
 PEAK_SIZE = 8192
@@ -100,43 +99,21 @@ def plan_rows(models: Sequence[str], dtypes: Sequence[str], big_dtypes: Sequence
 
 # --- Workers (one process per framework) -------------------------------------------------------
 
-def jax_peaks(size: int = PEAK_SIZE) -> list[dict[str, Any]]:
-    """JAX's matmul TFLOP/s per dtype on the default device (nets.mixed_precision.matmul, the
-    product the models run: bfloat16 accumulates in float32)."""
-    import jax
-    from nets.mixed_precision import matmul
-    rows = []
-    for dtype in ('float32', 'bfloat16'):
-        key_a, key_b = jax.random.split(jax.random.key(0))
-        a = jax.random.normal(key_a, (size, size), dtype)
-        others = jax.random.normal(key_b, (PRODUCTS_PER_CALL, size, size), dtype)
-        # Independent products, every result returned: XLA can neither drop nor shrink one.
-        products = jax.jit(lambda a, others: [matmul(a, b) for b in others])
-        _, times, _ = time_steps(lambda _: products(a, others), jax.block_until_ready, steps=5,
-                                 warmup=1)
-        seconds = step_summary(1, 0.0, times)['step_s'] / PRODUCTS_PER_CALL
-        rows.append({'dtype': dtype, 'size': size, 'framework': 'jax',
-                     'tflops': matmul_flops(size) / seconds / 1e12})
-    return rows
-
-
-def torch_peaks(size: int = PEAK_SIZE, device: str = 'cuda') -> list[dict[str, Any]]:
-    """PyTorch's matmul TFLOP/s per dtype (float32 as TF32, like its rows)."""
-    import torch
-    torch.set_float32_matmul_precision('high')
-    rows = []
-    for dtype, torch_dtype in (('float32', torch.float32), ('bfloat16', torch.bfloat16)):
-        a = torch.randn(size, size, device=device, dtype=torch_dtype)
-        b = torch.randn(size, size, device=device, dtype=torch_dtype)
-
-        def products(_: int) -> Any:
-            return [a @ b for _ in range(PRODUCTS_PER_CALL)][-1]
-
-        _, times, _ = time_steps(products, lambda c: float(c[0, 0]), steps=5, warmup=1)
-        seconds = step_summary(1, 0.0, times)['step_s'] / PRODUCTS_PER_CALL
-        rows.append({'dtype': dtype, 'size': size, 'framework': 'torch',
-                     'tflops': matmul_flops(size) / seconds / 1e12})
-    return rows
+def peak_rows(framework: str, size: int = PEAK_SIZE, device: str = 'cuda'
+              ) -> list[dict[str, Any]]:
+    """`framework`'s matmul TFLOP/s per dtype: train_step_benchmark.jax_peak_row (the product
+    the models run) or torch_models.torch_matmul_gflops, PRODUCTS_PER_CALL products per call."""
+    dtypes = ('float32', 'bfloat16')
+    if framework == 'jax':
+        from experiments.benchmarks.train_step_benchmark import jax_peak_row
+        gflops = {row['dtype']: row['gflops'] for row in
+                  jax_peak_row(size, dtypes, products_per_call=PRODUCTS_PER_CALL)}
+    else:
+        from experiments.benchmarks.torch_models import torch_matmul_gflops
+        gflops = {dtype: torch_matmul_gflops(size, dtype, 5, device, PRODUCTS_PER_CALL)
+                  for dtype in dtypes}
+    return [{'dtype': dtype, 'size': size, 'framework': framework,
+             'tflops': gflops[dtype] / 1e3} for dtype in dtypes]
 
 
 def _now() -> str:
@@ -153,7 +130,7 @@ def run_worker(framework: str, plan: dict[str, Any], emit: Callable[[dict[str, A
           'python': platform.python_version(), 'measured_at': _now()})
     device, size = plan.get('device', 'cuda'), plan.get('size', 'full')
     peak_size = PEAK_SIZE if size == 'full' else 64
-    for row in (jax_peaks(peak_size) if framework == 'jax' else torch_peaks(peak_size, device)):
+    for row in peak_rows(framework, peak_size, device):
         emit({'kind': 'peak', **row})
     for job in plan['rows']:
         head = {'kind': 'row', 'framework': framework, **job}

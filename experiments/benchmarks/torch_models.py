@@ -243,14 +243,21 @@ def torch_train_step_row(spec: ModelSpec, *, dtype: str, mode: str, steps: int, 
     return row
 
 
-def torch_matmul_gflops(size: int, dtype: str, repeats: int, device: str = 'cpu') -> float:
-    """PyTorch's achieved GFLOP/s on a (size x size) product, median of `repeats` (reference
-    for the JAX peak: oneDNN/MKL or cuBLAS against XLA's kernels). Random operands: zeros
-    run faster on some GPUs."""
+def torch_matmul_gflops(size: int, dtype: str, repeats: int, device: str = 'cpu',
+                        products_per_call: int = 1) -> float:
+    """PyTorch's achieved GFLOP/s on a (size x size) product, median of `repeats` calls of
+    `products_per_call` products each (reference for the JAX peak: oneDNN/MKL or cuBLAS against
+    XLA's kernels; float32 as TF32 on CUDA, like the rows). Random operands: zeros run faster
+    on some GPUs."""
     torch_dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[dtype]
     if device == 'cuda':
         torch.set_float32_matmul_precision('high')
     a = torch.randn(size, size).to(device=device, dtype=torch_dtype)
     b = torch.randn(size, size).to(device=device, dtype=torch_dtype)
-    _, times, _ = time_steps(lambda _: a @ b, lambda c: float(c[0, 0]), steps=repeats, warmup=1)
-    return matmul_flops(size) / step_summary(1, 0.0, times)['step_s'] / 1e9
+
+    def products(_: int) -> torch.Tensor:
+        return [a @ b for _ in range(products_per_call)][-1]
+
+    _, times, _ = time_steps(products, lambda c: float(c[0, 0]), steps=repeats, warmup=1)
+    seconds = step_summary(1, 0.0, times)['step_s'] / products_per_call
+    return matmul_flops(size) / seconds / 1e9

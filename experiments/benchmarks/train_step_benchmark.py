@@ -218,21 +218,24 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     return row
 
 
-def jax_peak_row(size: int, dtypes: Sequence[str], repeats: int = 5) -> list[dict[str, Any]]:
+def jax_peak_row(size: int, dtypes: Sequence[str], repeats: int = 5,
+                 products_per_call: int = 1) -> list[dict[str, Any]]:
     """Achieved FLOP/s of a (size x size) @ (size x size) product per dtype: the median of
-    `repeats` calls (the roofline MFU is measured against)."""
+    `repeats` calls (the roofline MFU is measured against), each of `products_per_call`
+    independent products (an accelerator's queue stays full; times are per product)."""
     import jax
     from nets.mixed_precision import matmul
     rows = []
     for dtype in dtypes:
         key_a, key_b = jax.random.split(jax.random.key(0))
         a = jax.random.normal(key_a, (size, size), dtype)
-        b = jax.random.normal(key_b, (size, size), dtype)
+        others = jax.random.normal(key_b, (products_per_call, size, size), dtype)
         # The product the models run (nets.mixed_precision): bfloat16 accumulates in float32.
-        product = jax.jit(matmul)
-        _, times, _ = time_steps(lambda _: product(a, b), jax.block_until_ready,
+        # Every result is returned: XLA can neither drop nor shrink one.
+        products = jax.jit(lambda a, others: [matmul(a, b) for b in others])
+        _, times, _ = time_steps(lambda _: products(a, others), jax.block_until_ready,
                                  steps=repeats, warmup=1)
-        summary = step_summary(1, 0.0, times)
+        summary = step_summary(1, 0.0, [t / products_per_call for t in times])
         rows.append({'dtype': dtype, 'size': size, 'seconds': summary['step_s'],
                      'gflops': matmul_flops(size) / summary['step_s'] / 1e9,
                      'gflops_best': matmul_flops(size) / summary['step_s_min'] / 1e9})
