@@ -20,11 +20,13 @@ nn.Conv.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import itertools
 from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 Padding = str | Sequence[tuple[int, int]]
@@ -53,19 +55,67 @@ def _conv_fwd(x, w, strides, padding, rhs_dilation, precision):
     return _forward(x, w, strides, padding, rhs_dilation, precision), (x, w)
 
 
-def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
-    x, w = residuals
+def _phase_convolutions(x, w, strides, padding, precision):
+    """A strided convolution as the sum of stride-1 ones, one per input phase: with stride s,
+    the kernel taps r, r+s, r+2s, ... read only the padded input's positions r, r+s, ...; each
+    such (sub-kernel, sub-sampled input) pair is a valid stride-1 convolution (through `_conv`,
+    so its gradients take the canonical layouts above), and the phases' results add up to the
+    strided one. Every input position and every tap belongs to one phase, so each gradient
+    element is the same sum as the strided convolution's."""
+    rank = x.ndim - 2
+    kernel = w.shape[:rank]
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
+                + [(0, 0, 0)])
+    out = [(x.shape[1 + d] - kernel[d]) // strides[d] + 1 for d in range(rank)]
+    total = None
+    for phase in itertools.product(*(range(min(s, k)) for s, k in zip(strides, kernel))):
+        taps = [len(range(r, k, s)) for r, k, s in zip(phase, kernel, strides)]
+        sub_w = w[tuple(slice(r, None, s) for r, s in zip(phase, strides))]
+        sub_x = lax.slice(x, (0, *phase, 0),
+                          (x.shape[0], *(r + s * (o + t - 2) + 1 for r, s, o, t
+                                         in zip(phase, strides, out, taps)), x.shape[-1]),
+                          (1, *strides, 1))
+        y = _conv(sub_x, sub_w, (1,) * rank, ((0, 0),) * rank, (1,) * rank, precision)
+        total = y if total is None else total + y
+    return total
+
+
+def _input_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
+    if any(s > 1 for s in strides) and all(d == 1 for d in rhs_dilation):
+        # XLA's CPU backend runs a strided convolution's input gradient over the output gradient
+        # dilated with zeros, computing every product with a zero (ResNet-18's 32x32x64 -> 128
+        # layer at 68 GFLOP/s, its 1x1 projection at 24); the phases' stride-1 input gradients
+        # skip them (140 and 47; experiments/benchmarks/conv_benchmark.py).
+        _, vjp = jax.vjp(lambda x_: _phase_convolutions(x_, w, strides, padding, precision), x)
+        return vjp(dy)[0]
     ndim = x.ndim
     spatial = tuple(range(1, ndim - 1))
-    # The input gradient likewise, from the kernel given as (*spatial, O, I): its transpose
-    # convolution then reads the (flipped) kernel as (*spatial, I, O), the canonical layout.
+    # From the kernel given as (*spatial, O, I): its transpose convolution then reads the
+    # (flipped) kernel as (*spatial, I, O), the canonical layout.
     w_s = w.swapaxes(-1, -2)
     lhs = (0, ndim - 1) + spatial
     numbers = lax.ConvDimensionNumbers(lhs, (ndim - 2, ndim - 1) + tuple(range(ndim - 2)), lhs)
     _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(
         x_, w_s, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=numbers,
         precision=precision), x)
-    dx, = input_vjp(dy)
+    return input_vjp(dy)[0]
+
+
+def _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
+    ndim = x.ndim
+    spatial = tuple(range(1, ndim - 1))
+    if all(k == 1 for k in w.shape[:-2]):
+        # A pointwise kernel's gradient is one product of the (strided) inputs and the output
+        # gradient over batch and positions: as a convolution, XLA's CPU backend ran ResNet-18's
+        # 1x1 projections at 24-120 GFLOP/s, as a product at 200 and more.
+        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
+                    + [(0, 0, 0)])
+        x = lax.slice(x, (0,) * ndim, (x.shape[0], *((o - 1) * s + 1 for o, s
+                                                     in zip(dy.shape[1:-1], strides)),
+                                       x.shape[-1]), (1, *strides, 1))
+        contracted = (0, *spatial)
+        dw = lax.dot_general(x, dy, ((contracted, contracted), ((), ())), precision=precision)
+        return dw.reshape(w.shape)
     # The same convolution on (C, *spatial, N) inputs, (I, *spatial, O) kernels and
     # (*spatial, N, C) outputs: its kernel gradient is a canonical (batch=C, feature=N) one.
     x_t = x.transpose((ndim - 1,) + spatial + (0,))
@@ -77,8 +127,13 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
         x_t, w_, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=numbers,
         precision=precision), w_t)
     dw_t, = kernel_vjp(dy_t)
-    dw = dw_t.transpose(tuple(range(1, ndim - 1)) + (0, ndim - 1))
-    return dx, dw
+    return dw_t.transpose(tuple(range(1, ndim - 1)) + (0, ndim - 1))
+
+
+def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
+    x, w = residuals
+    return (_input_gradient(x, w, dy, strides, padding, rhs_dilation, precision),
+            _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -78,3 +78,22 @@ def test_other_backends_differentiate_lax_s_convolution(monkeypatch):
     assert 'custom_vjp_call' in traced()
     monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
     assert 'custom_vjp_call' not in traced()
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason="XLA's CPU convolutions")
+def test_strided_gradients_skip_the_zeros_and_pointwise_kernel_gradients_are_products():
+    """A strided layer's input gradient runs as stride-1 convolutions of its phases (no
+    zero-dilated output gradient: `lhs_dilate`), a 1x1 layer's kernel gradient as a product."""
+    x = jnp.ones((2, 8, 8, 3))
+
+    def gradient_hlo(module) -> str:
+        variables = module.init(jax.random.PRNGKey(0), x)
+        grad = jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1))
+        return jax.jit(grad).lower(variables, x).compile().as_text()
+
+    strided = gradient_hlo(Conv(5, (3, 3), strides=2))
+    assert 'lhs_dilate' not in strided
+    assert 'lhs_dilate' in gradient_hlo(nn.Conv(5, (3, 3), strides=2))  # the premise
+    pointwise = gradient_hlo(Conv(5, (1, 1), strides=2))
+    assert 'lhs_dilate' not in pointwise
+    assert len(re.findall(r'= f32\[[\d,]+\]\{[\d,]+\} convolution\(', pointwise)) == 1  # forward

@@ -1,0 +1,338 @@
+"""The convolutions of a ConvNet's train step, JAX against PyTorch, pass by pass: what limits
+the ResNet-18 row of train_step_benchmark.py on the CPU.
+
+Command:
+  python -m experiments.benchmarks.conv_benchmark [--model=resnet18] [--size=full|tiny]
+      [--repeats=4] [--out=docs/conv_benchmark.json]
+Finds every convolution of the model's forward pass by tracing it (the benchmark's ModelSpec, so
+ResNet-18 with the CIFAR stem, batch 128, 32x32x3), measures each distinct one once and counts
+how often the step runs it. For each, in one process, alternating call by call:
+  * JAX: the forward convolution, its input gradient and its kernel gradient, each jitted alone
+    through nets.conv (what the models run, transposes included), under the XLA flags the
+    trainer ships for the family (train/cpu_defaults.py);
+  * PyTorch (`pip install -e '.[benchmark]'`): aten.convolution and aten.convolution_backward on
+    channels-last tensors (oneDNN), the kernels its eager train step runs.
+The first convolution reads the image, so its input gradient is neither run by a train step nor
+measured. Reported: ms and GFLOP/s per pass, PyTorch time / JAX time (over 1: JAX faster), the
+float32 matmul peak of both for scale, and the sum over the step (count x time): the seconds a
+train step spends in convolutions in each framework.
+
+Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0; about a
+minute. Expected (2026-11-27, a host whose float32 matmul peak measured 430 GFLOP/s in JAX):
+ResNet-18's convolutions take ~1.3 s of JAX's 1.84 s step and ~0.95 s in PyTorch (oneDNN); JAX
+is 0.75-0.9x PyTorch on forward and input-gradient convolutions and ~0.5x on the 32x32x64 kernel
+gradients. That gap alone exceeds PyTorch's lead on the whole step: XLA's CPU convolutions (Eigen's;
+YNNPACK's are slower still on these shapes) are the limit, not the rest of the step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from experiments.benchmarks.bench_common import (machine, matmul_flops, model_spec, version,
+                                                 write_report)
+
+PASSES = ('forward', 'input_grad', 'kernel_grad')
+
+
+def define_flags() -> None:
+    flags.DEFINE_string('model', 'resnet18', 'Image model of bench_common.MODELS.')
+    flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy model and batch (a smoke test).")
+    flags.DEFINE_integer('repeats', 4, 'Timed calls per pass, framework and round (2 rounds; '
+                         'median).',
+                         lower_bound=1)
+    flags.DEFINE_string('out', 'docs/conv_benchmark.json', 'JSON results; the markdown table '
+                        'goes beside it with the suffix .md (empty: print only).')
+
+
+def _subjaxprs(params: dict[str, Any]) -> list[Any]:
+    import jax
+    found = []
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                found.append(item.jaxpr)
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                found.append(item)
+    return found
+
+
+def model_convolutions(spec: Any) -> list[dict[str, Any]]:
+    """The distinct convolutions of `spec`'s forward pass in training mode (program order), each
+    {input_shape, kernel_shape, strides, padding, count, reads_input}; channels-last, ungrouped
+    and undilated ones only (ValueError names any other)."""
+    import jax
+    import jax.numpy as jnp
+    import nets
+    from nets.conv import channels_last_dimension_numbers
+    model = nets.create(spec.net, **spec.fields, **spec.jax_fields)
+    images = jnp.zeros((spec.batch_size, *spec.example_shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(
+        v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)}))(
+        variables, images).jaxpr
+    found: dict[tuple, dict[str, Any]] = {}
+
+    def walk(inner: Any) -> None:
+        for eqn in inner.eqns:
+            if eqn.primitive.name == 'conv_general_dilated':
+                lhs, rhs = (v.aval.shape for v in eqn.invars)
+                p = eqn.params
+                numbers = channels_last_dimension_numbers(len(lhs))
+                if (p['dimension_numbers'] != numbers or p['feature_group_count'] != 1
+                        or any(d != 1 for d in (*p['lhs_dilation'], *p['rhs_dilation']))):
+                    raise ValueError(f'convolution {lhs} * {rhs} with {p} is not a channels-last, '
+                                     'ungrouped, undilated one; only those are measured')
+                key = (tuple(lhs), tuple(rhs), tuple(p['window_strides']),
+                       tuple(map(tuple, p['padding'])))
+                entry = found.setdefault(key, dict(
+                    input_shape=key[0], kernel_shape=key[1], strides=key[2], padding=key[3],
+                    count=0, reads_input=not found))
+                entry['count'] += 1
+            for sub in _subjaxprs(eqn.params):
+                walk(sub)
+
+    walk(jaxpr)
+    if not found:
+        raise ValueError(f'{spec.net} has no convolutions to measure')
+    return list(found.values())
+
+
+def output_shape(conv: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(N, H, W, C) of the convolution's output."""
+    kh, kw, _, cout = conv['kernel_shape']
+    batch, height, width, _ = conv['input_shape']
+    (pt, pb), (pl, pr) = conv['padding']
+    sh, sw = conv['strides']
+    return (batch, (height + pt + pb - kh) // sh + 1, (width + pl + pr - kw) // sw + 1, cout)
+
+
+def conv_flops(conv: dict[str, Any]) -> float:
+    """Multiply-adds x 2 of one pass (each of the three passes does the same products)."""
+    kh, kw, cin, cout = conv['kernel_shape']
+    batch, out_h, out_w, _ = output_shape(conv)
+    return 2.0 * batch * out_h * out_w * kh * kw * cin * cout
+
+
+def operands(conv: dict[str, Any], seed: int = 0) -> tuple[Any, Any, Any]:
+    """Random float32 input (NHWC), kernel (HWIO) and output gradient (NHWC), as numpy."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(shape, dtype=np.float32) for shape in
+                 (conv['input_shape'], conv['kernel_shape'], output_shape(conv)))
+
+
+def jax_passes(conv: dict[str, Any], seed: int = 0) -> dict[str, Callable[[], Any]]:
+    """Zero-argument callables running each pass once on `operands(conv, seed)` (compiled on
+    the first call, waited for); each returns its result."""
+    import jax
+    from nets.conv import conv_general_dilated
+    x, w, dy = (jax.device_put(a) for a in operands(conv, seed))
+
+    def forward(x, w):
+        return conv_general_dilated(x, w, conv['strides'], conv['padding'],
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+    forward_jit = jax.jit(forward)
+    input_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda x_: forward(x_, w), x)[1](dy)[0])
+    kernel_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda w_: forward(x, w_), w)[1](dy)[0])
+    return {'forward': lambda: jax.block_until_ready(forward_jit(x, w)),
+            'input_grad': lambda: jax.block_until_ready(input_grad(x, w, dy)),
+            'kernel_grad': lambda: jax.block_until_ready(kernel_grad(x, w, dy))}
+
+
+class TorchPass:
+    """One PyTorch pass: calling it runs the PyTorch call alone (what is timed); `.numpy()`
+    returns its result in JAX's layout."""
+
+    def __init__(self, call: Callable[[], Any], to_numpy: Callable[[Any], Any]):
+        self.call, self.to_numpy = call, to_numpy
+
+    def __call__(self) -> Any:
+        return self.call()
+
+    def numpy(self) -> Any:
+        return self.to_numpy(self.call())
+
+
+def torch_passes(conv: dict[str, Any], seed: int = 0) -> dict[str, TorchPass]:
+    """The same passes in PyTorch on the same operands as channels-last tensors, each returning
+    its result in JAX's layout (NHWC, HWIO) as numpy. Asymmetric padding is applied to the input
+    beforehand, outside the timed call (the input gradient is cropped back, untimed)."""
+    import torch
+    import torch.nn.functional as F
+    (pt, pb), (pl, pr) = conv['padding']
+    symmetric = pt == pb and pl == pr
+    layout = torch.channels_last
+    x, w, dy = operands(conv, seed)
+    x = torch.from_numpy(x).permute(0, 3, 1, 2)
+    if not symmetric:
+        x = F.pad(x, (pl, pr, pt, pb))
+    x = x.contiguous(memory_format=layout)
+    w = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=layout)
+    dy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous(memory_format=layout)
+    stride, padding = list(conv['strides']), ([pt, pl] if symmetric else [0, 0])
+    height, width = conv['input_shape'][1:3]
+
+    def forward() -> Any:
+        with torch.no_grad():
+            return torch.conv2d(x, w, stride=stride, padding=padding)
+
+    def backward(mask: list[bool]) -> Any:
+        return torch.ops.aten.convolution_backward(dy, x, w, None, stride, padding, [1, 1],
+                                                   False, [0, 0], 1, mask)
+
+    top, left = (0, 0) if symmetric else (pt, pl)
+    return {
+        'forward': TorchPass(forward, lambda y: y.permute(0, 2, 3, 1).numpy()),
+        'input_grad': TorchPass(lambda: backward([True, False, False]), lambda g: g[0].permute(
+            0, 2, 3, 1)[:, top:top + height, left:left + width].numpy()),
+        'kernel_grad': TorchPass(lambda: backward([False, True, False]),
+                            lambda g: g[1].permute(2, 3, 1, 0).numpy()),
+    }
+
+
+def time_alternating(calls: Sequence[Callable[[], Any]], repeats: int,
+                     rounds: int = 2) -> list[float]:
+    """Median seconds of each call over `rounds` x `repeats` timed calls, in blocks: each call
+    `repeats` times, then the next, for `rounds` rounds (a shared machine's load drift hits them
+    alike). Blocks rather than call by call: the thread pools of XLA and PyTorch (OpenMP) keep
+    spinning for a while after their work, which slowed the other framework's next call by up
+    to 30%. Each block starts with one untimed call (compilation, caches, thread wake-up)."""
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for call, record in zip(calls, times):
+            call()
+            for _ in range(repeats):
+                start = time.perf_counter()
+                call()
+                record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
+
+
+def torch_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    import torch
+    a = torch.randn(size, size)
+    return matmul_flops(size) / time_alternating([lambda: a @ a], repeats)[0] / 1e9
+
+
+def measure(convs: list[dict[str, Any]], repeats: int, with_torch: bool) -> list[dict[str, Any]]:
+    """One row per convolution and pass: JAX and (with_torch) PyTorch median seconds."""
+    rows = []
+    for conv in convs:
+        jax_calls = jax_passes(conv)
+        torch_calls = torch_passes(conv) if with_torch else {}
+        flops = conv_flops(conv)
+        for name in PASSES:
+            if name == 'input_grad' and conv['reads_input']:
+                continue
+            calls = [jax_calls[name]] + ([torch_calls[name]] if with_torch else [])
+            seconds = time_alternating(calls, repeats)
+            row = {'input_shape': list(conv['input_shape']),
+                   'kernel_shape': list(conv['kernel_shape']), 'strides': list(conv['strides']),
+                   'count': conv['count'], 'pass': name, 'gflop': flops / 1e9,
+                   'jax_s': seconds[0], 'jax_gflops': flops / seconds[0] / 1e9}
+            if with_torch:
+                row.update(torch_s=seconds[1], torch_gflops=flops / seconds[1] / 1e9,
+                           torch_over_jax=seconds[1] / seconds[0])
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def step_totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds a train step spends in convolutions (count x time), per framework and pass."""
+    totals: dict[str, Any] = {}
+    for framework in ('jax', 'torch'):
+        if any(f'{framework}_s' not in row for row in rows):
+            continue
+        by_pass = {name: sum(r['count'] * r[f'{framework}_s'] for r in rows if r['pass'] == name)
+                   for name in PASSES}
+        totals[framework] = {'total_s': sum(by_pass.values()), **{f'{k}_s': v
+                                                                  for k, v in by_pass.items()}}
+    if 'torch' in totals:
+        totals['torch_over_jax'] = totals['torch']['total_s'] / totals['jax']['total_s']
+    return totals
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Convolutions of {report['model']}'s train step: JAX against PyTorch",
+             '', f"Generated by `{report['command']}` on {report['date']}.", '',
+             f"Machine: {report['machine']['cpu_model']}, {report['machine']['cores']} cores; "
+             f"jax {report['versions']['jax']}, torch {report['versions']['torch']}; XLA flags "
+             f"`{report['xla_flags']}`. Float32 matmul peak (2048): JAX "
+             f"{report['peak_gflops']['jax']:.0f} GFLOP/s, PyTorch "
+             + (f"{report['peak_gflops']['torch']:.0f}" if report['peak_gflops'].get('torch')
+                else '–') + ' GFLOP/s.', '',
+             '| input (NHWC) | kernel (HWIO) | stride | per step | pass | JAX ms | JAX GFLOP/s '
+             '| PyTorch ms | PyTorch GFLOP/s | PyTorch / JAX time |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for r in report['rows']:
+        torch_cells = (f"{r['torch_s'] * 1e3:.1f} | {r['torch_gflops']:.0f} | "
+                       f"{r['torch_over_jax']:.2f}x" if 'torch_s' in r else '– | – | –')
+        lines.append(f"| {'x'.join(map(str, r['input_shape']))} | "
+                     f"{'x'.join(map(str, r['kernel_shape']))} | {r['strides'][0]} | "
+                     f"{r['count']} | {r['pass']} | {r['jax_s'] * 1e3:.1f} | "
+                     f"{r['jax_gflops']:.0f} | {torch_cells} |")
+    totals = report['step_totals']
+    lines += ['', '## Per train step (count x time)', '',
+              '| framework | convolutions s | forward s | input gradients s | kernel gradients s |',
+              '|---|---|---|---|---|']
+    for framework in ('jax', 'torch'):
+        if framework in totals:
+            t = totals[framework]
+            lines.append(f"| {framework} | {t['total_s']:.3f} | {t['forward_s']:.3f} | "
+                         f"{t['input_grad_s']:.3f} | {t['kernel_grad_s']:.3f} |")
+    if 'torch_over_jax' in totals:
+        lines += ['', f"PyTorch / JAX time over the step's convolutions: "
+                      f"{totals['torch_over_jax']:.2f}x (over 1: JAX faster)."]
+    return '\n'.join(lines) + '\n'
+
+
+def run(model: str, size: str, repeats: int) -> dict[str, Any]:
+    """The whole measurement; XLA flags must be configured before JAX starts (main does)."""
+    import os
+    import jax
+    from experiments.benchmarks.train_step_benchmark import jax_peak_row
+    with_torch = version('torch') is not None
+    spec = model_spec(model, size)
+    if spec.kind != 'image':
+        raise ValueError(f'{model!r} is not an image model; valid: resnet18, resnet50 '
+                         '(ConvNets of bench_common.MODELS)')
+    convs = model_convolutions(spec)
+    peak_size = 2048 if size == 'full' else 256
+    peaks = {'jax': jax_peak_row(peak_size, ['float32'])[0]['gflops'],
+             'torch': torch_peak_gflops(peak_size) if with_torch else None}
+    rows = measure(convs, repeats, with_torch)
+    return {'model': model, 'size': size, 'batch_size': spec.batch_size,
+            'command': f'python -m experiments.benchmarks.conv_benchmark --model={model} '
+                       f'--size={size} --repeats={repeats}',
+            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            'machine': machine(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+            'versions': {'jax': jax.__version__, 'torch': version('torch'),
+                         'python': platform.python_version()},
+            'peak_gflops': peaks, 'rows': rows, 'step_totals': step_totals(rows)}
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    import nets
+    from train.cpu_defaults import configure_cpu_xla_flags
+    FLAGS = flags.FLAGS
+    spec = model_spec(FLAGS.model, FLAGS.size)
+    # The flags the trainer ships for the family, set before JAX starts its CPU backend.
+    configure_cpu_xla_flags(True, nets.model_family(spec.net), 'float32')
+    report = run(FLAGS.model, FLAGS.size, FLAGS.repeats)
+    write_report(report, markdown(report), FLAGS.out or None)
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main)

@@ -1,0 +1,64 @@
+"""The convolution benchmark's bookkeeping (no timing assertions): it finds a model's
+convolutions with their counts, counts their FLOPs, its PyTorch passes compute what JAX's do,
+and the report sums the step. Toy sizes; PyTorch parts skip when torch is not installed."""
+
+import numpy as np
+import pytest
+
+from experiments.benchmarks import bench_common, conv_benchmark as bench
+
+
+def tiny_resnet_convolutions():
+    return bench.model_convolutions(bench_common.model_spec('resnet18', 'tiny'))
+
+
+def test_finds_every_convolution_of_the_tiny_resnet_once_with_its_count():
+    convs = tiny_resnet_convolutions()
+    # Tiny ResNet-18: stem 3->8 at 8x8; stage 0: two 8->8 convs; stage 1: 8->16 stride 2,
+    # 16->16, and the 1x1 stride-2 projection.
+    kernels = [tuple(c['kernel_shape']) for c in convs]
+    assert kernels == [(3, 3, 3, 8), (3, 3, 8, 8), (3, 3, 8, 16), (3, 3, 16, 16), (1, 1, 8, 16)]
+    assert [c['count'] for c in convs] == [1, 2, 1, 1, 1]
+    assert [c['reads_input'] for c in convs] == [True, False, False, False, False]
+    assert tuple(convs[0]['input_shape']) == (8, 8, 8, 3)
+    assert tuple(convs[2]['strides']) == (2, 2)
+
+
+def test_conv_flops_counts_the_output_positions():
+    conv = dict(input_shape=(2, 8, 8, 3), kernel_shape=(3, 3, 3, 4), strides=(2, 2),
+                padding=((0, 1), (0, 1)))
+    assert bench.conv_flops(conv) == 2.0 * 2 * 4 * 4 * 9 * 3 * 4
+
+
+def test_rejects_a_model_without_images():
+    with pytest.raises(ValueError, match="'lstm_lm' is not an image model"):
+        bench.run('lstm_lm', 'tiny', 1)
+
+
+@pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
+def test_torch_passes_compute_what_the_jax_passes_compute(strides):
+    pytest.importorskip('torch')
+    conv = next(c for c in tiny_resnet_convolutions() if tuple(c['strides']) == strides
+                and c['kernel_shape'][0] == 3 and not c['reads_input'])
+    jax_calls, torch_calls = bench.jax_passes(conv), bench.torch_passes(conv)
+    for name in bench.PASSES:
+        expected = np.asarray(jax_calls[name]())
+        np.testing.assert_allclose(torch_calls[name].numpy(), expected, rtol=1e-4, atol=1e-4,
+                                   err_msg=name)
+
+
+def test_report_sums_the_step_and_writes_json_and_markdown(tmp_path):
+    pytest.importorskip('torch')
+    report = bench.run('resnet18', 'tiny', 1)
+    rows = report['rows']
+    assert {r['pass'] for r in rows} == set(bench.PASSES)
+    # The stem reads the image: no input-gradient row for it.
+    assert not [r for r in rows if r['kernel_shape'][2] == 3 and r['pass'] == 'input_grad']
+    totals = report['step_totals']
+    expected = sum(r['count'] * r['jax_s'] for r in rows)
+    assert totals['jax']['total_s'] == pytest.approx(expected)
+    assert totals['torch_over_jax'] == pytest.approx(totals['torch']['total_s']
+                                                     / totals['jax']['total_s'])
+    out = tmp_path / 'conv.json'
+    bench_common.write_report(report, bench.markdown(report), str(out))
+    assert 'Per train step' in out.with_suffix('.md').read_text()
