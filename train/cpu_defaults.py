@@ -15,7 +15,8 @@ AVX-512 machine (jax 0.10.2, train steps of experiments/benchmarks, docs/benchma
   (unchanged), nor any bfloat16 model (YNNPACK multiplies bfloat16 with the chip's AVX512-BF16
   instructions at ~2x Eigen's rate, see nets/mixed_precision.py). Measured on whole batches;
   with the micro-batches below both cost the same (ViT-Ti/4 float32 2.516 vs 2.515 s on
-  YNNPACK, 4 alternating rounds, 2026-11-27), so the flag stays.
+  YNNPACK, 4 alternating rounds, 2026-11-27; on the faster host the VM moved to that morning,
+  1.225 vs 1.219 s, 3 rounds), so the flag stays.
 
 Micro-batches (`config.grad_accum_steps`) of the size measured fastest, for families whose loss
 sums over independent examples (no batch norm, so the averaged gradient is the full batch's):

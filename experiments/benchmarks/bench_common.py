@@ -161,6 +161,10 @@ NOTES = [
     'runs in its own process. Compare rows only where `cores` is near the core count: lower '
     'means other processes shared the machine, which costs PyTorch (OpenMP barriers) more than '
     'JAX.',
+    'The VM changed host between runs: until 2026-11-27 08:21 UTC its float32 matmul peak read '
+    '150-200 GFLOP/s in JAX, from 10:00 that day 390-440 (memory ~7 GB/s, PyTorch\'s matmul '
+    '~200). The development figures below are from the older host unless they say otherwise; '
+    'ratios measured in one run are comparable, absolute times across hosts are not.',
     # Development A/Bs (2-core AMD EPYC, jax 0.10.2, torch 2.13.0, machine shared at load 4-9,
     # so train-step CPU seconds were compared, interleaved in one process or in alternating
     # processes):
@@ -207,7 +211,9 @@ NOTES = [
     'merged with time and XLA all-gathered the 64 MiB stacked gradients (0.90 -> 0.75 s; a test '
     'checks the sharded gradient gathers nothing).',
     'Device count: a 2-device mesh took 7% fewer CPU s for ResNet-18, the same for ViT, 30% more '
-    'for the LSTM before its fused backward (now about the same as one device); the trainer '
+    'for the LSTM before its fused backward (now about the same as one device); on the faster '
+    'host (2026-11-27, 3 alternating rounds) ResNet-18 took 1.92 s per step on one device and '
+    '2.07 s on two. The trainer '
     'stays at one device by default (a 2-device all-reduce stalled once in ~10 runs, see '
     'train/main.py), --cpu_devices=2 opts in.',
     'bfloat16 in JAX: asked for a bfloat16 result, XLA\'s CPU backend converts both operands '
@@ -222,15 +228,25 @@ NOTES = [
     'torch.compile breaks the graph at nn.LSTM (the LSTM compile row runs eagerly) and takes '
     '35-50 s per model on 2 cores. PyTorch images are channels-last (faster than NCHW for '
     'ResNet-18 here: 9.1 vs 10.4 s per step, interleaved, under load).',
-    'What limits JAX. ResNet-18: XLA\'s weight-gradient convolutions want the incoming '
-    'gradient in (C, H, W, N) layout; a profile shows ~70 transpose fusions that recompute the '
-    'batch-norm backward from 5-15 inputs while transposing, ~0.9 s of a 3.3 s step, and the '
-    '4x4x512 stage\'s convolutions at ~110 GFLOP/s (185 at 8x8 and 16x16). Tried and measured '
-    'no better: materialising the gradient once (an optimization barrier in a custom VJP; '
+    'What limits JAX. ResNet-18: XLA\'s CPU convolutions (experiments/benchmarks/'
+    'conv_benchmark.py, docs/conv_benchmark.md: every convolution pass of the step timed alone '
+    'against PyTorch\'s oneDNN, 2026-11-27): 1.4-1.6 s of a ~1.9 s step against PyTorch\'s '
+    '0.97-1.04 s, a gap as large as PyTorch\'s whole lead. The stride-1 3x3 layers run at '
+    '0.5-0.8x oneDNN (the 32x32x64 ones: forward 259 vs 452 GFLOP/s, kernel gradient 185 vs '
+    '397, of which ~24 of 52 ms transpose the input and the gradient into the (C, H, W, N) and '
+    '(H, W, N, C) layouts XLA\'s kernel-gradient convolution wants, at this VM\'s ~7 GB/s '
+    'memory speed); YNNPACK\'s convolutions are slower still (the same forward at 118). Fixed '
+    'in nets/conv.py: strided layers\' input gradients ran as convolutions over zero-dilated '
+    'gradients (68 GFLOP/s; now stride-1 convolutions of the input phases, 131-300) and 1x1 '
+    'kernel gradients as convolutions (24-120; now products, 100-250): step 1.98 -> 1.92 s (3 '
+    'alternating rounds). The rest of the step (batch norm, ReLU, update) costs about what '
+    'PyTorch\'s does (~0.4 s). Tried earlier (on the older host) and measured no better: '
+    'materialising the gradient once (an optimization barrier in a custom VJP; '
     '3.4 -> 3.5 s), or the activations; a batch norm whose custom backward is one '
     'per-channel affine map of the incoming gradient and the input (dx = a·dy + b·x + c, fewer '
-    'inputs for those fusions: 3.395 vs 3.405 s, 3 alternating rounds); weight gradients as im2col or 9 shifted products (15-95 '
-    'GFLOP/s against XLA\'s 96-172); oneDNN flags (not built into this jaxlib); '
+    'inputs for the transposing fusions: 3.395 vs 3.405 s, 3 alternating rounds); weight '
+    'gradients as im2col or 9 shifted products (15-95 GFLOP/s against XLA\'s 96-172); oneDNN '
+    'flags (not built into this jaxlib); '
     '--xla_cpu_use_fusion_emitters=false (3.18 -> 3.41 s) and the concurrency-optimised '
     'scheduler (3.18 -> 3.33 s). LSTM: PyTorch '
     'runs oneDNN\'s fused LSTM; XLA runs each time step as ~10 small kernels in a while loop: '

@@ -17,12 +17,13 @@ measured. Reported: ms and GFLOP/s per pass, PyTorch time / JAX time (over 1: JA
 float32 matmul peak of both for scale, and the sum over the step (count x time): the seconds a
 train step spends in convolutions in each framework.
 
-Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0; about a
-minute. Expected (2026-11-27, a host whose float32 matmul peak measured 430 GFLOP/s in JAX):
-ResNet-18's convolutions take ~1.3 s of JAX's 1.84 s step and ~0.95 s in PyTorch (oneDNN); JAX
-is 0.75-0.9x PyTorch on forward and input-gradient convolutions and ~0.5x on the 32x32x64 kernel
-gradients. That gap alone exceeds PyTorch's lead on the whole step: XLA's CPU convolutions (Eigen's;
-YNNPACK's are slower still on these shapes) are the limit, not the rest of the step.
+Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0; about 20
+seconds. Expected (2026-11-27, docs/conv_benchmark.md; a host whose float32 matmul peak read
+~430 GFLOP/s in JAX): ResNet-18's convolutions take 1.4-1.6 s of JAX's ~1.8-1.9 s step and
+0.97-1.04 s in PyTorch; JAX runs the stride-1 3x3 layers at 0.5-0.8x oneDNN (the 32x32x64
+kernel gradients at ~0.5x, half of their time transposing operands), the deeper strided and
+1x1 layers at 0.6-2x. That gap alone is PyTorch's lead on the whole step: XLA's CPU
+convolutions (Eigen's; YNNPACK's are slower still on these shapes) are the limit.
 """
 
 from __future__ import annotations

@@ -26,11 +26,12 @@ measured; see NOTES, `--xla_flags` and `--micro_batches`.
 Hardware and time: the 2-core CPU (AMD EPYC, AVX-512 with AVX512-BF16), jax 0.10.2, torch
 2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 27 worker processes, 7-11 minutes; `--torch=eager` saves ~1 minute; `--size=tiny`
 checks the plumbing in a few minutes.
-Expected (2026-11-27 08:21 UTC run, docs/benchmarks.md, ~12 minutes): peak 170-199 GFLOP/s
-float32, 313-315 bfloat16 (float32 accumulation); JAX best / PyTorch eager float32: ResNet-18
-0.73x (float32) / 0.81x (bfloat16), ViT-Ti/4 0.94x / 1.11x (micro-batches of 16), LSTM 0.91x /
-1.18x; ViT float32 MFU 62%. Runs spread: ResNet-18 float32 0.61-0.79x, ViT-Ti/4 float32
-0.90-1.00x, LSTM float32 0.80-1.03x. The GPU counterpart is gpu_benchmark.py.
+Expected (2026-11-27 10:45 UTC run, docs/benchmarks.md, ~12 minutes, on a faster host than
+the earlier runs): peak 392-424 GFLOP/s float32, ~900 bfloat16 (float32 accumulation); JAX best /
+PyTorch eager float32: ResNet-18 0.79x (float32) / 0.83x (bfloat16), ViT-Ti/4 1.44x / 1.42x
+(micro-batches of 16), LSTM 1.02x / 1.26x; ViT float32 MFU 56%. On the older host (peak 150-200)
+runs spread: ResNet-18 float32 0.61-0.79x, ViT-Ti/4 float32 0.90-1.00x, LSTM float32 0.80-1.03x.
+conv_benchmark.py takes ResNet-18's convolutions apart. The GPU counterpart is gpu_benchmark.py.
 Other processes on the cores change the picture (PyTorch's OpenMP threads suffer more): compare
 rows whose `cores` is near the core count.
 """
