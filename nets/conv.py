@@ -12,9 +12,12 @@ as (C, *spatial, N) and the kernel as (I, *spatial, O); for the input gradient t
 (*spatial, O, I)), which JAX transposes into convolutions already in the canonical layout, so the
 same fast kernels run in and out of loops (4 scanned micro-batches of that layer: 13 s -> 0.13 s,
 ResNet-18 train step in 4 micro-batches 168 s -> 3.0 s). Same values (the same sums, exactly);
-parameters and names are nn.Conv's. Only where JAX's default backend is the CPU: GPU and TPU
-compilers lay gradient convolutions out themselves, so there the convolution is lax's, as in
-nn.Conv.
+parameters and names are nn.Conv's. Three more CPU paths, each measured faster
+(experiments/benchmarks/conv_benchmark.py): a strided layer's input gradient as stride-1
+convolutions of the input's phases (XLA computes it over a zero-dilated gradient), a 1x1 kernel's
+gradient as one product, and large-activation layers' gradients in chunks of 16 examples that
+stay in the caches. Only where JAX's default backend is the CPU: GPU and TPU compilers lay
+gradient convolutions out themselves, so there the convolution is lax's, as in nn.Conv.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Padding = str | Sequence[tuple[int, int]]
@@ -130,10 +134,43 @@ def _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
     return dw_t.transpose(tuple(range(1, ndim - 1)) + (0, ndim - 1))
 
 
+# The gradients of a batch of more than this many examples are computed in chunks of it (see
+# _conv_bwd), where each chunk's input is at least as large as the kernel.
+BACKWARD_CHUNK_EXAMPLES = 16
+
+
+def backward_chunks(x_shape: Sequence[int], w_shape: Sequence[int]) -> int:
+    """How many chunks of the batch `_conv_bwd` computes the gradients of an input of `x_shape`
+    and a kernel of `w_shape` in (1: the whole batch at once)."""
+    batch = x_shape[0]
+    if batch <= BACKWARD_CHUNK_EXAMPLES or batch % BACKWARD_CHUNK_EXAMPLES:
+        return 1
+    chunks = batch // BACKWARD_CHUNK_EXAMPLES
+    return chunks if np.prod(x_shape) >= chunks * np.prod(w_shape) else 1
+
+
 def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
     x, w = residuals
-    return (_input_gradient(x, w, dy, strides, padding, rhs_dilation, precision),
-            _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision))
+    args = (strides, padding, rhs_dilation, precision)
+    chunks = backward_chunks(x.shape, w.shape)
+    if chunks == 1:
+        return _input_gradient(x, w, dy, *args), _kernel_gradient(x, w, dy, *args)
+
+    # Chunks of 16 examples (a scan, one chunk's gradients at a time): their operands, and the
+    # transposed copies the kernel gradient makes of them, stay in the caches, where a whole
+    # batch streams through this VM's ~7 GB/s memory. ResNet-18 at batch 128, backward pass
+    # (both gradients) of a 32x32x64 3x3 layer 101 -> 74 ms, 16x16x128 59 -> 50, the stem's
+    # 12 -> 4; layers whose kernel outweighs a chunk's input (8x8x256 and smaller) were slower
+    # chunked (47 -> 50, 4x4x512 47 -> 67 ms), as the kernel's gradient is then written and
+    # its kernel read once per chunk (experiments/benchmarks/conv_benchmark.py, 2026-11-27).
+    def chunk(dw_sum, x_dy):
+        x_i, dy_i = x_dy
+        dw_i = _kernel_gradient(x_i, w, dy_i, *args)
+        return dw_sum + dw_i.astype(jnp.float32), _input_gradient(x_i, w, dy_i, *args)
+
+    dw, dx = lax.scan(chunk, jnp.zeros(w.shape, jnp.float32),
+                      (x.reshape(chunks, -1, *x.shape[1:]), dy.reshape(chunks, -1, *dy.shape[1:])))
+    return dx.reshape(x.shape), dw.astype(w.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from nets.conv import Conv
+from nets.conv import Conv, backward_chunks
 
 CASES = [
     (dict(features=6, kernel_size=(3, 3)), (2, 7, 7, 4)),
@@ -97,3 +97,24 @@ def test_strided_gradients_skip_the_zeros_and_pointwise_kernel_gradients_are_pro
     pointwise = gradient_hlo(Conv(5, (1, 1), strides=2))
     assert 'lhs_dilate' not in pointwise
     assert len(re.findall(r'= f32\[[\d,]+\]\{[\d,]+\} convolution\(', pointwise)) == 1  # forward
+
+
+def test_backward_chunks_where_a_chunk_s_input_outweighs_the_kernel():
+    assert backward_chunks((128, 32, 32, 64), (3, 3, 64, 64)) == 8
+    assert backward_chunks((128, 8, 8, 256), (3, 3, 256, 256)) == 1  # kernel > a chunk's input
+    assert backward_chunks((16, 32, 32, 64), (3, 3, 64, 64)) == 1  # one chunk: whole batch
+    assert backward_chunks((40, 32, 32, 64), (3, 3, 64, 64)) == 1  # not a multiple of 16
+
+
+@pytest.mark.parametrize('strides', [1, 2])
+def test_gradients_in_batch_chunks_equal_nn_conv(strides):
+    x = jax.random.normal(jax.random.PRNGKey(0), (48, 8, 8, 4))
+    reference, conv = nn.Conv(6, (3, 3), strides=strides), Conv(6, (3, 3), strides=strides)
+    assert backward_chunks(x.shape, (3, 3, 4, 6)) == 3
+    variables = reference.init(jax.random.PRNGKey(1), x)
+
+    def grads(module):
+        return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))(
+            variables, x)
+    for ours, theirs in zip(jax.tree.leaves(grads(conv)), jax.tree.leaves(grads(reference))):
+        assert jnp.allclose(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -7,13 +7,13 @@ Command:
 Finds every convolution of the model's forward pass by tracing it (the benchmark's ModelSpec, so
 ResNet-18 with the CIFAR stem, batch 128, 32x32x3), measures each distinct one once and counts
 how often the step runs it. For each, in one process, alternating call by call:
-  * JAX: the forward convolution, its input gradient and its kernel gradient, each jitted alone
-    through nets.conv (what the models run, transposes included), under the XLA flags the
-    trainer ships for the family (train/cpu_defaults.py);
+  * JAX: the forward convolution and its backward pass (input and kernel gradients), each jitted
+    alone through nets.conv (what the models run, transposes and batch chunks included), under
+    the XLA flags the trainer ships for the family (train/cpu_defaults.py);
   * PyTorch (`pip install -e '.[benchmark]'`): aten.convolution and aten.convolution_backward on
     channels-last tensors (oneDNN), the kernels its eager train step runs.
-The first convolution reads the image, so its input gradient is neither run by a train step nor
-measured. Reported: ms and GFLOP/s per pass, PyTorch time / JAX time (over 1: JAX faster), the
+The first convolution reads the image, so its backward pass is the kernel gradient alone, as in
+a train step. Reported: ms and GFLOP/s per pass, PyTorch time / JAX time (over 1: JAX faster), the
 float32 matmul peak of both for scale, and the sum over the step (count x time): the seconds a
 train step spends in convolutions in each framework.
 
@@ -41,7 +41,7 @@ from absl import app, flags
 from experiments.benchmarks.bench_common import (machine, matmul_flops, model_spec, version,
                                                  write_report)
 
-PASSES = ('forward', 'input_grad', 'kernel_grad')
+PASSES = ('forward', 'backward')
 
 
 def define_flags() -> None:
@@ -117,7 +117,8 @@ def output_shape(conv: dict[str, Any]) -> tuple[int, int, int, int]:
 
 
 def conv_flops(conv: dict[str, Any]) -> float:
-    """Multiply-adds x 2 of one pass (each of the three passes does the same products)."""
+    """Multiply-adds x 2 of the forward pass (the input and the kernel gradient each do the same
+    products)."""
     kh, kw, cin, cout = conv['kernel_shape']
     batch, out_h, out_w, _ = output_shape(conv)
     return 2.0 * batch * out_h * out_w * kh * kw * cin * cout
@@ -142,11 +143,12 @@ def jax_passes(conv: dict[str, Any], seed: int = 0) -> dict[str, Callable[[], An
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
     forward_jit = jax.jit(forward)
-    input_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda x_: forward(x_, w), x)[1](dy)[0])
-    kernel_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda w_: forward(x, w_), w)[1](dy)[0])
+    if conv['reads_input']:
+        backward = jax.jit(lambda x, w, dy: jax.vjp(lambda w_: forward(x, w_), w)[1](dy))
+    else:
+        backward = jax.jit(lambda x, w, dy: jax.vjp(forward, x, w)[1](dy))
     return {'forward': lambda: jax.block_until_ready(forward_jit(x, w)),
-            'input_grad': lambda: jax.block_until_ready(input_grad(x, w, dy)),
-            'kernel_grad': lambda: jax.block_until_ready(kernel_grad(x, w, dy))}
+            'backward': lambda: jax.block_until_ready(backward(x, w, dy))}
 
 
 class TorchPass:
@@ -186,18 +188,21 @@ def torch_passes(conv: dict[str, Any], seed: int = 0) -> dict[str, TorchPass]:
         with torch.no_grad():
             return torch.conv2d(x, w, stride=stride, padding=padding)
 
-    def backward(mask: list[bool]) -> Any:
+    def backward() -> Any:
+        mask = [not conv['reads_input'], True, False]
         return torch.ops.aten.convolution_backward(dy, x, w, None, stride, padding, [1, 1],
                                                    False, [0, 0], 1, mask)
 
-    top, left = (0, 0) if symmetric else (pt, pl)
-    return {
-        'forward': TorchPass(forward, lambda y: y.permute(0, 2, 3, 1).numpy()),
-        'input_grad': TorchPass(lambda: backward([True, False, False]), lambda g: g[0].permute(
-            0, 2, 3, 1)[:, top:top + height, left:left + width].numpy()),
-        'kernel_grad': TorchPass(lambda: backward([False, True, False]),
-                            lambda g: g[1].permute(2, 3, 1, 0).numpy()),
-    }
+    def backward_numpy(grads: Any) -> tuple[Any, ...]:
+        dw = grads[1].permute(2, 3, 1, 0).numpy()
+        if conv['reads_input']:
+            return (dw,)
+        top, left = (0, 0) if symmetric else (pt, pl)
+        dx = grads[0].permute(0, 2, 3, 1)[:, top:top + height, left:left + width].numpy()
+        return dx, dw
+
+    return {'forward': TorchPass(forward, lambda y: y.permute(0, 2, 3, 1).numpy()),
+            'backward': TorchPass(backward, backward_numpy)}
 
 
 def time_alternating(calls: Sequence[Callable[[], Any]], repeats: int,
@@ -230,10 +235,9 @@ def measure(convs: list[dict[str, Any]], repeats: int, with_torch: bool) -> list
     for conv in convs:
         jax_calls = jax_passes(conv)
         torch_calls = torch_passes(conv) if with_torch else {}
-        flops = conv_flops(conv)
         for name in PASSES:
-            if name == 'input_grad' and conv['reads_input']:
-                continue
+            # The backward pass: input and kernel gradients, each the forward's products.
+            flops = conv_flops(conv) * (2 if name == 'backward' and not conv['reads_input'] else 1)
             calls = [jax_calls[name]] + ([torch_calls[name]] if with_torch else [])
             seconds = time_alternating(calls, repeats)
             row = {'input_shape': list(conv['input_shape']),
@@ -284,13 +288,13 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{r['jax_gflops']:.0f} | {torch_cells} |")
     totals = report['step_totals']
     lines += ['', '## Per train step (count x time)', '',
-              '| framework | convolutions s | forward s | input gradients s | kernel gradients s |',
-              '|---|---|---|---|---|']
+              '| framework | convolutions s | forward s | backward s |',
+              '|---|---|---|---|']
     for framework in ('jax', 'torch'):
         if framework in totals:
             t = totals[framework]
             lines.append(f"| {framework} | {t['total_s']:.3f} | {t['forward_s']:.3f} | "
-                         f"{t['input_grad_s']:.3f} | {t['kernel_grad_s']:.3f} |")
+                         f"{t['backward_s']:.3f} |")
     if 'torch_over_jax' in totals:
         lines += ['', f"PyTorch / JAX time over the step's convolutions: "
                       f"{totals['torch_over_jax']:.2f}x (over 1: JAX faster)."]
