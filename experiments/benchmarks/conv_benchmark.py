@@ -19,11 +19,11 @@ train step spends in convolutions in each framework.
 
 Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0; about 20
 seconds. Expected (2026-11-27, docs/conv_benchmark.md; a host whose float32 matmul peak read
-~430 GFLOP/s in JAX): ResNet-18's convolutions take 1.4-1.6 s of JAX's ~1.8-1.9 s step and
-0.97-1.04 s in PyTorch; JAX runs the stride-1 3x3 layers at 0.5-0.8x oneDNN (the 32x32x64
-kernel gradients at ~0.5x, half of their time transposing operands), the deeper strided and
-1x1 layers at 0.6-2x. That gap alone is PyTorch's lead on the whole step: XLA's CPU
-convolutions (Eigen's; YNNPACK's are slower still on these shapes) are the limit.
+~430 GFLOP/s in JAX): ResNet-18's convolutions take 1.2-1.3 s of JAX's ~1.65 s step and
+0.91-0.94 s in PyTorch; JAX runs the 32x32x64 layers at ~0.6x oneDNN (forward 279 vs 487
+GFLOP/s), the deeper ones at 0.7-1.1x. That gap is most of PyTorch's lead on the whole step:
+XLA's CPU convolution kernels (Eigen's; YNNPACK's are slower still on these shapes) are the
+limit. Single rows move by up to 20% between runs on this shared VM, the step totals by ~10%.
 """
 
 from __future__ import annotations
