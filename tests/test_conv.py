@@ -6,6 +6,7 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from nets.conv import Conv, backward_chunks
@@ -118,3 +119,20 @@ def test_gradients_in_batch_chunks_equal_nn_conv(strides):
             variables, x)
     for ours, theirs in zip(jax.tree.leaves(grads(conv)), jax.tree.leaves(grads(reference))):
         assert jnp.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_gradients_of_a_batch_sharded_over_devices_gather_nothing():
+    """Each chunk takes examples strided over the batch, so on a data-parallel mesh every device
+    computes its share of every chunk; chunks of consecutive examples would each live on one
+    device and move between them."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = Mesh(np.array(jax.devices()[:2]), ('data',))
+    x = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 4)),
+                       NamedSharding(mesh, PartitionSpec('data')))
+    conv = Conv(6, (3, 3))
+    assert backward_chunks(x.shape, (3, 3, 4, 6)) == 4
+    variables = jax.device_put(conv.init(jax.random.PRNGKey(1), x[:1]),
+                               NamedSharding(mesh, PartitionSpec()))
+    grad = jax.jit(jax.grad(lambda v, x: jnp.sum(conv.apply(v, x) ** 2), argnums=(0, 1)))
+    hlo = grad.lower(variables, x).compile().as_text()
+    assert 'all-gather' not in hlo and 'all-to-all' not in hlo and 'collective-permute' not in hlo
