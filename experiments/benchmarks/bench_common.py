@@ -175,7 +175,9 @@ NOTES = [
     'quickstart CNN by 0%. Dot products off YNNPACK as well (-individual_dot,-dot) for float32 '
     'ViTs: ViT-Ti/4 step 3.42/3.00 s -> 2.89/2.85 s (alternating A/B, 5 steps each); the same '
     'made the LSTM slower (0.65 -> 0.94 s), ResNet-18 no faster, and bfloat16 slower (Eigen\'s '
-    'bfloat16 products run at half YNNPACK\'s rate).',
+    'bfloat16 products run at half YNNPACK\'s rate). Element-wise fusions on YNNPACK (+eltwise) '
+    'do not compile the LSTM step (jax 0.10.2: "unsupported layout in YNN fusion"); reductions '
+    'on it (+reduce) cost the same (0.272 vs 0.274 s, 3 alternating rounds, 2026-11-27).',
     'Micro-batches (train/cpu_defaults.py MICRO_BATCH_BY_FAMILY, what train.main does on the '
     'CPU; `(k micro)` in the table): ViT steps run their batch as micro-batches of 16 examples '
     'per device in a scan (config.grad_accum_steps; the same averaged gradient and one update). '
