@@ -156,7 +156,7 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
     if chunks == 1:
         return _input_gradient(x, w, dy, *args), _kernel_gradient(x, w, dy, *args)
 
-    # Chunks of 16 examples (a scan, one chunk's gradients at a time): their operands, and the
+    # Chunks of 16 examples (a loop, one chunk's gradients at a time): their operands, and the
     # transposed copies the kernel gradient makes of them, stay in the caches, where a whole
     # batch streams through this VM's ~7 GB/s memory. ResNet-18 at batch 128, backward pass
     # (both gradients) of a 32x32x64 3x3 layer 101 -> 74 ms, 16x16x128 59 -> 50, the stem's
@@ -179,7 +179,8 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
         dx = lax.dynamic_update_index_in_dim(dx, _input_gradient(x_c, w, dy_c, *args), c, axis=1)
         return dx, dw
 
-    dx, dw = lax.fori_loop(0, chunks, chunk, (jnp.zeros_like(xs), jnp.zeros(w.shape, jnp.float32)))
+    dx, dw = lax.fori_loop(0, chunks, chunk,
+                           (jnp.zeros_like(xs), jnp.zeros(w.shape, jnp.float32)))
     return dx.reshape(x.shape), dw.astype(w.dtype)
 
 
