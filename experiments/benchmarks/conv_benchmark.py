@@ -46,7 +46,8 @@ PASSES = ('forward', 'backward')
 
 def define_flags() -> None:
     flags.DEFINE_string('model', 'resnet18', 'Image model of bench_common.MODELS.')
-    flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy model and batch (a smoke test).")
+    flags.DEFINE_enum('size', 'full', ['full', 'tiny'],
+                      "'tiny': toy model and batch (a smoke test).")
     flags.DEFINE_integer('repeats', 4, 'Timed calls per pass, framework and round (2 rounds; '
                          'median).',
                          lower_bound=1)
