@@ -34,7 +34,7 @@ def test_conv_flops_counts_the_output_positions():
 
 
 def test_rejects_a_model_without_images():
-    with pytest.raises(ValueError, match="'lstm_lm' is not an image model"):
+    with pytest.raises(ValueError, match="'lstm_lm' is not an image model; valid: \\['resnet18'"):
         bench.run('lstm_lm', 'tiny', 1)
 
 

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments.benchmarks.bench_common import (machine, matmul_flops, model_spec, version,
-                                                 write_report)
+from experiments.benchmarks.bench_common import (MODELS, machine, matmul_flops, model_spec,
+                                                 version, write_report)
 
 PASSES = ('forward', 'backward')
 
@@ -310,8 +310,8 @@ def run(model: str, size: str, repeats: int) -> dict[str, Any]:
     with_torch = version('torch') is not None
     spec = model_spec(model, size)
     if spec.kind != 'image':
-        raise ValueError(f'{model!r} is not an image model; valid: resnet18, resnet50 '
-                         '(ConvNets of bench_common.MODELS)')
+        images = sorted(name for name, other in MODELS.items() if other.kind == 'image')
+        raise ValueError(f'{model!r} is not an image model; valid: {images}')
     convs = model_convolutions(spec)
     peak_size = 2048 if size == 'full' else 256
     peaks = {'jax': jax_peak_row(peak_size, ['float32'])[0]['gflops'],
@@ -332,10 +332,13 @@ def main(argv: Sequence[str]) -> None:
     import nets
     from train.cpu_defaults import configure_cpu_xla_flags
     FLAGS = flags.FLAGS
-    spec = model_spec(FLAGS.model, FLAGS.size)
-    # The flags the trainer ships for the family, set before JAX starts its CPU backend.
-    configure_cpu_xla_flags(True, nets.model_family(spec.net), 'float32')
-    report = run(FLAGS.model, FLAGS.size, FLAGS.repeats)
+    try:
+        spec = model_spec(FLAGS.model, FLAGS.size)
+        # The flags the trainer ships for the family, set before JAX starts its CPU backend.
+        configure_cpu_xla_flags(True, nets.model_family(spec.net), 'float32')
+        report = run(FLAGS.model, FLAGS.size, FLAGS.repeats)
+    except ValueError as error:  # a bad --model: the message names it and the valid ones
+        raise app.UsageError(str(error)) from None
     write_report(report, markdown(report), FLAGS.out or None)
 
 
