@@ -135,15 +135,19 @@ def _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
 
 
 # The gradients of a batch of more than this many examples are computed in chunks of it (see
-# _conv_bwd), where each chunk's input is at least as large as the kernel.
+# _conv_bwd) where the input and output gradient take at least BACKWARD_CHUNK_MIN_BYTES and each
+# chunk's input is at least as large as the kernel.
 BACKWARD_CHUNK_EXAMPLES = 16
+BACKWARD_CHUNK_MIN_BYTES = 16 * 2 ** 20
 
 
-def backward_chunks(x_shape: Sequence[int], w_shape: Sequence[int]) -> int:
-    """How many chunks of the batch `_conv_bwd` computes the gradients of an input of `x_shape`
-    and a kernel of `w_shape` in (1: the whole batch at once)."""
+def backward_chunks(x_shape: Sequence[int], w_shape: Sequence[int], dy_shape: Sequence[int],
+                    itemsize: int = 4) -> int:
+    """How many chunks of the batch `_conv_bwd` computes the gradients of an input of `x_shape`,
+    a kernel of `w_shape` and an output gradient of `dy_shape` in (1: the whole batch at once)."""
     batch = x_shape[0]
-    if batch <= BACKWARD_CHUNK_EXAMPLES or batch % BACKWARD_CHUNK_EXAMPLES:
+    if (batch <= BACKWARD_CHUNK_EXAMPLES or batch % BACKWARD_CHUNK_EXAMPLES
+            or itemsize * (np.prod(x_shape) + np.prod(dy_shape)) < BACKWARD_CHUNK_MIN_BYTES):
         return 1
     chunks = batch // BACKWARD_CHUNK_EXAMPLES
     return chunks if np.prod(x_shape) >= chunks * np.prod(w_shape) else 1
@@ -152,7 +156,7 @@ def backward_chunks(x_shape: Sequence[int], w_shape: Sequence[int]) -> int:
 def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
     x, w = residuals
     args = (strides, padding, rhs_dilation, precision)
-    chunks = backward_chunks(x.shape, w.shape)
+    chunks = backward_chunks(x.shape, w.shape, dy.shape, x.dtype.itemsize)
     if chunks == 1:
         return _input_gradient(x, w, dy, *args), _kernel_gradient(x, w, dy, *args)
 
@@ -162,7 +166,9 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
     # (both gradients) of a 32x32x64 3x3 layer 101 -> 74 ms, 16x16x128 59 -> 50, the stem's
     # 12 -> 4; layers whose kernel outweighs a chunk's input (8x8x256 and smaller) were slower
     # chunked (47 -> 50, 4x4x512 47 -> 67 ms), as the kernel's gradient is then written and
-    # its kernel read once per chunk (experiments/benchmarks/conv_benchmark.py, 2026-11-27).
+    # its kernel read once per chunk (experiments/benchmarks/conv_benchmark.py, 2026-11-27);
+    # so were the quickstart CNN's small layers, whose operands fit in the caches anyway (train
+    # step 43.6 -> 46.1 ms): hence BACKWARD_CHUNK_MIN_BYTES.
     # Chunk c holds examples c, c + chunks, c + 2 chunks, ...: the batch axis stays whole
     # (axis 0 of the (examples per chunk, chunks, ...) view), so a batch sharded over devices
     # keeps its sharding and every device computes its share of every chunk. Consecutive

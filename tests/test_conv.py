@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import nets.conv
 from nets.conv import Conv, backward_chunks
 
 CASES = [
@@ -100,18 +101,25 @@ def test_strided_gradients_skip_the_zeros_and_pointwise_kernel_gradients_are_pro
     assert len(re.findall(r'= f32\[[\d,]+\]\{[\d,]+\} convolution\(', pointwise)) == 1  # forward
 
 
-def test_backward_chunks_where_a_chunk_s_input_outweighs_the_kernel():
-    assert backward_chunks((128, 32, 32, 64), (3, 3, 64, 64)) == 8
-    assert backward_chunks((128, 8, 8, 256), (3, 3, 256, 256)) == 1  # kernel > a chunk's input
-    assert backward_chunks((16, 32, 32, 64), (3, 3, 64, 64)) == 1  # one chunk: whole batch
-    assert backward_chunks((40, 32, 32, 64), (3, 3, 64, 64)) == 1  # not a multiple of 16
+def test_backward_chunks_large_operands_where_a_chunk_s_input_outweighs_the_kernel(monkeypatch):
+    big = (128, 32, 32, 64)
+    assert backward_chunks(big, (3, 3, 64, 64), big) == 8
+    small = (128, 8, 8, 256)
+    assert backward_chunks(small, (3, 3, 256, 256), small) == 1  # kernel > a chunk's input
+    assert backward_chunks((16, 32, 32, 64), (3, 3, 64, 64), (16, 32, 32, 64)) == 1  # 1 chunk
+    assert backward_chunks((40, 32, 32, 64), (3, 3, 64, 64), (40, 32, 32, 64)) == 1  # 40 % 16
+    # The quickstart CNN's layers: operands that fit in the caches keep whole batches.
+    assert backward_chunks((128, 14, 14, 16), (3, 3, 16, 32), (128, 14, 14, 32)) == 1
+    monkeypatch.setattr(nets.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
+    assert backward_chunks((128, 14, 14, 16), (3, 3, 16, 32), (128, 14, 14, 32)) == 8
 
 
 @pytest.mark.parametrize('strides', [1, 2])
-def test_gradients_in_batch_chunks_equal_nn_conv(strides):
+def test_gradients_in_batch_chunks_equal_nn_conv(strides, monkeypatch):
     x = jax.random.normal(jax.random.PRNGKey(0), (48, 8, 8, 4))
     reference, conv = nn.Conv(6, (3, 3), strides=strides), Conv(6, (3, 3), strides=strides)
-    assert backward_chunks(x.shape, (3, 3, 4, 6)) == 3
+    monkeypatch.setattr(nets.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
+    assert backward_chunks(x.shape, (3, 3, 4, 6), (48, 8 // strides, 8 // strides, 6)) == 3
     variables = reference.init(jax.random.PRNGKey(1), x)
 
     def grads(module):
@@ -121,7 +129,7 @@ def test_gradients_in_batch_chunks_equal_nn_conv(strides):
         assert jnp.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_chunked_gradients_of_a_batch_sharded_over_devices_gather_nothing():
+def test_chunked_gradients_of_a_batch_sharded_over_devices_gather_nothing(monkeypatch):
     """Each chunk takes examples strided over the batch, so on a data-parallel mesh every device
     computes its share of every chunk; chunks of consecutive examples would each live on one
     device and move between them."""
@@ -130,7 +138,8 @@ def test_chunked_gradients_of_a_batch_sharded_over_devices_gather_nothing():
     x = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 4)),
                        NamedSharding(mesh, PartitionSpec('data')))
     conv = Conv(6, (3, 3))
-    assert backward_chunks(x.shape, (3, 3, 4, 6)) == 4
+    monkeypatch.setattr(nets.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
+    assert backward_chunks(x.shape, (3, 3, 4, 6), (64, 8, 8, 6)) == 4
     variables = jax.device_put(conv.init(jax.random.PRNGKey(1), x[:1]),
                                NamedSharding(mesh, PartitionSpec()))
     grad = jax.jit(jax.grad(lambda v, x: jnp.sum(conv.apply(v, x) ** 2), argnums=(0, 1)))
