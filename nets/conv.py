@@ -22,15 +22,15 @@ gradient convolutions out themselves, so there the convolution is lax's, as in n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import itertools
+import math
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 Padding = str | Sequence[tuple[int, int]]
@@ -59,6 +59,12 @@ def _conv_fwd(x, w, strides, padding, rhs_dilation, precision):
     return _forward(x, w, strides, padding, rhs_dilation, precision), (x, w)
 
 
+def _pad_spatial(x, padding):
+    """x (N, *spatial, C) with (lo, hi) zeros around each spatial axis (negative: cropped)."""
+    return lax.pad(x, jnp.zeros((), x.dtype),
+                   [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
+
+
 def _phase_convolutions(x, w, strides, padding, precision):
     """A strided convolution as the sum of stride-1 ones, one per input phase: with stride s,
     the kernel taps r, r+s, r+2s, ... read only the padded input's positions r, r+s, ...; each
@@ -68,8 +74,7 @@ def _phase_convolutions(x, w, strides, padding, precision):
     element is the same sum as the strided convolution's."""
     rank = x.ndim - 2
     kernel = w.shape[:rank]
-    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
-                + [(0, 0, 0)])
+    x = _pad_spatial(x, padding)
     out = [(x.shape[1 + d] - kernel[d]) // strides[d] + 1 for d in range(rank)]
     total = None
     for phase in itertools.product(*(range(min(s, k)) for s, k in zip(strides, kernel))):
@@ -112,8 +117,7 @@ def _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
         # A pointwise kernel's gradient is one product of the (strided) inputs and the output
         # gradient over batch and positions: as a convolution, XLA's CPU backend ran ResNet-18's
         # 1x1 projections at 24-120 GFLOP/s, as a product at 200 and more.
-        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
-                    + [(0, 0, 0)])
+        x = _pad_spatial(x, padding)
         x = lax.slice(x, (0,) * ndim, (x.shape[0], *((o - 1) * s + 1 for o, s
                                                      in zip(dy.shape[1:-1], strides)),
                                        x.shape[-1]), (1, *strides, 1))
@@ -147,10 +151,10 @@ def backward_chunks(x_shape: Sequence[int], w_shape: Sequence[int], dy_shape: Se
     a kernel of `w_shape` and an output gradient of `dy_shape` in (1: the whole batch at once)."""
     batch = x_shape[0]
     if (batch <= BACKWARD_CHUNK_EXAMPLES or batch % BACKWARD_CHUNK_EXAMPLES
-            or itemsize * (np.prod(x_shape) + np.prod(dy_shape)) < BACKWARD_CHUNK_MIN_BYTES):
+            or itemsize * (math.prod(x_shape) + math.prod(dy_shape)) < BACKWARD_CHUNK_MIN_BYTES):
         return 1
     chunks = batch // BACKWARD_CHUNK_EXAMPLES
-    return chunks if np.prod(x_shape) >= chunks * np.prod(w_shape) else 1
+    return chunks if math.prod(x_shape) >= chunks * math.prod(w_shape) else 1
 
 
 def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
