@@ -321,7 +321,8 @@ def run(model: str, size: str, repeats: int) -> dict[str, Any]:
             'machine': machine(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
             'versions': {'jax': jax.__version__, 'torch': version('torch'),
                          'python': platform.python_version()},
-            'peak_size': peak_size, 'peak_gflops': peaks, 'rows': rows, 'step_totals': step_totals(rows)}
+            'peak_size': peak_size, 'peak_gflops': peaks, 'rows': rows,
+            'step_totals': step_totals(rows)}
 
 
 def main(argv: Sequence[str]) -> None:
