@@ -18,6 +18,10 @@ convolutions of the input's phases (XLA computes it over a zero-dilated gradient
 gradient as one product, and large-activation layers' gradients in chunks of 16 examples that
 stay in the caches. Only where JAX's default backend is the CPU: GPU and TPU compilers lay
 gradient convolutions out themselves, so there the convolution is lax's, as in nn.Conv.
+
+On the CPU, 2-D float32 and bfloat16 convolutions with undilated kernels go to oneDNN's kernels
+instead, where they build (nets/onednn_conv.py: ResNet-18's step 1.7 -> 1.3 s); the XLA paths
+here serve the other convolutions, and all of them with DEEPNETS_CPU_CONV=xla.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from nets import onednn_conv
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -219,6 +225,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:rank], rhs_dilation)]
         padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if onednn_conv.supports(lhs, rhs, rhs_dilation) and onednn_conv.enabled():
+        return onednn_conv.conv2d(lhs, rhs, tuple(window_strides), padding)
     return _conv(lhs, rhs, tuple(window_strides), padding, rhs_dilation, precision)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nets import onednn_conv
 from nets.arithmetic import ReceptiveField, Window
 
 Field = tuple[ReceptiveField, ...]  # one per spatial dimension
@@ -50,8 +51,9 @@ def flops_per_example(model, input_shape: Sequence[int]) -> float:
     """XLA's FLOP count (multiply-add = 2) of one forward pass in eval mode, per example."""
     variables = _abstract_variables(model, input_shape)
     inputs = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-        variables, inputs).compile()
+    with onednn_conv.xla_convolutions():  # XLA counts no FLOPs in custom calls
+        compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+            variables, inputs).compile()
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jaxlibs return one dict per device
         analysis = analysis[0]
@@ -145,8 +147,9 @@ def layer_table(model, input_shape: Sequence[int]) -> list[LayerRow]:
     """Every conv and pooling layer of a forward pass (eval mode) with its output shape and
     receptive field, in call order."""
     variables = _abstract_variables(model, input_shape)
-    closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
-        variables, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    with onednn_conv.xla_convolutions():  # lax convolutions, whose windows it reads
+        closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
+            variables, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
     walker = _FieldWalker(tuple(input_shape[1:-1]))
     num_variable_leaves = len(jax.tree.leaves(variables))
     start = tuple(ReceptiveField(1, 1) for _ in input_shape[1:-1])

@@ -1,5 +1,5 @@
 """nets.conv.Conv: nn.Conv's values and gradients, with kernel and input gradients XLA's CPU backend
-runs on its canonical (fast) convolution inside loops too."""
+runs on its canonical (fast) convolution inside loops too (XLA's convolutions: see the fixture)."""
 
 import re
 
@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 import nets.conv
+from nets import onednn_conv
 from nets.conv import Conv, backward_chunks
+
+
+@pytest.fixture(autouse=True)
+def xla_convolutions():
+    """These tests are about the XLA path (exact sums, layouts, chunks); oneDNN's, the CPU
+    default where it builds, is tested in test_onednn_conv.py."""
+    with onednn_conv.xla_convolutions():
+        yield
 
 CASES = [
     (dict(features=6, kernel_size=(3, 3)), (2, 7, 7, 4)),

@@ -38,18 +38,39 @@ def test_rejects_a_model_without_images():
         bench.run('lstm_lm', 'tiny', 1)
 
 
+def _backends():
+    from nets import onednn_conv
+    return ['xla'] + (['onednn'] if onednn_conv.enabled() else [])
+
+
 @pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
-def test_torch_passes_compute_what_the_jax_passes_compute(strides):
-    pytest.importorskip('torch')
+def test_every_framework_computes_the_same_passes(strides):
+    """JAX with each convolution backend, and PyTorch where installed."""
     conv = next(c for c in tiny_resnet_convolutions() if tuple(c['strides']) == strides
                 and c['kernel_shape'][0] == 3 and not c['reads_input'])
-    jax_calls, torch_calls = bench.jax_passes(conv), bench.torch_passes(conv)
-    np.testing.assert_allclose(torch_calls['forward'].numpy(),
-                               np.asarray(jax_calls['forward']()), rtol=1e-4, atol=1e-4)
-    dx, dw = jax_calls['backward']()
+    reference = bench.jax_passes(conv, 'xla')
+    expected_y, (expected_dx, expected_dw) = reference['forward'](), reference['backward']()
+    others = {backend: bench.jax_passes(conv, backend) for backend in _backends()[1:]}
+    for calls in others.values():
+        np.testing.assert_allclose(np.asarray(calls['forward']()), expected_y, rtol=1e-4,
+                                   atol=1e-4)
+        dx, dw = calls['backward']()
+        np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(dw), expected_dw, rtol=1e-4, atol=1e-4)
+    if importlib.util.find_spec('torch') is None:
+        return
+    torch_calls = bench.torch_passes(conv)
+    np.testing.assert_allclose(torch_calls['forward'].numpy(), np.asarray(expected_y),
+                               rtol=1e-4, atol=1e-4)
     torch_dx, torch_dw = torch_calls['backward'].numpy()
-    np.testing.assert_allclose(torch_dx, np.asarray(dx), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(torch_dw, np.asarray(dw), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(torch_dx, np.asarray(expected_dx), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(torch_dw, np.asarray(expected_dw), rtol=1e-4, atol=1e-4)
+
+
+def test_jax_passes_reject_an_unknown_backend():
+    conv = tiny_resnet_convolutions()[1]
+    with pytest.raises(ValueError, match="backend 'cudnn': valid backends are xla, onednn"):
+        bench.jax_passes(conv, 'cudnn')
 
 
 def test_report_sums_the_step_and_writes_json_and_markdown(tmp_path):
@@ -64,14 +85,16 @@ def test_report_sums_the_step_and_writes_json_and_markdown(tmp_path):
     other = [r for r in rows if r['kernel_shape'][2] != 3]
     assert other[1]['gflop'] == pytest.approx(2 * other[0]['gflop'])
     totals = report['step_totals']
-    expected = sum(r['count'] * r['jax_s'] for r in rows)
-    assert totals['jax']['total_s'] == pytest.approx(expected)
+    for backend in _backends():
+        expected = sum(r['count'] * r[f'{backend}_s'] for r in rows)
+        assert totals[backend]['total_s'] == pytest.approx(expected)
+        assert (f'torch_over_{backend}' in totals) == with_torch
+        if with_torch:
+            assert totals[f'torch_over_{backend}'] == pytest.approx(
+                totals['torch']['total_s'] / totals[backend]['total_s'])
     assert ('torch' in totals) == with_torch and all(('torch_s' in r) == with_torch for r in rows)
-    if with_torch:
-        assert totals['torch_over_jax'] == pytest.approx(totals['torch']['total_s']
-                                                         / totals['jax']['total_s'])
     out = tmp_path / 'conv.json'
     bench_common.write_report(report, bench.markdown(report), str(out))
     table = out.with_suffix('.md').read_text()
-    assert 'Per train step' in table and '| jax |' in table
+    assert 'Per train step' in table and '| JAX XLA |' in table
     assert json.loads(out.read_text())['step_totals'] == totals

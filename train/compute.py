@@ -41,6 +41,7 @@ import numpy as np
 from absl import logging
 from jax.extend.core import jaxpr_as_fun
 
+from nets import onednn_conv
 from nets.summary import sub_jaxprs
 
 
@@ -135,14 +136,21 @@ def loop_corrected_flops(fn: Callable[..., Any], *args: Any, compiled: Any = Non
 
     `fn` may be a jitted function with shardings; the count is then XLA's count for one
     device's program, so count on a one-device mesh to get the whole step. `compiled`: `fn`
-    already compiled for these arguments (saves compiling it again).
+    already compiled for these arguments (saves compiling it again; one compiled with XLA's
+    convolutions, under `nets.onednn_conv.xla_convolutions()`).
     """
     abstract_args = jax.tree.map(_abstract, args)
-    if compiled is None:
-        jitted = fn if hasattr(fn, 'lower') else jax.jit(fn)
-        compiled = jitted.lower(*abstract_args).compile()
+    # XLA counts a custom call as no FLOPs: the count traces the program with XLA's
+    # convolutions, not oneDNN's (nets/onednn_conv.py).
+    with onednn_conv.xla_convolutions():
+        closed = jax.make_jaxpr(fn)(*abstract_args)
+        if onednn_conv.calls_in(closed):
+            raise ValueError('the function was traced with oneDNN convolutions before (JAX reuses '
+                             'that trace); count a fresh function, e.g. a new make_train_step')
+        if compiled is None:
+            jitted = fn if hasattr(fn, 'lower') else jax.jit(fn)
+            compiled = jitted.lower(*abstract_args).compile()
     xla = _cost_flops(compiled)
-    closed = jax.make_jaxpr(fn)(*abstract_args)
     correction, uncorrected = _loop_correction(closed.jaxpr, xla_counts_loop_body_once())
     return FlopCount(xla=xla, loop_correction=correction, uncorrected_loops=uncorrected)
 
@@ -346,7 +354,8 @@ def analytic_forward_flops(fn: Callable[..., Any], *args: Any) -> float:
     (multiply-add = 2, padding taps excluded, loops once per iteration): the analytic count of
     a forward pass, independent of XLA. A train step costs about three times this (the
     backward pass takes one product for the input gradient and one for the weight gradient)."""
-    closed = jax.make_jaxpr(fn)(*jax.tree.map(_abstract, args))
+    with onednn_conv.xla_convolutions():  # lax convolutions, whose shapes it reads
+        closed = jax.make_jaxpr(fn)(*jax.tree.map(_abstract, args))
     return _matmul_conv_flops(closed.jaxpr)
 
 

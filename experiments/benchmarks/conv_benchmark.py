@@ -42,6 +42,9 @@ from experiments.benchmarks.bench_common import (MODELS, machine, model_spec, ve
                                                  write_report)
 
 PASSES = ('forward', 'backward')
+JAX_BACKENDS = ('xla', 'onednn')
+FRAMEWORKS = (*JAX_BACKENDS, 'torch')
+LABELS = {'xla': 'JAX XLA', 'onednn': 'JAX oneDNN', 'torch': 'PyTorch'}
 
 
 def define_flags() -> None:
@@ -78,9 +81,11 @@ def model_convolutions(spec: Any) -> list[dict[str, Any]]:
     model = nets.create(spec.net, **spec.fields, **spec.jax_fields)
     images = jnp.zeros((spec.batch_size, *spec.example_shape), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
-    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(
-        v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)}))(
-        variables, images).jaxpr
+    from nets import onednn_conv
+    with onednn_conv.xla_convolutions():  # lax convolutions, whose parameters it reads
+        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(
+            v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)}))(
+            variables, images).jaxpr
     found: dict[tuple, dict[str, Any]] = {}
 
     def walk(inner: Any) -> None:
@@ -132,16 +137,27 @@ def operands(conv: dict[str, Any], seed: int = 0) -> tuple[Any, Any, Any]:
                  (conv['input_shape'], conv['kernel_shape'], output_shape(conv)))
 
 
-def jax_passes(conv: dict[str, Any], seed: int = 0) -> dict[str, Callable[[], Any]]:
-    """Zero-argument callables running each pass once on `operands(conv, seed)` (compiled on
+def jax_passes(conv: dict[str, Any], backend: str = 'xla',
+               seed: int = 0) -> dict[str, Callable[[], Any]]:
+    """Zero-argument callables running each pass once on `operands(conv, seed)` through
+    nets.conv with `backend`'s kernels ('xla' or 'onednn', see nets/onednn_conv.py; compiled on
     the first call, waited for); each returns its result."""
+    import contextlib
     import jax
+    from nets import onednn_conv
     from nets.conv import conv_general_dilated
+    if backend not in JAX_BACKENDS:
+        raise ValueError(f'backend {backend!r}: valid backends are {", ".join(JAX_BACKENDS)}')
+    if backend == 'onednn' and not onednn_conv.enabled():
+        raise ValueError('backend onednn: oneDNN convolutions are not enabled here '
+                         '(nets/onednn_conv.py says why)')
     x, w, dy = (jax.device_put(a) for a in operands(conv, seed))
 
     def forward(x, w):
-        return conv_general_dilated(x, w, conv['strides'], conv['padding'],
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        # The backend is chosen while tracing, i.e. at the first call.
+        with (onednn_conv.xla_convolutions() if backend == 'xla' else contextlib.nullcontext()):
+            return conv_general_dilated(x, w, conv['strides'], conv['padding'],
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
     forward_jit = jax.jit(forward)
     if conv['reads_input']:
@@ -224,75 +240,80 @@ def time_alternating(calls: Sequence[Callable[[], Any]], repeats: int,
     return [statistics.median(record) for record in times]
 
 
-def measure(convs: list[dict[str, Any]], repeats: int, with_torch: bool) -> list[dict[str, Any]]:
-    """One row per convolution and pass: JAX and (with_torch) PyTorch median seconds."""
+def measure(convs: list[dict[str, Any]], repeats: int,
+            frameworks: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per convolution and pass: each framework's median seconds (`<framework>_s`) and
+    GFLOP/s; `frameworks` from FRAMEWORKS ('xla' and 'onednn': JAX with that backend)."""
     rows = []
     for conv in convs:
-        jax_calls = jax_passes(conv)
-        torch_calls = torch_passes(conv) if with_torch else {}
+        calls = {name: (torch_passes(conv) if name == 'torch' else jax_passes(conv, name))
+                 for name in frameworks}
         for name in PASSES:
             # The backward pass: input and kernel gradients, each the forward's products.
             flops = conv_flops(conv) * (2 if name == 'backward' and not conv['reads_input'] else 1)
-            calls = [jax_calls[name]] + ([torch_calls[name]] if with_torch else [])
-            seconds = time_alternating(calls, repeats)
+            seconds = time_alternating([calls[f][name] for f in frameworks], repeats)
             row = {'input_shape': list(conv['input_shape']),
                    'kernel_shape': list(conv['kernel_shape']), 'strides': list(conv['strides']),
-                   'count': conv['count'], 'pass': name, 'gflop': flops / 1e9,
-                   'jax_s': seconds[0], 'jax_gflops': flops / seconds[0] / 1e9}
-            if with_torch:
-                row.update(torch_s=seconds[1], torch_gflops=flops / seconds[1] / 1e9,
-                           torch_over_jax=seconds[1] / seconds[0])
+                   'count': conv['count'], 'pass': name, 'gflop': flops / 1e9}
+            for framework, t in zip(frameworks, seconds):
+                row.update({f'{framework}_s': t, f'{framework}_gflops': flops / t / 1e9})
             rows.append(row)
             print(row, flush=True)
     return rows
 
 
 def step_totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Seconds a train step spends in convolutions (count x time), per framework and pass."""
+    """Seconds a train step spends in convolutions (count x time), per framework and pass, and
+    PyTorch's total over each JAX backend's (`torch_over_<backend>`; over 1: JAX faster)."""
     totals: dict[str, Any] = {}
-    for framework in ('jax', 'torch'):
-        if any(f'{framework}_s' not in row for row in rows):
+    for framework in FRAMEWORKS:
+        if not rows or any(f'{framework}_s' not in row for row in rows):
             continue
         by_pass = {name: sum(r['count'] * r[f'{framework}_s'] for r in rows if r['pass'] == name)
                    for name in PASSES}
         totals[framework] = {'total_s': sum(by_pass.values()), **{f'{k}_s': v
                                                                   for k, v in by_pass.items()}}
-    if 'torch' in totals:
-        totals['torch_over_jax'] = totals['torch']['total_s'] / totals['jax']['total_s']
+    for backend in JAX_BACKENDS:
+        if 'torch' in totals and backend in totals:
+            totals[f'torch_over_{backend}'] = (totals['torch']['total_s']
+                                               / totals[backend]['total_s'])
     return totals
 
 
 def markdown(report: dict[str, Any]) -> str:
+    present = [f for f in FRAMEWORKS if f in report['step_totals']]
+    peaks = report['peak_gflops']
     lines = [f"# Convolutions of {report['model']}'s train step: JAX against PyTorch",
              '', f"Generated by `{report['command']}` on {report['date']}.", '',
              f"Machine: {report['machine']['cpu_model']}, {report['machine']['cores']} cores; "
              f"jax {report['versions']['jax']}, torch {report['versions']['torch']}; XLA flags "
              f"`{report['xla_flags']}`. Float32 matmul peak ({report['peak_size']}): JAX "
-             f"{report['peak_gflops']['jax']:.0f} GFLOP/s, PyTorch "
-             + (f"{report['peak_gflops']['torch']:.0f}" if report['peak_gflops'].get('torch')
-                else '–') + ' GFLOP/s.', '',
-             '| input (NHWC) | kernel (HWIO) | stride | per step | pass | JAX ms | JAX GFLOP/s '
-             '| PyTorch ms | PyTorch GFLOP/s | PyTorch / JAX time |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             f"{peaks['jax']:.0f} GFLOP/s, PyTorch "
+             + (f"{peaks['torch']:.0f}" if peaks.get('torch') else '–') + ' GFLOP/s.', '',
+             'Columns: JAX with XLA\'s convolution kernels (`xla`), JAX with oneDNN\'s '
+             '(`onednn`, nets/onednn_conv.py, the CPU default where it builds), PyTorch '
+             '(oneDNN, channels-last).', '',
+             '| input (NHWC) | kernel (HWIO) | stride | per step | pass | '
+             + ' | '.join(f'{LABELS[f]} ms | {LABELS[f]} GFLOP/s' for f in present) + ' |',
+             '|' + '---|' * (5 + 2 * len(present))]
     for r in report['rows']:
-        torch_cells = (f"{r['torch_s'] * 1e3:.1f} | {r['torch_gflops']:.0f} | "
-                       f"{r['torch_over_jax']:.2f}x" if 'torch_s' in r else '– | – | –')
+        cells = ' | '.join(f"{r[f + '_s'] * 1e3:.1f} | {r[f + '_gflops']:.0f}" for f in present)
         lines.append(f"| {'x'.join(map(str, r['input_shape']))} | "
                      f"{'x'.join(map(str, r['kernel_shape']))} | {r['strides'][0]} | "
-                     f"{r['count']} | {r['pass']} | {r['jax_s'] * 1e3:.1f} | "
-                     f"{r['jax_gflops']:.0f} | {torch_cells} |")
+                     f"{r['count']} | {r['pass']} | {cells} |")
     totals = report['step_totals']
     lines += ['', '## Per train step (count x time)', '',
               '| framework | convolutions s | forward s | backward s |',
               '|---|---|---|---|']
-    for framework in ('jax', 'torch'):
-        if framework in totals:
-            t = totals[framework]
-            lines.append(f"| {framework} | {t['total_s']:.3f} | {t['forward_s']:.3f} | "
-                         f"{t['backward_s']:.3f} |")
-    if 'torch_over_jax' in totals:
-        lines += ['', f"PyTorch / JAX time over the step's convolutions: "
-                      f"{totals['torch_over_jax']:.2f}x (over 1: JAX faster)."]
+    for framework in present:
+        t = totals[framework]
+        lines.append(f"| {LABELS[framework]} | {t['total_s']:.3f} | {t['forward_s']:.3f} | "
+                     f"{t['backward_s']:.3f} |")
+    ratios = [f"{LABELS[b]} {totals[f'torch_over_{b}']:.2f}x" for b in JAX_BACKENDS
+              if f'torch_over_{b}' in totals]
+    if ratios:
+        lines += ['', "PyTorch / JAX time over the step's convolutions: " + ', '.join(ratios)
+                  + ' (over 1: JAX faster).']
     return '\n'.join(lines) + '\n'
 
 
@@ -313,7 +334,10 @@ def run(model: str, size: str, repeats: int) -> dict[str, Any]:
     if with_torch:
         from experiments.benchmarks.torch_models import torch_matmul_gflops
         peaks['torch'] = torch_matmul_gflops(peak_size, 'float32', repeats=5)
-    rows = measure(convs, repeats, with_torch)
+    from nets import onednn_conv
+    frameworks = (['xla'] + (['onednn'] if onednn_conv.enabled() else [])
+                  + (['torch'] if with_torch else []))
+    rows = measure(convs, repeats, frameworks)
     return {'model': model, 'size': size, 'batch_size': spec.batch_size,
             'command': f'python -m experiments.benchmarks.conv_benchmark --model={model} '
                        f'--size={size} --repeats={repeats}',

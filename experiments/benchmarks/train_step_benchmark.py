@@ -168,6 +168,7 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     outputs and temporaries (XLA's memory analysis)."""
     import jax
     import nets
+    from nets import onednn_conv
     from train.cpu_defaults import cpu_grad_accum_steps
     from train.sharding import host_to_global, make_mesh
     from train.steps import init_train_state, make_train_step
@@ -211,7 +212,9 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
         start = time.perf_counter()
         # Micro-batches add no model FLOPs: counted on the whole-batch step, the timed
         # executable itself when it is that step on one CPU device.
-        reuse = compiled if on_cpu and accumulate == 1 and devices == 1 else None
+        # (Not where it runs oneDNN's convolutions: XLA counts those custom calls as free.)
+        reuse = (compiled if on_cpu and accumulate == 1 and devices == 1
+                 and not onednn_conv.enabled() else None)
         count = model_step_flops(spec, dtype, compiled=reuse, seed=seed)
         row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
                    flop_count_s=time.perf_counter() - start)

@@ -1,0 +1,216 @@
+// 2-D convolutions (forward, input gradient, kernel gradient) on oneDNN, as XLA FFI handlers for
+// JAX's CPU backend: nets/onednn_conv.py builds this file, registers the handlers and calls them.
+//
+// Layouts are JAX's channels-last ones: inputs (N, H, W, C), kernels (KH, KW, C, O), outputs
+// (N, OH, OW, O). oneDNN reads and writes activations in that (nhwc) layout and picks its own
+// blocked layout for the kernel (format_tag::any), into and out of which each call reorders the
+// small kernel, as PyTorch's channels-last convolutions do. Primitives are created once per
+// shape and kept; oneDNN runs them on OpenMP threads, `threads` per call.
+//
+// XLA may run two of these calls at once (a layer's input and kernel gradients are
+// independent), so every primitive takes its scratch memory from the calling thread's own
+// buffer (scratchpad_mode::user): oneDNN's default library-managed scratchpad is shared
+// between primitives and corrupted results when two ran concurrently.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+#if DNNL_VERSION_MAJOR < 3
+#error "nets/native/onednn_conv.cc needs oneDNN 3 or newer"
+#endif
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+enum Pass : int64_t { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
+
+struct Convolution {
+  dnnl::primitive primitive;
+  memory::desc input, kernel, output;  // as the primitive reads and writes them
+  memory::desc user_kernel;            // (KH, KW, C, O): hwio
+  memory::desc scratchpad;
+  bool reorder_kernel = false;
+  dnnl::reorder kernel_reorder;  // user -> primitive (forward, input gradient) or back
+  memory::desc reorder_scratchpad;
+};
+
+// This thread's scratch memory for a primitive, at least `bytes` long.
+void* ThreadScratch(size_t bytes) {
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
+}
+
+dnnl::engine& Engine() {
+  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+std::mutex cache_mutex;
+std::map<std::vector<int64_t>, std::shared_ptr<Convolution>>& Cache() {
+  static auto* cache = new std::map<std::vector<int64_t>, std::shared_ptr<Convolution>>();
+  return *cache;
+}
+
+// x: (N, H, W, C), w: (KH, KW, C, O), y: (N, OH, OW, O).
+std::shared_ptr<Convolution> GetConvolution(Pass pass, memory::data_type type,
+                                            ffi::Span<const int64_t> x,
+                                            ffi::Span<const int64_t> w,
+                                            ffi::Span<const int64_t> y,
+                                            ffi::Span<const int64_t> strides,
+                                            ffi::Span<const int64_t> padding_lo,
+                                            ffi::Span<const int64_t> padding_hi) {
+  std::vector<int64_t> key = {pass, static_cast<int64_t>(type)};
+  for (auto dims : {x, w, y, strides, padding_lo, padding_hi}) key.insert(key.end(), dims.begin(), dims.end());
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto found = Cache().find(key);
+  if (found != Cache().end()) return found->second;
+
+  auto& engine = Engine();
+  memory::desc input({x[0], x[3], x[1], x[2]}, type, memory::format_tag::nhwc);
+  memory::desc output({y[0], y[3], y[1], y[2]}, type, memory::format_tag::nhwc);
+  memory::dims kernel_dims = {w[3], w[2], w[0], w[1]};
+  memory::desc any_kernel(kernel_dims, type, memory::format_tag::any);
+  memory::dims stride_dims = {strides[0], strides[1]};
+  memory::dims lo = {padding_lo[0], padding_lo[1]}, hi = {padding_hi[0], padding_hi[1]};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::convolution_forward::primitive_desc forward(
+      engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, input,
+      any_kernel, output, stride_dims, lo, hi, attr);
+
+  auto conv = std::make_shared<Convolution>();
+  conv->user_kernel = memory::desc(kernel_dims, type, memory::format_tag::hwio);
+  if (pass == kForward) {
+    conv->primitive = dnnl::convolution_forward(forward);
+    conv->input = forward.src_desc();
+    conv->kernel = forward.weights_desc();
+    conv->output = forward.dst_desc();
+    conv->scratchpad = forward.scratchpad_desc();
+  } else if (pass == kInputGradient) {
+    dnnl::convolution_backward_data::primitive_desc backward(
+        engine, dnnl::algorithm::convolution_direct, input, any_kernel, output, stride_dims, lo,
+        hi, forward, attr);
+    conv->primitive = dnnl::convolution_backward_data(backward);
+    conv->scratchpad = backward.scratchpad_desc();
+    conv->input = backward.diff_src_desc();
+    conv->kernel = backward.weights_desc();
+    conv->output = backward.diff_dst_desc();
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc backward(
+        engine, dnnl::algorithm::convolution_direct, input, any_kernel, output, stride_dims, lo,
+        hi, forward, attr);
+    conv->primitive = dnnl::convolution_backward_weights(backward);
+    conv->scratchpad = backward.scratchpad_desc();
+    conv->input = backward.src_desc();
+    conv->kernel = backward.diff_weights_desc();
+    conv->output = backward.diff_dst_desc();
+  }
+  conv->reorder_kernel = conv->kernel != conv->user_kernel;
+  if (conv->reorder_kernel) {
+    auto reorder = pass == kKernelGradient
+        ? dnnl::reorder::primitive_desc(engine, conv->kernel, engine, conv->user_kernel, attr)
+        : dnnl::reorder::primitive_desc(engine, conv->user_kernel, engine, conv->kernel, attr);
+    conv->kernel_reorder = dnnl::reorder(reorder);
+    conv->reorder_scratchpad = reorder.scratchpad_desc();
+  }
+  Cache()[key] = conv;
+  return conv;
+}
+
+ffi::Error Run(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out,
+               ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding_lo,
+               ffi::Span<const int64_t> padding_hi, int64_t threads) {
+  // The forward pass reads (x, w) and writes y; the input gradient reads (dy, w), writes dx;
+  // the kernel gradient reads (x, dy), writes dw.
+  ffi::AnyBuffer x = pass == kInputGradient ? out : a;
+  ffi::AnyBuffer w = pass == kKernelGradient ? out : b;
+  ffi::AnyBuffer y = pass == kForward ? out : (pass == kInputGradient ? a : b);
+  if (x.dimensions().size() != 4 || w.dimensions().size() != 4 || y.dimensions().size() != 4 ||
+      strides.size() != 2 || padding_lo.size() != 2 || padding_hi.size() != 2)
+    return ffi::Error::InvalidArgument("onednn_conv: 2-D convolutions only (rank-4 operands)");
+  if (a.element_type() != b.element_type() || a.element_type() != out.element_type())
+    return ffi::Error::InvalidArgument("onednn_conv: operands and result of different dtypes");
+  memory::data_type type;
+  if (a.element_type() == ffi::DataType::F32) type = memory::data_type::f32;
+  else if (a.element_type() == ffi::DataType::BF16) type = memory::data_type::bf16;
+  else return ffi::Error::InvalidArgument("onednn_conv: float32 or bfloat16 only");
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  try {
+    auto conv = GetConvolution(pass, type, x.dimensions(), w.dimensions(), y.dimensions(),
+                               strides, padding_lo, padding_hi);
+    auto& engine = Engine();
+    dnnl::stream stream(engine);
+    memory input(conv->input, engine, x.untyped_data());
+    memory output(conv->output, engine, y.untyped_data());
+    memory user_kernel(conv->user_kernel, engine, w.untyped_data());
+    memory kernel = conv->reorder_kernel ? memory(conv->kernel, engine) : user_kernel;
+    // One buffer serves the primitive and the reorder: they run one after the other.
+    size_t scratch_bytes = std::max(conv->scratchpad.get_size(),
+                                    conv->reorder_kernel ? conv->reorder_scratchpad.get_size() : 0);
+    void* scratch = ThreadScratch(scratch_bytes);
+    memory scratchpad(conv->scratchpad, engine, scratch);
+    auto reorder_kernel = [&](memory& from, memory& to) {
+      memory reorder_scratchpad(conv->reorder_scratchpad, engine, scratch);
+      conv->kernel_reorder.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                            {DNNL_ARG_SCRATCHPAD, reorder_scratchpad}});
+    };
+    if (pass == kForward) {
+      if (conv->reorder_kernel) reorder_kernel(user_kernel, kernel);
+      conv->primitive.execute(stream, {{DNNL_ARG_SRC, input}, {DNNL_ARG_WEIGHTS, kernel},
+                                       {DNNL_ARG_DST, output}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else if (pass == kInputGradient) {
+      if (conv->reorder_kernel) reorder_kernel(user_kernel, kernel);
+      conv->primitive.execute(stream, {{DNNL_ARG_DIFF_DST, output}, {DNNL_ARG_WEIGHTS, kernel},
+                                       {DNNL_ARG_DIFF_SRC, input},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else {
+      conv->primitive.execute(stream, {{DNNL_ARG_SRC, input}, {DNNL_ARG_DIFF_DST, output},
+                                       {DNNL_ARG_DIFF_WEIGHTS, kernel},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (conv->reorder_kernel) reorder_kernel(kernel, user_kernel);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: oneDNN error: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+#define DEFINE_PASS(name, pass)                                                              \
+  ffi::Error name(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,      \
+                  ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding_lo,    \
+                  ffi::Span<const int64_t> padding_hi, int64_t threads) {                   \
+    return Run(pass, a, b, *out, strides, padding_lo, padding_hi, threads);                  \
+  }
+DEFINE_PASS(Forward, kForward)
+DEFINE_PASS(InputGradient, kInputGradient)
+DEFINE_PASS(KernelGradient, kKernelGradient)
+
+}  // namespace
+
+#define BINDING                                                                   \
+  ffi::Ffi::Bind()                                                                \
+      .Arg<ffi::AnyBuffer>()                                                      \
+      .Arg<ffi::AnyBuffer>()                                                      \
+      .Ret<ffi::AnyBuffer>()                                                      \
+      .Attr<ffi::Span<const int64_t>>("strides")                                  \
+      .Attr<ffi::Span<const int64_t>>("padding_lo")                               \
+      .Attr<ffi::Span<const int64_t>>("padding_hi")                               \
+      .Attr<int64_t>("threads")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward, BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGradient, InputGradient, BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvKernelGradient, KernelGradient, BINDING);
