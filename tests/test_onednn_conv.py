@@ -194,4 +194,4 @@ def test_concurrent_passes_do_not_share_scratch_memory():
     grads = jax.jit(jax.grad(two_chains, (0, 1)))
     for _ in range(5):
         for got, want in zip(jax.tree.leaves(grads(x, kernels)), jax.tree.leaves(expected)):
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.max(jnp.abs(want))))
