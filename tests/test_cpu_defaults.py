@@ -75,3 +75,47 @@ def test_configure_micro_batches_only_where_measured_and_asked(cpu_host):
     cpu_host.setattr('jaxlib.version.__version__', '0.11.0')
     assert cpu_defaults.configure_cpu_micro_batches(_config('vit_ti16', batch_size=batch),
                                                     True, 'vit') == 1
+
+
+def test_malloc_settings_only_for_measured_families():
+    assert cpu_defaults.cpu_malloc_env('resnet') == cpu_defaults.MALLOC_ENV
+    assert cpu_defaults.cpu_malloc_env('language_model') == cpu_defaults.MALLOC_ENV
+    assert cpu_defaults.cpu_malloc_env('vit') == {}  # measured slower with them
+    assert cpu_defaults.cpu_malloc_env(None) == {}
+
+
+def test_restart_replaces_the_process_only_when_a_setting_is_missing(cpu_host):
+    import os
+    import platform
+    if platform.libc_ver()[0] != 'glibc':
+        pytest.skip('glibc only')
+    calls = []
+    cpu_host.setattr(os, 'execv', lambda path, argv: calls.append(argv))
+    for name in cpu_defaults.MALLOC_ENV:
+        cpu_host.delenv(name, raising=False)
+    cpu_defaults.restart_with_cpu_malloc_env(True, 'vit', ['python', 'x'])
+    cpu_defaults.restart_with_cpu_malloc_env(False, 'resnet', ['python', 'x'])
+    assert calls == [] and 'MALLOC_ARENA_MAX' not in os.environ
+    cpu_host.setenv('MALLOC_ARENA_MAX', '4')  # the user's value stays
+    cpu_defaults.restart_with_cpu_malloc_env(True, 'resnet', ['python', 'x'])
+    assert calls == [['python', 'x']]
+    assert os.environ['MALLOC_ARENA_MAX'] == '4' and os.environ['MALLOC_MMAP_MAX_'] == '0'
+    cpu_defaults.restart_with_cpu_malloc_env(True, 'resnet', ['python', 'x'])
+    assert len(calls) == 1  # everything set now: no second restart
+
+
+def test_restarted_process_runs_the_same_command_with_the_settings(tmp_path):
+    import os
+    import platform
+    import subprocess
+    import sys
+    if platform.libc_ver()[0] != 'glibc':
+        pytest.skip('glibc only')
+    env = {k: v for k, v in os.environ.items() if k not in cpu_defaults.MALLOC_ENV}
+    env['JAX_PLATFORMS'] = 'cpu'
+    script = ("import os, sys; from train.cpu_defaults import restart_with_cpu_malloc_env; "
+              "print('start', os.environ.get('MALLOC_MMAP_MAX_'), sys.argv[1:], flush=True); "
+              "restart_with_cpu_malloc_env(True, 'resnet'); print('running')")
+    out = subprocess.run([sys.executable, '-c', script, 'arg'], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.splitlines()
+    assert out == ["start None ['arg']", "start 0 ['arg']", 'running']

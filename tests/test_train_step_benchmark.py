@@ -59,15 +59,26 @@ def test_reach_names_the_slower_rows():
 def test_plan_runs_each_model_s_rows_together_with_their_device_counts():
     jobs = bench.plan_jobs(['lstm_lm', 'resnet18'], ['float32'], [1, 2], ['eager'], steps=2,
                            warmup=0, size='tiny', peak_size=64, pipeline=True)
-    assert [j['job'] for j in jobs] == ['peak', 'jax_step', 'jax_step', 'torch_step', 'jax_step',
-                                        'jax_step', 'torch_step', 'pipeline', 'peak']
-    assert [j.get('model') for j in jobs[1:4]] == ['lstm_lm'] * 3
+    # Both families run with the trainer's allocator settings: PyTorch eager runs twice, with
+    # glibc's defaults and under those settings.
+    assert [j['job'] for j in jobs] == ['peak', 'jax_step', 'jax_step', 'torch_step',
+                                        'torch_step', 'jax_step', 'jax_step', 'torch_step',
+                                        'torch_step', 'pipeline', 'peak']
+    assert [j.get('model') for j in jobs[1:5]] == ['lstm_lm'] * 4
+    assert [j['mode'] for j in jobs[3:5]] == ['eager', 'eager+malloc']
     assert jobs[-2]['model'] == 'resnet18'  # the pipeline feeds an image model
     assert jobs[-1]['again'] and not jobs[0].get('again')
     env = bench.worker_env(jobs[2], '--xla_cpu_enable_fast_math=false')
     assert env['XLA_FLAGS'] == ('--xla_cpu_enable_fast_math=false '
                                 '--xla_force_host_platform_device_count=2')
     assert 'device_count' not in bench.worker_env(jobs[1], '')['XLA_FLAGS']
+    assert env['MALLOC_ARENA_MAX'] == '1'
+    assert bench.worker_env(jobs[4], None)['MALLOC_MMAP_MAX_'] == '0'
+    assert 'MALLOC_ARENA_MAX' not in bench.worker_env(jobs[3], None)
+    untuned = bench.plan_jobs(['vit_ti4'], ['float32'], [1], ['eager'], steps=2, warmup=0,
+                              size='tiny', peak_size=64, pipeline=False)
+    assert [j.get('mode') for j in untuned if j['job'] == 'torch_step'] == ['eager']
+    assert 'MALLOC_ARENA_MAX' not in bench.worker_env(untuned[1], None)
     with pytest.raises(ValueError, match='unknown model'):
         bench.plan_jobs(['nope'], ['float32'], [1], [], steps=1, warmup=0, size='tiny',
                         peak_size=64, pipeline=False)

@@ -31,6 +31,18 @@ micro-batch's).
 
 Other jaxlib releases get no flags until they are measured: an unknown flag makes XLA abort at
 start, and experimental flags come and go.
+
+glibc's allocator settings (environment variables read when a process starts; `train.main`
+restarts itself once with them, the benchmark's workers start with them): for families where
+they measured faster, MALLOC_ENV keeps freed memory in one heap instead of returning it to the
+kernel. XLA's CPU runtime allocates a step's buffers afresh at every step; by default glibc maps
+large ones with mmap and unmaps them when freed, so every step the kernel hands out (and zeroes)
+hundreds of MB of new pages again: ~230,000 page faults per ResNet-18 step. With MALLOC_ENV a
+step faults ~1,500 times. 2026-11-27, alternating runs: ResNet-18 step 1.28-1.30 -> 1.10-1.14 s
+(oneDNN convolutions), LSTM 0.27-0.31 -> 0.23 s; the ViT got slower (1.25 -> 1.45 s with one
+arena; the same without the arena limit), so it keeps glibc's defaults. PyTorch gains as much
+under the same settings (ResNet-18 eager 1.33 -> 1.04 s, LSTM 0.29 -> 0.20 s): the benchmark
+reports that row too.
 """
 
 from __future__ import annotations
@@ -45,6 +57,10 @@ YNN_FUSION_BY_FAMILY_AND_DTYPE = {
     ('vit', 'float32'): '-individual_convolution,-individual_dot,-dot',
 }
 MEASURED_JAXLIB = ('0.10.',)
+# glibc malloc: one arena, no mmap for large blocks, never trim the heap (64 GiB threshold).
+MALLOC_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
+              'MALLOC_TRIM_THRESHOLD_': str(64 << 30)}
+MALLOC_ENV_FAMILIES = ('resnet', 'language_model')  # measured: ResNet-18, the LSTM LM
 # model family -> examples per device in a micro-batch, where a measurement beat whole batches.
 MICRO_BATCH_BY_FAMILY = {'vit': 16}
 
@@ -109,3 +125,30 @@ def configure_cpu_micro_batches(config, enabled: bool = True, family: str | None
     config.grad_accum_steps = cpu_grad_accum_steps(family, int(config.batch_size),
                                                    jax.device_count())
     return int(config.grad_accum_steps)
+
+
+def cpu_malloc_env(family: str | None) -> dict[str, str]:
+    """The allocator environment measured fastest for `family` on the CPU (MALLOC_ENV where
+    measured faster, else nothing)."""
+    return dict(MALLOC_ENV) if family in MALLOC_ENV_FAMILIES else {}
+
+
+def restart_with_cpu_malloc_env(enabled: bool, family: str | None,
+                                command: list[str] | None = None) -> None:
+    """On a CPU-only glibc host with a measured jaxlib, when `cpu_malloc_env(family)` names a
+    variable the environment does not set, adds them and replaces this process by `command`
+    (default: this process's own command line) with os.execv; otherwise returns. Variables the
+    user set are kept, so the restarted process returns here at once. Call it first thing."""
+    import platform
+    import sys
+    from jaxlib.version import __version__ as jaxlib_version
+    missing = {name: value for name, value in cpu_malloc_env(family).items()
+               if name not in os.environ}
+    if not (enabled and missing and platform.libc_ver()[0] == 'glibc'
+            and jaxlib_version.startswith(MEASURED_JAXLIB) and trains_on_cpu()):
+        return
+    os.environ.update(missing)
+    command = command or [sys.executable, *sys.orig_argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)

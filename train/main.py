@@ -18,7 +18,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train.cpu_defaults import configure_cpu_micro_batches, configure_cpu_xla_flags
+from train.cpu_defaults import (configure_cpu_micro_batches, configure_cpu_xla_flags,
+                                restart_with_cpu_malloc_env)
 from train.metrics_writer import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,6 +37,10 @@ _CPU_XLA_DEFAULTS = flags.DEFINE_bool(
     'cpu_xla_defaults', True, 'Add the XLA CPU flags measured fastest for the model family '
     'and dtype (train/cpu_defaults.py) to XLA_FLAGS; a flag XLA_FLAGS already sets is left as '
     'it is.')
+_CPU_MALLOC_DEFAULTS = flags.DEFINE_bool(
+    'cpu_malloc_defaults', True, 'On a CPU-only host, restart once with the glibc allocator '
+    'settings measured fastest for the model family (ResNets, language models: freed memory '
+    'stays in the heap; train/cpu_defaults.py); variables already set are kept.')
 _CPU_MICRO_BATCHES = flags.DEFINE_bool(
     'cpu_micro_batches', True, 'On the CPU, when config.grad_accum_steps is 1, split each '
     'step\'s batch into the micro-batches measured fastest for the model family (ViTs: 16 '
@@ -70,8 +75,10 @@ def _model_family(config) -> str | None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    configure_cpu_devices(_CPU_DEVICES.value)
     family = _model_family(_CONFIG.value)
+    if __name__ == '__main__':  # the program itself, not a caller's process
+        restart_with_cpu_malloc_env(_CPU_MALLOC_DEFAULTS.value, family)
+    configure_cpu_devices(_CPU_DEVICES.value)
     configure_cpu_xla_flags(_CPU_XLA_DEFAULTS.value, family=family,
                             dtype=str(_CONFIG.value.get('dtype', 'float32')))
     quiet_library_logs()

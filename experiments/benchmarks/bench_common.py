@@ -273,7 +273,8 @@ def add_ratios(rows: list[dict[str, Any]], peaks: dict[str, float], *,
     """Adds to every train-step row `model_flops` and `mfu` = model FLOPs / step time / float32
     matmul peak (with `peak_of_row_dtype`, the peak of the row's own dtype: a GPU's bfloat16
     tensor cores are the roofline of its bfloat16 rows), and to every JAX row `vs_torch_eager`, `vs_torch_compile` (examples/s over
-    the PyTorch row of the same model and dtype) and `vs_torch_eager_float32` (the issue's
+    the PyTorch row of the same model and dtype; `vs_torch_eager_same_malloc`: over PyTorch eager
+    under the JAX row's allocator settings) and `vs_torch_eager_float32` (the issue's
     target: >= 1). Model FLOPs are XLA's count of the model's JAX float32 step (any dtype's
     when no float32 row counted): one count per model, whatever dtype, mesh or framework runs
     it, so MFUs compare. Rows that failed keep their error and get nothing."""
@@ -293,6 +294,8 @@ def add_ratios(rows: list[dict[str, Any]], peaks: dict[str, float], *,
         if row['framework'] != 'jax':
             continue
         for name, key in (('vs_torch_eager', (row['model'], row['dtype'], 'eager')),
+                          ('vs_torch_eager_same_malloc',
+                           (row['model'], row['dtype'], 'eager+malloc')),
                           ('vs_torch_compile', (row['model'], row['dtype'], 'compile')),
                           ('vs_torch_eager_float32', (row['model'], 'float32', 'eager'))):
             other = torch_speed.get(key)
@@ -349,17 +352,23 @@ def markdown_report(report: dict[str, Any]) -> str:
               'PyTorch eager float32, the target); cores = CPU seconds / wall seconds of a step '
               '(below the core count: the step waited, or other processes took the cores); '
               '`(k micro)`: the step ran its batch as k micro-batches, as the trainer does on '
-              'the CPU for that family (train/cpu_defaults.py).', '',
+              'the CPU for that family (train/cpu_defaults.py); `+malloc`: JAX rows of families '
+              'the trainer gives glibc allocator settings (train/cpu_defaults.py MALLOC_ENV) ran '
+              'with them, and `eager+malloc` is PyTorch eager under the same settings (`vs '
+              'eager+malloc`: the JAX row over it).', '',
               '| model | dtype | framework | devices/mode | params | examples/s | step ms | '
-              'cores | MFU | vs eager | vs compile | vs eager f32 | compile s | peak RSS MiB |',
-              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+              'cores | MFU | vs eager | vs compile | vs eager f32 | vs eager+malloc | compile s '
+              '| peak RSS MiB |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for row in report['rows']:
         where = f"{row['devices']} dev" if row['framework'] == 'jax' else row.get('mode', '')
+        if row['framework'] == 'jax' and row.get('malloc_env'):
+            where += ' +malloc'
         if row.get('grad_accum_steps', 1) > 1:
             where += f" ({row['grad_accum_steps']} micro)"
         if 'error' in row:
             lines.append(f"| {row['model']} | {row['dtype']} | {row['framework']} | {where} | | "
-                         f"failed: {row['error'][:80]} | | | | | | | | |")
+                         f"failed: {row['error'][:80]} | | | | | | | | | |")
             continue
         lines.append(
             f"| {row['model']} | {row['dtype']} | {row['framework']} | {where} | "
@@ -368,6 +377,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{_fmt(row.get('mfu'), '.1%')} | {_fmt(row.get('vs_torch_eager'), '.2f', 'x')} | "
             f"{_fmt(row.get('vs_torch_compile'), '.2f', 'x')} | "
             f"{_fmt(row.get('vs_torch_eager_float32'), '.2f', 'x')} | "
+            f"{_fmt(row.get('vs_torch_eager_same_malloc'), '.2f', 'x')} | "
             f"{_fmt(row.get('compile_s'), '.1f')} | {_fmt(row.get('peak_rss_mib'), '.0f')} |")
     if report.get('pipeline'):
         lines += ['', '## Input pipeline (data.train_loader over memory + on-device augmentation)',

@@ -57,6 +57,8 @@ from experiments.benchmarks.bench_common import (NOTES, ROW_MARKER, ModelSpec, a
                                                  peak_rss_mib, reach, step_summary, time_steps,
                                                  version, write_report)
 
+# PyTorch eager under the allocator settings the JAX row of its model runs with.
+TORCH_EAGER_SAME_MALLOC = 'eager+malloc'
 CROP_FLIP = ({'op': 'translate', 'max_pixels': 4.0, 'fill_mode': 'constant'}, {'op': 'flip_lr'})
 
 
@@ -76,6 +78,9 @@ def define_flags() -> None:
     flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (a smoke test).")
     flags.DEFINE_integer('peak_size', 2048, 'Side of the peak matmul.', lower_bound=8)
     flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline.')
+    flags.DEFINE_bool('cpu_malloc', True, 'JAX rows run with the allocator settings '
+                      'train.main uses for their family (train/cpu_defaults.py), and PyTorch '
+                      "eager once more under them ('eager+malloc' rows).")
     flags.DEFINE_bool('micro_batches', True, 'JAX steps split their batch into the micro-batches '
                       'the trainer uses on the CPU (train.cpu_defaults; ViTs: 16 examples per '
                       'device); false: whole batches.')
@@ -295,15 +300,19 @@ def run_worker(job: dict[str, Any]) -> Any:
     if kind == 'pipeline':
         return pipeline_rows(model_spec(job['model'], size), steps=max(job['steps'], 20))
     spec = model_spec(job['model'], size)
+    from train.cpu_defaults import MALLOC_ENV
+    malloc_env = {name: os.environ[name] for name in MALLOC_ENV if name in os.environ}
     if kind == 'jax_step':
-        return jax_train_step_row(spec, dtype=job['dtype'], devices=job['devices'],
+        return {'malloc_env': malloc_env} | jax_train_step_row(spec, dtype=job['dtype'], devices=job['devices'],
                                   steps=job['steps'], warmup=job['warmup'],
                                   count_flops=job.get('count_flops', True),
                                   micro_batches=job.get('micro_batches', True))
     if kind == 'torch_step':
         from experiments.benchmarks.torch_models import torch_train_step_row
-        return torch_train_step_row(spec, dtype=job['dtype'], mode=job['mode'], steps=job['steps'],
-                                    warmup=job['warmup'])
+        mode = 'eager' if job['mode'] == TORCH_EAGER_SAME_MALLOC else job['mode']
+        row = torch_train_step_row(spec, dtype=job['dtype'], mode=mode, steps=job['steps'],
+                                   warmup=job['warmup'])
+        return {**row, 'mode': job['mode'], 'malloc_env': malloc_env}
     raise ValueError(f'unknown job {kind!r}')
 
 
@@ -312,10 +321,15 @@ def run_worker(job: dict[str, Any]) -> Any:
 def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[int],
               torch_modes: Sequence[str], *, steps: int, warmup: int, size: str,
               peak_size: int, pipeline: bool, micro_batches: bool = True,
-              ) -> list[dict[str, Any]]:
+              cpu_malloc: bool = True) -> list[dict[str, Any]]:
     """Every job in the order it runs: the peak, then per model and dtype its JAX rows (one
     per device count) and PyTorch rows, so that the rows compared run close in time, and the
-    peak again (a shared VM's speed can drift within a run; the report says when it did)."""
+    peak again (a shared VM's speed can drift within a run; the report says when it did).
+    `cpu_malloc`: JAX rows run with the trainer's allocator settings for their family
+    (train.cpu_defaults.cpu_malloc_env), and where there are any, PyTorch eager runs once more
+    under the same settings (mode 'eager+malloc')."""
+    import nets
+    from train.cpu_defaults import cpu_malloc_env
     common = dict(steps=steps, warmup=warmup, size=size)
     peak = dict(job='peak', peak_size=peak_size, dtypes=list(dtypes), torch=bool(torch_modes),
                 devices=1, size=size)
@@ -328,10 +342,14 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
             count_dtype = 'float32' if 'float32' in dtypes else dtypes[0]
             jobs += [dict(job='jax_step', model=model, dtype=dtype, devices=n,
                           count_flops=dtype == count_dtype and n == min(devices),
-                          micro_batches=micro_batches, **common)
+                          micro_batches=micro_batches, malloc=cpu_malloc, **common)
                      for n in devices]
             jobs += [dict(job='torch_step', model=model, dtype=dtype, mode=mode, **common)
                      for mode in torch_modes]
+            if (cpu_malloc and 'eager' in torch_modes
+                    and cpu_malloc_env(nets.model_family(model_spec(model, size).net))):
+                jobs.append(dict(job='torch_step', model=model, dtype=dtype,
+                                 mode=TORCH_EAGER_SAME_MALLOC, **common))
     if pipeline:
         image_models = [m for m in models if model_spec(m, size).kind == 'image'] or ['resnet18']
         jobs.append(dict(job='pipeline', model=image_models[0], devices=1, **common))
@@ -350,8 +368,14 @@ def job_xla_flags(job: dict[str, Any], xla_flags: str | None = None) -> str:
 
 
 def worker_env(job: dict[str, Any], xla_flags: str | None) -> dict[str, str]:
-    """The environment of a job's process: XLA flags and, for a JAX mesh, the device count."""
-    env = dict(os.environ)
+    """The environment of a job's process: XLA flags, for a JAX mesh the device count, and
+    the allocator settings the trainer uses for the model's family on JAX rows with `malloc`
+    and 'eager+malloc' PyTorch rows (glibc's defaults for every other row)."""
+    import nets
+    from train.cpu_defaults import MALLOC_ENV, cpu_malloc_env
+    env = {name: value for name, value in os.environ.items() if name not in MALLOC_ENV}
+    if job.get('malloc') or job.get('mode') == TORCH_EAGER_SAME_MALLOC:
+        env.update(cpu_malloc_env(nets.model_family(model_spec(job['model']).net)))
     flags_now = job_xla_flags(job, xla_flags).split()
     if job['job'] != 'torch_step' and job.get('devices', 1) > 1:
         flags_now.append(f"--xla_force_host_platform_device_count={job['devices']}")
@@ -474,7 +498,7 @@ def main(argv: Sequence[str]) -> None:
     jobs = plan_jobs(FLAGS.models, FLAGS.dtypes, [int(n) for n in FLAGS.devices], torch_modes,
                      steps=FLAGS.steps, warmup=FLAGS.warmup, size=FLAGS.size,
                      peak_size=FLAGS.peak_size, pipeline=FLAGS.pipeline,
-                     micro_batches=FLAGS.micro_batches)
+                     micro_batches=FLAGS.micro_batches, cpu_malloc=FLAGS.cpu_malloc)
     command = ' '.join(['python -m experiments.benchmarks.train_step_benchmark', *sys.argv[1:]])
     print(f'{len(jobs)} jobs; XLA_FLAGS for JAX: '
           f'{"train/cpu_defaults.py per row" if FLAGS.xla_flags is None else FLAGS.xla_flags}',
