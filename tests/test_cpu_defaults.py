@@ -119,3 +119,16 @@ def test_restarted_process_runs_the_same_command_with_the_settings(tmp_path):
     out = subprocess.run([sys.executable, '-c', script, 'arg'], env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout.splitlines()
     assert out == ["start None ['arg']", "start 0 ['arg']", 'running']
+
+
+def test_conv_backend_per_family_unless_the_user_chose(monkeypatch):
+    import os
+    monkeypatch.delenv('DEEPNETS_CPU_CONV', raising=False)
+    assert cpu_defaults.configure_cpu_conv_backend(True, 'resnet') is None  # oneDNN's default
+    assert 'DEEPNETS_CPU_CONV' not in os.environ
+    assert cpu_defaults.configure_cpu_conv_backend(False, 'cnn') is None
+    assert cpu_defaults.configure_cpu_conv_backend(True, 'cnn') == 'xla'
+    assert os.environ['DEEPNETS_CPU_CONV'] == 'xla'
+    monkeypatch.setenv('DEEPNETS_CPU_CONV', 'onednn')
+    assert cpu_defaults.configure_cpu_conv_backend(True, 'cnn') is None
+    assert os.environ['DEEPNETS_CPU_CONV'] == 'onednn'

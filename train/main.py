@@ -18,8 +18,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train.cpu_defaults import (configure_cpu_micro_batches, configure_cpu_xla_flags,
-                                restart_with_cpu_malloc_env)
+from train.cpu_defaults import (configure_cpu_conv_backend, configure_cpu_micro_batches,
+                                configure_cpu_xla_flags, restart_with_cpu_malloc_env)
 from train.metrics_writer import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,8 +35,9 @@ _CPU_DEVICES = flags.DEFINE_integer(
     'Ignored when XLA_FLAGS already sets a count; GPUs and TPUs are used as they are.')
 _CPU_XLA_DEFAULTS = flags.DEFINE_bool(
     'cpu_xla_defaults', True, 'Add the XLA CPU flags measured fastest for the model family '
-    'and dtype (train/cpu_defaults.py) to XLA_FLAGS; a flag XLA_FLAGS already sets is left as '
-    'it is.')
+    'and dtype (train/cpu_defaults.py) to XLA_FLAGS, and pick the convolution kernels measured '
+    'fastest for it (DEEPNETS_CPU_CONV); a flag XLA_FLAGS already sets, or the variable, is '
+    'left as it is.')
 _CPU_MALLOC_DEFAULTS = flags.DEFINE_bool(
     'cpu_malloc_defaults', True, 'On a CPU-only host, restart once with the glibc allocator '
     'settings measured fastest for the model family (ResNets, language models: freed memory '
@@ -81,6 +82,7 @@ def main(argv: list[str]) -> None:
     configure_cpu_devices(_CPU_DEVICES.value)
     configure_cpu_xla_flags(_CPU_XLA_DEFAULTS.value, family=family,
                             dtype=str(_CONFIG.value.get('dtype', 'float32')))
+    configure_cpu_conv_backend(_CPU_XLA_DEFAULTS.value, family)
     quiet_library_logs()
     if _MULTIHOST.value:
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,

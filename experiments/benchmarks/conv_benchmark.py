@@ -6,24 +6,24 @@ Command:
       [--repeats=4] [--out=docs/conv_benchmark.json]
 Finds every convolution of the model's forward pass by tracing it (the benchmark's ModelSpec, so
 ResNet-18 with the CIFAR stem, batch 128, 32x32x3), measures each distinct one once and counts
-how often the step runs it. For each, in one process, alternating call by call:
-  * JAX: the forward convolution and its backward pass (input and kernel gradients), each jitted
-    alone through nets.conv (what the models run, transposes and batch chunks included), under
-    the XLA flags the trainer ships for the family (train/cpu_defaults.py);
+how often the step runs it. For each, in one process, alternating block by block:
+  * JAX with XLA's convolution kernels and JAX with oneDNN's (nets/onednn_conv.py, the CPU
+    default where it builds): the forward convolution and its backward pass (input and kernel
+    gradients), each jitted alone through nets.conv (what the models run), under the XLA flags
+    the trainer ships for the family (train/cpu_defaults.py);
   * PyTorch (`pip install -e '.[benchmark]'`): aten.convolution and aten.convolution_backward on
     channels-last tensors (oneDNN), the kernels its eager train step runs.
 The first convolution reads the image, so its backward pass is the kernel gradient alone, as in
-a train step. Reported: ms and GFLOP/s per pass, PyTorch time / JAX time (over 1: JAX faster), the
-float32 matmul peak of both for scale, and the sum over the step (count x time): the seconds a
-train step spends in convolutions in each framework.
+a train step. Reported: ms and GFLOP/s per pass, the float32 matmul peak of both for scale, and
+the sum over the step (count x time): the seconds a train step spends in convolutions in each.
 
-Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0; about 20
-seconds. Expected (2026-11-27, docs/conv_benchmark.md; a host whose float32 matmul peak read
-~430 GFLOP/s in JAX): ResNet-18's convolutions take 1.2-1.3 s of JAX's ~1.65 s step and
-0.91-0.94 s in PyTorch; JAX runs the 32x32x64 layers at ~0.6x oneDNN (forward 279 vs 487
-GFLOP/s), the deeper ones at 0.7-1.1x. That gap is most of PyTorch's lead on the whole step:
-XLA's CPU convolution kernels (Eigen's; YNNPACK's are slower still on these shapes) are the
-limit. Single rows move by up to 20% between runs on this shared VM, the step totals by ~10%.
+Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0; about a
+minute. Expected (2026-11-27 14:04, docs/conv_benchmark.md; a host whose float32 matmul peak
+read ~460 GFLOP/s in JAX): ResNet-18's convolutions take 1.28 s per step with XLA's kernels, 1.02
+s with oneDNN's and 1.02 s in PyTorch (JAX oneDNN / PyTorch: 1.00x). XLA's run the 32x32x64
+layers at ~0.8x oneDNN (forward 269 vs 330 GFLOP/s here; 279 vs 487 in an earlier run), the
+deeper ones at 0.8-1.0x: the gap oneDNN closed. Single rows move by up to 20% between runs on
+this shared VM, the step totals by ~10%.
 """
 
 from __future__ import annotations
