@@ -8,7 +8,12 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Start the CPU backend now, with those 8 devices: a test that empties XLA_FLAGS for a while
+# (tests/test_cpu_defaults.py) must not be the one that starts it.
+jax.devices()
 
 
 @pytest.fixture(scope='session')

@@ -89,6 +89,7 @@ def test_restart_replaces_the_process_only_when_a_setting_is_missing(cpu_host):
     import platform
     if platform.libc_ver()[0] != 'glibc':
         pytest.skip('glibc only')
+    cpu_host.setattr(os, 'environ', os.environ.copy())  # what it sets must not outlive the test
     calls = []
     cpu_host.setattr(os, 'execv', lambda path, argv: calls.append(argv))
     for name in cpu_defaults.MALLOC_ENV:
@@ -123,6 +124,7 @@ def test_restarted_process_runs_the_same_command_with_the_settings(tmp_path):
 
 def test_conv_backend_per_family_unless_the_user_chose(monkeypatch):
     import os
+    monkeypatch.setattr(os, 'environ', os.environ.copy())  # what it sets must not outlive the test
     monkeypatch.delenv('DEEPNETS_CPU_CONV', raising=False)
     assert cpu_defaults.configure_cpu_conv_backend(True, 'resnet') is None  # oneDNN's default
     assert 'DEEPNETS_CPU_CONV' not in os.environ

@@ -64,6 +64,16 @@ std::map<std::vector<int64_t>, std::shared_ptr<Convolution>>& Cache() {
   return *cache;
 }
 
+// Keeps a pass's primitive with the layouts it reads and writes (x, w, y as in GetConvolution).
+void Keep(Convolution& conv, dnnl::primitive primitive, const dnnl::primitive_desc_base& desc,
+          memory::desc input, memory::desc kernel, memory::desc output) {
+  conv.primitive = primitive;
+  conv.scratchpad = desc.scratchpad_desc();
+  conv.input = input;
+  conv.kernel = kernel;
+  conv.output = output;
+}
+
 // x: (N, H, W, C), w: (KH, KW, C, O), y: (N, OH, OW, O).
 std::shared_ptr<Convolution> GetConvolution(Pass pass, memory::data_type type,
                                             ffi::Span<const int64_t> x,
@@ -94,29 +104,20 @@ std::shared_ptr<Convolution> GetConvolution(Pass pass, memory::data_type type,
   auto conv = std::make_shared<Convolution>();
   conv->user_kernel = memory::desc(kernel_dims, type, memory::format_tag::hwio);
   if (pass == kForward) {
-    conv->primitive = dnnl::convolution_forward(forward);
-    conv->input = forward.src_desc();
-    conv->kernel = forward.weights_desc();
-    conv->output = forward.dst_desc();
-    conv->scratchpad = forward.scratchpad_desc();
+    Keep(*conv, dnnl::convolution_forward(forward), forward, forward.src_desc(),
+         forward.weights_desc(), forward.dst_desc());
   } else if (pass == kInputGradient) {
     dnnl::convolution_backward_data::primitive_desc backward(
         engine, dnnl::algorithm::convolution_direct, input, any_kernel, output, stride_dims, lo,
         hi, forward, attr);
-    conv->primitive = dnnl::convolution_backward_data(backward);
-    conv->scratchpad = backward.scratchpad_desc();
-    conv->input = backward.diff_src_desc();
-    conv->kernel = backward.weights_desc();
-    conv->output = backward.diff_dst_desc();
+    Keep(*conv, dnnl::convolution_backward_data(backward), backward, backward.diff_src_desc(),
+         backward.weights_desc(), backward.diff_dst_desc());
   } else {
     dnnl::convolution_backward_weights::primitive_desc backward(
         engine, dnnl::algorithm::convolution_direct, input, any_kernel, output, stride_dims, lo,
         hi, forward, attr);
-    conv->primitive = dnnl::convolution_backward_weights(backward);
-    conv->scratchpad = backward.scratchpad_desc();
-    conv->input = backward.src_desc();
-    conv->kernel = backward.diff_weights_desc();
-    conv->output = backward.diff_dst_desc();
+    Keep(*conv, dnnl::convolution_backward_weights(backward), backward, backward.src_desc(),
+         backward.diff_weights_desc(), backward.diff_dst_desc());
   }
   conv->reorder_kernel = conv->kernel != conv->user_kernel;
   if (conv->reorder_kernel) {
