@@ -19,7 +19,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from train.cpu_defaults import (configure_cpu_conv_backend, configure_cpu_micro_batches,
-                                configure_cpu_xla_flags, restart_with_cpu_malloc_env)
+                                configure_cpu_xla_flags, cpu_malloc_env,
+                                restart_with_cpu_malloc_env)
 from train.metrics_writer import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -79,6 +80,10 @@ def main(argv: list[str]) -> None:
     family = _model_family(_CONFIG.value)
     if __name__ == '__main__':  # the program itself, not a caller's process
         restart_with_cpu_malloc_env(_CPU_MALLOC_DEFAULTS.value, family)
+    allocator = {name: os.environ.get(name) for name in cpu_malloc_env(family)}
+    if _CPU_MALLOC_DEFAULTS.value and allocator:
+        logging.info('CPU default: glibc allocator settings %s (train/cpu_defaults.py; '
+                     '--nocpu_malloc_defaults turns them off)', allocator)
     configure_cpu_devices(_CPU_DEVICES.value)
     configure_cpu_xla_flags(_CPU_XLA_DEFAULTS.value, family=family,
                             dtype=str(_CONFIG.value.get('dtype', 'float32')))
