@@ -290,13 +290,8 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 def calls_in(jaxpr) -> int:
     """How many oneDNN convolution passes `jaxpr` (a Jaxpr or ClosedJaxpr) and the jaxprs it
     calls run (e.g. to check that a program traced for a FLOP count used XLA's)."""
+    from nets.summary import sub_jaxprs  # nets.summary imports this module
     jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
-    count = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == 'ffi_call' and eqn.params.get('target_name') in _TARGETS.values():
-            count += 1
-        for value in eqn.params.values():
-            for item in value if isinstance(value, (list, tuple)) else [value]:
-                if hasattr(item, 'eqns') or hasattr(getattr(item, 'jaxpr', None), 'eqns'):
-                    count += calls_in(item)
-    return count
+    return sum((eqn.primitive.name == 'ffi_call'
+                and eqn.params.get('target_name') in _TARGETS.values())
+               + sum(calls_in(sub) for sub in sub_jaxprs(eqn)) for eqn in jaxpr.eqns)

@@ -40,7 +40,7 @@ large ones with mmap and unmaps them when freed, so every step the kernel hands 
 hundreds of MB of new pages again: ~230,000 page faults per ResNet-18 step. With MALLOC_ENV a
 step faults ~1,500 times. 2026-11-27, alternating runs: ResNet-18 step 1.28-1.30 -> 1.10-1.14 s
 (oneDNN convolutions), LSTM 0.27-0.31 -> 0.23 s; the ViT got slower (1.25 -> 1.45 s with one
-arena; the same without the arena limit), so it keeps glibc's defaults. PyTorch gains as much
+arena; unchanged without the arena limit), so it keeps glibc's defaults. PyTorch gains as much
 under the same settings (ResNet-18 eager 1.33 -> 1.04 s, LSTM 0.29 -> 0.20 s): the benchmark
 reports that row too.
 """

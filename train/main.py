@@ -81,7 +81,7 @@ def main(argv: list[str]) -> None:
     if __name__ == '__main__':  # the program itself, not a caller's process
         restart_with_cpu_malloc_env(_CPU_MALLOC_DEFAULTS.value, family)
     allocator = {name: os.environ.get(name) for name in cpu_malloc_env(family)}
-    if _CPU_MALLOC_DEFAULTS.value and allocator:
+    if _CPU_MALLOC_DEFAULTS.value and allocator and None not in allocator.values():
         logging.info('CPU default: glibc allocator settings %s (train/cpu_defaults.py; '
                      '--nocpu_malloc_defaults turns them off)', allocator)
     configure_cpu_devices(_CPU_DEVICES.value)

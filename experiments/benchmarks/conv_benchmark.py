@@ -58,18 +58,6 @@ def define_flags() -> None:
                         'goes beside it with the suffix .md (empty: print only).')
 
 
-def _subjaxprs(params: dict[str, Any]) -> list[Any]:
-    import jax
-    found = []
-    for value in params.values():
-        for item in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(item, jax.extend.core.ClosedJaxpr):
-                found.append(item.jaxpr)
-            elif isinstance(item, jax.extend.core.Jaxpr):
-                found.append(item)
-    return found
-
-
 def model_convolutions(spec: Any) -> list[dict[str, Any]]:
     """The distinct convolutions of `spec`'s forward pass in training mode (program order), each
     {input_shape, kernel_shape, strides, padding, count, reads_input}; channels-last, ungrouped
@@ -77,11 +65,12 @@ def model_convolutions(spec: Any) -> list[dict[str, Any]]:
     import jax
     import jax.numpy as jnp
     import nets
+    from nets import onednn_conv
     from nets.conv import channels_last_dimension_numbers
+    from nets.summary import sub_jaxprs
     model = nets.create(spec.net, **spec.fields, **spec.jax_fields)
     images = jnp.zeros((spec.batch_size, *spec.example_shape), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
-    from nets import onednn_conv
     with onednn_conv.xla_convolutions():  # lax convolutions, whose parameters it reads
         jaxpr = jax.make_jaxpr(lambda v, x: model.apply(
             v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)}))(
@@ -104,7 +93,7 @@ def model_convolutions(spec: Any) -> list[dict[str, Any]]:
                     input_shape=key[0], kernel_shape=key[1], strides=key[2], padding=key[3],
                     count=0, reads_input=not found))
                 entry['count'] += 1
-            for sub in _subjaxprs(eqn.params):
+            for sub in sub_jaxprs(eqn):
                 walk(sub)
 
     walk(jaxpr)

@@ -59,6 +59,13 @@ from experiments.benchmarks.bench_common import (NOTES, ROW_MARKER, ModelSpec, a
 
 # PyTorch eager under the allocator settings the JAX row of its model runs with.
 TORCH_EAGER_SAME_MALLOC = 'eager+malloc'
+
+
+def _family(model: str) -> str:
+    """The registry family of a benchmarked model (the same at every size)."""
+    import nets
+    return nets.model_family(model_spec(model).net)
+
 CROP_FLIP = ({'op': 'translate', 'max_pixels': 4.0, 'fill_mode': 'constant'}, {'op': 'flip_lr'})
 
 
@@ -303,10 +310,11 @@ def run_worker(job: dict[str, Any]) -> Any:
     from train.cpu_defaults import MALLOC_ENV
     malloc_env = {name: os.environ[name] for name in MALLOC_ENV if name in os.environ}
     if kind == 'jax_step':
-        return {'malloc_env': malloc_env} | jax_train_step_row(spec, dtype=job['dtype'], devices=job['devices'],
-                                  steps=job['steps'], warmup=job['warmup'],
-                                  count_flops=job.get('count_flops', True),
-                                  micro_batches=job.get('micro_batches', True))
+        row = jax_train_step_row(spec, dtype=job['dtype'], devices=job['devices'],
+                                 steps=job['steps'], warmup=job['warmup'],
+                                 count_flops=job.get('count_flops', True),
+                                 micro_batches=job.get('micro_batches', True))
+        return {'malloc_env': malloc_env, **row}
     if kind == 'torch_step':
         from experiments.benchmarks.torch_models import torch_train_step_row
         mode = 'eager' if job['mode'] == TORCH_EAGER_SAME_MALLOC else job['mode']
@@ -328,7 +336,6 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
     `cpu_malloc`: JAX rows run with the trainer's allocator settings for their family
     (train.cpu_defaults.cpu_malloc_env), and where there are any, PyTorch eager runs once more
     under the same settings (mode 'eager+malloc')."""
-    import nets
     from train.cpu_defaults import cpu_malloc_env
     common = dict(steps=steps, warmup=warmup, size=size)
     peak = dict(job='peak', peak_size=peak_size, dtypes=list(dtypes), torch=bool(torch_modes),
@@ -346,8 +353,7 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
                      for n in devices]
             jobs += [dict(job='torch_step', model=model, dtype=dtype, mode=mode, **common)
                      for mode in torch_modes]
-            if (cpu_malloc and 'eager' in torch_modes
-                    and cpu_malloc_env(nets.model_family(model_spec(model, size).net))):
+            if cpu_malloc and 'eager' in torch_modes and cpu_malloc_env(_family(model)):
                 jobs.append(dict(job='torch_step', model=model, dtype=dtype,
                                  mode=TORCH_EAGER_SAME_MALLOC, **common))
     if pipeline:
@@ -361,9 +367,8 @@ def job_xla_flags(job: dict[str, Any], xla_flags: str | None = None) -> str:
     job's model family and dtype (train.cpu_defaults: the benchmark measures what ships)."""
     if xla_flags is not None or job['job'] == 'torch_step':
         return xla_flags or ''
-    import nets
     from train.cpu_defaults import cpu_xla_flags
-    family = nets.model_family(model_spec(job['model']).net) if job['job'] == 'jax_step' else None
+    family = _family(job['model']) if job['job'] == 'jax_step' else None
     return ' '.join(cpu_xla_flags(family, job.get('dtype', 'float32')))
 
 
@@ -371,11 +376,10 @@ def worker_env(job: dict[str, Any], xla_flags: str | None) -> dict[str, str]:
     """The environment of a job's process: XLA flags, for a JAX mesh the device count, and
     the allocator settings the trainer uses for the model's family on JAX rows with `malloc`
     and 'eager+malloc' PyTorch rows (glibc's defaults for every other row)."""
-    import nets
     from train.cpu_defaults import MALLOC_ENV, cpu_malloc_env
     env = {name: value for name, value in os.environ.items() if name not in MALLOC_ENV}
     if job.get('malloc') or job.get('mode') == TORCH_EAGER_SAME_MALLOC:
-        env.update(cpu_malloc_env(nets.model_family(model_spec(job['model']).net)))
+        env.update(cpu_malloc_env(_family(job['model'])))
     flags_now = job_xla_flags(job, xla_flags).split()
     if job['job'] != 'torch_step' and job.get('devices', 1) > 1:
         flags_now.append(f"--xla_force_host_platform_device_count={job['devices']}")
