@@ -1,9 +1,9 @@
 """Addition, the Flax examples' seq2seq sanity task: "123+45" -> "168" in characters.
 
 Command:
-  python -m train.main --config=experiments/addition.py:attention --workdir=workdirs/addition_attention
-  python -m train.main --config=experiments/addition.py:context --workdir=workdirs/addition_context
-  python -m train.main --config=experiments/addition.py:transformer --workdir=workdirs/addition_transformer
+  python -m train.main --config=experiments/addition.py:model=attention --workdir=workdirs/addition_attention
+  python -m train.main --config=experiments/addition.py:model=context --workdir=workdirs/addition_context
+  python -m train.main --config=experiments/addition.py:model=transformer --workdir=workdirs/addition_transformer
 The argument is the model: 'context' (Cho et al. 2014: one context vector), 'attention'
 (Bahdanau et al. 2015) or 'transformer' (transformer_tiny without dropout). 50,000 train /
 1,000 test pairs of numbers 0..999 (data/builders/addition.py), batch 128, Adam; the recurrent
@@ -17,7 +17,7 @@ exact match 42.1% (token accuracy 83.7%, BLEU 55.2), context 2.8% (62.9%, BLEU 1
 fixed-context model is far behind at that length.
 """
 
-from train.config import default_config, model_config
+from train.config import check_arg_choice, default_config, model_config, parse_arg
 
 _MODELS = {
     'context': dict(name='seq2seq_context'),
@@ -27,13 +27,13 @@ _MODELS = {
 }
 
 
-def get_config(arg: str = 'attention'):
-    if arg not in _MODELS:
-        raise ValueError(f'unknown model {arg!r} for addition; valid: {sorted(_MODELS)}')
+def get_config(arg: str = ''):
+    args = parse_arg(arg, model='attention')
+    check_arg_choice('model', args.model, _MODELS)
     config = default_config()
     config.task = 'seq2seq'
     config.dataset.name = 'addition'
-    fields = dict(_MODELS[arg])
+    fields = dict(_MODELS[args.model])
     config.model = model_config(fields.pop('name'), **fields)
     config.batch_size = 128
     config.eval_batch_size = 500
@@ -46,7 +46,7 @@ def get_config(arg: str = 'attention'):
     config.log_every_steps = 100
     config.eval_every_steps = 500
     config.checkpoint_every_steps = 1000
-    if arg == 'transformer':
+    if args.model == 'transformer':
         config.optimizer.learning_rate = 1e-3
     else:
         # Recurrent gradients can spike early on; clipping keeps Adam's steps bounded.

@@ -2,11 +2,11 @@
 Elman RNN, LSTM, GRU and a decoder-only Transformer of similar size, trained on the same data.
 
 Command:
-  python -m train.main --config=experiments/char_lm.py:lstm --workdir=workdirs/char_lm_lstm
-  python -m train.main --config=experiments/char_lm.py:gru --workdir=workdirs/char_lm_gru
-  python -m train.main --config=experiments/char_lm.py:rnn --workdir=workdirs/char_lm_rnn
-  python -m train.main --config=experiments/char_lm.py:transformer --workdir=workdirs/char_lm_transformer
-  python -m train.main --config=experiments/char_lm.py:lstm,streams ...   (truncated BPTT)
+  python -m train.main --config=experiments/char_lm.py:model=lstm --workdir=workdirs/char_lm_lstm
+  python -m train.main --config=experiments/char_lm.py:model=gru --workdir=workdirs/char_lm_gru
+  python -m train.main --config=experiments/char_lm.py:model=rnn --workdir=workdirs/char_lm_rnn
+  python -m train.main --config=experiments/char_lm.py:model=transformer --workdir=workdirs/char_lm_transformer
+  python -m train.main --config=experiments/char_lm.py:model=lstm,streams ...   (truncated BPTT)
 (`python -m data.prepare --datasets=char_corpus` first; it takes a second.) Each model reads
 the same 250 batches of 32 windows of 256 characters (2.05M characters, 4.9 epochs of the
 418k-character train split) with Adam, 0.5 epochs of warm-up and a cosine decay to 0.1x; the
@@ -40,28 +40,25 @@ Samples (temperature 0.8, after the prompt 'The '):
   transformer: "the itatis cestust withef" with othe ul anscebuna te s t pe be or ale e terecis"
 """
 
-from nets.language_model import RecurrentLM  # noqa: F401  (registers the char_* models)
-from nets.rnn import CELLS
-from train.config import default_config, model_config
+from nets.layers.recurrent import CELLS
+from train.config import ConfigError, check_arg_choice, default_config, model_config, parse_arg
 
 _MODELS = {cell: f'char_{cell}' for cell in CELLS} | {'transformer': 'char_transformer'}
 _LEARNING_RATES = {'lstm': 1e-2, 'gru': 1e-2, 'rnn': 3e-3, 'transformer': 3e-3}
 
 
-def get_config(arg: str = 'lstm'):
-    model, _, variant = arg.partition(',')
-    if model not in _MODELS:
-        raise ValueError(f'unknown model {model!r} for char_lm; valid: {sorted(_MODELS)}')
-    if variant not in ('', 'streams'):
-        raise ValueError(f"unknown variant {variant!r}; valid: '' or 'streams'")
-    if variant and model not in CELLS:
-        raise ValueError(f"'streams' carries a recurrent state; {model!r} has none")
+def get_config(arg: str = ''):
+    args = parse_arg(arg, model='lstm', streams=False)
+    model = args.model
+    check_arg_choice('model', model, _MODELS)
+    if args.streams and model not in CELLS:
+        raise ConfigError(f'streams carries a recurrent state; model={model!r} has none')
     recurrent = model in CELLS
     config = default_config()
     config.task = 'language_model'
     config.dataset.name = 'char_corpus'
     config.dataset.eval_split = 'test'
-    config.dataset.order = 'streams' if variant else 'shuffled'
+    config.dataset.order = 'streams' if args.streams else 'shuffled'
     config.model = model_config(_MODELS[model])  # sizes: the registered char_* defaults
     config.batch_size = 32
     config.eval_batch_size = 96

@@ -7,7 +7,7 @@ Command:
 show_attend_tell with narrower conv stages (16, 32, 64) than the registered (32, 64, 128), so
 a CPU trains it in minutes: a 7 x 28 grid of L = 196 annotations, an LSTM decoder with
 soft attention, the β gate and the deep output. Loss: cross-entropy + λ · the doubly
-stochastic attention penalty, λ = task_options.attention_penalty = 1 (the paper's). Adam,
+stochastic attention penalty, λ = captioning.attention_penalty = 1 (the paper's). Adam,
 gradients clipped to global norm 1. Eval on the 2,000 test strips: token accuracy, exact
 match of the greedy caption, and attention_in_digit_slot (share of words in right captions
 whose attention has most of its mass on the slot of the digit the word names).
@@ -20,11 +20,11 @@ the digits left to right (pictures/caption_attention.png). The penalty sits at i
 about 188 per caption (196 locations, 3-5 caption steps each summing to 1).
 """
 
-from train.config import default_config, model_config
+from train.config import default_config, model_config, parse_arg
 
 
 def get_config(arg: str = ''):
-    del arg  # one configuration
+    parse_arg(arg)  # one configuration: any argument is an error
     config = default_config()
     config.task = 'captioning'
     config.dataset.name = 'digit_captions'
@@ -41,5 +41,5 @@ def get_config(arg: str = ''):
     config.log_every_steps = 50
     config.eval_every_steps = 300
     config.checkpoint_every_steps = 300
-    config.task_options.attention_penalty = 1.0
+    config.captioning.attention_penalty = 1.0
     return config

@@ -2,10 +2,10 @@
 Fashion-MNIST (6,000 images) with and without on-device augmentation, same budget.
 
 Command:
-  python -m train.main --config=experiments/fashion_mnist_augment.py:none \
+  python -m train.main --config=experiments/fashion_mnist_augment.py:pipeline=none \
       --workdir=workdirs/fmnist10_none
-  python -m train.main --config=experiments/fashion_mnist_augment.py:light --workdir=...
-  python -m train.main --config=experiments/fashion_mnist_augment.py:course --workdir=...
+  python -m train.main --config=experiments/fashion_mnist_augment.py:pipeline=light --workdir=...
+  python -m train.main --config=experiments/fashion_mnist_augment.py:pipeline=course --workdir=...
 The argument picks the pipeline: 'none'; 'light' (small shifts and zooms, horizontal flips,
 random erasing: what suits centred 28x28 clothing); 'course' (every geometric op at the
 course's default range: rotation in [0, 360), translation ±10 px, zoom 1/1.6-1.6, both flips,
@@ -16,7 +16,7 @@ Expected (measured): none 88.54% (train 98.7%: overfits), light 87.42% with the 
 loss (0.353 vs 0.426) and no train/test gap, course 34.27%.
 """
 
-from train.config import default_config, model_config
+from train.config import check_arg_choice, default_config, model_config, parse_arg
 
 PIPELINES = {
     'none': (),
@@ -38,9 +38,9 @@ PIPELINES = {
 }
 
 
-def get_config(pipeline: str = 'light'):
-    if pipeline not in PIPELINES:
-        raise ValueError(f'unknown pipeline {pipeline!r}; valid: {sorted(PIPELINES)}')
+def get_config(arg: str = ''):
+    pipeline = parse_arg(arg, pipeline='light').pipeline
+    check_arg_choice('pipeline', pipeline, PIPELINES)
     config = default_config()
     config.dataset.name = 'fashion_mnist'
     config.dataset.train_split = 'train[:10%]'

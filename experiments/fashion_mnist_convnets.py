@@ -1,7 +1,7 @@
 """The ConvNet families of the course, each sized for 28x28, on Fashion-MNIST with one budget.
 
 Command (one model):
-  python -m train.main --config=experiments/fashion_mnist_convnets.py:resnet \
+  python -m train.main --config=experiments/fashion_mnist_convnets.py:model=resnet \
       --workdir=workdirs/convnets/resnet
 All of them, with the results table (accuracy, parameters, FLOPs, examples/s) and a plot:
   python -m experiments.sweeps.convnet_comparison --workdir=workdirs/convnets
@@ -13,7 +13,7 @@ Expected (measured, 1 epoch): mlp 86.2%, cnn 88.2%, alexnet 77.5%, vgg 90.0%, go
 resnet 86.9%, convnext 85.6% (README table).
 """
 
-from train.config import default_config, model_config
+from train.config import check_arg_choice, default_config, model_config, parse_arg
 
 # name -> (registered model, fields). Widths chosen so every model trains in minutes on a CPU.
 MODELS = {
@@ -35,9 +35,9 @@ MODELS = {
 ADAMW_MODELS = ('convnext', 'vit', 'swin')
 
 
-def get_config(name: str = 'cnn'):
-    if name not in MODELS:
-        raise ValueError(f'unknown model {name!r}; valid: {sorted(MODELS)}')
+def get_config(arg: str = ''):
+    name = parse_arg(arg, model='cnn').model
+    check_arg_choice('model', name, MODELS)
     model_name, fields = MODELS[name]
     config = default_config()
     config.dataset.name = 'fashion_mnist'

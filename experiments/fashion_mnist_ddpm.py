@@ -5,7 +5,7 @@ weights for sampling, and a DDIM-50 sample grid (fixed x_T) at every evaluation.
 Command:
   python -m train.main --config=experiments/fashion_mnist_ddpm.py \
       --workdir=workdirs/fashion_mnist_ddpm
-(`:cosine` uses Nichol & Dhariwal's cosine schedule.) The same-budget comparison with the DCGAN,
+(`:noise_schedule=cosine` uses Nichol & Dhariwal's cosine schedule.) The same-budget comparison with the DCGAN,
 with Fréchet distances and coverage, is `python -m experiments.sweeps.generative_comparison`
 (it sets num_steps from the budget).
 Hardware: 2-core x86-64 CPU shared with other jobs, one XLA device.
@@ -16,11 +16,13 @@ rough garment shapes in pictures/samples.png; measured at 469 steps: Fréchet di
 with DDIM-50 samples (floor 1.6), docs/generative_comparison.md.
 """
 
-import nets.diffusion  # noqa: F401  (registers the U-Nets)
-from train.config import default_config, model_config
+from nets.models.diffusion import NOISE_SCHEDULES
+from train.config import check_arg_choice, default_config, model_config, parse_arg
 
 
-def get_config(noise_schedule: str = 'linear'):
+def get_config(arg: str = ''):
+    noise_schedule = parse_arg(arg, noise_schedule='linear').noise_schedule
+    check_arg_choice('noise_schedule', noise_schedule, NOISE_SCHEDULES)
     config = default_config()
     config.task = 'diffusion'
     config.dataset.name = 'fashion_mnist'
@@ -37,8 +39,9 @@ def get_config(noise_schedule: str = 'linear'):
     config.schedule.warmup_epochs = 0.05  # 47 steps
     config.diffusion.noise_schedule = noise_schedule
     config.diffusion.timesteps = 1000
-    # Ho et al. use 0.9999 over 800k steps; a run of ~1,000 steps needs a shorter memory.
-    config.diffusion.ema_decay = 0.995
+    # Samples come from the parameters' moving average. Ho et al. use 0.9999 over 800k steps;
+    # a run of ~1,000 steps needs a shorter memory.
+    config.ema_decay = 0.995
     config.diffusion.sampler = 'ddim'
     config.diffusion.sample_steps = 50
     config.log_every_steps = 50

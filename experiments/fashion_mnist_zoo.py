@@ -1,7 +1,7 @@
 """Any model of the zoo on Fashion-MNIST, with its small-input stem: the zoo table's command.
 
 Command:
-  python -m train.main --config=experiments/fashion_mnist_zoo.py:resnet18 \
+  python -m train.main --config=experiments/fashion_mnist_zoo.py:model=resnet18 \
       --workdir=workdirs/resnet18
 The argument is any registered image classifier (`python -c "import nets;
 print(nets.list_models())"`). Models with a `stem` field get their small-input stem ('cifar'
@@ -16,7 +16,7 @@ are not measured on this machine.
 """
 
 import nets
-from train.config import default_config, model_config
+from train.config import ConfigError, default_config, model_config, parse_arg
 
 _SMALL_STEM = {'resnet': 'cifar', 'deformable': 'cifar'}
 # Families whose models classify images (the sequence models have their own experiments).
@@ -24,11 +24,15 @@ IMAGE_FAMILIES = frozenset({'mlp', 'cnn', 'resnet', 'vit', 'alexnet', 'vgg', 'in
                             'inception_resnet', 'deformable', 'convnext', 'nfnet', 'swin'})
 
 
-def get_config(model_name: str = 'resnet20'):
-    fields = nets.model_fields(model_name)  # an unknown name fails here, listing valid ones
+def get_config(arg: str = ''):
+    model_name = parse_arg(arg, model='resnet20').model
+    if model_name not in nets.list_models():
+        raise ConfigError(f'config argument model={model_name!r} is not a registered model; '
+                          f'valid: {nets.list_models()}')
+    fields = nets.model_fields(model_name)
     family = nets.model_family(model_name)
     if family not in IMAGE_FAMILIES:
-        raise ValueError(f'{model_name!r} (family {family!r}) is not an image classifier; '
+        raise ConfigError(f'{model_name!r} (family {family!r}) is not an image classifier; '
                          f'valid families: {sorted(IMAGE_FAMILIES)}')
     overrides = {}
     if family == 'vit':

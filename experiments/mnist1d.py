@@ -1,10 +1,10 @@
 """MNIST-1D (Greydanus 2020): 4,000 train / 1,000 test signals of length 40.
 
 Command:
-  python -m train.main --config=experiments/mnist1d.py:cnn --workdir=workdirs/mnist1d_cnn
-  python -m train.main --config=experiments/mnist1d.py:mlp --workdir=workdirs/mnist1d_mlp
-  python -m train.main --config=experiments/mnist1d.py:gru --workdir=workdirs/mnist1d_gru
-  python -m train.main --config=experiments/mnist1d.py:cnn,shuffled ...   (spatially shuffled)
+  python -m train.main --config=experiments/mnist1d.py:model=cnn --workdir=workdirs/mnist1d_cnn
+  python -m train.main --config=experiments/mnist1d.py:model=mlp --workdir=workdirs/mnist1d_mlp
+  python -m train.main --config=experiments/mnist1d.py:model=gru --workdir=workdirs/mnist1d_gru
+  python -m train.main --config=experiments/mnist1d.py:model=cnn,shuffled ...   (spatially shuffled)
 The argument is the model (mlp, cnn, gru, lstm or rnn), optionally followed by ',shuffled' to
 train on the variant whose 40 positions are permuted once: local connectivity no longer helps
 the CNN or the GRU. The recurrent models follow the paper's GRU layout (bidirectional, every
@@ -19,9 +19,9 @@ Measured here (all 6,000 steps): MLP 68.1%, CNN 98.3%, GRU 93.9%, LSTM 93.7%, RN
 shuffled: CNN 59.4%, MLP 68.7%, GRU 52.7%, LSTM 54.8%.
 """
 
-# Importing nets.rnn also registers its classifiers 'gru', 'lstm' and 'rnn', named after the cells.
-from nets.rnn import CELLS
-from train.config import default_config, model_config
+# Importing nets.layers.recurrent also registers its classifiers 'gru', 'lstm' and 'rnn', named after the cells.
+from nets.layers.recurrent import CELLS
+from train.config import check_arg_choice, default_config, model_config, parse_arg
 
 # Greydanus 2020's GRU layout, shared by the three recurrent cells so they compare like for like.
 _RECURRENT = dict(hidden_size=12, bidirectional=True, readout='flatten')
@@ -33,14 +33,12 @@ _MODELS = {
 }
 
 
-def get_config(arg: str = 'cnn'):
-    model_name, _, variant = arg.partition(',')
-    if model_name not in _MODELS:
-        raise ValueError(f'unknown model {model_name!r} for mnist1d; valid: {sorted(_MODELS)}')
-    if variant not in ('', 'shuffled'):
-        raise ValueError(f"unknown variant {variant!r}; valid: '' or 'shuffled'")
+def get_config(arg: str = ''):
+    args = parse_arg(arg, model='cnn', shuffled=False)
+    model_name = args.model
+    check_arg_choice('model', model_name, _MODELS)
     config = default_config()
-    config.dataset.name = 'mnist1d_shuffled' if variant else 'mnist1d'
+    config.dataset.name = 'mnist1d_shuffled' if args.shuffled else 'mnist1d'
     fields = dict(_MODELS[model_name])
     config.model = model_config(fields.pop('name'), **fields)
     config.batch_size = 100

@@ -1,9 +1,9 @@
 """English -> Spanish Bible verses (data/builders/translation.py) with the three encoder-decoders.
 
 Command:
-  python -m train.main --config=experiments/translation.py:context --workdir=workdirs/translation_context
-  python -m train.main --config=experiments/translation.py:attention --workdir=workdirs/translation_attention
-  python -m train.main --config=experiments/translation.py:transformer --workdir=workdirs/translation_transformer
+  python -m train.main --config=experiments/translation.py:model=context --workdir=workdirs/translation_context
+  python -m train.main --config=experiments/translation.py:model=attention --workdir=workdirs/translation_attention
+  python -m train.main --config=experiments/translation.py:model=transformer --workdir=workdirs/translation_transformer
 The argument is the model: 'context' (Cho et al. 2014 / Sutskever et al. 2014, one fixed
 context vector), 'attention' (Bahdanau et al. 2015) or 'transformer' (Vaswani et al. 2017 at
 transformer_tiny size: d_model 64, 4 heads, 2 + 2 layers, one shared 14,546-word table).
@@ -11,7 +11,7 @@ transformer_tiny size: d_model 64, 4 heads, 2 + 2 layers, one shared 14,546-word
 on the 1,000 test pairs (teacher-forced loss/perplexity, greedy exact match, and sacrebleu
 BLEU of the greedy translations against the raw Spanish text, case-insensitive).
 CPU budget: a few hundred steps of batch 64 (under one epoch), trained only on the 61% of
-pairs whose both sides fit in 32 tokens (task_options.max_train_length = 32; evaluation uses
+pairs whose both sides fit in 32 tokens (seq2seq.max_train_length = 32; evaluation uses
 every test pair at full length). Recurrent models clip gradients to global norm 1.
 Hardware: 2-core CPU shared with other jobs (load 5-7), one XLA device: about 1.7 s a step
 for 'attention', 1.0 s for 'context' and 0.95 s for 'transformer'; 6-9 minutes each with the
@@ -26,7 +26,7 @@ the reference as the vocabulary encodes it (bleu_decoded_reference, where a <unk
 match a rare word's <unk>) it reads 4.56 / 5.87 / 1.70.
 """
 
-from train.config import default_config, model_config
+from train.config import check_arg_choice, default_config, model_config, parse_arg
 
 _MODELS = {
     'context': dict(name='seq2seq_context'),
@@ -40,19 +40,19 @@ _MODELS = {
 _STEPS = {'context': 300, 'attention': 250, 'transformer': 300}
 
 
-def get_config(arg: str = 'attention'):
-    if arg not in _MODELS:
-        raise ValueError(f'unknown model {arg!r} for translation; valid: {sorted(_MODELS)}')
+def get_config(arg: str = ''):
+    args = parse_arg(arg, model='attention')
+    check_arg_choice('model', args.model, _MODELS)
     config = default_config()
     config.task = 'seq2seq'
     config.dataset.name = 'translation'
     config.dataset.eval_split = 'test'
-    fields = dict(_MODELS[arg])
+    fields = dict(_MODELS[args.model])
     config.model = model_config(fields.pop('name'), **fields)
     config.batch_size = 64
     config.eval_batch_size = 500
-    config.num_steps = _STEPS[arg]
-    config.task_options.max_train_length = 32
+    config.num_steps = _STEPS[args.model]
+    config.seq2seq.max_train_length = 32
     config.optimizer.name = 'adam'
     config.optimizer.learning_rate = 2e-3
     config.schedule.name = 'warmup_cosine'
@@ -61,7 +61,7 @@ def get_config(arg: str = 'attention'):
     config.log_every_steps = 25
     config.eval_every_steps = config.num_steps  # evaluating decodes 1,000 verses: once, at the end
     config.checkpoint_every_steps = 100
-    if arg != 'transformer':
+    if args.model != 'transformer':
         # Recurrent gradients can spike (products over up to 64 steps); clip them.
         config.optimizer.grad_clip_norm = 1.0
     return config

@@ -4,9 +4,15 @@ A variant is a Flax module class plus default field values (e.g. 'resnet50' is
 `ResNet` with `stage_sizes=(3, 4, 6, 3), block='bottleneck'`). `create` builds
 one with overrides and fails early with a ValueError that lists the valid
 choices, so sweeps over names and fields are safe to write by hand.
+
+Families load lazily: the first lookup imports every module of `nets/models/`, each of which
+registers its variants at import. Importing a layer or a kernel therefore never imports the zoo,
+and adding a family is adding one file to that folder.
 """
 
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +44,19 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_FAMILIES_PACKAGE = 'nets.models'
+_families_loaded = False
+
+
+def _load_families() -> None:
+    """Imports every model-family module once (each registers its variants)."""
+    global _families_loaded
+    if _families_loaded:
+        return
+    _families_loaded = True
+    package = importlib.import_module(_FAMILIES_PACKAGE)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f'{_FAMILIES_PACKAGE}.{module.name}')
 
 
 def _module_fields(module_cls: type[nn.Module]) -> dict[str, Any]:
@@ -86,6 +105,7 @@ def register(name: str, module_cls: type[nn.Module], *, family: str, **defaults:
 
 
 def _spec(name: str) -> ModelSpec:
+    _load_families()
     if name not in _REGISTRY:
         raise ValueError(f"Unknown model {name!r}; valid models: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
@@ -111,16 +131,23 @@ def create(name: str, **overrides: Any) -> nn.Module:
 
 def list_models(family: str | None = None) -> list[str]:
     """Sorted registered names, optionally only those of one family."""
+    _load_families()
     return sorted(n for n, spec in _REGISTRY.items() if family is None or spec.family == family)
 
 
 def list_families() -> list[str]:
     """Sorted family names that have at least one registered model."""
+    _load_families()
     return sorted({spec.family for spec in _REGISTRY.values()})
 
 
 def model_family(name: str) -> str:
     return _spec(name).family
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The module class of a registered variant."""
+    return _spec(name).module_cls
 
 
 def model_defaults(name: str) -> dict[str, Any]:

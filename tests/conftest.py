@@ -12,7 +12,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # Start the CPU backend now, with those 8 devices: a test that empties XLA_FLAGS for a while
-# (tests/test_cpu_defaults.py) must not be the one that starts it.
+# (tests/test_runtime.py) must not be the one that starts it.
 jax.devices()
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nets
-from nets.summary import sub_jaxprs
+from nets.tools.flops import sub_jaxprs
 
 
 def rng(seed: int) -> jax.Array:
@@ -66,7 +66,7 @@ def all_eqns(jaxpr) -> Iterator[Any]:
 def heavy_op_operand_dtypes(jaxpr) -> list[set]:
     """The operand dtypes of every matrix product and convolution in `jaxpr` and the jaxprs it
     calls (the mixed-precision products sit inside custom_vjp calls; on the CPU, convolutions may
-    be oneDNN's FFI calls, nets/onednn_conv.py)."""
+    be oneDNN's FFI calls, nets/kernels/onednn_conv.py)."""
     return [{jnp.dtype(v.aval.dtype) for v in eqn.invars} for eqn in all_eqns(jaxpr)
             if eqn.primitive.name in ('dot_general', 'conv_general_dilated', 'ffi_call')]
 

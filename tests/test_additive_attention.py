@@ -1,4 +1,4 @@
-"""Tests for `nets.attention.AdditiveAttention` (Bahdanau et al. 2015): the score against the
+"""Tests for `nets.layers.attention.AdditiveAttention` (Bahdanau et al. 2015): the score against the
 formula written in numpy, masking of padded keys, the precomputed key projection, and the
 weights sown into 'intermediates'."""
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nets.attention import AdditiveAttention
+from nets.layers.attention import AdditiveAttention
 from tests.nets_harness import rng
 
 QUERY_FEATURES, KEY_FEATURES, FEATURES = 5, 6, 4

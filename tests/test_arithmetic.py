@@ -3,8 +3,8 @@
 import pytest
 
 import nets
-from nets.arithmetic import ReceptiveField, Window, conv_output_size, receptive_field
-from nets.summary import flops_per_example, format_summary, layer_table
+from nets.tools.arithmetic import ReceptiveField, Window, conv_output_size, receptive_field
+from nets.tools.summary import flops_per_example, format_summary, layer_table
 
 
 @pytest.mark.parametrize('size,kernel,stride,padding,expected', [

@@ -1,4 +1,4 @@
-"""Tests for the attention library (nets.attention), position encodings (nets.position),
+"""Tests for the attention library (nets.layers.attention), position encodings (nets.layers.position),
 the shared encoder block and the ViT options built on them (MAP head, resized
 position embeddings, ResNet-stem hybrid)."""
 
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import nets
-from nets import attention, position
-from nets.attention import MultiHeadAttention
-from nets.encoder_block import EncoderBlock
+from nets.layers import attention
+from nets.layers import position
+from nets.layers.attention import MultiHeadAttention
+from nets.layers.encoder_block import EncoderBlock
 from tests.nets_harness import fast_jit, rng
 
 

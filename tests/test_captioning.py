@@ -1,4 +1,4 @@
-"""Tests for show, attend and tell (nets/captioning.py): parameter counts in closed form,
+"""Tests for show, attend and tell (nets/models/captioning.py): parameter counts in closed form,
 shapes, attention maps (each a distribution over the feature grid), step-by-step decoding
 against teacher forcing, generation, the doubly stochastic penalty, learning a toy
 captioning task, and configuration errors.
@@ -17,10 +17,9 @@ import optax
 import pytest
 
 import nets
-import nets.captioning  # noqa: F401  (registers the 'captioning' family)
-from nets.captioning import ShowAttendTell, attention_maps, doubly_stochastic_penalty, generate
-from nets.seq2seq import DecoderStep, make_step_fn, sown_attention
-from nets.transformer import shift_right
+from nets.models.captioning import ShowAttendTell, attention_maps, doubly_stochastic_penalty, generate
+from nets.models.seq2seq import DecoderStep, make_step_fn, sown_attention
+from nets.models.transformer import shift_right
 from tests.nets_harness import fast_jit, rng
 
 PAD, BOS, EOS = 0, 1, 2
@@ -237,5 +236,5 @@ def test_invalid_uses_raise():
     with pytest.raises(ValueError, match="readout_size 8 must equal the embedding width 4"):
         jax.eval_shape(DecoderStep(vocab_size=4, hidden_size=4, cell='lstm', attention_features=0,
                                    readout='deep', readout_size=8).init, jax.random.key(0),
-                       (nets.rnn.LSTMState(jnp.zeros((1, 4)), jnp.zeros((1, 4))),), jnp.zeros((1, 4)),
-                       nets.seq2seq.Memory(context=jnp.zeros((1, 3))))
+                       (nets.layers.recurrent.LSTMState(jnp.zeros((1, 4)), jnp.zeros((1, 4))),), jnp.zeros((1, 4)),
+                       nets.models.seq2seq.Memory(context=jnp.zeros((1, 3))))

@@ -101,9 +101,7 @@ def test_out_of_range_momentum_rejected(momentum):
 def _experiment_configs():
     cases = []
     for path in sorted(EXPERIMENTS.glob('*.py')):
-        # Entry points that read finished runs (an absl main) sit beside the configs; the
-        # drivers that train live in sweeps/ and benchmarks/.
-        if path.name.startswith('_') or path.name in ENTRY_POINTS:
+        if path.name.startswith('_'):
             continue
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
@@ -112,14 +110,14 @@ def _experiment_configs():
     return cases
 
 
-ENTRY_POINTS = ('show_attention.py',)
-
-
-def test_entry_points_are_documented_absl_programs():
-    for name in ENTRY_POINTS:
-        source = (EXPERIMENTS / name).read_text()
-        assert source.startswith('"""') and 'python -m experiments.' in source
-        assert 'app.run(main)' in source and 'def get_config' not in source
+def test_experiments_top_level_holds_only_configs():
+    """Programs (sweeps, benchmarks, lessons, analyses) live in subfolders; every file at the
+    top is a config file."""
+    for path in sorted(EXPERIMENTS.glob('*.py')):
+        if path.name.startswith('_'):
+            continue
+        source = path.read_text()
+        assert 'def get_config' in source and 'app.run(' not in source, path.name
 
 
 @pytest.mark.parametrize('module', _experiment_configs())

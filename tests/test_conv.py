@@ -1,4 +1,4 @@
-"""nets.conv.Conv: nn.Conv's values and gradients, with kernel and input gradients XLA's CPU backend
+"""nets.kernels.conv.Conv: nn.Conv's values and gradients, with kernel and input gradients XLA's CPU backend
 runs on its canonical (fast) convolution inside loops too (XLA's convolutions: see the fixture)."""
 
 import re
@@ -9,16 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import nets.conv
-from nets import onednn_conv
-from nets.conv import Conv, backward_chunks
+import nets.kernels.conv
+from nets.kernels import switch
+from nets.kernels.conv import Conv, backward_chunks
 
 
 @pytest.fixture(autouse=True)
 def xla_convolutions():
     """These tests are about the XLA path (exact sums, layouts, chunks); oneDNN's, the CPU
     default where it builds, is tested in test_onednn_conv.py."""
-    with onednn_conv.xla_convolutions():
+    with switch.use(conv='xla'):
         yield
 
 CASES = [
@@ -119,7 +119,7 @@ def test_backward_chunks_large_operands_where_a_chunk_s_input_outweighs_the_kern
     assert backward_chunks((40, 32, 32, 64), (3, 3, 64, 64), (40, 32, 32, 64)) == 1  # 40 % 16
     # The quickstart CNN's layers: operands that fit in the caches keep whole batches.
     assert backward_chunks((128, 14, 14, 16), (3, 3, 16, 32), (128, 14, 14, 32)) == 1
-    monkeypatch.setattr(nets.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
+    monkeypatch.setattr(nets.kernels.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
     assert backward_chunks((128, 14, 14, 16), (3, 3, 16, 32), (128, 14, 14, 32)) == 8
 
 
@@ -127,7 +127,7 @@ def test_backward_chunks_large_operands_where_a_chunk_s_input_outweighs_the_kern
 def test_gradients_in_batch_chunks_equal_nn_conv(strides, monkeypatch):
     x = jax.random.normal(jax.random.PRNGKey(0), (48, 8, 8, 4))
     reference, conv = nn.Conv(6, (3, 3), strides=strides), Conv(6, (3, 3), strides=strides)
-    monkeypatch.setattr(nets.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
+    monkeypatch.setattr(nets.kernels.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
     assert backward_chunks(x.shape, (3, 3, 4, 6), (48, 8 // strides, 8 // strides, 6)) == 3
     variables = reference.init(jax.random.PRNGKey(1), x)
 
@@ -147,7 +147,7 @@ def test_chunked_gradients_of_a_batch_sharded_over_devices_gather_nothing(monkey
     x = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 4)),
                        NamedSharding(mesh, PartitionSpec('data')))
     conv = Conv(6, (3, 3))
-    monkeypatch.setattr(nets.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
+    monkeypatch.setattr(nets.kernels.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
     assert backward_chunks(x.shape, (3, 3, 4, 6), (64, 8, 8, 6)) == 4
     variables = jax.device_put(conv.init(jax.random.PRNGKey(1), x[:1]),
                                NamedSharding(mesh, PartitionSpec()))

@@ -39,8 +39,8 @@ def test_rejects_a_model_without_images():
 
 
 def _backends():
-    from nets import onednn_conv
-    return ['xla'] + (['onednn'] if onednn_conv.enabled() else [])
+    from nets.kernels import onednn_conv
+    return ['xla'] + (['onednn'] if onednn_conv.available() else [])
 
 
 @pytest.mark.parametrize('strides', [(1, 1), (2, 2)])

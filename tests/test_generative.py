@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 
 import data
-import nets.diffusion as diffusion
-import nets.gan  # noqa: F401  (registers the DCGAN variants)
-from train import frechet, loop
+import nets
+import nets.models.diffusion as diffusion
+import nets.models.gan
+from train import loop
+from experiments.analysis import frechet
 from train.checkpointing import load_checkpoint
 from train.config import ConfigError, default_config, model_config, validate
 from train.sharding import host_to_global, make_mesh
 from train.steps import init_train_state, make_train_step
-from train.tasks import create_task
+from train.tasks import task_from_config
 from tests.nets_harness import fast_jit
 from train.tasks.gan import build_gan_optimizer, discriminator_loss, generator_loss
 
@@ -40,7 +42,7 @@ def rbg_keys():
 def test_dcgan_shapes_and_output_range(size, channels, stages):
     model = nets.create('dcgan', image_size=size, channels=channels, latent_dim=16,
                         generator_width=4, discriminator_width=4)
-    assert nets.gan.dcgan_layout(size)[1] == stages
+    assert nets.models.gan.dcgan_layout(size)[1] == stages
     z = jax.random.normal(jax.random.key(0), (3, 16))
 
     def run(z):
@@ -64,9 +66,32 @@ def test_generative_config_blocks_are_validated():
                                 ('diffusion.sample_steps', 2000, 'sample_steps must be in')):
         config = default_config()
         block, leaf = key.split('.')
+        config.task = block  # each block is read (and checked) by its own task
         config[block][leaf] = value
         with pytest.raises(ConfigError, match=message):
             validate(config)
+
+
+def test_a_task_block_of_another_task_is_an_error_not_ignored():
+    config = default_config()  # task 'classify'
+    config.gan.loss = 'hinge'
+    with pytest.raises(ConfigError, match="config.gan.loss applies only to config.task='gan'"):
+        validate(config)
+
+
+def test_gan_networks_train_with_the_configured_optimizer(digits_dir):
+    """--config.optimizer.* applies to both networks (scaled by the per-network multipliers)."""
+    config = gan_config(digits_dir, **{'optimizer.learning_rate': 1e-3, 'optimizer.b1': 0.5,
+                                       'gan.discriminator_lr_multiplier': 2.0})
+    validate(config)
+    tx, schedule = build_gan_optimizer(config, steps_per_epoch=10, total_steps=10)
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    params = {'w': jnp.ones(3)}
+    grads = {'w': jnp.ones(3)}
+    for network, lr in (('generator', 1e-3), ('discriminator', 2e-3)):
+        updates, _ = tx.optimizers[network].update(grads, tx.optimizers[network].init(params),
+                                                   params, value=jnp.asarray(0.0))
+        np.testing.assert_allclose(updates['w'], -lr, rtol=1e-4)  # Adam's first step: -lr
 
 
 # --------------------------------------------------------------------------- GAN losses
@@ -98,6 +123,8 @@ def gan_config(data_dir, **changes):
     config.eval_batch_size = 64
     config.num_steps = 12
     config.optimizer.name = 'adam'
+    config.optimizer.learning_rate = 2e-4  # the DCGAN paper's, for both networks
+    config.optimizer.b1 = 0.5
     config.schedule.name = 'constant'
     config.log_every_steps = 4
     config.eval_every_steps = 6
@@ -115,8 +142,7 @@ def gan_setup(digits_dir):
     step jitted on their own."""
     config = gan_config(digits_dir)
     info = data.dataset_info('digits', digits_dir)
-    task = create_task('gan', model=loop.create_model(config, info), info=info,
-                       **loop._task_options(config))
+    task = task_from_config(config, model=loop.create_model(config, info), info=info)
     tx, _ = build_gan_optimizer(config, steps_per_epoch=40, total_steps=40)
     mesh = make_mesh(jax.devices()[:1])
     state = jax.device_get(init_train_state(task, tx, seed=0, mesh=mesh))
@@ -362,6 +388,7 @@ def test_diffusion_trains_on_digits_and_writes_sample_grids(digits_dir, tmp_path
     config.schedule.name = 'constant'
     config.log_every_steps = 4
     config.eval_every_steps = 4
+    config.ema_decay = 0.999
     config.diffusion.timesteps = 50
     config.diffusion.sample_steps = 5
     config.diffusion.sample_grid = 3
@@ -371,4 +398,5 @@ def test_diffusion_trains_on_digits_and_writes_sample_grids(digits_dir, tmp_path
         assert (tmp_path / 'pictures' / f'samples_step{step:06d}.png').read_bytes()[:4] == \
             b'\x89PNG'
     state = load_checkpoint(tmp_path / 'checkpoints')
-    assert int(state['model_state']['ema']['updates']) == 8  # the EMA is part of the state
+    assert state['ema_params'] is not None  # samples come from the trainer's EMA, checkpointed
+    assert np.isfinite(summary['eval']['ema_loss'])

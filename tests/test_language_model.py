@@ -19,7 +19,7 @@ import data
 import nets
 from data import pipeline
 from data.tokenizers import PAD_ID
-from nets.language_model import sample
+from nets.models.language_model import sample
 from train import loop
 from train.checkpointing import load_checkpoint
 from train.config import ConfigError, default_config, model_config, validate

@@ -1,4 +1,4 @@
-"""nets.mixed_precision: bfloat16 products accumulate in float32, forward and gradient, with the
+"""nets.kernels.mixed_precision: bfloat16 products accumulate in float32, forward and gradient, with the
 same values JAX's float32 products give (to bfloat16 rounding) and Flax's parameter trees."""
 
 import flax.linen as nn
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from nets.mixed_precision import Dense, DenseGeneral, dot_general, matmul
+from nets.kernels.mixed_precision import Dense, DenseGeneral, dot_general, matmul
 from tests.nets_harness import all_eqns
 
 # (lhs shape, rhs shape, contracting dims): Dense, DenseGeneral over two axes, axes out of

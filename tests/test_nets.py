@@ -16,8 +16,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import nets
-from nets import layers
-from nets.attention import MultiHeadAttention, attention_weights, dot_product_attention
+from nets.layers import blocks
+from nets.layers.attention import MultiHeadAttention, attention_weights, dot_product_attention
+from nets.models.mlp import MLP
+from nets.models.resnet import ResNet
 from tests.nets_harness import TinyRun, assert_products_in_bfloat16, fast_jit, rng
 
 IMAGENET_INPUT = (1, 224, 224, 3)
@@ -273,7 +275,7 @@ def test_vit_other_pool_posemb_combinations(pool, posemb):
 
 
 def test_sincos2d_posemb():
-    from nets.position import sincos_2d as sincos2d_posemb
+    from nets.layers.position import sincos_2d as sincos2d_posemb
     pos = sincos2d_posemb(3, 4, 8)
     assert pos.shape == (12, 8)
     assert np.all(np.abs(pos) <= 1.0)
@@ -333,7 +335,7 @@ def test_model_defaults_and_fields():
 
 def test_create_applies_overrides_and_normalises_values():
     model = nets.create('resnet18', num_classes=7, stage_sizes=[1, 1], dtype='bfloat16')
-    assert isinstance(model, nets.ResNet)
+    assert isinstance(model, ResNet)
     assert model.num_classes == 7 and model.stage_sizes == (1, 1) and model.dtype == jnp.bfloat16
     assert model.block == 'basic'
     mlp = nets.create('mlp', hidden_sizes=[8, 4])
@@ -405,9 +407,9 @@ def test_cnn_rejects_too_small_inputs():
 
 def test_register_rejects_duplicates_and_unknown_fields():
     with pytest.raises(ValueError, match='already registered'):
-        nets.register('resnet18', nets.ResNet, family='resnet')
+        nets.register('resnet18', ResNet, family='resnet')
     with pytest.raises(ValueError, match='depht'):
-        nets.register('test_only_mlp', nets.MLP, family='mlp', depht=3)
+        nets.register('test_only_mlp', MLP, family='mlp', depht=3)
     assert 'test_only_mlp' not in nets.list_models()
 
 
@@ -425,7 +427,7 @@ INITIALIZER_NAMES = ('he_normal', 'he_uniform', 'glorot_normal', 'xavier_normal'
 
 def test_activations():
     x = np.linspace(-3.0, 3.0, 13, dtype=np.float32)
-    ys = fast_jit(lambda x: {name: layers.activation(name)(x) for name in ACTIVATION_NAMES})(x)
+    ys = fast_jit(lambda x: {name: blocks.activation(name)(x) for name in ACTIVATION_NAMES})(x)
     for name, y in ys.items():
         assert y.shape == x.shape and np.all(np.isfinite(y)), name
     np.testing.assert_allclose(ys['swish'], ys['silu'])
@@ -435,15 +437,15 @@ def test_activations():
     # Exact (erf) GELU: gelu(1) = Phi(1) = 0.8413447.
     np.testing.assert_allclose(ys['gelu'][8], 0.8413447, rtol=1e-5)
     with pytest.raises(ValueError, match='softplus'):
-        layers.activation('relu6')
+        blocks.activation('relu6')
 
 
 def test_initializers():
     def sample(key):
-        out = {name: layers.initializer(name)(key, (64, 32)) for name in INITIALIZER_NAMES}
-        out['normal_big'] = layers.initializer('normal')(key, (256, 256))
-        out['he_big'] = layers.initializer('he_normal')(key, (512, 512))
-        out['orthogonal_square'] = layers.initializer('orthogonal')(key, (16, 16))
+        out = {name: blocks.initializer(name)(key, (64, 32)) for name in INITIALIZER_NAMES}
+        out['normal_big'] = blocks.initializer('normal')(key, (256, 256))
+        out['he_big'] = blocks.initializer('he_normal')(key, (512, 512))
+        out['orthogonal_square'] = blocks.initializer('orthogonal')(key, (16, 16))
         return out
 
     samples = jax.device_get(fast_jit(sample)(rng(0)))
@@ -455,15 +457,15 @@ def test_initializers():
     ortho = samples['orthogonal_square']
     np.testing.assert_allclose(ortho @ ortho.T, np.eye(16), atol=1e-5)
     with pytest.raises(ValueError, match='orthogonal'):
-        layers.initializer('kaiming')
-    assert layers.default_initializer_name('relu') == 'he_normal'
-    assert layers.default_initializer_name('selu') == 'lecun_normal'
+        blocks.initializer('kaiming')
+    assert blocks.default_initializer_name('relu') == 'he_normal'
+    assert blocks.default_initializer_name('selu') == 'lecun_normal'
 
 
 @pytest.mark.parametrize('shape, kernel_shape', [((2, 16, 3), (3, 3, 8)), ((2, 8, 8, 3), (3, 3, 3, 8))])
 def test_conv_norm_act_spatial_rank_from_input(shape, kernel_shape):
-    block = layers.ConvNormAct(8, kernel_size=3, strides=2)
-    plain_block = layers.ConvNormAct(8, use_norm=False, activation='identity')
+    block = blocks.ConvNormAct(8, kernel_size=3, strides=2)
+    plain_block = blocks.ConvNormAct(8, use_norm=False, activation='identity')
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
 
     def run(key, x):
@@ -480,7 +482,7 @@ def test_conv_norm_act_spatial_rank_from_input(shape, kernel_shape):
 
 
 def test_mlp_block_shapes():
-    block = layers.MlpBlock(hidden_features=12, dropout_rate=0.5)
+    block = blocks.MlpBlock(hidden_features=12, dropout_rate=0.5)
     x = np.ones((2, 5, 4), np.float32)
 
     def run(key, x):
@@ -495,7 +497,7 @@ def test_mlp_block_shapes():
 
 
 def test_drop_path_drops_whole_examples():
-    drop = layers.DropPath(rate=0.25)
+    drop = blocks.DropPath(rate=0.25)
     x = np.ones((4000, 3, 2), np.float32)
     np.testing.assert_array_equal(drop.apply({}, x), x)  # eval: identity, no rng needed
     y = fast_jit(lambda x, key: drop.apply({}, x, train=True, rngs={'dropout': key}))(x, rng(0))

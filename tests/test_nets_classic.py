@@ -16,13 +16,9 @@ import numpy as np
 import pytest
 
 import nets
-import nets.alexnet  # noqa: F401  (importing a family module registers its variants)
-import nets.inception  # noqa: F401
-import nets.inception_resnet  # noqa: F401
-import nets.vgg  # noqa: F401
-from nets import layers
-from nets.alexnet import local_response_norm
-from nets.inception import InceptionA, InceptionV1Block, InceptionV2Block, max_pool
+from nets.layers import blocks
+from nets.models.alexnet import local_response_norm
+from nets.models.inception import InceptionA, InceptionV1Block, InceptionV2Block, max_pool
 from tests.nets_harness import assert_products_in_bfloat16, fast_jit, rng
 
 IMAGENET_INPUT = (1, 224, 224, 3)
@@ -332,7 +328,7 @@ def test_pooling_helpers_match_pytorch_semantics():
               for h, w, out in [(13, 13, 6), (14, 14, 4), (17, 17, 5), (2, 2, 6), (1, 1, 7), (7, 9, 7), (5, 5, 1)]}
     x = data.normal(size=(1, 7, 7, 1)).astype(np.float32)
     pooled, ceil_pooled, padded = fast_jit(lambda inputs, x: (
-        {k: layers.adaptive_avg_pool(v, k[2]) for k, v in inputs.items()},
+        {k: blocks.adaptive_avg_pool(v, k[2]) for k, v in inputs.items()},
         max_pool(x, 3, 2, ceil_mode=True), max_pool(x, 3, 2, padding=1)))(inputs, x)
     for (h, w, out), value in inputs.items():
         if h == w:
@@ -344,12 +340,12 @@ def test_pooling_helpers_match_pytorch_semantics():
     np.testing.assert_allclose(ceil_pooled[0, -1, -1, 0], x[0, 4:7, 4:7, 0].max())
     np.testing.assert_allclose(padded[0, 0, 0, 0], x[0, :2, :2, 0].max())
 
-    assert layers.window_output_size(112, 3, 2, ceil_mode=True) == 56  # GoogLeNet: floor would give 55
-    assert layers.window_output_size(112, 3, 2) == 55
-    assert layers.window_output_size(224, 11, 4, 2) == 55
-    assert layers.window_output_size(2, 3, 2, ceil_mode=True) == 0  # a window must fit
-    assert layers.window_output_size(8, 2, 2, ceil_mode=True) == 4
-    assert layers.scale_width(48, 0.125) == 6 and layers.scale_width(3, 0.1) == 1
+    assert blocks.window_output_size(112, 3, 2, ceil_mode=True) == 56  # GoogLeNet: floor would give 55
+    assert blocks.window_output_size(112, 3, 2) == 55
+    assert blocks.window_output_size(224, 11, 4, 2) == 55
+    assert blocks.window_output_size(2, 3, 2, ceil_mode=True) == 0  # a window must fit
+    assert blocks.window_output_size(8, 2, 2, ceil_mode=True) == 4
+    assert blocks.scale_width(48, 0.125) == 6 and blocks.scale_width(3, 0.1) == 1
 
 
 def test_local_response_norm_matches_formula():

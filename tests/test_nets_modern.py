@@ -18,12 +18,12 @@ import pytest
 import flax.linen as nn
 
 import nets
-import nets.convnext
-import nets.deformable
-import nets.nfnet
-from nets import layers
-from nets.deformable import DeformableConv, deformable_conv
-from nets.nfnet import ACTIVATION_GAMMAS, NFBlock
+import nets.models.convnext
+import nets.models.deformable
+import nets.models.nfnet
+from nets.layers import blocks
+from nets.models.deformable import DeformableConv, deformable_conv
+from nets.models.nfnet import ACTIVATION_GAMMAS, NFBlock
 from tests.nets_harness import TinyRun, assert_products_in_bfloat16, fast_jit, rng
 
 IMAGENET_INPUT = (1, 224, 224, 3)
@@ -391,7 +391,7 @@ def test_bfloat16_compute(case_id):
 def test_activation_gammas_give_unit_variance():
     z = np.linspace(-12.0, 12.0, 480_001)
     density = np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-    values = fast_jit(lambda z: {name: layers.activation(name)(z) for name in ACTIVATION_GAMMAS})(z)
+    values = fast_jit(lambda z: {name: blocks.activation(name)(z) for name in ACTIVATION_GAMMAS})(z)
     for name, f in values.items():
         f = np.asarray(f, np.float64)
         mean = np.trapezoid(f * density, z)

@@ -1,4 +1,4 @@
-"""oneDNN convolutions (nets/onednn_conv.py): the same values and gradients as XLA's, on one
+"""oneDNN convolutions (nets/kernels/onednn_conv.py): the same values and gradients as XLA's, on one
 device and on a data-parallel mesh (no gathered batch), inside scans, in bfloat16; the switch
 and its errors; FLOP counts see XLA's convolutions."""
 
@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nets import conv, onednn_conv
+from nets.kernels import conv, onednn_conv, switch
+from nets.tools.flops import loop_corrected_flops, onednn_calls_in
 
 LINUX_X86 = sys.platform == 'linux' and platform.machine() == 'x86_64'
-needs_onednn = pytest.mark.skipif(not onednn_conv.enabled(),
+needs_onednn = pytest.mark.skipif(not onednn_conv.available(),
                                   reason='oneDNN convolutions not enabled here')
 DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -28,7 +29,7 @@ def _value_and_grads(x, w, strides, padding, backend):
     def fn(x, w):
         # The backend is chosen while tracing: inside the traced function.
         if backend == 'xla':
-            with onednn_conv.xla_convolutions():
+            with switch.use(conv='xla'):
                 return _loss(x, w, strides, padding)
         return _loss(x, w, strides, padding)
     return jax.jit(jax.value_and_grad(fn, (0, 1)))(x, w)
@@ -44,8 +45,8 @@ def test_onednn_builds_on_linux_x86_64():
     """The dependency installs there (pyproject.toml), so the fast path must be on."""
     if not LINUX_X86:
         pytest.skip('oneDNN convolutions are built on x86-64 Linux')
-    assert onednn_conv._load() is None
-    assert onednn_conv.enabled()
+    assert onednn_conv.unavailable_reason() is None
+    assert onednn_conv.available() and onednn_conv.use_for_trace()
 
 
 @needs_onednn
@@ -86,9 +87,9 @@ def test_the_conv_module_runs_onednn_and_xla_convolutions_on_request():
     def grad():  # a new function each time: JAX reuses the trace of one it has seen
         return jax.grad(lambda v: jnp.sum(model.apply(v, x)))
 
-    assert onednn_conv.calls_in(jax.make_jaxpr(grad())(variables)) == 3  # forward, dx, dw
-    with onednn_conv.xla_convolutions():
-        assert onednn_conv.calls_in(jax.make_jaxpr(grad())(variables)) == 0
+    assert onednn_calls_in(jax.make_jaxpr(grad())(variables)) == 3  # forward, dx, dw
+    with switch.use(conv='xla'):
+        assert onednn_calls_in(jax.make_jaxpr(grad())(variables)) == 0
     # Ranks, dilations and dtypes oneDNN does not take stay XLA's.
     assert not onednn_conv.supports(jnp.ones((2, 8, 3)), jnp.ones((3, 3, 4)), (1,))
     assert not onednn_conv.supports(x, jnp.ones((3, 3, 3, 4)), (2, 2))
@@ -121,7 +122,7 @@ def test_inside_a_scan_over_micro_batches():
         def body(total, x_micro):
             return total + jax.grad(lambda w_: _loss(x_micro, w_, (1, 1), 'SAME'))(w), None
         if backend == 'xla':
-            with onednn_conv.xla_convolutions():
+            with switch.use(conv='xla'):
                 return jax.lax.scan(body, jnp.zeros_like(w), x.reshape(2, 2, 8, 8, 3))[0]
         return jax.lax.scan(body, jnp.zeros_like(w), x.reshape(2, 2, 8, 8, 3))[0]
 
@@ -130,12 +131,22 @@ def test_inside_a_scan_over_micro_batches():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_backend_variable_names_the_valid_values(monkeypatch):
-    monkeypatch.setenv(onednn_conv.BACKEND_ENV, 'mkl')
-    with pytest.raises(ValueError, match="DEEPNETS_CPU_CONV='mkl': valid values are onednn, xla"):
-        onednn_conv.enabled()
-    monkeypatch.setenv(onednn_conv.BACKEND_ENV, 'xla')
-    assert not onednn_conv.enabled()
+def test_the_switch_names_the_valid_values_and_restores_itself():
+    with pytest.raises(ValueError, match="conv kernel 'mkl' is not valid.*'onednn', 'xla'"):
+        switch.set_kernels(conv='mkl')
+    before = switch.current()
+    with switch.use(conv='xla'):
+        assert switch.conv_backend() == 'xla' and not onednn_conv.use_for_trace()
+    assert switch.current() == before
+
+
+def test_a_required_onednn_that_cannot_build_is_an_error(monkeypatch):
+    monkeypatch.setattr(onednn_conv, '_load', lambda: 'no compiler')
+    with switch.use(conv='onednn'), pytest.raises(onednn_conv.OnednnUnavailable,
+                                                  match='no compiler'):
+        onednn_conv.use_for_trace()
+    with switch.use(conv='auto'):
+        assert not onednn_conv.use_for_trace()  # falls back to XLA's, with a warning
 
 
 def test_missing_onednn_says_what_to_install(monkeypatch, tmp_path):
@@ -148,7 +159,6 @@ def test_missing_onednn_says_what_to_install(monkeypatch, tmp_path):
 
 @needs_onednn
 def test_flop_counts_trace_xla_convolutions():
-    from train.compute import loop_corrected_flops
     x, w = _operands((2, 8, 8, 3), (3, 3, 3, 4))
 
     def forward(x, w):
@@ -187,7 +197,7 @@ def test_concurrent_passes_do_not_share_scratch_memory():
         return discriminator(x, kernels) + discriminator(x[::-1] * 0.5, kernels)
 
     def xla_two_chains(x, kernels):
-        with onednn_conv.xla_convolutions():
+        with switch.use(conv='xla'):
             return two_chains(x, kernels)
 
     expected = jax.jit(jax.grad(xla_two_chains, (0, 1)))(x, kernels)

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from train import optim
-from train.config import OPTIMIZERS, default_config
+from train.config import OPTIMIZERS, ConfigError, default_config, validate
 
 
 def _configs(**opt):
@@ -51,7 +51,7 @@ def test_every_optimizer_matches_optax_reference(name):
     reference = {
         'sgd': optax.sgd(0.01), 'momentum': optax.sgd(0.01, momentum=0.9),
         'nesterov': optax.sgd(0.01, momentum=0.9, nesterov=True),
-        'rmsprop': optax.rmsprop(0.01, decay=0.9, eps=1e-8, momentum=0.9),
+        'rmsprop': optax.rmsprop(0.01, decay=0.9, eps=1e-8),  # no momentum unless set
         'adam': optax.adam(0.01), 'adamw': optax.adamw(0.01, weight_decay=0.0),
     }[name]
     ours, _ = _one_update(opt, sched, GRADS, PARAMS, steps=3)
@@ -59,6 +59,27 @@ def test_every_optimizer_matches_optax_reference(name):
     for _ in range(3):
         theirs, state = reference.update(GRADS, state, PARAMS)
     np.testing.assert_allclose(ours['dense']['kernel'], theirs['dense']['kernel'], rtol=1e-5)
+
+
+def test_rmsprop_takes_momentum_only_when_set():
+    opt, sched = _configs(name='rmsprop', learning_rate=0.01, momentum=0.9)
+    ours, _ = _one_update(opt, sched, GRADS, PARAMS, steps=3)
+    reference = optax.rmsprop(0.01, decay=0.9, eps=1e-8, momentum=0.9)
+    state = reference.init(PARAMS)
+    for _ in range(3):
+        theirs, state = reference.update(GRADS, state, PARAMS)
+    np.testing.assert_allclose(ours['dense']['kernel'], theirs['dense']['kernel'], rtol=1e-5)
+
+
+@pytest.mark.parametrize('name,key', [('adam', 'momentum'), ('sgd', 'b1'), ('momentum', 'eps'),
+                                      ('rmsprop', 'b2'), ('adamw', 'rms_decay')])
+def test_an_optimizer_key_the_optimizer_does_not_read_is_an_error(name, key):
+    config = default_config()
+    config.optimizer.name = name
+    config.optimizer[key] = 0.5
+    with pytest.raises(ConfigError, match=f'optimizer.{key}=0.5 does not apply to optimizer '
+                                          f"'{name}'"):
+        validate(config)
 
 
 def test_coupled_l2_goes_through_adam_but_decoupled_does_not():

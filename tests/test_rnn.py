@@ -1,4 +1,4 @@
-"""Tests for `nets.rnn`: each cell against its equations, the scanned layer against a Python loop
+"""Tests for `nets.layers.recurrent`: each cell against its equations, the scanned layer against a Python loop
 over the cell, padding (masked steps keep the carry; a reverse pass starts at the last valid
 step), bidirectional and stacked layers, the registered classifiers and their parameter counts.
 
@@ -12,9 +12,10 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import nets
-from nets import rnn
-from nets.rnn import (BidirectionalRNN, GRUCell, LSTMCell, LSTMState, RNNClassifier, RNNLayer,
-                      SimpleRNNCell, StackedRNN, hidden_state)
+from nets.layers import recurrent as rnn
+from nets.layers.recurrent import (BidirectionalRNN, GRUCell, LSTMCell, LSTMState, RNNLayer,
+                                   SimpleRNNCell, StackedRNN, hidden_state)
+from nets.models.rnn import RNNClassifier
 from tests.nets_harness import fast_jit, rng
 
 CELL_NAMES = ('rnn', 'lstm', 'gru')
@@ -231,7 +232,7 @@ def looped_lstm_layer(params: dict, x: jax.Array, valid: np.ndarray, start: LSTM
                                                        (True, jnp.float32, 1e-5),
                                                        (False, jnp.bfloat16, 3e-2)])
 def test_lstm_layer_gradients_equal_autodiff_through_the_cell(reverse, dtype, tolerance):
-    """RNNLayer's LSTM has its own backward pass (nets.fused_lstm); every gradient, through
+    """RNNLayer's LSTM has its own backward pass (nets.kernels.fused_lstm); every gradient, through
     padding, the initial carry and the final carry, equals JAX's through a loop over the cell."""
     x = random_inputs((3, 5, IN_FEATURES))
     valid = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 1, 0, 0, 0]], bool)

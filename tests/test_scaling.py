@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import scaling
+from experiments import scaling as scaling_config
+from experiments.sweeps import scaling_grid as scaling
 from experiments.sweeps import scaling_report as report
 from experiments.sweeps import scaling_study as study
-from train import compute
-from train import scaling_laws as laws
+from experiments.analysis import compute
+from nets.tools import flops as flop_counter
+from experiments.analysis import scaling_laws as laws
 from train.config import validate
 
 
@@ -25,7 +27,7 @@ from train.config import validate
 
 def _xla_forward_flops(module: nn.Module, shape: tuple[int, ...]) -> float:
     variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape))
-    return compute.loop_corrected_flops(module.apply, variables,
+    return flop_counter.loop_corrected_flops(module.apply, variables,
                                         jax.ShapeDtypeStruct(shape, jnp.float32)).total
 
 
@@ -33,7 +35,7 @@ def _xla_forward_flops(module: nn.Module, shape: tuple[int, ...]) -> float:
                          [(8, 16, 32, True), (3, 7, 5, False)])
 def test_dense_flops_equal_analytic(batch, features_in, features_out, bias):
     flops = _xla_forward_flops(nn.Dense(features_out, use_bias=bias), (batch, features_in))
-    assert flops == compute.dense_flops(batch, features_in, features_out, bias=bias)
+    assert flops == flop_counter.dense_flops(batch, features_in, features_out, bias=bias)
 
 
 @pytest.mark.parametrize('size,kernel,strides,padding,groups', [
@@ -46,7 +48,7 @@ def test_dense_flops_equal_analytic(batch, features_in, features_out, bias):
 def test_conv_flops_equal_analytic(size, kernel, strides, padding, groups):
     conv = nn.Conv(8, kernel, strides=strides, padding=padding, feature_group_count=groups)
     flops = _xla_forward_flops(conv, (2, *size, 8))
-    assert flops == compute.conv_flops(2, size, kernel, 8, 8, strides=strides, padding=padding,
+    assert flops == flop_counter.conv_flops(2, size, kernel, 8, 8, strides=strides, padding=padding,
                                        feature_group_count=groups)
 
 
@@ -60,16 +62,16 @@ def test_scan_bodies_are_counted_once_per_iteration():
     x = jax.ShapeDtypeStruct((16, 64), jnp.float32)
     w = jax.ShapeDtypeStruct((64, 64), jnp.float32)
     product = 2 * 16 * 64 * 64
-    assert compute.xla_counts_loop_body_once()
-    count = compute.loop_corrected_flops(chain, x, w)
+    assert flop_counter.xla_counts_loop_body_once()
+    count = flop_counter.loop_corrected_flops(chain, x, w)
     assert count.xla < 2 * product  # what XLA alone reports: one iteration
     assert count.total == pytest.approx(7 * product, rel=1e-3)
-    assert compute.loop_corrected_flops(nested, x, w).total == pytest.approx(21 * product, rel=1e-3)
+    assert flop_counter.loop_corrected_flops(nested, x, w).total == pytest.approx(21 * product, rel=1e-3)
     # Forward and backward scans of the gradient: three products per iteration.
     grad = jax.grad(lambda w, x: chain(x, w).sum())
-    assert compute.loop_corrected_flops(grad, w, x).total == pytest.approx(3 * 7 * product,
+    assert flop_counter.loop_corrected_flops(grad, w, x).total == pytest.approx(3 * 7 * product,
                                                                            rel=0.05)
-    assert compute.analytic_forward_flops(chain, x, w) == 7 * product
+    assert flop_counter.analytic_forward_flops(chain, x, w) == 7 * product
 
 
 def test_recurrent_model_train_flops_match_analytic_with_the_loop_correction():
@@ -82,11 +84,11 @@ def test_recurrent_model_train_flops_match_analytic_with_the_loop_correction():
         return model.apply({'params': params}, x).sum()
 
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    count = compute.loop_corrected_flops(jax.grad(loss), variables['params'], x)
-    analytic = 3 * compute.analytic_forward_flops(lambda p, x: model.apply({'params': p}, x),
+    count = flop_counter.loop_corrected_flops(jax.grad(loss), variables['params'], x)
+    analytic = 3 * flop_counter.analytic_forward_flops(lambda p, x: model.apply({'params': p}, x),
                                                   variables['params'], x)
     # 20 time steps: XLA alone counts one step of each loop (the LSTM's weight gradients are
-    # products outside its loops, nets.fused_lstm, which XLA does count).
+    # products outside its loops, nets.kernels.fused_lstm, which XLA does count).
     assert count.loop_correction > 1.5 * count.xla
     assert count.total == pytest.approx(analytic, rel=0.15)
 
@@ -215,7 +217,9 @@ def test_cpu_tiny_grid_is_the_promised_one():
     assert len(preset.epochs) >= 3
     assert len({r.run_id for r in runs}) == 54
     spec = runs[-1]
-    assert scaling.parse_arg(spec.config_arg) == spec
+    config = scaling_config.get_config(spec.config_arg)
+    assert config == scaling.run_config(spec.preset, spec.family, spec.size, spec.epochs,
+                                        spec.learning_rate)
 
 
 @pytest.mark.parametrize('preset', sorted(scaling.PRESETS))
@@ -234,7 +238,7 @@ def test_unknown_names_fail_with_the_choices():
     with pytest.raises(ValueError, match="'w8'"):
         scaling.run_config('cpu_tiny', 'resnet', 'w1000', 1.0, 0.1)
     with pytest.raises(ValueError, match='tpu_imagenet'):
-        scaling.get_config('gpu_huge')
+        scaling_config.get_config('preset=gpu_huge')
 
 
 def _one_step(config, image_shape, num_classes):

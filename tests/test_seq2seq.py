@@ -1,4 +1,4 @@
-"""Tests for the recurrent encoder-decoders (nets/seq2seq.py): parameter counts in closed form,
+"""Tests for the recurrent encoder-decoders (nets/models/seq2seq.py): parameter counts in closed form,
 teacher forcing (causal, blind to source padding), the step-by-step decoder against teacher
 forcing, greedy == beam 1, alignments, learning a tiny reversal task, and configuration errors.
 
@@ -15,10 +15,9 @@ import optax
 import pytest
 
 import nets
-import nets.seq2seq  # noqa: F401  (registers the 'seq2seq' family)
-from nets import decoding
-from nets.seq2seq import Seq2Seq, alignments, generate, make_step_fn
-from nets.transformer import shift_right
+from nets.layers import decoding
+from nets.models.seq2seq import Seq2Seq, alignments, generate, make_step_fn
+from nets.models.transformer import shift_right
 from tests.nets_harness import fast_jit, rng
 
 PAD, BOS, EOS = 0, 1, 2
@@ -52,7 +51,7 @@ def param_count(model: Seq2Seq) -> int:
 
 def closed_form(form: str, cell: str, source_vocab: int, target_vocab: int, e: int, h: int, a: int,
                 r: int) -> int:
-    """One-layer counts: a cell of G gates has G(d_in·H + H² + H) (nets/rnn.py)."""
+    """One-layer counts: a cell of G gates has G(d_in·H + H² + H) (nets/layers/recurrent.py)."""
     gates = {'rnn': 1, 'gru': 3, 'lstm': 4}[cell]
     rnn = lambda d_in: gates * (d_in * h + h * h + h)  # noqa: E731
     embeddings = (source_vocab + target_vocab) * e

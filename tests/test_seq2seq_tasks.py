@@ -165,7 +165,7 @@ def tiny_run_config(data_dir: str, task: str):
     config.optimizer.name = 'adam'
     config.optimizer.learning_rate = 3e-3
     config.optimizer.grad_clip_norm = 1.0
-    config.task_options.final_eval_examples = 32
+    config[task].final_eval_examples = 32
     return config
 
 

@@ -1,10 +1,10 @@
-"""experiments.show_attention on tiny trained ViT and Swin runs: the pictures are written and
+"""experiments.analysis.show_attention on tiny trained ViT and Swin runs: the pictures are written and
 the maps they draw are the model's own attention weights."""
 
 import numpy as np
 import pytest
 
-from experiments import show_attention
+from experiments.analysis import show_attention
 from train.config import default_config, model_config
 from train.loop import train_and_evaluate
 
@@ -34,7 +34,7 @@ def test_vit_pictures_and_maps(tmp_path, digits_dir, pool):
     for path in written:
         assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
-    from train.restore import load_run
+    from experiments.analysis.runs import load_run
     run = load_run(workdir)
     images, _ = show_attention.test_images(run, 3)
     _, intermediates = show_attention.sown_attention(run, images)
@@ -65,7 +65,7 @@ def test_swin_pictures_and_token_map(tmp_path, digits_dir):
     written = show_attention.show_attention(workdir, num_images=2)
     assert sorted(p.name for p in written) == ['swin_attention.png', 'swin_windows.png']
 
-    from train.restore import load_run
+    from experiments.analysis.runs import load_run
     run = load_run(workdir)
     assert show_attention.swin_stage_geometry(run.model, 8, 8) == [(8, 8, 4, 2), (4, 4, 4, 0)]
     images, _ = show_attention.test_images(run, 2)

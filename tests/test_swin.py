@@ -1,4 +1,4 @@
-"""Tests for the Swin Transformer (nets/swin.py).
+"""Tests for the Swin Transformer (nets/models/swin.py).
 
 Parameter counts of the registered variants use `jax.eval_shape` only. The
 window helpers are checked against hand-derived expectations on an 8x8 grid
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import nets
-import nets.swin
-from nets.swin import (SwinBlock, WindowAttention, attention_group_map, region_map, shifted_window_mask,
+import nets.models.swin
+from nets.models.swin import (SwinBlock, WindowAttention, attention_group_map, region_map, shifted_window_mask,
                        stage_windows, window_index_map, window_partition, window_reverse)
 from tests.nets_harness import TinyRun, fast_jit, rng
 

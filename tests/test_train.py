@@ -265,7 +265,7 @@ def test_two_processes_train_like_one(digits_dir, tmp_path):
     assert 'Restored checkpoint of step 10' in outputs[0]
     single = subprocess.run(
         [sys.executable, '-m', 'train.main', *common, '--config.num_steps=20',
-         f'--workdir={tmp_path / "one"}', '--cpu_devices=2'], cwd=REPO, env=env,
+         f'--workdir={tmp_path / "one"}', '--config.runtime.cpu_devices=2'], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=240)
     assert single.returncode == 0, single.stderr[-3000:]
     two = json.loads((tmp_path / 'two' / 'summary.json').read_text())

@@ -96,7 +96,7 @@ def test_jax_row_measures_the_project_step():
 
 def test_jax_row_splits_a_vit_batch_as_the_trainer_does_on_the_cpu():
     import dataclasses
-    from train.cpu_defaults import MICRO_BATCH_BY_FAMILY
+    from train.runtime import MICRO_BATCH_BY_FAMILY
     spec = dataclasses.replace(bench_common.model_spec('vit_ti4', 'tiny'),
                                batch_size=2 * MICRO_BATCH_BY_FAMILY['vit'])
     whole = bench.jax_train_step_row(spec, dtype='float32', devices=1, steps=1, warmup=0,
@@ -169,8 +169,8 @@ def test_torch_row_on_a_toy_model():
 
 def test_benchmark_measures_the_trainer_s_cpu_flags():
     """The JAX workers run with what train.main adds on the CPU for their model family and dtype
-    (train.cpu_defaults), unless --xla_flags overrides it for every row."""
-    from train.cpu_defaults import DEFAULT_YNN_FUSION, YNN_FUSION_FLAG, cpu_xla_flags
+    (train.runtime), unless --xla_flags overrides it for every row."""
+    from train.runtime import DEFAULT_YNN_FUSION, YNN_FUSION_FLAG, cpu_xla_flags
     vit = {'job': 'jax_step', 'model': 'vit_ti4', 'dtype': 'float32', 'devices': 1}
     lstm = {'job': 'jax_step', 'model': 'lstm_lm', 'dtype': 'float32', 'devices': 2}
     assert bench.job_xla_flags(vit) == ' '.join(cpu_xla_flags('vit', 'float32'))

@@ -1,5 +1,5 @@
-"""Tests for the encoder-decoder Transformer (nets/transformer.py) and the shared
-greedy/beam-search decoding (nets/decoding.py).
+"""Tests for the encoder-decoder Transformer (nets/models/transformer.py) and the shared
+greedy/beam-search decoding (nets/layers/decoding.py).
 
 Big models are only sized with `jax.eval_shape`; everything that runs uses a
 tiny configuration (d_model 32, one or two layers, a 16-token vocabulary).
@@ -16,9 +16,8 @@ import optax
 import pytest
 
 import nets
-import nets.transformer  # noqa: F401  (registers the 'transformer' family)
-from nets import decoding
-from nets.transformer import DecoderBlock, Transformer, make_step_fn, shift_right, translate
+from nets.layers import decoding
+from nets.models.transformer import DecoderBlock, Transformer, make_step_fn, shift_right, translate
 from tests.nets_harness import fast_jit, rng
 
 PAD, BOS, EOS = 0, 1, 2

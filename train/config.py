@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 import nets
+from train import runtime
+from train.optim import OPTIMIZERS, check_optimizer_keys
+from train.tasks import TASKS, task_class
 
-TASKS = ('classify', 'language_model', 'seq2seq', 'captioning', 'gan', 'diffusion')
-OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'rmsprop', 'adam', 'adamw')
 WEIGHT_DECAY_MODES = ('coupled', 'decoupled')
 SCHEDULES = ('constant', 'step', 'exponential', 'warmup_cosine', 'plateau')
 DTYPES = ('float32', 'bfloat16')
@@ -27,9 +29,6 @@ EARLY_STOPPING_MODES = ('min', 'max')
 # Training batch order: shuffled examples, or parallel contiguous streams (truncated BPTT).
 DATA_ORDERS = ('shuffled', 'streams')
 SHARDING_STRATEGIES = ('fsdp', 'replicate')
-GAN_LOSSES = ('non_saturating', 'hinge')
-NOISE_SCHEDULES = ('linear', 'cosine')
-DIFFUSION_SAMPLERS = ('ddpm', 'ddim')
 
 # Model fields the trainer sets itself; a config never carries them.
 _TRAINER_OWNED_MODEL_FIELDS = ('dtype', 'param_dtype')
@@ -86,11 +85,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = 'momentum'
     config.optimizer.learning_rate = 0.1
-    config.optimizer.momentum = 0.9  # momentum/nesterov, and rmsprop when > 0
-    config.optimizer.b1 = 0.9
-    config.optimizer.b2 = 0.999
-    config.optimizer.eps = 1e-8
-    config.optimizer.rms_decay = 0.9
+    # Keys only some optimisers read (train.optim.OPTIMIZER_SPECIFIC_KEYS). Unset, each takes
+    # the optimiser's default (momentum 0.9 for momentum/nesterov, 0 for rmsprop; Adam's b1 0.9,
+    # b2 0.999, eps 1e-8; rms_decay 0.9); set for an optimiser that does not read it, a run fails.
+    config.optimizer.momentum = placeholder(float)
+    config.optimizer.b1 = placeholder(float)
+    config.optimizer.b2 = placeholder(float)
+    config.optimizer.eps = placeholder(float)
+    config.optimizer.rms_decay = placeholder(float)
     config.optimizer.weight_decay = 0.0
     config.optimizer.weight_decay_mode = 'coupled'  # coupled = L2 in the gradient; decoupled = AdamW-style
     config.optimizer.l1 = 0.0
@@ -122,35 +124,15 @@ def default_config() -> ml_collections.ConfigDict:
     config.nonfinite = 'stop'  # on a NaN/Inf loss or gradient: stop, or skip that update
     config.pictures = True
 
-    # Options of the sequence tasks (train/tasks/seq2seq.py, captioning.py); others ignore them.
-    config.task_options = ml_collections.ConfigDict()
-    config.task_options.beam_size = 1  # decoding for exact match and BLEU; 1 = greedy search
-    config.task_options.final_eval_examples = 1000  # eval examples decoded for BLEU at the end
-    config.task_options.attention_penalty = 1.0  # captioning: λ of the doubly stochastic penalty
-    config.task_options.max_train_length = 0  # seq2seq: train on pairs that fit L tokens; 0 = all
+    # Hardware choices (train/runtime.py): device split, XLA flags, kernels, allocator,
+    # micro-batches; resolved per run and recorded in config.json and summary.json.
+    config.runtime = runtime.default_block()
 
-    # GAN task (train/tasks/gan.py): each network's optimiser is config.optimizer with these
-    # learning rates and Adam betas (the DCGAN paper: 2e-4, β1 = 0.5), on config.schedule.
-    config.gan = ml_collections.ConfigDict()
-    config.gan.loss = 'non_saturating'  # or 'hinge'
-    config.gan.generator_learning_rate = 2e-4
-    config.gan.discriminator_learning_rate = 2e-4
-    config.gan.b1 = 0.5
-    config.gan.b2 = 0.999
-    config.gan.d_steps = 1  # discriminator updates per generator update, in one step
-    config.gan.sample_grid = 8  # every evaluation draws sample_grid² fixed-noise samples
-
-    # Diffusion task (train/tasks/diffusion.py, nets/diffusion.py): DDPM training, samplers.
-    config.diffusion = ml_collections.ConfigDict()
-    config.diffusion.noise_schedule = 'linear'  # or 'cosine' (Nichol & Dhariwal)
-    config.diffusion.timesteps = 1000
-    config.diffusion.beta_start = 1e-4  # linear schedule only
-    config.diffusion.beta_end = 0.02
-    config.diffusion.ema_decay = 0.999  # EMA of the weights that sample; 0 = off
-    config.diffusion.sampler = 'ddim'  # eval grids: 'ddpm' (ancestral, T steps) or 'ddim'
-    config.diffusion.sample_steps = 50  # DDIM steps
-    config.diffusion.eta = 0.0  # DDIM noise: 0 deterministic, 1 with every step = DDPM
-    config.diffusion.sample_grid = 8
+    # Each task's own options (train/tasks/<task>.py), one block per task that has some; a
+    # block is only read by its task, and changing the block of another task is an error.
+    for task in TASKS.values():
+        if task.options_block:
+            config[task.options_block] = task.default_options()
     return config
 
 
@@ -194,7 +176,9 @@ def _check_keys(config: Mapping[str, Any], reference: Mapping[str, Any], path: s
                 raise ConfigError(f'config key {where!r} must be a block of keys, got {value!r}')
             _check_keys(value, expected, where + '.')
             continue
-        if isinstance(expected, bool) or isinstance(value, bool):
+        if expected is None:  # an optional number (a placeholder left unset)
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        elif isinstance(expected, bool) or isinstance(value, bool):
             ok = isinstance(value, bool) and isinstance(expected, bool)
         elif isinstance(expected, float):
             ok = isinstance(value, (int, float))
@@ -260,41 +244,23 @@ def _check_param_sharding(rules: Any) -> None:
                       SHARDING_STRATEGIES)
 
 
-def _check_generative(config: ml_collections.ConfigDict) -> None:
-    """The config.gan and config.diffusion blocks."""
-    gan, diffusion = config.gan, config.diffusion
-    _check_choice('config.gan.loss', gan.loss, GAN_LOSSES)
-    # 0 freezes a network (e.g. to train one against a fixed other).
-    _check_positive('config.gan.generator_learning_rate', gan.generator_learning_rate,
-                    allow_zero=True)
-    _check_positive('config.gan.discriminator_learning_rate', gan.discriminator_learning_rate,
-                    allow_zero=True)
-    for key in ('b1', 'b2'):
-        if not 0.0 <= gan[key] < 1.0:
-            raise ConfigError(f'config.gan.{key} must be in [0, 1), got {gan[key]}')
-    _check_positive('config.gan.d_steps', gan.d_steps)
-    _check_positive('config.gan.sample_grid', gan.sample_grid)
-    _check_choice('config.diffusion.noise_schedule', diffusion.noise_schedule, NOISE_SCHEDULES)
-    _check_choice('config.diffusion.sampler', diffusion.sampler, DIFFUSION_SAMPLERS)
-    _check_positive('config.diffusion.timesteps', diffusion.timesteps)
-    if not 0.0 < diffusion.beta_start <= diffusion.beta_end < 1.0:
-        raise ConfigError('need 0 < config.diffusion.beta_start <= beta_end < 1, got '
-                          f'{diffusion.beta_start}, {diffusion.beta_end}')
-    if not 0.0 <= diffusion.ema_decay < 1.0:
-        raise ConfigError(f'config.diffusion.ema_decay must be in [0, 1), got '
-                          f'{diffusion.ema_decay}')
-    if not 1 <= diffusion.sample_steps <= diffusion.timesteps:
-        raise ConfigError(f'config.diffusion.sample_steps must be in [1, timesteps='
-                          f'{diffusion.timesteps}], got {diffusion.sample_steps}')
-    _check_positive('config.diffusion.eta', diffusion.eta, allow_zero=True)
-    _check_positive('config.diffusion.sample_grid', diffusion.sample_grid)
-
-
-def can_accumulate_gradients(config: ml_collections.ConfigDict) -> bool:
-    """Whether the config's loss averages over independent examples, so that its batch may run
-    as micro-batches: not task='gan' (its own two-network step) nor dataset.order='streams'
-    (state carried between rows of a batch)."""
-    return config.task != 'gan' and config.dataset.get('order') != 'streams'
+def _check_task_blocks(config: ml_collections.ConfigDict) -> None:
+    """The chosen task's block is checked by the task; every other task's block must be left at
+    its defaults, since nothing would read it."""
+    chosen = task_class(config.task)
+    for name, task in TASKS.items():
+        block = task.options_block
+        if not block or task is chosen or block == chosen.options_block:
+            continue
+        changed = sorted(key for key, value in task.default_options().items()
+                         if config[block][key] != value)
+        if changed:
+            raise ConfigError(f'config.{block}.{changed[0]} applies only to '
+                              f'config.task={name!r}; this run is task={config.task!r}')
+    try:
+        chosen.check_options(config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -322,25 +288,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f'{where} must be a finite number, got {value!r}')
     _check_augment(config.augment)
-    _check_choice('config.task', config.task, TASKS)
+    _check_choice('config.task', config.task, tuple(TASKS))
     _check_choice('config.dtype', config.dtype, DTYPES)
     _check_choice('config.nonfinite', config.nonfinite, NONFINITE_POLICIES)
     _check_choice('config.optimizer.name', config.optimizer.name, OPTIMIZERS)
+    try:
+        check_optimizer_keys(config.optimizer)
+        runtime.check_block(config.runtime)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     _check_choice('config.optimizer.weight_decay_mode', config.optimizer.weight_decay_mode,
                                 WEIGHT_DECAY_MODES)
     _check_choice('config.schedule.name', config.schedule.name, SCHEDULES)
     _check_choice('config.early_stopping.mode', config.early_stopping.mode, EARLY_STOPPING_MODES)
     _check_choice('config.dataset.order', config.dataset.order, DATA_ORDERS)
-    if config.dataset.order == 'streams' and config.task != 'language_model':
+    if config.dataset.order == 'streams' and not task_class(config.task).carries_streams:
+        streaming = ' or '.join(repr(name) for name, task in TASKS.items() if task.carries_streams)
         raise ConfigError(f"config.dataset.order='streams' carries a recurrent state between steps "
-                          f"and needs config.task='language_model', got {config.task!r}")
+                          f'and needs config.task={streaming}, got {config.task!r}')
     _check_positive('config.batch_size', config.batch_size)
     _check_positive('config.grad_accum_steps', config.grad_accum_steps)
     if config.batch_size % config.grad_accum_steps:
         raise ConfigError(f'config.batch_size={config.batch_size} does not split into '
                           f'config.grad_accum_steps={config.grad_accum_steps} equal micro-batches;'
                           ' use a batch size that is a multiple of it')
-    if config.grad_accum_steps > 1 and not can_accumulate_gradients(config):
+    if config.grad_accum_steps > 1 and not task_class(config.task).accumulates_gradients(config):
         raise ConfigError('config.grad_accum_steps > 1 needs a task whose loss averages over '
                           "independent examples: not task='gan' (its own two-network step) nor "
                           "dataset.order='streams' (state carried between rows of a batch)")
@@ -364,10 +336,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive('config.early_stopping.patience', config.early_stopping.patience)
     _check_positive('config.early_stopping.min_delta', config.early_stopping.min_delta,
                     allow_zero=True)
-    options = config.task_options
-    _check_positive('config.task_options.beam_size', options.beam_size)
-    for key in ('final_eval_examples', 'attention_penalty', 'max_train_length'):
-        _check_positive(f'config.task_options.{key}', options[key], allow_zero=True)
     if config.num_steps <= 0 and config.num_epochs <= 0:
         raise ConfigError('set config.num_epochs > 0 or config.num_steps > 0; '
                                             f'got num_epochs={config.num_epochs}, num_steps={config.num_steps}')
@@ -382,9 +350,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                             f'got {config.schedule.plateau_factor}')
     for key in ('momentum', 'b1', 'b2', 'rms_decay'):
         value = config.optimizer[key]
-        if not 0.0 <= value < 1.0:
+        if value is not None and not 0.0 <= value < 1.0:
             raise ConfigError(f'config.optimizer.{key} must be in [0, 1), got {value}')
-    _check_generative(config)
+    if config.optimizer.eps is not None:
+        _check_positive('config.optimizer.eps', config.optimizer.eps)
+    _check_task_blocks(config)
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -393,3 +363,50 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     # ConfigDict turns tuples into lists on the way through the CLI; modules want tuples.
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
+
+
+_TRUE_WORDS = ('true', 'yes', '1')
+_FALSE_WORDS = ('false', 'no', '0')
+
+
+def _typed_value(key: str, text: str, default: Any) -> Any:
+    """`text` converted to the type of `default` (ConfigError naming the key when it cannot)."""
+    if isinstance(default, bool):
+        if text.lower() in _TRUE_WORDS + _FALSE_WORDS:
+            return text.lower() in _TRUE_WORDS
+        raise ConfigError(f'config argument {key}={text!r} is not a boolean; use true or false')
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(text)
+        except ValueError as error:
+            raise ConfigError(f'config argument {key}={text!r} is not a '
+                              f'{type(default).__name__}') from error
+    return text
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """A config file's argument (`--config=file.py:key=value,key2=value2`) as a ConfigDict of
+    `defaults` updated by it. Values take the type of their default; a bare `key` sets a
+    boolean key to True. An unknown key or a value of the wrong type raises ConfigError naming
+    the valid keys."""
+    parsed = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (part.strip() for part in (arg or '').split(','))):
+        key, has_value, text = item.partition('=')
+        key = key.strip()
+        if key not in defaults:
+            raise ConfigError(f'unknown config argument {key!r} in {arg!r}; valid arguments: '
+                              + (', '.join(f'{k}={v!r}' for k, v in defaults.items()) or 'none'))
+        if not has_value:
+            if not isinstance(defaults[key], bool):
+                raise ConfigError(f'config argument {key!r} needs a value: {key}=...')
+            parsed[key] = True
+            continue
+        parsed[key] = _typed_value(key, text.strip(), defaults[key])
+    return parsed
+
+
+def check_arg_choice(key: str, value: str, choices: Any) -> None:
+    """ConfigError unless a config argument's value is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f'config argument {key}={value!r} is not valid; choose one of '
+                          f'{sorted(choices)}')

@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -26,16 +28,19 @@ from absl import logging
 
 import data
 import nets
+from data import augment
+from nets.kernels import switch
 from train import config as config_lib
 from train import pictures
+from train import runtime as runtime_lib
 from train.checkpointing import Checkpointer
 from train.early_stopping import EarlyStopping
 from train.metrics_writer import MetricWriter
-from train.optim import build_optimizer, plateau_scale
+from train.optim import plateau_scale
 from train.sharding import check_batch_divides, fetch, host_to_global, make_mesh
 from train.state import TrainState
 from train.steps import init_train_state, make_eval_step, make_train_step
-from train.tasks import create_task
+from train.tasks import Task, task_from_config
 
 
 class NonFiniteError(FloatingPointError):
@@ -46,7 +51,8 @@ def check_workdir(workdir: Path) -> None:
     """Fails early, with the reason, when the run could not write its results."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / '.write_probe'
+        # One probe per process: on a pod every host checks the same shared workdir at once.
+        probe = workdir / f'.write_probe.{jax.process_index()}.{os.getpid()}'
         probe.write_text('ok')
         probe.unlink()
     except OSError as error:
@@ -136,15 +142,31 @@ def _check_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int,
                                      "set config.nonfinite='skip'.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       runtime: runtime_lib.Runtime | None = None) -> dict[str, Any]:
     """Trains and evaluates as `config` says, writing everything under `workdir`; resumes from
-    the newest checkpoint there. Returns the run's summary (also written as summary.json)."""
-    # 1. Check.
+    the newest checkpoint there. Returns the run's summary (also written as summary.json).
+
+    `runtime`: the hardware choices `train.main` resolved and applied before JAX started; when
+    called from Python instead, they are resolved here and what can still be applied in this
+    process is (kernels, micro-batches), the rest recorded as not applied."""
     config_lib.validate(config)
-    workdir = Path(workdir).absolute()
+    if runtime is None:
+        host = dataclasses.replace(runtime_lib.host_facts(platform=jax.default_backend()),
+                                   processes=jax.process_count())
+        runtime = runtime_lib.apply(runtime_lib.resolve(config, host), starting_process=False)
+    with switch.use(conv=runtime.conv_backend, attention=runtime.attention):
+        return _train_and_evaluate(config, Path(workdir).absolute(), runtime)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
+                        runtime: runtime_lib.Runtime) -> dict[str, Any]:
+    # 1. Check.
     check_workdir(workdir)
     is_primary = jax.process_index() == 0
     started = time.time()
+    runtime_record = runtime_lib.record(runtime)
+    accumulate = runtime.grad_accum_steps
 
     # 2. Data.
     data_dir = config.dataset.data_dir or None
@@ -158,17 +180,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     model = create_model(config, info)
     augmenter = None
     if config.augment:
-        from data import augment
         augmenter = augment.make_augmenter(config.augment, num_classes=info.num_classes)
-    task = create_task(config.task, model=model, info=info, augmenter=augmenter,
-                       **_task_options(config))
+    task = task_from_config(config, model=model, info=info, augmenter=augmenter)
 
     # 4. Mesh, optimiser, initial state.
     mesh = make_mesh()
     check_batch_divides(config.batch_size, mesh)
-    if config.grad_accum_steps > 1:
-        check_batch_divides(config.batch_size // config.grad_accum_steps, mesh,
-                            'micro-batch batch_size/grad_accum_steps')
+    if accumulate > 1:
+        check_batch_divides(config.batch_size // accumulate, mesh,
+                            f'micro-batch batch_size/{accumulate}')
     check_batch_divides(config.eval_batch_size, mesh, 'eval_batch_size')
     steps_per_epoch = data.steps_per_epoch(len(train_source), config.batch_size)
     total_steps = (config.num_steps if config.num_steps > 0
@@ -176,13 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
     checkpoint_every = (config.checkpoint_every_steps if config.checkpoint_every_steps > 0
                         else steps_per_epoch)
-    if hasattr(task, 'make_optimizer'):  # several networks, one optimiser each (gan)
-        tx, schedule = task.make_optimizer(config, steps_per_epoch=steps_per_epoch,
-                                           total_steps=total_steps)
-    else:
-        tx, schedule = build_optimizer(config.optimizer, config.schedule,
-                                       steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                                       accumulate_steps=config.grad_accum_steps)
+    tx, schedule = task.make_optimizer(config, steps_per_epoch=steps_per_epoch,
+                                       total_steps=total_steps, accumulate_steps=accumulate)
     check_model_fits(config, task, info.example_shape)
     state = init_train_state(task, tx, config.seed, mesh, ema=config.ema_decay > 0,
                              param_sharding=config.param_sharding,
@@ -206,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     writer = MetricWriter(workdir, enabled=is_primary)
     writer.truncate_after(start_step)
     if is_primary:
-        (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+        write_run_config(workdir, config, runtime_record)
     stopper = None
     if config.early_stopping.metric:
         stopper = EarlyStopping(config.early_stopping.metric, config.early_stopping.mode,
@@ -223,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     skip_nonfinite = config.nonfinite == 'skip'
     train_step = make_train_step(task, tx, mesh, skip_nonfinite=skip_nonfinite,
                                  state_sharding=state_sharding,
-                                 grad_accum_steps=config.grad_accum_steps,
+                                 grad_accum_steps=accumulate,
                                  ema_decay=config.ema_decay)
     eval_step = make_eval_step(task, mesh, state_sharding)
 
@@ -240,10 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if record:
             writer.write(at_step, 'eval', metrics)
         writer.console(at_step, total_steps, 'eval', metrics)
-        if is_primary and config.pictures and hasattr(task, 'write_eval_pictures'):
+        if is_primary and config.pictures:
             # Generative tasks draw fixed-noise samples at every evaluation, to watch training.
-            task.write_eval_pictures(workdir / 'pictures', at_step, fetch(state.params),
-                                     fetch(state.model_state))
+            task.write_eval_pictures(workdir / 'pictures', at_step, sampling_variables(state))
         return metrics
 
     # 7. Train.
@@ -274,8 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             return
         seconds = time.time() - window_start
         mean = {key: float(np.mean([m[key] for m in checked]))
-                for key in getattr(task, 'logged_train_metrics', ('loss', 'accuracy', 'grad_norm'))
-                if key in checked[0]}
+                for key in task.logged_train_metrics if key in checked[0]}
         mean['learning_rate'] = float(schedule(step - 1)) * plateau_scale(state.opt_state)
         mean['examples_per_second'] = len(checked) * config.batch_size / max(seconds, 1e-9)
         mean['epoch'] = step / steps_per_epoch
@@ -317,11 +330,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         # A rerun of a finished run evaluates again for its summary and pictures, but its
         # metrics file already holds that evaluation.
         last_eval, last_eval_step = evaluate(step, record=step != start_step), step
-    if hasattr(task, 'final_eval') and is_primary and not sigterm.raised:
+    final = {}
+    if is_primary and not sigterm.raised:
         # Metrics too costly or not additive for every evaluation (generated text scored by
         # BLEU), once on the host, from the raw eval split with its strings.
         final = task.final_eval(fetch(state.params), fetch(state.model_state), data.load_source(
             config.dataset.name, config.dataset.eval_split, data_dir))
+    if final:
         if step != start_step:
             writer.write(step, 'final_eval', final)
         writer.console(step, total_steps, 'final_eval', final)
@@ -335,40 +350,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         'platform': jax.devices()[0].platform,
         'wall_seconds_this_session': time.time() - started,
         'eval': last_eval,
+        'runtime': runtime_record,
     }
     if stopper is not None:
         summary['early_stopping'] = {'metric': stopper.metric, 'best_value': stopper.best_value,
                                      'best_step': stopper.best_step}
     if is_primary:
         summary['pictures'] = _write_pictures(config, workdir, writer, task, last_eval_sums)
-        if config.pictures and hasattr(task, 'write_samples'):  # what a generative model writes
-            summary['samples'] = [str(p) for p in task.write_samples(
-                workdir, fetch(state.params), fetch(state.model_state))]
+        if config.pictures:  # what a generative model writes
+            summary['samples'] = [str(p) for p in task.write_samples(workdir,
+                                                                     sampling_variables(state))]
         (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
     writer.close()
     logging.info('%s after %d steps; eval %s', stop_reason, step, last_eval)
     return summary
 
 
-def _task_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments that only some tasks take."""
-    if config.task == 'language_model':
-        # With stream order the model's state is carried over from step to step, one per row.
-        return {'carried_streams': config.batch_size if config.dataset.order == 'streams' else 0}
-    if config.task in ('seq2seq', 'captioning'):
-        options = config.task_options.to_dict()
-        # Each sequence task takes the options that concern it.
-        options.pop('attention_penalty' if config.task == 'seq2seq' else 'max_train_length')
-        return options
-    if config.task == 'gan':  # the optimiser settings of config.gan go to task.make_optimizer
-        return {'loss': config.gan.loss, 'd_steps': config.gan.d_steps,
-                'sample_grid': config.gan.sample_grid}
-    if config.task == 'diffusion':
-        return config.diffusion.to_dict()
-    return {}
+def sampling_variables(state: TrainState) -> dict[str, Any]:
+    """The variables generative pictures and samples come from, on the host: the parameters'
+    moving average when the run keeps one (as DDPM samples), else the parameters."""
+    params = state.params if state.ema_params is None else state.ema_params
+    return {'params': fetch(params), **fetch(state.model_state)}
 
 
-def _write_pictures(config, workdir: Path, writer: MetricWriter, task,
+RESOLVED_RUNTIME_KEY = 'resolved_runtime'
+
+
+def write_run_config(workdir: Path, config: ml_collections.ConfigDict,
+                     runtime_record: dict[str, Any]) -> None:
+    """config.json: the config as run, plus the resolved runtime under RESOLVED_RUNTIME_KEY."""
+    record = json.loads(config.to_json_best_effort())
+    record[RESOLVED_RUNTIME_KEY] = runtime_record
+    (workdir / 'config.json').write_text(json.dumps(record, indent=2))
+
+
+def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` ran with (config.json without the runtime record)."""
+    path = Path(workdir) / 'config.json'
+    if not path.exists():
+        raise FileNotFoundError(f'{path} not found: {str(workdir)!r} is not a training workdir '
+                                '(train one with `python -m train.main --config=... '
+                                '--workdir=...`)')
+    record = json.loads(path.read_text())
+    record.pop(RESOLVED_RUNTIME_KEY, None)
+    return ml_collections.ConfigDict(record)
+
+
+def _write_pictures(config, workdir: Path, writer: MetricWriter, task: Task,
                     eval_sums: dict[str, np.ndarray]) -> list[str]:
     if not config.pictures or not writer.metrics_file.exists():
         return []

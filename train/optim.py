@@ -83,18 +83,54 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, sched: ml_collections
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'rmsprop', 'adam', 'adamw')
+# Keys of config.optimizer that only some optimisers read -> {optimiser: default}. Left unset
+# (None) a key takes its optimiser's default; set for an optimiser that does not read it, it is
+# a config error, never silently ignored.
+OPTIMIZER_SPECIFIC_KEYS = {
+    'momentum': {'momentum': 0.9, 'nesterov': 0.9, 'rmsprop': 0.0},
+    'b1': {'adam': 0.9, 'adamw': 0.9},
+    'b2': {'adam': 0.999, 'adamw': 0.999},
+    'eps': {'adam': 1e-8, 'adamw': 1e-8, 'rmsprop': 1e-8},
+    'rms_decay': {'rmsprop': 0.9},
+}
+
+
+def check_optimizer_keys(opt: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for a set key the chosen optimiser does not read, naming those it
+    does."""
+    if opt.name not in OPTIMIZERS:
+        raise ValueError(f'config.optimizer.name={opt.name!r} is not valid; choose one of '
+                         f'{list(OPTIMIZERS)}')
+    for key, readers in OPTIMIZER_SPECIFIC_KEYS.items():
+        if opt.get(key) is not None and opt.name not in readers:
+            own = sorted(k for k, r in OPTIMIZER_SPECIFIC_KEYS.items() if opt.name in r)
+            raise ValueError(f'config.optimizer.{key}={opt.get(key)} does not apply to '
+                             f"optimizer {opt.name!r} (it applies to {sorted(readers)}); "
+                             f'{opt.name!r} reads {own or "none of these keys"}')
+
+
+def optimizer_setting(opt: ml_collections.ConfigDict, key: str) -> float:
+    """An optimiser-specific key's value: as set, else the chosen optimiser's default."""
+    value = opt.get(key)
+    return OPTIMIZER_SPECIFIC_KEYS[key][opt.name] if value is None else value
+
+
 def _optimiser_statistics(opt: ml_collections.ConfigDict) -> list[optax.GradientTransformation]:
+    def setting(key: str) -> float:
+        return optimizer_setting(opt, key)
+
     if opt.name == 'sgd':
         return []
     if opt.name in ('momentum', 'nesterov'):
-        return [optax.trace(decay=opt.momentum, nesterov=opt.name == 'nesterov')]
+        return [optax.trace(decay=setting('momentum'), nesterov=opt.name == 'nesterov')]
     if opt.name == 'rmsprop':
-        stats = [optax.scale_by_rms(decay=opt.rms_decay, eps=opt.eps)]
-        if opt.momentum > 0:
-            stats.append(optax.trace(decay=opt.momentum))
+        stats = [optax.scale_by_rms(decay=setting('rms_decay'), eps=setting('eps'))]
+        if setting('momentum') > 0:
+            stats.append(optax.trace(decay=setting('momentum')))
         return stats
     if opt.name in ('adam', 'adamw'):
-        return [optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)]
+        return [optax.scale_by_adam(b1=setting('b1'), b2=setting('b2'), eps=setting('eps'))]
     raise ValueError(f'unknown optimizer {opt.name!r}; valid: sgd, momentum, nesterov, rmsprop, '
                      'adam, adamw')
 

@@ -1,5 +1,6 @@
 """PNG pictures written next to a run's metrics: training curves, confusion matrices and
-grids of (generated) images."""
+grids of (generated) images; `figure` and `save_figure` for every other picture the trainer
+draws (matplotlib's non-interactive Agg backend: no display on servers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,20 @@ import matplotlib
 matplotlib.use('Agg')  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def figure(nrows: int = 1, ncols: int = 1, **kwargs):
+    """A new figure and its axes (`plt.subplots`), drawn off screen."""
+    return plt.subplots(nrows, ncols, **kwargs)
+
+
+def save_figure(fig, out_path: Path, dpi: int = 110) -> Path:
+    """Lays out, writes and closes `fig` as `out_path` (folders created); returns the path."""
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=dpi)
+    plt.close(fig)
+    return out_path
 
 
 def read_metrics(metrics_file: Path) -> dict[str, list[dict]]:
@@ -45,11 +60,7 @@ def plot_training_curves(metrics_file: Path, out_path: Path) -> Path:
             ax.set_yscale('log')
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str] | None,
@@ -70,11 +81,7 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str] | No
     ax.set_ylabel('true')
     accuracy = np.trace(confusion) / max(confusion.sum(), 1)
     ax.set_title(f'confusion matrix (accuracy {accuracy:.2%})')
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:

@@ -56,8 +56,8 @@ def split_micro_batches(batch: dict[str, jax.Array], count: int,
     return jax.tree.map(split, batch)
 
 
-def _gradient_update(task: Any, tx: optax.GradientTransformation, mesh: Mesh,
-                     grad_accum_steps: int, state: TrainState, batch: dict[str, jax.Array]):
+def gradient_update(task: Any, tx: optax.GradientTransformation, mesh: Mesh,
+                    grad_accum_steps: int, state: TrainState, batch: dict[str, jax.Array]):
     """forward + backward + optimiser update of the task's loss. With accumulation the micro-
     batches run in a scan; `tx` is then an optax.MultiSteps that averages their gradients and
     applies one update of the inner optimiser at the last one (zero updates before it)."""
@@ -96,20 +96,12 @@ def _gradient_update(task: Any, tx: optax.GradientTransformation, mesh: Mesh,
 def make_train_step(task: Any, tx: optax.GradientTransformation, mesh: Mesh, *,
                     skip_nonfinite: bool, state_sharding: Any = None, grad_accum_steps: int = 1,
                     ema_decay: float = 0.0) -> StepFn:
-    """The jitted train step. Metrics include `loss_finite` / `grads_finite` so the loop can
-    stop at the exact step; with `skip_nonfinite` such an update is dropped (only the step
-    counter moves). `state_sharding` is the state's layout (default: replicated)."""
-    if hasattr(task, 'train_step'):
-        # A task with several networks and optimisers (the GAN's alternating D and G updates)
-        # computes the whole update itself; jitting, sharding and donation stay the same.
-        if grad_accum_steps != 1:
-            raise ValueError(f'task {type(task).__name__} runs its own update and does not '
-                             f'accumulate gradients; got grad_accum_steps={grad_accum_steps}')
-        def update(state, batch):
-            return task.train_step(state, batch, tx=tx)
-    else:
-        def update(state, batch):
-            return _gradient_update(task, tx, mesh, grad_accum_steps, state, batch)
+    """The jitted train step around `task.update` (the generic gradient update, or a task's
+    own, e.g. the GAN's two networks). Metrics include `loss_finite` / `grads_finite` so the
+    loop can stop at the exact step; with `skip_nonfinite` such an update is dropped (only the
+    step counter moves). `state_sharding` is the state's layout (default: replicated)."""
+    def update(state, batch):
+        return task.update(state, batch, tx=tx, mesh=mesh, grad_accum_steps=grad_accum_steps)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         new_state, metrics = update(state, batch)

@@ -4,10 +4,10 @@ Command:
   python -m experiments.benchmarks.attention_memory [--lengths=64,128,256,512,1024,2048,4096]
       [--width=128] [--heads=4] [--batch=1] [--repeats=5] [--out=docs/attention_memory]
 For each sequence length L, three layers of model width D on (batch, L, D) float32 inputs:
-  * `nets.attention.MultiHeadAttention(num_heads=heads, implementation='plain')`: the course's
+  * `nets.layers.attention.MultiHeadAttention(num_heads=heads, implementation='plain')`: the course's
     explicit softmax(QKᵀ/√d)V, whose (batch, heads, L, L) weights are materialised;
   * the same layer with implementation='xla' (`jax.nn.dot_product_attention`);
-  * `nets.rnn.RNNLayer(cell='lstm', features=D)`: a scan over the L time steps.
+  * `nets.layers.recurrent.RNNLayer(cell='lstm', features=D)`: a scan over the L time steps.
 Each runs as a jitted training step: the loss mean(y²) of its outputs y, and its gradient with
 respect to the parameters and the inputs (forward + backward, no optimiser update).
 
@@ -53,8 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from nets.attention import MultiHeadAttention
-from nets.rnn import RNNLayer
+from nets.layers.attention import MultiHeadAttention
+from nets.layers.recurrent import RNNLayer
 
 DEFAULT_LENGTHS = ('64', '128', '256', '512', '1024', '2048', '4096')
 # 'attention' is the course's explicit formula and the headline column; 'attention_xla' is

@@ -168,7 +168,7 @@ NOTES = [
     # Development A/Bs (2-core AMD EPYC, jax 0.10.2, torch 2.13.0, machine shared at load 4-9,
     # so train-step CPU seconds were compared, interleaved in one process or in alternating
     # processes):
-    'XLA flags (train/cpu_defaults.py, per model family and dtype, what train.main adds on '
+    'XLA flags (train/runtime.py, per model family and dtype, what train.main adds on '
     'CPU-only hosts; each row\'s flags are in the JSON): convolutions off YNNPACK '
     '(--xla_cpu_experimental_ynn_fusion_type=-individual_convolution) for every model cut the '
     'CPU seconds of a ResNet-18 step by 24% (8.9 -> 6.6-6.8 s), ViT-Ti/4 by 5%, the LSTM and the '
@@ -178,8 +178,8 @@ NOTES = [
     'bfloat16 products run at half YNNPACK\'s rate). Element-wise fusions on YNNPACK (+eltwise) '
     'do not compile the LSTM step (jax 0.10.2: "unsupported layout in YNN fusion"); reductions '
     'on it (+reduce) cost the same (0.272 vs 0.274 s, 3 alternating rounds, 2026-11-27).',
-    'Convolutions on oneDNN (nets/onednn_conv.py, the CPU default where it builds; '
-    'DEEPNETS_CPU_CONV=xla for XLA\'s): 2-D float32/bfloat16 convolutions and both their '
+    'Convolutions on oneDNN (nets/kernels/onednn_conv.py, the CPU default where it builds; '
+    'config.runtime.conv_backend=xla for XLA\'s): 2-D float32/bfloat16 convolutions and both their '
     'gradients run as XLA FFI calls into oneDNN 3.2 (the onednn-cpu-gomp wheel), the library '
     'PyTorch\'s CPU convolutions use, with activations in JAX\'s channels-last layout and the '
     'kernel reordered into oneDNN\'s blocked layout per call. 2026-11-27, alternating runs, '
@@ -191,7 +191,7 @@ NOTES = [
     'scratchpad, which primitives share: two convolutions XLA ran at the same time corrupted '
     'each other (a GAN\'s resumed run differed, a two-discriminator program hung); each call '
     'now takes its calling thread\'s own scratch buffer (tests/test_onednn_conv.py).',
-    'Allocator (train/cpu_defaults.py MALLOC_ENV, what train.main restarts with for ResNets and '
+    'Allocator (train/runtime.py MALLOC_ENV, what train.main restarts with for ResNets and '
     'language models; `+malloc` in the table): XLA\'s CPU runtime allocates a step\'s buffers '
     'afresh each step, and glibc maps large ones with mmap and returns them when freed, so the '
     'kernel supplies (and zeroes) new pages every step: ~230,000 page faults per ResNet-18 step. '
@@ -202,7 +202,7 @@ NOTES = [
     'rows, two runs of 2026-11-27: ResNet-18 float32 +27-34%, the LSTM +41-45%): with equal '
     'allocator settings JAX\'s ResNet-18 is at 0.90-0.96x PyTorch eager and the float32 LSTM at '
     '0.74-0.87x. PyTorch does not ship such settings; this project does.',
-    'Micro-batches (train/cpu_defaults.py MICRO_BATCH_BY_FAMILY, what train.main does on the '
+    'Micro-batches (train/runtime.py MICRO_BATCH_BY_FAMILY, what train.main does on the '
     'CPU; `(k micro)` in the table): ViT steps run their batch as micro-batches of 16 examples '
     'per device in a scan (config.grad_accum_steps; the same averaged gradient and one update). '
     'The activations of 16 images (0.8 MB per ViT-Ti/4 layer output, 3.2 MB in the MLP) stay '
@@ -212,7 +212,7 @@ NOTES = [
     'bfloat16 2.7 -> 1.9 s; PyTorch eager split the same way: 2.7 -> 2.5 s. The LSTM gains '
     'nothing (0.52 -> 0.54 s with two micro-batches); ResNet-18 would, but batch norm would then '
     'see 16- or 32-image statistics, so it keeps whole batches. Convolutions in that scan go '
-    'through nets.conv.Conv: XLA\'s CPU backend gives gradient convolutions their fast layout '
+    'through nets.kernels.conv.Conv: XLA\'s CPU backend gives gradient convolutions their fast layout '
     'only outside loops (a 32x32x64 3x3 layer\'s kernel gradient took 13 s in a scan, 0.13 s '
     'with Conv; ResNet-18 in 4 micro-batches: 168 s -> 3.0 s per step, 3.3 s whole).',
     "ViT attention: 'xla' (jax.nn.dot_product_attention) and the explicit 'plain' softmax cost "
@@ -225,7 +225,7 @@ NOTES = [
     '(a 64 MiB read+write copy), while inside the loop x_t and W_x stay in cache; kept inside. '
     'One concatenated [x_t, h]·[W_x; W_h] product per step instead of two was no faster either '
     '(bare LSTM 0.48-0.50 -> 0.51-0.54 s).',
-    'LSTM backward (nets/fused_lstm.py, every RNNLayer LSTM): differentiating the scanned cell, '
+    'LSTM backward (nets/kernels/fused_lstm.py, every RNNLayer LSTM): differentiating the scanned cell, '
     'JAX adds the 64-deep products x_t^T·dz_t and h_{t-1}^T·dz_t into the kernels\' gradients at '
     'every step; the fused layer\'s backward loop carries only the state gradients and stacks '
     'dz_t, and the weight, bias and input gradients are single products over all 8192 rows '
@@ -245,7 +245,7 @@ NOTES = [
     'bfloat16 in JAX: asked for a bfloat16 result, XLA\'s CPU backend converts both operands '
     'to float32 (a 2048^3 product at 167 GFLOP/s, below float32\'s 200); asked to accumulate '
     'in float32 it runs AVX512-BF16 through YNNPACK at 371 GFLOP/s (the bfloat16 peak above). '
-    'nets.mixed_precision (every model\'s Dense/DenseGeneral and the recurrent cells) does so '
+    'nets.kernels.mixed_precision (every model\'s Dense/DenseGeneral and the recurrent cells) does so '
     'for the forward product and both gradient products: ViT-Ti/4 bfloat16 step 3.44 -> 2.49 s '
     '(1 device; 2.23 s on 2, as fast as PyTorch eager float32), LSTM 0.81 -> 0.56 s. XLA\'s CPU '
     'convolutions have no bfloat16 path (124-132 GFLOP/s vs 146 float32 on a 32x32x64 3x3 layer, '
@@ -262,7 +262,7 @@ NOTES = [
     '(forward 279 vs 487 GFLOP/s; the kernel gradient first transposes input and gradient into '
     'the (C, H, W, N) and (H, W, N, C) layouts XLA\'s kernel-gradient convolution wants), the '
     'deeper ones at 0.7-1.1x, YNNPACK\'s slower still. That XLA path, which still serves '
-    'other convolutions and DEEPNETS_CPU_CONV=xla, got three fixes in nets/conv.py: strided '
+    'other convolutions and config.runtime.conv_backend=xla, got three fixes in nets/kernels/conv.py: strided '
     'layers\' input gradients as stride-1 convolutions of the input phases (XLA ran them over '
     'zero-dilated gradients at 68 GFLOP/s), 1x1 kernel gradients as one product (24 GFLOP/s as '
     'convolutions): step 1.98 -> 1.92 s; large-activation layers\' gradients in cache-sized '
@@ -370,8 +370,8 @@ def markdown_report(report: dict[str, Any]) -> str:
               'PyTorch eager float32, the target); cores = CPU seconds / wall seconds of a step '
               '(below the core count: the step waited, or other processes took the cores); '
               '`(k micro)`: the step ran its batch as k micro-batches, as the trainer does on '
-              'the CPU for that family (train/cpu_defaults.py); `+malloc`: JAX rows of families '
-              'the trainer gives glibc allocator settings (train/cpu_defaults.py MALLOC_ENV) ran '
+              'the CPU for that family (train/runtime.py); `+malloc`: JAX rows of families '
+              'the trainer gives glibc allocator settings (train/runtime.py MALLOC_ENV) ran '
               'with them, and `eager+malloc` is PyTorch eager under the same settings (`vs '
               'eager+malloc`: the JAX row over it).', '',
               '| model | dtype | framework | devices/mode | params | examples/s | step ms | '

@@ -7,10 +7,10 @@ Command:
 Finds every convolution of the model's forward pass by tracing it (the benchmark's ModelSpec, so
 ResNet-18 with the CIFAR stem, batch 128, 32x32x3), measures each distinct one once and counts
 how often the step runs it. For each, in one process, alternating block by block:
-  * JAX with XLA's convolution kernels and JAX with oneDNN's (nets/onednn_conv.py, the CPU
+  * JAX with XLA's convolution kernels and JAX with oneDNN's (nets/kernels/onednn_conv.py, the CPU
     default where it builds): the forward convolution and its backward pass (input and kernel
-    gradients), each jitted alone through nets.conv (what the models run), under the XLA flags
-    the trainer ships for the family (train/cpu_defaults.py);
+    gradients), each jitted alone through nets.kernels.conv (what the models run), under the XLA flags
+    the trainer ships for the family (train/runtime.py);
   * PyTorch (`pip install -e '.[benchmark]'`): aten.convolution and aten.convolution_backward on
     channels-last tensors (oneDNN), the kernels its eager train step runs.
 The first convolution reads the image, so its backward pass is the kernel gradient alone, as in
@@ -65,13 +65,13 @@ def model_convolutions(spec: Any) -> list[dict[str, Any]]:
     import jax
     import jax.numpy as jnp
     import nets
-    from nets import onednn_conv
-    from nets.conv import channels_last_dimension_numbers
-    from nets.summary import sub_jaxprs
+    from nets.kernels import switch
+    from nets.kernels.conv import channels_last_dimension_numbers
+    from nets.tools.flops import sub_jaxprs
     model = nets.create(spec.net, **spec.fields, **spec.jax_fields)
     images = jnp.zeros((spec.batch_size, *spec.example_shape), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
-    with onednn_conv.xla_convolutions():  # lax convolutions, whose parameters it reads
+    with switch.use(conv='xla'):  # lax convolutions, whose parameters it reads
         jaxpr = jax.make_jaxpr(lambda v, x: model.apply(
             v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)}))(
             variables, images).jaxpr
@@ -129,22 +129,21 @@ def operands(conv: dict[str, Any], seed: int = 0) -> tuple[Any, Any, Any]:
 def jax_passes(conv: dict[str, Any], backend: str = 'xla',
                seed: int = 0) -> dict[str, Callable[[], Any]]:
     """Zero-argument callables running each pass once on `operands(conv, seed)` through
-    nets.conv with `backend`'s kernels ('xla' or 'onednn', see nets/onednn_conv.py; compiled on
+    nets.kernels.conv with `backend`'s kernels ('xla' or 'onednn', see nets/kernels/onednn_conv.py; compiled on
     the first call, waited for); each returns its result."""
-    import contextlib
     import jax
-    from nets import onednn_conv
-    from nets.conv import conv_general_dilated
+    from nets.kernels import onednn_conv, switch
+    from nets.kernels.conv import conv_general_dilated
     if backend not in JAX_BACKENDS:
         raise ValueError(f'backend {backend!r}: valid backends are {", ".join(JAX_BACKENDS)}')
-    if backend == 'onednn' and not onednn_conv.enabled():
+    if backend == 'onednn' and not onednn_conv.available():
         raise ValueError('backend onednn: oneDNN convolutions are not enabled here '
-                         '(nets/onednn_conv.py says why)')
+                         '(nets/kernels/onednn_conv.py says why)')
     x, w, dy = (jax.device_put(a) for a in operands(conv, seed))
 
     def forward(x, w):
         # The backend is chosen while tracing, i.e. at the first call.
-        with (onednn_conv.xla_convolutions() if backend == 'xla' else contextlib.nullcontext()):
+        with switch.use(conv=backend):
             return conv_general_dilated(x, w, conv['strides'], conv['padding'],
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -280,7 +279,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"{peaks['jax']:.0f} GFLOP/s, PyTorch "
              + (f"{peaks['torch']:.0f}" if peaks.get('torch') else '–') + ' GFLOP/s.', '',
              'Columns: JAX with XLA\'s convolution kernels (`xla`), JAX with oneDNN\'s '
-             '(`onednn`, nets/onednn_conv.py, the CPU default where it builds), PyTorch '
+             '(`onednn`, nets/kernels/onednn_conv.py, the CPU default where it builds), PyTorch '
              '(oneDNN, channels-last).', '',
              '| input (NHWC) | kernel (HWIO) | stride | per step | pass | '
              + ' | '.join(f'{LABELS[f]} ms | {LABELS[f]} GFLOP/s' for f in present) + ' |',
@@ -323,8 +322,8 @@ def run(model: str, size: str, repeats: int) -> dict[str, Any]:
     if with_torch:
         from experiments.benchmarks.torch_models import torch_matmul_gflops
         peaks['torch'] = torch_matmul_gflops(peak_size, 'float32', repeats=5)
-    from nets import onednn_conv
-    frameworks = (['xla'] + (['onednn'] if onednn_conv.enabled() else [])
+    from nets.kernels import onednn_conv
+    frameworks = (['xla'] + (['onednn'] if onednn_conv.available() else [])
                   + (['torch'] if with_torch else []))
     rows = measure(convs, repeats, frameworks)
     return {'model': model, 'size': size, 'batch_size': spec.batch_size,
@@ -340,13 +339,15 @@ def run(model: str, size: str, repeats: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    import nets
-    from train.cpu_defaults import configure_cpu_xla_flags
+    from train import runtime
+    from train.config import default_config, model_config
     FLAGS = flags.FLAGS
     try:
         spec = model_spec(FLAGS.model, FLAGS.size)
-        # The flags the trainer ships for the family, set before JAX starts its CPU backend.
-        configure_cpu_xla_flags(True, nets.model_family(spec.net), 'float32')
+        # The XLA flags the trainer ships for the model, set before JAX starts its CPU backend.
+        config = default_config()
+        config.model = model_config(spec.net, **spec.fields)
+        runtime.apply(runtime.resolve(config, runtime.host_facts()), starting_process=True)
         report = run(FLAGS.model, FLAGS.size, FLAGS.repeats)
     except ValueError as error:  # a bad --model: the message names it and the valid ones
         raise app.UsageError(str(error)) from None

@@ -62,7 +62,7 @@ def define_flags() -> None:
     flags.DEFINE_integer('steps_per_call', 10, 'Train steps per timed call.', lower_bound=1)
     flags.DEFINE_float('budget_s', 150.0, 'Seconds after which a worker starts no new row.')
     flags.DEFINE_enum('attention', 'auto', ['auto', 'xla', 'plain', 'cudnn'],
-                      "The JAX ViTs' attention (nets.attention; 'auto', the project's default, "
+                      "The JAX ViTs' attention (nets.layers.attention; 'auto', the project's default, "
                       'is cuDNN flash attention on a GPU in bfloat16, the einsum softmax in '
                       'float32).')
     flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (checks the "

@@ -13,7 +13,7 @@ is read when JAX starts), one model after another, so that the rows compared run
     train.sharding mesh of 1 or 2 CPU devices, state donated) on synthetic batches of
     ResNet-18 (CIFAR stem, 32x32x3, batch 128), ViT-Ti/4 (32x32x3, batch 128) and a one-layer
     LSTM language model (hidden 512, embedding 128, 256 tokens, length 128, batch 64), in
-    float32 and bfloat16 compute; XLA's FLOP count of the compiled step (train.compute, loops
+    float32 and bfloat16 compute; XLA's FLOP count of the compiled step (experiments.analysis.compute, loops
     corrected) gives MFU = FLOPs / step time / float32 peak;
   * the PyTorch twins (experiments/benchmarks/torch_models.py: same architecture, parameter
     count and optimiser), eager and torch.compile, float32 and bfloat16 autocast;
@@ -86,15 +86,15 @@ def define_flags() -> None:
     flags.DEFINE_integer('peak_size', 2048, 'Side of the peak matmul.', lower_bound=8)
     flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline.')
     flags.DEFINE_bool('cpu_malloc', True, 'JAX rows run with the allocator settings '
-                      'train.main uses for their family (train/cpu_defaults.py), and PyTorch '
+                      'train.main uses for their family (train/runtime.py), and PyTorch '
                       "eager once more under them ('eager+malloc' rows).")
     flags.DEFINE_bool('micro_batches', True, 'JAX steps split their batch into the micro-batches '
-                      'the trainer uses on the CPU (train.cpu_defaults; ViTs: 16 examples per '
+                      'the trainer uses on the CPU (train.runtime; ViTs: 16 examples per '
                       'device); false: whole batches.')
     flags.DEFINE_string('xla_flags', None,
                         'XLA_FLAGS of every JAX worker (the device count is added per row); '
                         'default: what train.main adds for the row\'s model family and dtype '
-                        '(train/cpu_defaults.py).')
+                        '(train/runtime.py).')
     flags.DEFINE_integer('row_timeout', 900, 'Seconds before a worker is abandoned.')
     flags.DEFINE_string('worker', None, 'Internal: run one row (JSON) and print it.')
 
@@ -150,13 +150,13 @@ def _task_and_optimizer(spec: ModelSpec, dtype: str, accumulate: int) -> tuple[A
 
 def model_step_flops(spec: ModelSpec, dtype: str, *, compiled: Any = None,
                      seed: int = 0) -> Any:
-    """XLA's count (train.compute.FlopCount) of `spec`'s whole-batch train step on one device,
+    """XLA's count (nets.tools.flops.FlopCount) of `spec`'s whole-batch train step on one device,
     always by the CPU compiler (present in every jaxlib; abstract arguments, nothing runs): one
     count of the model's FLOPs whatever backend times the step. A GPU's cost analysis leaves out
     what it hands to cuDNN (ResNet-50's convolutions: its count was 0.1 of the CPU's on an
     H100). `compiled`: the step already compiled for one CPU device (saves compiling it)."""
     import jax
-    from train.compute import loop_corrected_flops
+    from nets.tools.flops import loop_corrected_flops
     from train.sharding import make_mesh
     from train.steps import init_train_state, make_train_step
     mesh = make_mesh(jax.devices('cpu')[:1])
@@ -173,15 +173,15 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
                        steps_per_call: int = 1, seed: int = 0) -> dict[str, Any]:
     """Times the project's compiled train step of `spec` on a mesh of the first `devices` JAX
     devices; a benchmark row. With `micro_batches` the step splits its batch as the trainer does
-    on the CPU (train.cpu_defaults.cpu_grad_accum_steps; `grad_accum_steps` in the row; whole
+    on the CPU (train.runtime.cpu_grad_accum_steps; `grad_accum_steps` in the row; whole
     batches on other backends). Each timed call runs `steps_per_call` steps before waiting for
     the device (so an accelerator's queue stays full); step times are per step.
     `step_flops`: `model_step_flops`; `device_memory_mib`: the compiled step's arguments,
     outputs and temporaries (XLA's memory analysis)."""
     import jax
     import nets
-    from nets import onednn_conv
-    from train.cpu_defaults import cpu_grad_accum_steps
+    from nets.kernels import onednn_conv
+    from train.runtime import cpu_grad_accum_steps
     from train.sharding import host_to_global, make_mesh
     from train.steps import init_train_state, make_train_step
 
@@ -226,7 +226,7 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
         # executable itself when it is that step on one CPU device.
         # (Not where it runs oneDNN's convolutions: XLA counts those custom calls as free.)
         reuse = (compiled if on_cpu and accumulate == 1 and devices == 1
-                 and not onednn_conv.enabled() else None)
+                 and not onednn_conv.available() else None)
         count = model_step_flops(spec, dtype, compiled=reuse, seed=seed)
         row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
                    flop_count_s=time.perf_counter() - start)
@@ -240,13 +240,13 @@ def jax_peak_row(size: int, dtypes: Sequence[str], repeats: int = 5,
     `repeats` calls (the roofline MFU is measured against), each of `products_per_call`
     independent products (an accelerator's queue stays full; times are per product)."""
     import jax
-    from nets.mixed_precision import matmul
+    from nets.kernels.mixed_precision import matmul
     rows = []
     for dtype in dtypes:
         key_a, key_b = jax.random.split(jax.random.key(0))
         a = jax.random.normal(key_a, (size, size), dtype)
         others = jax.random.normal(key_b, (products_per_call, size, size), dtype)
-        # The product the models run (nets.mixed_precision): bfloat16 accumulates in float32.
+        # The product the models run (nets.kernels.mixed_precision): bfloat16 accumulates in float32.
         # Every result is returned: XLA can neither drop nor shrink one.
         products = jax.jit(lambda a, others: [matmul(a, b) for b in others])
         _, times, _ = time_steps(lambda _: products(a, others), jax.block_until_ready,
@@ -307,7 +307,7 @@ def run_worker(job: dict[str, Any]) -> Any:
     if kind == 'pipeline':
         return pipeline_rows(model_spec(job['model'], size), steps=max(job['steps'], 20))
     spec = model_spec(job['model'], size)
-    from train.cpu_defaults import MALLOC_ENV
+    from train.runtime import MALLOC_ENV
     malloc_env = {name: os.environ[name] for name in MALLOC_ENV if name in os.environ}
     if kind == 'jax_step':
         row = jax_train_step_row(spec, dtype=job['dtype'], devices=job['devices'],
@@ -334,9 +334,9 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
     per device count) and PyTorch rows, so that the rows compared run close in time, and the
     peak again (a shared VM's speed can drift within a run; the report says when it did).
     `cpu_malloc`: JAX rows run with the trainer's allocator settings for their family
-    (train.cpu_defaults.cpu_malloc_env), and where there are any, PyTorch eager runs once more
+    (train.runtime.cpu_malloc_env), and where there are any, PyTorch eager runs once more
     under the same settings (mode 'eager+malloc')."""
-    from train.cpu_defaults import cpu_malloc_env
+    from train.runtime import cpu_malloc_env
     common = dict(steps=steps, warmup=warmup, size=size)
     peak = dict(job='peak', peak_size=peak_size, dtypes=list(dtypes), torch=bool(torch_modes),
                 devices=1, size=size)
@@ -364,10 +364,10 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
 
 def job_xla_flags(job: dict[str, Any], xla_flags: str | None = None) -> str:
     """XLA_FLAGS for a job: `xla_flags` when given, else the trainer's CPU defaults for the
-    job's model family and dtype (train.cpu_defaults: the benchmark measures what ships)."""
+    job's model family and dtype (train.runtime: the benchmark measures what ships)."""
     if xla_flags is not None or job['job'] == 'torch_step':
         return xla_flags or ''
-    from train.cpu_defaults import cpu_xla_flags
+    from train.runtime import cpu_xla_flags
     family = _family(job['model']) if job['job'] == 'jax_step' else None
     return ' '.join(cpu_xla_flags(family, job.get('dtype', 'float32')))
 
@@ -376,7 +376,7 @@ def worker_env(job: dict[str, Any], xla_flags: str | None) -> dict[str, str]:
     """The environment of a job's process: XLA flags, for a JAX mesh the device count, and
     the allocator settings the trainer uses for the model's family on JAX rows with `malloc`
     and 'eager+malloc' PyTorch rows (glibc's defaults for every other row)."""
-    from train.cpu_defaults import MALLOC_ENV, cpu_malloc_env
+    from train.runtime import MALLOC_ENV, cpu_malloc_env
     env = {name: value for name, value in os.environ.items() if name not in MALLOC_ENV}
     if job.get('malloc') or job.get('mode') == TORCH_EAGER_SAME_MALLOC:
         env.update(cpu_malloc_env(_family(job['model'])))
@@ -505,7 +505,7 @@ def main(argv: Sequence[str]) -> None:
                      micro_batches=FLAGS.micro_batches, cpu_malloc=FLAGS.cpu_malloc)
     command = ' '.join(['python -m experiments.benchmarks.train_step_benchmark', *sys.argv[1:]])
     print(f'{len(jobs)} jobs; XLA_FLAGS for JAX: '
-          f'{"train/cpu_defaults.py per row" if FLAGS.xla_flags is None else FLAGS.xla_flags}',
+          f'{"train/runtime.py per row" if FLAGS.xla_flags is None else FLAGS.xla_flags}',
           flush=True)
     report = run_benchmark(
         jobs, lambda job: run_in_subprocess(job, FLAGS.xla_flags, FLAGS.row_timeout),

@@ -170,7 +170,7 @@ def evaluate_on(workdir: Path, split: str, batch_size: int = 1000) -> dict[str, 
     import numpy as np
 
     import data
-    from train.restore import load_run
+    from experiments.analysis.runs import load_run
 
     run = load_run(workdir)
     source = data.load_source(run.config.dataset.name, split, run.config.dataset.data_dir or None)

@@ -74,7 +74,8 @@ def make_config(setting: dict, data_dir: str | None, optimizer: str, learning_ra
     config.eval_every_steps = config.checkpoint_every_steps = setting['steps']
     config.optimizer.name = optimizer
     config.optimizer.learning_rate = learning_rate
-    config.optimizer.momentum = 0.9 if optimizer == 'momentum' else 0.0  # plain RMSProp
+    if optimizer == 'momentum':  # RMSProp and Adam keep their own defaults (no momentum term)
+        config.optimizer.momentum = 0.9
     config.schedule.name = schedule
     if schedule != 'constant':
         run_epochs = setting['steps'] * setting['batch'] / train_examples

@@ -3,9 +3,9 @@ and more non-linearity; 1x1 bottlenecks cut Inception's parameters and FLOPs.
 
 1. Counted: a stack of three 3x3 conv+ReLU layers vs one 7x7 conv+ReLU, C channels in and
    out — parameters with `nets.count_params` (jax.eval_shape), FLOPs with
-   `nets.summary.flops_per_example` (XLA's count), and the receptive field *measured*: the
+   `nets.tools.summary.flops_per_example` (XLA's count), and the receptive field *measured*: the
    extent of the input pixels with a non-zero gradient of one centre output.
-2. Counted: GoogLeNet's inception (3a) module (nets/inception.py, the paper's 5x5 branch) on
+2. Counted: GoogLeNet's inception (3a) module (nets/models/inception.py, the paper's 5x5 branch) on
    its 28x28x192 input vs the paper's naive module without the 1x1 reductions (1x1, 3x3 and
    5x5 convs and a 3x3 max pool straight on the input, Szegedy et al. 2014, Figure 2a).
 3. Trained: the project's 'cnn' with two stages of equal width, each three 3x3 convs or one
@@ -33,7 +33,7 @@ import numpy as np
 
 from experiments.lessons import (
     save_figure, Finding, Verdict, fresh_runs_dir, markdown_table, train_run, verdict_of_parts)
-from nets.inception import InceptionBlock, InceptionV1Block, max_pool
+from nets.models.inception import InceptionBlock, InceptionV1Block, max_pool
 
 NUMBER = 7
 TITLE = 'Receptive fields: 3x3 stacks and 1x1 bottlenecks'
@@ -118,7 +118,7 @@ def count_nonlinearities(module: nn.Module, size: int, channels: int) -> int:
 
 def cost(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
     from nets import count_params
-    from nets.summary import flops_per_example
+    from nets.tools.summary import flops_per_example
     shape = (1, *input_shape)
     return {'params': count_params(module, shape), 'flops': flops_per_example(module, shape)}
 

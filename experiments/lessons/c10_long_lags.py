@@ -1,7 +1,7 @@
 """Claim 10: plain RNNs suffer vanishing/exploding gradients; LSTMs (and GRUs) carry
 information over long lags.
 
-Two measurements on the cells of nets/rnn.py (Elman 'rnn', 'lstm', 'gru'), all with the same
+Two measurements on the cells of nets/layers/recurrent.py (Elman 'rnn', 'lstm', 'gru'), all with the same
 hidden size, input kernels (Glorot) and orthogonal recurrent kernels:
 
 1. Gradient flow: ||dL/dx_t|| of a loss on the last hidden state with respect to the input at
@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.lessons import Finding, Verdict, markdown_table, save_figure, verdict_of_parts
+from train.tasks.base import Task
 from experiments.lessons.c08_residual import train_on_arrays
 
 NUMBER = 10
@@ -74,13 +75,13 @@ def adding_problem(count: int, length: int, seed: int) -> dict[str, np.ndarray]:
     return {'inputs': np.stack([values, markers], -1), 'target': target.astype(np.float32)}
 
 
-class SequenceRegressionTask:
-    """The trainer's task interface (train/tasks/__init__.py) for one real number per
-    sequence: squared error, and its mean normalised by the target's variance."""
+class SequenceRegressionTask(Task):
+    """The trainer's task protocol (train/tasks/base.py) for one real number per sequence:
+    squared error, and its mean normalised by the target's variance."""
 
     def __init__(self, model: Any, length: int, channels: int = 2,
                  target_variance: float = TARGET_VARIANCE):
-        self.model = model
+        super().__init__(model, info=None)
         self.init_batch_shape = (1, length, channels)
         self.target_variance = target_variance
 
@@ -104,9 +105,6 @@ class SequenceRegressionTask:
         mse = float(sums['squared_error']) / max(float(sums['count']), 1.0)
         return {'mse': mse, 'normalised_mse': mse / self.target_variance}
 
-    def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
-        return []
-
 
 def make_model(cell: str, hidden: int):
     import nets
@@ -116,7 +114,7 @@ def make_model(cell: str, hidden: int):
 def gradient_by_lag(model: Any, params: Any, length: int, seed: int = 0) -> list[float]:
     """Mean over a batch of ||d<h_T, v>/dx_t|| for t = T-1 (lag 0) down to 0 (lag T-1): how much
     the last state still responds to each earlier input, through the recurrent cell only."""
-    from nets.rnn import RNNLayer, hidden_state
+    from nets.layers.recurrent import RNNLayer, hidden_state
 
     inputs = jnp.asarray(adding_problem(64, length, seed)['inputs'])
     layer = RNNLayer(cell=model.cell, features=model.hidden_size)

@@ -4,7 +4,7 @@ training better than learned ones, and the two are about equal within the traine
 Task: random tokens; at every position i >= K the target is the token K positions back
 (x_{i-K}), which needs position information (which earlier token is K back) and is defined
 at any length. The model is the project's decoder-only Transformer ('char_transformer',
-nets/language_model.py) with posemb='sinusoidal' or 'learned', trained at length L through the
+nets/models/language_model.py) with posemb='sinusoidal' or 'learned', trained at length L through the
 trainer's pieces (c08_residual.train_on_arrays) with a small token task object below, then
 tested at L, 2L, 3L and 4L. How the learned table meets longer sequences: it has
 `max_length` = 4L rows from the start, but rows L..4L-1 are never used in training, so they
@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from experiments.lessons import Finding, Verdict, markdown_table, save_figure, verdict_of_parts
+from train.tasks.base import Task
 from experiments.lessons.c08_residual import evaluate_arrays, train_on_arrays
 
 NUMBER = 11
@@ -67,12 +68,12 @@ def lag_copy(count: int, length: int, train_length: int, lag: int, vocab: int,
             'unseen': (positions >= max(lag, train_length)).astype(np.float32)}
 
 
-class TokenTask:
-    """The trainer's task interface (train/tasks/__init__.py) for per-position token targets:
+class TokenTask(Task):
+    """The trainer's task protocol (train/tasks/base.py) for per-position token targets:
     cross-entropy over the scored positions, accuracy over them and over the unseen ones."""
 
     def __init__(self, model: Any, length: int):
-        self.model = model
+        super().__init__(model, info=None)
         self.init_batch_shape = (1, length)
 
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
@@ -98,9 +99,6 @@ class TokenTask:
         unseen = float(sums['unseen_count'])
         return {'accuracy': float(sums['correct']) / max(float(sums['count']), 1.0),
                 'unseen_accuracy': float(sums['unseen_correct']) / unseen if unseen else None}
-
-    def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
-        return []
 
 
 def make_model(setting: dict, posemb: str):

@@ -96,7 +96,7 @@ def one_layer_fields(grid: int, width: int) -> dict[str, Any]:
     self-attention layer over the same (grid x grid, width) map, at initialisation."""
     import flax.linen as nn
 
-    from nets.attention import MultiHeadAttention
+    from nets.layers.attention import MultiHeadAttention
 
     x = jax.random.normal(jax.random.key(0), (1, grid, grid, width))
     centre = grid // 2
@@ -246,7 +246,7 @@ def plot(numbers: dict, out: Path) -> Path:
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     from experiments.lessons.c08_residual import load_arrays
-    from train.restore import load_run
+    from experiments.analysis.runs import load_run
 
     setting = SETTINGS[scale]
     runs = fresh_runs_dir(workdir)

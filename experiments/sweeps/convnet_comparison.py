@@ -27,7 +27,7 @@ def measure(name: str, workdir: Path, num_epochs: float | None) -> dict:
     import data
     import nets
     from experiments import fashion_mnist_convnets
-    from nets.summary import flops_per_example
+    from nets.tools.summary import flops_per_example
     from train import config as config_lib
     from train.loop import train_and_evaluate
     from train.pictures import read_metrics

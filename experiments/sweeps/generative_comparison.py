@@ -10,7 +10,7 @@ compiles it (train/steps.py, one device) and XLA's cost analysis counts its FLOP
 are reported beside it, but on a CPU shared with other jobs they measure the machine's load
 as much as the model.
 
-Measure (train/frechet.py): the penultimate-layer features (the 128-wide input of the final
+Measure (experiments/analysis/frechet.py): the penultimate-layer features (the 128-wide input of the final
 Dense 'head') of the `cnn` classifier of experiments/fashion_mnist_convnets.py (trained if
 `--classifier_workdir` holds no run). `--num_samples` generated images are compared with as many
 real test images (half A); the floor is half A against a disjoint half B of the same size.
@@ -46,34 +46,12 @@ SAMPLE_BATCH = 250
 
 
 def train_step_flops(config) -> float:
-    """XLA's FLOP count of one compiled train step of `config`, as the trainer builds it."""
-    import jax
-    import jax.numpy as jnp
-
+    """FLOPs of one train step of `config`, as the trainer builds it (loops corrected)."""
     import data
-    from train.loop import _task_options, create_model
-    from train.optim import build_optimizer
-    from train.sharding import make_mesh
-    from train.steps import init_train_state, make_train_step
-    from train.tasks import create_task
+    from experiments.analysis import compute
 
     info = data.dataset_info(config.dataset.name, config.dataset.data_dir or None)
-    task = create_task(config.task, model=create_model(config, info), info=info,
-                       **_task_options(config))
-    mesh = make_mesh(jax.devices()[:1])
-    if hasattr(task, 'make_optimizer'):
-        tx, _ = task.make_optimizer(config, steps_per_epoch=100, total_steps=1000)
-    else:
-        tx, _ = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=100,
-                                total_steps=1000)
-    state = jax.eval_shape(lambda: init_train_state(task, tx, config.seed, mesh))
-    batch = {'image': jax.ShapeDtypeStruct((config.batch_size, *info.example_shape), jnp.uint8),
-             'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
-    compiled = make_train_step(task, tx, mesh, skip_nonfinite=False).lower(state, batch).compile()
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jaxlibs return one dict per device
-        analysis = analysis[0]
-    return float(analysis['flops'])
+    return compute.train_step_flops(config, info.example_shape, info.num_classes, info=info)
 
 
 def seconds_per_step(workdir: Path) -> float:
@@ -84,7 +62,9 @@ def seconds_per_step(workdir: Path) -> float:
     from train.pictures import read_metrics
 
     records = read_metrics(workdir / 'metrics.jsonl').get('train', [])
-    batch_size = json.loads((workdir / 'config.json').read_text())['batch_size']
+    from train.loop import read_run_config
+
+    batch_size = read_run_config(workdir).batch_size
     speeds = [r['examples_per_second'] for r in records[1:]] or [
         r['examples_per_second'] for r in records]
     return batch_size / statistics.median(speeds)
@@ -109,7 +89,7 @@ def generate(sample_fn, count: int, seed: int) -> tuple[Any, float]:
 
 def score(name: str, images, extractor, reference, floor: float, per_image: float,
           extra: dict[str, Any]) -> dict[str, Any]:
-    from train import frechet
+    from experiments.analysis import frechet
 
     features, predicted = extractor(frechet.to_pixels(images))
     coverage, histogram = frechet.class_coverage(predicted, extractor.num_classes)
@@ -216,10 +196,11 @@ def main(argv: list[str]) -> None:
 
     import data
     from experiments import fashion_mnist_convnets, fashion_mnist_ddpm, fashion_mnist_gan
-    from train import frechet, pictures
+    from train import pictures
+    from experiments.analysis import frechet
     from train.loop import train_and_evaluate
     from train.metrics_writer import quiet_library_logs
-    from train.restore import load_run
+    from experiments.analysis.runs import load_run
 
     quiet_library_logs()
     workdir, docs = Path(_WORKDIR.value), Path(_DOCS.value)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments import scaling
-from experiments.scaling import DIVERGED, FINISHED, size_key
+from experiments.sweeps import scaling_grid as scaling
+from experiments.sweeps.scaling_grid import DIVERGED, FINISHED, size_key
 
 
 # --- Plots -------------------------------------------------------------------------------------

@@ -35,11 +35,11 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from experiments import scaling
-from experiments.scaling import DIVERGED, FINISHED, INTERRUPTED, PENDING, size_key
+from experiments.sweeps import scaling_grid as scaling
+from experiments.sweeps.scaling_grid import DIVERGED, FINISHED, INTERRUPTED, PENDING, size_key
 from experiments.sweeps.scaling_report import write_plots, write_report
-from train import compute
-from train import scaling_laws as laws
+from experiments.analysis import compute
+from experiments.analysis import scaling_laws as laws
 
 _PRESET = flags.DEFINE_string('preset', 'cpu_tiny', f'One of {sorted(scaling.PRESETS)}.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the study: runs, results, report.')

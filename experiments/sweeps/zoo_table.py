@@ -4,7 +4,7 @@ and FLOPs at its ImageNet configuration, and the command that trains it on Fashi
     python -m experiments.sweeps.zoo_table [--out=docs/model_zoo.md] [--families=resnet,vgg]
 
 Parameters come from `jax.eval_shape`; FLOPs from XLA's cost analysis of the forward pass at
-batch 1 (`nets.summary.flops_per_example`), printed as GMACs (a multiply-add counted once, as
+batch 1 (`nets.tools.summary.flops_per_example`), printed as GMACs (a multiply-add counted once, as
 papers count) next to XLA's own GFLOPs (multiply-add = 2).
 """
 
@@ -27,7 +27,7 @@ def train_command(name: str) -> str:
 def main(argv: list[str]) -> None:
     del argv
     import nets
-    from nets.summary import flops_per_example
+    from nets.tools.summary import flops_per_example
     from train.metrics_writer import quiet_library_logs
     quiet_library_logs()
     from experiments.fashion_mnist_zoo import IMAGE_FAMILIES

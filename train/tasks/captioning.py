@@ -1,4 +1,4 @@
-"""Image captioning with attention (Xu et al. 2015, `nets.captioning.ShowAttendTell`).
+"""Image captioning with attention (Xu et al. 2015, `nets.models.captioning.ShowAttendTell`).
 
 The batch holds `image` (batch, H, W, C) uint8 and `targets` (batch, T) caption ids (eos, then
 pad; no bos). Images are scaled and standardised on device as in classification,
@@ -11,7 +11,7 @@ attention penalty, averaged per target token:
 where α_bt is the attention over the L = h·w grid locations at caption step t (steps after
 eos excluded) and N the number of non-padding tokens. Summing both terms per caption and
 then dividing by N keeps the paper's balance between them (its loss is per caption) while
-the numbers stay per token. λ = `attention_penalty` (config.task_options; 1.0 as in the
+the numbers stay per token. λ = `attention_penalty` (config.captioning; 1.0 as in the
 paper). The logged `loss` is the cross-entropy alone, comparable between train and eval;
 `attention_penalty` is reported per caption. With fewer words than locations the penalty
 cannot reach 0; its gradient through the softmax only discourages attending to a location
@@ -34,16 +34,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from data import DatasetInfo
 from data.tokenizers import PAD_ID
-from nets import captioning as captioning_nets
-from nets import seq2seq as seq2seq_nets
+from nets.models import captioning as captioning_nets
+from nets.models import seq2seq as seq2seq_nets
+from train import pictures
 from train.tasks.seq2seq import (FINAL_EVAL_EXAMPLES, GENERATION_CHUNK, NUM_SAMPLE_TEXTS, Seq2SeqTask,
                                  Showcase, exact_match, token_labels, token_sums)
-
-import matplotlib.pyplot as plt  # noqa: E402  (Agg selected by train.pictures via train.tasks.seq2seq)
 
 ATTENTION_PENALTY = 1.0  # λ of Xu et al. 2015, eq. 14
 NUM_ATTENTION_PICTURES = 4
@@ -75,7 +75,7 @@ def plot_word_attention(images: Sequence[np.ndarray], words: Sequence[Sequence[s
     columns = 1 + max((len(w) for w in words), default=0)
     height, width = images[0].shape[:2]
     panel = 2.2 * width / max(height, width)
-    fig, axes = plt.subplots(len(images), columns, squeeze=False,
+    fig, axes = pictures.figure(len(images), columns, squeeze=False,
                              figsize=(panel * columns, 2.2 * height / max(height, width) * len(images) + 0.6))
     for row, (image, row_words, row_maps) in enumerate(zip(images, words, maps)):
         gray = np.asarray(image, np.float32)[..., 0]
@@ -89,11 +89,7 @@ def plot_word_attention(images: Sequence[np.ndarray], words: Sequence[Sequence[s
         for ax in axes[row]:
             ax.axis('off')
     fig.suptitle('attention per generated word (Show, Attend and Tell)', fontsize=9)
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return pictures.save_figure(fig, out_path)
 
 
 class CaptioningTask(Seq2SeqTask):
@@ -103,13 +99,22 @@ class CaptioningTask(Seq2SeqTask):
     source_feature = 'image'
     logged_train_metrics = ('loss', 'accuracy', 'grad_norm', 'attention_penalty')
 
+    options_block = 'captioning'
+
+    @classmethod
+    def default_options(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict({
+            'beam_size': 1,  # decoding for exact match and BLEU; 1 = greedy search
+            'final_eval_examples': FINAL_EVAL_EXAMPLES,  # eval examples decoded for BLEU at the end
+            'attention_penalty': ATTENTION_PENALTY,  # λ of the doubly stochastic penalty
+        })
+
     def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
                  beam_size: int = 1, final_eval_examples: int = FINAL_EVAL_EXAMPLES,
                  attention_penalty: float = ATTENTION_PENALTY):
         super().__init__(model, info, augmenter, beam_size=beam_size,
                          final_eval_examples=final_eval_examples)
-        if attention_penalty < 0:
-            raise ValueError(f'task_options.attention_penalty must be >= 0, got {attention_penalty}')
+        self._check_ranges(attention_penalty=attention_penalty)
         self.attention_penalty = attention_penalty
         self._mean = np.asarray(info.mean, np.float32)
         self._std = np.asarray(info.std, np.float32)

@@ -18,21 +18,20 @@ import optax
 
 from data import DatasetInfo
 from train import pictures
+from train.tasks.base import Task
 
 # fold_in stream of the step key that augmentation draws from (dropout uses the key itself).
 _AUGMENT_STREAM = 1
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Loss and metrics of an image (or 1-D signal) classifier."""
 
     def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None):
         if augmenter is not None and len(info.example_shape) != 3:
             raise ValueError(f'augmentation needs images (H, W, C); data set {info.name!r} has '
                              f'examples of shape {info.example_shape}')
-        self.model = model
-        self.info = info
-        self.augmenter = augmenter
+        super().__init__(model, info, augmenter)
         self.num_classes = info.num_classes
         self._mean = np.asarray(info.mean, np.float32)
         self._std = np.asarray(info.std, np.float32)

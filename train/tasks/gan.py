@@ -1,11 +1,11 @@
 """GAN training: two networks, two optax optimisers, alternating updates in one jitted step.
 
-The model is one module with `generate(z)` and `discriminate(x)` (nets/gan.py: DCGAN), so the
+The model is one module with `generate(z)` and `discriminate(x)` (nets/models/gan.py: DCGAN), so the
 train state holds `params = {'generator': ..., 'discriminator': ...}`, the same two keys in
 `model_state['batch_stats']`, and `opt_state = {'generator': ..., 'discriminator': ...}` (one
 optimiser state each, checkpointed and restored with the rest of the state).
 
-One train step (`train_step`, which the generic trainer calls instead of its own update) is
+One train step (`update`, which the generic train step calls like any task's update) is
   1. `d_steps` discriminator updates, G frozen: fakes G(z) (G in training mode, its gradient
      stopped and its batch-norm updates dropped), then D's loss and D's optimiser;
   2. one generator update, D frozen: the gradient of G's loss flows through D to G, and only
@@ -43,11 +43,11 @@ import ml_collections
 import numpy as np
 import optax
 
-import nets.gan  # noqa: F401  (registers the DCGAN variants)
 from data import DatasetInfo
 from train import pictures
 from train.optim import Schedule, build_optimizer
 from train.state import TrainState
+from train.tasks.base import Task
 
 LOSSES = ('non_saturating', 'hinge')
 NETWORKS = ('generator', 'discriminator')
@@ -110,25 +110,59 @@ class PerNetworkOptimizer:
 
 def build_gan_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int,
                         total_steps: int) -> tuple[PerNetworkOptimizer, Schedule]:
-    """Each network's optimiser is `config.optimizer` (name, clipping, weight decay, ...) with
-    its own learning rate from `config.gan` and the GAN's Adam betas (the DCGAN paper's
-    β1 = 0.5: a shorter momentum memory is steadier against a moving opponent), on the shared
-    `config.schedule`. Returns the generator's schedule for the logs."""
+    """Each network's optimiser is `config.optimizer` (every key applies: name, learning rate,
+    betas, clipping, weight decay, ...) on the shared `config.schedule`, its learning rate scaled
+    by `config.gan.<network>_lr_multiplier` (two time-scale updates). Returns the generator's
+    schedule for the logs."""
     optimizers, schedules = {}, {}
     for network in NETWORKS:
         settings = ml_collections.ConfigDict(config.optimizer.to_dict())
-        settings.learning_rate = config.gan[f'{network}_learning_rate']
-        settings.b1, settings.b2 = config.gan.b1, config.gan.b2
+        settings.learning_rate = (config.optimizer.learning_rate
+                                  * config.gan[f'{network}_lr_multiplier'])
         optimizers[network], schedules[network] = build_optimizer(
             settings, config.schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     return PerNetworkOptimizer(optimizers), schedules['generator']
 
 
-class GANTask:
-    """Adversarial training of an image GAN; see the module docstring for the step."""
+class GANTask(Task):
+    """Adversarial training of an image GAN; see the module docstring for the step. Options:
+    `config.gan`."""
 
     logged_train_metrics = ('loss', 'g_loss', 'd_real_accuracy', 'd_fake_accuracy', 'grad_norm',
                             'd_grad_norm', 'g_grad_norm')
+    options_block = 'gan'
+
+    @classmethod
+    def default_options(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict({
+            'loss': 'non_saturating',  # or 'hinge'
+            'd_steps': 1,  # discriminator updates per generator update, in one step
+            'sample_grid': 8,  # every evaluation draws sample_grid² fixed-noise samples
+            # Each network trains with config.optimizer, its learning rate times these.
+            'generator_lr_multiplier': 1.0,
+            'discriminator_lr_multiplier': 1.0,
+        })
+
+    @classmethod
+    def check_options(cls, config: ml_collections.ConfigDict) -> None:
+        gan = config.gan
+        _check_loss(gan.loss)
+        for key in ('d_steps', 'sample_grid'):
+            if gan[key] < 1:
+                raise ValueError(f'config.gan.{key} must be > 0, got {gan[key]}')
+        for network in NETWORKS:  # 0 freezes a network (e.g. to train one against a fixed other)
+            value = gan[f'{network}_lr_multiplier']
+            if not (value >= 0 and np.isfinite(value)):
+                raise ValueError(f'config.gan.{network}_lr_multiplier must be >= 0, got {value}')
+
+    @classmethod
+    def options(cls, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        gan = config.gan
+        return {'loss': gan.loss, 'd_steps': gan.d_steps, 'sample_grid': gan.sample_grid}
+
+    @classmethod
+    def accumulates_gradients(cls, config: ml_collections.ConfigDict) -> bool:
+        return False  # its own two-network step
 
     def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
                  loss: str = 'non_saturating', d_steps: int = 1, sample_grid: int = 8):
@@ -146,8 +180,7 @@ class GANTask:
             raise ValueError(f'data set {info.name!r} has images of shape {shape} but the model '
                              f'makes {(model.image_size, model.image_size, model.channels)}; set '
                              'config.model.image_size and config.model.channels to match')
-        self.model = model
-        self.info = info
+        super().__init__(model, info)
         self.loss = loss
         self.d_steps = d_steps
         self.latent_dim = model.latent_dim
@@ -167,7 +200,11 @@ class GANTask:
         return self.model.init({'params': rng}, self.noise(rng, 2), train=True)
 
     def make_optimizer(self, config: ml_collections.ConfigDict, *, steps_per_epoch: int,
-                       total_steps: int) -> tuple[PerNetworkOptimizer, Schedule]:
+                       total_steps: int, accumulate_steps: int = 1,
+                       ) -> tuple[PerNetworkOptimizer, Schedule]:
+        if accumulate_steps != 1:
+            raise ValueError('the GAN task runs its own update and does not accumulate gradients; '
+                             f'got {accumulate_steps} micro-batches')
         return build_gan_optimizer(config, steps_per_epoch=steps_per_epoch,
                                    total_steps=total_steps)
 
@@ -223,8 +260,8 @@ class GANTask:
         metrics = {'g_loss': loss, 'g_grad_norm': optax.global_norm(grads)}
         return params, {**batch_stats, 'generator': g_stats}, opt_state, metrics
 
-    def train_step(self, state: TrainState, batch: dict[str, jax.Array], *,
-                   tx: PerNetworkOptimizer):
+    def update(self, state: TrainState, batch: dict[str, jax.Array], *, tx: PerNetworkOptimizer,
+               mesh: Any = None, grad_accum_steps: int = 1):
         """`d_steps` D updates, then one G update (the generic trainer jits this on the mesh)."""
         real = self.to_model_range(batch['image'])
         rng = state.step_rng()
@@ -275,9 +312,6 @@ class GANTask:
                 'd_fake_accuracy': float(sums['fake_correct']) / count,
                 'examples': int(sums['count'])}
 
-    def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
-        return []  # the sample grids are written at every evaluation
-
     # ----------------------------------------------------------------------- samples
 
     def sample(self, variables: dict[str, Any], key: jax.Array, count: int) -> jax.Array:
@@ -285,10 +319,10 @@ class GANTask:
         return self.model.apply(variables, self.noise(key, count), train=False,
                                 method='generate')
 
-    def write_eval_pictures(self, picture_dir: Path, step: int, params: Any,
-                            model_state: Any) -> list[Path]:
+    def write_eval_pictures(self, picture_dir: Path, step: int,
+                            variables: dict[str, Any]) -> list[Path]:
         """The fixed-noise grid at this step (`samples_step<step>.png`) and as `samples.png`."""
-        images = np.asarray(self._sample_grid({'params': params, **model_state}))
+        images = np.asarray(self._sample_grid(variables))
         images = (images + 1.0) / 2.0
         written = pictures.save_image_grid(images, picture_dir / f'samples_step{step:06d}.png')
         return [written, pictures.save_image_grid(images, picture_dir / 'samples.png')]

@@ -38,10 +38,9 @@ import optax
 
 from data import DatasetInfo
 from data.tokenizers import NUM_SPECIAL, PAD_ID, CharVocabulary, Vocabulary, WordVocabulary
-from nets.language_model import RecurrentLM, sample
-from train import pictures  # noqa: F401  (selects matplotlib's Agg backend before pyplot)
-
-import matplotlib.pyplot as plt  # noqa: E402
+from nets.models.language_model import RecurrentLM, sample
+from train import pictures
+from train.tasks.base import Task
 
 CARRY_COLLECTION = 'tbptt_carry'
 
@@ -86,8 +85,22 @@ def masked_token_sums(logits: jax.Array, targets: jax.Array,
             'position_tokens': jnp.sum(weights, axis=0)}
 
 
-class LanguageModelTask:
-    """Loss, metrics and samples of a next-token model (RecurrentLM, TransformerLM)."""
+class LanguageModelTask(Task):
+    """Loss, metrics and samples of a next-token model (RecurrentLM, TransformerLM).
+
+    With `config.dataset.order='streams'` (truncated BPTT) row r of consecutive batches reads
+    consecutive text, and the model's final carry of one step is the next step's initial
+    carry (kept in `model_state`, one per row)."""
+
+    carries_streams = True
+
+    @classmethod
+    def options(cls, config) -> dict[str, Any]:
+        return {'carried_streams': config.batch_size if config.dataset.order == 'streams' else 0}
+
+    @classmethod
+    def accumulates_gradients(cls, config) -> bool:
+        return config.dataset.order != 'streams'  # the state runs across the rows of a batch
 
     def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
                  carried_streams: int = 0):
@@ -99,8 +112,7 @@ class LanguageModelTask:
         if carried_streams and not isinstance(model, RecurrentLM):
             raise ValueError(f"config.dataset.order='streams' carries a recurrent state; "
                              f"{type(model).__name__} has none, use order 'shuffled'")
-        self.model = model
-        self.info = info
+        super().__init__(model, info)
         self.carried_streams = carried_streams
         self.vocabulary = token_vocabulary(info.class_names)
 
@@ -168,17 +180,12 @@ class LanguageModelTask:
     def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
         counts = np.asarray(sums['position_tokens'], np.float64)
         bits = np.asarray(sums['position_nll'], np.float64) / np.maximum(counts, 1) / math.log(2)
-        fig, ax = plt.subplots(figsize=(6, 3.6))
+        fig, ax = pictures.figure(figsize=(6, 3.6))
         ax.plot(np.arange(len(bits))[counts > 0], bits[counts > 0], lw=1)
         ax.set_xlabel('position t in the window (the model has read t + 1 characters)')
         ax.set_ylabel('bits per character (eval)')
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = picture_dir / 'loss_by_position.png'
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return [path]
+        return [pictures.save_figure(fig, picture_dir / 'loss_by_position.png')]
 
     def samples(self, params: Any, *, prompt: str = SAMPLE_PROMPT, length: int = SAMPLE_LENGTH,
                 temperature: float = SAMPLE_TEMPERATURE, num_samples: int = NUM_SAMPLES,
@@ -196,10 +203,10 @@ class LanguageModelTask:
                       for row in np.asarray(tokens)]
         return texts
 
-    def write_samples(self, out_dir: Path, params: Any, model_state: Any) -> list[Path]:
-        """samples.txt in `out_dir`: the greedy continuation of the prompt and a few draws."""
-        del model_state  # sampling starts from the zero state, not the training streams'
-        texts = self.samples(params)
+    def write_samples(self, out_dir: Path, variables: dict[str, Any]) -> list[Path]:
+        """samples.txt in `out_dir`: the greedy continuation of the prompt and a few draws
+        (from the zero state, not the training streams')."""
+        texts = self.samples(variables['params'])
         parts = [f'[greedy, prompt {SAMPLE_PROMPT!r}]\n{texts[0]}']
         parts += [f'[temperature {SAMPLE_TEMPERATURE}, sample {i + 1}]\n{text}'
                   for i, text in enumerate(texts[1:])]

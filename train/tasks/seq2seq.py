@@ -1,5 +1,5 @@
 """Sequence to sequence: translation and addition with the recurrent encoder-decoders
-(`nets.seq2seq`, forms 'context' and 'attention') and the Transformer (`nets.transformer`).
+(`nets.models.seq2seq`, forms 'context' and 'attention') and the Transformer (`nets.models.transformer`).
 
 The batch holds `inputs` (batch, S) source ids and `targets` (batch, T) target ids (eos,
 then pad; no bos: the models shift them right behind bos themselves). Training is teacher
@@ -60,11 +60,12 @@ import sacrebleu
 from data import DatasetInfo
 from data.builders.sequences import vocabularies_of
 from data.tokenizers import EOS_ID, NUM_SPECIAL, PAD_ID, CharVocabulary, Vocabulary, WordVocabulary
-from nets import seq2seq as seq2seq_nets
-from nets import transformer as transformer_nets
-from train import pictures  # noqa: F401  (selects matplotlib's Agg backend before pyplot)
+from nets.models import seq2seq as seq2seq_nets
+from nets.models import transformer as transformer_nets
+import ml_collections
 
-import matplotlib.pyplot as plt  # noqa: E402
+from train import pictures
+from train.tasks.base import Task
 
 # Decoded once at the end for BLEU: all of addition's and translation's 1,000 test examples.
 FINAL_EVAL_EXAMPLES = 1000
@@ -132,9 +133,9 @@ def target_vocabulary(info: DatasetInfo) -> Vocabulary:
 def generate(model: nn.Module, variables: dict[str, Any], source: jax.Array, *, max_length: int,
              beam_size: int = 1) -> jax.Array:
     """(batch, max_length) int32 generated ids (no bos; eos, then pad): greedy search for
-    beam_size 1, else the best beam. Transformers decode with `nets.transformer.translate`
+    beam_size 1, else the best beam. Transformers decode with `nets.models.transformer.translate`
     (beam search with beam 1 is greedy search), models with `encode`/`decode_step`
-    (Seq2Seq, ShowAttendTell) with `nets.seq2seq.generate`. Jittable with `model`,
+    (Seq2Seq, ShowAttendTell) with `nets.models.seq2seq.generate`. Jittable with `model`,
     `max_length` and `beam_size` static."""
     if isinstance(model, transformer_nets.Transformer):
         sequences, _ = transformer_nets.translate(model, variables, source, beam_size=beam_size,
@@ -204,7 +205,7 @@ def plot_alignment(weights: np.ndarray, source_tokens: Sequence[str], output_tok
     """Heat map of (output tokens, source tokens) attention weights, words on the axes."""
     rows, cols = len(output_tokens), len(source_tokens)
     weights = np.asarray(weights, np.float32)[:rows, :cols]
-    fig, ax = plt.subplots(figsize=(1.5 + 0.32 * cols, 1.2 + 0.32 * rows))
+    fig, ax = pictures.figure(figsize=(1.5 + 0.32 * cols, 1.2 + 0.32 * rows))
     ax.imshow(weights, cmap='gray_r', vmin=0.0, vmax=max(float(weights.max(initial=0.0)), 1e-6),
               aspect='auto')
     ax.set_xticks(range(cols), source_tokens, rotation=90, fontsize=8)
@@ -214,36 +215,55 @@ def plot_alignment(weights: np.ndarray, source_tokens: Sequence[str], output_tok
     ax.set_ylabel('output')
     if title:
         ax.set_title(title, fontsize=9, pad=40 if cols else 6)
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return pictures.save_figure(fig, out_path)
 
 
 # ----------------------------------------------------------------------------- the task
 
-class Seq2SeqTask:
+class Seq2SeqTask(Task):
     """Loss, metrics, BLEU and alignment pictures of an encoder-decoder called
-    `model.apply(variables, source, targets, train=...)` -> (batch, T, vocab) logits."""
+    `model.apply(variables, source, targets, train=...)` -> (batch, T, vocab) logits.
+    Options: `config.seq2seq`."""
 
     source_feature = 'inputs'
+    options_block = 'seq2seq'
+
+    @classmethod
+    def default_options(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict({
+            'beam_size': 1,  # decoding for exact match and BLEU; 1 = greedy search
+            'final_eval_examples': FINAL_EVAL_EXAMPLES,  # eval examples decoded for BLEU at the end
+            'max_train_length': 0,  # train on pairs that fit L tokens; 0 = all
+        })
+
+    @classmethod
+    def check_options(cls, config: ml_collections.ConfigDict) -> None:
+        cls._check_ranges(**config[cls.options_block])
+
+    @classmethod
+    def _check_ranges(cls, *, beam_size: int = 1, final_eval_examples: int = 0,
+                      max_train_length: int = 0, attention_penalty: float = 0.0) -> None:
+        block = cls.options_block
+        if beam_size < 1:
+            raise ValueError(f'config.{block}.beam_size must be >= 1 (1 = greedy), got '
+                             f'{beam_size}')
+        for key, value in (('final_eval_examples', final_eval_examples),
+                           ('max_train_length', max_train_length),
+                           ('attention_penalty', attention_penalty)):
+            if value < 0:
+                raise ValueError(f'config.{block}.{key} must be >= 0, got {value}')
 
     def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
                  beam_size: int = 1, final_eval_examples: int = FINAL_EVAL_EXAMPLES,
                  max_train_length: int = 0):
         if augmenter is not None:
-            raise ValueError(f'the {type(self).__name__} task has no augmentation; set config.augment = ()')
-        if beam_size < 1:
-            raise ValueError(f'task_options.beam_size must be >= 1 (1 = greedy), got {beam_size}')
-        if final_eval_examples < 0:
-            raise ValueError(f'task_options.final_eval_examples must be >= 0, got {final_eval_examples}')
-        if max_train_length < 0:
-            raise ValueError(f'task_options.max_train_length must be >= 0 (0 = off), got {max_train_length}')
+            raise ValueError(f'the {type(self).__name__} task has no augmentation; set '
+                             'config.augment = ()')
+        self._check_ranges(beam_size=beam_size, final_eval_examples=final_eval_examples,
+                           max_train_length=max_train_length)
         self._check_data(info)
+        super().__init__(model, info)
         self.max_train_length = max_train_length
-        self.model = model
-        self.info = info
         self.beam_size = beam_size
         self.final_eval_examples = final_eval_examples
         self.showcase: Showcase | None = None  # set by final_eval, drawn by write_pictures

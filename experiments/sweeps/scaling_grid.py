@@ -1,0 +1,307 @@
+"""The grid of a scaling study of ConvNets against Vision Transformers: model families with
+their size ladders and recipes, presets (data, budgets, hardware), and the config of each run.
+
+`experiments/scaling.py` is the config file that builds one run from it;
+`experiments/sweeps/scaling_study.py` runs a whole grid and analyses it. Every budget is its own
+full warmup + cosine schedule (train/optim.py), never a truncated longer run, and the learning
+rate is tuned per budget on a x2 grid, as in Smith et al. 2023.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+
+from train.config import default_config, model_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """One rung of a family's size ladder: a registered model and the fields it overrides."""
+
+    model: str
+    fields: dict[str, Any]
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family with its size ladder (smallest first) and training recipe."""
+
+    name: str
+    kind: str  # 'convnet' or 'vit': the two sides of the comparison
+    sizes: dict[str, Size]
+    optimizer: dict[str, Any]  # config.optimizer keys other than the learning rate
+    learning_rates: tuple[float, ...]  # a x2 grid, smallest first
+    warmup_fraction: float  # linear warmup, as a fraction of each budget
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A whole study: data, budgets, families, and the machine it is meant for."""
+
+    name: str
+    dataset: str
+    train_split: str
+    eval_split: str
+    image_shape: tuple[int, int, int]  # (H, W, C) of the prepared images
+    num_classes: int
+    batch_size: int
+    eval_batch_size: int
+    epochs: tuple[float, ...]  # epoch budgets, each its own schedule
+    families: dict[str, Family]
+    default_families: tuple[str, ...]
+    dtype: str
+    log_every_steps: int
+    checkpoint_every_steps: int
+    eval_every_steps: int  # -1: once per epoch (and always at the end)
+    launcher: str  # 'local' (one process) or 'tpu' (gcloud ssh to every worker of a slice)
+    data_dir: str = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    # Cores behind one JAX device for core-hours; 0 = from the platform the run reports.
+    # TPU v4 (Smith et al.'s unit): one device per chip, two TensorCores each.
+    cores_per_device: int = 0
+
+
+def lr_grid(lowest: float, points: int) -> tuple[float, ...]:
+    """`points` learning rates a factor 2 apart from `lowest` up."""
+    return tuple(lowest * 2.0 ** k for k in range(points))
+
+
+def _resnet_width(width: int, stages: tuple[int, ...] = (1, 1, 1)) -> Size:
+    return Size('resnet20', {'stage_sizes': stages, 'width': width, 'stem': 'cifar'},
+                f'ResNet-{2 + 2 * sum(stages)}, width {width}')
+
+
+def _vit(hidden: int, depth: int, heads: int, patch: int, mlp_ratio: int = 4) -> Size:
+    return Size('vit_ti16', {'patch_size': patch, 'hidden_size': hidden, 'depth': depth,
+                             'num_heads': heads, 'mlp_dim': mlp_ratio * hidden},
+                f'ViT width {hidden}, depth {depth}, {heads} heads, patch {patch}')
+
+
+def _nfnet_small(multiplier: int, widths: tuple[int, ...], group_width: int) -> Size:
+    depths = tuple(multiplier * d for d in (1, 1, 2, 1))
+    return Size('nfnet_f0', {'stem': 'small', 'depths': depths, 'widths': widths,
+                             'group_width': group_width, 'drop_path_rate': 0.0,
+                             'dropout_rate': 0.0},
+                f'NFNet depths {depths}, widths {widths}')
+
+
+def _convnext_small(dims: tuple[int, ...], depths: tuple[int, ...] = (1, 1, 1, 1)) -> Size:
+    return Size('convnext_t', {'stem': 'small', 'depths': depths, 'dims': dims,
+                               'drop_path_rate': 0.0},
+                f'ConvNeXt depths {depths}, dims {dims}')
+
+
+# --- cpu_tiny: Fashion-MNIST 28x28 on the 2-core CPU --------------------------------------------
+# Ladders of about x2 training FLOPs per rung (XLA's counts at batch 128: ResNet 0.5, 1.8, 3.9,
+# 6.8 GFLOPs per step; ViT 0.5, 1.4, 4.2, 9.3, 14 GFLOPs), sized so that the 54 runs fit in
+# about half an hour here. The ViT ladder has five rungs, like Ti/S/B/L/H: with four, its
+# frontier had four points, too few to fit the four-parameter saturating law. The
+# learning-rate pairs were bracketed by probe runs at the middle sizes (0.25 and 0.5 epochs,
+# rates x2 apart): ResNet w8 was best at 0.4 of 0.05...1.6, ViT s at
+# 0.008 of 0.001...0.032; short budgets favour high rates. The NFNet and ConvNeXt ladders take
+# the rates of their closest relative (SGD like the ResNet, AdamW like the ViT) unprobed.
+_CPU_FAMILIES = {
+    'resnet': Family(
+        'resnet', 'convnet',
+        {f'w{w}': _resnet_width(w) for w in (4, 8, 12, 16)},
+        optimizer={'name': 'momentum', 'momentum': 0.9, 'weight_decay': 5e-4},
+        learning_rates=lr_grid(0.2, 2), warmup_fraction=0.1),
+    'vit': Family(
+        'vit', 'vit',
+        {'xs': _vit(16, 2, 1, 4), 'ti': _vit(32, 2, 2, 4), 's': _vit(48, 3, 3, 4),
+         'm': _vit(64, 4, 4, 4), 'b': _vit(80, 4, 4, 4)},
+        optimizer={'name': 'adamw', 'weight_decay': 0.05, 'grad_clip_norm': 1.0},
+        learning_rates=lr_grid(4e-3, 2), warmup_fraction=0.1),
+    'nfnet': Family(
+        'nfnet', 'convnet',
+        {f'f{m - 1}': _nfnet_small(m, (16, 32, 48, 64), 8) for m in (1, 2, 3, 4)},
+        optimizer={'name': 'nesterov', 'momentum': 0.9, 'weight_decay': 5e-5, 'agc_clip': 0.1},
+        learning_rates=lr_grid(0.2, 2), warmup_fraction=0.1),
+    'convnext': Family(
+        'convnext', 'convnet',
+        {f'd{d}': _convnext_small((d, 2 * d, 4 * d, 8 * d)) for d in (8, 12, 16, 24)},
+        optimizer={'name': 'adamw', 'weight_decay': 0.05, 'grad_clip_norm': 1.0},
+        learning_rates=lr_grid(4e-3, 2), warmup_fraction=0.1),
+}
+
+# --- TPU presets: Smith et al.'s families and grid at 64 px --------------------------------------
+# NFNet F-variants: depths n·(1, 2, 6, 3) for F(n-1) (F7 is n = 8), widths (256, 512, 1536,
+# 1536); Smith et al. pre-train F0, F1, F3, F3+, F7, F7+ (the '+' variants have no published
+# definition, so they are left out). The recipe is the NFNet paper's at batch 4096: SGD with
+# Nesterov momentum, adaptive gradient clipping 0.01 (head excluded), weight decay 2e-5.
+_TPU_FAMILIES = {
+    'nfnet': Family(
+        'nfnet', 'convnet',
+        {'f0': Size('nfnet_f0', {'stem': 'small'}, 'NFNet-F0'),
+         'f1': Size('nfnet_f1', {'stem': 'small'}, 'NFNet-F1'),
+         'f3': Size('nfnet_f3', {'stem': 'small'}, 'NFNet-F3'),
+         'f7': Size('nfnet_f6', {'stem': 'small', 'depths': (8, 16, 48, 24)}, 'NFNet-F7')},
+        optimizer={'name': 'nesterov', 'momentum': 0.9, 'weight_decay': 2e-5, 'agc_clip': 0.01},
+        learning_rates=lr_grid(0.4, 4), warmup_fraction=0.05),
+    'resnet': Family(
+        'resnet', 'convnet',
+        {name: Size(name, {'stem': 'cifar'}, name)
+         for name in ('resnet50', 'resnet101', 'resnet152')},
+        optimizer={'name': 'nesterov', 'momentum': 0.9, 'weight_decay': 5e-5},
+        learning_rates=lr_grid(0.4, 4), warmup_fraction=0.05),
+    'convnext': Family(
+        'convnext', 'convnet',
+        {s: Size(f'convnext_{s}', {'stem': 'small'}, f'ConvNeXt-{s.upper()}') for s in 'tsbl'},
+        optimizer={'name': 'adamw', 'weight_decay': 0.05, 'grad_clip_norm': 1.0},
+        learning_rates=lr_grid(5e-4, 4), warmup_fraction=0.05),
+    # ViT Ti/S/B/L/H widths, depths and heads at patch 4 on 64 px: 16x16 = 256 tokens, close to
+    # the 196 of /16 at 224 px. ViT paper pre-training recipe: Adam(W), weight decay 0.1,
+    # gradient clipping at norm 1.
+    'vit': Family(
+        'vit', 'vit',
+        {s: _vit(h, d, n, 4) for s, (h, d, n) in {
+            'ti': (192, 12, 3), 's': (384, 12, 6), 'b': (768, 12, 12), 'l': (1024, 24, 16),
+            'h': (1280, 32, 16)}.items()},
+        optimizer={'name': 'adamw', 'weight_decay': 0.1, 'grad_clip_norm': 1.0, 'b2': 0.999},
+        learning_rates=lr_grid(2.5e-4, 4), warmup_fraction=0.05),
+}
+
+PRESETS: dict[str, Preset] = {
+    'cpu_tiny': Preset(
+        # Half the test split is held out: evaluating 10,000 images cost as much as training a
+        # 0.25-epoch budget; 5,000 keep the standard error of the loss near 0.01.
+        name='cpu_tiny', dataset='fashion_mnist', train_split='train[:20%]',
+        eval_split='test[:50%]',
+        image_shape=(28, 28, 1), num_classes=10, batch_size=128, eval_batch_size=1000,
+        epochs=(0.25, 0.5, 1.0), families=_CPU_FAMILIES, default_families=('resnet', 'vit'),
+        dtype='float32', log_every_steps=25, checkpoint_every_steps=50,
+        # Only the final held-out loss enters the study: evaluate once, at the end.
+        eval_every_steps=1_000_000, launcher='local'),
+    'tpu_imagenet': Preset(
+        name='tpu_imagenet', dataset='imagenet_resized/64x64', train_split='train',
+        eval_split='validation', image_shape=(64, 64, 3), num_classes=1000, batch_size=4096,
+        eval_batch_size=4096, epochs=(2.5, 5.0, 10.0, 20.0, 40.0, 80.0),
+        families=_TPU_FAMILIES, default_families=('nfnet', 'vit'), dtype='bfloat16',
+        log_every_steps=100, checkpoint_every_steps=1000, eval_every_steps=-1, launcher='tpu',
+        cores_per_device=2),
+    'tpu_jft_like': Preset(
+        name='tpu_jft_like', dataset='imagenet21k', train_split='train[50000:]',
+        eval_split='train[:50000]', image_shape=(64, 64, 3), num_classes=21843,
+        batch_size=4096, eval_batch_size=4096, epochs=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
+        families=_TPU_FAMILIES, default_families=('nfnet', 'vit'), dtype='bfloat16',
+        log_every_steps=100, checkpoint_every_steps=2000, eval_every_steps=-1, launcher='tpu',
+        cores_per_device=2),
+}
+
+
+# What a run of the grid has come to (the sweep driver records it; the report reads it).
+FINISHED, DIVERGED, INTERRUPTED, PENDING = 'finished', 'diverged', 'interrupted', 'pending'
+
+
+def size_key(preset: Preset, family: str, size: str) -> str:
+    """The key of one model size in a study's flops.json (FLOPs depend on batch and input)."""
+    h, w, c = preset.image_shape
+    return f'{preset.name}/{family}/{size}/batch{preset.batch_size}/{h}x{w}x{c}'
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One point of the grid."""
+
+    preset: str
+    family: str
+    size: str
+    epochs: float
+    learning_rate: float
+
+    @property
+    def run_id(self) -> str:
+        return f'{self.family}-{self.size}_e{self.epochs:g}_lr{self.learning_rate:g}'
+
+    @property
+    def config_arg(self) -> str:
+        """The `:arg` of `--config=experiments/scaling.py:ARG` for this run."""
+        return (f'preset={self.preset},family={self.family},size={self.size},'
+                f'epochs={self.epochs:g},lr={self.learning_rate:g}')
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f'unknown preset {preset!r}; valid: {sorted(PRESETS)}')
+    return PRESETS[preset]
+
+
+def grid(preset: str | Preset, families: tuple[str, ...] | list[str] | None = None,
+         epochs: tuple[float, ...] | list[float] | None = None) -> list[RunSpec]:
+    """Every run of the study: families x sizes x epoch budgets x learning rates, smallest
+    budgets and models first (so an interrupted sweep has the cheap end of every curve)."""
+    preset = get_preset(preset)
+    families = tuple(families or preset.default_families)
+    unknown = [f for f in families if f not in preset.families]
+    if unknown:
+        raise ValueError(f'unknown famil{"ies" if len(unknown) > 1 else "y"} {unknown} in preset '
+                         f'{preset.name!r}; valid: {sorted(preset.families)}')
+    budgets = tuple(epochs or preset.epochs)
+    runs = []
+    for budget in budgets:
+        for family_name in families:
+            family = preset.families[family_name]
+            for size in family.sizes:
+                for lr in family.learning_rates:
+                    runs.append(RunSpec(preset.name, family_name, size, float(budget), lr))
+    return runs
+
+
+def run_config(preset: str | Preset, family: str, size: str, epochs: float,
+               learning_rate: float) -> ml_collections.ConfigDict:
+    """The config of one run of the study."""
+    preset = get_preset(preset)
+    if family not in preset.families:
+        raise ValueError(f'unknown family {family!r} in preset {preset.name!r}; valid: '
+                         f'{sorted(preset.families)}')
+    spec = preset.families[family]
+    if size not in spec.sizes:
+        raise ValueError(f'unknown size {size!r} of family {family!r}; valid: {list(spec.sizes)}')
+    if not epochs > 0 or not learning_rate > 0:
+        raise ValueError(f'epochs and learning rate must be > 0, got {epochs}, {learning_rate}')
+    rung = spec.sizes[size]
+    config = default_config()
+    config.dataset.name = preset.dataset
+    config.dataset.data_dir = preset.data_dir
+    config.dataset.train_split = preset.train_split
+    config.dataset.eval_split = preset.eval_split
+    config.model = model_config(rung.model, **rung.fields)
+    config.batch_size = preset.batch_size
+    config.eval_batch_size = preset.eval_batch_size
+    config.num_epochs = float(epochs)
+    config.dtype = preset.dtype
+    for key, value in spec.optimizer.items():
+        config.optimizer[key] = value
+    config.optimizer.learning_rate = float(learning_rate)
+    # Each budget is its own complete schedule: warmup, then cosine to zero at its last step.
+    config.schedule.name = 'warmup_cosine'
+    config.schedule.warmup_epochs = spec.warmup_fraction * float(epochs)
+    config.schedule.end_factor = 0.0
+    config.log_every_steps = preset.log_every_steps
+    config.checkpoint_every_steps = preset.checkpoint_every_steps
+    config.eval_every_steps = preset.eval_every_steps
+    config.keep_checkpoints = 2
+    config.pictures = False  # hundreds of runs: the study's own plots are what matter
+    return config
+
+
+def run_spec(preset: str | Preset = 'cpu_tiny', family: str = '', size: str = '',
+             epochs: float = 0.0, learning_rate: float = 0.0) -> RunSpec:
+    """One run of a preset's grid; parts left empty (or 0) take the preset's first family, its
+    smallest size, its shortest budget and its lowest learning rate."""
+    preset = get_preset(preset)
+    family = family or preset.default_families[0]
+    if family not in preset.families:
+        raise ValueError(f'unknown family {family!r} in preset {preset.name!r}; valid: '
+                         f'{sorted(preset.families)}')
+    size = size or next(iter(preset.families[family].sizes))
+    epochs = epochs or preset.epochs[0]
+    learning_rate = learning_rate or preset.families[family].learning_rates[0]
+    if not (math.isfinite(epochs) and math.isfinite(learning_rate)):
+        raise ValueError(f'epochs and learning rate must be finite numbers, got {epochs}, '
+                         f'{learning_rate}')
+    return RunSpec(preset.name, family, size, float(epochs), float(learning_rate))

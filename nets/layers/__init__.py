@@ -1,0 +1,3 @@
+"""Shared building blocks of the model families: `blocks` (activations, initialisers, norms,
+conv-norm-act, MLP block, drop path, squeeze-excite, weight-standardised conv, pooling, input
+checks), `attention`, `position`, `encoder_block`, `recurrent`, `decoding`."""
