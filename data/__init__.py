@@ -21,32 +21,38 @@ from data.catalog import (
     list_datasets,
     load_source,
 )
-from data.pipeline import (InMemorySource, eval_batches, maybe_in_memory, steps_per_epoch, stream_loader,
-                           train_loader)
+from data.pipeline import (
+    InMemorySource,
+    eval_batches,
+    maybe_in_memory,
+    steps_per_epoch,
+    stream_loader,
+    train_loader,
+)
 
 
 def __getattr__(name: str):
     # Imported on first use, not here, so `python -m data.prepare` does not
     # find its module already loaded (runpy warns). The module is callable.
-    if name == "prepare":
-        return importlib.import_module("data.prepare")
+    if name == 'prepare':
+        return importlib.import_module('data.prepare')
     raise AttributeError(f"module 'data' has no attribute {name!r}")
 
 
 __all__ = [
-    "DEFAULT_DATA_DIR",
-    "LOCAL_DATASETS",
-    "DatasetInfo",
-    "DatasetNotPreparedError",
-    "InMemorySource",
-    "stream_loader",
-    "dataset_info",
-    "eval_batches",
-    "get_builder",
-    "list_datasets",
-    "load_source",
-    "maybe_in_memory",
-    "prepare",
-    "steps_per_epoch",
-    "train_loader",
+    'DEFAULT_DATA_DIR',
+    'LOCAL_DATASETS',
+    'DatasetInfo',
+    'DatasetNotPreparedError',
+    'InMemorySource',
+    'stream_loader',
+    'dataset_info',
+    'eval_batches',
+    'get_builder',
+    'list_datasets',
+    'load_source',
+    'maybe_in_memory',
+    'prepare',
+    'steps_per_epoch',
+    'train_loader',
 ]

@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -27,20 +28,32 @@ from data.builders.sequences import vocabularies_of
 from data.builders.translation import Translation
 from data.tokenizers import Vocabulary
 
-DEFAULT_DATA_DIR: str = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+DEFAULT_DATA_DIR: str = os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(
+    '~/tensorflow_datasets'
+)
 
 # Datasets whose builders ship in this repo and prepare offline.
 LOCAL_DATASETS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
-    cls.name: cls for cls in (FashionMnist, Mnist5k, Digits, Mnist1d, Mnist1dShuffled,
-                              CharCorpus, Translation, Addition, DigitCaptions)
+    cls.name: cls
+    for cls in (
+        FashionMnist,
+        Mnist5k,
+        Digits,
+        Mnist1d,
+        Mnist1dShuffled,
+        CharCorpus,
+        Translation,
+        Addition,
+        DigitCaptions,
+    )
 }
 
 # Mean/std cache written next to the prepared array_record files.
-STATS_FILENAME = "image_stats.json"
+STATS_FILENAME = 'image_stats.json'
 # Standard TFDS sets can be huge; their stats come from an evenly spaced subset.
 MAX_STATS_EXAMPLES_STANDARD = 10_000
 
-_REQUIRED_FORMAT = "array_record"
+_REQUIRED_FORMAT = 'array_record'
 
 
 class DatasetNotPreparedError(RuntimeError):
@@ -81,14 +94,18 @@ def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
     return os.fspath(os.path.expanduser(data_dir)) if data_dir else DEFAULT_DATA_DIR
 
 
-def get_builder(name: str, data_dir: str | os.PathLike | None = None, **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
+def get_builder(
+    name: str, data_dir: str | os.PathLike | None = None, **builder_kwargs: Any
+) -> tfds.core.DatasetBuilder:
     """The array_record TFDS builder for `name` (local builders first); never downloads.
 
     `builder_kwargs` go to the builder, e.g. `source_dir=` for fashion_mnist.
     """
     data_dir = _resolve_data_dir(data_dir)
     if name in LOCAL_DATASETS:
-        make = functools.partial(LOCAL_DATASETS[name], data_dir=data_dir, file_format=_REQUIRED_FORMAT, **builder_kwargs)
+        make = functools.partial(
+            LOCAL_DATASETS[name], data_dir=data_dir, file_format=_REQUIRED_FORMAT, **builder_kwargs
+        )
     else:
         # Check the registry by class lookup first: it is local and instant, and
         # keeps names like "ns:dataset" away from TFDS's community (GCS) index.
@@ -96,78 +113,90 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None, **builder_
             tfds.builder_cls(_base_name(name))
         except tfds.core.registered.DatasetNotFoundError:
             raise ValueError(
-                f"Unknown dataset {name!r}. Local datasets: {', '.join(list_datasets())}. "
-                "Any TFDS catalogue name (e.g. mnist, cifar10, imagenet2012) also works once "
-                "it is prepared in array_record format under the data dir."
+                f'Unknown dataset {name!r}. Local datasets: {", ".join(list_datasets())}. '
+                'Any TFDS catalogue name (e.g. mnist, cifar10, imagenet2012) also works once '
+                'it is prepared in array_record format under the data dir.'
             ) from None
         # try_gcs=False: never look for pre-built data on Google Cloud Storage.
-        make = functools.partial(tfds.builder, name, data_dir=data_dir, file_format=_REQUIRED_FORMAT,
-                                 try_gcs=False, **builder_kwargs)
+        make = functools.partial(
+            tfds.builder,
+            name,
+            data_dir=data_dir,
+            file_format=_REQUIRED_FORMAT,
+            try_gcs=False,
+            **builder_kwargs,
+        )
     try:
         return make()
     except ValueError as e:
         # TFDS refuses to open data written in another format as array_record.
-        if "File format is already set" not in str(e):
+        if 'File format is already set' not in str(e):
             raise
-        found = re.search(r"already set to FileFormat\.(\w+)", str(e))
-        detail = f"found {found.group(1).lower()} files" if found else str(e)
+        found = re.search(r'already set to FileFormat\.(\w+)', str(e))
+        detail = f'found {found.group(1).lower()} files' if found else str(e)
         raise DatasetNotPreparedError(_wrong_format_message(name, data_dir, detail)) from None
 
 
 def _base_name(name: str) -> str:
-    return name.split("/")[0].split(":")[0]
+    return name.split('/')[0].split(':')[0]
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
     if name in LOCAL_DATASETS:
         return (
-            f"Prepare it with `python -m data.prepare --datasets={name} --data_dir={data_dir}` "
-            "(or `make data`)."
+            f'Prepare it with `python -m data.prepare --datasets={name} --data_dir={data_dir}` '
+            '(or `make data`).'
         )
     return (
-        f"On a machine with internet access run `tfds build {name} --file_format=array_record "
-        f"--data_dir=SOME_DIR`, then copy SOME_DIR/{_base_name(name)} into {data_dir}."
+        f'On a machine with internet access run `tfds build {name} --file_format=array_record '
+        f'--data_dir=SOME_DIR`, then copy SOME_DIR/{_base_name(name)} into {data_dir}.'
     )
 
 
 def _wrong_format_message(name: str, data_dir: str, detail: str) -> str:
     return (
-        f"Dataset {name!r} under {data_dir} is not in {_REQUIRED_FORMAT} format ({detail}); this project "
-        "reads only array_record (random access). Delete that dataset folder or use another data dir, "
-        "then rebuild it. " + _prepare_hint(name, data_dir)
+        f'Dataset {name!r} under {data_dir} is not in {_REQUIRED_FORMAT} format ({detail}); this project '
+        'reads only array_record (random access). Delete that dataset folder or use another data dir, '
+        'then rebuild it. ' + _prepare_hint(name, data_dir)
     )
 
 
 def _prepared_file_formats(builder: tfds.core.DatasetBuilder) -> set[str]:
     # Read the on-disk metadata: builder.info reports the format we asked for,
     # not the one the files were written in.
-    info = json.loads((builder.data_path / "dataset_info.json").read_text())
-    return {info.get("fileFormat") or "tfrecord", *info.get("alternativeFileFormats", [])}
+    info = json.loads((builder.data_path / 'dataset_info.json').read_text())
+    return {info.get('fileFormat') or 'tfrecord', *info.get('alternativeFileFormats', [])}
 
 
 def _split_names(split: str) -> list[str]:
     # "train[:90%]+test" -> ["train", "test"]; TFDS handles the slicing itself.
-    return [re.sub(r"\[.*\]$", "", part.strip()) for part in split.split("+")]
+    return [re.sub(r'\[.*\]$', '', part.strip()) for part in split.split('+')]
 
 
-def prepared_builder(name: str, data_dir: str | os.PathLike | None = None) -> tfds.core.DatasetBuilder:
+def prepared_builder(
+    name: str, data_dir: str | os.PathLike | None = None
+) -> tfds.core.DatasetBuilder:
     """`get_builder`, raising DatasetNotPreparedError unless array_record data is on disk."""
     data_dir = _resolve_data_dir(data_dir)
     builder = get_builder(name, data_dir)
     if not builder.is_prepared():
         raise DatasetNotPreparedError(
-            f"Dataset {name!r} is not prepared under {data_dir} (looked in {builder.data_dir}). "
+            f'Dataset {name!r} is not prepared under {data_dir} (looked in {builder.data_dir}). '
             + _prepare_hint(name, data_dir)
         )
     formats = _prepared_file_formats(builder)
     if _REQUIRED_FORMAT not in formats:
         raise DatasetNotPreparedError(
-            _wrong_format_message(name, data_dir, f"{builder.data_dir} holds {', '.join(sorted(formats))} files")
+            _wrong_format_message(
+                name, data_dir, f'{builder.data_dir} holds {", ".join(sorted(formats))} files'
+            )
         )
     return builder
 
 
-def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Sequence[dict[str, Any]]:
+def load_source(
+    name: str, split: str, data_dir: str | os.PathLike | None = None
+) -> Sequence[dict[str, Any]]:
     """Random-access source (`ArrayRecordDataSource`) of decoded records for one split.
 
     `split` may use TFDS slicing, e.g. "train[:90%]".
@@ -176,34 +205,37 @@ def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None
     available = list(builder.info.splits)
     unknown = [s for s in _split_names(split) if s not in available]
     if unknown:
-        raise ValueError(f"Unknown split {split!r} for {name!r}; available splits: {', '.join(available)}.")
+        raise ValueError(
+            f'Unknown split {split!r} for {name!r}; available splits: {", ".join(available)}.'
+        )
     return builder.as_data_source(split=split)
 
 
-def compute_image_stats(source: Sequence[dict[str, Any]], max_examples: int | None = None,
-                        chunk_size: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+def compute_image_stats(
+    source: Sequence[dict[str, Any]], max_examples: int | None = None, chunk_size: int = 2048
+) -> tuple[tuple[float, ...], tuple[float, ...], int]:
     """Per-channel (mean, std, num_examples_used) of `image`; uint8 scaled to [0, 1].
 
     With `max_examples`, uses that many evenly spaced examples (deterministic).
     """
     n = len(source)
     if n == 0:
-        raise ValueError("cannot compute image statistics of an empty split")
+        raise ValueError('cannot compute image statistics of an empty split')
     count = n if max_examples is None else min(n, max_examples)
     indices = np.linspace(0, n - 1, count).round().astype(np.int64) if count < n else np.arange(n)
     total = total_sq = None
     num_values = 0
     for start in range(0, count, chunk_size):
-        chunk = [int(i) for i in indices[start:start + chunk_size]]
-        images = np.stack([r["image"] for r in source.__getitems__(chunk)])
+        chunk = [int(i) for i in indices[start : start + chunk_size]]
+        images = np.stack([r['image'] for r in source.__getitems__(chunk)])
         scale = 255.0 if images.dtype == np.uint8 else 1.0
         # float64 sums keep the variance exact enough over millions of pixels.
         values = images.reshape(-1, images.shape[-1]).astype(np.float64) / scale
         total = values.sum(0) + (0 if total is None else total)
-        total_sq = (values ** 2).sum(0) + (0 if total_sq is None else total_sq)
+        total_sq = (values**2).sum(0) + (0 if total_sq is None else total_sq)
         num_values += len(values)
     mean = total / num_values
-    std = np.sqrt(np.maximum(total_sq / num_values - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(total_sq / num_values - mean**2, 0.0))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std), count
 
 
@@ -211,15 +243,15 @@ def _load_or_compute_stats(name: str, builder: tfds.core.DatasetBuilder) -> dict
     path = builder.data_path / STATS_FILENAME
     if path.exists():
         return json.loads(path.read_text())
-    if "train" not in builder.info.splits:
-        raise ValueError(f"{name!r} has no train split to compute normalisation statistics from")
+    if 'train' not in builder.info.splits:
+        raise ValueError(f'{name!r} has no train split to compute normalisation statistics from')
     max_examples = None if name in LOCAL_DATASETS else MAX_STATS_EXAMPLES_STANDARD
-    mean, std, used = compute_image_stats(builder.as_data_source(split="train"), max_examples)
-    stats = {"split": "train", "num_examples": used, "mean": mean, "std": std}
+    mean, std, used = compute_image_stats(builder.as_data_source(split='train'), max_examples)
+    stats = {'split': 'train', 'num_examples': used, 'mean': mean, 'std': std}
     try:
         path.write_text(json.dumps(stats, indent=2))
     except OSError as e:  # Read-only data dirs (e.g. shared buckets) still work, uncached.
-        logging.warning("Could not cache image stats at %s: %s", path, e)
+        logging.warning('Could not cache image stats at %s: %s', path, e)
     return stats
 
 
@@ -233,16 +265,23 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> Datase
     builder = prepared_builder(name, data_dir)
     features = builder.info.features
     vocabularies = vocabularies_of(builder.info)
-    input_name = "image" if "image" in features else "inputs"
-    if input_name not in features or ("label" not in features and "targets" not in vocabularies):
-        raise ValueError(f"{name!r} has features {list(features)}; this project needs 'image' and 'label', "
-                         "or 'image'/'inputs' and 'targets' with a vocabulary")
-    if "label" in features:
-        num_classes, class_names = int(features["label"].num_classes), tuple(features["label"].names)
+    input_name = 'image' if 'image' in features else 'inputs'
+    if input_name not in features or ('label' not in features and 'targets' not in vocabularies):
+        raise ValueError(
+            f"{name!r} has features {list(features)}; this project needs 'image' and 'label', "
+            "or 'image'/'inputs' and 'targets' with a vocabulary"
+        )
+    if 'label' in features:
+        num_classes, class_names = (
+            int(features['label'].num_classes),
+            tuple(features['label'].names),
+        )
     else:  # A sequence model's classes are the target tokens.
-        num_classes, class_names = len(vocabularies["targets"]), vocabularies["targets"].tokens
+        num_classes, class_names = len(vocabularies['targets']), vocabularies['targets'].tokens
     example = features[input_name]
-    stats = _load_or_compute_stats(name, builder) if input_name == "image" else {"mean": (), "std": ()}
+    stats = (
+        _load_or_compute_stats(name, builder) if input_name == 'image' else {'mean': (), 'std': ()}
+    )
     return DatasetInfo(
         name=name,
         num_classes=num_classes,
@@ -250,13 +289,15 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         example_shape=tuple(example.shape),
         image_dtype=np.dtype(example.np_dtype).name,
         splits={split: int(info.num_examples) for split, info in builder.info.splits.items()},
-        mean=tuple(stats["mean"]),
-        std=tuple(stats["std"]),
+        mean=tuple(stats['mean']),
+        std=tuple(stats['std']),
         vocab_sizes={feature: len(vocab) for feature, vocab in vocabularies.items()},
     )
 
 
-def load_vocabularies(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Vocabulary]:
+def load_vocabularies(
+    name: str, data_dir: str | os.PathLike | None = None
+) -> dict[str, Vocabulary]:
     """Token feature name ('inputs', 'targets') -> data.tokenizers vocabulary of a prepared
     sequence data set; empty for image sets."""
     return vocabularies_of(prepared_builder(name, data_dir).info)

@@ -22,12 +22,13 @@ import functools
 import logging
 import sys
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
-from absl import flags
 import jax
 import numpy as np
+from absl import flags
 
 Batch = dict[str, np.ndarray]
 
@@ -38,7 +39,7 @@ IN_MEMORY_MAX_BYTES = 2 * 1024**3
 def _is_numeric(value: Any) -> bool:
     """Features a batch carries: numbers and arrays, not strings (kept for BLEU etc. only)."""
     array = np.asarray(value)
-    return array.dtype.kind in "biuf"
+    return array.dtype.kind in 'biuf'
 
 
 def _numeric_features(record: dict[str, Any]) -> list[str]:
@@ -53,50 +54,60 @@ class InMemorySource:
     TFDS source where needed, e.g. reference translations for BLEU).
     """
 
-    def __init__(self, image: np.ndarray | None = None, label: np.ndarray | None = None,
-                 **features: np.ndarray):
+    def __init__(
+        self,
+        image: np.ndarray | None = None,
+        label: np.ndarray | None = None,
+        **features: np.ndarray,
+    ):
         if image is not None:
-            features["image"] = image
+            features['image'] = image
         if label is not None:
-            features["label"] = label
+            features['label'] = label
         if not features:
-            raise ValueError("InMemorySource needs at least one feature")
+            raise ValueError('InMemorySource needs at least one feature')
         lengths = {name: len(array) for name, array in features.items()}
         if len(set(lengths.values())) != 1:
-            raise ValueError(f"features have different numbers of examples: {lengths}")
-        if "label" in features:
-            features["label"] = np.asarray(features["label"]).astype(np.int32, copy=False)
+            raise ValueError(f'features have different numbers of examples: {lengths}')
+        if 'label' in features:
+            features['label'] = np.asarray(features['label']).astype(np.int32, copy=False)
         self.features = features
 
     @property
     def image(self) -> np.ndarray:
-        return self.features["image"]
+        return self.features['image']
 
     @property
     def label(self) -> np.ndarray:
-        return self.features["label"]
+        return self.features['label']
 
     @classmethod
-    def from_source(cls, source: Sequence[dict[str, Any]], chunk_size: int = 4096) -> InMemorySource:
+    def from_source(
+        cls, source: Sequence[dict[str, Any]], chunk_size: int = 4096
+    ) -> InMemorySource:
         """Decodes every numeric feature of every record of `source` (batched reads, one pass)."""
         start_time = time.perf_counter()
         n = len(source)
         if n == 0:
-            raise ValueError("cannot load an empty source into memory")
+            raise ValueError('cannot load an empty source into memory')
         first = _read_records(source, [0])[0]
         names = _numeric_features(first)
         arrays = {}
         for name in names:
             value = np.asarray(first[name])
-            arrays[name] = np.empty((n, *value.shape), np.int32 if name == "label" else value.dtype)
+            arrays[name] = np.empty((n, *value.shape), np.int32 if name == 'label' else value.dtype)
         for start in range(0, n, chunk_size):
             stop = min(n, start + chunk_size)
             records = _read_records(source, range(start, stop))
             # Assigning into the preallocated arrays also checks shapes agree.
             for name in names:
                 arrays[name][start:stop] = [r[name] for r in records]
-        logging.info("Decoded %d records into memory (%.1f MB) in %.1fs",
-                     n, sum(a.nbytes for a in arrays.values()) / 1e6, time.perf_counter() - start_time)
+        logging.info(
+            'Decoded %d records into memory (%.1f MB) in %.1fs',
+            n,
+            sum(a.nbytes for a in arrays.values()) / 1e6,
+            time.perf_counter() - start_time,
+        )
         return cls(**arrays)
 
     def __len__(self) -> int:
@@ -119,13 +130,13 @@ def decoded_nbytes(source: Sequence[dict[str, Any]]) -> int | None:
         return sum(a.nbytes for a in source.features.values())
     if len(source) == 0:
         return 0
-    info = getattr(source, "dataset_info", None)  # TFDS data sources carry their info.
+    info = getattr(source, 'dataset_info', None)  # TFDS data sources carry their info.
     if info is not None:
         first = _read_records(source, [0])[0]
         total = 0
         for name in _numeric_features(first):
             feature = info.features[name]
-            shape = getattr(feature, "shape", ())
+            shape = getattr(feature, 'shape', ())
             if any(d is None for d in shape):
                 return None
             total += int(np.prod(shape)) * np.dtype(feature.np_dtype).itemsize
@@ -134,7 +145,9 @@ def decoded_nbytes(source: Sequence[dict[str, Any]]) -> int | None:
     return len(source) * sum(np.asarray(first[name]).nbytes for name in _numeric_features(first))
 
 
-def maybe_in_memory(source: Sequence[dict[str, Any]], max_bytes: int = IN_MEMORY_MAX_BYTES) -> Sequence[dict[str, Any]]:
+def maybe_in_memory(
+    source: Sequence[dict[str, Any]], max_bytes: int = IN_MEMORY_MAX_BYTES
+) -> Sequence[dict[str, Any]]:
     """`InMemorySource` of `source` if its decoded images fit in `max_bytes`, else `source`.
 
     Call once per split and reuse the result when the same split is read many
@@ -151,13 +164,15 @@ def maybe_in_memory(source: Sequence[dict[str, Any]], max_bytes: int = IN_MEMORY
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
     """Full global batches per epoch (train_loader drops the remainder)."""
     if global_batch_size <= 0:
-        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+        raise ValueError(f'global_batch_size must be positive, got {global_batch_size}')
     return num_examples // global_batch_size
 
 
-def _read_records(source: Sequence[dict[str, Any]], indices: Sequence[int]) -> Sequence[dict[str, Any]]:
+def _read_records(
+    source: Sequence[dict[str, Any]], indices: Sequence[int]
+) -> Sequence[dict[str, Any]]:
     indices = [int(i) for i in indices]
-    if hasattr(source, "__getitems__"):  # Batched read: one array_record call.
+    if hasattr(source, '__getitems__'):  # Batched read: one array_record call.
         return source.__getitems__(indices)
     return [source[i] for i in indices]
 
@@ -167,25 +182,29 @@ def _read_batch(source: Sequence[dict[str, Any]], indices: np.ndarray) -> Batch:
     if isinstance(source, InMemorySource):
         return source.gather(indices)
     records = _read_records(source, indices)
-    batch = {name: np.stack([np.asarray(r[name]) for r in records]) for name in _numeric_features(records[0])}
-    if "label" in batch:
-        batch["label"] = batch["label"].astype(np.int32)
+    batch = {
+        name: np.stack([np.asarray(r[name]) for r in records])
+        for name in _numeric_features(records[0])
+    }
+    if 'label' in batch:
+        batch['label'] = batch['label'].astype(np.int32)
     return batch
 
 
-def _process_share(global_batch_size: int, shard: bool, process_index: int | None,
-                   process_count: int | None) -> tuple[int, int]:
+def _process_share(
+    global_batch_size: int, shard: bool, process_index: int | None, process_count: int | None
+) -> tuple[int, int]:
     """(offset of this process's rows in a global batch, per-process batch size)."""
     if not shard:
         return 0, global_batch_size
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if not 0 <= index < count:
-        raise ValueError(f"process_index {index} out of range for {count} processes")
+        raise ValueError(f'process_index {index} out of range for {count} processes')
     if global_batch_size <= 0 or global_batch_size % count:
         raise ValueError(
-            f"global_batch_size {global_batch_size} must be a positive multiple of the "
-            f"number of JAX processes ({count})"
+            f'global_batch_size {global_batch_size} must be a positive multiple of the '
+            f'number of JAX processes ({count})'
         )
     per_process = global_batch_size // count
     return index * per_process, per_process
@@ -214,22 +233,30 @@ class _TrainBatch:
         epoch, index_in_epoch = divmod(step, len(self.source) // self.global_batch_size)
         permutation = _epoch_permutation(len(self.source), self.seed, epoch)
         start = index_in_epoch * self.global_batch_size + self.offset
-        return _read_batch(self.source, permutation[start:start + self.per_process])
+        return _read_batch(self.source, permutation[start : start + self.per_process])
 
 
-def _training_source(source: Sequence[dict[str, Any]], global_batch_size: int, seed: int, shard: bool,
-                     in_memory: bool | None, process_index: int | None,
-                     process_count: int | None) -> tuple[Sequence[dict[str, Any]], int, int, int]:
+def _training_source(
+    source: Sequence[dict[str, Any]],
+    global_batch_size: int,
+    seed: int,
+    shard: bool,
+    in_memory: bool | None,
+    process_index: int | None,
+    process_count: int | None,
+) -> tuple[Sequence[dict[str, Any]], int, int, int]:
     """Checks shared by the training loaders; -> (source, steps per epoch, row offset, rows per process).
 
     `in_memory=None` decodes the split into RAM when it fits, True always, False never.
     """
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise ValueError(f'seed must be non-negative, got {seed}')
     offset, per_process = _process_share(global_batch_size, shard, process_index, process_count)
     steps = steps_per_epoch(len(source), global_batch_size)
     if steps == 0:
-        raise ValueError(f"split of {len(source)} examples is smaller than global_batch_size {global_batch_size}")
+        raise ValueError(
+            f'split of {len(source)} examples is smaller than global_batch_size {global_batch_size}'
+        )
     if in_memory is None:
         source = maybe_in_memory(source)
     elif in_memory and not isinstance(source, InMemorySource):
@@ -264,14 +291,17 @@ def train_loader(
     (for large datasets with costly decoding). `process_index`/`process_count`
     override JAX's (for tests and tools).
     """
-    source, steps, offset, per_process = _training_source(source, global_batch_size, seed, shard,
-                                                          in_memory, process_index, process_count)
+    source, steps, offset, per_process = _training_source(
+        source, global_batch_size, seed, shard, in_memory, process_index, process_count
+    )
     reader = _TrainBatch(source, seed, global_batch_size, offset, per_process)
     num_steps = sys.maxsize if num_epochs is None else steps * num_epochs
     # In-memory batches are a single gather: extra threads only add overhead.
     threads = read_threads or (1 if isinstance(source, InMemorySource) else 4)
-    dataset = grain.MapDataset.range(num_steps).map(reader).to_iter_dataset(
-        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+    dataset = (
+        grain.MapDataset.range(num_steps)
+        .map(reader)
+        .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
     )
     if worker_count > 0:
         # grain's worker processes read absl flags; outside an absl app they
@@ -306,7 +336,7 @@ class _StreamBatch:
         start = _stream_start(len(self.source) - chunks * self.global_batch_size, self.seed, epoch)
         rows = np.arange(self.offset, self.offset + self.per_process)
         batch = _read_batch(self.source, start + rows * chunks + chunk)
-        batch["reset"] = np.full(self.per_process, chunk == 0)
+        batch['reset'] = np.full(self.per_process, chunk == 0)
         return batch
 
 
@@ -336,13 +366,17 @@ def stream_loader(
     `in_memory` and checkpointing (`get_state`/`set_state` of `iter(loader)`) work as in
     `train_loader`; reading is in the main process (text sources are small).
     """
-    source, steps, offset, per_process = _training_source(source, global_batch_size, seed, shard,
-                                                          in_memory, process_index, process_count)
+    source, steps, offset, per_process = _training_source(
+        source, global_batch_size, seed, shard, in_memory, process_index, process_count
+    )
     reader = _StreamBatch(source, seed, global_batch_size, offset, per_process)
     num_steps = sys.maxsize if num_epochs is None else steps * num_epochs
     threads = 1 if isinstance(source, InMemorySource) else 4
-    return grain.MapDataset.range(num_steps).map(reader).to_iter_dataset(
-        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+    return (
+        grain.MapDataset.range(num_steps)
+        .map(reader)
+        .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +397,7 @@ class _EvalBatch:
         batch = _read_batch(self.source, np.where(mask, indices, 0))
         for array in batch.values():
             array[~mask] = 0
-        batch["mask"] = mask
+        batch['mask'] = mask
         return batch
 
 
@@ -388,4 +422,8 @@ def eval_batches(
     num_batches = -(-len(source) // global_batch_size)
     reader = _EvalBatch(source, global_batch_size, offset, per_process)
     dataset = grain.MapDataset.range(num_batches).map(reader)
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)))
+    return iter(
+        dataset.to_iter_dataset(
+            grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
+        )
+    )

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import types
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
@@ -21,21 +21,26 @@ from absl import app, flags, logging
 from data import catalog
 
 
-def prepare(names: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None, *,
-            fashion_mnist_dir: str | os.PathLike | None = None, verbose: bool = True) -> dict[str, catalog.DatasetInfo]:
+def prepare(
+    names: Sequence[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    fashion_mnist_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> dict[str, catalog.DatasetInfo]:
     """Prepares each local dataset (skipping prepared ones) and returns its DatasetInfo."""
     names = list(names) if names is not None else catalog.list_datasets()
     unknown = [n for n in names if n not in catalog.LOCAL_DATASETS]
     if unknown:
         raise ValueError(
-            f"Cannot prepare {', '.join(unknown)} offline; local datasets: {', '.join(catalog.list_datasets())}. "
-            "Standard TFDS datasets are built elsewhere: `tfds build NAME --file_format=array_record`."
+            f'Cannot prepare {", ".join(unknown)} offline; local datasets: {", ".join(catalog.list_datasets())}. '
+            'Standard TFDS datasets are built elsewhere: `tfds build NAME --file_format=array_record`.'
         )
     tfds.disable_progress_bar()  # Per-example bars drown the summary lines.
     results = {}
     for name in names:
         start = time.perf_counter()
-        kwargs = {"source_dir": fashion_mnist_dir} if name == "fashion_mnist" else {}
+        kwargs = {'source_dir': fashion_mnist_dir} if name == 'fashion_mnist' else {}
         builder = catalog.get_builder(name, data_dir, **kwargs)
         already = builder.is_prepared()
         if not already:
@@ -43,9 +48,11 @@ def prepare(names: Sequence[str] | None = None, data_dir: str | os.PathLike | No
         info = catalog.dataset_info(name, data_dir)  # Computes and caches mean/std once.
         results[name] = info
         if verbose:
-            sizes = ", ".join(f"{split} {n:,}" for split, n in info.splits.items())
-            status = "already prepared" if already else f"prepared in {time.perf_counter() - start:.1f}s"
-            print(f"{name}: {status} at {builder.data_dir} ({sizes})", flush=True)
+            sizes = ', '.join(f'{split} {n:,}' for split, n in info.splits.items())
+            status = (
+                'already prepared' if already else f'prepared in {time.perf_counter() - start:.1f}s'
+            )
+            print(f'{name}: {status} at {builder.data_dir} ({sizes})', flush=True)
     return results
 
 
@@ -64,23 +71,28 @@ sys.modules[__name__].__class__ = _CallablePrepareModule
 def _define_flags() -> None:
     # Defined only when run as a script: importing prepare() from a trainer
     # must not claim global flag names such as --data_dir.
-    flags.DEFINE_list("datasets", catalog.list_datasets(), "Comma-separated local dataset names to prepare.")
-    flags.DEFINE_string("data_dir", None, f"TFDS data dir (default {catalog.DEFAULT_DATA_DIR}).")
+    flags.DEFINE_list(
+        'datasets', catalog.list_datasets(), 'Comma-separated local dataset names to prepare.'
+    )
+    flags.DEFINE_string('data_dir', None, f'TFDS data dir (default {catalog.DEFAULT_DATA_DIR}).')
     flags.DEFINE_string(
-        "fashion_mnist_dir", None,
-        "Directory with the four Fashion-MNIST idx files (default $FASHION_MNIST_DIR, "
-        "else /usr/share/datasets/fashion-mnist).",
+        'fashion_mnist_dir',
+        None,
+        'Directory with the four Fashion-MNIST idx files (default $FASHION_MNIST_DIR, '
+        'else /usr/share/datasets/fashion-mnist).',
     )
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # TFDS INFO lines bury the summary.
-    prepare(flags.FLAGS.datasets, flags.FLAGS.data_dir, fashion_mnist_dir=flags.FLAGS.fashion_mnist_dir)
+    prepare(
+        flags.FLAGS.datasets, flags.FLAGS.data_dir, fashion_mnist_dir=flags.FLAGS.fashion_mnist_dir
+    )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     _define_flags()
     app.run(main)

@@ -44,8 +44,14 @@ def get_config(arg: str = ''):
     config = default_config()
     config.dataset.name = 'fashion_mnist'
     config.dataset.train_split = 'train[:10%]'
-    config.model = model_config('cnn', channels=(16, 32), convs_per_stage=1, head='flatten',
-                                head_hidden=128, dropout_rate=0.2)
+    config.model = model_config(
+        'cnn',
+        channels=(16, 32),
+        convs_per_stage=1,
+        head='flatten',
+        head_hidden=128,
+        dropout_rate=0.2,
+    )
     config.augment = PIPELINES[pipeline]
     config.batch_size = 128
     config.num_epochs = 40.0

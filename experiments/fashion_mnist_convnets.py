@@ -18,8 +18,12 @@ from train.config import check_arg_choice, default_config, model_config, parse_a
 # name -> (registered model, fields). Widths chosen so every model trains in minutes on a CPU.
 MODELS = {
     'mlp': ('mlp', dict(depth=1, width=256)),
-    'cnn': ('cnn', dict(channels=(16, 32), convs_per_stage=1, head='flatten', head_hidden=128,
-                        dropout_rate=0.2)),
+    'cnn': (
+        'cnn',
+        dict(
+            channels=(16, 32), convs_per_stage=1, head='flatten', head_hidden=128, dropout_rate=0.2
+        ),
+    ),
     'alexnet': ('alexnet', dict(stem='small', width=16, fc_width=256)),
     'vgg': ('vgg11_bn', dict(stem='small', width=16, fc_width=256)),
     'googlenet': ('googlenet', dict(stem='small', width_multiplier=0.25)),
@@ -28,8 +32,17 @@ MODELS = {
     # The course's "ViT or CNN?" at small scale: 4x4 patches make a 7x7 grid of 49 tokens.
     'vit': ('vit_ti16', dict(patch_size=4, hidden_size=64, depth=6, num_heads=4, mlp_dim=128)),
     # 2x2 patches: 14x14 tokens in 7x7 windows (regular, then shifted), merged to one 7x7 window.
-    'swin': ('swin_t', dict(patch_size=2, window_size=7, embed_dim=48, depths=(2, 2),
-                            num_heads=(3, 6), drop_path_rate=0.1)),
+    'swin': (
+        'swin_t',
+        dict(
+            patch_size=2,
+            window_size=7,
+            embed_dim=48,
+            depths=(2, 2),
+            num_heads=(3, 6),
+            drop_path_rate=0.1,
+        ),
+    ),
 }
 # Trained with AdamW and weight decay 0.05 (the Transformer / ConvNeXt recipe), not SGD.
 ADAMW_MODELS = ('convnext', 'vit', 'swin')
@@ -46,8 +59,12 @@ def get_config(arg: str = ''):
     config.num_epochs = 1.0
     config.optimizer.name = 'adamw' if name in ADAMW_MODELS else 'momentum'
     # AlexNet has no batch norm: at 0.05 its loss spikes early; the paper's 0.01 trains.
-    config.optimizer.learning_rate = {'convnext': 2e-3, 'vit': 2e-3, 'swin': 2e-3,
-                                      'alexnet': 0.01}.get(name, 0.05)
+    config.optimizer.learning_rate = {
+        'convnext': 2e-3,
+        'vit': 2e-3,
+        'swin': 2e-3,
+        'alexnet': 0.01,
+    }.get(name, 0.05)
     config.optimizer.weight_decay = 0.05 if name in ADAMW_MODELS else 5e-4
     config.schedule.name = 'warmup_cosine'
     config.schedule.warmup_epochs = 0.5

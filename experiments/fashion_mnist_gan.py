@@ -27,8 +27,9 @@ def get_config(arg: str = ''):
     config.dataset.name = 'fashion_mnist'
     # A 2,000-image slice of the test split: D's eval losses are a progress signal, not a score.
     config.dataset.eval_split = 'test[:2000]'
-    config.model = model_config('dcgan_28', latent_dim=64, generator_width=32,
-                                discriminator_width=32)
+    config.model = model_config(
+        'dcgan_28', latent_dim=64, generator_width=32, discriminator_width=32
+    )
     config.batch_size = 64
     config.eval_batch_size = 500
     config.num_steps = 2400

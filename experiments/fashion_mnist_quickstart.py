@@ -16,8 +16,14 @@ from train.config import default_config, model_config
 def get_config():
     config = default_config()
     config.dataset.name = 'fashion_mnist'
-    config.model = model_config('cnn', channels=(16, 32), convs_per_stage=1, head='flatten',
-                                head_hidden=128, dropout_rate=0.2)
+    config.model = model_config(
+        'cnn',
+        channels=(16, 32),
+        convs_per_stage=1,
+        head='flatten',
+        head_hidden=128,
+        dropout_rate=0.2,
+    )
     config.batch_size = 128
     config.num_epochs = 10.0
     config.optimizer.name = 'momentum'

@@ -20,29 +20,51 @@ from train.config import ConfigError, default_config, model_config, parse_arg
 
 _SMALL_STEM = {'resnet': 'cifar', 'deformable': 'cifar'}
 # Families whose models classify images (the sequence models have their own experiments).
-IMAGE_FAMILIES = frozenset({'mlp', 'cnn', 'resnet', 'vit', 'alexnet', 'vgg', 'inception',
-                            'inception_resnet', 'deformable', 'convnext', 'nfnet', 'swin'})
+IMAGE_FAMILIES = frozenset(
+    {
+        'mlp',
+        'cnn',
+        'resnet',
+        'vit',
+        'alexnet',
+        'vgg',
+        'inception',
+        'inception_resnet',
+        'deformable',
+        'convnext',
+        'nfnet',
+        'swin',
+    }
+)
 
 
 def get_config(arg: str = ''):
     model_name = parse_arg(arg, model='resnet20').model
     if model_name not in nets.list_models():
-        raise ConfigError(f'config argument model={model_name!r} is not a registered model; '
-                          f'valid: {nets.list_models()}')
+        raise ConfigError(
+            f'config argument model={model_name!r} is not a registered model; '
+            f'valid: {nets.list_models()}'
+        )
     fields = nets.model_fields(model_name)
     family = nets.model_family(model_name)
     if family not in IMAGE_FAMILIES:
-        raise ConfigError(f'{model_name!r} (family {family!r}) is not an image classifier; '
-                         f'valid families: {sorted(IMAGE_FAMILIES)}')
+        raise ConfigError(
+            f'{model_name!r} (family {family!r}) is not an image classifier; '
+            f'valid families: {sorted(IMAGE_FAMILIES)}'
+        )
     overrides = {}
     if family == 'vit':
-        if fields['stem'] == 'resnet':  # hybrid: stride-1 root, 3 stages /4 -> 7x7 grid of 1x1 patches
+        if (
+            fields['stem'] == 'resnet'
+        ):  # hybrid: stride-1 root, 3 stages /4 -> 7x7 grid of 1x1 patches
             overrides.update(resnet_root='cifar', patch_size=1)
         else:
             overrides['patch_size'] = 4  # 28x28 -> 7x7 tokens
     elif family == 'swin':
         # 1x1 patches and the first three stages: 28 -> 14 -> 7 tokens, window 7.
-        overrides.update(patch_size=1, depths=fields['depths'][:3], num_heads=fields['num_heads'][:3])
+        overrides.update(
+            patch_size=1, depths=fields['depths'][:3], num_heads=fields['num_heads'][:3]
+        )
     elif 'stem' in fields:
         overrides['stem'] = _SMALL_STEM.get(family, 'small')
     config = default_config()

@@ -32,5 +32,6 @@ def get_config(arg: str = ''):
         spec = scaling_grid.run_spec(args.preset, args.family, args.size, args.epochs, args.lr)
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    return scaling_grid.run_config(spec.preset, spec.family, spec.size, spec.epochs,
-                                   spec.learning_rate)
+    return scaling_grid.run_config(
+        spec.preset, spec.family, spec.size, spec.epochs, spec.learning_rate
+    )

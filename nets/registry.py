@@ -16,10 +16,10 @@ import pkgutil
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 # Dataclass fields every linen Module has that are not model configuration.
 _NON_CONFIG_FIELDS = frozenset({'parent', 'name'})
@@ -79,8 +79,9 @@ def _check_field_names(keys: Sequence[str], name: str, module_cls: type[nn.Modul
     unknown = [key for key in keys if key not in valid]
     if unknown:
         raise ValueError(
-            f"Unknown field(s) {unknown} for model {name!r} ({module_cls.__name__}); "
-            f"valid fields: {sorted(valid)}")
+            f'Unknown field(s) {unknown} for model {name!r} ({module_cls.__name__}); '
+            f'valid fields: {sorted(valid)}'
+        )
 
 
 def _normalise_value(key: str, value: Any) -> Any:
@@ -96,9 +97,11 @@ def _normalise_value(key: str, value: Any) -> Any:
 def register(name: str, module_cls: type[nn.Module], *, family: str, **defaults: Any) -> None:
     """Register variant `name` of `module_cls` in `family` with default field values."""
     if name in _REGISTRY:
-        raise ValueError(f"Model {name!r} is already registered (as {_REGISTRY[name].module_cls.__name__})")
+        raise ValueError(
+            f'Model {name!r} is already registered (as {_REGISTRY[name].module_cls.__name__})'
+        )
     if not (isinstance(module_cls, type) and issubclass(module_cls, nn.Module)):
-        raise TypeError(f"module_cls must be a flax.linen.Module subclass, got {module_cls!r}")
+        raise TypeError(f'module_cls must be a flax.linen.Module subclass, got {module_cls!r}')
     _check_field_names(list(defaults), name, module_cls)
     defaults = {key: _normalise_value(key, value) for key, value in defaults.items()}
     _REGISTRY[name] = ModelSpec(name, module_cls, family, defaults)
@@ -107,7 +110,7 @@ def register(name: str, module_cls: type[nn.Module], *, family: str, **defaults:
 def _spec(name: str) -> ModelSpec:
     _load_families()
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown model {name!r}; valid models: {sorted(_REGISTRY)}")
+        raise ValueError(f'Unknown model {name!r}; valid models: {sorted(_REGISTRY)}')
     return _REGISTRY[name]
 
 
@@ -121,10 +124,13 @@ def create(name: str, **overrides: Any) -> nn.Module:
     _check_field_names(list(overrides), name, spec.module_cls)
     config = dict(spec.defaults)
     config.update({key: _normalise_value(key, value) for key, value in overrides.items()})
-    missing = [key for key, value in _module_fields(spec.module_cls).items()
-               if value is REQUIRED and key not in config]
+    missing = [
+        key
+        for key, value in _module_fields(spec.module_cls).items()
+        if value is REQUIRED and key not in config
+    ]
     if missing:
-        raise ValueError(f"Model {name!r} needs a value for field(s) {missing}")
+        raise ValueError(f'Model {name!r} needs a value for field(s) {missing}')
     # Module classes validate their values in __post_init__.
     return spec.module_cls(**config)
 
@@ -163,8 +169,11 @@ def model_fields(name: str) -> dict[str, Any]:
     return fields
 
 
-def _abstract_variables(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]],
-                        input_dtype: Any = jnp.float32) -> dict[str, Any]:
+def _abstract_variables(
+    model: nn.Module,
+    input_shape: Sequence[int] | Sequence[Sequence[int]],
+    input_dtype: Any = jnp.float32,
+) -> dict[str, Any]:
     # One shape, or one per positional input (a Transformer takes inputs and targets).
     shapes = [input_shape] if isinstance(input_shape[0], int) else list(input_shape)
     inputs = [jax.ShapeDtypeStruct(tuple(shape), input_dtype) for shape in shapes]
@@ -176,8 +185,13 @@ def _abstract_variables(model: nn.Module, input_shape: Sequence[int] | Sequence[
     return jax.eval_shape(init, *inputs)
 
 
-def count_params(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]], *,
-                 batch_stats: bool = False, input_dtype: Any = jnp.float32) -> int:
+def count_params(
+    model: nn.Module,
+    input_shape: Sequence[int] | Sequence[Sequence[int]],
+    *,
+    batch_stats: bool = False,
+    input_dtype: Any = jnp.float32,
+) -> int:
     """Number of parameters of `model` for inputs of `input_shape` (batch dim included).
 
     `input_shape` is one shape, or a list of shapes for models with several
@@ -187,6 +201,9 @@ def count_params(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequenc
     """
     variables = _abstract_variables(model, input_shape, input_dtype)
     collections = ['params'] + (['batch_stats'] if batch_stats else [])
-    return sum(int(np.prod(leaf.shape))
-               for col in collections if col in variables
-               for leaf in jax.tree_util.tree_leaves(variables[col]))
+    return sum(
+        int(np.prod(leaf.shape))
+        for col in collections
+        if col in variables
+        for leaf in jax.tree_util.tree_leaves(variables[col])
+    )

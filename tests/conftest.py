@@ -4,8 +4,9 @@ exercises the data-parallel mesh; a small real data set prepared once per sessio
 import os
 
 # Must happen before JAX is imported anywhere.
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # noqa: E402
@@ -20,6 +21,7 @@ jax.devices()
 def digits_dir(tmp_path_factory):
     """scikit-learn's 8x8 digits (1,797 real images) prepared as a TFDS data set."""
     import data
+
     data_dir = tmp_path_factory.mktemp('tfds')
     data.prepare(['digits'], str(data_dir))
     return str(data_dir)
@@ -30,6 +32,7 @@ def rbg_random_numbers():
     """XLA:CPU compiles threefry slowly (a small model's init takes a second or more, in every
     trainer run): this module's tiny runs draw their random numbers with the 'rbg' generator."""
     import jax
+
     previous = jax.config.jax_default_prng_impl
     jax.config.update('jax_default_prng_impl', 'rbg')
     yield

@@ -25,8 +25,13 @@ def fast_jit(fn):
     """jax.jit tuned for compile time: these programs run once or twice on tiny inputs. XLA's
     backend optimisations and the CPU's MLIR fusion emitters are off (GoogLeNet's gradient
     compiles in 4 s instead of 17 s) and run no slower at this size."""
-    return jax.jit(fn, compiler_options={'xla_backend_optimization_level': 0,
-                                         'xla_cpu_use_fusion_emitters': False})
+    return jax.jit(
+        fn,
+        compiler_options={
+            'xla_backend_optimization_level': 0,
+            'xla_cpu_use_fusion_emitters': False,
+        },
+    )
 
 
 class TinyRun:
@@ -43,16 +48,17 @@ class TinyRun:
 
         def loss(params, batch_stats, x, dropout_rng):
             variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-            logits, updates = self.model.apply(variables, x, train=True,
-                                               rngs={'dropout': dropout_rng},
-                                               mutable=['batch_stats'])
+            logits, updates = self.model.apply(
+                variables, x, train=True, rngs={'dropout': dropout_rng}, mutable=['batch_stats']
+            )
             return jnp.mean(jax.nn.log_softmax(logits)[:, 0]), (logits, updates)
 
         self.train_grad = fast_jit(jax.grad(loss, has_aux=True))
 
     def train(self, seed: int):
-        return self.train_grad(self.variables['params'], self.variables.get('batch_stats', {}),
-                               self.x, rng(seed))
+        return self.train_grad(
+            self.variables['params'], self.variables.get('batch_stats', {}), self.x, rng(seed)
+        )
 
 
 def all_eqns(jaxpr) -> Iterator[Any]:
@@ -67,8 +73,11 @@ def heavy_op_operand_dtypes(jaxpr) -> list[set]:
     """The operand dtypes of every matrix product and convolution in `jaxpr` and the jaxprs it
     calls (the mixed-precision products sit inside custom_vjp calls; on the CPU, convolutions may
     be oneDNN's FFI calls, nets/kernels/onednn_conv.py)."""
-    return [{jnp.dtype(v.aval.dtype) for v in eqn.invars} for eqn in all_eqns(jaxpr)
-            if eqn.primitive.name in ('dot_general', 'conv_general_dilated', 'ffi_call')]
+    return [
+        {jnp.dtype(v.aval.dtype) for v in eqn.invars}
+        for eqn in all_eqns(jaxpr)
+        if eqn.primitive.name in ('dot_general', 'conv_general_dilated', 'ffi_call')
+    ]
 
 
 def assert_products_in_bfloat16(closed_jaxpr: Any) -> None:

@@ -7,26 +7,29 @@ from nets.tools.arithmetic import ReceptiveField, Window, conv_output_size, rece
 from nets.tools.summary import flops_per_example, format_summary, layer_table
 
 
-@pytest.mark.parametrize('size,kernel,stride,padding,expected', [
-    (32, 5, 1, 0, 28),     # (N - F)/S + 1
-    (32, 3, 1, 1, 32),     # 'same' for 3x3, padding 1
-    (224, 11, 4, 2, 55),   # AlexNet conv1
-    (7, 3, 2, 0, 3),
-    (224, 7, 2, 3, 112),   # ResNet stem
-])
+@pytest.mark.parametrize(
+    'size,kernel,stride,padding,expected',
+    [
+        (32, 5, 1, 0, 28),  # (N - F)/S + 1
+        (32, 3, 1, 1, 32),  # 'same' for 3x3, padding 1
+        (224, 11, 4, 2, 55),  # AlexNet conv1
+        (7, 3, 2, 0, 3),
+        (224, 7, 2, 3, 112),  # ResNet stem
+    ],
+)
 def test_conv_output_size(size, kernel, stride, padding, expected):
     assert conv_output_size(size, kernel, stride=stride, padding=padding) == expected
 
 
 def test_conv_output_size_errors():
     with pytest.raises(ValueError, match='not an integer'):
-        conv_output_size(10, 3, stride=2, exact=True)   # (10 - 3)/2 = 3.5
-    assert conv_output_size(10, 3, stride=2) == 4       # floored when the layer allows it
+        conv_output_size(10, 3, stride=2, exact=True)  # (10 - 3)/2 = 3.5
+    assert conv_output_size(10, 3, stride=2) == 4  # floored when the layer allows it
     with pytest.raises(ValueError, match='does not fit'):
         conv_output_size(2, 5)
     with pytest.raises(ValueError, match='stride must be >= 1'):
         conv_output_size(8, 3, stride=0)
-    assert conv_output_size(9, 3, dilation=2) == 5      # dilated 3x3 spans 5
+    assert conv_output_size(9, 3, dilation=2) == 5  # dilated 3x3 spans 5
 
 
 def test_three_stacked_3x3_see_7x7_with_fewer_weights():
@@ -66,6 +69,5 @@ def test_mlp_flops_are_two_per_multiply_add():
 
 
 def test_summary_text_names_both_flop_conventions():
-    text = format_summary('cnn', nets.create('cnn', channels=(4, 8), num_classes=3),
-                          (1, 28, 28, 1))
+    text = format_summary('cnn', nets.create('cnn', channels=(4, 8), num_classes=3), (1, 28, 28, 1))
     assert 'MAC = 2' in text and "GMACs (papers' FLOPs)" in text and 'receptive field' in text

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 import nets
-from nets.layers import attention
-from nets.layers import position
+from nets.layers import attention, position
 from nets.layers.attention import MultiHeadAttention
 from nets.layers.encoder_block import EncoderBlock
 from tests.nets_harness import fast_jit, rng
 
 
-def random_qkv(seed: int = 0, batch: int = 2, q_len: int = 5, k_len: int = 7, heads: int = 2, dim: int = 8):
+def random_qkv(
+    seed: int = 0, batch: int = 2, q_len: int = 5, k_len: int = 7, heads: int = 2, dim: int = 8
+):
     data = np.random.default_rng(seed)
     q = data.normal(size=(batch, q_len, heads, dim)).astype(np.float32)
     k = data.normal(size=(batch, k_len, heads, dim)).astype(np.float32)
@@ -27,13 +28,15 @@ def random_qkv(seed: int = 0, batch: int = 2, q_len: int = 5, k_len: int = 7, he
 
 # --------------------------------------------------------------------------- masks and functions
 
+
 def test_causal_and_padding_masks():
     causal = np.asarray(attention.causal_mask(3))
     assert causal.shape == (1, 1, 3, 3)
     np.testing.assert_array_equal(causal[0, 0], np.tril(np.ones((3, 3), bool)))
     # Queries are the last positions when there are more keys (continuing a cached prefix).
-    np.testing.assert_array_equal(np.asarray(attention.causal_mask(2, 4))[0, 0],
-                                  [[1, 1, 1, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(
+        np.asarray(attention.causal_mask(2, 4))[0, 0], [[1, 1, 1, 0], [1, 1, 1, 1]]
+    )
     valid = np.array([[True, True, False], [True, False, False]])
     pad = np.asarray(attention.padding_mask(valid))
     assert pad.shape == (2, 1, 3, 3)
@@ -55,14 +58,21 @@ def test_fully_masked_queries_get_uniform_weights_not_nan():
     np.testing.assert_allclose(weights[1], 1.0 / 7, atol=1e-6)
 
 
-@pytest.mark.parametrize('with_mask,with_bias', [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(
+    'with_mask,with_bias', [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_fused_path_equals_plain_path(with_mask, with_bias):
     q, k, v = random_qkv(1)
     mask = np.asarray(attention.causal_mask(5, 7)) if with_mask else None
-    bias = np.random.default_rng(2).normal(size=(1, 2, 5, 7)).astype(np.float32) if with_bias else None
-    run = fast_jit(lambda q, k, v: [attention.dot_product_attention(q, k, v, mask=mask, bias=bias,
-                                                                    implementation=impl)
-                                    for impl in ('plain', 'xla', 'auto')])
+    bias = (
+        np.random.default_rng(2).normal(size=(1, 2, 5, 7)).astype(np.float32) if with_bias else None
+    )
+    run = fast_jit(
+        lambda q, k, v: [
+            attention.dot_product_attention(q, k, v, mask=mask, bias=bias, implementation=impl)
+            for impl in ('plain', 'xla', 'auto')
+        ]
+    )
     plain, fused, auto = run(q, k, v)
     np.testing.assert_allclose(fused, plain, atol=1e-5)
     np.testing.assert_allclose(auto, plain, atol=1e-5)
@@ -81,7 +91,8 @@ def test_auto_picks_plain_off_gpu_and_cudnn_only_for_half_precision_on_gpu():
     expected = 'plain' if jax.default_backend() != 'gpu' else 'plain'  # float32 is never cuDNN
     assert attention.resolve_implementation('auto', q, k) == expected
     assert attention.cudnn_eligible(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), None) == (
-        jax.default_backend() == 'gpu')
+        jax.default_backend() == 'gpu'
+    )
 
 
 def test_cudnn_is_not_picked_for_odd_sequence_lengths(monkeypatch):
@@ -97,6 +108,7 @@ def test_cudnn_is_not_picked_for_odd_sequence_lengths(monkeypatch):
 
 
 # --------------------------------------------------------------------------- the module
+
 
 def _mha_outputs(implementation: str):
     mha = MultiHeadAttention(num_heads=2, implementation=implementation)
@@ -148,7 +160,9 @@ def test_kv_cache_decoding_equals_full_causal_attention():
         cache = decoder.init(key, jnp.zeros_like(x))['cache']
         steps = []
         for t in range(5):
-            out, state = decoder.apply({'params': params, 'cache': cache}, x[:, t:t + 1], mutable=['cache'])
+            out, state = decoder.apply(
+                {'params': params, 'cache': cache}, x[:, t : t + 1], mutable=['cache']
+            )
             cache = state['cache']
             steps.append(out)
         return full, jnp.concatenate(steps, axis=1), cache['cache_index']
@@ -172,8 +186,10 @@ def test_cross_attention_with_key_padding():
     def run(key):
         variables = mha.init(key, queries, memory)
         mask = attention.key_padding_mask(valid)
-        return (mha.apply(variables, queries, memory, mask=mask),
-                mha.apply(variables, queries, changed, mask=mask))
+        return (
+            mha.apply(variables, queries, memory, mask=mask),
+            mha.apply(variables, queries, changed, mask=mask),
+        )
 
     out, out_changed = fast_jit(run)(rng(0))
     assert out.shape == (2, 3, 4)
@@ -182,13 +198,15 @@ def test_cross_attention_with_key_padding():
 
 # --------------------------------------------------------------------------- position encodings
 
+
 def test_sinusoidal_encodings_extrapolate_and_depend_only_on_offset():
     trained_length, features = 64, 32
     long_table = position.sinusoidal_1d(4096, features)  # far beyond any training length
     assert np.all(np.isfinite(long_table)) and np.max(np.abs(long_table)) <= 1.0
     # Positions seen in training get the same codes however long the table is.
-    np.testing.assert_allclose(long_table[:trained_length], position.sinusoidal_1d(trained_length, features),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        long_table[:trained_length], position.sinusoidal_1d(trained_length, features), atol=1e-6
+    )
     # Distinct codes for distinct positions, including unseen ones.
     assert len({tuple(np.round(row, 4)) for row in long_table[:1024]}) == 1024
     # PE(p)·PE(q) is a function of p - q only: sum_i cos(w_i (p - q)).
@@ -197,8 +215,9 @@ def test_sinusoidal_encodings_extrapolate_and_depend_only_on_offset():
         diagonal = np.diagonal(gram, offset=offset)
         np.testing.assert_allclose(diagonal, diagonal[0], atol=2e-3)
     # The traced version used by decoding gives the same values.
-    np.testing.assert_allclose(position.sinusoidal_at(jnp.arange(100, 110), features), long_table[100:110],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        position.sinusoidal_at(jnp.arange(100, 110), features), long_table[100:110], atol=1e-4
+    )
     with pytest.raises(ValueError, match='even width'):
         position.sinusoidal_1d(4, 7)
 
@@ -216,7 +235,9 @@ def test_relative_position_bias_shares_values_per_offset():
             by_offset.setdefault((yi - yj, xi - xj), []).append(bias[:, i, j])
     assert len(by_offset) == 5 * 7
     for values in by_offset.values():
-        np.testing.assert_array_equal(np.stack(values), np.broadcast_to(values[0], (len(values), 3)))
+        np.testing.assert_array_equal(
+            np.stack(values), np.broadcast_to(values[0], (len(values), 3))
+        )
 
 
 def test_resize_grid_embedding_keeps_prefix_and_interpolates():
@@ -232,6 +253,7 @@ def test_resize_grid_embedding_keeps_prefix_and_interpolates():
 
 
 # --------------------------------------------------------------------------- blocks and ViT options
+
 
 @pytest.mark.parametrize('norm_position', ['pre', 'post'])
 def test_encoder_block_norm_positions(norm_position):
@@ -261,7 +283,9 @@ def test_vit_map_head_parameters_and_outputs():
     model = nets.create('vit_ti16', **TINY_VIT, pool='map')
     x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
     variables = fast_jit(model.init)(rng(0), x)
-    logits, state = fast_jit(functools.partial(model.apply, mutable=['intermediates']))(variables, x)
+    logits, state = fast_jit(functools.partial(model.apply, mutable=['intermediates']))(
+        variables, x
+    )
     assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
     (probe_weights,) = state['intermediates']['map_head']['attention']['attention_weights']
     assert probe_weights.shape == (2, 2, 1, 16)  # one probe attends over the 4x4 patches
@@ -277,14 +301,21 @@ def test_vit_learned_posemb_is_interpolated_for_a_new_image_size():
     assert logits.shape == (1, 10) and np.all(np.isfinite(logits))
     # Same as resizing the checkpoint explicitly and building the model at the new size.
     params = dict(variables['params'])
-    params['pos_embedding'] = position.resize_grid_embedding(params['pos_embedding'], (6, 8),
-                                                             num_prefix_tokens=1)
+    params['pos_embedding'] = position.resize_grid_embedding(
+        params['pos_embedding'], (6, 8), num_prefix_tokens=1
+    )
     np.testing.assert_allclose(fast_jit(model.apply)({'params': params}, large), logits, atol=1e-5)
 
 
 def test_hybrid_vit_on_a_resnet_stem():
-    model = nets.create('vit_ti16', **dict(TINY_VIT, patch_size=1), stem='resnet', resnet_stage_sizes=(1, 1),
-                        resnet_width=8, resnet_root='cifar')
+    model = nets.create(
+        'vit_ti16',
+        **dict(TINY_VIT, patch_size=1),
+        stem='resnet',
+        resnet_stage_sizes=(1, 1),
+        resnet_width=8,
+        resnet_root='cifar',
+    )
     x = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype(np.float32)
     variables = fast_jit(model.init)(rng(0), x)
     assert 'batch_stats' in variables and 'resnet' in variables['params']
@@ -298,15 +329,22 @@ def test_hybrid_vit_on_a_resnet_stem():
 
 def test_registered_hybrid_is_vit_b_on_resnet50_stages():
     def param_tree(model):
-        return jax.eval_shape(model.init, rng(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))['params']
+        return jax.eval_shape(
+            model.init, rng(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+        )['params']
 
     def size(tree):
         return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
-    hybrid, vit_b, resnet50 = (param_tree(nets.create(name)) for name in ('vit_r50_b16', 'vit_b16', 'resnet50'))
+    hybrid, vit_b, resnet50 = (
+        param_tree(nets.create(name)) for name in ('vit_r50_b16', 'vit_b16', 'resnet50')
+    )
     # The paper's hybrid: ResNet-50's root and stages 1-3, stage 3 lengthened from 6 to 9 blocks.
-    stages = size(resnet50['stem']) + sum(size(block) for name, block in resnet50.items()
-                                          if name.startswith(('stage0', 'stage1', 'stage2')))
+    stages = size(resnet50['stem']) + sum(
+        size(block)
+        for name, block in resnet50.items()
+        if name.startswith(('stage0', 'stage1', 'stage2'))
+    )
     stages += 3 * size(resnet50['stage2_block1'])
     assert size(hybrid['resnet']) == stages == 11_894_848
     # The patch embedding reads 1x1 patches of 1024 channels instead of 16x16x3 pixels.
@@ -328,6 +366,8 @@ def test_attention_rollout_composes_layers():
     # Attention that only looks at token 0 in the last layer routes everything there.
     only_first = np.zeros((1, 1, 4, 4), np.float32)
     only_first[..., 0] = 1.0
-    np.testing.assert_allclose(attention.attention_rollout([only_first], residual=False)[0, :, 0], 1.0)
+    np.testing.assert_allclose(
+        attention.attention_rollout([only_first], residual=False)[0, :, 0], 1.0
+    )
     with pytest.raises(ValueError, match='at least one layer'):
         attention.attention_rollout([])

@@ -49,12 +49,21 @@ IDENTITY = {
 
 # A pipeline touching every kind of op, shared by the determinism and dtype tests.
 CHAIN = [
-    {'op': 'rotate', 'degrees': 30}, {'op': 'translate', 'max_pixels': 2}, {'op': 'scale'},
-    {'op': 'flip_lr'}, {'op': 'shear'}, {'op': 'stretch'}, {'op': 'random_resized_crop'},
-    {'op': 'color_jitter'}, {'op': 'gaussian_noise'}, {'op': 'gaussian_blur', 'sigma': (0.1, 1.0)},
-    {'op': 'cutout', 'size': 3}, {'op': 'random_erasing', 'p': 1.0},
+    {'op': 'rotate', 'degrees': 30},
+    {'op': 'translate', 'max_pixels': 2},
+    {'op': 'scale'},
+    {'op': 'flip_lr'},
+    {'op': 'shear'},
+    {'op': 'stretch'},
+    {'op': 'random_resized_crop'},
+    {'op': 'color_jitter'},
+    {'op': 'gaussian_noise'},
+    {'op': 'gaussian_blur', 'sigma': (0.1, 1.0)},
+    {'op': 'cutout', 'size': 3},
+    {'op': 'random_erasing', 'p': 1.0},
     {'op': 'randaugment', 'ops': ['rotate', 'translate_x', 'contrast', 'hue']},
-    {'op': 'mixup', 'alpha': 0.4}, {'op': 'cutmix', 'p': 0.5},
+    {'op': 'mixup', 'alpha': 0.4},
+    {'op': 'cutmix', 'p': 0.5},
 ]
 
 
@@ -68,16 +77,22 @@ FAST_COMPILE = {'xla_backend_optimization_level': 0}
 
 
 def pipeline_of(ops, num_classes=5):
-    return jax.jit(augment.make_augmenter(ops, num_classes=num_classes), compiler_options=FAST_COMPILE)
+    return jax.jit(
+        augment.make_augmenter(ops, num_classes=num_classes), compiler_options=FAST_COMPILE
+    )
 
 
 # ---------------------------------------------------------------------------- identities
 
+
 def test_identity_parameters_give_the_identity():
     assert set(IDENTITY) == set(augment.OPS), 'every op needs its identity parameters here'
-    per_example = [{'op': op, **params} for op, params in IDENTITY.items()
-                   if augment.OPS[op].kind != MIXING]
-    mixing = [{'op': op, **params} for op, params in IDENTITY.items() if augment.OPS[op].kind == MIXING]
+    per_example = [
+        {'op': op, **params} for op, params in IDENTITY.items() if augment.OPS[op].kind != MIXING
+    ]
+    mixing = [
+        {'op': op, **params} for op, params in IDENTITY.items() if augment.OPS[op].kind == MIXING
+    ]
     images = random_images((4, 7, 9, 3))
     labels = np.array([0, 1, 2, 4])
     out, probs = pipeline_of(per_example + mixing)(KEY, images, labels)
@@ -112,23 +127,39 @@ def test_rotation_by_90_degrees_equals_rot90(size):
         return {k: augment.rotate(KEY, x, degrees=(d, d)) for k, d in turns.items()}
 
     for k, rotated in rotations(image).items():
-        np.testing.assert_allclose(rotated, np.rot90(image, k, axes=(0, 1)), atol=1e-5,
-                                   err_msg=f'{turns[k]} degrees')
+        np.testing.assert_allclose(
+            rotated, np.rot90(image, k, axes=(0, 1)), atol=1e-5, err_msg=f'{turns[k]} degrees'
+        )
 
 
 def test_compose_and_invert_are_the_matrix_product_and_inverse():
     rng = np.random.default_rng(3)
     for _ in range(3):
-        a, b = (geometry.compose(geometry.compose(geometry.rotation_matrix(rng.uniform(-180, 180)),
-                                                  geometry.shear_matrix(*rng.uniform(-30, 30, 2))),
-                                 geometry.translation_matrix(*rng.uniform(-5, 5, 2))) for _ in range(2))
+        a, b = (
+            geometry.compose(
+                geometry.compose(
+                    geometry.rotation_matrix(rng.uniform(-180, 180)),
+                    geometry.shear_matrix(*rng.uniform(-30, 30, 2)),
+                ),
+                geometry.translation_matrix(*rng.uniform(-5, 5, 2)),
+            )
+            for _ in range(2)
+        )
         np.testing.assert_allclose(geometry.compose(a, b), np.asarray(a) @ np.asarray(b), atol=1e-5)
-        np.testing.assert_allclose(geometry.compose(geometry.invert_affine(a), a), np.eye(3), atol=1e-5)
+        np.testing.assert_allclose(
+            geometry.compose(geometry.invert_affine(a), a), np.eye(3), atol=1e-5
+        )
 
 
-_warp_translate = {mode: jax.jit(lambda x, dx, dy, mode=mode: geometry.warp(
-    x, geometry.translation_matrix(dx, dy), mode, 0.25), compiler_options=FAST_COMPILE)
-    for mode in augment.FILL_MODES}
+_warp_translate = {
+    mode: jax.jit(
+        lambda x, dx, dy, mode=mode: geometry.warp(
+            x, geometry.translation_matrix(dx, dy), mode, 0.25
+        ),
+        compiler_options=FAST_COMPILE,
+    )
+    for mode in augment.FILL_MODES
+}
 _NUMPY_PAD = {'constant': 'constant', 'nearest': 'edge', 'reflect': 'symmetric', 'wrap': 'wrap'}
 
 
@@ -146,18 +177,20 @@ def test_integer_translation_is_a_shifted_copy(dx, dy, mode):
     # Outside it, exactly what the fill mode promises (numpy's pad modes of the same meaning).
     kwargs = {'constant_values': 0.25} if mode == 'constant' else {}
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode=_NUMPY_PAD[mode], **kwargs)
-    expected = padded[pad - dy:pad - dy + height, pad - dx:pad - dx + width]
+    expected = padded[pad - dy : pad - dy + height, pad - dx : pad - dx + width]
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
 @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 def _colour_identities(image):
     grey = jnp.repeat(image[..., :1], 3, axis=-1)
-    return {'hue_third': photometric.adjust_hue(image, 1 / 3),
-            'grey': grey,
-            'grey_saturated': photometric.adjust_saturation(grey, 1.7),
-            'grey_hue': photometric.adjust_hue(grey, 0.3),
-            'blurred_constant': photometric.gaussian_blur_image(jnp.full_like(image, 0.3), 1.5, 9)}
+    return {
+        'hue_third': photometric.adjust_hue(image, 1 / 3),
+        'grey': grey,
+        'grey_saturated': photometric.adjust_saturation(grey, 1.7),
+        'grey_hue': photometric.adjust_hue(grey, 0.3),
+        'blurred_constant': photometric.gaussian_blur_image(jnp.full_like(image, 0.3), 1.5, 9),
+    }
 
 
 def test_colour_and_blur_identities():
@@ -175,16 +208,19 @@ def test_colour_and_blur_identities():
 def test_saturation_and_hue_are_no_ops_on_one_channel_images():
     images = random_images((3, 6, 6, 1))
     out, _ = pipeline_of([{'op': 'saturation', 'max_delta': 1.0}, {'op': 'hue', 'max_delta': 0.5}])(
-        KEY, images, np.zeros(3, np.int32))
+        KEY, images, np.zeros(3, np.int32)
+    )
     np.testing.assert_array_equal(out, images)
 
 
 # ---------------------------------------------------------------------------- sampled values
 
+
 def _check_in(values, low, high, what):
     values = np.asarray(values)
     assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6, (
-        f'{what}: [{values.min()}, {values.max()}] not inside [{low}, {high}]')
+        f'{what}: [{values.min()}, {values.max()}] not inside [{low}, {high}]'
+    )
 
 
 SHAPE = (20, 30, 3)
@@ -220,7 +256,9 @@ def _draw_all(key, count):
         resolved = spec.resolve(params)
         n = spec.num_draws(resolved)
         u = jax.random.uniform(jax.random.fold_in(key, i), (count, n))
-        u = jnp.concatenate([u, jnp.zeros((1, n)), jnp.full((1, n), np.nextafter(np.float32(1), 0))])
+        u = jnp.concatenate(
+            [u, jnp.zeros((1, n)), jnp.full((1, n), np.nextafter(np.float32(1), 0))]
+        )
         padded = jnp.concatenate([u, jnp.full((len(u), 3), jnp.nan)], axis=1)
         draws[op] = jax.vmap(lambda v: spec.sample(v, SHAPE, **resolved))(u)
         again[op] = jax.vmap(lambda v: spec.sample(v, SHAPE, **resolved))(padded)
@@ -234,8 +272,11 @@ def test_sampled_parameters_stay_in_their_ranges():
     all_draws, again = jax.tree.map(np.asarray, _draw_all(jax.random.PRNGKey(1), 2000))
     for op in all_draws:
         for name in all_draws[op]:
-            np.testing.assert_array_equal(all_draws[op][name], again[op][name],
-                                          err_msg=f'{op}.{name} reads more uniforms than it declares')
+            np.testing.assert_array_equal(
+                all_draws[op][name],
+                again[op][name],
+                err_msg=f'{op}.{name} reads more uniforms than it declares',
+            )
     d = all_draws['rotate']
     _check_in(d['degrees'], -30, 45, 'rotate')
     d = all_draws['translate']
@@ -298,6 +339,7 @@ def test_mixing_weights_stay_in_range():
 
 # ---------------------------------------------------------------------------- pipelines
 
+
 @pytest.fixture(scope='module')
 def chain():
     return pipeline_of(CHAIN)
@@ -316,12 +358,15 @@ def test_same_key_same_output_and_different_keys_differ(chain):
     assert all(np.abs(np.asarray(out[0] - out[i])).mean() > 0.01 for i in range(1, 6))
 
 
-_SMALL_CHAIN = pipeline_of([{'op': 'rotate'}, {'op': 'color_jitter'}, {'op': 'random_erasing'},
-                            {'op': 'cutmix'}])
+_SMALL_CHAIN = pipeline_of(
+    [{'op': 'rotate'}, {'op': 'color_jitter'}, {'op': 'random_erasing'}, {'op': 'cutmix'}]
+)
 
 
-@pytest.mark.parametrize('shape,dtype', [((6, 10, 12, 3), np.float32), ((3, 9, 7, 1), jnp.bfloat16),
-                                         ((4, 6, 6, 4), np.uint8)])
+@pytest.mark.parametrize(
+    'shape,dtype',
+    [((6, 10, 12, 3), np.float32), ((3, 9, 7, 1), jnp.bfloat16), ((4, 6, 6, 4), np.uint8)],
+)
 def test_outputs_keep_dtype_shape_and_range(chain, shape, dtype):
     images = random_images(shape)
     images = (images * 255).astype(np.uint8) if dtype == np.uint8 else jnp.asarray(images, dtype)
@@ -399,7 +444,13 @@ def _gathers(augmenter, shape=(2, 6, 6, 1)) -> int:
 
 
 def test_consecutive_geometric_ops_cost_one_warp():
-    five = [{'op': 'rotate'}, {'op': 'translate'}, {'op': 'scale'}, {'op': 'flip_lr'}, {'op': 'shear'}]
+    five = [
+        {'op': 'rotate'},
+        {'op': 'translate'},
+        {'op': 'scale'},
+        {'op': 'flip_lr'},
+        {'op': 'shear'},
+    ]
     fused = augment.make_augmenter(five, num_classes=2)
     assert fused.num_warps == 1 and _gathers(fused) == 1
     split = augment.make_augmenter(five[:2] + [{'op': 'brightness'}] + five[2:], num_classes=2)
@@ -408,8 +459,14 @@ def test_consecutive_geometric_ops_cost_one_warp():
 
 def test_a_run_shares_the_fill_set_on_any_of_its_ops():
     augmenter = augment.make_augmenter(
-        [{'op': 'rotate'}, {'op': 'translate', 'fill_mode': 'reflect'}, {'op': 'brightness'},
-         {'op': 'scale'}], num_classes=2)
+        [
+            {'op': 'rotate'},
+            {'op': 'translate', 'fill_mode': 'reflect'},
+            {'op': 'brightness'},
+            {'op': 'scale'},
+        ],
+        num_classes=2,
+    )
     first, second = augmenter.plan.per_example[0], augmenter.plan.per_example[2]
     assert [s.params['fill_mode'] for s in first] == ['reflect', 'reflect']
     assert second[0].params['fill_mode'] == 'constant'
@@ -420,7 +477,9 @@ def test_sharded_batch_gives_the_same_output():
     mesh = Mesh(np.array(devices), ('data',))
     batch = 2 * len(devices)
     images, labels = random_images((batch, 6, 8, 3)), np.arange(batch) % 3
-    augmenter = pipeline_of([{'op': 'rotate'}, {'op': 'brightness'}, {'op': 'mixup'}], num_classes=3)
+    augmenter = pipeline_of(
+        [{'op': 'rotate'}, {'op': 'brightness'}, {'op': 'mixup'}], num_classes=3
+    )
     expected = augmenter(KEY, images, labels)
     sharding = NamedSharding(mesh, PartitionSpec('data'))
     sharded = augmenter(KEY, jax.device_put(images, sharding), jax.device_put(labels, sharding))
@@ -430,35 +489,67 @@ def test_sharded_batch_gives_the_same_output():
 
 # ---------------------------------------------------------------------------- config checks
 
-@pytest.mark.parametrize('ops,message', [
-    ([{'op': 'rotat'}], r"ops\[0\]: unknown augmentation op 'rotat'; valid ops: .*'rotate'"),
-    ([{'op': 'rotate'}, {'op': 'flip', 'p': 1}], r"ops\[1\]: unknown augmentation op 'flip'.*'flip_lr'"),
-    ([{'degrees': 3}], r"no 'op' key.*valid ops"),
-    ([{'op': 'rotate', 'degree': 3}], r"'rotate' has no parameter 'degree'; its parameters: \['degrees'"),
-    ([{'op': 'rotate', 'degrees': 400}], r"degrees=400 is invalid; valid: .*\[-360, 360\]"),
-    ([{'op': 'rotate', 'degrees': (10, -10)}], r"low > high"),
-    ([{'op': 'translate', 'max_pixels': -1}], r"max_pixels=-1 is invalid; valid: a float in \[0, 10000\]"),
-    ([{'op': 'flip_lr', 'p': 1.5}], r"p=1.5 is invalid; valid: a float in \[0, 1\]"),
-    ([{'op': 'scale', 'min_factor': 2.0}], r"min_factor=2.0 must be <= max_factor=1.6"),
-    ([{'op': 'scale', 'max_factor': 0}], r"max_factor=0 is invalid; valid: a float in \(0, 100\]"),
-    ([{'op': 'gaussian_blur', 'kernel_size': 4}], r"kernel_size=4 must be odd"),
-    ([{'op': 'cutout', 'size': 2.5}], r"size=2.5 is invalid \(not an integer\)"),
-    ([{'op': 'rotate', 'fill_mode': 'mirror'}], r"fill_mode='mirror' is invalid; valid: one of \['constant'"),
-    ([{'op': 'randaugment', 'ops': ['rotate', 'solarize']}], r"a list of names from \['identity'"),
-    ([{'op': 'mixup'}, {'op': 'rotate'}], r"'mixup' mixes whole batches and must come after .*'rotate'"),
-    ([{'op': 'rotate', 'fill_mode': 'reflect'}, {'op': 'scale', 'fill_mode': 'wrap'}],
-     r"consecutive geometric ops.*different fill_mode \('reflect' and 'wrap'\)"),
-    ('rotate', r"must be a list of dicts"),
-])
+
+@pytest.mark.parametrize(
+    'ops,message',
+    [
+        ([{'op': 'rotat'}], r"ops\[0\]: unknown augmentation op 'rotat'; valid ops: .*'rotate'"),
+        (
+            [{'op': 'rotate'}, {'op': 'flip', 'p': 1}],
+            r"ops\[1\]: unknown augmentation op 'flip'.*'flip_lr'",
+        ),
+        ([{'degrees': 3}], r"no 'op' key.*valid ops"),
+        (
+            [{'op': 'rotate', 'degree': 3}],
+            r"'rotate' has no parameter 'degree'; its parameters: \['degrees'",
+        ),
+        ([{'op': 'rotate', 'degrees': 400}], r'degrees=400 is invalid; valid: .*\[-360, 360\]'),
+        ([{'op': 'rotate', 'degrees': (10, -10)}], r'low > high'),
+        (
+            [{'op': 'translate', 'max_pixels': -1}],
+            r'max_pixels=-1 is invalid; valid: a float in \[0, 10000\]',
+        ),
+        ([{'op': 'flip_lr', 'p': 1.5}], r'p=1.5 is invalid; valid: a float in \[0, 1\]'),
+        ([{'op': 'scale', 'min_factor': 2.0}], r'min_factor=2.0 must be <= max_factor=1.6'),
+        (
+            [{'op': 'scale', 'max_factor': 0}],
+            r'max_factor=0 is invalid; valid: a float in \(0, 100\]',
+        ),
+        ([{'op': 'gaussian_blur', 'kernel_size': 4}], r'kernel_size=4 must be odd'),
+        ([{'op': 'cutout', 'size': 2.5}], r'size=2.5 is invalid \(not an integer\)'),
+        (
+            [{'op': 'rotate', 'fill_mode': 'mirror'}],
+            r"fill_mode='mirror' is invalid; valid: one of \['constant'",
+        ),
+        (
+            [{'op': 'randaugment', 'ops': ['rotate', 'solarize']}],
+            r"a list of names from \['identity'",
+        ),
+        (
+            [{'op': 'mixup'}, {'op': 'rotate'}],
+            r"'mixup' mixes whole batches and must come after .*'rotate'",
+        ),
+        (
+            [{'op': 'rotate', 'fill_mode': 'reflect'}, {'op': 'scale', 'fill_mode': 'wrap'}],
+            r"consecutive geometric ops.*different fill_mode \('reflect' and 'wrap'\)",
+        ),
+        ('rotate', r'must be a list of dicts'),
+    ],
+)
 def test_check_ops_names_the_bad_value_and_the_valid_choices(ops, message):
     with pytest.raises(ValueError, match=message):
         augment.check_ops(ops)
 
 
 def test_check_ops_accepts_config_style_values():
-    augment.check_ops([{'op': 'rotate', 'degrees': [-10, 10]}, {'op': 'translate', 'max_pixels': 4},
-                       {'op': 'randaugment', 'ops': ['rotate', 'hue'], 'num_ops': 1.0},
-                       {'op': 'cutmix', 'alpha': 1}])
+    augment.check_ops(
+        [
+            {'op': 'rotate', 'degrees': [-10, 10]},
+            {'op': 'translate', 'max_pixels': 4},
+            {'op': 'randaugment', 'ops': ['rotate', 'hue'], 'num_ops': 1.0},
+            {'op': 'cutmix', 'alpha': 1},
+        ]
+    )
     augment.check_ops([])
     with pytest.raises(ValueError, match='num_classes must be a positive int'):
         augment.make_augmenter([], num_classes=0)

@@ -17,7 +17,12 @@ import optax
 import pytest
 
 import nets
-from nets.models.captioning import ShowAttendTell, attention_maps, doubly_stochastic_penalty, generate
+from nets.models.captioning import (
+    ShowAttendTell,
+    attention_maps,
+    doubly_stochastic_penalty,
+    generate,
+)
 from nets.models.seq2seq import DecoderStep, make_step_fn, sown_attention
 from nets.models.transformer import shift_right
 from tests.nets_harness import fast_jit, rng
@@ -25,8 +30,15 @@ from tests.nets_harness import fast_jit, rng
 PAD, BOS, EOS = 0, 1, 2
 DARK, BRIGHT = 3, 4  # toy words
 VOCAB = 6
-TINY = dict(vocab_size=VOCAB, channels=(4, 8), convs_per_stage=1, embed_dim=8, hidden_size=16,
-            attention_dim=8, dropout_rate=0.0)
+TINY = dict(
+    vocab_size=VOCAB,
+    channels=(4, 8),
+    convs_per_stage=1,
+    embed_dim=8,
+    hidden_size=16,
+    attention_dim=8,
+    dropout_rate=0.0,
+)
 IMAGE_SHAPE = (8, 16, 1)
 
 
@@ -49,12 +61,22 @@ def tiny_setup(gate: bool = True):
 def param_count(model: ShowAttendTell, image_shape: tuple[int, ...]) -> int:
     image = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     caption = jax.ShapeDtypeStruct((1, 3), jnp.int32)
-    params = jax.eval_shape(lambda x, y: model.init(jax.random.key(0), x, y), image, caption)['params']
+    params = jax.eval_shape(lambda x, y: model.init(jax.random.key(0), x, y), image, caption)[
+        'params'
+    ]
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
 
 
-def closed_form(channels: tuple[int, ...], convs_per_stage: int, in_channels: int, vocab: int, e: int,
-                h: int, a: int, gate: bool) -> int:
+def closed_form(
+    channels: tuple[int, ...],
+    convs_per_stage: int,
+    in_channels: int,
+    vocab: int,
+    e: int,
+    h: int,
+    a: int,
+    gate: bool,
+) -> int:
     """3x3 convs without bias + BatchNorm (2c); LSTM on [E y; z]; init_h, init_c; attention;
     gate; deep output L_h, L_z (to e) and L_o; the embedding."""
     convs, c_in = 0, in_channels
@@ -72,14 +94,19 @@ def closed_form(channels: tuple[int, ...], convs_per_stage: int, in_channels: in
 
 @pytest.mark.parametrize('gate', [True, False])
 def test_param_counts_closed_form(gate):
-    assert param_count(nets.create('show_attend_tell', gate=gate, **TINY), IMAGE_SHAPE) == closed_form(
-        (4, 8), 1, 1, VOCAB, 8, 16, 8, gate)
+    assert param_count(
+        nets.create('show_attend_tell', gate=gate, **TINY), IMAGE_SHAPE
+    ) == closed_form((4, 8), 1, 1, VOCAB, 8, 16, 8, gate)
 
 
 def test_registered_default():
     assert nets.list_models('captioning') == ['show_attend_tell']
     model = nets.create('show_attend_tell')
-    assert param_count(model, (28, 112, 1)) == closed_form((32, 64, 128), 2, 1, 14, 64, 128, 64, True) == 519_215
+    assert (
+        param_count(model, (28, 112, 1))
+        == closed_form((32, 64, 128), 2, 1, 14, 64, 128, 64, True)
+        == 519_215
+    )
     assert model.grid_shape((1, 28, 112, 1)) == (7, 28)  # L = 196, as the paper's 14 x 14
 
 
@@ -119,9 +146,11 @@ def test_generate_greedy_equals_beam_of_one():
 
     @fast_jit
     def both(variables, x):
-        return (generate(model, variables, x, max_length=4),
-                generate(model, variables, x, max_length=4, beam_size=1, all_beams=True, alpha=0.0),
-                generate(model, variables, x, max_length=4, beam_size=2, all_beams=True))
+        return (
+            generate(model, variables, x, max_length=4),
+            generate(model, variables, x, max_length=4, beam_size=1, all_beams=True, alpha=0.0),
+            generate(model, variables, x, max_length=4, beam_size=2, all_beams=True),
+        )
 
     (greedy, greedy_scores), (beam, beam_scores), (wide, wide_scores) = both(variables, x)
     assert greedy.shape == (3, 4) and wide.shape == (3, 2, 4) and wide_scores.shape == (3, 2)
@@ -130,7 +159,9 @@ def test_generate_greedy_equals_beam_of_one():
 
 
 def test_doubly_stochastic_penalty_formula():
-    weights = np.random.default_rng(4).dirichlet(np.ones(6), size=(2, 3)).astype(np.float32)  # (2, 3, 6)
+    weights = (
+        np.random.default_rng(4).dirichlet(np.ones(6), size=(2, 3)).astype(np.float32)
+    )  # (2, 3, 6)
     valid = np.array([[True, True, True], [True, True, False]])
     expected = [np.sum((1.0 - weights[0].sum(0)) ** 2), np.sum((1.0 - weights[1, :2].sum(0)) ** 2)]
     np.testing.assert_allclose(doubly_stochastic_penalty(weights, valid), expected, rtol=1e-5)
@@ -145,8 +176,14 @@ def test_penalty_from_a_training_pass():
     x, y = images(5, 2), captions(5, 2, 4).at[1, 2:].set(PAD)
 
     def loss(params):
-        logits, state = model.apply({**variables, 'params': params}, x, y, train=True,
-                                    rngs={'dropout': rng(6)}, mutable=['batch_stats', 'intermediates'])
+        logits, state = model.apply(
+            {**variables, 'params': params},
+            x,
+            y,
+            train=True,
+            rngs={'dropout': rng(6)},
+            mutable=['batch_stats', 'intermediates'],
+        )
         weights = sown_attention(state['intermediates'])
         return jnp.mean(doubly_stochastic_penalty(weights, y != PAD)), weights
 
@@ -167,8 +204,9 @@ def toy_batch(seed: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
     x = draw.uniform(0, 0.2, (batch, *IMAGE_SHAPE)).astype(np.float32)
     x[left, :, :8] += 0.8
     x[right, :, 8:] += 0.8
-    words = np.stack([np.where(left, BRIGHT, DARK), np.where(right, BRIGHT, DARK),
-                      np.full(batch, EOS)], axis=1)
+    words = np.stack(
+        [np.where(left, BRIGHT, DARK), np.where(right, BRIGHT, DARK), np.full(batch, EOS)], axis=1
+    )
     return x, words.astype(np.int32)
 
 
@@ -183,13 +221,22 @@ def test_learns_a_toy_captioning_task():
     optimizer = optax.adam(1e-2)
 
     def loss_fn(params, batch_stats, x, y):
-        logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, x, y, train=True,
-                                      mutable=['batch_stats'])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates['batch_stats']
+        logits, updates = model.apply(
+            {'params': params, 'batch_stats': batch_stats},
+            x,
+            y,
+            train=True,
+            mutable=['batch_stats'],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates[
+            'batch_stats'
+        ]
 
     def step(carry, batch):
         params, batch_stats, opt_state = carry
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, *batch)
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, *batch
+        )
         updates, opt_state = optimizer.update(grads, opt_state)
         return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
@@ -197,7 +244,8 @@ def test_learns_a_toy_captioning_task():
     def train(variables, x, y):
         params = variables['params']
         (params, batch_stats, _), losses = jax.lax.scan(
-            step, (params, variables['batch_stats'], optimizer.init(params)), (x, y))
+            step, (params, variables['batch_stats'], optimizer.init(params)), (x, y)
+        )
         return {'params': params, 'batch_stats': batch_stats}, losses
 
     trained, losses = train(variables, x, y)
@@ -213,13 +261,17 @@ def test_learns_a_toy_captioning_task():
 
 # --------------------------------------------------------------------------- configuration errors
 
-@pytest.mark.parametrize('overrides, fragment', [
-    (dict(channels=()), 'channels must be a non-empty'),
-    (dict(eos_id=0), 'eos_id and pad_id must differ'),
-    (dict(bos_id=14), 'outside the vocabulary'),
-    (dict(hidden_size=0), 'must be positive'),
-    (dict(dropout_rate=1.5), 'dropout_rate'),
-])
+
+@pytest.mark.parametrize(
+    'overrides, fragment',
+    [
+        (dict(channels=()), 'channels must be a non-empty'),
+        (dict(eos_id=0), 'eos_id and pad_id must differ'),
+        (dict(bos_id=14), 'outside the vocabulary'),
+        (dict(hidden_size=0), 'must be positive'),
+        (dict(dropout_rate=1.5), 'dropout_rate'),
+    ],
+)
 def test_invalid_values_raise(overrides, fragment):
     with pytest.raises(ValueError, match=fragment):
         nets.create('show_attend_tell', **overrides)
@@ -230,11 +282,23 @@ def test_invalid_uses_raise():
         DecoderStep(vocab_size=4, hidden_size=4, readout='linear')
     model = nets.create('show_attend_tell', **TINY)
     with pytest.raises(ValueError, match='minimum is 2x2'):
-        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, 8, 1)), jnp.zeros((1, 3), jnp.int32))
+        jax.eval_shape(
+            model.init, jax.random.key(0), jnp.zeros((1, 1, 8, 1)), jnp.zeros((1, 3), jnp.int32)
+        )
     with pytest.raises(ValueError, match='int token ids'):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 16, 1)), jnp.zeros((1, 3)))
-    with pytest.raises(ValueError, match="readout_size 8 must equal the embedding width 4"):
-        jax.eval_shape(DecoderStep(vocab_size=4, hidden_size=4, cell='lstm', attention_features=0,
-                                   readout='deep', readout_size=8).init, jax.random.key(0),
-                       (nets.layers.recurrent.LSTMState(jnp.zeros((1, 4)), jnp.zeros((1, 4))),), jnp.zeros((1, 4)),
-                       nets.models.seq2seq.Memory(context=jnp.zeros((1, 3))))
+    with pytest.raises(ValueError, match='readout_size 8 must equal the embedding width 4'):
+        jax.eval_shape(
+            DecoderStep(
+                vocab_size=4,
+                hidden_size=4,
+                cell='lstm',
+                attention_features=0,
+                readout='deep',
+                readout_size=8,
+            ).init,
+            jax.random.key(0),
+            (nets.layers.recurrent.LSTMState(jnp.zeros((1, 4)), jnp.zeros((1, 4))),),
+            jnp.zeros((1, 4)),
+            nets.models.seq2seq.Memory(context=jnp.zeros((1, 3))),
+        )

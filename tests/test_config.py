@@ -40,19 +40,22 @@ def test_wrong_type():
         validate(config)
 
 
-@pytest.mark.parametrize('key,value,choice', [
-    ('optimizer.name', 'adagrad', 'adamw'),
-    ('schedule.name', 'linear', 'warmup_cosine'),
-    ('optimizer.weight_decay_mode', 'both', 'decoupled'),
-    ('dtype', 'float16', 'bfloat16'),
-    ('task', 'detect', 'classify'),
-    ('nonfinite', 'ignore', 'skip'),
-])
+@pytest.mark.parametrize(
+    'key,value,choice',
+    [
+        ('optimizer.name', 'adagrad', 'adamw'),
+        ('schedule.name', 'linear', 'warmup_cosine'),
+        ('optimizer.weight_decay_mode', 'both', 'decoupled'),
+        ('dtype', 'float16', 'bfloat16'),
+        ('task', 'detect', 'classify'),
+        ('nonfinite', 'ignore', 'skip'),
+    ],
+)
 def test_unknown_names_list_choices(key, value, choice):
     config = default_config()
     block, _, leaf = key.rpartition('.')
     (config[block] if block else config)[leaf] = value
-    with pytest.raises(ConfigError, match=f"{value!r}.*{choice!r}"):
+    with pytest.raises(ConfigError, match=f'{value!r}.*{choice!r}'):
         validate(config)
 
 
@@ -88,8 +91,7 @@ def test_non_positive_batch_sizes_rejected(batch_size):
         validate(config)
 
 
-@given(momentum=st.floats(allow_nan=False, allow_infinity=False).filter(
-    lambda m: not 0 <= m < 1))
+@given(momentum=st.floats(allow_nan=False, allow_infinity=False).filter(lambda m: not 0 <= m < 1))
 @settings(max_examples=30, deadline=None)
 def test_out_of_range_momentum_rejected(momentum):
     config = default_config()
@@ -139,11 +141,22 @@ def test_model_kwargs_turns_cli_lists_into_tuples():
 def test_command_line_rejects_unknown_override_before_any_work(tmp_path):
     import subprocess
     import sys
+
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, '-m', 'train.main', f'--config={repo}/tests/tiny_digits_config.py',
-         f'--workdir={tmp_path}', '--config.optimizer.momentun=0.8'],
-        cwd=repo, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            '-m',
+            'train.main',
+            f'--config={repo}/tests/tiny_digits_config.py',
+            f'--workdir={tmp_path}',
+            '--config.optimizer.momentun=0.8',
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert 'momentun' in result.stderr
     assert not (tmp_path / 'checkpoints').exists()

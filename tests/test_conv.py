@@ -21,12 +21,15 @@ def xla_convolutions():
     with switch.use(conv='xla'):
         yield
 
+
 CASES = [
     (dict(features=6, kernel_size=(3, 3)), (2, 7, 7, 4)),
     (dict(features=6, kernel_size=(3, 3), strides=2), (2, 9, 8, 4)),
     (dict(features=6, kernel_size=(4, 4), strides=4, padding='VALID'), (2, 8, 8, 3)),
-    (dict(features=6, kernel_size=(3, 3), kernel_dilation=2, padding=[(1, 2), (0, 1)]),
-     (2, 9, 9, 4)),
+    (
+        dict(features=6, kernel_size=(3, 3), kernel_dilation=2, padding=[(1, 2), (0, 1)]),
+        (2, 9, 9, 4),
+    ),
     (dict(features=6, kernel_size=(3,)), (2, 9, 4)),
     (dict(features=6, kernel_size=(3, 3, 3), strides=(1, 2, 1)), (2, 5, 6, 5, 4)),
     (dict(features=8, kernel_size=(3, 3), feature_group_count=4), (2, 7, 7, 8)),  # lax's path
@@ -38,12 +41,15 @@ def test_values_parameters_and_gradients_equal_nn_conv(fields, shape):
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     reference, conv = nn.Conv(**fields), Conv(**fields)
     variables = reference.init(jax.random.PRNGKey(1), x)
-    assert jax.tree.map(jnp.shape, conv.init(jax.random.PRNGKey(1), x)) == \
-        jax.tree.map(jnp.shape, variables)
+    assert jax.tree.map(jnp.shape, conv.init(jax.random.PRNGKey(1), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
 
     def grads(module):
         return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))(
-            variables, x)
+            variables, x
+        )
+
     assert jnp.array_equal(conv.apply(variables, x), reference.apply(variables, x))
     for ours, theirs in zip(jax.tree.leaves(grads(conv)), jax.tree.leaves(grads(reference))):
         assert jnp.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
@@ -57,9 +63,12 @@ def _loop_convolution_labels(module) -> list[str]:
     def accumulate(variables, x):
         # Kernel and input gradients (the input one as in a layer that is not the first).
         grad = jax.grad(lambda v, xi: jnp.sum(module.apply(v, xi) ** 2), argnums=(0, 1))
-        return jax.lax.scan(lambda total, xi: (jax.tree.map(jnp.add, total, grad(variables, xi)),
-                                               None),
-                            jax.tree.map(jnp.zeros_like, (variables, x[0])), x)[0]
+        return jax.lax.scan(
+            lambda total, xi: (jax.tree.map(jnp.add, total, grad(variables, xi)), None),
+            jax.tree.map(jnp.zeros_like, (variables, x[0])),
+            x,
+        )[0]
+
     hlo = jax.jit(accumulate).lower(variables, x).compile().as_text()
     return re.findall(r'convolution\(.*dim_labels=(\S+?),', hlo)
 
@@ -133,7 +142,9 @@ def test_gradients_in_batch_chunks_equal_nn_conv(strides, monkeypatch):
 
     def grads(module):
         return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))(
-            variables, x)
+            variables, x
+        )
+
     for ours, theirs in zip(jax.tree.leaves(grads(conv)), jax.tree.leaves(grads(reference))):
         assert jnp.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
@@ -143,14 +154,18 @@ def test_chunked_gradients_of_a_batch_sharded_over_devices_gather_nothing(monkey
     computes its share of every chunk; chunks of consecutive examples would each live on one
     device and move between them."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
     mesh = Mesh(np.array(jax.devices()[:2]), ('data',))
-    x = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 4)),
-                       NamedSharding(mesh, PartitionSpec('data')))
+    x = jax.device_put(
+        jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 4)),
+        NamedSharding(mesh, PartitionSpec('data')),
+    )
     conv = Conv(6, (3, 3))
     monkeypatch.setattr(nets.kernels.conv, 'BACKWARD_CHUNK_MIN_BYTES', 0)
     assert backward_chunks(x.shape, (3, 3, 4, 6), (64, 8, 8, 6)) == 4
-    variables = jax.device_put(conv.init(jax.random.PRNGKey(1), x[:1]),
-                               NamedSharding(mesh, PartitionSpec()))
+    variables = jax.device_put(
+        conv.init(jax.random.PRNGKey(1), x[:1]), NamedSharding(mesh, PartitionSpec())
+    )
     grad = jax.jit(jax.grad(lambda v, x: jnp.sum(conv.apply(v, x) ** 2), argnums=(0, 1)))
     hlo = grad.lower(variables, x).compile().as_text()
     assert 'all-gather' not in hlo and 'all-to-all' not in hlo and 'collective-permute' not in hlo

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.benchmarks import bench_common, conv_benchmark as bench
+from experiments.benchmarks import bench_common
+from experiments.benchmarks import conv_benchmark as bench
 
 
 def tiny_resnet_convolutions():
@@ -28,8 +29,12 @@ def test_finds_every_convolution_of_the_tiny_resnet_once_with_its_count():
 
 
 def test_conv_flops_counts_the_output_positions():
-    conv = dict(input_shape=(2, 8, 8, 3), kernel_shape=(3, 3, 3, 4), strides=(2, 2),
-                padding=((0, 1), (0, 1)))
+    conv = dict(
+        input_shape=(2, 8, 8, 3),
+        kernel_shape=(3, 3, 3, 4),
+        strides=(2, 2),
+        padding=((0, 1), (0, 1)),
+    )
     assert bench.conv_flops(conv) == 2.0 * 2 * 4 * 4 * 9 * 3 * 4
 
 
@@ -40,28 +45,32 @@ def test_rejects_a_model_without_images():
 
 def _backends():
     from nets.kernels import onednn_conv
+
     return ['xla'] + (['onednn'] if onednn_conv.available() else [])
 
 
 @pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
 def test_every_framework_computes_the_same_passes(strides):
     """JAX with each convolution backend, and PyTorch where installed."""
-    conv = next(c for c in tiny_resnet_convolutions() if tuple(c['strides']) == strides
-                and c['kernel_shape'][0] == 3 and not c['reads_input'])
+    conv = next(
+        c
+        for c in tiny_resnet_convolutions()
+        if tuple(c['strides']) == strides and c['kernel_shape'][0] == 3 and not c['reads_input']
+    )
     reference = bench.jax_passes(conv, 'xla')
     expected_y, (expected_dx, expected_dw) = reference['forward'](), reference['backward']()
     others = {backend: bench.jax_passes(conv, backend) for backend in _backends()[1:]}
     for calls in others.values():
-        np.testing.assert_allclose(np.asarray(calls['forward']()), expected_y, rtol=1e-4,
-                                   atol=1e-4)
+        np.testing.assert_allclose(np.asarray(calls['forward']()), expected_y, rtol=1e-4, atol=1e-4)
         dx, dw = calls['backward']()
         np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(np.asarray(dw), expected_dw, rtol=1e-4, atol=1e-4)
     if importlib.util.find_spec('torch') is None:
         return
     torch_calls = bench.torch_passes(conv)
-    np.testing.assert_allclose(torch_calls['forward'].numpy(), np.asarray(expected_y),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        torch_calls['forward'].numpy(), np.asarray(expected_y), rtol=1e-4, atol=1e-4
+    )
     torch_dx, torch_dw = torch_calls['backward'].numpy()
     np.testing.assert_allclose(torch_dx, np.asarray(expected_dx), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(torch_dw, np.asarray(expected_dw), rtol=1e-4, atol=1e-4)
@@ -91,7 +100,8 @@ def test_report_sums_the_step_and_writes_json_and_markdown(tmp_path):
         assert (f'torch_over_{backend}' in totals) == with_torch
         if with_torch:
             assert totals[f'torch_over_{backend}'] == pytest.approx(
-                totals['torch']['total_s'] / totals[backend]['total_s'])
+                totals['torch']['total_s'] / totals[backend]['total_s']
+            )
     assert ('torch' in totals) == with_torch and all(('torch_s' in r) == with_torch for r in rows)
     out = tmp_path / 'conv.json'
     bench_common.write_report(report, bench.markdown(report), str(out))

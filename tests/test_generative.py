@@ -14,14 +14,14 @@ import data
 import nets
 import nets.models.diffusion as diffusion
 import nets.models.gan
-from train import loop
 from experiments.analysis import frechet
+from tests.nets_harness import fast_jit
+from train import loop
 from train.checkpointing import load_checkpoint
 from train.config import ConfigError, default_config, model_config, validate
 from train.sharding import host_to_global, make_mesh
 from train.steps import init_train_state, make_train_step
 from train.tasks import task_from_config
-from tests.nets_harness import fast_jit
 from train.tasks.gan import build_gan_optimizer, discriminator_loss, generator_loss
 
 
@@ -38,10 +38,17 @@ def rbg_keys():
 
 # --------------------------------------------------------------------------- DCGAN networks
 
+
 @pytest.mark.parametrize('size,channels,stages', [(8, 1, 2), (28, 1, 2), (64, 3, 4)])
 def test_dcgan_shapes_and_output_range(size, channels, stages):
-    model = nets.create('dcgan', image_size=size, channels=channels, latent_dim=16,
-                        generator_width=4, discriminator_width=4)
+    model = nets.create(
+        'dcgan',
+        image_size=size,
+        channels=channels,
+        latent_dim=16,
+        generator_width=4,
+        discriminator_width=4,
+    )
     assert nets.models.gan.dcgan_layout(size)[1] == stages
     z = jax.random.normal(jax.random.key(0), (3, 16))
 
@@ -60,10 +67,12 @@ def test_dcgan_shapes_and_output_range(size, channels, stages):
 
 
 def test_generative_config_blocks_are_validated():
-    for key, value, message in (('gan.loss', 'wasserstein', "'wasserstein'.*'hinge'"),
-                                ('gan.d_steps', 0, 'd_steps must be > 0'),
-                                ('diffusion.noise_schedule', 'sigmoid', "'sigmoid'.*'cosine'"),
-                                ('diffusion.sample_steps', 2000, 'sample_steps must be in')):
+    for key, value, message in (
+        ('gan.loss', 'wasserstein', "'wasserstein'.*'hinge'"),
+        ('gan.d_steps', 0, 'd_steps must be > 0'),
+        ('diffusion.noise_schedule', 'sigmoid', "'sigmoid'.*'cosine'"),
+        ('diffusion.sample_steps', 2000, 'sample_steps must be in'),
+    ):
         config = default_config()
         block, leaf = key.split('.')
         config.task = block  # each block is read (and checked) by its own task
@@ -81,20 +90,28 @@ def test_a_task_block_of_another_task_is_an_error_not_ignored():
 
 def test_gan_networks_train_with_the_configured_optimizer(digits_dir):
     """--config.optimizer.* applies to both networks (scaled by the per-network multipliers)."""
-    config = gan_config(digits_dir, **{'optimizer.learning_rate': 1e-3, 'optimizer.b1': 0.5,
-                                       'gan.discriminator_lr_multiplier': 2.0})
+    config = gan_config(
+        digits_dir,
+        **{
+            'optimizer.learning_rate': 1e-3,
+            'optimizer.b1': 0.5,
+            'gan.discriminator_lr_multiplier': 2.0,
+        },
+    )
     validate(config)
     tx, schedule = build_gan_optimizer(config, steps_per_epoch=10, total_steps=10)
     assert float(schedule(0)) == pytest.approx(1e-3)
     params = {'w': jnp.ones(3)}
     grads = {'w': jnp.ones(3)}
     for network, lr in (('generator', 1e-3), ('discriminator', 2e-3)):
-        updates, _ = tx.optimizers[network].update(grads, tx.optimizers[network].init(params),
-                                                   params, value=jnp.asarray(0.0))
+        updates, _ = tx.optimizers[network].update(
+            grads, tx.optimizers[network].init(params), params, value=jnp.asarray(0.0)
+        )
         np.testing.assert_allclose(updates['w'], -lr, rtol=1e-4)  # Adam's first step: -lr
 
 
 # --------------------------------------------------------------------------- GAN losses
+
 
 def test_gan_losses_match_hand_computed_values():
     real, fake = jnp.array([2.0, -1.0]), jnp.array([0.5, -3.0])
@@ -112,13 +129,15 @@ def test_gan_losses_match_hand_computed_values():
 
 # --------------------------------------------------------------------------- the GAN step
 
+
 def gan_config(data_dir, **changes):
     config = default_config()
     config.task = 'gan'
     config.dataset.name = 'digits'
     config.dataset.data_dir = data_dir
-    config.model = model_config('dcgan', image_size=8, channels=1, latent_dim=8,
-                                generator_width=8, discriminator_width=8)
+    config.model = model_config(
+        'dcgan', image_size=8, channels=1, latent_dim=8, generator_width=8, discriminator_width=8
+    )
     config.batch_size = 32
     config.eval_batch_size = 64
     config.num_steps = 12
@@ -148,8 +167,10 @@ def gan_setup(digits_dir):
     state = jax.device_get(init_train_state(task, tx, seed=0, mesh=mesh))
     source = data.load_source('digits', 'train', digits_dir)
     batch = next(iter(data.train_loader(source, global_batch_size=32, seed=0)))
-    halves = (jax.jit(lambda *a: task.discriminator_update(tx, *a)),
-              jax.jit(lambda *a: task.generator_update(tx, *a)))
+    halves = (
+        jax.jit(lambda *a: task.discriminator_update(tx, *a)),
+        jax.jit(lambda *a: task.generator_update(tx, *a)),
+    )
     return task, tx, state, batch, mesh, halves
 
 
@@ -191,12 +212,19 @@ def test_train_step_is_d_then_g(gan_setup):
     # The same as D's update with fold_in(step key, 0), then G's with fold_in(step key, 1).
     real = task.to_model_range(jnp.asarray(batch['image']))
     key = state.step_rng()
-    by_hand = d_update(state.params, state.model_state['batch_stats'], state.opt_state, real,
-                       jax.random.fold_in(key, 0))[:3]
+    by_hand = d_update(
+        state.params,
+        state.model_state['batch_stats'],
+        state.opt_state,
+        real,
+        jax.random.fold_in(key, 0),
+    )[:3]
     by_hand = g_update(*by_hand, real, jax.random.fold_in(key, 1))[:3]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 (new_state.params, new_state.model_state['batch_stats'], new_state.opt_state),
-                 by_hand)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        (new_state.params, new_state.model_state['batch_stats'], new_state.opt_state),
+        by_hand,
+    )
 
 
 def test_discriminator_batch_norm_sees_real_and_fake_in_one_batch(gan_setup):
@@ -209,12 +237,17 @@ def test_discriminator_batch_norm_sees_real_and_fake_in_one_batch(gan_setup):
     _, new_stats, _, _ = d_update(state.params, stats, state.opt_state, real, key)
     fake, _ = task._apply(state.params, stats, task.noise(key, real.shape[0]), 'generate')
     _, together = task._apply(state.params, stats, jnp.concatenate([real, fake]), 'discriminate')
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new_stats['discriminator'], together['discriminator'])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        new_stats['discriminator'],
+        together['discriminator'],
+    )
     _, after_real = task._apply(state.params, stats, real, 'discriminate')
     _, separately = task._apply(state.params, after_real, fake, 'discriminate')
-    assert not np.allclose(separately['discriminator']['down1_norm']['mean'],
-                           new_stats['discriminator']['down1_norm']['mean'])
+    assert not np.allclose(
+        separately['discriminator']['down1_norm']['mean'],
+        new_stats['discriminator']['down1_norm']['mean'],
+    )
 
 
 def test_gan_trains_checkpoints_both_networks_and_resumes_exactly(digits_dir, tmp_path):
@@ -223,8 +256,9 @@ def test_gan_trains_checkpoints_both_networks_and_resumes_exactly(digits_dir, tm
     assert summary['step'] == 12 and summary['devices'] == 8
     assert set(summary['eval']) >= {'d_loss', 'g_loss', 'd_real_accuracy', 'd_fake_accuracy'}
     for step in (6, 12):  # a fixed-noise grid at every evaluation
-        assert (straight / 'pictures' / f'samples_step{step:06d}.png').read_bytes()[:4] == \
-            b'\x89PNG'
+        assert (straight / 'pictures' / f'samples_step{step:06d}.png').read_bytes()[
+            :4
+        ] == b'\x89PNG'
     train_record = json.loads((straight / 'metrics.jsonl').read_text().splitlines()[0])
     assert {'loss', 'g_loss', 'd_real_accuracy', 'grad_norm'} <= set(train_record)
 
@@ -240,6 +274,7 @@ def test_gan_trains_checkpoints_both_networks_and_resumes_exactly(digits_dir, tm
 
 # --------------------------------------------------------------------------- DDPM / DDIM
 
+
 @pytest.mark.parametrize('name', ['linear', 'cosine'])
 def test_noise_schedules_decrease_alpha_bar(name):
     schedule = diffusion.make_schedule(name, 1000)
@@ -247,8 +282,9 @@ def test_noise_schedules_decrease_alpha_bar(name):
     assert np.all(np.diff(alpha_bars) < 0) and 0.0 < alpha_bars[-1] < 0.01 < alpha_bars[0] < 1.0
     assert np.all((np.asarray(schedule.betas) > 0) & (np.asarray(schedule.betas) < 1))
     # float32 storage of values down to 1e-9: compare with a relative tolerance.
-    np.testing.assert_allclose(alpha_bars, np.cumprod(1.0 - np.asarray(schedule.betas,
-                                                                        np.float64)), rtol=1e-4)
+    np.testing.assert_allclose(
+        alpha_bars, np.cumprod(1.0 - np.asarray(schedule.betas, np.float64)), rtol=1e-4
+    )
 
 
 def test_closed_form_forward_process_matches_iterating_it():
@@ -263,13 +299,19 @@ def test_closed_form_forward_process_matches_iterating_it():
         x = np.sqrt(1.0 - betas[t]) * x + np.sqrt(betas[t]) * rng.standard_normal(x.shape)
         if t in (9, 99, 499, 999):
             alpha_bar = float(schedule.alpha_bars[t])
-            closed = np.asarray(diffusion.q_sample(
-                schedule, jnp.asarray(np.repeat(x0[None], 20_000, 0), jnp.float32),
-                jnp.full((20_000,), t), jnp.asarray(rng.standard_normal(x.shape), jnp.float32)))
+            closed = np.asarray(
+                diffusion.q_sample(
+                    schedule,
+                    jnp.asarray(np.repeat(x0[None], 20_000, 0), jnp.float32),
+                    jnp.full((20_000,), t),
+                    jnp.asarray(rng.standard_normal(x.shape), jnp.float32),
+                )
+            )
             std = math.sqrt(1.0 - alpha_bar)
             for sample in (x, closed):
-                np.testing.assert_allclose(sample.mean(0), math.sqrt(alpha_bar) * x0,
-                                           atol=5 * std / math.sqrt(20_000))
+                np.testing.assert_allclose(
+                    sample.mean(0), math.sqrt(alpha_bar) * x0, atol=5 * std / math.sqrt(20_000)
+                )
                 np.testing.assert_allclose(sample.std(0), std, rtol=0.03)
                 kurtosis = np.mean(((sample - sample.mean(0)) / sample.std(0)) ** 4, axis=0)
                 np.testing.assert_allclose(kurtosis, 3.0, atol=0.15)
@@ -285,8 +327,9 @@ def test_epsilon_loss_of_an_oracle_is_zero():
 
     losses = diffusion.epsilon_losses(oracle, schedule, x0, jax.random.key(1))
     assert losses.shape == (16,) and float(jnp.max(losses)) < 1e-8
-    zero_model = diffusion.epsilon_losses(lambda x, t: jnp.zeros_like(x), schedule, x0,
-                                          jax.random.key(1))
+    zero_model = diffusion.epsilon_losses(
+        lambda x, t: jnp.zeros_like(x), schedule, x0, jax.random.key(1)
+    )
     assert 0.8 < float(jnp.mean(zero_model)) < 1.2  # E||ε||²/D = 1
 
 
@@ -302,8 +345,9 @@ def test_ddpm_step_is_algorithm_2_and_ddim_with_every_step_and_eta_1_is_ddpm():
     # One ancestral step against Ho et al.'s Algorithm 2 with σ_t² = β̃_t.
     t = 15
     step = diffusion.ddpm_step(_toy_eps, schedule, x_T, jnp.int32(t), key, clip=False)
-    beta, alpha, alpha_bar = (float(v[t]) for v in (schedule.betas, schedule.alphas,
-                                                    schedule.alpha_bars))
+    beta, alpha, alpha_bar = (
+        float(v[t]) for v in (schedule.betas, schedule.alphas, schedule.alpha_bars)
+    )
     sigma = math.sqrt(beta * (1 - float(schedule.alpha_bars[t - 1])) / (1 - alpha_bar))
     z = jax.random.normal(jax.random.fold_in(key, t), x_T.shape)
     eps = _toy_eps(x_T, jnp.full((4,), t))
@@ -312,16 +356,20 @@ def test_ddpm_step_is_algorithm_2_and_ddim_with_every_step_and_eta_1_is_ddpm():
     # Whole chains: DDIM(steps=T, η=1) == DDPM, with and without clipping x̂₀.
     for clip in (False, True):
         ddpm = jax.jit(lambda x, k: diffusion.ddpm_sample(_toy_eps, schedule, x, k, clip=clip))
-        ddim = jax.jit(lambda x, k: diffusion.ddim_sample(_toy_eps, schedule, x, k, steps=30,
-                                                          eta=1.0, clip=clip))
+        ddim = jax.jit(
+            lambda x, k: diffusion.ddim_sample(
+                _toy_eps, schedule, x, k, steps=30, eta=1.0, clip=clip
+            )
+        )
         np.testing.assert_allclose(ddim(x_T, key), ddpm(x_T, key), rtol=1e-4, atol=1e-4)
 
 
 def test_ddim_with_eta_0_is_deterministic():
     schedule = diffusion.make_schedule('cosine', 100)
     x_T = jax.random.normal(jax.random.key(0), (4, 6, 6, 1))
-    sample = jax.jit(lambda k, eta: diffusion.ddim_sample(_toy_eps, schedule, x_T, k, steps=10,
-                                                          eta=eta))
+    sample = jax.jit(
+        lambda k, eta: diffusion.ddim_sample(_toy_eps, schedule, x_T, k, steps=10, eta=eta)
+    )
     np.testing.assert_array_equal(sample(jax.random.key(1), 0.0), sample(jax.random.key(2), 0.0))
     assert not np.allclose(sample(jax.random.key(1), 1.0), sample(jax.random.key(2), 1.0))
     assert list(diffusion.ddim_timesteps(100, 5)) == [0, 25, 50, 74, 99]
@@ -334,11 +382,15 @@ def test_unet_predicts_noise_of_the_image_shape():
     out = jax.eval_shape(lambda v: model.apply(v, x, jnp.zeros((2,), jnp.int32)), shapes)
     assert out.shape == x.shape
     with pytest.raises(ValueError, match='halve'):
-        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 10, 10, 1)),
-                                          jnp.zeros((1,), jnp.int32)))
+        jax.eval_shape(
+            lambda: model.init(
+                jax.random.key(0), jnp.zeros((1, 10, 10, 1)), jnp.zeros((1,), jnp.int32)
+            )
+        )
 
 
 # --------------------------------------------------------------------------- Fréchet distance
+
 
 def test_frechet_distance_closed_forms():
     rng = np.random.default_rng(0)
@@ -356,7 +408,8 @@ def test_frechet_distance_closed_forms():
     b = rng.standard_normal((6, 6))
     other = b @ b.T
     assert frechet.frechet_distance(mu, sigma, 0 * mu, other) == pytest.approx(
-        frechet.frechet_distance(0 * mu, other, mu, sigma), rel=1e-9)
+        frechet.frechet_distance(0 * mu, other, mu, sigma), rel=1e-9
+    )
 
 
 def test_real_floor_uses_disjoint_halves_and_is_small_for_one_distribution():
@@ -373,6 +426,7 @@ def test_real_floor_uses_disjoint_halves_and_is_small_for_one_distribution():
 
 
 # --------------------------------------------------------------------------- diffusion end to end
+
 
 def test_diffusion_trains_on_digits_and_writes_sample_grids(digits_dir, tmp_path):
     config = default_config()
@@ -395,8 +449,9 @@ def test_diffusion_trains_on_digits_and_writes_sample_grids(digits_dir, tmp_path
     summary = loop.train_and_evaluate(config, tmp_path)
     assert summary['step'] == 8 and np.isfinite(summary['eval']['loss'])
     for step in (4, 8):
-        assert (tmp_path / 'pictures' / f'samples_step{step:06d}.png').read_bytes()[:4] == \
-            b'\x89PNG'
+        assert (tmp_path / 'pictures' / f'samples_step{step:06d}.png').read_bytes()[
+            :4
+        ] == b'\x89PNG'
     state = load_checkpoint(tmp_path / 'checkpoints')
     assert state['ema_params'] is not None  # samples come from the trainer's EMA, checkpointed
     assert np.isfinite(summary['eval']['ema_loss'])

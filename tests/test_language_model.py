@@ -9,24 +9,29 @@ import json
 import math
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import flax.linen as nn
 
 import data
 import nets
 from data import pipeline
 from data.tokenizers import PAD_ID
 from nets.models.language_model import sample
+from tests.nets_harness import fast_jit, rng
 from train import loop
 from train.checkpointing import load_checkpoint
 from train.config import ConfigError, default_config, model_config, validate
 from train.tasks import create_task
-from train.tasks.language_model import (CARRY_COLLECTION, LanguageModelTask, carry_to_state,
-                                        masked_token_sums, state_to_carry)
-from tests.nets_harness import fast_jit, rng
+from train.tasks.language_model import (
+    CARRY_COLLECTION,
+    LanguageModelTask,
+    carry_to_state,
+    masked_token_sums,
+    state_to_carry,
+)
 
 VOCAB = 11
 TINY = {
@@ -58,6 +63,7 @@ def char_corpus_dir(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- models
 
+
 @pytest.mark.parametrize('name', sorted(TINY))
 def test_logits_shape_and_dtype(name):
     tokens = random_tokens((2, 16))
@@ -72,13 +78,17 @@ def test_registered_variants_have_similar_parameter_counts():
     recurrent = {'char_rnn': (1, 448), 'char_lstm': (4, 224), 'char_gru': (3, 256)}
     counts = {}
     for name, (gates, h) in recurrent.items():
-        counts[name] = nets.count_params(nets.create(name, num_classes=v), (1, 256), input_dtype=jnp.int32)
+        counts[name] = nets.count_params(
+            nets.create(name, num_classes=v), (1, 256), input_dtype=jnp.int32
+        )
         assert counts[name] == v * d + gates * (d * h + h * h + h) + h * v + v
     h, f, layers = 128, 256, 2
-    counts['char_transformer'] = nets.count_params(nets.create('char_transformer', num_classes=v),
-                                                   (1, 256), input_dtype=jnp.int32)
-    assert counts['char_transformer'] == (layers * (4 * h * h + 2 * h * f + f + 9 * h) + v * h + 2 * h
-                                          + h * v + v)
+    counts['char_transformer'] = nets.count_params(
+        nets.create('char_transformer', num_classes=v), (1, 256), input_dtype=jnp.int32
+    )
+    assert counts['char_transformer'] == (
+        layers * (4 * h * h + 2 * h * f + f + 9 * h) + v * h + 2 * h + h * v + v
+    )
     assert max(counts.values()) / min(counts.values()) < 1.1
 
 
@@ -115,7 +125,9 @@ def test_recurrent_carry_continues_a_sequence_exactly():
     model = tiny_model('char_gru')
     tokens = random_tokens((2, 12))
     variables = init(model, tokens)
-    apply = fast_jit(lambda x, carry: model.apply(variables, x, initial_carry=carry, return_carry=True))
+    apply = fast_jit(
+        lambda x, carry: model.apply(variables, x, initial_carry=carry, return_carry=True)
+    )
     _, whole = apply(tokens, model.initial_carry(2))
     carry, first = apply(tokens[:, :5], model.initial_carry(2))
     _, second = apply(tokens[:, 5:], carry)
@@ -124,17 +136,26 @@ def test_recurrent_carry_continues_a_sequence_exactly():
 
 # ----------------------------------------------------------------------------- sampling
 
-@pytest.mark.parametrize('name,prompt_length,length', [
-    ('char_lstm', 5, 12), ('char_rnn', 1, 6), ('char_transformer', 5, 12),
-    ('char_transformer', 3, 10),  # 13 tokens > max_length 8: the window slides
-])
+
+@pytest.mark.parametrize(
+    'name,prompt_length,length',
+    [
+        ('char_lstm', 5, 12),
+        ('char_rnn', 1, 6),
+        ('char_transformer', 5, 12),
+        ('char_transformer', 3, 10),  # 13 tokens > max_length 8: the window slides
+    ],
+)
 def test_greedy_sample_is_argmax_of_the_full_forward_pass(name, prompt_length, length):
     overrides = {'max_length': 8} if prompt_length + length == 13 else {}
     model = tiny_model(name, **overrides)
     prompt = random_tokens((2, prompt_length), seed=1)
     variables = init(model, prompt)
-    generated = np.asarray(fast_jit(lambda v, p: sample(model, v, p, length=length, temperature=0.0))(
-        variables, prompt))
+    generated = np.asarray(
+        fast_jit(lambda v, p: sample(model, v, p, length=length, temperature=0.0))(
+            variables, prompt
+        )
+    )
     assert generated.shape == (2, length) and generated.dtype == np.int32
     sequence = np.concatenate([prompt, generated], axis=1)
     window = min(getattr(model, 'max_length', sequence.shape[1]), sequence.shape[1])
@@ -142,7 +163,7 @@ def test_greedy_sample_is_argmax_of_the_full_forward_pass(name, prompt_length, l
     for at in range(prompt_length, sequence.shape[1]):
         # The newest `window` tokens before `at` (later ones are hidden by causality).
         start = max(0, at - window)
-        logits = apply(variables, sequence[:, start:start + window])
+        logits = apply(variables, sequence[:, start : start + window])
         np.testing.assert_array_equal(np.argmax(logits[:, at - 1 - start], -1), sequence[:, at])
 
 
@@ -150,7 +171,9 @@ def test_sampling_at_a_temperature_is_reproducible_and_needs_a_key():
     model = tiny_model('char_lstm')
     prompt = random_tokens((3, 2))
     variables = init(model, prompt)
-    draw = fast_jit(lambda key: sample(model, variables, prompt, length=20, temperature=1.0, rng=key))
+    draw = fast_jit(
+        lambda key: sample(model, variables, prompt, length=20, temperature=1.0, rng=key)
+    )
     a, b, c = draw(jax.random.key(1)), draw(jax.random.key(1)), draw(jax.random.key(2))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) and np.all((np.asarray(a) >= 0) & (np.asarray(a) < VOCAB))
@@ -160,6 +183,7 @@ def test_sampling_at_a_temperature_is_reproducible_and_needs_a_key():
 
 # ----------------------------------------------------------------------------- loss and metrics
 
+
 class FixedLogits(nn.Module):
     """A parameter-light stand-in model whose logits depend only on the input token."""
 
@@ -167,14 +191,24 @@ class FixedLogits(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, *, train=False):
-        table = self.param('table', nn.initializers.normal(1.0), (self.num_classes, self.num_classes))
+        table = self.param(
+            'table', nn.initializers.normal(1.0), (self.num_classes, self.num_classes)
+        )
         return table[tokens]
 
 
 def char_info(length: int) -> data.DatasetInfo:
     names = ('<pad>', '<bos>', '<eos>', '<unk>') + tuple('abcdefg')
-    return data.DatasetInfo(name='chars', num_classes=VOCAB, class_names=names, example_shape=(length,),
-                            image_dtype='int32', splits={'train': 1}, mean=(), std=())
+    return data.DatasetInfo(
+        name='chars',
+        num_classes=VOCAB,
+        class_names=names,
+        example_shape=(length,),
+        image_dtype='int32',
+        splits={'train': 1},
+        mean=(),
+        std=(),
+    )
 
 
 def test_bits_per_character_is_loss_over_ln2_on_hand_made_logits():
@@ -214,13 +248,14 @@ def test_masked_loss_ignores_padding():
 
 # ----------------------------------------------------------------------------- stream loader
 
+
 def test_stream_loader_rows_continue_their_streams_and_reset_each_epoch():
     source = pipeline.InMemorySource(inputs=np.arange(23)[:, None], targets=np.arange(23)[:, None])
     loader = pipeline.stream_loader(source, global_batch_size=4, seed=3, num_epochs=3)
     batches = list(loader)
     assert len(batches) == 3 * 5  # 4 streams of 23 // 4 = 5 records; 3 records spare per epoch
     for epoch in range(3):
-        epoch_batches = batches[5 * epoch:5 * (epoch + 1)]
+        epoch_batches = batches[5 * epoch : 5 * (epoch + 1)]
         rows = np.stack([b['inputs'][:, 0] for b in epoch_batches], axis=1)  # (stream, step)
         start = rows[0, 0]
         assert 0 <= start <= 3
@@ -228,8 +263,11 @@ def test_stream_loader_rows_continue_their_streams_and_reset_each_epoch():
         assert [bool(b['reset'].all()) for b in epoch_batches] == [True] + [False] * 4
         assert all(b['reset'].shape == (4,) for b in epoch_batches)
     # Each process reads its own rows of every global batch.
-    shard = list(pipeline.stream_loader(source, global_batch_size=4, seed=3, num_epochs=1,
-                                        process_index=1, process_count=2))
+    shard = list(
+        pipeline.stream_loader(
+            source, global_batch_size=4, seed=3, num_epochs=1, process_index=1, process_count=2
+        )
+    )
     np.testing.assert_array_equal(shard[2]['inputs'], batches[2]['inputs'][2:])
 
 
@@ -250,30 +288,45 @@ def test_stream_loader_restores_its_position_from_a_checkpoint():
 
 # ----------------------------------------------------------------------------- truncated BPTT
 
+
 def test_tbptt_hands_each_steps_final_carry_to_the_next_step():
     model = tiny_model('char_lstm')
     task = LanguageModelTask(model, char_info(6), carried_streams=2)
     variables = task.init_variables(rng(0))
     params, model_state = variables.pop('params'), variables
     zero = model.initial_carry(2)
-    np.testing.assert_array_equal(jax.tree.leaves(state_to_carry(model_state[CARRY_COLLECTION], zero)),
-                                  jax.tree.leaves(zero))
+    np.testing.assert_array_equal(
+        jax.tree.leaves(state_to_carry(model_state[CARRY_COLLECTION], zero)), jax.tree.leaves(zero)
+    )
     loss_fn = fast_jit(task.train_loss)
-    read = fast_jit(lambda x, carry: model.apply({'params': params}, x, initial_carry=carry,
-                                                 return_carry=True))
+    read = fast_jit(
+        lambda x, carry: model.apply({'params': params}, x, initial_carry=carry, return_carry=True)
+    )
     stream = random_tokens((2, 13))
     first = {'inputs': stream[:, :6], 'targets': stream[:, 1:7], 'reset': np.array([True, True])}
-    second = {'inputs': stream[:, 6:12], 'targets': stream[:, 7:13], 'reset': np.array([False, False])}
+    second = {
+        'inputs': stream[:, 6:12],
+        'targets': stream[:, 7:13],
+        'reset': np.array([False, False]),
+    }
     _, (state1, _) = loss_fn(params, model_state, first, rng(1))
     # Step 1's final carry is what the model reaches after reading the first chunk from zeros.
     expected_carry, _ = read(first['inputs'], zero)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
-                 state_to_carry(state1[CARRY_COLLECTION], zero), expected_carry)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+        state_to_carry(state1[CARRY_COLLECTION], zero),
+        expected_carry,
+    )
     # Step 2 starts from it: its loss is that of the second chunk read with the carry ...
     loss2, (state2, _) = loss_fn(params, state1, second, rng(2))
     _, logits = read(second['inputs'], expected_carry)
-    carried_loss = float(np.mean(-np.take_along_axis(
-        np.asarray(jax.nn.log_softmax(logits)), second['targets'][..., None], -1)))
+    carried_loss = float(
+        np.mean(
+            -np.take_along_axis(
+                np.asarray(jax.nn.log_softmax(logits)), second['targets'][..., None], -1
+            )
+        )
+    )
     assert float(loss2) == pytest.approx(carried_loss, rel=1e-5)
     # ... which is the second half of reading the whole stream at once ...
     _, whole = read(stream[:, :12], zero)
@@ -301,11 +354,16 @@ def test_streams_need_a_recurrent_language_model():
     with pytest.raises(ConfigError, match="'sorted'.*'streams'"):
         validate(config)
     with pytest.raises(ValueError, match='TransformerLM has none'):
-        create_task('language_model', model=tiny_model('char_transformer'), info=char_info(6),
-                    carried_streams=4)
+        create_task(
+            'language_model',
+            model=tiny_model('char_transformer'),
+            info=char_info(6),
+            carried_streams=4,
+        )
 
 
 # ----------------------------------------------------------------------------- end to end
+
 
 def lm_config(data_dir: str, name: str, **changes):
     config = default_config()
@@ -337,12 +395,17 @@ def test_tbptt_training_writes_samples_and_resumes_with_its_carry(char_corpus_di
     info = data.dataset_info('char_corpus', char_corpus_dir)
     assert summary['step'] == 4 and summary['eval']['tokens'] == info.splits['validation'] * 256
     assert summary['eval']['bits_per_character'] == pytest.approx(
-        summary['eval']['loss'] / math.log(2))
+        summary['eval']['loss'] / math.log(2)
+    )
     assert summary['eval']['bits_per_character'] < math.log2(info.num_classes) + 0.5
     samples = (straight / 'samples.txt').read_text(encoding='utf-8')
-    assert samples.startswith("[greedy, prompt 'The ']\nThe ") and samples.count('[temperature') == 3
+    assert (
+        samples.startswith("[greedy, prompt 'The ']\nThe ") and samples.count('[temperature') == 3
+    )
     assert (straight / 'pictures' / 'loss_by_position.png').read_bytes()[:4] == b'\x89PNG'
-    assert json.loads((straight / 'summary.json').read_text())['samples'] == [str(straight / 'samples.txt')]
+    assert json.loads((straight / 'summary.json').read_text())['samples'] == [
+        str(straight / 'samples.txt')
+    ]
     # The same run interrupted after step 2 (its step-4 checkpoint removed) and rerun: the
     # carried state (in model_state) and the stream position come back exactly.
     interrupted = tmp_path / 'interrupted'

@@ -3,9 +3,15 @@ judge(numbers) and whose plots exist; each judge() is fed hand-made numbers both
 
 import pytest
 
-from experiments.lessons import (NOT_SUPPORTED, PARTLY, SUPPORTED, VERDICTS, Finding,
-                                 load_lesson, run_lesson)
-
+from experiments.lessons import (
+    NOT_SUPPORTED,
+    PARTLY,
+    SUPPORTED,
+    VERDICTS,
+    Finding,
+    load_lesson,
+    run_lesson,
+)
 
 pytestmark = pytest.mark.usefixtures('rbg_random_numbers')
 
@@ -15,6 +21,7 @@ def mnist1d_dir(digits_dir):
     """Lesson 9 compares a data set with its spatially shuffled twin: MNIST-1D's two variants,
     prepared next to the digits (a few seconds)."""
     import data
+
     data.prepare(['mnist1d', 'mnist1d_shuffled'], digits_dir)
     return digits_dir
 
@@ -36,18 +43,29 @@ def check_tiny(number: int, workdir, data_dir) -> Finding:
 
 # --------------------------------------------------------------------------- lesson 8
 
+
 def test_residual_lesson_runs_tiny(tmp_path, digits_dir):
     finding = check_tiny(8, tmp_path, digits_dir)
     assert len(finding.numbers['plain']['grad_norms_init']) == finding.numbers['depth']
 
 
-def residual_numbers(plain_spread: float, residual_spread: float, plain_loss: float,
-                     residual_loss: float) -> dict:
+def residual_numbers(
+    plain_spread: float, residual_spread: float, plain_loss: float, residual_loss: float
+) -> dict:
     def twin(spread, loss):
-        return {'spread_init': spread, 'spread_trained': spread, 'final_loss': loss,
-                'test_accuracy': 0.5}
-    return {'depth': 24, 'steps': 100, 'plain': twin(plain_spread, plain_loss),
-            'residual': twin(residual_spread, residual_loss)}
+        return {
+            'spread_init': spread,
+            'spread_trained': spread,
+            'final_loss': loss,
+            'test_accuracy': 0.5,
+        }
+
+    return {
+        'depth': 24,
+        'steps': 100,
+        'plain': twin(plain_spread, plain_loss),
+        'residual': twin(residual_spread, residual_loss),
+    }
 
 
 def test_residual_judge_both_ways():
@@ -59,6 +77,7 @@ def test_residual_judge_both_ways():
 
 # --------------------------------------------------------------------------- lesson 10
 
+
 def test_long_lags_lesson_runs_tiny(tmp_path, digits_dir):
     finding = check_tiny(10, tmp_path, digits_dir)
     assert set(finding.numbers['adding']) == {'rnn', 'lstm', 'gru'}
@@ -66,11 +85,14 @@ def test_long_lags_lesson_runs_tiny(tmp_path, digits_dir):
 
 def long_lag_numbers(rnn_nmse: float, lstm_nmse: float, rnn_decay: float) -> dict:
     flat, decayed = [1.0, 1.0, 0.5], [1.0, 0.1, rnn_decay]
-    return {'lengths': [10, 100], 'probe_length': 3,
-            'adding': {'rnn': {'100': rnn_nmse}, 'lstm': {'100': lstm_nmse},
-                       'gru': {'100': lstm_nmse}},
-            'gradient_by_lag': {when: {'rnn': decayed, 'lstm': flat, 'gru': flat}
-                                for when in ('init', 'trained')}}
+    return {
+        'lengths': [10, 100],
+        'probe_length': 3,
+        'adding': {'rnn': {'100': rnn_nmse}, 'lstm': {'100': lstm_nmse}, 'gru': {'100': lstm_nmse}},
+        'gradient_by_lag': {
+            when: {'rnn': decayed, 'lstm': flat, 'gru': flat} for when in ('init', 'trained')
+        },
+    }
 
 
 def test_long_lags_judge_both_ways():
@@ -84,6 +106,7 @@ def test_long_lags_judge_both_ways():
 
 # --------------------------------------------------------------------------- lesson 7
 
+
 def test_receptive_fields_lesson_runs_tiny(tmp_path, digits_dir):
     finding = check_tiny(7, tmp_path, digits_dir)
     # Counted exactly, whatever the scale: the stack and the single 7x7 see 7x7.
@@ -92,14 +115,20 @@ def test_receptive_fields_lesson_runs_tiny(tmp_path, digits_dir):
 
 
 def receptive_numbers(stack_params: int, inception_ratio: float, stack_accuracy: float) -> dict:
-    return {'channels': 64, 'dataset': 'mnist5k',
-            'stack': {'params': stack_params, 'field': [7, 7], 'nonlinearities': 3},
-            'single': {'params': 1000, 'field': [7, 7], 'nonlinearities': 1},
-            'inception': {'naive': {'params': 100, 'flops': 100.0},
-                          'with_1x1': {'params': 100 * inception_ratio,
-                                       'flops': 100.0 * inception_ratio}},
-            'trained': {'3 x 3x3': {'params': stack_params, 'accuracy': stack_accuracy},
-                        '1 x 7x7': {'params': 1000, 'accuracy': 0.9}}}
+    return {
+        'channels': 64,
+        'dataset': 'mnist5k',
+        'stack': {'params': stack_params, 'field': [7, 7], 'nonlinearities': 3},
+        'single': {'params': 1000, 'field': [7, 7], 'nonlinearities': 1},
+        'inception': {
+            'naive': {'params': 100, 'flops': 100.0},
+            'with_1x1': {'params': 100 * inception_ratio, 'flops': 100.0 * inception_ratio},
+        },
+        'trained': {
+            '3 x 3x3': {'params': stack_params, 'accuracy': stack_accuracy},
+            '1 x 7x7': {'params': 1000, 'accuracy': 0.9},
+        },
+    }
 
 
 def test_receptive_fields_judge_both_ways():
@@ -113,14 +142,20 @@ def test_receptive_fields_judge_both_ways():
 
 # --------------------------------------------------------------------------- lesson 9
 
+
 def test_cnn_vs_mlp_lesson_runs_tiny(tmp_path, mnist1d_dir):
     finding = check_tiny(9, tmp_path, mnist1d_dir)
     assert set(finding.numbers['accuracy']) == {'ordered', 'shuffled'}
 
 
 def cnn_mlp_numbers(cnn: float, mlp: float, cnn_shuffled: float, mlp_shuffled: float) -> dict:
-    return {'seeds': [0], 'accuracy': {'ordered': {'cnn': cnn, 'mlp': mlp},
-                                       'shuffled': {'cnn': cnn_shuffled, 'mlp': mlp_shuffled}}}
+    return {
+        'seeds': [0],
+        'accuracy': {
+            'ordered': {'cnn': cnn, 'mlp': mlp},
+            'shuffled': {'cnn': cnn_shuffled, 'mlp': mlp_shuffled},
+        },
+    }
 
 
 def test_cnn_vs_mlp_judge_both_ways():
@@ -132,6 +167,7 @@ def test_cnn_vs_mlp_judge_both_ways():
 
 # --------------------------------------------------------------------------- lesson 11
 
+
 def test_position_encodings_lesson_runs_tiny(tmp_path, digits_dir):
     finding = check_tiny(11, tmp_path, digits_dir)
     assert set(finding.numbers['results']) == {'sinusoidal', 'learned'}
@@ -139,11 +175,20 @@ def test_position_encodings_lesson_runs_tiny(tmp_path, digits_dir):
 
 def position_numbers(within: tuple[float, float], beyond: tuple[float, float]) -> dict:
     def results(at_l, past_l):
-        return {'1': {'accuracy': at_l, 'unseen_accuracy': None},
-                '2': {'accuracy': (at_l + past_l) / 2, 'unseen_accuracy': past_l}}
-    return {'length': 32, 'factors': [1, 2], 'vocab': 16,
-            'results': {'sinusoidal': results(within[0], beyond[0]),
-                        'learned': results(within[1], beyond[1])}}
+        return {
+            '1': {'accuracy': at_l, 'unseen_accuracy': None},
+            '2': {'accuracy': (at_l + past_l) / 2, 'unseen_accuracy': past_l},
+        }
+
+    return {
+        'length': 32,
+        'factors': [1, 2],
+        'vocab': 16,
+        'results': {
+            'sinusoidal': results(within[0], beyond[0]),
+            'learned': results(within[1], beyond[1]),
+        },
+    }
 
 
 def test_position_encodings_judge_both_ways():
@@ -155,6 +200,7 @@ def test_position_encodings_judge_both_ways():
 
 # --------------------------------------------------------------------------- lesson 12
 
+
 def test_invariance_lesson_runs_tiny(tmp_path, digits_dir):
     finding = check_tiny(12, tmp_path, digits_dir)
     # Measured at initialisation, exact at any scale: attention global, a 3x3 conv local.
@@ -163,13 +209,21 @@ def test_invariance_lesson_runs_tiny(tmp_path, digits_dir):
 
 
 def invariance_numbers(cnn_robust: float, cnn_error: float, cnn_rotated: float) -> dict:
-    return {'angles': [0, 90],
-            'one_layer': {'conv': {'positions': 9, 'fraction': 0.05},
-                          'attention': {'positions': 196, 'fraction': 1.0}},
-            'translation_robustness': {'mlp': 0.3, 'cnn': cnn_robust, 'vit': 0.6, 'swin': 0.6},
-            'equivariance': {'cnn': cnn_error, 'vit': 0.4, 'swin': 0.2},
-            'rotate': {'mlp': [0.9, 0.2], 'cnn': [0.9, cnn_rotated], 'vit': [0.9, 0.2],
-                       'swin': [0.9, 0.2]}}
+    return {
+        'angles': [0, 90],
+        'one_layer': {
+            'conv': {'positions': 9, 'fraction': 0.05},
+            'attention': {'positions': 196, 'fraction': 1.0},
+        },
+        'translation_robustness': {'mlp': 0.3, 'cnn': cnn_robust, 'vit': 0.6, 'swin': 0.6},
+        'equivariance': {'cnn': cnn_error, 'vit': 0.4, 'swin': 0.2},
+        'rotate': {
+            'mlp': [0.9, 0.2],
+            'cnn': [0.9, cnn_rotated],
+            'vit': [0.9, 0.2],
+            'swin': [0.9, 0.2],
+        },
+    }
 
 
 def test_invariance_judge_both_ways():

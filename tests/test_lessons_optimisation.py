@@ -8,9 +8,15 @@ import shutil
 import pytest
 
 from experiments import lessons
-from experiments.lessons import report
-from experiments.lessons import (c01_backprop, c02_optimisers, c03_regularisation,
-                                 c04_batch_norm, c05_hyperparameters, c06_relu_vs_tanh)
+from experiments.lessons import (
+    c01_backprop,
+    c02_optimisers,
+    c03_regularisation,
+    c04_batch_norm,
+    c05_hyperparameters,
+    c06_relu_vs_tanh,
+    report,
+)
 
 NUMBERS = (1, 2, 3, 4, 5, 6)
 PNG = b'\x89PNG\r\n\x1a\n'
@@ -50,8 +56,17 @@ def test_hand_written_backward_equals_jax_grad(tiny_lessons):
 
 
 def _backprop(error: float, time_ratio: float, flop_ratio: float = 2.8) -> dict:
-    return {'widths': [{'width': w, 'grad_rel_error': error, 'time_ratio': time_ratio,
-                        'flop_ratio': flop_ratio} for w in (128, 1024)]}
+    return {
+        'widths': [
+            {
+                'width': w,
+                'grad_rel_error': error,
+                'time_ratio': time_ratio,
+                'flop_ratio': flop_ratio,
+            }
+            for w in (128, 1024)
+        ]
+    }
 
 
 def test_backprop_judge():
@@ -61,11 +76,17 @@ def test_backprop_judge():
 
 
 def _optimisers(speedup: float | None, scheduled_loss: float) -> dict:
-    return {'optimisers': {'sgd': {'speedup': 1.0},
-                           **{n: {'speedup': speedup} for n in ('momentum', 'rmsprop', 'adam')}},
-            'schedules': {'constant': {'final_loss': 0.4},
-                          'warmup_cosine': {'final_loss': scheduled_loss},
-                          'step': {'final_loss': scheduled_loss}}}
+    return {
+        'optimisers': {
+            'sgd': {'speedup': 1.0},
+            **{n: {'speedup': speedup} for n in ('momentum', 'rmsprop', 'adam')},
+        },
+        'schedules': {
+            'constant': {'final_loss': 0.4},
+            'warmup_cosine': {'final_loss': scheduled_loss},
+            'step': {'final_loss': scheduled_loss},
+        },
+    }
 
 
 def test_optimisers_judge():
@@ -88,11 +109,16 @@ def test_regularisation_judge():
 
 
 def _batch_norm(bn_lr: float, speedup: float, bn_gain: float, plain_steps: int | None) -> dict:
-    return {'summary': {
-        'largest_trained_lr': {'plain': 0.3, 'bn': bn_lr}, 'speedup': speedup,
-        'dropout_gain': {'plain': 0.02, 'bn': bn_gain},
-        'saturating': {'sigmoid': {'bn_steps_to_trained': 50,
-                                   'plain_steps_to_trained': plain_steps}}}}
+    return {
+        'summary': {
+            'largest_trained_lr': {'plain': 0.3, 'bn': bn_lr},
+            'speedup': speedup,
+            'dropout_gain': {'plain': 0.02, 'bn': bn_gain},
+            'saturating': {
+                'sigmoid': {'bn_steps_to_trained': 50, 'plain_steps_to_trained': plain_steps}
+            },
+        }
+    }
 
 
 def test_batch_norm_judge():
@@ -106,14 +132,21 @@ def _sweep_run(lr: float, losses: list[float] | None) -> dict:
     """One run of a c04 sweep as train_once records it; `losses=None`: diverged."""
     curve = [[10 * (i + 1), loss] for i, loss in enumerate(losses or [])]
     final = sum(losses[-3:]) / 3 if losses else None
-    return {'lr': lr, 'curve': curve, 'final_loss': final, 'diverged': losses is None,
-            'trained': final is not None and final < c04_batch_norm.TRAINED_LOSS}
+    return {
+        'lr': lr,
+        'curve': curve,
+        'final_loss': final,
+        'diverged': losses is None,
+        'trained': final is not None and final < c04_batch_norm.TRAINED_LOSS,
+    }
 
 
 def test_batch_norm_summary_of_sweeps():
     slow, fast, stuck = [2.0, 1.5, 1.2, 0.9, 0.8, 0.7], [1.0, 0.8, 0.6, 0.5, 0.4, 0.4], [2.3] * 6
-    relu = {'plain': [_sweep_run(0.1, slow), _sweep_run(1.0, None)],
-            'bn': [_sweep_run(0.1, slow), _sweep_run(1.0, fast)]}
+    relu = {
+        'plain': [_sweep_run(0.1, slow), _sweep_run(1.0, None)],
+        'bn': [_sweep_run(0.1, slow), _sweep_run(1.0, fast)],
+    }
     sigmoid = {'plain': [_sweep_run(1.0, stuck)], 'bn': [_sweep_run(1.0, fast)]}
     dropout = {'plain': {'without': 0.80, 'with': 0.84}, 'bn': {'without': 0.85, 'with': 0.85}}
     summary = c04_batch_norm.summarise(relu, {'sigmoid': sigmoid}, dropout)
@@ -143,8 +176,10 @@ def test_hyperparameters_judge():
 
 
 def _relu_vs_tanh(relu: int | None, tanh: int | None) -> dict:
-    numbers = {'relu': {'steps_to_threshold': relu, 'steps_to_strict': None},
-               'tanh': {'steps_to_threshold': tanh, 'steps_to_strict': None}}
+    numbers = {
+        'relu': {'steps_to_threshold': relu, 'steps_to_strict': None},
+        'tanh': {'steps_to_threshold': tanh, 'steps_to_strict': None},
+    }
     numbers['speed_ratio'] = c06_relu_vs_tanh.speed_ratio(relu, tanh, 300)
     return numbers
 
@@ -165,34 +200,37 @@ def test_parse_lessons():
         report.parse_lessons('1,13')
 
 
-def test_report_runner_skips_reruns_and_reports_errors(tiny_lessons, digits_dir, tmp_path,
-                                                       monkeypatch):
+def test_report_runner_skips_reruns_and_reports_errors(
+    tiny_lessons, digits_dir, tmp_path, monkeypatch
+):
     workdir = tmp_path / 'lessons'
     shutil.copytree(tiny_lessons[0], workdir)
     finding_file = {n: workdir / lessons.LESSONS[n] / 'finding.json' for n in NUMBERS}
     written = {n: finding_file[n].stat().st_mtime_ns for n in NUMBERS}
 
     # Findings at this scale exist: nothing runs.
-    assert report.run_lessons(workdir, [2, 3], 'tiny', digits_dir) == {2: 'skipped',
-                                                                        3: 'skipped'}
+    assert report.run_lessons(workdir, [2, 3], 'tiny', digits_dir) == {2: 'skipped', 3: 'skipped'}
     assert all(finding_file[n].stat().st_mtime_ns == written[n] for n in (2, 3))
 
     # --rerun runs lesson 1 again (its measured finding, handed back at once: the fixture ran
     # it for real); lesson 6 fails, and is reported, without stopping lesson 1.
     def fail(*args):
         raise RuntimeError('simulated failure')
+
     monkeypatch.setattr(c06_relu_vs_tanh, 'run', fail)
     monkeypatch.setattr(c01_backprop, 'run', lambda *args: tiny_lessons[1][1])
-    path = report.build_report(workdir, [6, 1], 'tiny', digits_dir, rerun=True,
-                               copy_to=tmp_path / 'docs')
+    path = report.build_report(
+        workdir, [6, 1], 'tiny', digits_dir, rerun=True, copy_to=tmp_path / 'docs'
+    )
     assert finding_file[1].stat().st_mtime_ns > written[1]
     assert (workdir / lessons.LESSONS[6] / report.ERROR_FILE).exists()
 
     text = path.read_text()
     for number in (1, 2, 3, 4, 5):
         finding = lessons.Finding.from_json(json.loads(finding_file[number].read_text()))
-        assert f'| {number} | [{finding.title}](#claim-{number}) | {finding.verdict.verdict} |' \
-            in text
+        assert (
+            f'| {number} | [{finding.title}](#claim-{number}) | {finding.verdict.verdict} |' in text
+        )
         assert finding.verdict.reason in text and finding.table in text
         assert f'--lessons={number} --scale=tiny' in text
     assert re.search(r'\| 6 \| .* \| \*\*error\*\* \| RuntimeError: simulated failure', text)

@@ -13,11 +13,13 @@ from tests.nets_harness import all_eqns
 
 # (lhs shape, rhs shape, contracting dims): Dense, DenseGeneral over two axes, axes out of
 # order on both sides, a contraction over the lhs's leading axis.
-CASES = [((5, 7), (7, 3), ((1,), (0,))),
-         ((4, 6, 8), (8, 3, 5), ((2,), (0,))),
-         ((4, 6, 8), (6, 8, 5), ((1, 2), (0, 1))),
-         ((4, 3, 2, 8), (2, 8, 5), ((3, 2), (1, 0))),
-         ((6, 4), (5, 6), ((0,), (1,)))]
+CASES = [
+    ((5, 7), (7, 3), ((1,), (0,))),
+    ((4, 6, 8), (8, 3, 5), ((2,), (0,))),
+    ((4, 6, 8), (6, 8, 5), ((1, 2), (0, 1))),
+    ((4, 3, 2, 8), (2, 8, 5), ((3, 2), (1, 0))),
+    ((6, 4), (5, 6), ((0,), (1,))),
+]
 
 
 @pytest.mark.parametrize('lhs_shape, rhs_shape, contracting', CASES)
@@ -32,8 +34,9 @@ def test_bfloat16_product_and_gradients_match_float32(lhs_shape, rhs_shape, cont
     assert out.dtype == jnp.bfloat16 and out.shape == reference.shape
     np.testing.assert_allclose(np.asarray(out, np.float32), reference, rtol=2e-2, atol=2e-2)
     g = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
-    for got, want, operand in zip(pullback(g), reference_pullback(g.astype(jnp.float32)),
-                                  (lhs, rhs)):
+    for got, want, operand in zip(
+        pullback(g), reference_pullback(g.astype(jnp.float32)), (lhs, rhs)
+    ):
         assert got.dtype == jnp.bfloat16 and got.shape == operand.shape
         scale = float(jnp.max(jnp.abs(want)))
         assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - want))) < 1e-2 * scale
@@ -41,8 +44,9 @@ def test_bfloat16_product_and_gradients_match_float32(lhs_shape, rhs_shape, cont
 
 def test_products_accumulate_in_float32_inside():
     lhs, rhs = jnp.ones((4, 8), jnp.bfloat16), jnp.ones((8, 2), jnp.bfloat16)
-    jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(matmul(a, b).astype(jnp.float32)),
-                                    argnums=(0, 1)))(lhs, rhs)
+    jaxpr = jax.make_jaxpr(
+        jax.grad(lambda a, b: jnp.sum(matmul(a, b).astype(jnp.float32)), argnums=(0, 1))
+    )(lhs, rhs)
     products = [eqn for eqn in all_eqns(jaxpr.jaxpr) if eqn.primitive.name == 'dot_general']
     assert len(products) == 3  # forward, d lhs, d rhs
     for eqn in products:
@@ -60,17 +64,23 @@ def test_float32_and_batched_products_are_plain_dot_general():
     np.testing.assert_array_equal(dot_general(ab, bb, batched), lax.dot_general(ab, bb, batched))
 
 
-@pytest.mark.parametrize('ours, flax_layer, kwargs', [
-    (Dense, nn.Dense, {'features': 6}),
-    (DenseGeneral, nn.DenseGeneral, {'features': (2, 3), 'axis': (-2, -1)})])
+@pytest.mark.parametrize(
+    'ours, flax_layer, kwargs',
+    [
+        (Dense, nn.Dense, {'features': 6}),
+        (DenseGeneral, nn.DenseGeneral, {'features': (2, 3), 'axis': (-2, -1)}),
+    ],
+)
 def test_layers_keep_flax_parameters(ours, flax_layer, kwargs):
     x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 5, 7)), jnp.float32)
     variables = flax_layer(**kwargs).init(jax.random.key(0), x)
     mine = ours(**kwargs).init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, variables)
-    np.testing.assert_array_equal(ours(**kwargs).apply(variables, x),
-                                  flax_layer(**kwargs).apply(variables, x))
+    np.testing.assert_array_equal(
+        ours(**kwargs).apply(variables, x), flax_layer(**kwargs).apply(variables, x)
+    )
     low = ours(**kwargs, dtype=jnp.bfloat16).apply(variables, x)
     assert low.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(low, np.float32), flax_layer(**kwargs).apply(variables, x),
-                               rtol=5e-2, atol=5e-2)
+    np.testing.assert_allclose(
+        np.asarray(low, np.float32), flax_layer(**kwargs).apply(variables, x), rtol=5e-2, atol=5e-2
+    )

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nets
 from nets.layers import blocks
@@ -48,6 +49,7 @@ VIT_ANCHORS = {
 
 # --------------------------------------------------------------------------- parameter counts
 
+
 @pytest.mark.parametrize('name, expected', sorted(RESNET_ANCHORS.items()))
 def test_resnet_param_count_matches_torchvision(name, expected):
     assert nets.count_params(nets.create(name, num_classes=1000), IMAGENET_INPUT) == expected
@@ -61,21 +63,53 @@ def test_vit_param_count_matches_reference(name, expected):
     assert count == expected  # the layout is exact, not just close
 
 
-def vit_closed_form(image: int, patch: int, channels: int, hidden: int, depth: int, mlp: int,
-                    num_classes: int, class_token: bool, learned_posemb: bool) -> int:
+def vit_closed_form(
+    image: int,
+    patch: int,
+    channels: int,
+    hidden: int,
+    depth: int,
+    mlp: int,
+    num_classes: int,
+    class_token: bool,
+    learned_posemb: bool,
+) -> int:
     tokens = (image // patch) ** 2 + class_token
     embedding = patch * patch * channels * hidden + hidden
     block = 2 * 2 * hidden + (4 * hidden * hidden + 4 * hidden) + (2 * hidden * mlp + mlp + hidden)
-    return (embedding + class_token * hidden + learned_posemb * tokens * hidden
-            + depth * block + 2 * hidden + hidden * num_classes + num_classes)
+    return (
+        embedding
+        + class_token * hidden
+        + learned_posemb * tokens * hidden
+        + depth * block
+        + 2 * hidden
+        + hidden * num_classes
+        + num_classes
+    )
 
 
-@pytest.mark.parametrize('patch_size, pool, posemb', [(8, 'token', 'learned'), (14, 'token', 'sincos2d'),
-                                                      (28, 'gap', 'learned'), (32, 'gap', 'sincos2d')])
+@pytest.mark.parametrize(
+    'patch_size, pool, posemb',
+    [
+        (8, 'token', 'learned'),
+        (14, 'token', 'sincos2d'),
+        (28, 'gap', 'learned'),
+        (32, 'gap', 'sincos2d'),
+    ],
+)
 def test_vit_any_patch_size_and_head_options(patch_size, pool, posemb):
     model = nets.create('vit_b16', patch_size=patch_size, pool=pool, posemb=posemb)
-    expected = vit_closed_form(224, patch_size, 3, 768, 12, 3072, 1000,
-                               class_token=pool == 'token', learned_posemb=posemb == 'learned')
+    expected = vit_closed_form(
+        224,
+        patch_size,
+        3,
+        768,
+        12,
+        3072,
+        1000,
+        class_token=pool == 'token',
+        learned_posemb=posemb == 'learned',
+    )
     assert nets.count_params(model, IMAGENET_INPUT) == expected
 
 
@@ -86,7 +120,9 @@ def test_vit_representation_size_adds_pre_logits():
     assert with_repr - base == (192 * 100 + 100) + (100 - 192) * 1000
 
 
-def cifar_resnet_closed_form(depth: int, projection: bool, in_channels: int = 3, num_classes: int = 10) -> int:
+def cifar_resnet_closed_form(
+    depth: int, projection: bool, in_channels: int = 3, num_classes: int = 10
+) -> int:
     """He et al. §4.2 ResNet: conv3x3 stem (16), 3 stages x n basic blocks, widths 16/32/64."""
     n = (depth - 2) // 6
     conv_bn = lambda cin, cout, k: k * k * cin * cout + 2 * cout  # noqa: E731
@@ -132,54 +168,137 @@ def test_count_params_batch_stats_adds_running_mean_and_var():
 
 def test_mlp_and_cnn_param_counts():
     mlp = nets.create('mlp', hidden_sizes=(64, 32), num_classes=10)
-    assert nets.count_params(mlp, (1, 28, 28, 1)) == (784 * 64 + 64) + (64 * 32 + 32) + (32 * 10 + 10)
+    assert nets.count_params(mlp, (1, 28, 28, 1)) == (784 * 64 + 64) + (64 * 32 + 32) + (
+        32 * 10 + 10
+    )
     assert nets.count_params(nets.create('mlp', depth=3, width=16), (1, 40, 1)) == (
-        (40 * 16 + 16) + 2 * (16 * 16 + 16) + (16 * 10 + 10))
+        (40 * 16 + 16) + 2 * (16 * 16 + 16) + (16 * 10 + 10)
+    )
     assert nets.count_params(nets.create('mlp', depth=0), (1, 8)) == 8 * 10 + 10
     cnn = nets.create('cnn', channels=(8, 16), convs_per_stage=2, head_hidden=0)
-    expected = (9 * 1 * 8 + 16) + (9 * 8 * 8 + 16) + (9 * 8 * 16 + 32) + (9 * 16 * 16 + 32) + (16 * 10 + 10)
+    expected = (
+        (9 * 1 * 8 + 16)
+        + (9 * 8 * 8 + 16)
+        + (9 * 8 * 16 + 32)
+        + (9 * 16 * 16 + 32)
+        + (16 * 10 + 10)
+    )
     assert nets.count_params(cnn, (1, 28, 28, 1)) == expected
     # Global average pooling: the count does not depend on the input size.
     assert nets.count_params(cnn, (1, 64, 64, 1)) == expected
     cnn1d = nets.create('cnn', channels=(8, 16), kernel_size=5, head_hidden=12)
-    expected1d = ((5 * 8 + 16) + (5 * 8 * 8 + 16) + (5 * 8 * 16 + 32) + (5 * 16 * 16 + 32)
-                  + (16 * 12 + 12) + (12 * 10 + 10))
+    expected1d = (
+        (5 * 8 + 16)
+        + (5 * 8 * 8 + 16)
+        + (5 * 8 * 16 + 32)
+        + (5 * 16 * 16 + 32)
+        + (16 * 12 + 12)
+        + (12 * 10 + 10)
+    )
     assert nets.count_params(cnn1d, (1, 40, 1)) == expected1d
     # Flatten head: the classifier sees every position of the last (7x7x16) feature map.
     flat = nets.create('cnn', channels=(8, 16), convs_per_stage=1, head='flatten', head_hidden=0)
     assert nets.count_params(flat, (1, 28, 28, 1)) == (
-        (9 * 1 * 8 + 16) + (9 * 8 * 16 + 32) + (7 * 7 * 16 * 10 + 10))
+        (9 * 1 * 8 + 16) + (9 * 8 * 16 + 32) + (7 * 7 * 16 * 10 + 10)
+    )
 
 
 @settings(max_examples=8, deadline=None)
 @given(heads=st.integers(1, 4), head_dim=st.integers(1, 8), length=st.integers(1, 5))
 def test_multi_head_attention_param_count_matches_pytorch(heads, head_dim, length):
     d = heads * head_dim
-    assert nets.count_params(MultiHeadAttention(num_heads=heads), (2, length, d)) == 4 * d * d + 4 * d
+    assert (
+        nets.count_params(MultiHeadAttention(num_heads=heads), (2, length, d)) == 4 * d * d + 4 * d
+    )
 
 
 # --------------------------------------------------------------------------- tiny forward/backward
 
-TINY_VIT = dict(patch_size=4, hidden_size=32, depth=2, num_heads=2, mlp_dim=64, num_classes=10,
-                dropout_rate=0.1, attention_dropout_rate=0.1, drop_path_rate=0.1)
+TINY_VIT = dict(
+    patch_size=4,
+    hidden_size=32,
+    depth=2,
+    num_heads=2,
+    mlp_dim=64,
+    num_classes=10,
+    dropout_rate=0.1,
+    attention_dropout_rate=0.1,
+    drop_path_rate=0.1,
+)
 
 # id: (model name, overrides, input shape, has dropout, has batch norm)
 CASES = {
-    'mlp_image': ('mlp', dict(depth=2, width=32, dropout_rate=0.5, batch_norm=True), (2, 28, 28, 1), True, True),
-    'mlp_signal': ('mlp', dict(hidden_sizes=(16,), activation='tanh', dropout_rate=0.5), (2, 40, 1), True, False),
-    'cnn_image': ('cnn', dict(channels=(8, 16), dropout_rate=0.5, head_hidden=16), (2, 28, 28, 1), True, True),
-    'cnn_signal': ('cnn', dict(channels=(8, 16), pool='avg', activation='gelu', dropout_rate=0.5),
-                   (2, 40, 1), True, True),
-    'cnn_flatten': ('cnn', dict(channels=(8, 16), convs_per_stage=1, head='flatten', head_hidden=16,
-                                dropout_rate=0.5), (2, 28, 28, 1), True, True),
-    'resnet18_cifar': ('resnet18', dict(stem='cifar', width=8, num_classes=10), (2, 32, 32, 3), False, True),
+    'mlp_image': (
+        'mlp',
+        dict(depth=2, width=32, dropout_rate=0.5, batch_norm=True),
+        (2, 28, 28, 1),
+        True,
+        True,
+    ),
+    'mlp_signal': (
+        'mlp',
+        dict(hidden_sizes=(16,), activation='tanh', dropout_rate=0.5),
+        (2, 40, 1),
+        True,
+        False,
+    ),
+    'cnn_image': (
+        'cnn',
+        dict(channels=(8, 16), dropout_rate=0.5, head_hidden=16),
+        (2, 28, 28, 1),
+        True,
+        True,
+    ),
+    'cnn_signal': (
+        'cnn',
+        dict(channels=(8, 16), pool='avg', activation='gelu', dropout_rate=0.5),
+        (2, 40, 1),
+        True,
+        True,
+    ),
+    'cnn_flatten': (
+        'cnn',
+        dict(channels=(8, 16), convs_per_stage=1, head='flatten', head_hidden=16, dropout_rate=0.5),
+        (2, 28, 28, 1),
+        True,
+        True,
+    ),
+    'resnet18_cifar': (
+        'resnet18',
+        dict(stem='cifar', width=8, num_classes=10),
+        (2, 32, 32, 3),
+        False,
+        True,
+    ),
     'resnet20': ('resnet20', dict(), (2, 28, 28, 1), False, True),
-    'resnet_bottleneck_pad': ('resnet50', dict(stage_sizes=(1, 1), width=4, num_classes=10, stem='imagenet',
-                                               shortcut='pad', zero_init_residual=True),
-                              (2, 32, 32, 3), False, True),
-    'vit_token_learned': ('vit_ti16', dict(TINY_VIT, pool='token', posemb='learned'), (2, 32, 32, 3), True, False),
-    'vit_gap_sincos': ('vit_ti16', dict(TINY_VIT, pool='gap', posemb='sincos2d',
-                                        representation_size=16), (2, 32, 32, 3), True, False),
+    'resnet_bottleneck_pad': (
+        'resnet50',
+        dict(
+            stage_sizes=(1, 1),
+            width=4,
+            num_classes=10,
+            stem='imagenet',
+            shortcut='pad',
+            zero_init_residual=True,
+        ),
+        (2, 32, 32, 3),
+        False,
+        True,
+    ),
+    'vit_token_learned': (
+        'vit_ti16',
+        dict(TINY_VIT, pool='token', posemb='learned'),
+        (2, 32, 32, 3),
+        True,
+        False,
+    ),
+    'vit_gap_sincos': (
+        'vit_ti16',
+        dict(TINY_VIT, pool='gap', posemb='sincos2d', representation_size=16),
+        (2, 32, 32, 3),
+        True,
+        False,
+    ),
 }
 BF16_CASES = ['mlp_image', 'cnn_signal', 'resnet18_cifar', 'vit_token_learned']
 
@@ -199,7 +318,9 @@ def test_tiny_train_step(case_id):
     grads, (logits, updates) = run.train(seed=0)
     assert logits.shape == (run.x.shape[0], num_classes)
     assert logits.dtype == jnp.float32
-    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(run.variables['params'])
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(
+        run.variables['params']
+    )
     # Host-side checks: eager jnp ops would compile once per leaf shape.
     leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]
     assert all(np.all(np.isfinite(g)) for g in leaves)
@@ -208,7 +329,9 @@ def test_tiny_train_step(case_id):
     if run.has_batch_norm:
         old, new = jax.device_get((run.variables['batch_stats'], updates['batch_stats']))
         changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), old, new)
-        assert all(jax.tree_util.tree_leaves(changed)), 'every BatchNorm must update its running stats in train mode'
+        assert all(jax.tree_util.tree_leaves(changed)), (
+            'every BatchNorm must update its running stats in train mode'
+        )
     else:
         assert 'batch_stats' not in updates or not updates['batch_stats']
 
@@ -224,7 +347,9 @@ def test_dropout_only_in_train_mode(case_id):
     _, (logits_a_again, _) = run.train(seed=1)
     _, (logits_b, _) = run.train(seed=2)
     np.testing.assert_array_equal(logits_a, logits_a_again)
-    assert not np.allclose(logits_a, logits_b), 'different dropout rngs must give different train outputs'
+    assert not np.allclose(logits_a, logits_b), (
+        'different dropout rngs must give different train outputs'
+    )
     eval_a = run.eval_apply(run.variables, run.x, rngs={'dropout': rng(1)})
     eval_b = run.eval_apply(run.variables, run.x, rngs={'dropout': rng(2)})
     np.testing.assert_array_equal(eval_a, eval_b)
@@ -247,7 +372,9 @@ def test_bfloat16_compute(case_id):
     # The matmuls/convs themselves must multiply bfloat16 operands, not just cast the output.
     assert_products_in_bfloat16(jax.make_jaxpr(apply)(run.variables, run.x))
     init_vars = jax.eval_shape(model.init, {'params': rng(0)}, run.x)
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(init_vars['params'])} == {jnp.dtype(jnp.float32)}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(init_vars['params'])} == {
+        jnp.dtype(jnp.float32)
+    }
 
 
 def test_zero_init_residual_zeroes_last_block_norm():
@@ -276,6 +403,7 @@ def test_vit_other_pool_posemb_combinations(pool, posemb):
 
 def test_sincos2d_posemb():
     from nets.layers.position import sincos_2d as sincos2d_posemb
+
     pos = sincos2d_posemb(3, 4, 8)
     assert pos.shape == (12, 8)
     assert np.all(np.abs(pos) <= 1.0)
@@ -290,9 +418,10 @@ def test_sincos2d_posemb():
 def test_resnet_imagenet_stem_resolution():
     # 224 px: stem conv /2, max pool /2, three strided stages /8 -> 7x7 before pooling.
     model = nets.create('resnet18', width=4)
-    shapes = jax.eval_shape(lambda x: model.init_with_output({'params': rng(0)}, x,
-                                                             capture_intermediates=True),
-                            jax.ShapeDtypeStruct(IMAGENET_INPUT, jnp.float32))
+    shapes = jax.eval_shape(
+        lambda x: model.init_with_output({'params': rng(0)}, x, capture_intermediates=True),
+        jax.ShapeDtypeStruct(IMAGENET_INPUT, jnp.float32),
+    )
     (logits, variables) = shapes
     assert logits.shape == (1, 1000)
     last_block = variables['intermediates']['stage3_block1']['__call__'][0]
@@ -301,17 +430,39 @@ def test_resnet_imagenet_stem_resolution():
 
 # --------------------------------------------------------------------------- registry
 
+
 def test_registry_lists_all_families():
-    resnets = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-               'resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110']
+    resnets = [
+        'resnet18',
+        'resnet34',
+        'resnet50',
+        'resnet101',
+        'resnet152',
+        'resnet20',
+        'resnet32',
+        'resnet44',
+        'resnet56',
+        'resnet110',
+    ]
     assert nets.list_models('resnet') == sorted(resnets)
     assert nets.list_models('vit') == sorted([*VIT_ANCHORS, 'vit_r50_b16'])
     assert nets.list_models('mlp') == ['mlp'] and nets.list_models('cnn') == ['cnn']
     everything = nets.list_models()
     assert everything == sorted(set(everything))
     assert set(resnets + list(VIT_ANCHORS) + ['mlp', 'cnn']) <= set(everything)
-    assert {'cnn', 'mlp', 'resnet', 'vit', 'alexnet', 'vgg', 'inception', 'inception_resnet',
-            'convnext', 'nfnet', 'deformable'} <= set(nets.list_families())
+    assert {
+        'cnn',
+        'mlp',
+        'resnet',
+        'vit',
+        'alexnet',
+        'vgg',
+        'inception',
+        'inception_resnet',
+        'convnext',
+        'nfnet',
+        'deformable',
+    } <= set(nets.list_families())
     assert sum(len(nets.list_models(f)) for f in nets.list_families()) == len(everything)
     assert nets.list_models('no_such_family') == []
     assert nets.model_family('vit_b16') == 'vit'
@@ -327,7 +478,11 @@ def test_model_defaults_and_fields():
     assert 'parent' not in fields and 'name' not in fields
     assert nets.model_fields('resnet20')['stem'] == 'cifar'
     vit_fields = nets.model_fields('vit_b32')
-    assert (vit_fields['patch_size'], vit_fields['hidden_size'], vit_fields['mlp_dim']) == (32, 768, 3072)
+    assert (vit_fields['patch_size'], vit_fields['hidden_size'], vit_fields['mlp_dim']) == (
+        32,
+        768,
+        3072,
+    )
     # model_defaults returns a copy.
     nets.model_defaults('resnet50')['block'] = 'basic'
     assert nets.model_defaults('resnet50')['block'] == 'bottleneck'
@@ -361,33 +516,39 @@ def test_unknown_override_key():
     assert 'width' in message and 'stage_sizes' in message
 
 
-@pytest.mark.parametrize('name, field, value, valid_choice', [
-    ('mlp', 'activation', 'relu6', 'leaky_relu'),
-    ('mlp', 'kernel_init', 'kaiming', 'he_normal'),
-    ('cnn', 'pool', 'median', 'avg'),
-    ('cnn', 'head', 'dense', 'flatten'),
-    ('cnn', 'activation', 'mish', 'silu'),
-    ('resnet18', 'stem', 'tiny', 'cifar'),
-    ('resnet18', 'block', 'wide', 'bottleneck'),
-    ('resnet18', 'shortcut', 'option_c', 'projection'),
-    ('vit_b16', 'pool', 'cls', 'gap'),
-    ('vit_b16', 'posemb', 'rope', 'sincos2d'),
-    ('vit_b16', 'head_init', 'ones', 'zeros'),
-])
+@pytest.mark.parametrize(
+    'name, field, value, valid_choice',
+    [
+        ('mlp', 'activation', 'relu6', 'leaky_relu'),
+        ('mlp', 'kernel_init', 'kaiming', 'he_normal'),
+        ('cnn', 'pool', 'median', 'avg'),
+        ('cnn', 'head', 'dense', 'flatten'),
+        ('cnn', 'activation', 'mish', 'silu'),
+        ('resnet18', 'stem', 'tiny', 'cifar'),
+        ('resnet18', 'block', 'wide', 'bottleneck'),
+        ('resnet18', 'shortcut', 'option_c', 'projection'),
+        ('vit_b16', 'pool', 'cls', 'gap'),
+        ('vit_b16', 'posemb', 'rope', 'sincos2d'),
+        ('vit_b16', 'head_init', 'ones', 'zeros'),
+    ],
+)
 def test_invalid_choice_names_value_and_choices(name, field, value, valid_choice):
     with pytest.raises(ValueError) as err:
         nets.create(name, **{field: value})
     assert value in str(err.value) and valid_choice in str(err.value)
 
 
-@pytest.mark.parametrize('name, overrides, fragment', [
-    ('vit_b16', dict(num_heads=5), 'num_heads'),
-    ('vit_b16', dict(dropout_rate=1.5), 'dropout_rate'),
-    ('vit_ti16', dict(hidden_size=6, num_heads=3, posemb='sincos2d'), 'divisible by 4'),
-    ('cnn', dict(channels=()), 'channels'),
-    ('resnet18', dict(stage_sizes=()), 'stage_sizes'),
-    ('mlp', dict(width=0), 'width'),
-])
+@pytest.mark.parametrize(
+    'name, overrides, fragment',
+    [
+        ('vit_b16', dict(num_heads=5), 'num_heads'),
+        ('vit_b16', dict(dropout_rate=1.5), 'dropout_rate'),
+        ('vit_ti16', dict(hidden_size=6, num_heads=3, posemb='sincos2d'), 'divisible by 4'),
+        ('cnn', dict(channels=()), 'channels'),
+        ('resnet18', dict(stage_sizes=()), 'stage_sizes'),
+        ('mlp', dict(width=0), 'width'),
+    ],
+)
 def test_invalid_values_fail_in_create(name, overrides, fragment):
     with pytest.raises(ValueError, match=fragment):
         nets.create(name, **overrides)
@@ -418,11 +579,33 @@ def test_register_rejects_duplicates_and_unknown_fields():
 # These small tests run each computation inside one jitted function: eager jax
 # ops compile one by one, which is what makes tiny tests slow on CPU.
 
-ACTIVATION_NAMES = ('relu', 'gelu', 'tanh', 'sigmoid', 'elu', 'leaky_relu', 'silu', 'swish', 'selu',
-                    'softplus', 'identity')
-INITIALIZER_NAMES = ('he_normal', 'he_uniform', 'glorot_normal', 'xavier_normal', 'glorot_uniform',
-                     'xavier_uniform', 'lecun_normal', 'lecun_uniform', 'normal', 'truncated_normal',
-                     'zeros', 'orthogonal')
+ACTIVATION_NAMES = (
+    'relu',
+    'gelu',
+    'tanh',
+    'sigmoid',
+    'elu',
+    'leaky_relu',
+    'silu',
+    'swish',
+    'selu',
+    'softplus',
+    'identity',
+)
+INITIALIZER_NAMES = (
+    'he_normal',
+    'he_uniform',
+    'glorot_normal',
+    'xavier_normal',
+    'glorot_uniform',
+    'xavier_uniform',
+    'lecun_normal',
+    'lecun_uniform',
+    'normal',
+    'truncated_normal',
+    'zeros',
+    'orthogonal',
+)
 
 
 def test_activations():
@@ -462,7 +645,9 @@ def test_initializers():
     assert blocks.default_initializer_name('selu') == 'lecun_normal'
 
 
-@pytest.mark.parametrize('shape, kernel_shape', [((2, 16, 3), (3, 3, 8)), ((2, 8, 8, 3), (3, 3, 3, 8))])
+@pytest.mark.parametrize(
+    'shape, kernel_shape', [((2, 16, 3), (3, 3, 8)), ((2, 8, 8, 3), (3, 3, 3, 8))]
+)
 def test_conv_norm_act_spatial_rank_from_input(shape, kernel_shape):
     block = blocks.ConvNormAct(8, kernel_size=3, strides=2)
     plain_block = blocks.ConvNormAct(8, use_norm=False, activation='identity')
@@ -487,8 +672,11 @@ def test_mlp_block_shapes():
 
     def run(key, x):
         params = block.init(key, x)['params']
-        return (params, block.apply({'params': params}, x),
-                block.apply({'params': params}, x, train=True, rngs={'dropout': key}))
+        return (
+            params,
+            block.apply({'params': params}, x),
+            block.apply({'params': params}, x, train=True, rngs={'dropout': key}),
+        )
 
     params, eval_out, train_out = fast_jit(run)(rng(0), x)
     assert params['fc1']['kernel'].shape == (4, 12) and params['fc2']['kernel'].shape == (12, 4)
@@ -511,6 +699,7 @@ def test_drop_path_drops_whole_examples():
 
 # --------------------------------------------------------------------------- attention
 
+
 def reference_attention(q, k, v, mask=None):
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     logits = np.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(q.shape[-1])
@@ -531,10 +720,12 @@ def test_dot_product_attention_matches_formula():
     bias[..., 0] = -1e9
 
     def run(q, k, v):
-        return (dot_product_attention(q, k, v, return_weights=True),
-                dot_product_attention(q, k, v),
-                dot_product_attention(q, k, v, mask=causal_like, return_weights=True),
-                attention_weights(q, k, bias=bias))
+        return (
+            dot_product_attention(q, k, v, return_weights=True),
+            dot_product_attention(q, k, v),
+            dot_product_attention(q, k, v, mask=causal_like, return_weights=True),
+            attention_weights(q, k, bias=bias),
+        )
 
     (out, weights), out_only, (masked_out, masked_weights), biased = fast_jit(run)(q, k, v)
     ref_out, ref_weights = reference_attention(q, k, v)
@@ -559,11 +750,17 @@ def test_multi_head_attention_sows_weights_without_changing_outputs():
     def run(key, x_q, x_kv):
         variables = mha.init(key, x_q)
         sow = functools.partial(mha.apply, mutable=['intermediates'])
-        return (variables, mha.apply(variables, x_q), sow(variables, x_q),
-                sow(variables, x_q, x_kv), sow(variables, x_q, x_kv, mask=key_mask))
+        return (
+            variables,
+            mha.apply(variables, x_q),
+            sow(variables, x_q),
+            sow(variables, x_q, x_kv),
+            sow(variables, x_q, x_kv, mask=key_mask),
+        )
 
-    variables, default_out, (out, state), (cross, cross_state), (_, masked_state) = \
-        fast_jit(run)(rng(1), x_q, x_kv)
+    variables, default_out, (out, state), (cross, cross_state), (_, masked_state) = fast_jit(run)(
+        rng(1), x_q, x_kv
+    )
     assert set(variables) == {'params'}  # nothing sown at init
     np.testing.assert_array_equal(out, default_out)
     (weights,) = state['intermediates']['attention_weights']

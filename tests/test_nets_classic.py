@@ -54,8 +54,11 @@ def count(name: str, shape: tuple[int, ...], **overrides) -> int:
     return _count(name, shape, tuple(sorted(overrides.items())))
 
 
-@pytest.mark.parametrize('name, overrides, shape, expected', ANCHORS,
-                         ids=[f'{n}-{"-".join(f"{k}={v}" for k, v in o.items())}' for n, o, _, _ in ANCHORS])
+@pytest.mark.parametrize(
+    'name, overrides, shape, expected',
+    ANCHORS,
+    ids=[f'{n}-{"-".join(f"{k}={v}" for k, v in o.items())}' for n, o, _, _ in ANCHORS],
+)
 def test_param_count_matches_reference(name, overrides, shape, expected):
     assert count(name, shape, num_classes=1000, **overrides) == expected
 
@@ -76,23 +79,48 @@ def test_inception_modules_closed_form():
     # GoogLeNet 3a on 192 channels: 1x1 | 1x1-3x3 | 1x1-3x3 (torchvision) or 5x5 | pool-1x1.
     for wide in (3, 5):
         block = InceptionV1Block(features=(64, 96, 128, 16, 32, 32), wide_kernel_size=wide)
-        expected = (conv_bn(192, 64, 1) + conv_bn(192, 96, 1) + conv_bn(96, 128, 3)
-                    + conv_bn(192, 16, 1) + conv_bn(16, 32, wide) + conv_bn(192, 32, 1))
+        expected = (
+            conv_bn(192, 64, 1)
+            + conv_bn(192, 96, 1)
+            + conv_bn(96, 128, 3)
+            + conv_bn(192, 16, 1)
+            + conv_bn(16, 32, wide)
+            + conv_bn(192, 32, 1)
+        )
         assert nets.count_params(block, (1, 28, 28, 192)) == expected
     # BN-Inception 3a: the 5x5 branch becomes 1x1 (64) - 3x3 (96) - 3x3 (96).
     block = InceptionV2Block(features=(64, 64, 64, 64, 96, 32), pool='avg')
-    expected = (conv_bn(192, 64, 1) + conv_bn(192, 64, 1) + conv_bn(64, 64, 3)
-                + conv_bn(192, 64, 1) + conv_bn(64, 96, 3) + conv_bn(96, 96, 3) + conv_bn(192, 32, 1))
+    expected = (
+        conv_bn(192, 64, 1)
+        + conv_bn(192, 64, 1)
+        + conv_bn(64, 64, 3)
+        + conv_bn(192, 64, 1)
+        + conv_bn(64, 96, 3)
+        + conv_bn(96, 96, 3)
+        + conv_bn(192, 32, 1)
+    )
     assert expected == 219_072  # 3 x 12,416 + 36,992 + 55,488 + 83,136 + 6,208, by hand
     assert nets.count_params(block, (1, 28, 28, 192)) == expected
     # BN-Inception 3c (stride 2): no 1x1 branch, the max pool passes its 320 channels through.
     block = InceptionV2Block(features=(0, 128, 160, 64, 96, 0), pool='max', strides=2)
-    expected = (conv_bn(320, 128, 1) + conv_bn(128, 160, 3)
-                + conv_bn(320, 64, 1) + conv_bn(64, 96, 3) + conv_bn(96, 96, 3))
+    expected = (
+        conv_bn(320, 128, 1)
+        + conv_bn(128, 160, 3)
+        + conv_bn(320, 64, 1)
+        + conv_bn(64, 96, 3)
+        + conv_bn(96, 96, 3)
+    )
     assert nets.count_params(block, (1, 28, 28, 320)) == expected
     # Inception v3 Mixed_5b: 1x1 64 | 1x1 48-5x5 64 | 1x1 64-3x3 96-3x3 96 | pool-1x1 32.
-    expected = (conv_bn(192, 64, 1) + conv_bn(192, 48, 1) + conv_bn(48, 64, 5) + conv_bn(192, 64, 1)
-                + conv_bn(64, 96, 3) + conv_bn(96, 96, 3) + conv_bn(192, 32, 1))
+    expected = (
+        conv_bn(192, 64, 1)
+        + conv_bn(192, 48, 1)
+        + conv_bn(48, 64, 5)
+        + conv_bn(192, 64, 1)
+        + conv_bn(64, 96, 3)
+        + conv_bn(96, 96, 3)
+        + conv_bn(192, 32, 1)
+    )
     assert nets.count_params(InceptionA(pool_features=32), (1, 35, 35, 192)) == expected
 
 
@@ -117,15 +145,24 @@ def test_aux_heads_add_their_closed_form_parameters():
 def test_small_input_options_shrink_the_classifier():
     # Global pooling instead of 6x6 / 7x7: the first FC layer sees the channels only.
     # AlexNet: torchvision's convs hold 2,469,696 parameters, 23,296 of them in the 11x11 conv1.
-    alexnet = nets.count_params(nets.create('alexnet', stem='small', num_classes=10), (1, 28, 28, 1))
-    assert alexnet == (9 * 1 * 64 + 64) + (2_469_696 - 23_296) + (256 * 4096 + 4096) \
-        + (4096 * 4096 + 4096) + (4096 * 10 + 10)
+    alexnet = nets.count_params(
+        nets.create('alexnet', stem='small', num_classes=10), (1, 28, 28, 1)
+    )
+    assert alexnet == (9 * 1 * 64 + 64) + (2_469_696 - 23_296) + (256 * 4096 + 4096) + (
+        4096 * 4096 + 4096
+    ) + (4096 * 10 + 10)
     vgg = nets.create('vgg16', stem='small', fc_width=512, num_classes=10)
     convs = 138_357_544 - (25088 * 4096 + 4096) - (4096 * 4096 + 4096) - (4096 * 1000 + 1000)
-    assert nets.count_params(vgg, (1, 28, 28, 1)) == convs - 2 * 64 * 9 + (512 * 512 + 512) * 2 + (512 * 10 + 10)
+    assert nets.count_params(vgg, (1, 28, 28, 1)) == convs - 2 * 64 * 9 + (512 * 512 + 512) * 2 + (
+        512 * 10 + 10
+    )
     # pooled_size overrides the stem default: 2x2 of the last 32 channels (width 4) feed fc1 (8 wide).
-    pooled = nets.count_params(nets.create('vgg11', stem='small', pooled_size=2, width=4, fc_width=8), (1, 28, 28, 1))
-    default = nets.count_params(nets.create('vgg11', stem='small', width=4, fc_width=8), (1, 28, 28, 1))
+    pooled = nets.count_params(
+        nets.create('vgg11', stem='small', pooled_size=2, width=4, fc_width=8), (1, 28, 28, 1)
+    )
+    default = nets.count_params(
+        nets.create('vgg11', stem='small', width=4, fc_width=8), (1, 28, 28, 1)
+    )
     assert pooled - default == (2 * 2 - 1) * 32 * 8
 
 
@@ -138,15 +175,47 @@ def test_small_input_options_shrink_the_classifier():
 # (one more compiled forward pass) is checked where it is cheap; every model's dropout is the
 # same nn.Dropout before its classifier.
 CASES = {
-    'alexnet_small_lrn': ('alexnet', dict(stem='small', width=4, fc_width=16, lrn=True), True, False, (), True),
+    'alexnet_small_lrn': (
+        'alexnet',
+        dict(stem='small', width=4, fc_width=16, lrn=True),
+        True,
+        False,
+        (),
+        True,
+    ),
     'vgg11_bn_small': ('vgg11_bn', dict(stem='small', width=4, fc_width=16), True, True, (), True),
-    'googlenet_small': ('googlenet', dict(stem='small', width_multiplier=0.125), True, True, ('aux1', 'aux2'), True),
-    'inception_v2_small': ('inception_v2', dict(stem='small', width_multiplier=0.125, dropout_rate=0.2),
-                           False, True, (), False),
-    'inception_v3_small': ('inception_v3', dict(stem='small', width_multiplier=0.125), False, True, ('aux1',),
-                           False),
-    'inception_resnet_v2_small': ('inception_resnet_v2', dict(stem='small', width_multiplier=0.125,
-                                                              num_blocks=(1, 1, 1)), False, True, (), True),
+    'googlenet_small': (
+        'googlenet',
+        dict(stem='small', width_multiplier=0.125),
+        True,
+        True,
+        ('aux1', 'aux2'),
+        True,
+    ),
+    'inception_v2_small': (
+        'inception_v2',
+        dict(stem='small', width_multiplier=0.125, dropout_rate=0.2),
+        False,
+        True,
+        (),
+        False,
+    ),
+    'inception_v3_small': (
+        'inception_v3',
+        dict(stem='small', width_multiplier=0.125),
+        False,
+        True,
+        ('aux1',),
+        False,
+    ),
+    'inception_resnet_v2_small': (
+        'inception_resnet_v2',
+        dict(stem='small', width_multiplier=0.125, num_blocks=(1, 1, 1)),
+        False,
+        True,
+        (),
+        True,
+    ),
 }
 SMALL_INPUT = (2, 28, 28, 1)
 
@@ -165,7 +234,9 @@ def host_init(model, x: np.ndarray) -> dict:
     def draw(path, leaf):
         name = path[-1].key
         if name == 'kernel':
-            return (data.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))).astype(leaf.dtype)
+            return (data.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))).astype(
+                leaf.dtype
+            )
         return (np.ones if name in ('scale', 'var') else np.zeros)(leaf.shape, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
@@ -176,8 +247,14 @@ class TinyRun:
     aux losses, or the train-mode forward only), optionally a second dropout draw, an eval pass."""
 
     def __init__(self, case_id: str):
-        (name, overrides, self.check_dropout, self.has_batch_norm, self.aux_names,
-         self.backward) = CASES[case_id]
+        (
+            name,
+            overrides,
+            self.check_dropout,
+            self.has_batch_norm,
+            self.aux_names,
+            self.backward,
+        ) = CASES[case_id]
         self.name, self.overrides = name, overrides
         self.model = model = nets.create(name, num_classes=10, **overrides)
         self.x = np.random.default_rng(0).normal(size=SMALL_INPUT).astype(np.float32)
@@ -189,25 +266,42 @@ class TinyRun:
             state = {k: v for k, v in variables.items() if k != 'params'}
 
             def train_apply(params, dropout_key):
-                return model.apply({'params': params, **state}, x, train=True, rngs={'dropout': dropout_key},
-                                   mutable=['batch_stats', 'aux_logits'])
+                return model.apply(
+                    {'params': params, **state},
+                    x,
+                    train=True,
+                    rngs={'dropout': dropout_key},
+                    mutable=['batch_stats', 'aux_logits'],
+                )
 
             def loss(params):
                 logits, new_state = train_apply(params, jax.random.fold_in(key, 1))
                 aux = jax.tree_util.tree_leaves(new_state.get('aux_logits', {}))
-                total = _cross_entropy_first_class(logits) + weight * sum(map(_cross_entropy_first_class, aux))
+                total = _cross_entropy_first_class(logits) + weight * sum(
+                    map(_cross_entropy_first_class, aux)
+                )
                 return total, (logits, new_state)
 
             if backward:
                 grads, (logits, new_state) = jax.grad(loss, has_aux=True)(variables['params'])
             else:
                 grads, (_, (logits, new_state)) = None, loss(variables['params'])
-            other_logits = train_apply(variables['params'], jax.random.fold_in(key, 2))[0] if check_dropout else None
+            other_logits = (
+                train_apply(variables['params'], jax.random.fold_in(key, 2))[0]
+                if check_dropout
+                else None
+            )
             eval_logits, eval_state = model.apply(variables, x, mutable=['aux_logits'])
             return grads, logits, new_state, other_logits, eval_logits, eval_state
 
-        (self.grads, self.logits, self.train_state, self.other_logits, self.eval_logits,
-         self.eval_state) = jax.device_get(fast_jit(run)(self.variables, self.x, rng(0)))
+        (
+            self.grads,
+            self.logits,
+            self.train_state,
+            self.other_logits,
+            self.eval_logits,
+            self.eval_state,
+        ) = jax.device_get(fast_jit(run)(self.variables, self.x, rng(0)))
 
 
 @functools.cache
@@ -223,19 +317,28 @@ def test_tiny_train_step(case_id):
         assert logits.shape == (SMALL_INPUT[0], 10) and logits.dtype == np.float32
         assert np.all(np.isfinite(logits))
     if run.backward:
-        assert jax.tree_util.tree_structure(run.grads) == jax.tree_util.tree_structure(run.variables['params'])
+        assert jax.tree_util.tree_structure(run.grads) == jax.tree_util.tree_structure(
+            run.variables['params']
+        )
         leaves = jax.tree_util.tree_leaves(run.grads)
         assert all(np.all(np.isfinite(g)) for g in leaves)
         # Every parameter tensor (aux heads included, through their loss) gets some gradient.
         assert all(float(np.sum(np.abs(g))) > 0 for g in leaves)
     if run.has_batch_norm:
-        changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), run.variables['batch_stats'],
-                                         run.train_state['batch_stats'])
-        assert all(jax.tree_util.tree_leaves(changed)), 'every BatchNorm must update its running stats'
+        changed = jax.tree_util.tree_map(
+            lambda a, b: bool(np.any(a != b)),
+            run.variables['batch_stats'],
+            run.train_state['batch_stats'],
+        )
+        assert all(jax.tree_util.tree_leaves(changed)), (
+            'every BatchNorm must update its running stats'
+        )
     else:
         assert not run.train_state.get('batch_stats')
     if run.check_dropout:
-        assert not np.allclose(run.logits, run.other_logits), 'dropout must depend on the dropout rng'
+        assert not np.allclose(run.logits, run.other_logits), (
+            'dropout must depend on the dropout rng'
+        )
 
 
 @pytest.mark.parametrize('case_id', [c for c in sorted(CASES) if CASES[c][4]])
@@ -247,7 +350,11 @@ def test_aux_logits_sown_in_train_mode_only(case_id):
     assert sorted(sown) == sorted(run.aux_names)
     for name in run.aux_names:
         (aux,) = sown[name]
-        assert aux.shape == (SMALL_INPUT[0], 10) and aux.dtype == np.float32 and np.all(np.isfinite(aux))
+        assert (
+            aux.shape == (SMALL_INPUT[0], 10)
+            and aux.dtype == np.float32
+            and np.all(np.isfinite(aux))
+        )
     assert not run.eval_state.get('aux_logits')
     heads = [k for k in run.variables['params'] if k.startswith('aux_head')]
     assert len(heads) == len(run.aux_names)
@@ -261,19 +368,30 @@ def test_aux_logits_false_has_no_heads(case_id):
 
     def init_and_train(x):
         variables = model.init({'params': rng(0)}, x)
-        return variables, model.apply(variables, x, train=True, rngs={'dropout': rng(1)},
-                                      mutable=['batch_stats', 'aux_logits'])
+        return variables, model.apply(
+            variables,
+            x,
+            train=True,
+            rngs={'dropout': rng(1)},
+            mutable=['batch_stats', 'aux_logits'],
+        )
 
-    variables, (logits, state) = jax.eval_shape(init_and_train, jax.ShapeDtypeStruct(SMALL_INPUT, jnp.float32))
+    variables, (logits, state) = jax.eval_shape(
+        init_and_train, jax.ShapeDtypeStruct(SMALL_INPUT, jnp.float32)
+    )
     assert logits.shape == (SMALL_INPUT[0], 10)
     assert not state.get('aux_logits')
     assert not any(k.startswith('aux') for k in variables['params'])
-    sizes = lambda params: sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))  # noqa: E731
+    sizes = lambda params: sum(
+        int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)
+    )  # noqa: E731
     heads = {k: v for k, v in run.variables['params'].items() if k.startswith('aux_head')}
     assert sizes(variables['params']) == sizes(run.variables['params']) - sizes(heads) > 0
 
 
-@pytest.mark.parametrize('case_id', ['googlenet_small', 'inception_resnet_v2_small', 'vgg11_bn_small'])
+@pytest.mark.parametrize(
+    'case_id', ['googlenet_small', 'inception_resnet_v2_small', 'vgg11_bn_small']
+)
 def test_bfloat16_compute(case_id):
     run = tiny_run(case_id)
     model = nets.create(run.name, num_classes=10, dtype='bfloat16', **run.overrides)
@@ -283,7 +401,9 @@ def test_bfloat16_compute(case_id):
     out = jax.eval_shape(apply, run.variables, run.x)
     assert out.shape == (SMALL_INPUT[0], 10) and out.dtype == jnp.float32
     init_vars = jax.eval_shape(model.init, {'params': rng(0)}, run.x)
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(init_vars['params'])} == {jnp.dtype(jnp.float32)}
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(init_vars['params'])} == {
+        jnp.dtype(jnp.float32)
+    }
 
 
 def test_bfloat16_alexnet_runs_close_to_float32():
@@ -295,20 +415,36 @@ def test_bfloat16_alexnet_runs_close_to_float32():
     assert float(np.max(np.abs(logits - run.eval_logits))) < 0.1 * scale
 
 
-@pytest.mark.parametrize('name, overrides, shape, grids', [
-    # Ceil-mode pools: 224 -> 112 -> 56 -> 28 -> 14 -> 7 (floor pools would end at 6x6).
-    ('googlenet', dict(aux_logits=False), IMAGENET_INPUT, {'inception3a': 28, 'inception4a': 14, 'inception5b': 7}),
-    ('inception_v3', dict(aux_logits=False), INCEPTION_V3_INPUT, {'mixed_5b': 35, 'mixed_6a': 17, 'mixed_7c': 8}),
-])
+@pytest.mark.parametrize(
+    'name, overrides, shape, grids',
+    [
+        # Ceil-mode pools: 224 -> 112 -> 56 -> 28 -> 14 -> 7 (floor pools would end at 6x6).
+        (
+            'googlenet',
+            dict(aux_logits=False),
+            IMAGENET_INPUT,
+            {'inception3a': 28, 'inception4a': 14, 'inception5b': 7},
+        ),
+        (
+            'inception_v3',
+            dict(aux_logits=False),
+            INCEPTION_V3_INPUT,
+            {'mixed_5b': 35, 'mixed_6a': 17, 'mixed_7c': 8},
+        ),
+    ],
+)
 def test_inception_grid_sizes(name, overrides, shape, grids):
     model = nets.create(name, width_multiplier=0.125, **overrides)
     capture = lambda module, method: method == '__call__' and module.name in grids  # noqa: E731
-    init = functools.partial(model.init_with_output, {'params': rng(0)}, capture_intermediates=capture)
+    init = functools.partial(
+        model.init_with_output, {'params': rng(0)}, capture_intermediates=capture
+    )
     _, variables = jax.eval_shape(init, jax.ShapeDtypeStruct(shape, jnp.float32))
     assert {k: v['__call__'][0].shape[1] for k, v in variables['intermediates'].items()} == grids
 
 
 # --------------------------------------------------------------------------- shared pieces
+
 
 def reference_adaptive_avg_pool(x: np.ndarray, out: int) -> np.ndarray:
     """PyTorch's AdaptiveAvgPool2d, written out cell by cell."""
@@ -324,15 +460,31 @@ def reference_adaptive_avg_pool(x: np.ndarray, out: int) -> np.ndarray:
 
 def test_pooling_helpers_match_pytorch_semantics():
     data = np.random.default_rng(0)
-    inputs = {(h, w, out): data.normal(size=(2, h, w, 3)).astype(np.float32)
-              for h, w, out in [(13, 13, 6), (14, 14, 4), (17, 17, 5), (2, 2, 6), (1, 1, 7), (7, 9, 7), (5, 5, 1)]}
+    inputs = {
+        (h, w, out): data.normal(size=(2, h, w, 3)).astype(np.float32)
+        for h, w, out in [
+            (13, 13, 6),
+            (14, 14, 4),
+            (17, 17, 5),
+            (2, 2, 6),
+            (1, 1, 7),
+            (7, 9, 7),
+            (5, 5, 1),
+        ]
+    }
     x = data.normal(size=(1, 7, 7, 1)).astype(np.float32)
-    pooled, ceil_pooled, padded = fast_jit(lambda inputs, x: (
-        {k: blocks.adaptive_avg_pool(v, k[2]) for k, v in inputs.items()},
-        max_pool(x, 3, 2, ceil_mode=True), max_pool(x, 3, 2, padding=1)))(inputs, x)
+    pooled, ceil_pooled, padded = fast_jit(
+        lambda inputs, x: (
+            {k: blocks.adaptive_avg_pool(v, k[2]) for k, v in inputs.items()},
+            max_pool(x, 3, 2, ceil_mode=True),
+            max_pool(x, 3, 2, padding=1),
+        )
+    )(inputs, x)
     for (h, w, out), value in inputs.items():
         if h == w:
-            np.testing.assert_allclose(pooled[(h, w, out)], reference_adaptive_avg_pool(value, out), atol=1e-5)
+            np.testing.assert_allclose(
+                pooled[(h, w, out)], reference_adaptive_avg_pool(value, out), atol=1e-5
+            )
         else:
             assert pooled[(h, w, out)].shape == (2, out, out, 3)
     # 7 -> ceil((7 - 3) / 2) + 1 = 3 either way; the last ceil-mode window would start at 6 < 7.
@@ -340,7 +492,9 @@ def test_pooling_helpers_match_pytorch_semantics():
     np.testing.assert_allclose(ceil_pooled[0, -1, -1, 0], x[0, 4:7, 4:7, 0].max())
     np.testing.assert_allclose(padded[0, 0, 0, 0], x[0, :2, :2, 0].max())
 
-    assert blocks.window_output_size(112, 3, 2, ceil_mode=True) == 56  # GoogLeNet: floor would give 55
+    assert (
+        blocks.window_output_size(112, 3, 2, ceil_mode=True) == 56
+    )  # GoogLeNet: floor would give 55
     assert blocks.window_output_size(112, 3, 2) == 55
     assert blocks.window_output_size(224, 11, 4, 2) == 55
     assert blocks.window_output_size(2, 3, 2, ceil_mode=True) == 0  # a window must fit
@@ -352,11 +506,12 @@ def test_local_response_norm_matches_formula():
     x = np.random.default_rng(0).normal(size=(2, 3, 3, 7)).astype(np.float32) * 30
     y = np.asarray(fast_jit(local_response_norm)(x))
     squares = np.pad(x.astype(np.float64) ** 2, [(0, 0)] * 3 + [(2, 2)])
-    window = sum(squares[..., i:i + 7] for i in range(5))
+    window = sum(squares[..., i : i + 7] for i in range(5))
     np.testing.assert_allclose(y, x / (2.0 + 1e-4 * window) ** 0.75, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- registry and errors
+
 
 def test_registered_names_and_families():
     vggs = [f'vgg{d}{bn}' for d in (11, 13, 16, 19) for bn in ('', '_bn')]
@@ -368,9 +523,17 @@ def test_registered_names_and_families():
     assert nets.model_fields('googlenet')['aux_logits'] is True
 
 
-@pytest.mark.parametrize('name, min_imagenet, min_small', [
-    ('alexnet', 63, 15), ('vgg16', 32, 16), ('googlenet', 31, 8), ('inception_v2', 11, 3),
-    ('inception_v3', 299, 15), ('inception_resnet_v2', 75, 15)])
+@pytest.mark.parametrize(
+    'name, min_imagenet, min_small',
+    [
+        ('alexnet', 63, 15),
+        ('vgg16', 32, 16),
+        ('googlenet', 31, 8),
+        ('inception_v2', 11, 3),
+        ('inception_v3', 299, 15),
+        ('inception_resnet_v2', 75, 15),
+    ],
+)
 def test_min_input_sizes(name, min_imagenet, min_small):
     assert nets.create(name).min_input_size() == min_imagenet
     assert nets.create(name, stem='small').min_input_size() == min_small
@@ -380,15 +543,18 @@ def test_min_input_sizes(name, min_imagenet, min_small):
         assert nets.create(name, aux_logits=False).min_input_size() == 75
 
 
-@pytest.mark.parametrize('name, overrides, size, minimum', [
-    ('alexnet', {}, 28, 63),
-    ('vgg11', {}, 28, 32),
-    ('vgg11_bn', dict(stem='small'), 12, 16),
-    ('googlenet', {}, 28, 31),
-    ('inception_v2', dict(stem='small'), 2, 3),
-    ('inception_v3', {}, 224, 299),
-    ('inception_resnet_v2', {}, 64, 75),
-])
+@pytest.mark.parametrize(
+    'name, overrides, size, minimum',
+    [
+        ('alexnet', {}, 28, 63),
+        ('vgg11', {}, 28, 32),
+        ('vgg11_bn', dict(stem='small'), 12, 16),
+        ('googlenet', {}, 28, 31),
+        ('inception_v2', dict(stem='small'), 2, 3),
+        ('inception_v3', {}, 224, 299),
+        ('inception_resnet_v2', {}, 64, 75),
+    ],
+)
 def test_too_small_input_names_size_and_minimum(name, overrides, size, minimum):
     with pytest.raises(ValueError) as err:
         nets.count_params(nets.create(name, **overrides), (1, size, size, 3))
@@ -398,35 +564,41 @@ def test_too_small_input_names_size_and_minimum(name, overrides, size, minimum):
         assert "stem='small'" in message
 
 
-@pytest.mark.parametrize('name, field, value, valid_choice', [
-    ('alexnet', 'stem', 'cifar', 'small'),
-    ('alexnet', 'activation', 'relu6', 'relu'),
-    ('vgg16', 'stem', 'tiny', 'imagenet'),
-    ('vgg16_bn', 'kernel_init', 'kaiming', 'he_normal'),
-    ('googlenet', 'stem', 'mnist', 'small'),
-    ('googlenet', 'wide_kernel_size', 7, '5'),
-    ('inception_v2', 'activation', 'mish', 'silu'),
-    ('inception_v3', 'stem', 'cifar', 'imagenet'),
-    ('inception_resnet_v2', 'kernel_init', 'kaiming', 'orthogonal'),
-])
+@pytest.mark.parametrize(
+    'name, field, value, valid_choice',
+    [
+        ('alexnet', 'stem', 'cifar', 'small'),
+        ('alexnet', 'activation', 'relu6', 'relu'),
+        ('vgg16', 'stem', 'tiny', 'imagenet'),
+        ('vgg16_bn', 'kernel_init', 'kaiming', 'he_normal'),
+        ('googlenet', 'stem', 'mnist', 'small'),
+        ('googlenet', 'wide_kernel_size', 7, '5'),
+        ('inception_v2', 'activation', 'mish', 'silu'),
+        ('inception_v3', 'stem', 'cifar', 'imagenet'),
+        ('inception_resnet_v2', 'kernel_init', 'kaiming', 'orthogonal'),
+    ],
+)
 def test_invalid_choice_names_value_and_choices(name, field, value, valid_choice):
     with pytest.raises(ValueError) as err:
         nets.create(name, **{field: value})
     assert str(value) in str(err.value) and valid_choice in str(err.value)
 
 
-@pytest.mark.parametrize('name, overrides, fragment', [
-    ('alexnet', dict(dropout_rate=1.0), 'dropout_rate'),
-    ('alexnet', dict(width=0), 'width'),
-    ('vgg11', dict(stage_convs=(1, 1, 2)), 'stage_convs'),
-    ('vgg11', dict(fc_width=0), 'fc_width'),
-    ('vgg11', dict(pooled_size=0), 'pooled_size'),
-    ('googlenet', dict(width_multiplier=0.0), 'width_multiplier'),
-    ('googlenet', dict(aux_loss_weight=-0.3), 'aux_loss_weight'),
-    ('inception_v3', dict(dropout_rate=-0.1), 'dropout_rate'),
-    ('inception_resnet_v2', dict(num_blocks=(10, 20)), 'num_blocks'),
-    ('inception_resnet_v2', dict(residual_scales=(0.17, 0.0, 0.2)), 'residual_scales'),
-])
+@pytest.mark.parametrize(
+    'name, overrides, fragment',
+    [
+        ('alexnet', dict(dropout_rate=1.0), 'dropout_rate'),
+        ('alexnet', dict(width=0), 'width'),
+        ('vgg11', dict(stage_convs=(1, 1, 2)), 'stage_convs'),
+        ('vgg11', dict(fc_width=0), 'fc_width'),
+        ('vgg11', dict(pooled_size=0), 'pooled_size'),
+        ('googlenet', dict(width_multiplier=0.0), 'width_multiplier'),
+        ('googlenet', dict(aux_loss_weight=-0.3), 'aux_loss_weight'),
+        ('inception_v3', dict(dropout_rate=-0.1), 'dropout_rate'),
+        ('inception_resnet_v2', dict(num_blocks=(10, 20)), 'num_blocks'),
+        ('inception_resnet_v2', dict(residual_scales=(0.17, 0.0, 0.2)), 'residual_scales'),
+    ],
+)
 def test_invalid_values_fail_in_create(name, overrides, fragment):
     with pytest.raises(ValueError) as err:
         nets.create(name, **overrides)

@@ -11,11 +11,11 @@ minute on two CPU cores.
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import flax.linen as nn
 
 import nets
 import nets.models.convnext
@@ -76,13 +76,20 @@ def offset_conv_params(version: str, groups: int = 1) -> int:
 
 def test_deformable_resnet50_param_count_and_resnet50_names():
     shapes = lambda model: jax.eval_shape(  # noqa: E731
-        model.init, {'params': rng(0)}, jax.ShapeDtypeStruct(IMAGENET_INPUT, jnp.float32))['params']
-    flat = lambda tree: {jax.tree_util.keystr(p): a.shape  # noqa: E731
-                         for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        model.init, {'params': rng(0)}, jax.ShapeDtypeStruct(IMAGENET_INPUT, jnp.float32)
+    )['params']
+    flat = lambda tree: {
+        jax.tree_util.keystr(p): a.shape  # noqa: E731
+        for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
     resnet = flat(shapes(nets.create('resnet50')))
     deformable = flat(shapes(nets.create('deformable_resnet50')))
     assert sum(math.prod(s) for s in resnet.values()) == RESNET50
-    assert sum(math.prod(s) for s in deformable.values()) == 26_428_295 == RESNET50 + offset_conv_params('v2')
+    assert (
+        sum(math.prod(s) for s in deformable.values())
+        == 26_428_295
+        == RESNET50 + offset_conv_params('v2')
+    )
     # Same names and shapes as resnet50 plus one offset conv in each of the 13
     # bottlenecks of stages 1-3: ResNet weights load directly.
     assert {k: deformable[k] for k in resnet} == resnet
@@ -93,18 +100,24 @@ def test_deformable_resnet50_param_count_and_resnet50_names():
 
 def test_deformable_resnet50_v1_and_conv5_only_param_counts():
     v1 = nets.create('deformable_resnet50', deform_version='v1')
-    assert nets.count_params(v1, IMAGENET_INPUT) == 26_137_874 == RESNET50 + offset_conv_params('v1')
+    assert (
+        nets.count_params(v1, IMAGENET_INPUT) == 26_137_874 == RESNET50 + offset_conv_params('v1')
+    )
     # DCNv1's placement: only the three conv5_x 3x3 convs are deformable.
     conv5_only = nets.create('deformable_resnet50', deform_version='v1', deformable_stages=(3,))
     assert nets.count_params(conv5_only, IMAGENET_INPUT) == RESNET50 + 3 * (9 * 512 * 18 + 18)
 
 
 def test_deformable_basic_blocks_make_both_3x3_convs_deformable():
-    model = nets.create('deformable_resnet50', block='basic', stage_sizes=(2, 2, 2, 2))  # a deformable resnet18
+    model = nets.create(
+        'deformable_resnet50', block='basic', stage_sizes=(2, 2, 2, 2)
+    )  # a deformable resnet18
     # Each deformable 3x3 conv adds an offset+mask conv over its own input channels.
     inputs = [64, 128, 128, 128] + [128, 256, 256, 256] + [256, 512, 512, 512]
     extra = sum(9 * cin * 27 + 27 for cin in inputs)
-    assert nets.count_params(model, IMAGENET_INPUT) == 11_689_512 + extra  # torchvision resnet18 + offsets
+    assert (
+        nets.count_params(model, IMAGENET_INPUT) == 11_689_512 + extra
+    )  # torchvision resnet18 + offsets
     assert model.min_input_size() == 32
 
 
@@ -119,19 +132,25 @@ def test_registered_names_and_families():
     assert fields['deform_version'] == 'v2' and fields['deformable_stages'] == (1, 2, 3)
 
 
-@pytest.mark.parametrize('name, overrides', [
-    ('convnext_t', dict(stem='small')),
-    ('nfnet_f0', dict(stem='small')),
-    ('deformable_resnet50', dict(stem='cifar')),
-])
+@pytest.mark.parametrize(
+    'name, overrides',
+    [
+        ('convnext_t', dict(stem='small')),
+        ('nfnet_f0', dict(stem='small')),
+        ('deformable_resnet50', dict(stem='cifar')),
+    ],
+)
 def test_full_size_models_take_fashion_mnist_with_small_stem(name, overrides):
     model = nets.create(name, num_classes=10, **overrides)
-    logits, _ = jax.eval_shape(lambda x: model.init_with_output({'params': rng(0), 'dropout': rng(0)}, x),
-                               jax.ShapeDtypeStruct(FASHION_INPUT, jnp.float32))
+    logits, _ = jax.eval_shape(
+        lambda x: model.init_with_output({'params': rng(0), 'dropout': rng(0)}, x),
+        jax.ShapeDtypeStruct(FASHION_INPUT, jnp.float32),
+    )
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
 
 
 # --------------------------------------------------------------------------- deformable convolution
+
 
 def reference_deformable_conv(x, kernel, offsets, masks, stride, pad, dilation):
     """Deformable conv by plain loops over examples, output pixels, taps and channels."""
@@ -159,7 +178,7 @@ def reference_deformable_conv(x, kernel, offsets, masks, stride, pad, dilation):
                         k = a * kw + q
                         for c in range(cin):
                             g = c // (cin // groups)
-                            dy, dx = offsets[b, i, j, 2 * (g * taps + k): 2 * (g * taps + k) + 2]
+                            dy, dx = offsets[b, i, j, 2 * (g * taps + k) : 2 * (g * taps + k) + 2]
                             m = 1.0 if masks is None else masks[b, i, j, g * taps + k]
                             y = i * stride - pad + a * dilation + dy
                             xx = j * stride - pad + q * dilation + dx
@@ -168,7 +187,13 @@ def reference_deformable_conv(x, kernel, offsets, masks, stride, pad, dilation):
 
 
 # (stride, dilation, offset groups, masks)
-REFERENCE_CASES = [(1, 1, 1, True), (2, 1, 1, True), (1, 2, 1, False), (2, 2, 2, True), (1, 1, 2, False)]
+REFERENCE_CASES = [
+    (1, 1, 1, True),
+    (2, 1, 1, True),
+    (1, 2, 1, False),
+    (2, 2, 2, True),
+    (1, 1, 2, False),
+]
 
 
 def test_deformable_conv_matches_loop_reference():
@@ -187,8 +212,12 @@ def test_deformable_conv_matches_loop_reference():
         wanted.append(reference_deformable_conv(x, kernel, offsets, masks, stride, pad, dilation))
 
     def run(x, kernel, inputs):
-        return [deformable_conv(x, kernel, offsets, masks, strides=stride, padding=dilation, dilation=dilation)
-                for (offsets, masks), (stride, dilation, _, _) in zip(inputs, REFERENCE_CASES)]
+        return [
+            deformable_conv(
+                x, kernel, offsets, masks, strides=stride, padding=dilation, dilation=dilation
+            )
+            for (offsets, masks), (stride, dilation, _, _) in zip(inputs, REFERENCE_CASES)
+        ]
 
     as32 = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), tree)  # noqa: E731
     got = fast_jit(run)(as32(x), as32(kernel), as32(inputs))
@@ -209,8 +238,9 @@ def test_deformable_conv_integer_offsets_shift_the_grid():
         # Tap (a, b) of output (i, j) reads x[i + 1 + a, j - 2 + b]: a VALID conv of
         # shifted[u, v] = x[u + 1, v - 2], zero where that falls outside x.
         shifted = jnp.pad(x[:, 1:], ((0, 0), (0, 3), (2, 0), (0, 0)))
-        plain = jax.lax.conv_general_dilated(shifted, kernel, (1, 1), 'VALID',
-                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        plain = jax.lax.conv_general_dilated(
+            shifted, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+        )
         return deformable_conv(x, kernel, offsets, padding=1), plain
 
     out, plain = fast_jit(run)(x, kernel, offsets)
@@ -229,28 +259,52 @@ def test_zero_offsets_and_unit_masks_equal_plain_conv():
     layers_and_params = []
     for version, stride, dilation, groups in PLAIN_CASES:
         # mask_scale=2: v2's zero mask logits (its initial state) give masks of exactly 2·0.5 = 1.
-        layer = DeformableConv(5, 3, strides=stride, dilation=dilation, version=version, offset_groups=groups,
-                               mask_scale=2.0)
+        layer = DeformableConv(
+            5,
+            3,
+            strides=stride,
+            dilation=dilation,
+            version=version,
+            offset_groups=groups,
+            mask_scale=2.0,
+        )
         channels = (3 if version == 'v2' else 2) * 9 * groups
-        offset = {'kernel': np.zeros((3, 3, 4, channels), np.float32), 'bias': np.zeros(channels, np.float32)}
+        offset = {
+            'kernel': np.zeros((3, 3, 4, channels), np.float32),
+            'bias': np.zeros(channels, np.float32),
+        }
         layers_and_params.append((layer, {'kernel': kernel, 'bias': bias, 'offset': offset}))
 
     def run(x):
         results = []
         for (layer, params), (_, stride, dilation, groups) in zip(layers_and_params, PLAIN_CASES):
-            plain = nn.Conv(5, (3, 3), strides=stride, padding=[(dilation, dilation)] * 2,
-                            kernel_dilation=dilation).apply({'params': {'kernel': kernel, 'bias': bias}}, x)
+            plain = nn.Conv(
+                5,
+                (3, 3),
+                strides=stride,
+                padding=[(dilation, dilation)] * 2,
+                kernel_dilation=dilation,
+            ).apply({'params': {'kernel': kernel, 'bias': bias}}, x)
             zeros = jnp.zeros(plain.shape[:3] + (18 * groups,))
-            core = deformable_conv(x, kernel, zeros, strides=stride, padding=dilation, dilation=dilation)
+            core = deformable_conv(
+                x, kernel, zeros, strides=stride, padding=dilation, dilation=dilation
+            )
             results.append((layer.apply({'params': params}, x), plain, core + bias))
         # DCNv2's own initialisation (mask_scale=1): masks 0.5, half the plain conv.
         v2_offset = {'kernel': jnp.zeros((3, 3, 4, 27)), 'bias': jnp.zeros(27)}
-        half = DeformableConv(5, 3, use_bias=False).apply({'params': {'kernel': kernel, 'offset': v2_offset}}, x)
-        no_bias = nn.Conv(5, (3, 3), padding=1, use_bias=False).apply({'params': {'kernel': kernel}}, x)
+        half = DeformableConv(5, 3, use_bias=False).apply(
+            {'params': {'kernel': kernel, 'offset': v2_offset}}, x
+        )
+        no_bias = nn.Conv(5, (3, 3), padding=1, use_bias=False).apply(
+            {'params': {'kernel': kernel}}, x
+        )
         # Padding by name: TensorFlow 'SAME' puts the extra row/column of a strided conv last.
         same = nn.Conv(5, (3, 3), strides=2, padding='SAME', use_bias=False).apply(
-            {'params': {'kernel': kernel}}, x)
-        core_same = deformable_conv(x, kernel, jnp.zeros(same.shape[:3] + (18,)), strides=2, padding='SAME')
+            {'params': {'kernel': kernel}}, x
+        )
+        core_same = deformable_conv(
+            x, kernel, jnp.zeros(same.shape[:3] + (18,)), strides=2, padding='SAME'
+        )
         return results, (half, no_bias), (same, core_same)
 
     results, (half, no_bias), (same, core_same) = fast_jit(run)(x)
@@ -270,7 +324,9 @@ def test_deformable_conv_rejects_bad_arguments():
         deformable_conv(x, kernel, jnp.zeros((1, 5, 5, 17)), padding=1)
     with pytest.raises(ValueError, match='3 offset groups do not divide the 4 input channels'):
         deformable_conv(x, kernel, jnp.zeros((1, 5, 5, 54)), padding=1)
-    with pytest.raises(ValueError, match=r"Unknown padding 'FULL'; valid choices: \['SAME', 'VALID'\]"):
+    with pytest.raises(
+        ValueError, match=r"Unknown padding 'FULL'; valid choices: \['SAME', 'VALID'\]"
+    ):
         deformable_conv(x, kernel, jnp.zeros((1, 5, 5, 18)), padding='full')
     with pytest.raises(ValueError) as err:
         DeformableConv(4, version='v3')
@@ -283,21 +339,48 @@ def test_deformable_conv_rejects_bad_arguments():
 
 # id: (model name, overrides, has dropout or stochastic depth, has batch norm)
 CASES = {
-    'deformable_resnet': ('deformable_resnet50', dict(stage_sizes=(1, 1), width=4, stem='cifar',
-                                                      deformable_stages=(1,), num_classes=10), False, True),
+    'deformable_resnet': (
+        'deformable_resnet50',
+        dict(stage_sizes=(1, 1), width=4, stem='cifar', deformable_stages=(1,), num_classes=10),
+        False,
+        True,
+    ),
     # Layer scale 0.5 (not 1e-6) so that dropped blocks change the logits visibly.
-    'convnext': ('convnext_t', dict(depths=(1, 2), dims=(8, 16), stem='small', drop_path_rate=0.5,
-                                    layer_scale_init=0.5, num_classes=10), True, False),
-    'nfnet': ('nfnet_f0', dict(depths=(1, 2), widths=(16, 32), group_width=8, stem='small',
-                               drop_path_rate=0.5, num_classes=10), True, False),
+    'convnext': (
+        'convnext_t',
+        dict(
+            depths=(1, 2),
+            dims=(8, 16),
+            stem='small',
+            drop_path_rate=0.5,
+            layer_scale_init=0.5,
+            num_classes=10,
+        ),
+        True,
+        False,
+    ),
+    'nfnet': (
+        'nfnet_f0',
+        dict(
+            depths=(1, 2),
+            widths=(16, 32),
+            group_width=8,
+            stem='small',
+            drop_path_rate=0.5,
+            num_classes=10,
+        ),
+        True,
+        False,
+    ),
 }
 
 
 @functools.cache
 def tiny_run(case_id: str) -> TinyRun:
     name, overrides, has_dropout, has_batch_norm = CASES[case_id]
-    return TinyRun(name, overrides, FASHION_INPUT, has_dropout=has_dropout,
-                   has_batch_norm=has_batch_norm)
+    return TinyRun(
+        name, overrides, FASHION_INPUT, has_dropout=has_dropout, has_batch_norm=has_batch_norm
+    )
 
 
 @pytest.mark.parametrize('case_id', sorted(CASES))
@@ -306,13 +389,19 @@ def test_tiny_train_step(case_id):
     assert set(run.variables) == ({'params', 'batch_stats'} if run.has_batch_norm else {'params'})
     grads, (logits, updates) = run.train(seed=0)
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(run.variables['params'])
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(
+        run.variables['params']
+    )
     leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]
     assert all(np.all(np.isfinite(g)) for g in leaves)
     assert sum(float(np.sum(np.abs(g))) for g in leaves) > 0
     if run.has_batch_norm:
         old, new = jax.device_get((run.variables['batch_stats'], updates['batch_stats']))
-        assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), old, new)))
+        assert all(
+            jax.tree_util.tree_leaves(
+                jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), old, new)
+            )
+        )
     eval_logits = run.eval_apply(run.variables, run.x)
     assert eval_logits.shape == (2, 10) and np.all(np.isfinite(eval_logits))
 
@@ -320,7 +409,9 @@ def test_tiny_train_step(case_id):
 def test_deformable_resnet_tiny_structure():
     run = tiny_run('deformable_resnet')
     params = run.variables['params']
-    assert 'offset' not in params['stage0_block0']['conv2']['conv']  # stage 0 stays a plain ResNet stage
+    assert (
+        'offset' not in params['stage0_block0']['conv2']['conv']
+    )  # stage 0 stays a plain ResNet stage
     offset = params['stage1_block0']['conv2']['conv']['offset']
     assert offset['kernel'].shape == (3, 3, 8, 27)
     assert not np.any(offset['kernel']) and not np.any(offset['bias'])  # starts on the regular grid
@@ -328,7 +419,10 @@ def test_deformable_resnet_tiny_structure():
     grads, _ = run.train(seed=0)
     offset_grad = np.asarray(grads['stage1_block0']['conv2']['conv']['offset']['kernel'])
     assert np.all(np.isfinite(offset_grad))
-    assert float(np.sum(np.abs(offset_grad[..., :18]))) > 0 and float(np.sum(np.abs(offset_grad[..., 18:]))) > 0
+    assert (
+        float(np.sum(np.abs(offset_grad[..., :18]))) > 0
+        and float(np.sum(np.abs(offset_grad[..., 18:]))) > 0
+    )
 
 
 def test_nfnet_tiny_structure():
@@ -352,7 +446,9 @@ def test_stochastic_depth_and_dropout_only_in_train_mode(case_id):
     _, (logits_a_again, _) = run.train(seed=1)
     _, (logits_b, _) = run.train(seed=2)
     np.testing.assert_array_equal(logits_a, logits_a_again)
-    assert not np.allclose(logits_a, logits_b), 'different dropout rngs must give different train outputs'
+    assert not np.allclose(logits_a, logits_b), (
+        'different dropout rngs must give different train outputs'
+    )
     eval_a = run.eval_apply(run.variables, run.x, rngs={'dropout': rng(1)})
     eval_b = run.eval_apply(run.variables, run.x, rngs={'dropout': rng(2)})
     np.testing.assert_array_equal(eval_a, eval_b)
@@ -362,15 +458,25 @@ def test_stochastic_depth_and_dropout_only_in_train_mode(case_id):
 def test_convnext_tiny_layout():
     params = tiny_run('convnext').variables['params']
     block = params['stage1_block1']
-    np.testing.assert_array_equal(block['layer_scale'], np.full(16, 0.5, np.float32))  # layer_scale_init
+    np.testing.assert_array_equal(
+        block['layer_scale'], np.full(16, 0.5, np.float32)
+    )  # layer_scale_init
     assert block['dwconv']['kernel'].shape == (7, 7, 1, 16)  # depthwise
-    assert block['pwconv1']['kernel'].shape == (16, 64) and block['pwconv2']['kernel'].shape == (64, 16)
+    assert block['pwconv1']['kernel'].shape == (16, 64) and block['pwconv2']['kernel'].shape == (
+        64,
+        16,
+    )
     assert params['stem']['kernel'].shape == (2, 2, 1, 8)  # 'small': 2x2 stride-2 patchify
     assert params['downsample1']['kernel'].shape == (2, 2, 8, 16)
     # The layer scale is one parameter per channel and block; 0 removes it.
     no_scale = nets.create('convnext_t', num_classes=10, stem='small', layer_scale_init=0.0)
-    with_scale = nets.count_params(nets.create('convnext_t', num_classes=10, stem='small'), (1, 28, 28, 1))
-    assert with_scale - nets.count_params(no_scale, (1, 28, 28, 1)) == 3 * 96 + 3 * 192 + 9 * 384 + 3 * 768
+    with_scale = nets.count_params(
+        nets.create('convnext_t', num_classes=10, stem='small'), (1, 28, 28, 1)
+    )
+    assert (
+        with_scale - nets.count_params(no_scale, (1, 28, 28, 1))
+        == 3 * 96 + 3 * 192 + 9 * 384 + 3 * 768
+    )
 
 
 @pytest.mark.parametrize('case_id', sorted(CASES))
@@ -387,6 +493,7 @@ def test_bfloat16_compute(case_id):
 
 
 # --------------------------------------------------------------------------- NFNet signal propagation
+
 
 def test_activation_gammas_give_unit_variance():
     z = np.linspace(-12.0, 12.0, 480_001)
@@ -412,10 +519,16 @@ def test_nfnet_residual_branches_keep_unit_variance_at_init():
         ('stage0_block0', NFBlock(16, strides=1, beta=1.0, group_width=8), 8),
         ('stage1_block0', NFBlock(32, strides=2, beta=1.0, group_width=8), 16),
         ('stage1_block1', NFBlock(32, strides=1, beta=math.sqrt(1.04), group_width=8), 32),
-        ('stage1_block1', NFBlock(32, strides=1, beta=math.sqrt(1.04), group_width=8, activation='relu'), 32),
+        (
+            'stage1_block1',
+            NFBlock(32, strides=1, beta=math.sqrt(1.04), group_width=8, activation='relu'),
+            32,
+        ),
     ]
     data = np.random.default_rng(5)
-    inputs = [(data.normal(size=(8, 14, 14, c)) * block.beta).astype(np.float32) for _, block, c in blocks]
+    inputs = [
+        (data.normal(size=(8, 14, 14, c)) * block.beta).astype(np.float32) for _, block, c in blocks
+    ]
 
     def apply_blocks(params, inputs):
         results = []
@@ -439,8 +552,12 @@ def test_nfnet_network_residual_variance_at_init():
     # the same) and the scaled GELU shrinks small signals, so the block after a
     # transition is only bounded loosely here (measured 0.056).
     run = tiny_run('nfnet')
-    _, state = fast_jit(functools.partial(run.model.apply, mutable=['intermediates']))(run.variables, run.x)
-    variances = {name: float(v['residual_variance'][0]) for name, v in state['intermediates'].items()}
+    _, state = fast_jit(functools.partial(run.model.apply, mutable=['intermediates']))(
+        run.variables, run.x
+    )
+    variances = {
+        name: float(v['residual_variance'][0]) for name, v in state['intermediates'].items()
+    }
     assert set(variances) == {'stage0_block0', 'stage1_block0', 'stage1_block1'}
     assert 0.1 < variances['stage0_block0'] < 10 and 0.1 < variances['stage1_block0'] < 10
     assert 0.1 / 4 < variances['stage1_block1'] < 10
@@ -448,32 +565,43 @@ def test_nfnet_network_residual_variance_at_init():
 
 # --------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize('name, field, value, valid_choice', [
-    ('convnext_t', 'stem', 'tiny', 'small'),
-    ('nfnet_f0', 'stem', 'cifar', 'small'),
-    ('nfnet_f0', 'activation', 'mish', 'gelu'),
-    ('deformable_resnet50', 'deform_version', 'v3', 'v2'),
-    ('deformable_resnet50', 'stem', 'small', 'cifar'),
-    ('deformable_resnet50', 'block', 'wide', 'bottleneck'),
-])
+
+@pytest.mark.parametrize(
+    'name, field, value, valid_choice',
+    [
+        ('convnext_t', 'stem', 'tiny', 'small'),
+        ('nfnet_f0', 'stem', 'cifar', 'small'),
+        ('nfnet_f0', 'activation', 'mish', 'gelu'),
+        ('deformable_resnet50', 'deform_version', 'v3', 'v2'),
+        ('deformable_resnet50', 'stem', 'small', 'cifar'),
+        ('deformable_resnet50', 'block', 'wide', 'bottleneck'),
+    ],
+)
 def test_invalid_choice_names_value_and_choices(name, field, value, valid_choice):
     with pytest.raises(ValueError) as err:
         nets.create(name, **{field: value})
     assert value in str(err.value) and valid_choice in str(err.value)
 
 
-@pytest.mark.parametrize('name, overrides, fragments', [
-    ('convnext_t', dict(depths=(3, 3), dims=(96, 192, 384)), ['depths', 'dims']),
-    ('convnext_t', dict(drop_path_rate=1.5), ['drop_path_rate', '1.5']),
-    ('convnext_t', dict(layer_scale_init=-1.0), ['layer_scale_init', '-1.0']),
-    ('convnext_t', dict(kernel_size=4), ['kernel_size', '4']),
-    ('nfnet_f0', dict(widths=(64, 512, 1536, 1536)), ['[64]', 'group_width 128', '256']),
-    ('nfnet_f0', dict(dropout_rate=1.0), ['dropout_rate', '1.0']),
-    ('nfnet_f0', dict(depths=(1, 2)), ['depths', 'widths']),
-    ('deformable_resnet50', dict(deformable_stages=(2, 4)), ['deformable stage 4', '[0, 1, 2, 3]']),
-    ('deformable_resnet50', dict(stage_sizes=(1, 1)), ['deformable stage 2', '[0, 1]']),
-    ('deformable_resnet50', dict(offset_groups=0), ['offset_groups', '0']),
-])
+@pytest.mark.parametrize(
+    'name, overrides, fragments',
+    [
+        ('convnext_t', dict(depths=(3, 3), dims=(96, 192, 384)), ['depths', 'dims']),
+        ('convnext_t', dict(drop_path_rate=1.5), ['drop_path_rate', '1.5']),
+        ('convnext_t', dict(layer_scale_init=-1.0), ['layer_scale_init', '-1.0']),
+        ('convnext_t', dict(kernel_size=4), ['kernel_size', '4']),
+        ('nfnet_f0', dict(widths=(64, 512, 1536, 1536)), ['[64]', 'group_width 128', '256']),
+        ('nfnet_f0', dict(dropout_rate=1.0), ['dropout_rate', '1.0']),
+        ('nfnet_f0', dict(depths=(1, 2)), ['depths', 'widths']),
+        (
+            'deformable_resnet50',
+            dict(deformable_stages=(2, 4)),
+            ['deformable stage 4', '[0, 1, 2, 3]'],
+        ),
+        ('deformable_resnet50', dict(stage_sizes=(1, 1)), ['deformable stage 2', '[0, 1]']),
+        ('deformable_resnet50', dict(offset_groups=0), ['offset_groups', '0']),
+    ],
+)
 def test_invalid_values_fail_in_create(name, overrides, fragments):
     with pytest.raises(ValueError) as err:
         nets.create(name, **overrides)
@@ -489,14 +617,17 @@ NARROW = {
 }
 
 
-@pytest.mark.parametrize('name, overrides, size, minimum', [
-    ('convnext_t', dict(), 28, 32),
-    ('convnext_t', dict(stem='small'), 15, 16),
-    ('nfnet_f0', dict(), 16, 32),
-    ('nfnet_f0', dict(stem='small'), 7, 8),
-    ('deformable_resnet50', dict(), 28, 32),
-    ('deformable_resnet50', dict(stem='cifar'), 4, 8),
-])
+@pytest.mark.parametrize(
+    'name, overrides, size, minimum',
+    [
+        ('convnext_t', dict(), 28, 32),
+        ('convnext_t', dict(stem='small'), 15, 16),
+        ('nfnet_f0', dict(), 16, 32),
+        ('nfnet_f0', dict(stem='small'), 7, 8),
+        ('deformable_resnet50', dict(), 28, 32),
+        ('deformable_resnet50', dict(stem='cifar'), 4, 8),
+    ],
+)
 def test_too_small_inputs_name_size_and_minimum(name, overrides, size, minimum):
     model = nets.create(name, num_classes=10, **NARROW[name], **overrides)
     with pytest.raises(ValueError) as err:

@@ -9,14 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nets.kernels import conv, onednn_conv, switch
 from nets.tools.flops import loop_corrected_flops, onednn_calls_in
 
 LINUX_X86 = sys.platform == 'linux' and platform.machine() == 'x86_64'
-needs_onednn = pytest.mark.skipif(not onednn_conv.available(),
-                                  reason='oneDNN convolutions not enabled here')
+needs_onednn = pytest.mark.skipif(
+    not onednn_conv.available(), reason='oneDNN convolutions not enabled here'
+)
 DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -32,13 +34,16 @@ def _value_and_grads(x, w, strides, padding, backend):
             with switch.use(conv='xla'):
                 return _loss(x, w, strides, padding)
         return _loss(x, w, strides, padding)
+
     return jax.jit(jax.value_and_grad(fn, (0, 1)))(x, w)
 
 
 def _operands(shape, kernel, dtype=jnp.float32):
     kx, kw = jax.random.split(jax.random.key(0))
-    return (jax.random.normal(kx, shape).astype(dtype),
-            (0.3 * jax.random.normal(kw, kernel)).astype(dtype))
+    return (
+        jax.random.normal(kx, shape).astype(dtype),
+        (0.3 * jax.random.normal(kw, kernel)).astype(dtype),
+    )
 
 
 def test_onednn_builds_on_linux_x86_64():
@@ -50,13 +55,16 @@ def test_onednn_builds_on_linux_x86_64():
 
 
 @needs_onednn
-@pytest.mark.parametrize('shape,kernel,strides,padding', [
-    ((4, 9, 9, 5), (3, 3, 5, 7), (1, 1), 'SAME'),
-    ((4, 9, 9, 5), (3, 3, 5, 7), (2, 2), 'SAME'),
-    ((4, 10, 8, 3), (3, 2, 3, 6), (2, 1), ((0, 1), (2, 0))),
-    ((4, 8, 8, 6), (1, 1, 6, 4), (2, 2), 'VALID'),
-    ((2, 12, 12, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),
-])
+@pytest.mark.parametrize(
+    'shape,kernel,strides,padding',
+    [
+        ((4, 9, 9, 5), (3, 3, 5, 7), (1, 1), 'SAME'),
+        ((4, 9, 9, 5), (3, 3, 5, 7), (2, 2), 'SAME'),
+        ((4, 10, 8, 3), (3, 2, 3, 6), (2, 1), ((0, 1), (2, 0))),
+        ((4, 8, 8, 6), (1, 1, 6, 4), (2, 2), 'VALID'),
+        ((2, 12, 12, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),
+    ],
+)
 def test_same_values_and_gradients_as_xla(shape, kernel, strides, padding):
     x, w = _operands(shape, kernel)
     (value, grads) = _value_and_grads(x, w, strides, padding, 'onednn')
@@ -74,8 +82,9 @@ def test_bfloat16_operands_stay_bfloat16_and_match_xla():
     for got, want in zip(grads, expected):
         assert got.dtype == jnp.bfloat16
         scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
-        np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32),
-                                   atol=0.03 * scale)
+        np.testing.assert_allclose(
+            got.astype(jnp.float32), want.astype(jnp.float32), atol=0.03 * scale
+        )
 
 
 @needs_onednn
@@ -93,8 +102,9 @@ def test_the_conv_module_runs_onednn_and_xla_convolutions_on_request():
     # Ranks, dilations and dtypes oneDNN does not take stay XLA's.
     assert not onednn_conv.supports(jnp.ones((2, 8, 3)), jnp.ones((3, 3, 4)), (1,))
     assert not onednn_conv.supports(x, jnp.ones((3, 3, 3, 4)), (2, 2))
-    assert not onednn_conv.supports(x.astype(jnp.float16), jnp.ones((3, 3, 3, 4), jnp.float16),
-                                    (1, 1))
+    assert not onednn_conv.supports(
+        x.astype(jnp.float16), jnp.ones((3, 3, 3, 4), jnp.float16), (1, 1)
+    )
 
 
 @needs_onednn
@@ -121,14 +131,18 @@ def test_inside_a_scan_over_micro_batches():
     def accumulated(x, w, backend):
         def body(total, x_micro):
             return total + jax.grad(lambda w_: _loss(x_micro, w_, (1, 1), 'SAME'))(w), None
+
         if backend == 'xla':
             with switch.use(conv='xla'):
                 return jax.lax.scan(body, jnp.zeros_like(w), x.reshape(2, 2, 8, 8, 3))[0]
         return jax.lax.scan(body, jnp.zeros_like(w), x.reshape(2, 2, 8, 8, 3))[0]
 
-    np.testing.assert_allclose(jax.jit(accumulated, static_argnums=2)(x, w, 'onednn'),
-                               jax.jit(accumulated, static_argnums=2)(x, w, 'xla'),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        jax.jit(accumulated, static_argnums=2)(x, w, 'onednn'),
+        jax.jit(accumulated, static_argnums=2)(x, w, 'xla'),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_the_switch_names_the_valid_values_and_restores_itself():
@@ -142,8 +156,10 @@ def test_the_switch_names_the_valid_values_and_restores_itself():
 
 def test_a_required_onednn_that_cannot_build_is_an_error(monkeypatch):
     monkeypatch.setattr(onednn_conv, '_load', lambda: 'no compiler')
-    with switch.use(conv='onednn'), pytest.raises(onednn_conv.OnednnUnavailable,
-                                                  match='no compiler'):
+    with (
+        switch.use(conv='onednn'),
+        pytest.raises(onednn_conv.OnednnUnavailable, match='no compiler'),
+    ):
         onednn_conv.use_for_trace()
     with switch.use(conv='auto'):
         assert not onednn_conv.use_for_trace()  # falls back to XLA's, with a warning
@@ -184,14 +200,20 @@ def test_concurrent_passes_do_not_share_scratch_memory():
     resumed run differed from the straight one."""
     keys = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(keys[0], (16, 32, 32, 3))
-    kernels = [0.1 * jax.random.normal(k, shape) for k, shape in
-               zip(keys[1:], [(4, 4, 3, 32), (4, 4, 32, 64), (4, 4, 64, 128)])]
+    kernels = [
+        0.1 * jax.random.normal(k, shape)
+        for k, shape in zip(keys[1:], [(4, 4, 3, 32), (4, 4, 32, 64), (4, 4, 64, 128)])
+    ]
 
     def discriminator(x, kernels):
         for w in kernels:
-            x = jax.nn.leaky_relu(conv.conv_general_dilated(
-                x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DIMENSIONS), 0.2)
-        return jnp.sum(x ** 2)
+            x = jax.nn.leaky_relu(
+                conv.conv_general_dilated(
+                    x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DIMENSIONS
+                ),
+                0.2,
+            )
+        return jnp.sum(x**2)
 
     def two_chains(x, kernels):
         return discriminator(x, kernels) + discriminator(x[::-1] * 0.5, kernels)

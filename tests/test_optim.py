@@ -49,10 +49,12 @@ def test_momentum_accumulates(name):
 def test_every_optimizer_matches_optax_reference(name):
     opt, sched = _configs(name=name, learning_rate=0.01)
     reference = {
-        'sgd': optax.sgd(0.01), 'momentum': optax.sgd(0.01, momentum=0.9),
+        'sgd': optax.sgd(0.01),
+        'momentum': optax.sgd(0.01, momentum=0.9),
         'nesterov': optax.sgd(0.01, momentum=0.9, nesterov=True),
         'rmsprop': optax.rmsprop(0.01, decay=0.9, eps=1e-8),  # no momentum unless set
-        'adam': optax.adam(0.01), 'adamw': optax.adamw(0.01, weight_decay=0.0),
+        'adam': optax.adam(0.01),
+        'adamw': optax.adamw(0.01, weight_decay=0.0),
     }[name]
     ours, _ = _one_update(opt, sched, GRADS, PARAMS, steps=3)
     state = reference.init(PARAMS)
@@ -71,23 +73,38 @@ def test_rmsprop_takes_momentum_only_when_set():
     np.testing.assert_allclose(ours['dense']['kernel'], theirs['dense']['kernel'], rtol=1e-5)
 
 
-@pytest.mark.parametrize('name,key', [('adam', 'momentum'), ('sgd', 'b1'), ('momentum', 'eps'),
-                                      ('rmsprop', 'b2'), ('adamw', 'rms_decay')])
+@pytest.mark.parametrize(
+    'name,key',
+    [
+        ('adam', 'momentum'),
+        ('sgd', 'b1'),
+        ('momentum', 'eps'),
+        ('rmsprop', 'b2'),
+        ('adamw', 'rms_decay'),
+    ],
+)
 def test_an_optimizer_key_the_optimizer_does_not_read_is_an_error(name, key):
     config = default_config()
     config.optimizer.name = name
     config.optimizer[key] = 0.5
-    with pytest.raises(ConfigError, match=f'optimizer.{key}=0.5 does not apply to optimizer '
-                                          f"'{name}'"):
+    with pytest.raises(
+        ConfigError, match=f"optimizer.{key}=0.5 does not apply to optimizer '{name}'"
+    ):
         validate(config)
 
 
 def test_coupled_l2_goes_through_adam_but_decoupled_does_not():
     zero = jax.tree.map(jnp.zeros_like, GRADS)
-    coupled, _ = _one_update(*_configs(name='adam', learning_rate=0.1, weight_decay=0.1,
-                                       weight_decay_mode='coupled'), zero, PARAMS)
-    decoupled, _ = _one_update(*_configs(name='adam', learning_rate=0.1, weight_decay=0.1,
-                                         weight_decay_mode='decoupled'), zero, PARAMS)
+    coupled, _ = _one_update(
+        *_configs(name='adam', learning_rate=0.1, weight_decay=0.1, weight_decay_mode='coupled'),
+        zero,
+        PARAMS,
+    )
+    decoupled, _ = _one_update(
+        *_configs(name='adam', learning_rate=0.1, weight_decay=0.1, weight_decay_mode='decoupled'),
+        zero,
+        PARAMS,
+    )
     # Coupled: the decay is the only gradient, Adam normalises it to ~1 -> update ~ -lr.
     np.testing.assert_allclose(coupled['dense']['kernel'], -0.1, rtol=1e-3)
     # Decoupled: added after Adam -> update = -lr * wd * w = -0.02.
@@ -107,8 +124,9 @@ def test_l1_adds_sign_of_weights_to_kernels_only():
 
 def test_clipping_by_global_norm():
     big = jax.tree.map(lambda g: g * 100, GRADS)
-    updates, _ = _one_update(*_configs(name='sgd', learning_rate=1.0, grad_clip_norm=1.0),
-                             big, PARAMS)
+    updates, _ = _one_update(
+        *_configs(name='sgd', learning_rate=1.0, grad_clip_norm=1.0), big, PARAMS
+    )
     assert float(optax.global_norm(updates)) == pytest.approx(1.0, rel=1e-5)
 
 
@@ -116,20 +134,21 @@ def _schedule(**sched):
     config = default_config()
     config.optimizer.learning_rate = 1.0
     config.schedule.update(sched)
-    return optim.learning_rate_schedule(config.optimizer, config.schedule, steps_per_epoch=10,
-                                        total_steps=100)
+    return optim.learning_rate_schedule(
+        config.optimizer, config.schedule, steps_per_epoch=10, total_steps=100
+    )
 
 
 def test_step_decay_minus_4_percent_every_8_epochs():
     schedule = _schedule(name='step', decay_factor=0.96, decay_every_epochs=8.0)
     assert float(schedule(79)) == pytest.approx(1.0)
     assert float(schedule(80)) == pytest.approx(0.96)
-    assert float(schedule(160)) == pytest.approx(0.96 ** 2)
+    assert float(schedule(160)) == pytest.approx(0.96**2)
 
 
 def test_exponential_decay_is_smooth():
     schedule = _schedule(name='exponential', decay_factor=0.5, decay_every_epochs=1.0)
-    assert float(schedule(5)) == pytest.approx(0.5 ** 0.5, rel=1e-5)
+    assert float(schedule(5)) == pytest.approx(0.5**0.5, rel=1e-5)
 
 
 def test_warmup_cosine_shape():
@@ -157,9 +176,9 @@ def test_reduce_on_plateau_lowers_the_scale_when_loss_stalls():
 def test_adaptive_gradient_clipping_caps_unitwise_ratio_but_skips_head():
     params = {'conv': {'kernel': jnp.ones((3, 3, 2, 4))}, 'head': {'kernel': jnp.ones((4, 2))}}
     grads = jax.tree.map(lambda p: 100.0 * p, params)
-    updates, _ = _one_update(*_configs(name='sgd', learning_rate=1.0, agc_clip=0.01), grads,
-                             params)
-    unit_ratio = (jnp.linalg.norm(updates['conv']['kernel'].reshape(-1, 4), axis=0)
-                  / jnp.linalg.norm(params['conv']['kernel'].reshape(-1, 4), axis=0))
+    updates, _ = _one_update(*_configs(name='sgd', learning_rate=1.0, agc_clip=0.01), grads, params)
+    unit_ratio = jnp.linalg.norm(
+        updates['conv']['kernel'].reshape(-1, 4), axis=0
+    ) / jnp.linalg.norm(params['conv']['kernel'].reshape(-1, 4), axis=0)
     np.testing.assert_allclose(unit_ratio, 0.01, rtol=1e-3)
     np.testing.assert_allclose(updates['head']['kernel'], -100.0)  # the classifier is exempt

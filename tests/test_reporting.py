@@ -35,8 +35,7 @@ def test_metric_writer_jsonl_truncation_and_disabled_writer(tmp_path):
     writer.write(20, 'eval', {'accuracy': 0.5})
     writer.truncate_after(20)
     records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-    assert [(r['step'], r['kind']) for r in records] == [(10, 'train'), (20, 'train'),
-                                                         (20, 'eval')]
+    assert [(r['step'], r['kind']) for r in records] == [(10, 'train'), (20, 'train'), (20, 'eval')]
     writer.close()
     assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
     quiet = MetricWriter(tmp_path / 'other', enabled=False)
@@ -46,13 +45,20 @@ def test_metric_writer_jsonl_truncation_and_disabled_writer(tmp_path):
 
 def test_pictures_are_pngs(tmp_path):
     metrics = tmp_path / 'metrics.jsonl'
-    metrics.write_text(''.join(json.dumps(r) + '\n' for r in [
-        {'step': 1, 'kind': 'train', 'loss': 2.0, 'accuracy': 0.1},
-        {'step': 2, 'kind': 'train', 'loss': 1.0, 'accuracy': 0.5},
-        {'step': 2, 'kind': 'eval', 'loss': 1.2, 'accuracy': 0.4}]))
+    metrics.write_text(
+        ''.join(
+            json.dumps(r) + '\n'
+            for r in [
+                {'step': 1, 'kind': 'train', 'loss': 2.0, 'accuracy': 0.1},
+                {'step': 2, 'kind': 'train', 'loss': 1.0, 'accuracy': 0.5},
+                {'step': 2, 'kind': 'eval', 'loss': 1.2, 'accuracy': 0.4},
+            ]
+        )
+    )
     curves = pictures.plot_training_curves(metrics, tmp_path / 'p' / 'curves.png')
-    confusion = pictures.plot_confusion_matrix(np.array([[5, 1], [2, 7]]), ['cat', 'dog'],
-                                               tmp_path / 'p' / 'confusion.png')
+    confusion = pictures.plot_confusion_matrix(
+        np.array([[5, 1], [2, 7]]), ['cat', 'dog'], tmp_path / 'p' / 'confusion.png'
+    )
     for path in (curves, confusion):
         assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert pictures.read_metrics(metrics)['eval'][0]['accuracy'] == 0.4

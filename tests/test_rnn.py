@@ -13,8 +13,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import nets
 from nets.layers import recurrent as rnn
-from nets.layers.recurrent import (BidirectionalRNN, GRUCell, LSTMCell, LSTMState, RNNLayer,
-                                   SimpleRNNCell, StackedRNN, hidden_state)
+from nets.layers.recurrent import (
+    BidirectionalRNN,
+    GRUCell,
+    LSTMCell,
+    LSTMState,
+    RNNLayer,
+    SimpleRNNCell,
+    StackedRNN,
+    hidden_state,
+)
 from nets.models.rnn import RNNClassifier
 from tests.nets_harness import fast_jit, rng
 
@@ -38,15 +46,17 @@ def cell_params(cell: str, seed: int = 0) -> dict:
     """Explicit numpy weights (not an initialiser's) for a cell with IN_FEATURES -> HIDDEN."""
     gates = rnn.CELLS[cell].num_gates
     draw = np.random.default_rng(seed)
-    return {'input_kernel': draw.normal(size=(IN_FEATURES, gates * HIDDEN)).astype(np.float32),
-            'recurrent_kernel': draw.normal(size=(HIDDEN, gates * HIDDEN)).astype(np.float32) * 0.5,
-            'bias': draw.normal(size=(gates * HIDDEN,)).astype(np.float32)}
+    return {
+        'input_kernel': draw.normal(size=(IN_FEATURES, gates * HIDDEN)).astype(np.float32),
+        'recurrent_kernel': draw.normal(size=(HIDDEN, gates * HIDDEN)).astype(np.float32) * 0.5,
+        'bias': draw.normal(size=(gates * HIDDEN,)).astype(np.float32),
+    }
 
 
 def reference_step(cell: str, params: dict, carry, x: np.ndarray):
     """One step written straight from the papers' equations, in numpy, gate by gate."""
     w, u, b = params['input_kernel'], params['recurrent_kernel'], params['bias']
-    block = lambda m, g: m[..., g * HIDDEN:(g + 1) * HIDDEN]  # noqa: E731
+    block = lambda m, g: m[..., g * HIDDEN : (g + 1) * HIDDEN]  # noqa: E731
     if cell == 'rnn':
         h = np.tanh(x @ w + carry @ u + b)
         return h, h
@@ -68,6 +78,7 @@ def reference_step(cell: str, params: dict, carry, x: np.ndarray):
 
 
 # --------------------------------------------------------------------------- cells
+
 
 @pytest.mark.parametrize('cell', CELL_NAMES)
 def test_cell_step_matches_its_equations(cell):
@@ -98,23 +109,31 @@ def test_cell_initialisation(cell):
     # Each gate's recurrent block is an orthogonal square matrix: Uᵀ U = I.
     u = np.asarray(params['recurrent_kernel'])
     for g in range(rnn.CELLS[cell].num_gates):
-        block = u[:, g * HIDDEN:(g + 1) * HIDDEN]
+        block = u[:, g * HIDDEN : (g + 1) * HIDDEN]
         np.testing.assert_allclose(block.T @ block, np.eye(HIDDEN), atol=1e-5)
     # Zero biases, except the LSTM forget gate (block 1 of i, f, g, o), which starts at 1.
     expected_bias = np.zeros(rnn.CELLS[cell].num_gates * HIDDEN)
     if cell == 'lstm':
-        expected_bias[HIDDEN:2 * HIDDEN] = 1.0
+        expected_bias[HIDDEN : 2 * HIDDEN] = 1.0
     np.testing.assert_array_equal(params['bias'], expected_bias)
-    assert LSTMCell(HIDDEN, forget_bias=0.0).init(rng(0), LSTMCell(HIDDEN).initial_carry(1),
-                                                  jnp.zeros((1, 2)))['params']['bias'].sum() == 0
+    assert (
+        LSTMCell(HIDDEN, forget_bias=0.0)
+        .init(rng(0), LSTMCell(HIDDEN).initial_carry(1), jnp.zeros((1, 2)))['params']['bias']
+        .sum()
+        == 0
+    )
 
 
 @pytest.mark.parametrize('cls, gates', [(SimpleRNNCell, 1), (LSTMCell, 4), (GRUCell, 3)])
 @pytest.mark.parametrize('d_in, h', [(1, 6), (7, 3)])
 def test_cell_param_count_closed_form(cls, gates, d_in, h):
     module = cls(features=h)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), module.initial_carry(2),
-                            jax.ShapeDtypeStruct((2, d_in), jnp.float32))
+    shapes = jax.eval_shape(
+        module.init,
+        jax.random.key(0),
+        module.initial_carry(2),
+        jax.ShapeDtypeStruct((2, d_in), jnp.float32),
+    )
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes['params']))
     assert count == gates * (d_in * h + h * h + h)
 
@@ -122,7 +141,10 @@ def test_cell_param_count_closed_form(cls, gates, d_in, h):
 def test_classifier_param_count_closed_form():
     d_in, h, classes = 1, 8, 10
     gru = 3 * (d_in * h + h * h + h)
-    assert nets.count_params(nets.create('gru', hidden_size=h), (1, 40, d_in)) == gru + h * classes + classes
+    assert (
+        nets.count_params(nets.create('gru', hidden_size=h), (1, 40, d_in))
+        == gru + h * classes + classes
+    )
     # Two bidirectional LSTM layers: the second reads both directions (2h features).
     model = nets.create('lstm', hidden_size=h, num_layers=2, bidirectional=True)
     lstm = lambda d: 4 * (d * h + h * h + h)  # noqa: E731
@@ -134,6 +156,7 @@ def test_classifier_param_count_closed_form():
 
 
 # --------------------------------------------------------------------------- layers
+
 
 @pytest.mark.parametrize('cell', CELL_NAMES)
 @pytest.mark.parametrize('reverse', [False, True])
@@ -147,7 +170,7 @@ def test_scanned_layer_equals_python_loop_over_the_cell(cell, reverse):
     cell_variables = {'params': variables['params']['cell']}
     loop_carry = module.initial_carry(2)
     expected = [None] * 6
-    for t in (reversed(range(6)) if reverse else range(6)):
+    for t in reversed(range(6)) if reverse else range(6):
         loop_carry, expected[t] = module.apply(cell_variables, loop_carry, x[:, t])
     np.testing.assert_allclose(outputs, np.stack(expected, axis=1), rtol=1e-5, atol=1e-6)
     for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(loop_carry)):
@@ -190,7 +213,9 @@ def test_reverse_pass_starts_at_the_last_valid_step(cell):
 
     # Example 1's last valid step (t=2) is read first, from the initial carry.
     module = rnn.make_cell(cell, HIDDEN)
-    _, first = module.apply({'params': variables['params']['cell']}, module.initial_carry(1), x[1:, 2])
+    _, first = module.apply(
+        {'params': variables['params']['cell']}, module.initial_carry(1), x[1:, 2]
+    )
     np.testing.assert_allclose(outputs[1, 2], first[0], rtol=1e-5, atol=1e-6)
     # And the whole reverse pass equals the one over the unpadded sequence.
     alone_carry, alone = layer.apply(variables, x[1:, :3], return_carry=True)
@@ -209,18 +234,20 @@ def test_initial_carry_is_used():
     given = layer.apply(variables, x, initial_carry=start)
     assert not np.allclose(default, given)
     # A fully padded sequence hands its initial carry straight back.
-    carry, outputs = layer.apply(variables, x, lengths=np.array([0, 4]), initial_carry=start,
-                                 return_carry=True)
+    carry, outputs = layer.apply(
+        variables, x, lengths=np.array([0, 4]), initial_carry=start, return_carry=True
+    )
     np.testing.assert_array_equal(carry.c[0], start.c[0])
     np.testing.assert_array_equal(hidden_state(carry)[0], start.h[0])
 
 
-def looped_lstm_layer(params: dict, x: jax.Array, valid: np.ndarray, start: LSTMState,
-                      reverse: bool, dtype) -> tuple[LSTMState, jax.Array]:
+def looped_lstm_layer(
+    params: dict, x: jax.Array, valid: np.ndarray, start: LSTMState, reverse: bool, dtype
+) -> tuple[LSTMState, jax.Array]:
     """RNNLayer's semantics as a Python loop over LSTMCell (JAX differentiates it step by step)."""
     cell = LSTMCell(HIDDEN, dtype=dtype)
     carry, outputs = start, [None] * x.shape[1]
-    for t in (reversed(range(x.shape[1])) if reverse else range(x.shape[1])):
+    for t in reversed(range(x.shape[1])) if reverse else range(x.shape[1]):
         new_carry, y = cell.apply({'params': params}, carry, x[:, t])
         keep = valid[:, t, None]
         carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
@@ -228,16 +255,19 @@ def looped_lstm_layer(params: dict, x: jax.Array, valid: np.ndarray, start: LSTM
     return carry, jnp.stack(outputs, axis=1)
 
 
-@pytest.mark.parametrize('reverse, dtype, tolerance', [(False, jnp.float32, 1e-5),
-                                                       (True, jnp.float32, 1e-5),
-                                                       (False, jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize(
+    'reverse, dtype, tolerance',
+    [(False, jnp.float32, 1e-5), (True, jnp.float32, 1e-5), (False, jnp.bfloat16, 3e-2)],
+)
 def test_lstm_layer_gradients_equal_autodiff_through_the_cell(reverse, dtype, tolerance):
     """RNNLayer's LSTM has its own backward pass (nets.kernels.fused_lstm); every gradient, through
     padding, the initial carry and the final carry, equals JAX's through a loop over the cell."""
     x = random_inputs((3, 5, IN_FEATURES))
     valid = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
-    start = LSTMState(c=jnp.asarray(random_inputs((3, HIDDEN), seed=1)),
-                      h=jnp.asarray(random_inputs((3, HIDDEN), seed=2)))
+    start = LSTMState(
+        c=jnp.asarray(random_inputs((3, HIDDEN), seed=1)),
+        h=jnp.asarray(random_inputs((3, HIDDEN), seed=2)),
+    )
     layer = RNNLayer(cell='lstm', features=HIDDEN, reverse=reverse, dtype=dtype)
     params = {k: jnp.asarray(v) for k, v in cell_params('lstm').items()}
     weights = jnp.asarray(random_inputs((3, 5, HIDDEN), seed=3))
@@ -245,19 +275,30 @@ def test_lstm_layer_gradients_equal_autodiff_through_the_cell(reverse, dtype, to
     def loss(run):
         def value(params, x, start):
             carry, outputs = run(params, x, start)
-            return (jnp.sum(outputs.astype(jnp.float32) * weights) + jnp.sum(carry.c * carry.h)
-                    + jnp.sum(carry.c ** 2))
+            return (
+                jnp.sum(outputs.astype(jnp.float32) * weights)
+                + jnp.sum(carry.c * carry.h)
+                + jnp.sum(carry.c**2)
+            )
+
         return fast_jit(jax.value_and_grad(value, argnums=(0, 1, 2)))(params, jnp.asarray(x), start)
 
-    fused = loss(lambda p, x, s: layer.apply({'params': {'cell': p}}, x, valid=valid,
-                                             initial_carry=s, return_carry=True))
+    fused = loss(
+        lambda p, x, s: layer.apply(
+            {'params': {'cell': p}}, x, valid=valid, initial_carry=s, return_carry=True
+        )
+    )
     looped = loss(lambda p, x, s: looped_lstm_layer(p, x, valid, s, reverse, dtype))
     np.testing.assert_allclose(fused[0], looped[0], rtol=tolerance)
     for path, got in jax.tree_util.tree_leaves_with_path(fused[1]):
         want = dict(jax.tree_util.tree_leaves_with_path(looped[1]))[path]
         scale = np.max(np.abs(np.asarray(want, np.float32)))
-        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
-                                   atol=tolerance * scale, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32),
+            np.asarray(want, np.float32),
+            atol=tolerance * scale,
+            err_msg=jax.tree_util.keystr(path),
+        )
     # Padded inputs get no gradient.
     assert not np.any(np.asarray(fused[1][1], np.float32)[~valid])
 
@@ -266,9 +307,13 @@ def test_lstm_layer_gradient_on_a_batch_sharded_mesh_gathers_nothing():
     """Data parallel: the weight gradients are per-device partial products and one all-reduce;
     merging the sharded batch axis with time would all-gather the stacked activations."""
     mesh = Mesh(np.array(jax.devices()[:2]), ('data',))
-    x = jax.device_put(random_inputs((4, 6, IN_FEATURES)), NamedSharding(mesh, PartitionSpec('data')))
+    x = jax.device_put(
+        random_inputs((4, 6, IN_FEATURES)), NamedSharding(mesh, PartitionSpec('data'))
+    )
     layer = RNNLayer(cell='lstm', features=HIDDEN)
-    params = jax.device_put(layer_variables(layer, x)['params'], NamedSharding(mesh, PartitionSpec()))
+    params = jax.device_put(
+        layer_variables(layer, x)['params'], NamedSharding(mesh, PartitionSpec())
+    )
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply({'params': p}, x) ** 2)))
     hlo = grad.lower(params, x).compile().as_text()
     assert 'all-reduce' in hlo
@@ -280,7 +325,9 @@ def test_bidirectional_output_shapes(merge, width):
     x = random_inputs((2, 5, IN_FEATURES))
     layer = BidirectionalRNN(cell='gru', features=HIDDEN, merge=merge)
     variables = layer_variables(layer, x)
-    (forward, backward), outputs = layer.apply(variables, x, lengths=np.array([5, 2]), return_carry=True)
+    (forward, backward), outputs = layer.apply(
+        variables, x, lengths=np.array([5, 2]), return_carry=True
+    )
     assert outputs.shape == (2, 5, width)
     assert forward.shape == backward.shape == (2, HIDDEN)
     assert set(variables['params']) == {'forward', 'backward'}
@@ -289,14 +336,17 @@ def test_bidirectional_output_shapes(merge, width):
 
 def test_gradients_flow_through_a_stacked_bidirectional_lstm():
     x = random_inputs((2, 5, IN_FEATURES))
-    model = StackedRNN(cell='lstm', features=HIDDEN, num_layers=2, bidirectional=True, dropout_rate=0.2)
+    model = StackedRNN(
+        cell='lstm', features=HIDDEN, num_layers=2, bidirectional=True, dropout_rate=0.2
+    )
     variables = fast_jit(model.init)(rng(0), x)
     assert set(variables['params']) == {'layer0', 'layer1'}
 
     def loss(params):
-        y = model.apply({'params': params}, x, lengths=jnp.array([5, 3]), train=True,
-                        rngs={'dropout': rng(1)})
-        return jnp.sum(y ** 2)
+        y = model.apply(
+            {'params': params}, x, lengths=jnp.array([5, 3]), train=True, rngs={'dropout': rng(1)}
+        )
+        return jnp.sum(y**2)
 
     grads = fast_jit(jax.grad(loss))(variables['params'])
     for path, grad in jax.tree_util.tree_leaves_with_path(grads):
@@ -310,33 +360,49 @@ def test_gradients_flow_through_a_stacked_bidirectional_lstm():
 
 # --------------------------------------------------------------------------- classifiers
 
+
 def test_registered_classifiers():
     assert nets.list_models(family='rnn') == ['gru', 'lstm', 'rnn']
-    assert {name: nets.model_defaults(name)['cell'] for name in CELL_NAMES} == {n: n for n in CELL_NAMES}
+    assert {name: nets.model_defaults(name)['cell'] for name in CELL_NAMES} == {
+        n: n for n in CELL_NAMES
+    }
 
 
-@pytest.mark.parametrize('name, overrides', [
-    ('rnn', dict(hidden_size=8)),
-    ('lstm', dict(hidden_size=8, num_layers=2, bidirectional=True, readout='mean', dropout_rate=0.1)),
-    ('gru', dict(hidden_size=6, bidirectional=True, readout='flatten')),
-])
+@pytest.mark.parametrize(
+    'name, overrides',
+    [
+        ('rnn', dict(hidden_size=8)),
+        (
+            'lstm',
+            dict(hidden_size=8, num_layers=2, bidirectional=True, readout='mean', dropout_rate=0.1),
+        ),
+        ('gru', dict(hidden_size=6, bidirectional=True, readout='flatten')),
+    ],
+)
 def test_classifier_logits_on_mnist1d_shaped_inputs(name, overrides):
     model = nets.create(name, num_classes=10, **overrides)
     x = random_inputs((3, 40, 1))
     variables = fast_jit(model.init)(rng(0), x)
-    logits = fast_jit(lambda v, x: model.apply(v, x, train=True, rngs={'dropout': rng(1)}))(variables, x)
+    logits = fast_jit(lambda v, x: model.apply(v, x, train=True, rngs={'dropout': rng(1)}))(
+        variables, x
+    )
     assert logits.shape == (3, 10) and logits.dtype == jnp.float32
     assert np.all(np.isfinite(logits))
 
 
-@pytest.mark.parametrize('readout, bidirectional', [('last', False), ('last', True), ('mean', True)])
+@pytest.mark.parametrize(
+    'readout, bidirectional', [('last', False), ('last', True), ('mean', True)]
+)
 def test_classifier_readout_ignores_padding(readout, bidirectional):
-    model = RNNClassifier(num_classes=5, cell='gru', hidden_size=HIDDEN, readout=readout,
-                          bidirectional=bidirectional)
+    model = RNNClassifier(
+        num_classes=5, cell='gru', hidden_size=HIDDEN, readout=readout, bidirectional=bidirectional
+    )
     x = random_inputs((2, 7, 2))
     variables = fast_jit(model.init)(rng(0), x)
     padded = model.apply(variables, x, lengths=np.array([7, 4]))
-    np.testing.assert_allclose(padded[1], model.apply(variables, x[1:, :4])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        padded[1], model.apply(variables, x[1:, :4])[0], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_classifier_reads_images_row_by_row_and_in_bfloat16():
@@ -349,11 +415,15 @@ def test_classifier_reads_images_row_by_row_and_in_bfloat16():
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
     # The carry stays float32 under bfloat16 compute.
     carry, outputs = RNNLayer(cell='gru', features=4, dtype=jnp.bfloat16).apply(
-        {'params': {'cell': cell_params('gru')}}, random_inputs((2, 5, IN_FEATURES)), return_carry=True)
+        {'params': {'cell': cell_params('gru')}},
+        random_inputs((2, 5, IN_FEATURES)),
+        return_carry=True,
+    )
     assert carry.dtype == jnp.float32 and outputs.dtype == jnp.bfloat16
 
 
 # --------------------------------------------------------------------------- errors
+
 
 def test_bad_configurations_raise_naming_the_choices():
     with pytest.raises(ValueError, match=r"Unknown cell 'transformer'.*\['gru', 'lstm', 'rnn'\]"):

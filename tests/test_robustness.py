@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import data
 import nets
 from experiments import fashion_mnist_quickstart
+from tests.test_train import final_params, tiny_config
 from train import config as config_lib
 from train import loop
 from train.checkpointing import INTEGRITY_FILE, load_checkpoint
@@ -26,16 +27,19 @@ from train.optim import build_optimizer
 from train.sharding import host_to_global, make_mesh
 from train.steps import init_train_state, make_train_step
 from train.tasks import create_task
-from tests.test_train import final_params, tiny_config
 
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _array_files(checkpoints: Path, step: int) -> list[Path]:
     """The files holding a step's array data (orbax's OCDBT chunks)."""
-    return [p for p in (checkpoints / str(step) / 'state').rglob('*') if p.is_file()
-            and p.parent.name == 'd']
+    return [
+        p
+        for p in (checkpoints / str(step) / 'state').rglob('*')
+        if p.is_file() and p.parent.name == 'd'
+    ]
 
 
 def _damage(checkpoints: Path, step: int, how: str) -> None:
@@ -48,7 +52,7 @@ def _damage(checkpoints: Path, step: int, how: str) -> None:
     else:  # killed after orbax's rename, before the seal: the data files half written
         (checkpoints / str(step) / INTEGRITY_FILE).unlink()
         for victim in victims:
-            victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
+            victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
 
 def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(digits_dir, tmp_path, caplog):
@@ -60,15 +64,19 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(digits_dir, tmp_pat
     run = tmp_path / 'run'
     loop.train_and_evaluate(config, run)  # checkpoints at 4, 8, 12
     checkpoints = run / 'checkpoints'
-    for bad_step, damage, steps in ((12, 'flipped_bytes_sealed', 16),
-                                    (16, 'truncated_unsealed', 20)):
+    for bad_step, damage, steps in (
+        (12, 'flipped_bytes_sealed', 16),
+        (16, 'truncated_unsealed', 20),
+    ):
         assert (checkpoints / str(bad_step) / INTEGRITY_FILE).exists()  # sealed at close
         _damage(checkpoints, bad_step, damage)
         caplog.clear()
         with caplog.at_level(python_logging.WARNING):
             summary = loop.train_and_evaluate(_with(config, num_steps=steps), run)
-        assert any(f'step {bad_step}' in r.getMessage() and 'corrupt' in r.getMessage()
-                   for r in caplog.records), damage
+        assert any(
+            f'step {bad_step}' in r.getMessage() and 'corrupt' in r.getMessage()
+            for r in caplog.records
+        ), damage
         assert summary['step'] == steps
         assert list(checkpoints.glob(f'corrupt-{bad_step}-*'))  # moved aside, not deleted
     # Resumed from the step before each damage: the parameters of the run never interrupted.
@@ -83,8 +91,7 @@ def _with(config: ml_collections.ConfigDict, **changes) -> ml_collections.Config
     return config
 
 
-def test_intact_checkpoint_of_another_config_raises_instead_of_being_skipped(digits_dir,
-                                                                             tmp_path):
+def test_intact_checkpoint_of_another_config_raises_instead_of_being_skipped(digits_dir, tmp_path):
     config = tiny_config(digits_dir, num_steps=4)
     loop.train_and_evaluate(config, tmp_path)
     wider = _with(config, num_steps=8)
@@ -103,13 +110,19 @@ def test_gradient_accumulation_equals_the_large_batch_step(digits_dir, tmp_path,
     config.schedule.name = 'warmup_cosine'
     config.schedule.warmup_epochs = 0.05
     large = loop.train_and_evaluate(config, tmp_path / 'large')
-    accumulated = loop.train_and_evaluate(_with(config, grad_accum_steps=4),
-                                          tmp_path / 'accumulated')
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 final_params(tmp_path / 'large'), final_params(tmp_path / 'accumulated'))
+    accumulated = loop.train_and_evaluate(
+        _with(config, grad_accum_steps=4), tmp_path / 'accumulated'
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+        final_params(tmp_path / 'large'),
+        final_params(tmp_path / 'accumulated'),
+    )
     assert accumulated['eval']['loss'] == pytest.approx(large['eval']['loss'], rel=1e-4)
-    records = [json.loads(line) for line in
-               (tmp_path / 'accumulated' / 'metrics.jsonl').read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / 'accumulated' / 'metrics.jsonl').read_text().splitlines()
+    ]
     train = [r for r in records if r['kind'] == 'train']
     assert train[-1]['step'] == 6  # a loop step is one optimiser update
 
@@ -129,11 +142,16 @@ def test_bfloat16_compute_keeps_float32_state_and_matches_float32_loss(digits_di
     base.num_epochs, base.num_steps = 1.0, 40
     base.batch_size, base.eval_batch_size = 32, 360
     base.log_every_steps = base.eval_every_steps = base.checkpoint_every_steps = 40
-    results = {dtype: loop.train_and_evaluate(_with(base, dtype=dtype), tmp_path / dtype)
-               for dtype in ('float32', 'bfloat16')}
+    results = {
+        dtype: loop.train_and_evaluate(_with(base, dtype=dtype), tmp_path / dtype)
+        for dtype in ('float32', 'bfloat16')
+    }
     state = load_checkpoint(tmp_path / 'bfloat16' / 'checkpoints')
-    dtypes = {x.dtype for x in jax.tree.leaves((state['params'], state['opt_state']))
-              if jnp.issubdtype(x.dtype, jnp.floating)}
+    dtypes = {
+        x.dtype
+        for x in jax.tree.leaves((state['params'], state['opt_state']))
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    }
     assert dtypes == {jnp.dtype('float32')}
     f32, bf16 = results['float32']['eval'], results['bfloat16']['eval']
     # bfloat16 rounding makes the trajectories part after a few steps; they end as close as
@@ -142,8 +160,9 @@ def test_bfloat16_compute_keeps_float32_state_and_matches_float32_loss(digits_di
     assert abs(bf16['accuracy'] - f32['accuracy']) < 0.03
     # The model really computes in bfloat16: its logits (returned as float32 for the loss)
     # carry bfloat16's 8-bit mantissa.
-    model = loop.create_model(_with(base, dtype='bfloat16'),
-                              data.dataset_info('digits', digits_dir))
+    model = loop.create_model(
+        _with(base, dtype='bfloat16'), data.dataset_info('digits', digits_dir)
+    )
     variables = jax.tree.map(jnp.asarray, {'params': state['params'], **state['model_state']})
     images = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
     logits = np.asarray(model.apply(variables, images, train=False), np.float32)
@@ -157,37 +176,48 @@ def test_fsdp_rules_shard_state_and_give_the_replicated_step(digits_dir):
     info = data.dataset_info('digits', digits_dir)
     model = nets.create('mlp', num_classes=info.num_classes, depth=2, width=64)
     task = create_task('classify', model=model, info=info)
-    tx, _ = build_optimizer(default_config().optimizer, default_config().schedule,
-                            steps_per_epoch=10, total_steps=10)
+    tx, _ = build_optimizer(
+        default_config().optimizer, default_config().schedule, steps_per_epoch=10, total_steps=10
+    )
     mesh = make_mesh()
     assert mesh.devices.size == 8
     rules = (('.*kernel', 'fsdp'),)
-    states = {'replicated': init_train_state(task, tx, 0, mesh, ema=True),
-              'fsdp': init_train_state(task, tx, 0, mesh, ema=True, param_sharding=rules)}
+    states = {
+        'replicated': init_train_state(task, tx, 0, mesh, ema=True),
+        'fsdp': init_train_state(task, tx, 0, mesh, ema=True, param_sharding=rules),
+    }
     fsdp = states['fsdp']
     kernel = fsdp.params['dense1']['kernel']  # 64 x 64
     assert kernel.sharding.spec == jax.sharding.PartitionSpec('data')
     assert kernel.addressable_shards[0].data.shape == (8, 64)
     momentum = jax.tree.leaves(fsdp.opt_state)
-    assert any(getattr(m, 'shape', None) == (64, 64) and not m.sharding.is_fully_replicated
-               for m in momentum)
+    assert any(
+        getattr(m, 'shape', None) == (64, 64) and not m.sharding.is_fully_replicated
+        for m in momentum
+    )
     assert not fsdp.ema_params['dense1']['kernel'].sharding.is_fully_replicated
     assert fsdp.params['dense1']['bias'].sharding.is_fully_replicated  # no rule matches
     source = data.maybe_in_memory(data.load_source('digits', 'train', digits_dir))
-    batches = [{'image': source.image[i:i + 32], 'label': source.label[i:i + 32]}
-               for i in range(0, 96, 32)]
+    batches = [
+        {'image': source.image[i : i + 32], 'label': source.label[i : i + 32]}
+        for i in range(0, 96, 32)
+    ]
     results = {}
     for name, state in states.items():
         sharding = jax.tree.map(lambda x: x.sharding, state)
-        step = make_train_step(task, tx, mesh, skip_nonfinite=False, state_sharding=sharding,
-                               ema_decay=0.9)
+        step = make_train_step(
+            task, tx, mesh, skip_nonfinite=False, state_sharding=sharding, ema_decay=0.9
+        )
         for host_batch in batches:
             state, _ = step(state, host_to_global(host_batch, mesh))
         replicated = state.params['dense1']['kernel'].sharding.is_fully_replicated
         assert replicated == (name == 'replicated')  # the step keeps the layout
         results[name] = jax.device_get((state.params, state.opt_state, state.ema_params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 results['replicated'], results['fsdp'])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        results['replicated'],
+        results['fsdp'],
+    )
 
 
 def test_fsdp_run_checkpoints_and_resumes_like_a_replicated_run(digits_dir, tmp_path):
@@ -197,8 +227,11 @@ def test_fsdp_run_checkpoints_and_resumes_like_a_replicated_run(digits_dir, tmp_
     sharded = _with(config, num_steps=4, param_sharding=(('.*', 'fsdp'),), fsdp_min_size=0)
     loop.train_and_evaluate(sharded, tmp_path / 'fsdp')
     loop.train_and_evaluate(_with(sharded, num_steps=8), tmp_path / 'fsdp')  # resume sharded
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 final_params(tmp_path / 'replicated'), final_params(tmp_path / 'fsdp'))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        final_params(tmp_path / 'replicated'),
+        final_params(tmp_path / 'fsdp'),
+    )
 
 
 def test_ema_is_evaluated_beside_the_raw_parameters(digits_dir, tmp_path):
@@ -208,33 +241,44 @@ def test_ema_is_evaluated_beside_the_raw_parameters(digits_dir, tmp_path):
     assert summary['eval']['ema_loss'] != summary['eval']['loss']
     state = load_checkpoint(tmp_path / 'checkpoints')
     assert jax.tree.structure(state['ema_params']) == jax.tree.structure(state['params'])
-    evals = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
-             if json.loads(line)['kind'] == 'eval']
+    evals = [
+        json.loads(line)
+        for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+        if json.loads(line)['kind'] == 'eval'
+    ]
     assert all('ema_accuracy' in record for record in evals)
 
 
 def test_ema_update_rule_after_one_step(digits_dir):
     info = data.dataset_info('digits', digits_dir)
-    task = create_task('classify', model=nets.create('mlp', num_classes=10, depth=1, width=16),
-                       info=info)
-    tx, _ = build_optimizer(default_config().optimizer, default_config().schedule,
-                            steps_per_epoch=10, total_steps=10)
+    task = create_task(
+        'classify', model=nets.create('mlp', num_classes=10, depth=1, width=16), info=info
+    )
+    tx, _ = build_optimizer(
+        default_config().optimizer, default_config().schedule, steps_per_epoch=10, total_steps=10
+    )
     mesh = make_mesh()
     state = init_train_state(task, tx, 0, mesh, ema=True)
     before = jax.device_get(state.params)
     step = make_train_step(task, tx, mesh, skip_nonfinite=False, ema_decay=0.999)
     source = data.maybe_in_memory(data.load_source('digits', 'train', digits_dir))
-    state, _ = step(state, host_to_global({'image': source.image[:32],
-                                           'label': source.label[:32]}, mesh))
+    state, _ = step(
+        state, host_to_global({'image': source.image[:32], 'label': source.label[:32]}, mesh)
+    )
     d = float(ema_decay_at(0.999, 0))
     assert d == pytest.approx(0.1)  # warm-up: min(0.999, 1/10)
-    expected = jax.tree.map(lambda p0, p1: d * p0 + (1 - d) * p1, before,
-                            jax.device_get(state.params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 jax.device_get(state.ema_params), expected)
+    expected = jax.tree.map(
+        lambda p0, p1: d * p0 + (1 - d) * p1, before, jax.device_get(state.params)
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        jax.device_get(state.ema_params),
+        expected,
+    )
 
 
 # ------------------------------------------------------------------ property-based tests
+
 
 def _numeric_leaves() -> list[str]:
     reference = default_config().to_dict()
@@ -247,14 +291,20 @@ def _numeric_leaves() -> list[str]:
                 walk(value, f'{prefix}{key}.')
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 found.append(prefix + key)
+
     walk(reference, '')
     return found
 
 
 NUMERIC_KEYS = _numeric_leaves()
-ANY_VALUE = st.one_of(st.integers(-10 ** 6, 10 ** 6), st.floats(allow_nan=True),
-                      st.booleans(), st.text(max_size=5), st.none(),
-                      st.lists(st.integers(), max_size=2))
+ANY_VALUE = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(max_size=5),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
 
 
 def _set(config: ml_collections.ConfigDict, key: str, value) -> ml_collections.ConfigDict:
@@ -284,8 +334,10 @@ def test_validate_accepts_or_names_the_bad_key(key, value):
 
 
 @SETTINGS
-@given(key=st.text(alphabet='abcdefghijklmnopqrstuvwxyz_', min_size=1, max_size=12),
-       block=st.sampled_from(['', 'optimizer.', 'schedule.', 'dataset.']))
+@given(
+    key=st.text(alphabet='abcdefghijklmnopqrstuvwxyz_', min_size=1, max_size=12),
+    block=st.sampled_from(['', 'optimizer.', 'schedule.', 'dataset.']),
+)
 def test_unknown_keys_are_named_with_the_valid_ones(key, block):
     reference = default_config()
     known = reference[block[:-1]] if block else reference
@@ -298,12 +350,18 @@ def test_unknown_keys_are_named_with_the_valid_ones(key, block):
 
 
 @SETTINGS
-@given(name=st.text(min_size=1, max_size=10),
-       where=st.sampled_from(['model.name', 'optimizer.name', 'schedule.name', 'task', 'dtype']))
+@given(
+    name=st.text(min_size=1, max_size=10),
+    where=st.sampled_from(['model.name', 'optimizer.name', 'schedule.name', 'task', 'dtype']),
+)
 def test_unknown_names_list_the_valid_choices(name, where):
-    valid = {'model.name': nets.list_models(), 'optimizer.name': config_lib.OPTIMIZERS,
-             'schedule.name': config_lib.SCHEDULES, 'task': config_lib.TASKS,
-             'dtype': config_lib.DTYPES}[where]
+    valid = {
+        'model.name': nets.list_models(),
+        'optimizer.name': config_lib.OPTIMIZERS,
+        'schedule.name': config_lib.SCHEDULES,
+        'task': config_lib.TASKS,
+        'dtype': config_lib.DTYPES,
+    }[where]
     if name in valid:
         return
     config = default_config()
@@ -317,12 +375,26 @@ def test_unknown_names_list_the_valid_choices(name, where):
 
 
 def _vit_task(image_size: int, patch_size: int):
-    info = data.DatasetInfo(name='synthetic', num_classes=3, class_names=('a', 'b', 'c'),
-                            example_shape=(image_size, image_size, 1), image_dtype='uint8',
-                            splits={'train': 1}, mean=(0.5,), std=(0.25,))
+    info = data.DatasetInfo(
+        name='synthetic',
+        num_classes=3,
+        class_names=('a', 'b', 'c'),
+        example_shape=(image_size, image_size, 1),
+        image_dtype='uint8',
+        splits={'train': 1},
+        mean=(0.5,),
+        std=(0.25,),
+    )
     config = default_config()
-    config.model = model_config('vit_ti16', patch_size=patch_size, hidden_size=8, depth=1,
-                                num_heads=1, mlp_dim=8, num_classes=3)
+    config.model = model_config(
+        'vit_ti16',
+        patch_size=patch_size,
+        hidden_size=8,
+        depth=1,
+        num_heads=1,
+        mlp_dim=8,
+        num_classes=3,
+    )
     return config, create_task('classify', model=loop.create_model(config, info), info=info)
 
 
@@ -340,13 +412,20 @@ def test_impossible_patch_sizes_fail_before_compiling(image_size, patch_size):
 @settings(max_examples=20, deadline=None)
 @given(image_size=st.integers(2, 40), stages=st.integers(1, 6))
 def test_poolings_that_shrink_below_one_pixel_fail_before_compiling(image_size, stages):
-    info = data.DatasetInfo(name='synthetic', num_classes=2, class_names=('a', 'b'),
-                            example_shape=(image_size, image_size, 1), image_dtype='uint8',
-                            splits={'train': 1}, mean=(0.5,), std=(0.25,))
+    info = data.DatasetInfo(
+        name='synthetic',
+        num_classes=2,
+        class_names=('a', 'b'),
+        example_shape=(image_size, image_size, 1),
+        image_dtype='uint8',
+        splits={'train': 1},
+        mean=(0.5,),
+        std=(0.25,),
+    )
     config = default_config()
     config.model = model_config('cnn', channels=(4,) * stages, convs_per_stage=1, num_classes=2)
     task = create_task('classify', model=loop.create_model(config, info), info=info)
-    if image_size >= 2 ** stages:
+    if image_size >= 2**stages:
         loop.check_model_fits(config, task, info.example_shape)
     else:
         with pytest.raises(ConfigError, match='too small'):

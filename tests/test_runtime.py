@@ -22,8 +22,14 @@ def _config(model: str = 'resnet18', **fields):
 
 
 def _host(platform_name: str = 'cpu', jaxlib: str = '0.10.2', **fields) -> Host:
-    values = dict(platform=platform_name, jaxlib_version=jaxlib, libc='glibc', xla_flags='',
-                  environ_malloc={}, processes=1)
+    values = dict(
+        platform=platform_name,
+        jaxlib_version=jaxlib,
+        libc='glibc',
+        xla_flags='',
+        environ_malloc={},
+        processes=1,
+    )
     values.update(fields)
     return Host(**values)
 
@@ -104,8 +110,12 @@ def test_allocator_settings_for_measured_families_keep_the_user_s_values():
 
 
 def test_bad_runtime_values_name_the_choices():
-    for key, value, choices in (('conv_backend', 'mkl', 'onednn'), ('xla_flags', 'fast', 'auto'),
-                                ('malloc', 'jemalloc', 'heap'), ('attention', 'flash', 'cudnn')):
+    for key, value, choices in (
+        ('conv_backend', 'mkl', 'onednn'),
+        ('xla_flags', 'fast', 'auto'),
+        ('malloc', 'jemalloc', 'heap'),
+        ('attention', 'flash', 'cudnn'),
+    ):
         config = _config()
         config.runtime[key] = value
         with pytest.raises(ConfigError, match=choices):
@@ -156,12 +166,20 @@ def test_apply_restarts_once_when_allocator_settings_are_missing(monkeypatch):
 def test_restarted_process_runs_the_same_command_with_the_settings():
     env = {k: v for k, v in os.environ.items() if k not in runtime.MALLOC_ENV}
     env['JAX_PLATFORMS'] = 'cpu'
-    script = ('import os, sys; from train import runtime; '
-              'from tests.test_runtime import _config, _host; '
-              "print('start', os.environ.get('MALLOC_MMAP_MAX_'), sys.argv[1:], flush=True); "
-              "chosen = runtime.resolve(_config('resnet18'), _host()); "
-              'runtime.apply(chosen, starting_process=True, '
-              "restart_command=[sys.executable, *sys.orig_argv[1:]]); print('running')")
-    out = subprocess.run([sys.executable, '-c', script, 'arg'], env=env, capture_output=True,
-                         text=True, timeout=120, check=True).stdout.splitlines()
+    script = (
+        'import os, sys; from train import runtime; '
+        'from tests.test_runtime import _config, _host; '
+        "print('start', os.environ.get('MALLOC_MMAP_MAX_'), sys.argv[1:], flush=True); "
+        "chosen = runtime.resolve(_config('resnet18'), _host()); "
+        'runtime.apply(chosen, starting_process=True, '
+        "restart_command=[sys.executable, *sys.orig_argv[1:]]); print('running')"
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', script, 'arg'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
     assert out == ["start None ['arg']", "start 0 ['arg']", 'running']

@@ -14,42 +14,48 @@ import numpy as np
 import pytest
 
 from experiments import scaling as scaling_config
+from experiments.analysis import compute
+from experiments.analysis import scaling_laws as laws
 from experiments.sweeps import scaling_grid as scaling
 from experiments.sweeps import scaling_report as report
 from experiments.sweeps import scaling_study as study
-from experiments.analysis import compute
 from nets.tools import flops as flop_counter
-from experiments.analysis import scaling_laws as laws
 from train.config import validate
-
 
 # --- FLOP counts -------------------------------------------------------------------------------
 
+
 def _xla_forward_flops(module: nn.Module, shape: tuple[int, ...]) -> float:
     variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape))
-    return flop_counter.loop_corrected_flops(module.apply, variables,
-                                        jax.ShapeDtypeStruct(shape, jnp.float32)).total
+    return flop_counter.loop_corrected_flops(
+        module.apply, variables, jax.ShapeDtypeStruct(shape, jnp.float32)
+    ).total
 
 
-@pytest.mark.parametrize('batch,features_in,features_out,bias',
-                         [(8, 16, 32, True), (3, 7, 5, False)])
+@pytest.mark.parametrize(
+    'batch,features_in,features_out,bias', [(8, 16, 32, True), (3, 7, 5, False)]
+)
 def test_dense_flops_equal_analytic(batch, features_in, features_out, bias):
     flops = _xla_forward_flops(nn.Dense(features_out, use_bias=bias), (batch, features_in))
     assert flops == flop_counter.dense_flops(batch, features_in, features_out, bias=bias)
 
 
-@pytest.mark.parametrize('size,kernel,strides,padding,groups', [
-    ((10, 10), (3, 3), (1, 1), 'SAME', 1),   # padding taps are not counted
-    ((10, 10), (3, 3), (1, 1), 'VALID', 1),
-    ((11, 9), (3, 5), (2, 2), 'SAME', 1),
-    ((8, 8), (3, 3), (1, 1), 'SAME', 4),      # grouped
-    ((12, 12), (4, 4), (4, 4), 'VALID', 1),   # a ViT patch embedding
-])
+@pytest.mark.parametrize(
+    'size,kernel,strides,padding,groups',
+    [
+        ((10, 10), (3, 3), (1, 1), 'SAME', 1),  # padding taps are not counted
+        ((10, 10), (3, 3), (1, 1), 'VALID', 1),
+        ((11, 9), (3, 5), (2, 2), 'SAME', 1),
+        ((8, 8), (3, 3), (1, 1), 'SAME', 4),  # grouped
+        ((12, 12), (4, 4), (4, 4), 'VALID', 1),  # a ViT patch embedding
+    ],
+)
 def test_conv_flops_equal_analytic(size, kernel, strides, padding, groups):
     conv = nn.Conv(8, kernel, strides=strides, padding=padding, feature_group_count=groups)
     flops = _xla_forward_flops(conv, (2, *size, 8))
-    assert flops == flop_counter.conv_flops(2, size, kernel, 8, 8, strides=strides, padding=padding,
-                                       feature_group_count=groups)
+    assert flops == flop_counter.conv_flops(
+        2, size, kernel, 8, 8, strides=strides, padding=padding, feature_group_count=groups
+    )
 
 
 def test_scan_bodies_are_counted_once_per_iteration():
@@ -66,16 +72,20 @@ def test_scan_bodies_are_counted_once_per_iteration():
     count = flop_counter.loop_corrected_flops(chain, x, w)
     assert count.xla < 2 * product  # what XLA alone reports: one iteration
     assert count.total == pytest.approx(7 * product, rel=1e-3)
-    assert flop_counter.loop_corrected_flops(nested, x, w).total == pytest.approx(21 * product, rel=1e-3)
+    assert flop_counter.loop_corrected_flops(nested, x, w).total == pytest.approx(
+        21 * product, rel=1e-3
+    )
     # Forward and backward scans of the gradient: three products per iteration.
     grad = jax.grad(lambda w, x: chain(x, w).sum())
-    assert flop_counter.loop_corrected_flops(grad, w, x).total == pytest.approx(3 * 7 * product,
-                                                                           rel=0.05)
+    assert flop_counter.loop_corrected_flops(grad, w, x).total == pytest.approx(
+        3 * 7 * product, rel=0.05
+    )
     assert flop_counter.analytic_forward_flops(chain, x, w) == 7 * product
 
 
 def test_recurrent_model_train_flops_match_analytic_with_the_loop_correction():
     import nets
+
     model = nets.create('lstm', num_classes=4, hidden_size=32, num_layers=1)
     shape = (8, 20, 3)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
@@ -85,8 +95,9 @@ def test_recurrent_model_train_flops_match_analytic_with_the_loop_correction():
 
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     count = flop_counter.loop_corrected_flops(jax.grad(loss), variables['params'], x)
-    analytic = 3 * flop_counter.analytic_forward_flops(lambda p, x: model.apply({'params': p}, x),
-                                                  variables['params'], x)
+    analytic = 3 * flop_counter.analytic_forward_flops(
+        lambda p, x: model.apply({'params': p}, x), variables['params'], x
+    )
     # 20 time steps: XLA alone counts one step of each loop (the LSTM's weight gradients are
     # products outside its loops, nets.kernels.fused_lstm, which XLA does count).
     assert count.loop_correction > 1.5 * count.xla
@@ -107,19 +118,22 @@ def test_core_hours_and_loop_seconds(tmp_path):
     assert compute.cores_per_device('tpu', 'TPU v3') == 1
     assert compute.core_hours(3600.0, 2) == 2.0
     metrics = tmp_path / 'metrics.jsonl'
-    records = [{'step': 10, 'kind': 'train', 'examples_per_second': 100.0},
-               {'step': 10, 'kind': 'eval', 'loss': 1.0},
-               {'step': 20, 'kind': 'train', 'examples_per_second': 200.0}]
+    records = [
+        {'step': 10, 'kind': 'train', 'examples_per_second': 100.0},
+        {'step': 10, 'kind': 'eval', 'loss': 1.0},
+        {'step': 20, 'kind': 'train', 'examples_per_second': 200.0},
+    ]
     metrics.write_text('\n'.join(json.dumps(r) for r in records))
     assert compute.train_loop_seconds(metrics, batch_size=20) == pytest.approx(2.0 + 1.0)
 
 
 # --- Laws --------------------------------------------------------------------------------------
 
+
 def test_power_law_fit_recovers_the_exponent_from_noisy_points():
     rng = np.random.default_rng(0)
     c = np.geomspace(1e12, 1e17, 12)
-    loss = 40.0 * c ** -0.12 * np.exp(rng.normal(0, 0.02, c.size))
+    loss = 40.0 * c**-0.12 * np.exp(rng.normal(0, 0.02, c.size))
     fit = laws.fit_power_law(c, loss, num_resamples=300)
     assert fit.params['b'] == pytest.approx(0.12, abs=0.01)
     low, high = fit.intervals['b']
@@ -132,7 +146,8 @@ def test_saturating_fit_recovers_exponent_and_floor():
     c = np.geomspace(1e10, 1e16, 16)
     truth = {'a': 80.0, 'b': 0.2, 'c': 0.3, 'd': 3e10}
     loss = (truth['c'] + truth['a'] * (c + truth['d']) ** -truth['b']) * np.exp(
-        rng.normal(0, 0.005, c.size))
+        rng.normal(0, 0.005, c.size)
+    )
     fit = laws.fit_saturating(c, loss, num_resamples=200)
     assert fit.params['b'] == pytest.approx(0.2, abs=0.04)
     assert fit.params['c'] == pytest.approx(0.3, abs=0.06)
@@ -145,7 +160,7 @@ def test_saturating_fit_recovers_exponent_and_floor():
 
 def test_log_linear_fit_and_too_few_points():
     c = np.geomspace(1, 1e6, 8)
-    fit = laws.fit_log_linear(c, 3.0 * c ** 0.5, num_resamples=50)
+    fit = laws.fit_log_linear(c, 3.0 * c**0.5, num_resamples=50)
     assert fit.params['p'] == pytest.approx(0.5) and fit.params['k'] == pytest.approx(3.0)
     with pytest.raises(ValueError, match='at least 5 points'):
         laws.fit_saturating(c[:4], c[:4] ** -0.1)
@@ -154,7 +169,7 @@ def test_log_linear_fit_and_too_few_points():
 def test_frontier_is_the_lower_envelope():
     rng = np.random.default_rng(2)
     compute_values = rng.uniform(1, 100, 200)
-    loss = 1 / compute_values ** 0.3 + rng.uniform(0, 0.3, 200)
+    loss = 1 / compute_values**0.3 + rng.uniform(0, 0.3, 200)
     loss[5] = np.nan  # a diverged run never sits on the frontier
     frontier = laws.pareto_frontier(compute_values, loss)
     assert 5 not in frontier
@@ -180,15 +195,21 @@ def test_compute_optimal_picks_the_lower_curve_within_its_range():
     optimal = laws.compute_optimal(sizes, params, compute_values, loss, epochs, num_levels=5)
     assert [o.size for o in optimal] == ['s', 's', 'b', 'b', 'b']
     # At 10^3.5 FLOPs the big model has spent 10^0.5 epochs (log-log interpolation).
-    assert optimal[2].epochs == pytest.approx(10 ** 0.5) and optimal[2].candidates == 2
+    assert optimal[2].epochs == pytest.approx(10**0.5) and optimal[2].candidates == 2
     assert optimal[0].candidates == 1
     assert all(a.loss >= b.loss for a, b in zip(optimal, optimal[1:]))
 
 
 def test_compute_optimal_keeps_a_cheaper_finished_run_that_beats_the_larger_model():
     # The small model's range ends at 10 FLOPs with a loss the big one only beats at 200.
-    optimal = laws.compute_optimal(['s', 's', 'b', 'b'], [1, 1, 9, 9], [1, 10, 20, 200],
-                                   [1.0, 0.5, 0.9, 0.3], [1, 10, 1, 10], num_levels=7)
+    optimal = laws.compute_optimal(
+        ['s', 's', 'b', 'b'],
+        [1, 1, 9, 9],
+        [1, 10, 20, 200],
+        [1.0, 0.5, 0.9, 0.3],
+        [1, 10, 1, 10],
+        num_levels=7,
+    )
     at_20 = min(optimal, key=lambda o: abs(o.compute - 20))
     assert at_20.size == 's' and at_20.spent == 10 and at_20.epochs == 10
     assert optimal[-1].size == 'b' and optimal[-1].loss == pytest.approx(0.3)
@@ -205,6 +226,7 @@ def test_best_learning_rate():
 
 # --- Presets -----------------------------------------------------------------------------------
 
+
 def test_cpu_tiny_grid_is_the_promised_one():
     preset = scaling.PRESETS['cpu_tiny']
     runs = scaling.grid('cpu_tiny')
@@ -218,8 +240,9 @@ def test_cpu_tiny_grid_is_the_promised_one():
     assert len({r.run_id for r in runs}) == 54
     spec = runs[-1]
     config = scaling_config.get_config(spec.config_arg)
-    assert config == scaling.run_config(spec.preset, spec.family, spec.size, spec.epochs,
-                                        spec.learning_rate)
+    assert config == scaling.run_config(
+        spec.preset, spec.family, spec.size, spec.epochs, spec.learning_rate
+    )
 
 
 @pytest.mark.parametrize('preset', sorted(scaling.PRESETS))
@@ -249,16 +272,20 @@ def _one_step(config, image_shape, num_classes):
     from train.sharding import host_to_global, make_mesh
     from train.steps import init_train_state, make_train_step
     from train.tasks import create_task
+
     info = compute._dataset_info(config, image_shape, num_classes)
     task = create_task('classify', model=create_model(config, info), info=info)
     mesh = make_mesh(jax.devices()[:1])
     tx, _ = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=10, total_steps=20)
     state = init_train_state(task, tx, config.seed, mesh)
     rng = np.random.default_rng(0)
-    batch = {'image': rng.integers(0, 256, (config.batch_size, *image_shape), dtype=np.uint8),
-             'label': rng.integers(0, num_classes, config.batch_size).astype(np.int32)}
+    batch = {
+        'image': rng.integers(0, 256, (config.batch_size, *image_shape), dtype=np.uint8),
+        'label': rng.integers(0, num_classes, config.batch_size).astype(np.int32),
+    }
     state, metrics = make_train_step(task, tx, mesh, skip_nonfinite=False)(
-        state, host_to_global(batch, mesh))
+        state, host_to_global(batch, mesh)
+    )
     return int(state.step), float(metrics['loss'])
 
 
@@ -268,10 +295,13 @@ def test_tpu_preset_steps_compile_and_run_on_cpu_at_reduced_size(preset, family)
     width and batch the CPU can take: one train step compiles, runs and gives a finite loss."""
     spec = scaling.PRESETS[preset]
     size = next(iter(spec.families[family].sizes))
-    config = scaling.run_config(preset, family, size, spec.epochs[0],
-                                spec.families[family].learning_rates[0])
-    shrink = {'nfnet': dict(depths=(1, 1), widths=(32, 32), group_width=16),
-              'vit': dict(hidden_size=32, depth=1, num_heads=2, mlp_dim=64)}[family]
+    config = scaling.run_config(
+        preset, family, size, spec.epochs[0], spec.families[family].learning_rates[0]
+    )
+    shrink = {
+        'nfnet': dict(depths=(1, 1), widths=(32, 32), group_width=16),
+        'vit': dict(hidden_size=32, depth=1, num_heads=2, mlp_dim=64),
+    }[family]
     for key, value in shrink.items():
         config.model[key] = value
     config.batch_size = 2
@@ -286,28 +316,45 @@ def test_tpu_launch_commands_reach_every_worker(tmp_path):
     specs = scaling.grid(preset)
     commands = study.emit_commands(specs, tmp_path, preset)
     assert len(commands) == len(specs) == (4 + 5) * 6 * 4  # NFNet and ViT sizes x budgets x LRs
-    assert all('--worker=all' in c and '--multihost' in c and 'gcloud compute tpus tpu-vm ssh' in c
-               for c in commands)
+    assert all(
+        '--worker=all' in c and '--multihost' in c and 'gcloud compute tpus tpu-vm ssh' in c
+        for c in commands
+    )
     assert f'experiments/scaling.py:{specs[0].config_arg}' in commands[0]
     assert (tmp_path / 'commands.sh').read_text().count('gcloud') == len(specs)
 
 
 # --- The sweep ---------------------------------------------------------------------------------
 
+
 def _digits_preset(data_dir: str) -> scaling.Preset:
     base = scaling.PRESETS['cpu_tiny']
-    resnet = dataclasses.replace(base.families['resnet'],
-                                 sizes={'w2': scaling._resnet_width(2, (1,))},
-                                 learning_rates=(0.05, 0.1))
+    resnet = dataclasses.replace(
+        base.families['resnet'],
+        sizes={'w2': scaling._resnet_width(2, (1,))},
+        learning_rates=(0.05, 0.1),
+    )
     return dataclasses.replace(
-        base, name='digits_test', dataset='digits', data_dir=data_dir, train_split='train',
-        eval_split='test', image_shape=(8, 8, 1), batch_size=64, eval_batch_size=128,
-        epochs=(1.0,), families={'resnet': resnet}, default_families=('resnet',),
-        checkpoint_every_steps=5, log_every_steps=5)
+        base,
+        name='digits_test',
+        dataset='digits',
+        data_dir=data_dir,
+        train_split='train',
+        eval_split='test',
+        image_shape=(8, 8, 1),
+        batch_size=64,
+        eval_batch_size=128,
+        epochs=(1.0,),
+        families={'resnet': resnet},
+        default_families=('resnet',),
+        checkpoint_every_steps=5,
+        log_every_steps=5,
+    )
 
 
 def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, digits_dir):
     from train.loop import train_and_evaluate
+
     preset = _digits_preset(digits_dir)
     specs = scaling.grid(preset)
     assert len(specs) == 2
@@ -335,7 +382,10 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, digits
     interrupted_at = time.time()
     calls.clear()
     assert study.run_grid(specs, tmp_path, train_fn=train, preset=preset) == {
-        'skipped': 1, 'trained': 1, 'diverged': 0}
+        'skipped': 1,
+        'trained': 1,
+        'diverged': 0,
+    }
     assert calls == [specs[1].run_id]
     # Resumed, not restarted: the steps up to 20 kept their logged metrics from before.
     lines = (interrupted / 'metrics.jsonl').read_text().splitlines()
@@ -349,6 +399,7 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, digits
     # Everything finished: nothing trains.
     def refuse(config, workdir):
         raise AssertionError(f'{workdir} trained again')
+
     assert study.run_grid(specs, tmp_path, train_fn=refuse, preset=preset)['skipped'] == 2
     lines = (tmp_path / 'results.jsonl').read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])['run_id'] == specs[0].run_id
@@ -356,6 +407,7 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, digits
 
 def test_diverged_runs_are_recorded_and_skipped(tmp_path, digits_dir):
     from train.loop import NonFiniteError
+
     preset = _digits_preset(digits_dir)
     specs = scaling.grid(preset)[:1]
 
@@ -375,14 +427,27 @@ def _synthetic_records(family: str, kind: str, exponent: float) -> list[dict]:
             flops = 1e9 * params * epochs
             for lr, penalty in ((0.1, 1.0), (0.2, 1.05 if epochs > 0.3 else 0.97)):
                 # Small models stop improving: a model-size-dependent floor.
-                loss = 30 * flops ** -exponent * penalty + 0.5 / (n + 1)
-                records.append({'run_id': f'{family}-{n}_e{epochs}_lr{lr}', 'status': 'finished',
-                                'family': family, 'kind': kind, 'size': f's{n}', 'epochs': epochs,
-                                'learning_rate': lr, 'params': params, 'train_flops': flops,
-                                'eval_loss': loss, 'eval_accuracy': 0.5, 'core_hours': flops / 1e18,
-                                'wall_seconds': 1.0, 'train_loop_seconds': 0.8,
-                                'wall_core_hours': 0.001,
-                                'cores_per_device': 2})
+                loss = 30 * flops**-exponent * penalty + 0.5 / (n + 1)
+                records.append(
+                    {
+                        'run_id': f'{family}-{n}_e{epochs}_lr{lr}',
+                        'status': 'finished',
+                        'family': family,
+                        'kind': kind,
+                        'size': f's{n}',
+                        'epochs': epochs,
+                        'learning_rate': lr,
+                        'params': params,
+                        'train_flops': flops,
+                        'eval_loss': loss,
+                        'eval_accuracy': 0.5,
+                        'core_hours': flops / 1e18,
+                        'wall_seconds': 1.0,
+                        'train_loop_seconds': 0.8,
+                        'wall_core_hours': 0.001,
+                        'cores_per_device': 2,
+                    }
+                )
     return records
 
 
@@ -394,16 +459,26 @@ def test_analysis_report_and_plots(tmp_path):
         result = analysis[family]
         assert len(result['frontier']) >= 3 and 'params' in result['power_law']
         assert result['power_law']['params']['b'] > 0
-        assert all(p['best_grid_lr'] == (0.2 if p['epochs'] == 0.25 else 0.1)
-                   for p in result['points'])
+        assert all(
+            p['best_grid_lr'] == (0.2 if p['epochs'] == 0.25 else 0.1) for p in result['points']
+        )
         assert result['optimal_lr_fit']['params']['p'] < 0  # longer budgets, lower rates
         assert result['compute_optimal'] and 'params' in result['optimal_params_fit']
     figures = report.write_plots(records, analysis, tmp_path)
     assert all(f.exists() and f.stat().st_size > 10_000 for f in figures)
-    report_path = report.write_report(preset, scaling.grid(preset), records, analysis, {}, tmp_path,
-                                      figures, sweep_seconds=60.0,
-                                      sweep_log=[{'started': 0.0, 'train_seconds': 120.0,
-                                                  'counts': {'trained': 48}, 'host_cores': 2}])
+    report_path = report.write_report(
+        preset,
+        scaling.grid(preset),
+        records,
+        analysis,
+        {},
+        tmp_path,
+        figures,
+        sweep_seconds=60.0,
+        sweep_log=[
+            {'started': 0.0, 'train_seconds': 120.0, 'counts': {'trained': 48}, 'host_cores': 2}
+        ],
+    )
     text = report_path.read_text()
     assert 'Power law on the frontier' in text and 'frontiers.png' in text and '## vit' in text
     assert '2.0 min training the grid' in text

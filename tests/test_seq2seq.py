@@ -22,8 +22,15 @@ from tests.nets_harness import fast_jit, rng
 
 PAD, BOS, EOS = 0, 1, 2
 SOURCE_VOCAB, TARGET_VOCAB = 12, 14
-TINY = dict(source_vocab_size=SOURCE_VOCAB, target_vocab_size=TARGET_VOCAB, embed_dim=8, hidden_size=16,
-            attention_dim=8, readout_size=8, dropout_rate=0.0)
+TINY = dict(
+    source_vocab_size=SOURCE_VOCAB,
+    target_vocab_size=TARGET_VOCAB,
+    embed_dim=8,
+    hidden_size=16,
+    attention_dim=8,
+    readout_size=8,
+    dropout_rate=0.0,
+)
 # (form, cell, layers): every form, both carry kinds (array and LSTMState), stacked layers.
 CONFIGS = [('context', 'lstm', 2), ('attention', 'gru', 1), ('attention', 'lstm', 2)]
 CONFIG_IDS = [f'{form}_{cell}_{n}' for form, cell, n in CONFIGS]
@@ -38,7 +45,9 @@ def tokens(seed: int, shape: tuple[int, ...], vocab_size: int = SOURCE_VOCAB) ->
 def tiny_setup(form: str, cell: str = 'gru', num_layers: int = 1):
     """A tiny model, its variables and a jitted teacher-forced pass (built once per configuration)."""
     model = nets.create(f'seq2seq_{form}', cell=cell, num_layers=num_layers, **TINY)
-    variables = fast_jit(model.init)({'params': rng(0)}, tokens(0, (1, 4)), tokens(1, (1, 3), TARGET_VOCAB))
+    variables = fast_jit(model.init)(
+        {'params': rng(0)}, tokens(0, (1, 4)), tokens(1, (1, 3), TARGET_VOCAB)
+    )
     apply = fast_jit(functools.partial(model.apply, train=False))
     return model, variables, apply
 
@@ -49,8 +58,9 @@ def param_count(model: Seq2Seq) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
 
 
-def closed_form(form: str, cell: str, source_vocab: int, target_vocab: int, e: int, h: int, a: int,
-                r: int) -> int:
+def closed_form(
+    form: str, cell: str, source_vocab: int, target_vocab: int, e: int, h: int, a: int, r: int
+) -> int:
     """One-layer counts: a cell of G gates has G(d_in·H + H² + H) (nets/layers/recurrent.py)."""
     gates = {'rnn': 1, 'gru': 3, 'lstm': 4}[cell]
     rnn = lambda d_in: gates * (d_in * h + h * h + h)  # noqa: E731
@@ -61,8 +71,17 @@ def closed_form(form: str, cell: str, source_vocab: int, target_vocab: int, e: i
         return embeddings + rnn(e) + rnn(e + h) + (2 * h + e) * 2 * r + 2 * r + output
     bridge_width = (2 if cell == 'lstm' else 1) * h
     attention = h * a + 2 * h * a + a + a  # W_s, W_h and its bias, v
-    return (embeddings + 2 * rnn(e) + h * bridge_width + bridge_width + rnn(e + 2 * h) + attention
-            + (3 * h + e) * 2 * r + 2 * r + output)
+    return (
+        embeddings
+        + 2 * rnn(e)
+        + h * bridge_width
+        + bridge_width
+        + rnn(e + 2 * h)
+        + attention
+        + (3 * h + e) * 2 * r
+        + 2 * r
+        + output
+    )
 
 
 @pytest.mark.parametrize('form', ['context', 'attention'])
@@ -76,11 +95,18 @@ def test_registered_defaults():
     assert nets.list_models('seq2seq') == ['seq2seq_attention', 'seq2seq_context']
     context, attention = nets.create('seq2seq_context'), nets.create('seq2seq_attention')
     assert (context.embed_dim, context.hidden_size, context.cell) == (64, 128, 'gru')
-    assert param_count(context) == closed_form('context', 'gru', 256, 256, 64, 128, 128, 64) == 287_872
-    assert param_count(attention) == closed_form('attention', 'gru', 256, 256, 64, 128, 128, 64) == 493_440
+    assert (
+        param_count(context) == closed_form('context', 'gru', 256, 256, 64, 128, 128, 64) == 287_872
+    )
+    assert (
+        param_count(attention)
+        == closed_form('attention', 'gru', 256, 256, 64, 128, 128, 64)
+        == 493_440
+    )
 
 
 # --------------------------------------------------------------------------- teacher forcing
+
 
 @pytest.mark.parametrize('config', CONFIGS, ids=CONFIG_IDS)
 def test_shapes_and_causality(config):
@@ -141,8 +167,9 @@ def test_greedy_equals_beam_of_one(form):
     assert greedy.shape == (3, 6) and beam.shape == (3, 1, 6) and wide.shape == (3, 6)
     np.testing.assert_array_equal(beam[:, 0], greedy)
     lengths = np.where((greedy == EOS).any(1), (greedy == EOS).argmax(1) + 1, 6)
-    np.testing.assert_allclose(beam_scores[:, 0], greedy_scores / decoding.length_penalty(lengths, 0.6),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        beam_scores[:, 0], greedy_scores / decoding.length_penalty(lengths, 0.6), rtol=1e-5
+    )
     assert np.all(np.asarray(wide_scores) >= np.asarray(beam_scores[:, 0]) - 1e-5)
 
 
@@ -161,16 +188,21 @@ def test_alignments_rows_sum_to_one_over_the_real_source():
 
 # --------------------------------------------------------------------------- training
 
+
 @pytest.mark.parametrize('form', ['context', 'attention'])
 def test_learns_to_reverse(form):
     """150 Adam steps on reversing 4 tokens: the loss falls far below chance; the attention
     model learns the anti-diagonal alignment and beam search then reverses new sequences."""
     steps, batch, length = 150, 32, 4
-    model = nets.create(f'seq2seq_{form}', **{**TINY, 'hidden_size': 32, 'embed_dim': 16, 'readout_size': 16,
-                                              'dropout_rate': 0.1})
+    model = nets.create(
+        f'seq2seq_{form}',
+        **{**TINY, 'hidden_size': 32, 'embed_dim': 16, 'readout_size': 16, 'dropout_rate': 0.1},
+    )
     draw = np.random.default_rng(0)
     inputs = jnp.asarray(draw.integers(3, SOURCE_VOCAB, (steps + 1, batch, length)), jnp.int32)
-    targets = jnp.concatenate([inputs[:, :, ::-1], jnp.full((steps + 1, batch, 1), EOS, jnp.int32)], axis=2)
+    targets = jnp.concatenate(
+        [inputs[:, :, ::-1], jnp.full((steps + 1, batch, 1), EOS, jnp.int32)], axis=2
+    )
     params = fast_jit(model.init)({'params': rng(1)}, inputs[0, :1], targets[0, :1])['params']
     optimizer = optax.adam(1e-2)
 
@@ -188,8 +220,9 @@ def test_learns_to_reverse(form):
     # One compiled scan over all steps: a Python loop would pay dispatch on every step.
     @fast_jit
     def train(params, keys):
-        (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)),
-                                           (inputs[:steps], targets[:steps], keys))
+        (params, _), losses = jax.lax.scan(
+            step, (params, optimizer.init(params)), (inputs[:steps], targets[:steps], keys)
+        )
         return params, losses
 
     params, losses = train(params, jax.random.split(rng(2), steps))
@@ -202,34 +235,44 @@ def test_learns_to_reverse(form):
 
         @fast_jit
         def evaluate(params):
-            return (alignments(model, {'params': params}, x, y),
-                    generate(model, {'params': params}, x, max_length=length + 1, beam_size=2)[0])
+            return (
+                alignments(model, {'params': params}, x, y),
+                generate(model, {'params': params}, x, max_length=length + 1, beam_size=2)[0],
+            )
 
         weights, reversed_ = evaluate(params)
         # Word i of the reversal is source token length-1-i: the alignment is the anti-diagonal.
-        np.testing.assert_array_equal(np.asarray(weights)[:, :length].argmax(-1),
-                                      np.tile(np.arange(length)[::-1], (batch, 1)))
+        np.testing.assert_array_equal(
+            np.asarray(weights)[:, :length].argmax(-1), np.tile(np.arange(length)[::-1], (batch, 1))
+        )
         assert np.mean(np.asarray(reversed_) == np.asarray(y)) > 0.9
 
 
 # --------------------------------------------------------------------------- configuration errors
 
-@pytest.mark.parametrize('field, value, fragment', [
-    ('form', 'transformer', "['attention', 'context']"),
-    ('cell', 'qrnn', "['gru', 'lstm', 'rnn']"),
-])
+
+@pytest.mark.parametrize(
+    'field, value, fragment',
+    [
+        ('form', 'transformer', "['attention', 'context']"),
+        ('cell', 'qrnn', "['gru', 'lstm', 'rnn']"),
+    ],
+)
 def test_invalid_choices_name_valid_ones(field, value, fragment):
     with pytest.raises(ValueError, match=repr(value)) as error:
         nets.create('seq2seq_attention', **{field: value})
     assert fragment in str(error.value)
 
 
-@pytest.mark.parametrize('overrides, fragment', [
-    (dict(eos_id=0), 'eos_id and pad_id must differ'),
-    (dict(bos_id=300), 'outside the vocabulary'),
-    (dict(hidden_size=0), 'must be positive'),
-    (dict(dropout_rate=1.0), 'dropout_rate'),
-])
+@pytest.mark.parametrize(
+    'overrides, fragment',
+    [
+        (dict(eos_id=0), 'eos_id and pad_id must differ'),
+        (dict(bos_id=300), 'outside the vocabulary'),
+        (dict(hidden_size=0), 'must be positive'),
+        (dict(dropout_rate=1.0), 'dropout_rate'),
+    ],
+)
 def test_invalid_values_raise(overrides, fragment):
     with pytest.raises(ValueError, match=fragment):
         nets.create('seq2seq_context', **overrides)

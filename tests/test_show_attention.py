@@ -30,11 +30,15 @@ def tiny_run(tmp_path, digits_dir, name: str, **fields):
 def test_vit_pictures_and_maps(tmp_path, digits_dir, pool):
     workdir = tiny_run(tmp_path, digits_dir, 'vit_ti16', pool=pool, **TINY_VIT)
     written = show_attention.show_attention(workdir, num_images=3)
-    assert sorted(p.name for p in written) == ['vit_attention_heads.png', 'vit_attention_rollout.png']
+    assert sorted(p.name for p in written) == [
+        'vit_attention_heads.png',
+        'vit_attention_rollout.png',
+    ]
     for path in written:
         assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
     from experiments.analysis.runs import load_run
+
     run = load_run(workdir)
     images, _ = show_attention.test_images(run, 3)
     _, intermediates = show_attention.sown_attention(run, images)
@@ -60,12 +64,22 @@ def test_grid_shape_and_unsupported_family(tmp_path, digits_dir):
 
 
 def test_swin_pictures_and_token_map(tmp_path, digits_dir):
-    workdir = tiny_run(tmp_path, digits_dir, 'swin_t', patch_size=1, window_size=4, embed_dim=8,
-                       depths=(2, 2), num_heads=(1, 2), drop_path_rate=0.0)
+    workdir = tiny_run(
+        tmp_path,
+        digits_dir,
+        'swin_t',
+        patch_size=1,
+        window_size=4,
+        embed_dim=8,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        drop_path_rate=0.0,
+    )
     written = show_attention.show_attention(workdir, num_images=2)
     assert sorted(p.name for p in written) == ['swin_attention.png', 'swin_windows.png']
 
     from experiments.analysis.runs import load_run
+
     run = load_run(workdir)
     assert show_attention.swin_stage_geometry(run.model, 8, 8) == [(8, 8, 4, 2), (4, 4, 4, 0)]
     images, _ = show_attention.test_images(run, 2)

@@ -17,8 +17,17 @@ import pytest
 
 import nets
 import nets.models.swin
-from nets.models.swin import (SwinBlock, WindowAttention, attention_group_map, region_map, shifted_window_mask,
-                       stage_windows, window_index_map, window_partition, window_reverse)
+from nets.models.swin import (
+    SwinBlock,
+    WindowAttention,
+    attention_group_map,
+    region_map,
+    shifted_window_mask,
+    stage_windows,
+    window_index_map,
+    window_partition,
+    window_reverse,
+)
 from tests.nets_harness import TinyRun, fast_jit, rng
 
 IMAGENET_INPUT = (1, 224, 224, 3)
@@ -31,11 +40,14 @@ SWIN_ANCHORS = {
     'swin_l': 196_532_476,
 }
 
-TINY = dict(num_classes=10, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4))
+TINY = dict(
+    num_classes=10, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4)
+)
 TINY_INPUT = (2, 32, 32, 3)
 
 
 # --------------------------------------------------------------------------- registry
+
 
 @pytest.mark.parametrize('name, expected', sorted(SWIN_ANCHORS.items()))
 def test_param_count_matches_official(name, expected):
@@ -46,19 +58,30 @@ def test_registered_names_and_fields():
     assert nets.list_models('swin') == sorted(SWIN_ANCHORS)
     fields = nets.model_fields('swin_b')
     assert fields['embed_dim'] == 128 and fields['num_heads'] == (4, 8, 16, 32)
-    assert fields['depths'] == (2, 2, 18, 2) and fields['window_size'] == 7 and fields['patch_size'] == 4
+    assert (
+        fields['depths'] == (2, 2, 18, 2)
+        and fields['window_size'] == 7
+        and fields['patch_size'] == 4
+    )
     assert fields['mlp_ratio'] == 4.0 and fields['drop_path_rate'] == 0.5
 
 
 def test_relative_position_tables_are_the_only_extra_params_and_index_is_constant():
-    params = jax.eval_shape(nets.create('swin_t').init, {'params': rng(0)},
-                            jax.ShapeDtypeStruct(IMAGENET_INPUT, jnp.float32))
+    params = jax.eval_shape(
+        nets.create('swin_t').init,
+        {'params': rng(0)},
+        jax.ShapeDtypeStruct(IMAGENET_INPUT, jnp.float32),
+    )
     assert set(params) == {'params'}  # no index or mask buffers among the variables
     attention = params['params']['stage2_block0']['window_attention']
-    assert attention['relative_position_bias']['relative_position_bias_table'].shape == (13 * 13, 12)
+    assert attention['relative_position_bias']['relative_position_bias_table'].shape == (
+        13 * 13,
+        12,
+    )
 
 
 # --------------------------------------------------------------------------- window helpers
+
 
 def test_window_partition_reverse_round_trip_and_order():
     x = np.random.default_rng(0).normal(size=(2, 8, 12, 3))
@@ -111,23 +134,36 @@ def test_window_index_and_region_maps_hand_derived():
     # Original row i sits at rolled row (i - 2) mod 8: rows 0,1 and 6,7 land in
     # the second window row, rows 2..5 in the first.
     side = np.array([1, 1, 0, 0, 0, 0, 1, 1])
-    np.testing.assert_array_equal(window_index_map(H, W, WINDOW, SHIFT), 2 * side[:, None] + side[None, :])
-    assert window_index_map(H, W, WINDOW, SHIFT)[0, 0] == window_index_map(H, W, WINDOW, SHIFT)[6, 6] == 3
+    np.testing.assert_array_equal(
+        window_index_map(H, W, WINDOW, SHIFT), 2 * side[:, None] + side[None, :]
+    )
+    assert (
+        window_index_map(H, W, WINDOW, SHIFT)[0, 0]
+        == window_index_map(H, W, WINDOW, SHIFT)[6, 6]
+        == 3
+    )
     # Unshifted: the plain 2x2 window grid.
     plain = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    np.testing.assert_array_equal(window_index_map(H, W, WINDOW, 0), 2 * plain[:, None] + plain[None, :])
+    np.testing.assert_array_equal(
+        window_index_map(H, W, WINDOW, 0), 2 * plain[:, None] + plain[None, :]
+    )
     # Strips in original coordinates: the wrapped rows 0,1 -> 2, rows 6,7 -> 1, the rest 0.
     strip = np.array([2, 2, 0, 0, 0, 0, 1, 1])
-    np.testing.assert_array_equal(region_map(H, W, WINDOW, SHIFT), 3 * strip[:, None] + strip[None, :])
+    np.testing.assert_array_equal(
+        region_map(H, W, WINDOW, SHIFT), 3 * strip[:, None] + strip[None, :]
+    )
     assert not region_map(H, W, WINDOW, 0).any()
     groups = attention_group_map(H, W, WINDOW, SHIFT)
     assert groups.max() + 1 == 1 + 2 + 2 + 4  # window 0 whole, 1 and 2 split in two, 3 in four
     assert groups[0, 0] == groups[1, 1] == groups[0, 1] != groups[6, 6] == groups[7, 7]
-    np.testing.assert_array_equal(attention_group_map(H, W, WINDOW, 0), window_index_map(H, W, WINDOW, 0))
+    np.testing.assert_array_equal(
+        attention_group_map(H, W, WINDOW, 0), window_index_map(H, W, WINDOW, 0)
+    )
 
 
-@pytest.mark.parametrize('height, width, window, shift', [(8, 8, 4, 2), (12, 8, 4, 2), (14, 21, 7, 3),
-                                                          (8, 8, 4, 0)])
+@pytest.mark.parametrize(
+    'height, width, window, shift', [(8, 8, 4, 2), (12, 8, 4, 2), (14, 21, 7, 3), (8, 8, 4, 0)]
+)
 def test_group_map_agrees_with_mask_and_window_index(height, width, window, shift):
     """Pairs that may attend by `attention_group_map` (original coordinates) are exactly the
     pairs the model's mask allows after rolling and partitioning the original positions."""
@@ -145,10 +181,19 @@ def test_group_map_agrees_with_mask_and_window_index(height, width, window, shif
 
 
 def test_stage_windows():
-    assert stage_windows(224, 224, 4, 4, 7) == [(56, 56, 7, 3), (28, 28, 7, 3), (14, 14, 7, 3), (7, 7, 7, 0)]
+    assert stage_windows(224, 224, 4, 4, 7) == [
+        (56, 56, 7, 3),
+        (28, 28, 7, 3),
+        (14, 14, 7, 3),
+        (7, 7, 7, 0),
+    ]
     # Maps not larger than the window use their shorter side as the window and no shift.
-    assert stage_windows(224, 224, 4, 4, 14) == [(56, 56, 14, 7), (28, 28, 14, 7), (14, 14, 14, 0),
-                                                 (7, 7, 7, 0)]
+    assert stage_windows(224, 224, 4, 4, 14) == [
+        (56, 56, 14, 7),
+        (28, 28, 14, 7),
+        (14, 14, 14, 0),
+        (7, 7, 7, 0),
+    ]
     assert stage_windows(224, 448, 4, 4, 7)[-1] == (7, 14, 7, 0)
     with pytest.raises(ValueError, match=r'100x100 .* multiple of .* 32.* 224'):
         stage_windows(100, 100, 4, 4, 7)
@@ -158,7 +203,10 @@ def test_stage_windows():
 
 # --------------------------------------------------------------------------- attention at the output level
 
-def perturbed_outputs(module, token: tuple[int, int], channels: int = 8) -> tuple[np.ndarray, np.ndarray]:
+
+def perturbed_outputs(
+    module, token: tuple[int, int], channels: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     """Outputs of `module` on a random 8x8 map and on the same map with `token` changed.
 
     The change is a random vector, not a constant: LayerNorm would remove a
@@ -182,15 +230,21 @@ def changed_tokens(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.abs(after - before).max(axis=-1) > 1e-8
 
 
-@pytest.mark.parametrize('module', [
-    WindowAttention(num_heads=2, window_size=WINDOW, shift_size=SHIFT),
-    SwinBlock(num_heads=2, window_size=WINDOW, shift_size=SHIFT),
-], ids=['window_attention', 'swin_block'])
+@pytest.mark.parametrize(
+    'module',
+    [
+        WindowAttention(num_heads=2, window_size=WINDOW, shift_size=SHIFT),
+        SwinBlock(num_heads=2, window_size=WINDOW, shift_size=SHIFT),
+    ],
+    ids=['window_attention', 'swin_block'],
+)
 def test_shifted_windows_do_not_attend_across_the_wrapped_border(module):
     before, after = perturbed_outputs(module, (0, 0))
     changed = changed_tokens(before, after)
     # (0, 0) and (6, 6) share rolled window 3 but come from opposite borders.
-    assert window_index_map(H, W, WINDOW, SHIFT)[0, 0] == window_index_map(H, W, WINDOW, SHIFT)[6, 6]
+    assert (
+        window_index_map(H, W, WINDOW, SHIFT)[0, 0] == window_index_map(H, W, WINDOW, SHIFT)[6, 6]
+    )
     assert not changed[6, 6] and not changed[7, 7] and not changed[0, 7] and not changed[7, 0]
     np.testing.assert_array_equal(before[6, 6], after[6, 6])
     # (1, 1) shares both its window and its region with (0, 0).
@@ -214,10 +268,14 @@ def test_regular_windows_stay_inside_their_window():
 
 # --------------------------------------------------------------------------- the tiny model
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def tiny_run(dtype: str) -> TinyRun:
-    return TinyRun('swin_t', dict(TINY, dtype=dtype, dropout_rate=0.1, attention_dropout_rate=0.1,
-                                  drop_path_rate=0.2), TINY_INPUT)
+    return TinyRun(
+        'swin_t',
+        dict(TINY, dtype=dtype, dropout_rate=0.1, attention_dropout_rate=0.1, drop_path_rate=0.2),
+        TINY_INPUT,
+    )
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
@@ -232,16 +290,28 @@ def test_tiny_swin_forward_backward(dtype):
     assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in leaves)
     assert all(g.dtype == jnp.float32 for g in leaves)  # parameters stay float32
     # Every block's bias table and the patch merging get a gradient.
-    assert np.abs(np.asarray(grads['stage1_block1']['window_attention']['relative_position_bias']
-                             ['relative_position_bias_table'])).sum() > 0
+    assert (
+        np.abs(
+            np.asarray(
+                grads['stage1_block1']['window_attention']['relative_position_bias'][
+                    'relative_position_bias_table'
+                ]
+            )
+        ).sum()
+        > 0
+    )
     assert np.abs(np.asarray(grads['merge1']['reduction']['kernel'])).sum() > 0
 
 
 def test_tiny_swin_attention_weights_in_intermediates():
     run = tiny_run('float32')
-    _, state = fast_jit(functools.partial(run.model.apply, mutable=['intermediates']))(run.variables, run.x)
-    weights = {name: np.asarray(block['window_attention']['attention']['attention_weights'][0])
-               for name, block in state['intermediates'].items()}
+    _, state = fast_jit(functools.partial(run.model.apply, mutable=['intermediates']))(
+        run.variables, run.x
+    )
+    weights = {
+        name: np.asarray(block['window_attention']['attention']['attention_weights'][0])
+        for name, block in state['intermediates'].items()
+    }
     assert sorted(weights) == ['stage0_block0', 'stage0_block1', 'stage1_block0', 'stage1_block1']
     # Stage 0: 16x16 map -> 16 windows of 4x4; stage 1: 8x8 -> 4 windows. Batch 2.
     assert weights['stage0_block0'].shape == (2 * 16, 2, 16, 16)
@@ -250,7 +320,9 @@ def test_tiny_swin_attention_weights_in_intermediates():
         np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
     # Shifted block: masked pairs get exactly zero weight (batch-major windows).
     mask = np.tile(shifted_window_mask(16, 16, 4, 2), (2, 1, 1))[:, None]
-    assert (weights['stage0_block1'][~np.broadcast_to(mask, weights['stage0_block1'].shape)] == 0).all()
+    assert (
+        weights['stage0_block1'][~np.broadcast_to(mask, weights['stage0_block1'].shape)] == 0
+    ).all()
     assert (weights['stage0_block0'] > 0).all()
 
 
@@ -264,23 +336,34 @@ def test_fused_attention_path_matches_plain():
 def test_small_maps_shrink_the_window():
     # 16x16 input, patch 2, window 8: stage 0 is one 8x8 window, stage 1 (4x4) a 4x4 one.
     model = nets.create('swin_t', **dict(TINY, window_size=8))
-    params = jax.eval_shape(model.init, {'params': rng(0)}, jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
-    table = lambda block: params['params'][block]['window_attention']['relative_position_bias'][  # noqa: E731
-        'relative_position_bias_table'].shape
+    params = jax.eval_shape(
+        model.init, {'params': rng(0)}, jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+    )
+    table = lambda block: (
+        params['params'][block]['window_attention']['relative_position_bias'][  # noqa: E731
+            'relative_position_bias_table'
+        ].shape
+    )
     assert table('stage0_block1') == (15 * 15, 2) and table('stage1_block1') == (7 * 7, 4)
 
 
-@pytest.mark.parametrize('overrides, message', [
-    (dict(attention_implementation='flash'), r"Unknown attention_implementation 'flash'; valid choices"),
-    (dict(depths=(2, 2), num_heads=(3, 6, 12)), r'depths=\(2, 2\), num_heads=\(3, 6, 12\)'),
-    (dict(depths=(), num_heads=()), r'non-empty'),
-    (dict(embed_dim=100), r'stage 0 width 100 .* num_heads 3'),
-    (dict(drop_path_rate=1.0), r'drop_path_rate must be in \[0, 1\), got 1.0'),
-    (dict(attention_dropout_rate=-0.1), r'attention_dropout_rate'),
-    (dict(window_size=0), r'window_size must be a positive int, got 0'),
-    (dict(patch_size=2.5), r'patch_size must be a positive int, got 2.5'),
-    (dict(mlp_ratio=0), r'mlp_ratio must be positive, got 0'),
-])
+@pytest.mark.parametrize(
+    'overrides, message',
+    [
+        (
+            dict(attention_implementation='flash'),
+            r"Unknown attention_implementation 'flash'; valid choices",
+        ),
+        (dict(depths=(2, 2), num_heads=(3, 6, 12)), r'depths=\(2, 2\), num_heads=\(3, 6, 12\)'),
+        (dict(depths=(), num_heads=()), r'non-empty'),
+        (dict(embed_dim=100), r'stage 0 width 100 .* num_heads 3'),
+        (dict(drop_path_rate=1.0), r'drop_path_rate must be in \[0, 1\), got 1.0'),
+        (dict(attention_dropout_rate=-0.1), r'attention_dropout_rate'),
+        (dict(window_size=0), r'window_size must be a positive int, got 0'),
+        (dict(patch_size=2.5), r'patch_size must be a positive int, got 2.5'),
+        (dict(mlp_ratio=0), r'mlp_ratio must be positive, got 0'),
+    ],
+)
 def test_bad_config_raises(overrides, message):
     with pytest.raises(ValueError, match=message):
         nets.create('swin_t', **overrides)
@@ -289,6 +372,10 @@ def test_bad_config_raises(overrides, message):
 def test_bad_input_raises():
     model = nets.create('swin_t')
     with pytest.raises(ValueError, match=r'100x100 .* 224'):
-        jax.eval_shape(model.init, {'params': rng(0)}, jax.ShapeDtypeStruct((1, 100, 100, 3), jnp.float32))
+        jax.eval_shape(
+            model.init, {'params': rng(0)}, jax.ShapeDtypeStruct((1, 100, 100, 3), jnp.float32)
+        )
     with pytest.raises(ValueError, match=r'\(N, H, W, C\) images'):
-        jax.eval_shape(model.init, {'params': rng(0)}, jax.ShapeDtypeStruct((1, 224, 224), jnp.float32))
+        jax.eval_shape(
+            model.init, {'params': rng(0)}, jax.ShapeDtypeStruct((1, 224, 224), jnp.float32)
+        )

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import numpy as np
-import flax.linen as nn
 import orbax.checkpoint as ocp
 import pytest
 
@@ -69,22 +69,22 @@ def test_training_writes_every_output_and_learns(digits_dir, tmp_path):
     # Rerunning a finished run only re-evaluates, and logs nothing twice.
     again = loop.train_and_evaluate(config, tmp_path)
     assert again['step'] == 60 and again['eval'] == summary['eval']
-    assert (tmp_path / 'metrics.jsonl').read_text().splitlines() == [
-        json.dumps(r) for r in records]
+    assert (tmp_path / 'metrics.jsonl').read_text().splitlines() == [json.dumps(r) for r in records]
 
 
 def test_sharded_step_equals_single_device_step(digits_dir):
     """The same batch on a 1-device mesh and on the 8-device mesh: same loss and parameters.
     (SGD with momentum: Adam divides by |g|, which turns float reassociation noise in near-zero
     gradients into O(1) differences.)"""
-    config = tiny_config(digits_dir, **{'optimizer.name': 'momentum',
-                                        'optimizer.learning_rate': 0.1})
+    config = tiny_config(
+        digits_dir, **{'optimizer.name': 'momentum', 'optimizer.learning_rate': 0.1}
+    )
     info = data.dataset_info('digits', digits_dir)
     model = loop.create_model(config, info)
     task = create_task('classify', model=model, info=info)
     from train.optim import build_optimizer
-    tx, _ = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=10,
-                            total_steps=20)
+
+    tx, _ = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=10, total_steps=20)
     source = data.load_source('digits', 'train', digits_dir)
     batch = next(iter(data.train_loader(source, global_batch_size=32, seed=0)))
     results = []
@@ -93,12 +93,20 @@ def test_sharded_step_equals_single_device_step(digits_dir):
         step = make_train_step(task, tx, mesh, skip_nonfinite=False)
         for _ in range(3):
             state, metrics = step(state, host_to_global(batch, mesh))
-        results.append((float(metrics['loss']), jax.device_get(state.params),
-                        jax.device_get(state.model_state)))
+        results.append(
+            (
+                float(metrics['loss']),
+                jax.device_get(state.params),
+                jax.device_get(state.model_state),
+            )
+        )
     (loss1, params1, bn1), (loss8, params8, bn8) = results
     assert loss1 == pytest.approx(loss8, rel=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 (params1, bn1), (params8, bn8))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        (params1, bn1),
+        (params8, bn8),
+    )
 
 
 def test_resume_continues_with_identical_state(digits_dir, tmp_path):
@@ -110,23 +118,37 @@ def test_resume_continues_with_identical_state(digits_dir, tmp_path):
     summary = loop.train_and_evaluate(tiny_config(digits_dir), interrupted)
     assert summary['step'] == 12
     jax.tree.map(np.testing.assert_array_equal, final_params(straight), final_params(interrupted))
-    steps = [json.loads(l)['step'] for l in (interrupted / "metrics.jsonl").read_text().splitlines()
-             if json.loads(l)['kind'] == 'train']
+    steps = [
+        json.loads(l)['step']
+        for l in (interrupted / 'metrics.jsonl').read_text().splitlines()
+        if json.loads(l)['kind'] == 'train'
+    ]
     assert steps == sorted(set(steps))  # each step logged once
 
 
 def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
     """SIGKILL a real training process after its first checkpoint, while it writes a later one
     when the poll catches the write in flight; rerun the same command."""
-    overrides = [f'--config.dataset.data_dir={digits_dir}', '--config.num_steps=400',
-                 '--config.checkpoint_every_steps=50', '--config.log_every_steps=50',
-                 '--config.eval_every_steps=400', '--config.schedule.name=constant']
-    command = [sys.executable, '-m', 'train.main',
-               f'--config={REPO}/tests/tiny_digits_config.py', f'--workdir={tmp_path / "run"}',
-               *overrides]
+    overrides = [
+        f'--config.dataset.data_dir={digits_dir}',
+        '--config.num_steps=400',
+        '--config.checkpoint_every_steps=50',
+        '--config.log_every_steps=50',
+        '--config.eval_every_steps=400',
+        '--config.schedule.name=constant',
+    ]
+    command = [
+        sys.executable,
+        '-m',
+        'train.main',
+        f'--config={REPO}/tests/tiny_digits_config.py',
+        f'--workdir={tmp_path / "run"}',
+        *overrides,
+    ]
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     checkpoints = tmp_path / 'run' / 'checkpoints'
     deadline = time.time() + 120
     while time.time() < deadline and not (checkpoints / '50').exists():
@@ -141,8 +163,7 @@ def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
     process.wait()
     done = ocp.CheckpointManager(checkpoints).all_steps()
     assert done and max(done) < 400, done
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f'Restored checkpoint of step {max(done)}' in rerun.stderr
     assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['step'] == 400
@@ -151,15 +172,25 @@ def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
 def test_sigterm_checkpoints_exits_cleanly_and_the_same_command_continues(digits_dir, tmp_path):
     """A preemption notice mid-run: a checkpoint at the current step (none was due), exit code
     0, and the rerun restores it and finishes."""
-    overrides = [f'--config.dataset.data_dir={digits_dir}', '--config.num_steps=1000',
-                 '--config.checkpoint_every_steps=5000', '--config.log_every_steps=20',
-                 '--config.eval_every_steps=5000']
-    command = [sys.executable, '-m', 'train.main',
-               f'--config={REPO}/tests/tiny_digits_config.py', f'--workdir={tmp_path / "run"}',
-               *overrides]
+    overrides = [
+        f'--config.dataset.data_dir={digits_dir}',
+        '--config.num_steps=1000',
+        '--config.checkpoint_every_steps=5000',
+        '--config.log_every_steps=20',
+        '--config.eval_every_steps=5000',
+    ]
+    command = [
+        sys.executable,
+        '-m',
+        'train.main',
+        f'--config={REPO}/tests/tiny_digits_config.py',
+        f'--workdir={tmp_path / "run"}',
+        *overrides,
+    ]
     env = dict(os.environ, XLA_FLAGS='')
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     metrics = tmp_path / 'run' / 'metrics.jsonl'
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
@@ -170,8 +201,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_the_same_command_continues(digits
     assert 'preempted (SIGTERM)' in stdout
     saved = ocp.CheckpointManager(tmp_path / 'run' / 'checkpoints').all_steps()
     assert len(saved) == 1 and 20 <= saved[0] < 1000, saved
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f'Restored checkpoint of step {saved[0]}' in rerun.stderr
     assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['step'] == 1000
@@ -214,8 +244,7 @@ def test_early_stopping_stops_when_metric_stalls(digits_dir, tmp_path):
 
 def test_bad_input_fails_before_compiling(digits_dir, tmp_path):
     with pytest.raises(ConfigError, match='optimizer.name'):
-        loop.train_and_evaluate(tiny_config(digits_dir, **{'optimizer.name': 'adagrad'}),
-                                tmp_path)
+        loop.train_and_evaluate(tiny_config(digits_dir, **{'optimizer.name': 'adagrad'}), tmp_path)
     with pytest.raises(ValueError, match='does not divide over 8 devices'):
         loop.train_and_evaluate(tiny_config(digits_dir, batch_size=12), tmp_path / 'b')
     unwritable = tmp_path / 'file'
@@ -230,6 +259,7 @@ def test_bad_input_fails_before_compiling(digits_dir, tmp_path):
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
@@ -240,20 +270,40 @@ def test_two_processes_train_like_one(digits_dir, tmp_path):
     against one process with two devices: same global batches, same parameters; only process 0
     writes metrics and pictures; both write the shared checkpoint at step 10 and both restore
     it when the two are started again for 20 steps."""
-    common = [f'--config={REPO}/tests/tiny_digits_config.py',
-              f'--config.dataset.data_dir={digits_dir}', '--config.optimizer.name=momentum',
-              '--config.optimizer.learning_rate=0.05', '--config.log_every_steps=10',
-              '--config.schedule.name=constant']
+    common = [
+        f'--config={REPO}/tests/tiny_digits_config.py',
+        f'--config.dataset.data_dir={digits_dir}',
+        '--config.optimizer.name=momentum',
+        '--config.optimizer.learning_rate=0.05',
+        '--config.log_every_steps=10',
+        '--config.schedule.name=constant',
+    ]
     env = dict(os.environ, XLA_FLAGS='')
 
     def run_two(steps: int) -> list[str]:
         port = _free_port()
-        workers = [subprocess.Popen(
-            [sys.executable, '-m', 'train.main', *common, f'--config.num_steps={steps}',
-             f'--workdir={tmp_path / "two"}', '--multihost',
-             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-             f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    '-m',
+                    'train.main',
+                    *common,
+                    f'--config.num_steps={steps}',
+                    f'--workdir={tmp_path / "two"}',
+                    '--multihost',
+                    f'--coordinator_address=127.0.0.1:{port}',
+                    '--num_processes=2',
+                    f'--process_id={i}',
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(2)
+        ]
         outputs = [w.communicate(timeout=240)[0] for w in workers]
         assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
         return outputs
@@ -264,16 +314,31 @@ def test_two_processes_train_like_one(digits_dir, tmp_path):
     # step and the parameters would not match the one-process run below.
     assert 'Restored checkpoint of step 10' in outputs[0]
     single = subprocess.run(
-        [sys.executable, '-m', 'train.main', *common, '--config.num_steps=20',
-         f'--workdir={tmp_path / "one"}', '--config.runtime.cpu_devices=2'], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            '-m',
+            'train.main',
+            *common,
+            '--config.num_steps=20',
+            f'--workdir={tmp_path / "one"}',
+            '--config.runtime.cpu_devices=2',
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     two = json.loads((tmp_path / 'two' / 'summary.json').read_text())
     one = json.loads((tmp_path / 'one' / 'summary.json').read_text())
     assert two['processes'] == 2 and one['processes'] == 1
     assert two['eval']['loss'] == pytest.approx(one['eval']['loss'], rel=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 final_params(tmp_path / 'two'), final_params(tmp_path / 'one'))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        final_params(tmp_path / 'two'),
+        final_params(tmp_path / 'one'),
+    )
     assert 'metrics:' in outputs[0] and 'metrics:' not in outputs[1]  # process 0 reports
     # One event file per session of process 0 (two sessions), none from process 1.
     assert len(list((tmp_path / 'two' / 'tensorboard').glob('events.*'))) == 2
@@ -281,6 +346,7 @@ def test_two_processes_train_like_one(digits_dir, tmp_path):
 
 class _AuxNet(nn.Module):
     """A linear classifier with one auxiliary head that only runs in training, like GoogLeNet's."""
+
     num_classes: int = 10
     aux_loss_weight: float = 0.3
 
@@ -294,17 +360,24 @@ class _AuxNet(nn.Module):
 
 def test_auxiliary_logits_add_weighted_loss_in_training_only(digits_dir):
     import optax
+
     info = data.dataset_info('digits', digits_dir)
     task = create_task('classify', model=_AuxNet(), info=info)
     variables = task.init_variables(jax.random.key(0))
     assert 'aux' in variables['params']  # created at init although eval never runs it
-    batch = next(iter(data.train_loader(data.load_source('digits', 'train', digits_dir),
-                                        global_batch_size=16, seed=0)))
+    batch = next(
+        iter(
+            data.train_loader(
+                data.load_source('digits', 'train', digits_dir), global_batch_size=16, seed=0
+            )
+        )
+    )
     loss, (_, metrics) = task.train_loss(variables['params'], {}, batch, jax.random.key(1))
     images = task.normalise(batch['image']).reshape(16, -1)
     ce = lambda name: optax.softmax_cross_entropy_with_integer_labels(
         images @ variables['params'][name]['kernel'] + variables['params'][name]['bias'],
-        batch['label']).mean()
+        batch['label'],
+    ).mean()
     assert float(metrics['aux_loss']) == pytest.approx(float(ce('aux')), rel=1e-5)
     assert float(loss) == pytest.approx(float(ce('head') + 0.3 * ce('aux')), rel=1e-5)
     sums = task.eval_sums(variables['params'], {}, dict(batch, mask=np.ones(16, bool)))
@@ -314,8 +387,12 @@ def test_auxiliary_logits_add_weighted_loss_in_training_only(digits_dir):
 def test_training_with_on_device_augmentation_and_mixing(digits_dir, tmp_path):
     """An augmentation pipeline runs inside the jitted, sharded step; mixup gives soft labels."""
     config = tiny_config(digits_dir, num_steps=6, eval_every_steps=6)
-    config.augment = ({'op': 'translate', 'max_pixels': 1.0}, {'op': 'flip_lr'},
-                      {'op': 'gaussian_noise', 'stddev': 0.02}, {'op': 'mixup', 'alpha': 0.4})
+    config.augment = (
+        {'op': 'translate', 'max_pixels': 1.0},
+        {'op': 'flip_lr'},
+        {'op': 'gaussian_noise', 'stddev': 0.02},
+        {'op': 'mixup', 'alpha': 0.4},
+    )
     summary = loop.train_and_evaluate(config, tmp_path)
     assert summary['step'] == 6 and np.isfinite(summary['eval']['loss'])
     bad = tiny_config(digits_dir)

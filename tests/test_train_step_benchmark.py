@@ -8,10 +8,22 @@ import jax.numpy as jnp
 import pytest
 
 import nets
-from experiments.benchmarks import bench_common, train_step_benchmark as bench
+from experiments.benchmarks import bench_common
+from experiments.benchmarks import train_step_benchmark as bench
 
-STEP_KEYS = {'framework', 'devices', 'dtype', 'params', 'compile_s', 'step_s', 'examples_per_s',
-             'first_call_s', 'cpu_s', 'step_flops', 'peak_rss_mib'}
+STEP_KEYS = {
+    'framework',
+    'devices',
+    'dtype',
+    'params',
+    'compile_s',
+    'step_s',
+    'examples_per_s',
+    'first_call_s',
+    'cpu_s',
+    'step_flops',
+    'peak_rss_mib',
+}
 
 
 def jax_params(spec: bench_common.ModelSpec) -> int:
@@ -21,15 +33,43 @@ def jax_params(spec: bench_common.ModelSpec) -> int:
 
 
 def fake_rows():
-    rows = [dict(model='m', dtype='float32', framework='jax', devices=1, step_s=2.0,
-                 examples_per_s=64.0, step_flops=4e11),
-            dict(model='m', dtype='bfloat16', framework='jax', devices=2, step_s=4.0,
-                 examples_per_s=32.0, step_flops=5e11),
-            dict(model='m', dtype='float32', framework='torch', mode='eager', step_s=4.0,
-                 examples_per_s=32.0),
-            dict(model='m', dtype='bfloat16', framework='torch', mode='eager', step_s=1.0,
-                 examples_per_s=128.0),
-            dict(model='m', dtype='float32', framework='torch', mode='compile', error='boom')]
+    rows = [
+        dict(
+            model='m',
+            dtype='float32',
+            framework='jax',
+            devices=1,
+            step_s=2.0,
+            examples_per_s=64.0,
+            step_flops=4e11,
+        ),
+        dict(
+            model='m',
+            dtype='bfloat16',
+            framework='jax',
+            devices=2,
+            step_s=4.0,
+            examples_per_s=32.0,
+            step_flops=5e11,
+        ),
+        dict(
+            model='m',
+            dtype='float32',
+            framework='torch',
+            mode='eager',
+            step_s=4.0,
+            examples_per_s=32.0,
+        ),
+        dict(
+            model='m',
+            dtype='bfloat16',
+            framework='torch',
+            mode='eager',
+            step_s=1.0,
+            examples_per_s=128.0,
+        ),
+        dict(model='m', dtype='float32', framework='torch', mode='compile', error='boom'),
+    ]
     return bench_common.add_ratios(rows, {'float32': 1e12})
 
 
@@ -57,31 +97,69 @@ def test_reach_names_the_slower_rows():
 
 
 def test_plan_runs_each_model_s_rows_together_with_their_device_counts():
-    jobs = bench.plan_jobs(['lstm_lm', 'resnet18'], ['float32'], [1, 2], ['eager'], steps=2,
-                           warmup=0, size='tiny', peak_size=64, pipeline=True)
+    jobs = bench.plan_jobs(
+        ['lstm_lm', 'resnet18'],
+        ['float32'],
+        [1, 2],
+        ['eager'],
+        steps=2,
+        warmup=0,
+        size='tiny',
+        peak_size=64,
+        pipeline=True,
+    )
     # Both families run with the trainer's allocator settings: PyTorch eager runs twice, with
     # glibc's defaults and under those settings.
-    assert [j['job'] for j in jobs] == ['peak', 'jax_step', 'jax_step', 'torch_step',
-                                        'torch_step', 'jax_step', 'jax_step', 'torch_step',
-                                        'torch_step', 'pipeline', 'peak']
+    assert [j['job'] for j in jobs] == [
+        'peak',
+        'jax_step',
+        'jax_step',
+        'torch_step',
+        'torch_step',
+        'jax_step',
+        'jax_step',
+        'torch_step',
+        'torch_step',
+        'pipeline',
+        'peak',
+    ]
     assert [j.get('model') for j in jobs[1:5]] == ['lstm_lm'] * 4
     assert [j['mode'] for j in jobs[3:5]] == ['eager', 'eager+malloc']
     assert jobs[-2]['model'] == 'resnet18'  # the pipeline feeds an image model
     assert jobs[-1]['again'] and not jobs[0].get('again')
     env = bench.worker_env(jobs[2], '--xla_cpu_enable_fast_math=false')
-    assert env['XLA_FLAGS'] == ('--xla_cpu_enable_fast_math=false '
-                                '--xla_force_host_platform_device_count=2')
+    assert env['XLA_FLAGS'] == (
+        '--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2'
+    )
     assert 'device_count' not in bench.worker_env(jobs[1], '')['XLA_FLAGS']
     assert env['MALLOC_ARENA_MAX'] == '1'
     assert bench.worker_env(jobs[4], None)['MALLOC_MMAP_MAX_'] == '0'
     assert 'MALLOC_ARENA_MAX' not in bench.worker_env(jobs[3], None)
-    untuned = bench.plan_jobs(['vit_ti4'], ['float32'], [1], ['eager'], steps=2, warmup=0,
-                              size='tiny', peak_size=64, pipeline=False)
+    untuned = bench.plan_jobs(
+        ['vit_ti4'],
+        ['float32'],
+        [1],
+        ['eager'],
+        steps=2,
+        warmup=0,
+        size='tiny',
+        peak_size=64,
+        pipeline=False,
+    )
     assert [j.get('mode') for j in untuned if j['job'] == 'torch_step'] == ['eager']
     assert 'MALLOC_ARENA_MAX' not in bench.worker_env(untuned[1], None)
     with pytest.raises(ValueError, match='unknown model'):
-        bench.plan_jobs(['nope'], ['float32'], [1], [], steps=1, warmup=0, size='tiny',
-                        peak_size=64, pipeline=False)
+        bench.plan_jobs(
+            ['nope'],
+            ['float32'],
+            [1],
+            [],
+            steps=1,
+            warmup=0,
+            size='tiny',
+            peak_size=64,
+            pipeline=False,
+        )
 
 
 def test_jax_row_measures_the_project_step():
@@ -96,11 +174,15 @@ def test_jax_row_measures_the_project_step():
 
 def test_jax_row_splits_a_vit_batch_as_the_trainer_does_on_the_cpu():
     import dataclasses
+
     from train.runtime import MICRO_BATCH_BY_FAMILY
-    spec = dataclasses.replace(bench_common.model_spec('vit_ti4', 'tiny'),
-                               batch_size=2 * MICRO_BATCH_BY_FAMILY['vit'])
-    whole = bench.jax_train_step_row(spec, dtype='float32', devices=1, steps=1, warmup=0,
-                                     micro_batches=False)
+
+    spec = dataclasses.replace(
+        bench_common.model_spec('vit_ti4', 'tiny'), batch_size=2 * MICRO_BATCH_BY_FAMILY['vit']
+    )
+    whole = bench.jax_train_step_row(
+        spec, dtype='float32', devices=1, steps=1, warmup=0, micro_batches=False
+    )
     split = bench.jax_train_step_row(spec, dtype='float32', devices=1, steps=1, warmup=0)
     assert (whole['grad_accum_steps'], split['grad_accum_steps']) == (1, 2)
     assert split['step_flops'] == whole['step_flops']  # the model's FLOPs, counted whole
@@ -109,10 +191,20 @@ def test_jax_row_splits_a_vit_batch_as_the_trainer_does_on_the_cpu():
 def test_report_of_an_in_process_run(tmp_path):
     """The whole driver on the toy LSTM with 1 and 2 devices, the peak and the pipeline,
     jobs run in this process (the tests' 8 simulated devices) instead of subprocesses."""
-    jobs = bench.plan_jobs(['lstm_lm'], ['float32'], [1, 2], [], steps=2, warmup=0, size='tiny',
-                           peak_size=64, pipeline=True)
-    report = bench.run_benchmark(jobs, bench.run_worker, command='test', xla_flags='',
-                                 log=lambda _: None)
+    jobs = bench.plan_jobs(
+        ['lstm_lm'],
+        ['float32'],
+        [1, 2],
+        [],
+        steps=2,
+        warmup=0,
+        size='tiny',
+        peak_size=64,
+        pipeline=True,
+    )
+    report = bench.run_benchmark(
+        jobs, bench.run_worker, command='test', xla_flags='', log=lambda _: None
+    )
     json.loads(json.dumps(report))  # the JSON written is plain data
     assert {r['dtype'] for r in report['peak']} == {'float32'} and report['peak'][0]['gflops'] > 0
     one, two = report['rows']
@@ -135,15 +227,18 @@ def test_report_of_an_in_process_run(tmp_path):
 
 
 def test_a_run_whose_peak_moved_is_flagged():
-    start = [{'dtype': 'float32', 'gflops': 200.0, 'size': 64},
-             {'dtype': 'bfloat16', 'gflops': 350.0, 'size': 64}]
+    start = [
+        {'dtype': 'float32', 'gflops': 200.0, 'size': 64},
+        {'dtype': 'bfloat16', 'gflops': 350.0, 'size': 64},
+    ]
     end = [{'dtype': 'float32', 'gflops': 196.0}, {'dtype': 'bfloat16', 'gflops': 120.0}]
     drift = bench.peak_drift(start, end)
     assert drift == pytest.approx({'float32': -0.02, 'bfloat16': 120 / 350 - 1})
     jobs = [dict(job='peak'), dict(job='peak', again=True)]
     peaks = iter([start, end])
-    report = bench.run_benchmark(jobs, lambda job: next(peaks), command='test', xla_flags='',
-                                 log=lambda _: None)
+    report = bench.run_benchmark(
+        jobs, lambda job: next(peaks), command='test', xla_flags='', log=lambda _: None
+    )
     flagged = [note for note in report['notes'] if 'speed moved' in note]
     assert len(flagged) == 1 and '-66% (bfloat16)' in flagged[0] and 'float32' not in flagged[0]
     assert '| bfloat16 | ' in bench_common.markdown_report(report)
@@ -152,6 +247,7 @@ def test_a_run_whose_peak_moved_is_flagged():
 def test_torch_twins_match_the_jax_parameter_counts():
     pytest.importorskip('torch')
     from experiments.benchmarks import torch_models
+
     for model in bench_common.MODELS:
         spec = bench_common.model_spec(model)
         assert torch_models.trainable_params(torch_models.build_twin(spec)) == jax_params(spec)
@@ -160,9 +256,9 @@ def test_torch_twins_match_the_jax_parameter_counts():
 def test_torch_row_on_a_toy_model():
     pytest.importorskip('torch')
     from experiments.benchmarks import torch_models
+
     spec = bench_common.model_spec('lstm_lm', 'tiny')
-    row = torch_models.torch_train_step_row(spec, dtype='bfloat16', mode='eager', steps=2,
-                                            warmup=0)
+    row = torch_models.torch_train_step_row(spec, dtype='bfloat16', mode='eager', steps=2, warmup=0)
     assert row['params'] == jax_params(spec) and row['compile_s'] is None
     assert row['examples_per_s'] == pytest.approx(spec.batch_size / row['step_s'])
 
@@ -171,14 +267,23 @@ def test_benchmark_measures_the_trainer_s_cpu_flags():
     """The JAX workers run with what train.main adds on the CPU for their model family and dtype
     (train.runtime), unless --xla_flags overrides it for every row."""
     from train.runtime import DEFAULT_YNN_FUSION, YNN_FUSION_FLAG, cpu_xla_flags
+
     vit = {'job': 'jax_step', 'model': 'vit_ti4', 'dtype': 'float32', 'devices': 1}
     lstm = {'job': 'jax_step', 'model': 'lstm_lm', 'dtype': 'float32', 'devices': 2}
     assert bench.job_xla_flags(vit) == ' '.join(cpu_xla_flags('vit', 'float32'))
     assert bench.job_xla_flags(lstm) == f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}'
     assert bench.job_xla_flags({**vit, 'dtype': 'bfloat16'}) == bench.job_xla_flags(lstm)
-    assert bench.job_xla_flags(vit, '--xla_cpu_use_thunk_runtime=true') == \
-        '--xla_cpu_use_thunk_runtime=true'
+    assert (
+        bench.job_xla_flags(vit, '--xla_cpu_use_thunk_runtime=true')
+        == '--xla_cpu_use_thunk_runtime=true'
+    )
     assert bench.worker_env(lstm, None)['XLA_FLAGS'].split() == [
-        f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}', '--xla_force_host_platform_device_count=2']
-    assert bench.job_xla_flags({'job': 'torch_step', 'model': 'vit_ti4', 'dtype': 'float32',
-                                'mode': 'eager'}) == ''
+        f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}',
+        '--xla_force_host_platform_device_count=2',
+    ]
+    assert (
+        bench.job_xla_flags(
+            {'job': 'torch_step', 'model': 'vit_ti4', 'dtype': 'float32', 'mode': 'eager'}
+        )
+        == ''
+    )

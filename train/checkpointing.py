@@ -66,8 +66,11 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_handlers={'state': ocp.StandardCheckpointHandler(),
-                           'data': grain.checkpoint.CheckpointHandler()})
+            item_handlers={
+                'state': ocp.StandardCheckpointHandler(),
+                'data': grain.checkpoint.CheckpointHandler(),
+            },
+        )
 
     @property
     def latest_step(self) -> int | None:
@@ -79,9 +82,14 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return
         self._seal_finished()
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+            ),
+            force=True,
+        )
 
     def _seal_finished(self) -> None:
         """Waits for the save in flight, then seals every finished step not yet sealed."""
@@ -99,9 +107,14 @@ class Checkpointer:
     def _quarantine(self, step: int, reason: str) -> None:
         """Moves a corrupt step out of orbax's sight (kept on disk, never loaded again)."""
         target = self.directory / f'corrupt-{step}-{int(time.time())}'
-        logging.warning('checkpoint of step %d in %s is incomplete or corrupt (%s): skipped, '
-                        'moved to %s; resuming from the next older checkpoint', step,
-                        self.directory, reason, target.name)
+        logging.warning(
+            'checkpoint of step %d in %s is incomplete or corrupt (%s): skipped, '
+            'moved to %s; resuming from the next older checkpoint',
+            step,
+            self.directory,
+            reason,
+            target.name,
+        )
         if jax.process_index() == 0:
             os.replace(self.directory / str(step), target)
         if jax.process_count() > 1:
@@ -118,14 +131,19 @@ class Checkpointer:
             problem = seal_problem(step_dir) if sealed else None
             if problem is None:
                 try:
-                    restored = self._manager.restore(step, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract),
-                        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                    restored = self._manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract),
+                            data=grain.checkpoint.CheckpointRestore(data_iterator),
+                        ),
+                    )
                 except Exception as error:  # noqa: BLE001 - any failure of an unsealed step
                     if sealed:
                         raise ValueError(
                             f'checkpoint of step {step} in {self.directory} is intact but does '
-                            f'not fit this run (was the config changed?): {error}') from error
+                            f'not fit this run (was the config changed?): {error}'
+                        ) from error
                     problem = f'unsealed and unreadable: {type(error).__name__}: {error}'
                 else:
                     logging.info('Restored checkpoint of step %d from %s', step, self.directory)
@@ -146,15 +164,21 @@ def load_checkpoint(directory: str | Path, step: int | None = None) -> dict[str,
     config needed, whatever mesh or host count wrote it): for analysis, export and tests.
     `step=None` takes the newest."""
     directory = Path(directory).absolute()
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_handlers={'state': ocp.StandardCheckpointHandler()}) as manager:
+    with ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={'state': ocp.StandardCheckpointHandler()},
+    ) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f'no checkpoint in {directory}')
         # Target every array at one local device: the saved shardings may name devices of
         # another mesh or of other processes.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                              manager.item_metadata(step)['state'])
-        return manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))['state']
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            manager.item_metadata(step)['state'],
+        )
+        return manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )['state']

@@ -76,7 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.param_sharding = ()
     # Parameters smaller than this stay replicated under 'fsdp': gathering them costs more
     # than the memory they would save.
-    config.fsdp_min_size = 2 ** 14
+    config.fsdp_min_size = 2**14
 
     # On-device augmentation of training images (data/augment): a sequence of ops, each a dict
     # {'op': name, **params}, applied in order inside the jitted train step; eval sees none.
@@ -94,7 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.eps = placeholder(float)
     config.optimizer.rms_decay = placeholder(float)
     config.optimizer.weight_decay = 0.0
-    config.optimizer.weight_decay_mode = 'coupled'  # coupled = L2 in the gradient; decoupled = AdamW-style
+    config.optimizer.weight_decay_mode = (
+        'coupled'  # coupled = L2 in the gradient; decoupled = AdamW-style
+    )
     config.optimizer.l1 = 0.0
     config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
     config.optimizer.agc_clip = 0.0  # adaptive gradient clipping (NFNets), 0 = off
@@ -151,7 +153,9 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     fields = nets.model_fields(name)  # raises on an unknown name, listing valid ones
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ConfigError(f'model {name!r} has no field(s) {unknown}; valid fields: {sorted(fields)}')
+        raise ConfigError(
+            f'model {name!r} has no field(s) {unknown}; valid fields: {sorted(fields)}'
+        )
     block = {'name': name}
     for field in DATA_SIZED_MODEL_FIELDS:
         if field in fields:
@@ -187,8 +191,10 @@ def _check_keys(config: Mapping[str, Any], reference: Mapping[str, Any], path: s
         else:
             ok = isinstance(value, type(expected))
         if not ok:
-            raise ConfigError(f'config key {where!r} must be of type {type(expected).__name__}, '
-                                                f'got {value!r} ({type(value).__name__})')
+            raise ConfigError(
+                f'config key {where!r} must be of type {type(expected).__name__}, '
+                f'got {value!r} ({type(value).__name__})'
+            )
 
 
 def _leaves(block: Mapping[str, Any], prefix: str):
@@ -215,9 +221,12 @@ def _check_augment(ops: Any) -> None:
     if not ops:
         return
     if not isinstance(ops, (tuple, list)) or not all(isinstance(op, Mapping) for op in ops):
-        raise ConfigError("config.augment must be a sequence of dicts like {'op': 'rotate', "
-                          f"'degrees': (-10.0, 10.0)}}, got {ops!r}")
+        raise ConfigError(
+            "config.augment must be a sequence of dicts like {'op': 'rotate', "
+            f"'degrees': (-10.0, 10.0)}}, got {ops!r}"
+        )
     from data import augment  # imported here: most runs never need it
+
     try:
         augment.check_ops(ops)
     except ValueError as error:
@@ -226,22 +235,31 @@ def _check_augment(ops: Any) -> None:
 
 def _check_param_sharding(rules: Any) -> None:
     if not isinstance(rules, (tuple, list)):
-        raise ConfigError('config.param_sharding must be a sequence of (regex, strategy) pairs, '
-                          f'got {rules!r}')
+        raise ConfigError(
+            f'config.param_sharding must be a sequence of (regex, strategy) pairs, got {rules!r}'
+        )
     import re
+
     for rule in rules:
-        if (not isinstance(rule, (tuple, list)) or len(rule) != 2
-                or not all(isinstance(part, str) for part in rule)):
-            raise ConfigError('config.param_sharding must hold (regex, strategy) pairs of strings '
-                              f"like ('.*kernel', 'fsdp'), got {rule!r}")
+        if (
+            not isinstance(rule, (tuple, list))
+            or len(rule) != 2
+            or not all(isinstance(part, str) for part in rule)
+        ):
+            raise ConfigError(
+                'config.param_sharding must hold (regex, strategy) pairs of strings '
+                f"like ('.*kernel', 'fsdp'), got {rule!r}"
+            )
         pattern, strategy = rule
         try:
             re.compile(pattern)
         except re.error as error:
-            raise ConfigError(f'config.param_sharding: {pattern!r} is not a regular expression '
-                              f'({error})') from error
-        _check_choice(f'config.param_sharding strategy of {pattern!r}', strategy,
-                      SHARDING_STRATEGIES)
+            raise ConfigError(
+                f'config.param_sharding: {pattern!r} is not a regular expression ({error})'
+            ) from error
+        _check_choice(
+            f'config.param_sharding strategy of {pattern!r}', strategy, SHARDING_STRATEGIES
+        )
 
 
 def _check_task_blocks(config: ml_collections.ConfigDict) -> None:
@@ -252,11 +270,14 @@ def _check_task_blocks(config: ml_collections.ConfigDict) -> None:
         block = task.options_block
         if not block or task is chosen or block == chosen.options_block:
             continue
-        changed = sorted(key for key, value in task.default_options().items()
-                         if config[block][key] != value)
+        changed = sorted(
+            key for key, value in task.default_options().items() if config[block][key] != value
+        )
         if changed:
-            raise ConfigError(f'config.{block}.{changed[0]} applies only to '
-                              f'config.task={name!r}; this run is task={config.task!r}')
+            raise ConfigError(
+                f'config.{block}.{changed[0]} applies only to '
+                f'config.task={name!r}; this run is task={config.task!r}'
+            )
     try:
         chosen.check_options(config)
     except ValueError as error:
@@ -271,18 +292,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     reference.pop('model')
     _check_keys(plain, reference, '')
     if not isinstance(model_block, Mapping) or 'name' not in model_block:
-        raise ConfigError('config.model must be a block with a "name"; '
-                                            f'valid names: {nets.list_models()}')
+        raise ConfigError(
+            f'config.model must be a block with a "name"; valid names: {nets.list_models()}'
+        )
     model_name = model_block['name']
     if model_name not in nets.list_models():
-        raise ConfigError(f'config.model.name={model_name!r} is not a registered model; '
-                                            f'valid names: {nets.list_models()}')
+        raise ConfigError(
+            f'config.model.name={model_name!r} is not a registered model; '
+            f'valid names: {nets.list_models()}'
+        )
     fields = nets.model_fields(model_name)
     for key in model_block:
         if key != 'name' and (key not in fields or key in _TRAINER_OWNED_MODEL_FIELDS):
             valid = sorted(f for f in fields if f not in _TRAINER_OWNED_MODEL_FIELDS)
-            raise ConfigError(f'config.model.{key} is not a field of model {model_name!r}; '
-                                                f'valid fields: {valid}')
+            raise ConfigError(
+                f'config.model.{key} is not a field of model {model_name!r}; valid fields: {valid}'
+            )
 
     for where, value in _leaves(plain, 'config.'):
         if isinstance(value, float) and not math.isfinite(value):
@@ -297,25 +322,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
         runtime.check_block(config.runtime)
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    _check_choice('config.optimizer.weight_decay_mode', config.optimizer.weight_decay_mode,
-                                WEIGHT_DECAY_MODES)
+    _check_choice(
+        'config.optimizer.weight_decay_mode', config.optimizer.weight_decay_mode, WEIGHT_DECAY_MODES
+    )
     _check_choice('config.schedule.name', config.schedule.name, SCHEDULES)
     _check_choice('config.early_stopping.mode', config.early_stopping.mode, EARLY_STOPPING_MODES)
     _check_choice('config.dataset.order', config.dataset.order, DATA_ORDERS)
     if config.dataset.order == 'streams' and not task_class(config.task).carries_streams:
         streaming = ' or '.join(repr(name) for name, task in TASKS.items() if task.carries_streams)
-        raise ConfigError(f"config.dataset.order='streams' carries a recurrent state between steps "
-                          f'and needs config.task={streaming}, got {config.task!r}')
+        raise ConfigError(
+            f"config.dataset.order='streams' carries a recurrent state between steps "
+            f'and needs config.task={streaming}, got {config.task!r}'
+        )
     _check_positive('config.batch_size', config.batch_size)
     _check_positive('config.grad_accum_steps', config.grad_accum_steps)
     if config.batch_size % config.grad_accum_steps:
-        raise ConfigError(f'config.batch_size={config.batch_size} does not split into '
-                          f'config.grad_accum_steps={config.grad_accum_steps} equal micro-batches;'
-                          ' use a batch size that is a multiple of it')
+        raise ConfigError(
+            f'config.batch_size={config.batch_size} does not split into '
+            f'config.grad_accum_steps={config.grad_accum_steps} equal micro-batches;'
+            ' use a batch size that is a multiple of it'
+        )
     if config.grad_accum_steps > 1 and not task_class(config.task).accumulates_gradients(config):
-        raise ConfigError('config.grad_accum_steps > 1 needs a task whose loss averages over '
-                          "independent examples: not task='gan' (its own two-network step) nor "
-                          "dataset.order='streams' (state carried between rows of a batch)")
+        raise ConfigError(
+            'config.grad_accum_steps > 1 needs a task whose loss averages over '
+            "independent examples: not task='gan' (its own two-network step) nor "
+            "dataset.order='streams' (state carried between rows of a batch)"
+        )
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f'config.ema_decay must be in [0, 1), got {config.ema_decay}')
     _check_param_sharding(config.param_sharding)
@@ -324,8 +356,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive('config.optimizer.learning_rate', config.optimizer.learning_rate)
     _check_positive('config.optimizer.weight_decay', config.optimizer.weight_decay, allow_zero=True)
     _check_positive('config.optimizer.l1', config.optimizer.l1, allow_zero=True)
-    _check_positive('config.optimizer.grad_clip_norm', config.optimizer.grad_clip_norm,
-                                    allow_zero=True)
+    _check_positive(
+        'config.optimizer.grad_clip_norm', config.optimizer.grad_clip_norm, allow_zero=True
+    )
     _check_positive('config.optimizer.agc_clip', config.optimizer.agc_clip, allow_zero=True)
     _check_positive('config.optimizer.agc_eps', config.optimizer.agc_eps)
     _check_positive('config.schedule.warmup_epochs', config.schedule.warmup_epochs, allow_zero=True)
@@ -334,20 +367,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive('config.keep_checkpoints', config.keep_checkpoints)
     _check_positive('config.dataset.worker_count', config.dataset.worker_count, allow_zero=True)
     _check_positive('config.early_stopping.patience', config.early_stopping.patience)
-    _check_positive('config.early_stopping.min_delta', config.early_stopping.min_delta,
-                    allow_zero=True)
+    _check_positive(
+        'config.early_stopping.min_delta', config.early_stopping.min_delta, allow_zero=True
+    )
     if config.num_steps <= 0 and config.num_epochs <= 0:
-        raise ConfigError('set config.num_epochs > 0 or config.num_steps > 0; '
-                                            f'got num_epochs={config.num_epochs}, num_steps={config.num_steps}')
+        raise ConfigError(
+            'set config.num_epochs > 0 or config.num_steps > 0; '
+            f'got num_epochs={config.num_epochs}, num_steps={config.num_steps}'
+        )
     if not 0.0 <= config.schedule.end_factor <= 1.0:
-        raise ConfigError(f'config.schedule.end_factor must be in [0, 1], '
-                                            f'got {config.schedule.end_factor}')
+        raise ConfigError(
+            f'config.schedule.end_factor must be in [0, 1], got {config.schedule.end_factor}'
+        )
     if not 0.0 < config.schedule.decay_factor <= 1.0:
-        raise ConfigError(f'config.schedule.decay_factor must be in (0, 1], '
-                                            f'got {config.schedule.decay_factor}')
+        raise ConfigError(
+            f'config.schedule.decay_factor must be in (0, 1], got {config.schedule.decay_factor}'
+        )
     if not 0.0 < config.schedule.plateau_factor < 1.0:
-        raise ConfigError(f'config.schedule.plateau_factor must be in (0, 1), '
-                                            f'got {config.schedule.plateau_factor}')
+        raise ConfigError(
+            f'config.schedule.plateau_factor must be in (0, 1), '
+            f'got {config.schedule.plateau_factor}'
+        )
     for key in ('momentum', 'b1', 'b2', 'rms_decay'):
         value = config.optimizer[key]
         if value is not None and not 0.0 <= value < 1.0:
@@ -364,7 +404,6 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
-
 _TRUE_WORDS = ('true', 'yes', '1')
 _FALSE_WORDS = ('false', 'no', '0')
 
@@ -379,8 +418,9 @@ def _typed_value(key: str, text: str, default: Any) -> Any:
         try:
             return type(default)(text)
         except ValueError as error:
-            raise ConfigError(f'config argument {key}={text!r} is not a '
-                              f'{type(default).__name__}') from error
+            raise ConfigError(
+                f'config argument {key}={text!r} is not a {type(default).__name__}'
+            ) from error
     return text
 
 
@@ -394,8 +434,10 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         key, has_value, text = item.partition('=')
         key = key.strip()
         if key not in defaults:
-            raise ConfigError(f'unknown config argument {key!r} in {arg!r}; valid arguments: '
-                              + (', '.join(f'{k}={v!r}' for k, v in defaults.items()) or 'none'))
+            raise ConfigError(
+                f'unknown config argument {key!r} in {arg!r}; valid arguments: '
+                + (', '.join(f'{k}={v!r}' for k, v in defaults.items()) or 'none')
+            )
         if not has_value:
             if not isinstance(defaults[key], bool):
                 raise ConfigError(f'config argument {key!r} needs a value: {key}=...')
@@ -408,5 +450,6 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 def check_arg_choice(key: str, value: str, choices: Any) -> None:
     """ConfigError unless a config argument's value is one of `choices`."""
     if value not in choices:
-        raise ConfigError(f'config argument {key}={value!r} is not valid; choose one of '
-                          f'{sorted(choices)}')
+        raise ConfigError(
+            f'config argument {key}={value!r} is not valid; choose one of {sorted(choices)}'
+        )

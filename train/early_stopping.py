@@ -19,8 +19,10 @@ class EarlyStopping:
     def update(self, step: int, metrics: dict[str, float]) -> bool:
         """Records one evaluation; True when training should stop."""
         if self.metric not in metrics:
-            raise ValueError(f'early_stopping.metric={self.metric!r} is not an eval metric; '
-                             f'valid: {sorted(metrics)}')
+            raise ValueError(
+                f'early_stopping.metric={self.metric!r} is not an eval metric; '
+                f'valid: {sorted(metrics)}'
+            )
         value = metrics[self.metric]
         sign = 1.0 if self.mode == 'max' else -1.0
         improved = math.isnan(self.best_value) or sign * (value - self.best_value) > self.min_delta

@@ -20,5 +20,5 @@ def ema_update(average: Any, params: Any, decay: float, updates: jax.Array) -> A
     """average ← d·average + (1 − d)·params with d = ema_decay_at(decay, updates)."""
     d = ema_decay_at(decay, updates)
     return jax.tree.map(
-        lambda e, p: (d * e + (1.0 - d) * jax.lax.stop_gradient(p)).astype(e.dtype),
-        average, params)
+        lambda e, p: (d * e + (1.0 - d) * jax.lax.stop_gradient(p)).astype(e.dtype), average, params
+    )

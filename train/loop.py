@@ -1,13 +1,13 @@
 """The one training loop, readable top to bottom in phases:
 
-  1. check the config and the workdir (before anything is loaded or compiled);
-  2. data: the data set's facts, its train and eval sources, the train iterator;
-  3. model and task;
-  4. mesh, optimiser, initial state;
-  5. resume from the newest checkpoint (state + data iterator position);
-  6. compile the steps;
-  7. train: step, log, evaluate, checkpoint, stop early / on SIGTERM / on a non-finite loss;
-  8. finish: final evaluation and checkpoint, pictures, summary.json.
+1. check the config and the workdir (before anything is loaded or compiled);
+2. data: the data set's facts, its train and eval sources, the train iterator;
+3. model and task;
+4. mesh, optimiser, initial state;
+5. resume from the newest checkpoint (state + data iterator position);
+6. compile the steps;
+7. train: step, log, evaluate, checkpoint, stop early / on SIGTERM / on a non-finite loss;
+8. finish: final evaluation and checkpoint, pictures, summary.json.
 """
 
 from __future__ import annotations
@@ -56,11 +56,14 @@ def check_workdir(workdir: Path) -> None:
         probe.write_text('ok')
         probe.unlink()
     except OSError as error:
-        raise config_lib.ConfigError(f'workdir {str(workdir)!r} is not writable: {error}') from error
+        raise config_lib.ConfigError(
+            f'workdir {str(workdir)!r} is not writable: {error}'
+        ) from error
 
 
-def check_model_fits(config: ml_collections.ConfigDict, task: Any,
-                     example_shape: tuple[int, ...]) -> None:
+def check_model_fits(
+    config: ml_collections.ConfigDict, task: Any, example_shape: tuple[int, ...]
+) -> None:
     """Traces the model's initialisation on the data's shapes (no compilation, no memory), so
     an impossible shape — an image a patch size does not divide, a stack of poolings that
     would shrink the feature map below 1x1 — fails with the model's name, the input shape and
@@ -71,7 +74,8 @@ def check_model_fits(config: ml_collections.ConfigDict, task: Any,
         raise config_lib.ConfigError(
             f'model {config.model.name!r} with {config_lib.model_kwargs(config)} cannot run on '
             f'examples of shape {tuple(example_shape)} from data set '
-            f'{config.dataset.name!r}: {error}') from error
+            f'{config.dataset.name!r}: {error}'
+        ) from error
 
 
 def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
@@ -82,10 +86,12 @@ def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
     vocab = info.vocab_sizes
     from_data = {'num_classes': info.num_classes}
     if vocab:
-        from_data.update(source_vocab_size=vocab.get('inputs', info.num_classes),
-                         target_vocab_size=vocab.get('targets', info.num_classes),
-                         # One table for both languages (a shared-vocabulary Transformer).
-                         vocab_size=max(vocab.values()))
+        from_data.update(
+            source_vocab_size=vocab.get('inputs', info.num_classes),
+            target_vocab_size=vocab.get('targets', info.num_classes),
+            # One table for both languages (a shared-vocabulary Transformer).
+            vocab_size=max(vocab.values()),
+        )
     for field, size in from_data.items():
         if field in fields and kwargs.get(field, -1) == -1:
             kwargs[field] = size
@@ -115,8 +121,9 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _evaluate(eval_step, state: TrainState, task, eval_source, batch_size: int, mesh) -> tuple[
-        dict[str, float], dict[str, np.ndarray]]:
+def _evaluate(
+    eval_step, state: TrainState, task, eval_source, batch_size: int, mesh
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     totals = None
     for host_batch in data.eval_batches(eval_source, global_batch_size=batch_size):
         sums = eval_step(state, host_to_global(host_batch, mesh))
@@ -125,25 +132,32 @@ def _evaluate(eval_step, state: TrainState, task, eval_source, batch_size: int, 
     return task.summarize(totals), totals
 
 
-def _check_finite(step_metrics: list[dict[str, np.ndarray]], first_step: int,
-                  skip_nonfinite: bool) -> None:
+def _check_finite(
+    step_metrics: list[dict[str, np.ndarray]], first_step: int, skip_nonfinite: bool
+) -> None:
     for offset, metrics in enumerate(step_metrics):
         step = first_step + offset
         for flag, quantity in (('loss_finite', 'loss'), ('grads_finite', 'gradient norm')):
             if not bool(metrics[flag]):
                 value = metrics['loss'] if quantity == 'loss' else metrics['grad_norm']
                 if skip_nonfinite:
-                    logging.warning('step %d: non-finite %s (%s); update skipped', step, quantity,
-                                    value)
+                    logging.warning(
+                        'step %d: non-finite %s (%s); update skipped', step, quantity, value
+                    )
                     break
-                raise NonFiniteError(f'non-finite {quantity} ({value}) at step {step}; training '
-                                     'stopped, the last good checkpoint is kept. Lower the '
-                                     'learning rate, clip gradients (optimizer.grad_clip_norm) or '
-                                     "set config.nonfinite='skip'.")
+                raise NonFiniteError(
+                    f'non-finite {quantity} ({value}) at step {step}; training '
+                    'stopped, the last good checkpoint is kept. Lower the '
+                    'learning rate, clip gradients (optimizer.grad_clip_norm) or '
+                    "set config.nonfinite='skip'."
+                )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       runtime: runtime_lib.Runtime | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    runtime: runtime_lib.Runtime | None = None,
+) -> dict[str, Any]:
     """Trains and evaluates as `config` says, writing everything under `workdir`; resumes from
     the newest checkpoint there. Returns the run's summary (also written as summary.json).
 
@@ -152,15 +166,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     process is (kernels, micro-batches), the rest recorded as not applied."""
     config_lib.validate(config)
     if runtime is None:
-        host = dataclasses.replace(runtime_lib.host_facts(platform=jax.default_backend()),
-                                   processes=jax.process_count())
+        host = dataclasses.replace(
+            runtime_lib.host_facts(platform=jax.default_backend()), processes=jax.process_count()
+        )
         runtime = runtime_lib.apply(runtime_lib.resolve(config, host), starting_process=False)
     with switch.use(conv=runtime.conv_backend, attention=runtime.attention):
         return _train_and_evaluate(config, Path(workdir).absolute(), runtime)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
-                        runtime: runtime_lib.Runtime) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: Path, runtime: runtime_lib.Runtime
+) -> dict[str, Any]:
     # 1. Check.
     check_workdir(workdir)
     is_primary = jax.process_index() == 0
@@ -174,7 +190,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     train_source = data.load_source(config.dataset.name, config.dataset.train_split, data_dir)
     # Evaluated many times: decode it into memory once when it is small.
     eval_source = data.maybe_in_memory(
-        data.load_source(config.dataset.name, config.dataset.eval_split, data_dir))
+        data.load_source(config.dataset.name, config.dataset.eval_split, data_dir)
+    )
 
     # 3. Model and task.
     model = create_model(config, info)
@@ -187,31 +204,51 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     mesh = make_mesh()
     check_batch_divides(config.batch_size, mesh)
     if accumulate > 1:
-        check_batch_divides(config.batch_size // accumulate, mesh,
-                            f'micro-batch batch_size/{accumulate}')
+        check_batch_divides(
+            config.batch_size // accumulate, mesh, f'micro-batch batch_size/{accumulate}'
+        )
     check_batch_divides(config.eval_batch_size, mesh, 'eval_batch_size')
     steps_per_epoch = data.steps_per_epoch(len(train_source), config.batch_size)
-    total_steps = (config.num_steps if config.num_steps > 0
-                   else max(1, math.ceil(config.num_epochs * steps_per_epoch)))
+    total_steps = (
+        config.num_steps
+        if config.num_steps > 0
+        else max(1, math.ceil(config.num_epochs * steps_per_epoch))
+    )
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-    checkpoint_every = (config.checkpoint_every_steps if config.checkpoint_every_steps > 0
-                        else steps_per_epoch)
-    tx, schedule = task.make_optimizer(config, steps_per_epoch=steps_per_epoch,
-                                       total_steps=total_steps, accumulate_steps=accumulate)
+    checkpoint_every = (
+        config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else steps_per_epoch
+    )
+    tx, schedule = task.make_optimizer(
+        config,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        accumulate_steps=accumulate,
+    )
     check_model_fits(config, task, info.example_shape)
-    state = init_train_state(task, tx, config.seed, mesh, ema=config.ema_decay > 0,
-                             param_sharding=config.param_sharding,
-                             fsdp_min_size=config.fsdp_min_size)
+    state = init_train_state(
+        task,
+        tx,
+        config.seed,
+        mesh,
+        ema=config.ema_decay > 0,
+        param_sharding=config.param_sharding,
+        fsdp_min_size=config.fsdp_min_size,
+    )
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
     # 5. Resume.
     if config.dataset.order == 'streams':  # truncated BPTT: rows continue across steps
-        loader = data.stream_loader(train_source, global_batch_size=config.batch_size,
-                                    seed=config.seed)
+        loader = data.stream_loader(
+            train_source, global_batch_size=config.batch_size, seed=config.seed
+        )
     else:
-        loader = data.train_loader(train_source, global_batch_size=config.batch_size,
-                                   seed=config.seed, worker_count=config.dataset.worker_count)
+        loader = data.train_loader(
+            train_source,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            worker_count=config.dataset.worker_count,
+        )
     data_iterator = iter(loader)
     checkpointer = Checkpointer(workdir / 'checkpoints', keep=config.keep_checkpoints)
     restored = checkpointer.restore_latest(state, data_iterator)
@@ -224,33 +261,55 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         write_run_config(workdir, config, runtime_record)
     stopper = None
     if config.early_stopping.metric:
-        stopper = EarlyStopping(config.early_stopping.metric, config.early_stopping.mode,
-                                config.early_stopping.patience, config.early_stopping.min_delta)
+        stopper = EarlyStopping(
+            config.early_stopping.metric,
+            config.early_stopping.mode,
+            config.early_stopping.patience,
+            config.early_stopping.min_delta,
+        )
         if restored is not None and writer.metrics_file.exists():
             for record in pictures.read_metrics(writer.metrics_file).get('eval', []):
                 stopper.update(record['step'], record)
-    logging.info('%s: %s (%s parameters) on %s, %d devices, %d process(es); steps %d..%d, '
-                 '%d per epoch', config.dataset.name, config.model.name, f'{num_params:,}',
-                 jax.devices()[0].platform, jax.device_count(), jax.process_count(),
-                 start_step, total_steps, steps_per_epoch)
+    logging.info(
+        '%s: %s (%s parameters) on %s, %d devices, %d process(es); steps %d..%d, %d per epoch',
+        config.dataset.name,
+        config.model.name,
+        f'{num_params:,}',
+        jax.devices()[0].platform,
+        jax.device_count(),
+        jax.process_count(),
+        start_step,
+        total_steps,
+        steps_per_epoch,
+    )
 
     # 6. Compile.
     skip_nonfinite = config.nonfinite == 'skip'
-    train_step = make_train_step(task, tx, mesh, skip_nonfinite=skip_nonfinite,
-                                 state_sharding=state_sharding,
-                                 grad_accum_steps=accumulate,
-                                 ema_decay=config.ema_decay)
+    train_step = make_train_step(
+        task,
+        tx,
+        mesh,
+        skip_nonfinite=skip_nonfinite,
+        state_sharding=state_sharding,
+        grad_accum_steps=accumulate,
+        ema_decay=config.ema_decay,
+    )
     eval_step = make_eval_step(task, mesh, state_sharding)
 
     last_eval_sums: dict[str, np.ndarray] = {}
 
     def evaluate(at_step: int, record: bool = True) -> dict[str, float]:
-        metrics, sums = _evaluate(eval_step, state, task, eval_source, config.eval_batch_size,
-                                  mesh)
+        metrics, sums = _evaluate(eval_step, state, task, eval_source, config.eval_batch_size, mesh)
         last_eval_sums.update(sums)
         if state.ema_params is not None:  # the moving average, evaluated beside the raw weights
-            ema_metrics, _ = _evaluate(eval_step, state.replace(params=state.ema_params), task,
-                                       eval_source, config.eval_batch_size, mesh)
+            ema_metrics, _ = _evaluate(
+                eval_step,
+                state.replace(params=state.ema_params),
+                task,
+                eval_source,
+                config.eval_batch_size,
+                mesh,
+            )
             metrics.update({f'ema_{key}': value for key, value in ema_metrics.items()})
         if record:
             writer.write(at_step, 'eval', metrics)
@@ -287,8 +346,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         if not checked:
             return
         seconds = time.time() - window_start
-        mean = {key: float(np.mean([m[key] for m in checked]))
-                for key in task.logged_train_metrics if key in checked[0]}
+        mean = {
+            key: float(np.mean([m[key] for m in checked]))
+            for key in task.logged_train_metrics
+            if key in checked[0]
+        }
         mean['learning_rate'] = float(schedule(step - 1)) * plateau_scale(state.opt_state)
         mean['examples_per_second'] = len(checked) * config.batch_size / max(seconds, 1e-9)
         mean['epoch'] = step / steps_per_epoch
@@ -311,9 +373,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
                 check_pending()
                 last_eval, last_eval_step = evaluate(step), step
                 if stopper is not None and stopper.update(step, last_eval):
-                    stop_reason = (f'early stopping: eval {stopper.metric} has not improved for '
-                                   f'{stopper.patience} evaluations (best '
-                                   f'{stopper.best_value:.4g} at step {stopper.best_step})')
+                    stop_reason = (
+                        f'early stopping: eval {stopper.metric} has not improved for '
+                        f'{stopper.patience} evaluations (best '
+                        f'{stopper.best_value:.4g} at step {stopper.best_step})'
+                    )
             if step % checkpoint_every == 0 or at_end or stop_reason or sigterm.raised:
                 check_pending()
                 checkpointer.save(step, state, data_iterator)
@@ -334,8 +398,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     if is_primary and not sigterm.raised:
         # Metrics too costly or not additive for every evaluation (generated text scored by
         # BLEU), once on the host, from the raw eval split with its strings.
-        final = task.final_eval(fetch(state.params), fetch(state.model_state), data.load_source(
-            config.dataset.name, config.dataset.eval_split, data_dir))
+        final = task.final_eval(
+            fetch(state.params),
+            fetch(state.model_state),
+            data.load_source(config.dataset.name, config.dataset.eval_split, data_dir),
+        )
     if final:
         if step != start_step:
             writer.write(step, 'final_eval', final)
@@ -343,23 +410,32 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         last_eval = {**(last_eval or {}), **final}
     checkpointer.close()
     summary: dict[str, Any] = {
-        'stop_reason': stop_reason, 'step': step, 'total_steps': total_steps,
-        'epochs': step / steps_per_epoch, 'num_params': num_params,
-        'model': config.model.name, 'dataset': config.dataset.name,
-        'devices': jax.device_count(), 'processes': jax.process_count(),
+        'stop_reason': stop_reason,
+        'step': step,
+        'total_steps': total_steps,
+        'epochs': step / steps_per_epoch,
+        'num_params': num_params,
+        'model': config.model.name,
+        'dataset': config.dataset.name,
+        'devices': jax.device_count(),
+        'processes': jax.process_count(),
         'platform': jax.devices()[0].platform,
         'wall_seconds_this_session': time.time() - started,
         'eval': last_eval,
         'runtime': runtime_record,
     }
     if stopper is not None:
-        summary['early_stopping'] = {'metric': stopper.metric, 'best_value': stopper.best_value,
-                                     'best_step': stopper.best_step}
+        summary['early_stopping'] = {
+            'metric': stopper.metric,
+            'best_value': stopper.best_value,
+            'best_step': stopper.best_step,
+        }
     if is_primary:
         summary['pictures'] = _write_pictures(config, workdir, writer, task, last_eval_sums)
         if config.pictures:  # what a generative model writes
-            summary['samples'] = [str(p) for p in task.write_samples(workdir,
-                                                                     sampling_variables(state))]
+            summary['samples'] = [
+                str(p) for p in task.write_samples(workdir, sampling_variables(state))
+            ]
         (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
     writer.close()
     logging.info('%s after %d steps; eval %s', stop_reason, step, last_eval)
@@ -376,8 +452,9 @@ def sampling_variables(state: TrainState) -> dict[str, Any]:
 RESOLVED_RUNTIME_KEY = 'resolved_runtime'
 
 
-def write_run_config(workdir: Path, config: ml_collections.ConfigDict,
-                     runtime_record: dict[str, Any]) -> None:
+def write_run_config(
+    workdir: Path, config: ml_collections.ConfigDict, runtime_record: dict[str, Any]
+) -> None:
     """config.json: the config as run, plus the resolved runtime under RESOLVED_RUNTIME_KEY."""
     record = json.loads(config.to_json_best_effort())
     record[RESOLVED_RUNTIME_KEY] = runtime_record
@@ -388,21 +465,25 @@ def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config a run in `workdir` ran with (config.json without the runtime record)."""
     path = Path(workdir) / 'config.json'
     if not path.exists():
-        raise FileNotFoundError(f'{path} not found: {str(workdir)!r} is not a training workdir '
-                                '(train one with `python -m train.main --config=... '
-                                '--workdir=...`)')
+        raise FileNotFoundError(
+            f'{path} not found: {str(workdir)!r} is not a training workdir '
+            '(train one with `python -m train.main --config=... '
+            '--workdir=...`)'
+        )
     record = json.loads(path.read_text())
     record.pop(RESOLVED_RUNTIME_KEY, None)
     return ml_collections.ConfigDict(record)
 
 
-def _write_pictures(config, workdir: Path, writer: MetricWriter, task: Task,
-                    eval_sums: dict[str, np.ndarray]) -> list[str]:
+def _write_pictures(
+    config, workdir: Path, writer: MetricWriter, task: Task, eval_sums: dict[str, np.ndarray]
+) -> list[str]:
     if not config.pictures or not writer.metrics_file.exists():
         return []
     picture_dir = workdir / 'pictures'
-    written = [pictures.plot_training_curves(writer.metrics_file,
-                                             picture_dir / 'training_curves.png')]
+    written = [
+        pictures.plot_training_curves(writer.metrics_file, picture_dir / 'training_curves.png')
+    ]
     if eval_sums:
         written += task.write_pictures(picture_dir, eval_sums)
     return [str(p) for p in written]

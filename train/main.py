@@ -24,11 +24,13 @@ from train.loop import train_and_evaluate
 from train.metrics_writer import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, optionally with ":key=value,...".', lock_config=True)
+    'config', None, 'Experiment config file, optionally with ":key=value,...".', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and pictures go.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0 (multi-host without auto-detection).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (multi-host without auto-detection).'
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (multi-host).')
 
@@ -44,13 +46,16 @@ def main(argv: list[str]) -> None:
     # Allocator settings are read when a process starts: the program restarts itself once with
     # them (same command); a caller's process (a test) is left as it is.
     restart = [sys.executable, *sys.orig_argv[1:]] if __name__ == '__main__' else None
-    runtime = runtime_lib.apply(runtime_lib.resolve(config, host), starting_process=True,
-                                restart_command=restart)
+    runtime = runtime_lib.apply(
+        runtime_lib.resolve(config, host), starting_process=True, restart_command=restart
+    )
     quiet_library_logs()
     if _MULTIHOST.value:
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)  # only process 0 reports
     for choice, reason in runtime.reasons:
@@ -58,8 +63,16 @@ def main(argv: list[str]) -> None:
     workdir = Path(_WORKDIR.value)
     summary = train_and_evaluate(config, workdir, runtime)
     if jax.process_index() == 0:
-        print(json.dumps({'stop_reason': summary['stop_reason'], 'step': summary['step'],
-                          'eval': summary['eval']}, indent=None))
+        print(
+            json.dumps(
+                {
+                    'stop_reason': summary['stop_reason'],
+                    'step': summary['step'],
+                    'eval': summary['eval'],
+                },
+                indent=None,
+            )
+        )
         print(f'metrics:      {workdir / "metrics.jsonl"}')
         print(f'tensorboard:  tensorboard --logdir {workdir / "tensorboard"}')
         print(f'checkpoints:  {workdir / "checkpoints"}')

@@ -24,7 +24,8 @@ class _LibraryInfoFilter(std_logging.Filter):
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         return record.levelno >= std_logging.WARNING or not any(
-            part in record.pathname for part in self._LIBRARIES)
+            part in record.pathname for part in self._LIBRARIES
+        )
 
 
 def quiet_library_logs() -> None:
@@ -50,6 +51,7 @@ class MetricWriter:
         self._tb = None
         if enabled:
             from tensorboardX import SummaryWriter  # pure-Python event writer: no TensorFlow
+
             self._tb = SummaryWriter(str(self.tensorboard_dir), flush_secs=30)
 
     def write(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
@@ -62,8 +64,14 @@ class MetricWriter:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(f'{kind}/{name}', value, int(step))
 
-    def console(self, step: int, total_steps: int, kind: str, metrics: dict[str, Any],
-                eta_seconds: float | None = None) -> None:
+    def console(
+        self,
+        step: int,
+        total_steps: int,
+        kind: str,
+        metrics: dict[str, Any],
+        eta_seconds: float | None = None,
+    ) -> None:
         if not self.enabled:
             return
         parts = [f'{kind} step {step}/{total_steps}']

@@ -30,8 +30,9 @@ Schedule = Callable[[jax.Array | int], jax.Array]
 
 def agc_mask(params: Any) -> Any:
     """Adaptive gradient clipping skips the final classifier, as in the NFNet paper."""
-    return {name: jax.tree.map(lambda _: name != 'head', subtree)
-            for name, subtree in params.items()}
+    return {
+        name: jax.tree.map(lambda _: name != 'head', subtree) for name, subtree in params.items()
+    }
 
 
 def decay_mask(params: Any) -> Any:
@@ -49,17 +50,25 @@ def add_l1_penalty(strength: float, mask: Any = decay_mask) -> optax.GradientTra
 
     def update(updates, state, params=None):
         if params is None:
-            raise ValueError('add_l1_penalty needs the parameters: call update(grads, state, params)')
-        updates = jax.tree.map(lambda g, p: g + strength * jnp.sign(p).astype(g.dtype),
-                               updates, params)
+            raise ValueError(
+                'add_l1_penalty needs the parameters: call update(grads, state, params)'
+            )
+        updates = jax.tree.map(
+            lambda g, p: g + strength * jnp.sign(p).astype(g.dtype), updates, params
+        )
         return updates, state
 
     transform = optax.GradientTransformation(lambda params: _L1State(), update)
     return optax.masked(transform, mask)
 
 
-def learning_rate_schedule(opt: ml_collections.ConfigDict, sched: ml_collections.ConfigDict, *,
-                           steps_per_epoch: int, total_steps: int) -> Schedule:
+def learning_rate_schedule(
+    opt: ml_collections.ConfigDict,
+    sched: ml_collections.ConfigDict,
+    *,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> Schedule:
     """The per-step learning rate (before any reduce-on-plateau scaling)."""
     base = opt.learning_rate
     warmup_steps = int(round(sched.warmup_epochs * steps_per_epoch))
@@ -75,8 +84,10 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, sched: ml_collections
     elif sched.name == 'warmup_cosine':
         main = optax.cosine_decay_schedule(base, decay_steps, alpha=sched.end_factor)
     else:
-        raise ValueError(f'unknown schedule {sched.name!r}; valid: constant, step, exponential, '
-                         'warmup_cosine, plateau')
+        raise ValueError(
+            f'unknown schedule {sched.name!r}; valid: constant, step, exponential, '
+            'warmup_cosine, plateau'
+        )
     if warmup_steps == 0:
         return main
     warmup = optax.linear_schedule(0.0, base, warmup_steps)
@@ -100,14 +111,17 @@ def check_optimizer_keys(opt: ml_collections.ConfigDict) -> None:
     """Raises ValueError for a set key the chosen optimiser does not read, naming those it
     does."""
     if opt.name not in OPTIMIZERS:
-        raise ValueError(f'config.optimizer.name={opt.name!r} is not valid; choose one of '
-                         f'{list(OPTIMIZERS)}')
+        raise ValueError(
+            f'config.optimizer.name={opt.name!r} is not valid; choose one of {list(OPTIMIZERS)}'
+        )
     for key, readers in OPTIMIZER_SPECIFIC_KEYS.items():
         if opt.get(key) is not None and opt.name not in readers:
             own = sorted(k for k, r in OPTIMIZER_SPECIFIC_KEYS.items() if opt.name in r)
-            raise ValueError(f'config.optimizer.{key}={opt.get(key)} does not apply to '
-                             f"optimizer {opt.name!r} (it applies to {sorted(readers)}); "
-                             f'{opt.name!r} reads {own or "none of these keys"}')
+            raise ValueError(
+                f'config.optimizer.{key}={opt.get(key)} does not apply to '
+                f'optimizer {opt.name!r} (it applies to {sorted(readers)}); '
+                f'{opt.name!r} reads {own or "none of these keys"}'
+            )
 
 
 def optimizer_setting(opt: ml_collections.ConfigDict, key: str) -> float:
@@ -131,20 +145,27 @@ def _optimiser_statistics(opt: ml_collections.ConfigDict) -> list[optax.Gradient
         return stats
     if opt.name in ('adam', 'adamw'):
         return [optax.scale_by_adam(b1=setting('b1'), b2=setting('b2'), eps=setting('eps'))]
-    raise ValueError(f'unknown optimizer {opt.name!r}; valid: sgd, momentum, nesterov, rmsprop, '
-                     'adam, adamw')
+    raise ValueError(
+        f'unknown optimizer {opt.name!r}; valid: sgd, momentum, nesterov, rmsprop, adam, adamw'
+    )
 
 
-def build_optimizer(opt: ml_collections.ConfigDict, sched: ml_collections.ConfigDict, *,
-                    steps_per_epoch: int, total_steps: int, accumulate_steps: int = 1,
-                    ) -> tuple[optax.GradientTransformationExtraArgs, Schedule]:
+def build_optimizer(
+    opt: ml_collections.ConfigDict,
+    sched: ml_collections.ConfigDict,
+    *,
+    steps_per_epoch: int,
+    total_steps: int,
+    accumulate_steps: int = 1,
+) -> tuple[optax.GradientTransformationExtraArgs, Schedule]:
     """Returns (transformation, schedule). Call `tx.update(grads, state, params, value=loss)`.
     With `accumulate_steps` = k > 1 the update of every k-th call applies the chain to the mean
     of the k gradients; the others return zero updates."""
     if accumulate_steps < 1:
         raise ValueError(f'accumulate_steps must be >= 1, got {accumulate_steps}')
-    schedule = learning_rate_schedule(opt, sched, steps_per_epoch=steps_per_epoch,
-                                      total_steps=total_steps)
+    schedule = learning_rate_schedule(
+        opt, sched, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+    )
     # adamw means decoupled decay whatever weight_decay_mode says: that is what the name promises.
     decoupled = opt.weight_decay_mode == 'decoupled' or opt.name == 'adamw'
     chain: list[optax.GradientTransformation] = []
@@ -162,9 +183,14 @@ def build_optimizer(opt: ml_collections.ConfigDict, sched: ml_collections.Config
         chain.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
     chain.append(optax.scale_by_learning_rate(schedule))
     if sched.name == 'plateau':
-        chain.append(optax.contrib.reduce_on_plateau(
-            factor=sched.plateau_factor, patience=sched.plateau_patience_epochs,
-            accumulation_size=steps_per_epoch, min_scale=sched.plateau_min_scale))
+        chain.append(
+            optax.contrib.reduce_on_plateau(
+                factor=sched.plateau_factor,
+                patience=sched.plateau_patience_epochs,
+                accumulation_size=steps_per_epoch,
+                min_scale=sched.plateau_min_scale,
+            )
+        )
     tx = optax.chain(*chain)
     if accumulate_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps).gradient_transformation()
@@ -173,8 +199,9 @@ def build_optimizer(opt: ml_collections.ConfigDict, sched: ml_collections.Config
 
 def plateau_scale(opt_state: Any) -> float:
     """The current reduce-on-plateau multiplier in an optimiser state (1.0 when there is none)."""
-    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, 'scale')
-                                and hasattr(x, 'plateau_count')):
+    for leaf in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: hasattr(x, 'scale') and hasattr(x, 'plateau_count')
+    ):
         if hasattr(leaf, 'scale') and hasattr(leaf, 'plateau_count'):
             return float(leaf.scale)
     return 1.0

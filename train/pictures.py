@@ -46,14 +46,20 @@ def plot_training_curves(metrics_file: Path, out_path: Path) -> Path:
     records = read_metrics(metrics_file)
     train, evals = records.get('train', []), records.get('eval', [])
     names = [n for n in ('loss', 'accuracy') if any(n in r for r in train + evals)]
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(5 * max(len(names), 1), 3.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(names), 1), figsize=(5 * max(len(names), 1), 3.6), squeeze=False
+    )
     for ax, name in zip(axes[0], names):
         for label, rows, style in (('train', train, '-'), ('eval', evals, 'o-')):
             rows = [r for r in rows if name in r]
             if rows:
-                ax.plot([r['step'] for r in rows], [r[name] for r in rows], style,
-                        label=label, markersize=3)
+                ax.plot(
+                    [r['step'] for r in rows],
+                    [r[name] for r in rows],
+                    style,
+                    label=label,
+                    markersize=3,
+                )
         ax.set_xlabel('step')
         ax.set_ylabel(name)
         if name == 'loss':
@@ -63,8 +69,9 @@ def plot_training_curves(metrics_file: Path, out_path: Path) -> Path:
     return save_figure(fig, out_path)
 
 
-def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str] | None,
-                          out_path: Path) -> Path:
+def plot_confusion_matrix(
+    confusion: np.ndarray, class_names: Sequence[str] | None, out_path: Path
+) -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: predicted), counts printed."""
     n = confusion.shape[0]
     names = list(class_names) if class_names else [str(i) for i in range(n)]
@@ -73,8 +80,15 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str] | No
     ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, int(confusion[i, j]), ha='center', va='center', fontsize=7,
-                    color='white' if rates[i, j] > 0.5 else 'black')
+            ax.text(
+                j,
+                i,
+                int(confusion[i, j]),
+                ha='center',
+                va='center',
+                fontsize=7,
+                color='white' if rates[i, j] > 0.5 else 'black',
+            )
     ax.set_xticks(range(n), names, rotation=45, ha='right', fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel('predicted')
@@ -91,16 +105,18 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> 
     n, height, width, channels = images.shape
     columns = columns or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / columns))
-    grid = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 255,
-                   np.uint8)
+    grid = np.full(
+        (rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 255, np.uint8
+    )
     for i, image in enumerate(images):
         top, left = pad + (i // columns) * (height + pad), pad + (i % columns) * (width + pad)
-        grid[top:top + height, left:left + width] = np.round(image * 255).astype(np.uint8)
+        grid[top : top + height, left : left + width] = np.round(image * 255).astype(np.uint8)
     return grid
 
 
-def save_image_grid(images: np.ndarray, out_path: Path, *, columns: int | None = None,
-                    zoom: int = 3) -> Path:
+def save_image_grid(
+    images: np.ndarray, out_path: Path, *, columns: int | None = None, zoom: int = 3
+) -> Path:
     """Writes `image_grid(images)` as a PNG, each pixel drawn `zoom` x `zoom` (nearest
     neighbour) so that 8x8 and 28x28 samples are visible at a glance."""
     from PIL import Image  # pillow comes with matplotlib

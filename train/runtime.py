@@ -52,8 +52,11 @@ YNN_FUSION_BY_FAMILY_AND_DTYPE = {
     ('vit', 'float32'): '-individual_convolution,-individual_dot,-dot',
 }
 # glibc malloc: one arena, no mmap for large blocks, never trim the heap (64 GiB threshold).
-MALLOC_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
-              'MALLOC_TRIM_THRESHOLD_': str(64 << 30)}
+MALLOC_ENV = {
+    'MALLOC_ARENA_MAX': '1',
+    'MALLOC_MMAP_MAX_': '0',
+    'MALLOC_TRIM_THRESHOLD_': str(64 << 30),
+}
 MALLOC_ENV_FAMILIES = ('resnet', 'language_model')
 # Families whose small convolutions ran faster on XLA's kernels than on oneDNN's.
 CONV_BACKEND_BY_FAMILY = {'cnn': 'xla'}
@@ -75,16 +78,23 @@ def default_block() -> ml_collections.ConfigDict:
 
 def check_block(block: Mapping[str, Any]) -> None:
     """Raises ValueError naming a bad `config.runtime` value and the valid choices."""
-    for key, valid in (('xla_flags', XLA_FLAG_CHOICES), ('conv_backend', switch.CONV_BACKENDS),
-                       ('attention', switch.ATTENTION_BACKENDS), ('malloc', MALLOC_CHOICES)):
+    for key, valid in (
+        ('xla_flags', XLA_FLAG_CHOICES),
+        ('conv_backend', switch.CONV_BACKENDS),
+        ('attention', switch.ATTENTION_BACKENDS),
+        ('malloc', MALLOC_CHOICES),
+    ):
         if block[key] not in valid:
-            raise ValueError(f'config.runtime.{key}={block[key]!r} is not valid; choose one of '
-                             f'{list(valid)}')
+            raise ValueError(
+                f'config.runtime.{key}={block[key]!r} is not valid; choose one of {list(valid)}'
+            )
     if block['cpu_devices'] < 1:
         raise ValueError(f'config.runtime.cpu_devices must be >= 1, got {block["cpu_devices"]}')
     if block['micro_batch_size'] < -1:
-        raise ValueError('config.runtime.micro_batch_size must be -1 (auto), 0 (whole batches) '
-                         f'or a size > 0, got {block["micro_batch_size"]}')
+        raise ValueError(
+            'config.runtime.micro_batch_size must be -1 (auto), 0 (whole batches) '
+            f'or a size > 0, got {block["micro_batch_size"]}'
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +138,10 @@ def detect_platform() -> str:
     if wanted:
         first = wanted.split(',')[0]
         return {'cuda': 'gpu', 'rocm': 'gpu'}.get(first, first)
-    names = {(dist.metadata['Name'] or '').lower().replace('_', '-')
-             for dist in importlib.metadata.distributions()}
+    names = {
+        (dist.metadata['Name'] or '').lower().replace('_', '-')
+        for dist in importlib.metadata.distributions()
+    }
     if any(name.startswith('libtpu') for name in names):
         return 'tpu'
     if any(name.startswith(('jax-cuda', 'jax-rocm')) for name in names):
@@ -140,10 +152,15 @@ def detect_platform() -> str:
 def host_facts(processes: int = 1, platform: str | None = None) -> Host:
     """Reads the machine and the environment (changes nothing)."""
     from jaxlib.version import __version__ as jaxlib_version  # starts no backend
-    return Host(platform=platform or detect_platform(), jaxlib_version=jaxlib_version,
-                libc=platform_lib.libc_ver()[0], xla_flags=os.environ.get('XLA_FLAGS', ''),
-                environ_malloc={k: os.environ[k] for k in MALLOC_ENV if k in os.environ},
-                processes=processes)
+
+    return Host(
+        platform=platform or detect_platform(),
+        jaxlib_version=jaxlib_version,
+        libc=platform_lib.libc_ver()[0],
+        xla_flags=os.environ.get('XLA_FLAGS', ''),
+        environ_malloc={k: os.environ[k] for k in MALLOC_ENV if k in os.environ},
+        processes=processes,
+    )
 
 
 def cpu_xla_flags(family: str | None = None, dtype: str = 'float32') -> list[str]:
@@ -152,8 +169,9 @@ def cpu_xla_flags(family: str | None = None, dtype: str = 'float32') -> list[str
     return [f'{YNN_FUSION_FLAG}={fusion}']
 
 
-def cpu_grad_accum_steps(family: str | None, batch_size: int, devices: int,
-                         micro_batch_size: int = -1) -> int:
+def cpu_grad_accum_steps(
+    family: str | None, batch_size: int, devices: int, micro_batch_size: int = -1
+) -> int:
     """Micro-batches per step at a global `batch_size` over `devices`: per-device batch /
     micro-batch size (`micro_batch_size`, or with -1 the family's measured size) when that
     divides into more than one, else 1 (whole batches)."""
@@ -183,8 +201,11 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
     on_cpu = host.platform == 'cpu'
     measured = on_cpu and host.jaxlib_version.startswith(MEASURED_JAXLIB)
     reasons: dict[str, str] = {}
-    why_not = (f'not a CPU run ({host.platform})' if not on_cpu else
-               f'jaxlib {host.jaxlib_version} not measured (measured: {MEASURED_JAXLIB})')
+    why_not = (
+        f'not a CPU run ({host.platform})'
+        if not on_cpu
+        else f'jaxlib {host.jaxlib_version} not measured (measured: {MEASURED_JAXLIB})'
+    )
 
     cpu_devices = _cpu_device_count(host, block.cpu_devices) if on_cpu else 1
     if on_cpu and CPU_DEVICE_COUNT_FLAG in host.xla_flags:
@@ -197,24 +218,29 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
     elif measured:
         own = [f for f in cpu_xla_flags(family, dtype) if f.split('=')[0] not in host.xla_flags]
         flags += own
-        reasons['xla_flags'] = (f'measured fastest for ({family}, {dtype})' if own else
-                                'XLA_FLAGS already sets them')
+        reasons['xla_flags'] = (
+            f'measured fastest for ({family}, {dtype})' if own else 'XLA_FLAGS already sets them'
+        )
     else:
         reasons['xla_flags'] = f'none: {why_not}'
 
     conv = block.conv_backend
     if not on_cpu:
-        conv, reasons['conv_backend'] = 'xla', f'XLA\'s on {host.platform}'
+        conv, reasons['conv_backend'] = 'xla', f"XLA's on {host.platform}"
     elif conv == 'auto':
         conv = CONV_BACKEND_BY_FAMILY.get(family, 'onednn')
-        reasons['conv_backend'] = (f'{conv}: measured faster for family {family}'
-                                   if family in CONV_BACKEND_BY_FAMILY else
-                                   'onednn: faster than XLA\'s on the CPU where it builds')
+        reasons['conv_backend'] = (
+            f'{conv}: measured faster for family {family}'
+            if family in CONV_BACKEND_BY_FAMILY
+            else "onednn: faster than XLA's on the CPU where it builds"
+        )
     else:
         reasons['conv_backend'] = f'config.runtime.conv_backend={conv}'
-    reasons['attention'] = (f'config.runtime.attention={block.attention}'
-                            if block.attention != 'auto' else
-                            'auto: cuDNN where it applies on a GPU, else plain')
+    reasons['attention'] = (
+        f'config.runtime.attention={block.attention}'
+        if block.attention != 'auto'
+        else 'auto: cuDNN where it applies on a GPU, else plain'
+    )
 
     malloc: dict[str, str] = {}
     if block.malloc == 'default':
@@ -224,9 +250,13 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
     elif block.malloc == 'heap' or (block.malloc == 'auto' and measured):
         wanted = MALLOC_ENV if block.malloc == 'heap' else cpu_malloc_env(family)
         malloc = {k: host.environ_malloc.get(k, v) for k, v in wanted.items()}
-        reasons['malloc'] = ("config.runtime.malloc='heap'" if block.malloc == 'heap' else
-                             f'measured faster for family {family}' if wanted else
-                             f"glibc's defaults: not measured faster for family {family}")
+        reasons['malloc'] = (
+            "config.runtime.malloc='heap'"
+            if block.malloc == 'heap'
+            else f'measured faster for family {family}'
+            if wanted
+            else f"glibc's defaults: not measured faster for family {family}"
+        )
         kept = {k: v for k, v in host.environ_malloc.items() if wanted.get(k, v) != v}
         if kept:
             reasons['malloc'] += f'; the values the environment sets are kept: {kept}'
@@ -242,26 +272,38 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
     elif not _can_accumulate(config):
         reasons['grad_accum_steps'] = 'whole batches: the task does not accumulate gradients'
     elif block.micro_batch_size > 0 or (measured and family in MICRO_BATCH_BY_FAMILY):
-        accum = cpu_grad_accum_steps(family, int(config.batch_size), devices,
-                                     block.micro_batch_size)
+        accum = cpu_grad_accum_steps(
+            family, int(config.batch_size), devices, block.micro_batch_size
+        )
         reasons['grad_accum_steps'] = (
             f'micro-batches of {block.micro_batch_size if block.micro_batch_size > 0 else MICRO_BATCH_BY_FAMILY[family]} '
-            f'examples per device over {devices} device(s)')
+            f'examples per device over {devices} device(s)'
+        )
     else:
         reasons['grad_accum_steps'] = 'whole batches'
-    return Runtime(platform=host.platform, family=family, dtype=dtype, cpu_devices=cpu_devices,
-                   devices=devices, xla_flags=tuple(flags), conv_backend=conv,
-                   conv_backend_required=on_cpu and block.conv_backend == 'onednn',
-                   attention=block.attention, malloc_env=tuple(sorted(malloc.items())),
-                   grad_accum_steps=accum, reasons=tuple(sorted(reasons.items())))
+    return Runtime(
+        platform=host.platform,
+        family=family,
+        dtype=dtype,
+        cpu_devices=cpu_devices,
+        devices=devices,
+        xla_flags=tuple(flags),
+        conv_backend=conv,
+        conv_backend_required=on_cpu and block.conv_backend == 'onednn',
+        attention=block.attention,
+        malloc_env=tuple(sorted(malloc.items())),
+        grad_accum_steps=accum,
+        reasons=tuple(sorted(reasons.items())),
+    )
 
 
 def _can_accumulate(config: ml_collections.ConfigDict) -> bool:
     return task_class(config.task).accumulates_gradients(config)
 
 
-def apply(runtime: Runtime, *, starting_process: bool,
-          restart_command: Sequence[str] | None = None) -> Runtime:
+def apply(
+    runtime: Runtime, *, starting_process: bool, restart_command: Sequence[str] | None = None
+) -> Runtime:
     """Puts `runtime` in force and returns what is in force. The only code that touches
     os.environ or re-executes the process.
 
@@ -292,24 +334,31 @@ def apply(runtime: Runtime, *, starting_process: bool,
     conv = runtime.conv_backend
     if runtime.platform == 'cpu' and conv == 'onednn':
         from nets.kernels import onednn_conv
+
         problem = onednn_conv.unavailable_reason()  # builds it now, not while tracing
         if problem is not None:
             if runtime.conv_backend_required:
                 raise onednn_conv.OnednnUnavailable(
-                    f"config.runtime.conv_backend='onednn', but: {problem}")
+                    f"config.runtime.conv_backend='onednn', but: {problem}"
+                )
             conv = 'xla'
             reasons['conv_backend'] = f'xla: oneDNN unavailable ({problem.splitlines()[0]})'
     if starting_process:  # a caller's process keeps its switch: the loop sets it per run
         switch.set_kernels(conv=conv, attention=runtime.attention)
-    return dataclasses.replace(runtime, xla_flags=flags, conv_backend=conv,
-                               malloc_env=tuple(sorted(malloc.items())),
-                               reasons=tuple(sorted(reasons.items())))
+    return dataclasses.replace(
+        runtime,
+        xla_flags=flags,
+        conv_backend=conv,
+        malloc_env=tuple(sorted(malloc.items())),
+        reasons=tuple(sorted(reasons.items())),
+    )
 
 
 def record(runtime: Runtime) -> dict[str, Any]:
     """The runtime as the run's config.json and summary.json keep it: every choice with its
     reason, the library versions, and the devices JAX found."""
     import jax
+
     devices = jax.devices()
     return {
         'platform': runtime.platform,

@@ -42,29 +42,36 @@ def check_batch_divides(global_batch_size: int, mesh: Mesh, what: str = 'batch_s
     """A global batch must split evenly over devices and processes."""
     devices = mesh.devices.size
     if global_batch_size % devices:
-        raise ValueError(f'{what}={global_batch_size} does not divide over {devices} devices; '
-                         f'use a multiple of {devices}')
+        raise ValueError(
+            f'{what}={global_batch_size} does not divide over {devices} devices; '
+            f'use a multiple of {devices}'
+        )
     if global_batch_size % jax.process_count():
-        raise ValueError(f'{what}={global_batch_size} does not divide over '
-                         f'{jax.process_count()} processes')
+        raise ValueError(
+            f'{what}={global_batch_size} does not divide over {jax.process_count()} processes'
+        )
 
 
 def host_to_global(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's slice of the batch -> one global jax.Array per key, sharded on `data`."""
     sharding = batch_sharding(mesh)
-    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for key, value in host_batch.items()}
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for key, value in host_batch.items()
+    }
 
 
 def fetch(tree: Any) -> Any:
     """Device values -> host numpy, also for arrays spread over several processes (every process
     gets the full value)."""
+
     def to_host(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             if x.sharding.is_fully_replicated:
                 return np.asarray(x.addressable_data(0))
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
+
     return jax.tree.map(to_host, tree)
 
 
@@ -87,8 +94,9 @@ def fsdp_spec(shape: Sequence[int], num_devices: int, min_size: int) -> Partitio
     return PartitionSpec(*([None] * dim + [DATA_AXIS]))
 
 
-def parameter_specs(params: Any, rules: Sequence[Sequence[str]], num_devices: int,
-                    min_size: int) -> dict[str, PartitionSpec]:
+def parameter_specs(
+    params: Any, rules: Sequence[Sequence[str]], num_devices: int, min_size: int
+) -> dict[str, PartitionSpec]:
     """Parameter path -> PartitionSpec, from (regex, strategy) rules; the first rule whose regex
     matches the whole path decides, unmatched parameters are replicated."""
     compiled = [(re.compile(pattern), strategy) for pattern, strategy in rules]
@@ -105,8 +113,9 @@ def parameter_specs(params: Any, rules: Sequence[Sequence[str]], num_devices: in
     return specs
 
 
-def state_shardings(state_shapes: Any, mesh: Mesh, rules: Sequence[Sequence[str]] = (),
-                    min_size: int = 0) -> Any:
+def state_shardings(
+    state_shapes: Any, mesh: Mesh, rules: Sequence[Sequence[str]] = (), min_size: int = 0
+) -> Any:
     """NamedShardings for a train state (or any tree holding parameters): a leaf gets its
     parameter's spec when its dict-key path and shape are a parameter's (parameters, optimiser
     moments, accumulated gradients, the EMA); everything else is replicated."""
@@ -114,8 +123,9 @@ def state_shardings(state_shapes: Any, mesh: Mesh, rules: Sequence[Sequence[str]
         return jax.tree.map(lambda _: replicated(mesh), state_shapes)
     params = state_shapes.params
     specs = parameter_specs(params, rules, mesh.devices.size, min_size)
-    shapes = {param_path(k): tuple(v.shape)
-              for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    shapes = {
+        param_path(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
 
     def sharding(key_path, leaf):
         path = param_path(key_path)

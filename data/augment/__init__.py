@@ -22,21 +22,73 @@ Modules, by responsibility:
   pipeline.py     OPS, check_ops, make_augmenter, Augmenter (stages, keys, fused warps)
 """
 
-from data.augment.geometry import (FILL_MODES, center_crop, flip_lr, flip_ud, random_resized_crop,
-                                   rotate, rotation_matrix, scale, scale_matrix, shear, shear_matrix,
-                                   stretch, translate, translation_matrix, warp)
+from data.augment.geometry import (
+    FILL_MODES,
+    center_crop,
+    flip_lr,
+    flip_ud,
+    random_resized_crop,
+    rotate,
+    rotation_matrix,
+    scale,
+    scale_matrix,
+    shear,
+    shear_matrix,
+    stretch,
+    translate,
+    translation_matrix,
+    warp,
+)
 from data.augment.mixing import cutmix, mixup
 from data.augment.occlusion import cutout, random_erasing
-from data.augment.photometric import (brightness, color_jitter, contrast, gaussian_blur, gaussian_noise,
-                                      hue, saturation)
+from data.augment.photometric import (
+    brightness,
+    color_jitter,
+    contrast,
+    gaussian_blur,
+    gaussian_noise,
+    hue,
+    saturation,
+)
 from data.augment.pipeline import OPS, Augmenter, check_ops, describe_ops, make_augmenter, plan
 from data.augment.randaugment import randaugment
 from data.augment.spec import KINDS, OpSpec, Param
 
 __all__ = [
-    'FILL_MODES', 'KINDS', 'OPS', 'Augmenter', 'OpSpec', 'Param', 'brightness', 'center_crop',
-    'check_ops', 'color_jitter', 'contrast', 'cutmix', 'cutout', 'describe_ops', 'flip_lr', 'flip_ud',
-    'gaussian_blur', 'gaussian_noise', 'hue', 'make_augmenter', 'mixup', 'plan', 'random_erasing',
-    'random_resized_crop', 'randaugment', 'rotate', 'rotation_matrix', 'saturation', 'scale',
-    'scale_matrix', 'shear', 'shear_matrix', 'stretch', 'translate', 'translation_matrix', 'warp',
+    'FILL_MODES',
+    'KINDS',
+    'OPS',
+    'Augmenter',
+    'OpSpec',
+    'Param',
+    'brightness',
+    'center_crop',
+    'check_ops',
+    'color_jitter',
+    'contrast',
+    'cutmix',
+    'cutout',
+    'describe_ops',
+    'flip_lr',
+    'flip_ud',
+    'gaussian_blur',
+    'gaussian_noise',
+    'hue',
+    'make_augmenter',
+    'mixup',
+    'plan',
+    'random_erasing',
+    'random_resized_crop',
+    'randaugment',
+    'rotate',
+    'rotation_matrix',
+    'saturation',
+    'scale',
+    'scale_matrix',
+    'shear',
+    'shear_matrix',
+    'stretch',
+    'translate',
+    'translation_matrix',
+    'warp',
 ]

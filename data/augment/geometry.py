@@ -25,13 +25,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from data.augment.spec import (FIXED, GEOMETRIC, Draw, OpSpec, Param, below, check_order, in_range,
-                               log_in_range, probability)
+from data.augment.spec import (
+    FIXED,
+    GEOMETRIC,
+    Draw,
+    OpSpec,
+    Param,
+    below,
+    check_order,
+    in_range,
+    log_in_range,
+    probability,
+)
 
 FILL_MODES = ('constant', 'nearest', 'reflect', 'wrap')
 
 
 # ---------------------------------------------------------------------------- matrices
+
 
 def identity_matrix() -> jax.Array:
     return jnp.eye(3, dtype=jnp.float32)
@@ -72,11 +83,30 @@ def compose(later: jax.Array, earlier: jax.Array) -> jax.Array:
     """later @ earlier for affine matrices, written out element by element: it fuses with the
     code around it (a matmul is a kernel of its own on GPU), and stays exact float32 where
     GPUs (TF32) and TPUs (bfloat16 passes) would round a float32 matmul to ~3 digits."""
-    a, b, tx, c, d, ty = (later[0, 0], later[0, 1], later[0, 2], later[1, 0], later[1, 1], later[1, 2])
-    e, f, ux, g, h, uy = (earlier[0, 0], earlier[0, 1], earlier[0, 2], earlier[1, 0], earlier[1, 1],
-                          earlier[1, 2])
-    return _affine(a * e + b * g, a * f + b * h, a * ux + b * uy + tx,
-                   c * e + d * g, c * f + d * h, c * ux + d * uy + ty)
+    a, b, tx, c, d, ty = (
+        later[0, 0],
+        later[0, 1],
+        later[0, 2],
+        later[1, 0],
+        later[1, 1],
+        later[1, 2],
+    )
+    e, f, ux, g, h, uy = (
+        earlier[0, 0],
+        earlier[0, 1],
+        earlier[0, 2],
+        earlier[1, 0],
+        earlier[1, 1],
+        earlier[1, 2],
+    )
+    return _affine(
+        a * e + b * g,
+        a * f + b * h,
+        a * ux + b * uy + tx,
+        c * e + d * g,
+        c * f + d * h,
+        c * ux + d * uy + ty,
+    )
 
 
 def invert_affine(matrix: jax.Array) -> jax.Array:
@@ -90,15 +120,20 @@ def invert_affine(matrix: jax.Array) -> jax.Array:
 
 # ---------------------------------------------------------------------------- the warp
 
-def warp(image: jax.Array, matrix: jax.Array, fill_mode: str = 'constant',
-         fill_value: float = 0.0) -> jax.Array:
+
+def warp(
+    image: jax.Array, matrix: jax.Array, fill_mode: str = 'constant', fill_value: float = 0.0
+) -> jax.Array:
     """Resamples one (H, W, C) float image through the forward affine `matrix` (bilinear)."""
     if fill_mode not in FILL_MODES:
-        raise ValueError(f"Unknown fill_mode {fill_mode!r}; valid choices: {list(FILL_MODES)}")
+        raise ValueError(f'Unknown fill_mode {fill_mode!r}; valid choices: {list(FILL_MODES)}')
     height, width, channels = image.shape
     cy, cx = (height - 1) / 2, (width - 1) / 2
-    ys, xs = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) - cy,
-                          jnp.arange(width, dtype=jnp.float32) - cx, indexing='ij')
+    ys, xs = jnp.meshgrid(
+        jnp.arange(height, dtype=jnp.float32) - cy,
+        jnp.arange(width, dtype=jnp.float32) - cx,
+        indexing='ij',
+    )
     inverse = invert_affine(matrix)
     src_x = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2] + cx
     src_y = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2] + cy
@@ -118,7 +153,9 @@ def warp(image: jax.Array, matrix: jax.Array, fill_mode: str = 'constant',
     if fill_mode == 'constant':
         taps = jnp.where(inside[..., None], taps, jnp.asarray(fill_value, image.dtype))
     v00, v01, v10, v11 = taps
-    return ((1 - fy) * ((1 - fx) * v00 + fx * v01) + fy * ((1 - fx) * v10 + fx * v11)).astype(image.dtype)
+    return ((1 - fy) * ((1 - fx) * v00 + fx * v01) + fy * ((1 - fx) * v10 + fx * v11)).astype(
+        image.dtype
+    )
 
 
 def _remap(index: jax.Array, size: int, fill_mode: str) -> jax.Array:
@@ -133,13 +170,15 @@ def _remap(index: jax.Array, size: int, fill_mode: str) -> jax.Array:
 
 # ---------------------------------------------------------------------------- the ops
 
+
 def _fill_params(p_default: float = 1.0) -> dict[str, Param]:
     # fill_mode/fill_value belong to the warp that a run of consecutive geometric ops shares;
     # the pipeline checks the ops of a run agree (see pipeline.py).
     return {
         'p': probability(p_default),
-        'fill_mode': Param('choice', 'constant', 'how points outside the input are filled',
-                           choices=FILL_MODES),
+        'fill_mode': Param(
+            'choice', 'constant', 'how points outside the input are filled', choices=FILL_MODES
+        ),
         'fill_value': Param('float', 0.0, "value of 'constant' fill", 0.0, 1.0),
     }
 
@@ -181,7 +220,7 @@ def _sample_random_resized_crop(u, shape, *, p, scale, ratio, **_) -> Draw:
     height, width = shape[0], shape[1]
     n = RESIZED_CROP_ATTEMPTS
     area = in_range(u[:n], scale) * height * width
-    aspect = log_in_range(u[n:2 * n], ratio)  # width / height
+    aspect = log_in_range(u[n : 2 * n], ratio)  # width / height
     crop_w, crop_h = jnp.sqrt(area * aspect), jnp.sqrt(area / aspect)
     fits = (crop_w <= width) & (crop_h <= height)
     first = jnp.argmax(fits)  # index of the first box that fits (0 when none does)
@@ -191,8 +230,13 @@ def _sample_random_resized_crop(u, shape, *, p, scale, ratio, **_) -> Draw:
     # Centre offset from the image centre, anywhere that keeps the box inside the image.
     center_x = (2 * u[2 * n + 1] - 1) * (width - crop_w) / 2
     center_y = (2 * u[2 * n + 2] - 1) * (height - crop_h) / 2
-    return {'apply': below(u[2 * n], p), 'crop_width': crop_w, 'crop_height': crop_h,
-            'center_x': center_x, 'center_y': center_y}
+    return {
+        'apply': below(u[2 * n], p),
+        'crop_width': crop_w,
+        'crop_height': crop_h,
+        'center_x': center_x,
+        'center_y': center_y,
+    }
 
 
 def _crop_matrix(draw: Draw, shape) -> jax.Array:
@@ -207,80 +251,151 @@ def _check_scale(params) -> None:
 
 
 def _check_center_crop(params) -> None:
-    check_order('center_crop', 'min_fraction', params['min_fraction'],
-                'max_fraction', params['max_fraction'])
+    check_order(
+        'center_crop',
+        'min_fraction',
+        params['min_fraction'],
+        'max_fraction',
+        params['max_fraction'],
+    )
 
 
 rotate = OpSpec(
-    'rotate', GEOMETRIC, 'rotation by a uniform angle (degrees, counter-clockwise)',
-    {'degrees': Param('range', (0.0, 360.0), 'angle range in degrees', -360.0, 360.0),
-     **_fill_params()},
-    sample=_sample_rotate, draws=2,
-    matrix=lambda draw, shape: _gated(draw, rotation_matrix(draw['degrees'])))
+    'rotate',
+    GEOMETRIC,
+    'rotation by a uniform angle (degrees, counter-clockwise)',
+    {
+        'degrees': Param('range', (0.0, 360.0), 'angle range in degrees', -360.0, 360.0),
+        **_fill_params(),
+    },
+    sample=_sample_rotate,
+    draws=2,
+    matrix=lambda draw, shape: _gated(draw, rotation_matrix(draw['degrees'])),
+)
 
 translate = OpSpec(
-    'translate', GEOMETRIC, 'shift by dx, dy uniform in [-max_pixels, max_pixels] (independent)',
+    'translate',
+    GEOMETRIC,
+    'shift by dx, dy uniform in [-max_pixels, max_pixels] (independent)',
     {'max_pixels': Param('float', 10.0, 'largest shift in pixels', 0.0, 1e4), **_fill_params()},
-    sample=_sample_translate, draws=3,
-    matrix=lambda draw, shape: _gated(draw, translation_matrix(draw['dx'], draw['dy'])))
+    sample=_sample_translate,
+    draws=3,
+    matrix=lambda draw, shape: _gated(draw, translation_matrix(draw['dx'], draw['dy'])),
+)
 
 scale = OpSpec(
-    'scale', GEOMETRIC, 'isotropic zoom by a log-uniform factor in [min_factor, max_factor]',
-    {'min_factor': Param('float', 1 / 1.6, 'smallest factor (< 1 shrinks)', 0.0, 100.0, open_low=True),
-     'max_factor': Param('float', 1.6, 'largest factor (> 1 magnifies)', 0.0, 100.0, open_low=True),
-     **_fill_params()},
-    sample=_sample_scale, draws=2,
+    'scale',
+    GEOMETRIC,
+    'isotropic zoom by a log-uniform factor in [min_factor, max_factor]',
+    {
+        'min_factor': Param(
+            'float', 1 / 1.6, 'smallest factor (< 1 shrinks)', 0.0, 100.0, open_low=True
+        ),
+        'max_factor': Param(
+            'float', 1.6, 'largest factor (> 1 magnifies)', 0.0, 100.0, open_low=True
+        ),
+        **_fill_params(),
+    },
+    sample=_sample_scale,
+    draws=2,
     matrix=lambda draw, shape: _gated(draw, scale_matrix(draw['factor'], draw['factor'])),
-    validate=_check_scale)
+    validate=_check_scale,
+)
 
 flip_lr = OpSpec(
-    'flip_lr', GEOMETRIC, 'horizontal (left-right) flip with probability p',
+    'flip_lr',
+    GEOMETRIC,
+    'horizontal (left-right) flip with probability p',
     _fill_params(p_default=0.5),
-    sample=_sample_flip, draws=1,
-    matrix=lambda draw, shape: _gated(draw, scale_matrix(-1.0, 1.0)))
+    sample=_sample_flip,
+    draws=1,
+    matrix=lambda draw, shape: _gated(draw, scale_matrix(-1.0, 1.0)),
+)
 
 flip_ud = OpSpec(
-    'flip_ud', GEOMETRIC, 'vertical (up-down) flip with probability p',
+    'flip_ud',
+    GEOMETRIC,
+    'vertical (up-down) flip with probability p',
     _fill_params(p_default=0.5),
-    sample=_sample_flip, draws=1,
-    matrix=lambda draw, shape: _gated(draw, scale_matrix(1.0, -1.0)))
+    sample=_sample_flip,
+    draws=1,
+    matrix=lambda draw, shape: _gated(draw, scale_matrix(1.0, -1.0)),
+)
 
 shear = OpSpec(
-    'shear', GEOMETRIC, 'horizontal shear: verticals lean by a uniform angle (degrees)',
-    {'degrees': Param('range', (-20.0, 20.0), 'shear angle range in degrees', -75.0, 75.0),
-     **_fill_params()},
-    sample=_sample_rotate, draws=2,  # the same draw: an angle in a range
-    matrix=lambda draw, shape: _gated(draw, shear_matrix(draw['degrees'], 0.0)))
+    'shear',
+    GEOMETRIC,
+    'horizontal shear: verticals lean by a uniform angle (degrees)',
+    {
+        'degrees': Param('range', (-20.0, 20.0), 'shear angle range in degrees', -75.0, 75.0),
+        **_fill_params(),
+    },
+    sample=_sample_rotate,
+    draws=2,  # the same draw: an angle in a range
+    matrix=lambda draw, shape: _gated(draw, shear_matrix(draw['degrees'], 0.0)),
+)
 
 stretch = OpSpec(
-    'stretch', GEOMETRIC,
+    'stretch',
+    GEOMETRIC,
     'anisotropic scale: x by f and y by 1/f, f log-uniform in [1/max_factor, max_factor]',
     {'max_factor': Param('float', 1.3, 'largest stretch factor', 1.0, 100.0), **_fill_params()},
-    sample=_sample_stretch, draws=2,
-    matrix=lambda draw, shape: _gated(draw, scale_matrix(draw['factor'], 1 / draw['factor'])))
+    sample=_sample_stretch,
+    draws=2,
+    matrix=lambda draw, shape: _gated(draw, scale_matrix(draw['factor'], 1 / draw['factor'])),
+)
 
 center_crop = OpSpec(
-    'center_crop', GEOMETRIC,
+    'center_crop',
+    GEOMETRIC,
     'crop a centred box of side fraction f (uniform in [min_fraction, max_fraction]) of the '
     'image, resampled back to full size',
-    {'min_fraction': Param('float', 0.75, 'smallest side fraction', 0.0, 1.0, open_low=True),
-     'max_fraction': Param('float', 1.0, 'largest side fraction', 0.0, 1.0, open_low=True),
-     **_fill_params()},
-    sample=_sample_center_crop, draws=2,
-    matrix=lambda draw, shape: _gated(draw, scale_matrix(1 / draw['fraction'], 1 / draw['fraction'])),
-    validate=_check_center_crop)
+    {
+        'min_fraction': Param('float', 0.75, 'smallest side fraction', 0.0, 1.0, open_low=True),
+        'max_fraction': Param('float', 1.0, 'largest side fraction', 0.0, 1.0, open_low=True),
+        **_fill_params(),
+    },
+    sample=_sample_center_crop,
+    draws=2,
+    matrix=lambda draw, shape: _gated(
+        draw, scale_matrix(1 / draw['fraction'], 1 / draw['fraction'])
+    ),
+    validate=_check_center_crop,
+)
 
 random_resized_crop = OpSpec(
-    'random_resized_crop', GEOMETRIC,
+    'random_resized_crop',
+    GEOMETRIC,
     'Inception crop: area fraction uniform in scale, aspect (w/h) log-uniform in ratio, '
     f'placed uniformly, resampled to full size ({RESIZED_CROP_ATTEMPTS} tries, then the whole image)',
-    {'scale': Param('range', (0.08, 1.0), 'area fraction range', 0.0, 1.0, open_low=True, scalar=FIXED),
-     'ratio': Param('range', (3 / 4, 4 / 3), 'aspect ratio (width / height) range', 0.0, 100.0,
-                    open_low=True, scalar=FIXED),
-     **_fill_params()},
-    sample=_sample_random_resized_crop, draws=2 * RESIZED_CROP_ATTEMPTS + 3,
-    matrix=_crop_matrix)
+    {
+        'scale': Param(
+            'range', (0.08, 1.0), 'area fraction range', 0.0, 1.0, open_low=True, scalar=FIXED
+        ),
+        'ratio': Param(
+            'range',
+            (3 / 4, 4 / 3),
+            'aspect ratio (width / height) range',
+            0.0,
+            100.0,
+            open_low=True,
+            scalar=FIXED,
+        ),
+        **_fill_params(),
+    },
+    sample=_sample_random_resized_crop,
+    draws=2 * RESIZED_CROP_ATTEMPTS + 3,
+    matrix=_crop_matrix,
+)
 
-GEOMETRIC_OPS = (rotate, translate, scale, flip_lr, flip_ud, shear, stretch, center_crop,
-                 random_resized_crop)
-
+GEOMETRIC_OPS = (
+    rotate,
+    translate,
+    scale,
+    flip_lr,
+    flip_ud,
+    shear,
+    stretch,
+    center_crop,
+    random_resized_crop,
+)

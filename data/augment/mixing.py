@@ -54,30 +54,46 @@ def _sample_cutmix(key, shape, *, alpha, p) -> Draw:
     left, right = jnp.clip(center_x - half_w, 0, width), jnp.clip(center_x + half_w, 0, width)
     bottom = jnp.where(apply, bottom, top)  # not applied: an empty box
     area = (bottom - top) * (right - left)
-    return {'apply': apply, 'lam': 1.0 - area / (height * width), 'top': top, 'left': left,
-            'height': bottom - top, 'width': right - left}
+    return {
+        'apply': apply,
+        'lam': 1.0 - area / (height * width),
+        'top': top,
+        'left': left,
+        'height': bottom - top,
+        'width': right - left,
+    }
 
 
 def _mix_cutmix(images, probs, draw, **_) -> tuple[jax.Array, jax.Array]:
-    mask = box_mask(images.shape[1], images.shape[2], draw['top'], draw['left'], draw['height'],
-                    draw['width'])
+    mask = box_mask(
+        images.shape[1], images.shape[2], draw['top'], draw['left'], draw['height'], draw['width']
+    )
     lam = draw['lam'].astype(probs.dtype)
     return jnp.where(mask, images[::-1], images), lam * probs + (1 - lam) * probs[::-1]
 
 
 mixup = OpSpec(
-    'mixup', MIXING,
+    'mixup',
+    MIXING,
     'Zhang et al.: blend each example and its label with its partner, lam ~ Beta(alpha, alpha)',
-    {'alpha': Param('float', 0.2, 'Beta distribution parameter; 0 turns it off', 0.0, 100.0),
-     'p': Param('float', 1.0, 'probability of mixing a batch', 0.0, 1.0)},
+    {
+        'alpha': Param('float', 0.2, 'Beta distribution parameter; 0 turns it off', 0.0, 100.0),
+        'p': Param('float', 1.0, 'probability of mixing a batch', 0.0, 1.0),
+    },
     sample=_sample_mixup,
-    mix=_mix_mixup)
+    mix=_mix_mixup,
+)
 
 cutmix = OpSpec(
-    'cutmix', MIXING, "Yun et al.: paste a box of the partner; label weights = exact area fractions",
-    {'alpha': Param('float', 1.0, 'Beta distribution parameter; 0 turns it off', 0.0, 100.0),
-     'p': Param('float', 1.0, 'probability of mixing a batch', 0.0, 1.0)},
+    'cutmix',
+    MIXING,
+    'Yun et al.: paste a box of the partner; label weights = exact area fractions',
+    {
+        'alpha': Param('float', 1.0, 'Beta distribution parameter; 0 turns it off', 0.0, 100.0),
+        'p': Param('float', 1.0, 'probability of mixing a batch', 0.0, 1.0),
+    },
     sample=_sample_cutmix,
-    mix=_mix_cutmix)
+    mix=_mix_cutmix,
+)
 
 MIXING_OPS = (mixup, cutmix)

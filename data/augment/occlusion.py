@@ -11,12 +11,28 @@ import math
 import jax
 import jax.numpy as jnp
 
-from data.augment.spec import (FIXED, OCCLUSION, Draw, OpSpec, Param, below, in_range, integer_below,
-                               log_in_range, probability)
+from data.augment.spec import (
+    FIXED,
+    OCCLUSION,
+    Draw,
+    OpSpec,
+    Param,
+    below,
+    in_range,
+    integer_below,
+    log_in_range,
+    probability,
+)
 
 
-def box_mask(height: int, width: int, top: jax.Array, left: jax.Array, box_height: jax.Array,
-             box_width: jax.Array) -> jax.Array:
+def box_mask(
+    height: int,
+    width: int,
+    top: jax.Array,
+    left: jax.Array,
+    box_height: jax.Array,
+    box_width: jax.Array,
+) -> jax.Array:
     """(H, W, 1) bool: rows [top, top + box_height) x columns [left, left + box_width)."""
     rows = jnp.arange(height)[:, None, None]
     cols = jnp.arange(width)[None, :, None]
@@ -52,7 +68,7 @@ def _sample_random_erasing(u, shape, *, p, area, ratio, **_) -> Draw:
     height, width = shape[0], shape[1]
     n = ERASING_ATTEMPTS
     target = in_range(u[:n], area) * height * width
-    aspect = log_in_range(u[n:2 * n], ratio)  # height / width
+    aspect = log_in_range(u[n : 2 * n], ratio)  # height / width
     box_h = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
     box_w = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
     fits = (box_h >= 1) & (box_w >= 1) & (box_h < height) & (box_w < width)
@@ -61,8 +77,13 @@ def _sample_random_erasing(u, shape, *, p, area, ratio, **_) -> Draw:
     # Uniform over the positions that keep the whole box inside the image.
     top = integer_below(u[2 * n + 1], height - box_h + 1)
     left = integer_below(u[2 * n + 2], width - box_w + 1)
-    return {'apply': below(u[2 * n], p) & fits[first], 'top': top, 'left': left,
-            'height': box_h, 'width': box_w}
+    return {
+        'apply': below(u[2 * n], p) & fits[first],
+        'top': top,
+        'left': left,
+        'height': box_h,
+        'width': box_w,
+    }
 
 
 def _apply_random_erasing(key, image, draw, *, mode, fill_value, **_) -> jax.Array:
@@ -72,35 +93,55 @@ def _apply_random_erasing(key, image, draw, *, mode, fill_value, **_) -> jax.Arr
         fill = jax.random.uniform(key, image.shape[-1:], image.dtype)
     else:
         fill = jnp.asarray(fill_value, image.dtype)
-    mask = box_mask(image.shape[0], image.shape[1], draw['top'], draw['left'], draw['height'],
-                    draw['width'])
+    mask = box_mask(
+        image.shape[0], image.shape[1], draw['top'], draw['left'], draw['height'], draw['width']
+    )
     return jnp.where(mask & draw['apply'], fill, image)
 
 
 cutout = OpSpec(
-    'cutout', OCCLUSION,
+    'cutout',
+    OCCLUSION,
     'fill a square (side `size` px, or covering `area` of the image when size=0) centred '
     'uniformly on the image, possibly partly outside',
-    {'size': Param('int', 0, 'side in pixels; 0: use area', 0, 100_000),
-     'area': Param('float', 0.25, 'area fraction of the square when size=0', 0.0, 1.0),
-     'fill': Param('float', 0.0, 'fill value', 0.0, 1.0),
-     'p': probability()},
-    sample=_sample_cutout, draws=3,
-    apply=_apply_cutout)
+    {
+        'size': Param('int', 0, 'side in pixels; 0: use area', 0, 100_000),
+        'area': Param('float', 0.25, 'area fraction of the square when size=0', 0.0, 1.0),
+        'fill': Param('float', 0.0, 'fill value', 0.0, 1.0),
+        'p': probability(),
+    },
+    sample=_sample_cutout,
+    draws=3,
+    apply=_apply_cutout,
+)
 
 random_erasing = OpSpec(
-    'random_erasing', OCCLUSION,
+    'random_erasing',
+    OCCLUSION,
     'Zhong et al.: with probability p erase a box of area fraction in `area` and aspect '
     f'(h/w) log-uniform in `ratio`, inside the image ({ERASING_ATTEMPTS} tries, else nothing); '
     "fill 'pixel' (uniform noise per value), 'channel' (one random value per channel) or "
     "'constant' (fill_value)",
-    {'area': Param('range', (0.02, 1 / 3), 'area fraction range', 0.0, 1.0, open_low=True, scalar=FIXED),
-     'ratio': Param('range', (0.3, 1 / 0.3), 'aspect ratio (height / width) range', 0.0, 100.0,
-                    open_low=True, scalar=FIXED),
-     'mode': Param('choice', 'pixel', 'how the box is filled', choices=ERASING_MODES),
-     'fill_value': Param('float', 0.0, "value of mode='constant'", 0.0, 1.0),
-     'p': probability(0.5)},
-    sample=_sample_random_erasing, draws=2 * ERASING_ATTEMPTS + 3,
-    apply=_apply_random_erasing)
+    {
+        'area': Param(
+            'range', (0.02, 1 / 3), 'area fraction range', 0.0, 1.0, open_low=True, scalar=FIXED
+        ),
+        'ratio': Param(
+            'range',
+            (0.3, 1 / 0.3),
+            'aspect ratio (height / width) range',
+            0.0,
+            100.0,
+            open_low=True,
+            scalar=FIXED,
+        ),
+        'mode': Param('choice', 'pixel', 'how the box is filled', choices=ERASING_MODES),
+        'fill_value': Param('float', 0.0, "value of mode='constant'", 0.0, 1.0),
+        'p': probability(0.5),
+    },
+    sample=_sample_random_erasing,
+    draws=2 * ERASING_ATTEMPTS + 3,
+    apply=_apply_random_erasing,
+)
 
 OCCLUSION_OPS = (cutout, random_erasing)

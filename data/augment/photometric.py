@@ -27,6 +27,7 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 # ---------------------------------------------------------------------------- image functions
 
+
 def luma(image: jax.Array) -> jax.Array:
     """(H, W, 1) grey level: luma of the first three channels, or the channel mean if C < 3."""
     if image.shape[-1] >= 3:
@@ -73,8 +74,11 @@ def rgb_to_hsv(rgb: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     spread = value - jnp.min(rgb, axis=-1)
     saturation = jnp.where(value > 0, spread / jnp.where(value > 0, value, 1.0), 0.0)
     safe = jnp.where(spread > 0, spread, 1.0)  # grey pixels have no hue; avoid 0/0
-    hue = jnp.where(value == r, (g - b) / safe,
-                    jnp.where(value == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = jnp.where(
+        value == r,
+        (g - b) / safe,
+        jnp.where(value == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe),
+    )
     hue = jnp.where(spread > 0, jnp.mod(hue / 6.0, 1.0), 0.0)
     return hue, saturation, value
 
@@ -84,6 +88,7 @@ def hsv_to_rgb(hue: jax.Array, saturation: jax.Array, value: jax.Array) -> jax.A
     def channel(n: float) -> jax.Array:
         k = jnp.mod(n + hue * 6.0, 6.0)
         return value - value * saturation * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+
     return jnp.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
 
 
@@ -105,20 +110,30 @@ def gaussian_blur_image(image: jax.Array, sigma: jax.Array, kernel_size: int) ->
         pad[axis] = (radius, radius)
         padded = jnp.pad(image, pad, mode='symmetric')
         # A weighted sum of shifted slices: cheaper than a general convolution for these sizes.
-        image = sum(weights[i] * jax.lax.slice_in_dim(padded, i, i + size, axis=axis)
-                    for i in range(kernel_size))
+        image = sum(
+            weights[i] * jax.lax.slice_in_dim(padded, i, i + size, axis=axis)
+            for i in range(kernel_size)
+        )
     return jnp.clip(image, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------- the ops
 
+
 def _factor_param(default: float, what: str) -> Param:
-    return Param('float', default, f'{what} factor drawn uniformly in [1 - max_delta, 1 + max_delta]',
-                 0.0, 1.0)
+    return Param(
+        'float',
+        default,
+        f'{what} factor drawn uniformly in [1 - max_delta, 1 + max_delta]',
+        0.0,
+        1.0,
+    )
 
 
 def _hue_param(default: float) -> Param:
-    return Param('float', default, 'hue shift drawn uniformly in [-max_delta, max_delta] turns', 0.0, 0.5)
+    return Param(
+        'float', default, 'hue shift drawn uniformly in [-max_delta, max_delta] turns', 0.0, 0.5
+    )
 
 
 def _sample_factor(u, shape, *, p, max_delta, **_) -> Draw:
@@ -134,11 +149,13 @@ def _gate(draw: Draw, image: jax.Array, out: jax.Array) -> jax.Array:
 
 
 def _sample_color_jitter(u, shape, *, p, brightness, contrast, saturation, hue) -> Draw:
-    return {'apply': below(u[0], p),
-            'brightness': in_range(u[1], (1 - brightness, 1 + brightness)),
-            'contrast': in_range(u[2], (1 - contrast, 1 + contrast)),
-            'saturation': in_range(u[3], (1 - saturation, 1 + saturation)),
-            'hue': in_range(u[4], (-hue, hue))}
+    return {
+        'apply': below(u[0], p),
+        'brightness': in_range(u[1], (1 - brightness, 1 + brightness)),
+        'contrast': in_range(u[2], (1 - contrast, 1 + contrast)),
+        'saturation': in_range(u[3], (1 - saturation, 1 + saturation)),
+        'hue': in_range(u[4], (-hue, hue)),
+    }
 
 
 def _apply_color_jitter(key, image, draw, **_) -> jax.Array:
@@ -175,51 +192,96 @@ def _check_blur(params) -> None:
 
 
 brightness = OpSpec(
-    'brightness', PHOTOMETRIC, 'multiply the pixels by a factor in [1 - max_delta, 1 + max_delta]',
+    'brightness',
+    PHOTOMETRIC,
+    'multiply the pixels by a factor in [1 - max_delta, 1 + max_delta]',
     {'max_delta': _factor_param(0.4, 'brightness'), 'p': probability()},
-    sample=_sample_factor, draws=2,
-    apply=lambda key, image, draw, **_: _gate(draw, image, adjust_brightness(image, draw['factor'])))
+    sample=_sample_factor,
+    draws=2,
+    apply=lambda key, image, draw, **_: _gate(
+        draw, image, adjust_brightness(image, draw['factor'])
+    ),
+)
 
 contrast = OpSpec(
-    'contrast', PHOTOMETRIC, 'blend with the mean grey level by a factor in [1 - max_delta, 1 + max_delta]',
+    'contrast',
+    PHOTOMETRIC,
+    'blend with the mean grey level by a factor in [1 - max_delta, 1 + max_delta]',
     {'max_delta': _factor_param(0.4, 'contrast'), 'p': probability()},
-    sample=_sample_factor, draws=2,
-    apply=lambda key, image, draw, **_: _gate(draw, image, adjust_contrast(image, draw['factor'])))
+    sample=_sample_factor,
+    draws=2,
+    apply=lambda key, image, draw, **_: _gate(draw, image, adjust_contrast(image, draw['factor'])),
+)
 
 saturation = OpSpec(
-    'saturation', PHOTOMETRIC,
+    'saturation',
+    PHOTOMETRIC,
     'blend with the greyscale image by a factor in [1 - max_delta, 1 + max_delta]; no-op if C < 3',
     {'max_delta': _factor_param(0.4, 'saturation'), 'p': probability()},
-    sample=_sample_factor, draws=2,
-    apply=lambda key, image, draw, **_: _gate(draw, image, adjust_saturation(image, draw['factor'])))
+    sample=_sample_factor,
+    draws=2,
+    apply=lambda key, image, draw, **_: _gate(
+        draw, image, adjust_saturation(image, draw['factor'])
+    ),
+)
 
 hue = OpSpec(
-    'hue', PHOTOMETRIC, 'rotate the HSV hue by [-max_delta, max_delta] turns; no-op if C < 3',
+    'hue',
+    PHOTOMETRIC,
+    'rotate the HSV hue by [-max_delta, max_delta] turns; no-op if C < 3',
     {'max_delta': _hue_param(0.1), 'p': probability()},
-    sample=_sample_hue, draws=2,
-    apply=lambda key, image, draw, **_: _gate(draw, image, adjust_hue(image, draw['delta'])))
+    sample=_sample_hue,
+    draws=2,
+    apply=lambda key, image, draw, **_: _gate(draw, image, adjust_hue(image, draw['delta'])),
+)
 
 color_jitter = OpSpec(
-    'color_jitter', PHOTOMETRIC,
+    'color_jitter',
+    PHOTOMETRIC,
     'brightness, contrast, saturation and hue in that order (each max_delta as in its own op)',
-    {'brightness': _factor_param(0.4, 'brightness'), 'contrast': _factor_param(0.4, 'contrast'),
-     'saturation': _factor_param(0.4, 'saturation'), 'hue': _hue_param(0.1), 'p': probability()},
-    sample=_sample_color_jitter, draws=5,
-    apply=_apply_color_jitter)
+    {
+        'brightness': _factor_param(0.4, 'brightness'),
+        'contrast': _factor_param(0.4, 'contrast'),
+        'saturation': _factor_param(0.4, 'saturation'),
+        'hue': _hue_param(0.1),
+        'p': probability(),
+    },
+    sample=_sample_color_jitter,
+    draws=5,
+    apply=_apply_color_jitter,
+)
 
 gaussian_noise = OpSpec(
-    'gaussian_noise', PHOTOMETRIC, 'add N(0, stddev^2) noise to every value, then clip',
+    'gaussian_noise',
+    PHOTOMETRIC,
+    'add N(0, stddev^2) noise to every value, then clip',
     {'stddev': Param('float', 0.05, 'noise standard deviation', 0.0, 1.0), 'p': probability()},
-    sample=_sample_noise, draws=1,
-    apply=_apply_noise)
+    sample=_sample_noise,
+    draws=1,
+    apply=_apply_noise,
+)
 
 gaussian_blur = OpSpec(
-    'gaussian_blur', PHOTOMETRIC, 'separable Gaussian blur, sigma uniform in the range (pixels)',
-    {'sigma': Param('range', (0.1, 2.0), 'blur sigma range in pixels', 0.0, 20.0, scalar=FIXED),
-     'kernel_size': Param('int', 0, 'odd kernel size; 0 = 2*ceil(3*max sigma)+1', 0, 121),
-     'p': probability()},
-    sample=_sample_blur, draws=2,
+    'gaussian_blur',
+    PHOTOMETRIC,
+    'separable Gaussian blur, sigma uniform in the range (pixels)',
+    {
+        'sigma': Param('range', (0.1, 2.0), 'blur sigma range in pixels', 0.0, 20.0, scalar=FIXED),
+        'kernel_size': Param('int', 0, 'odd kernel size; 0 = 2*ceil(3*max sigma)+1', 0, 121),
+        'p': probability(),
+    },
+    sample=_sample_blur,
+    draws=2,
     apply=_apply_blur,
-    validate=_check_blur)
+    validate=_check_blur,
+)
 
-PHOTOMETRIC_OPS = (brightness, contrast, saturation, hue, color_jitter, gaussian_noise, gaussian_blur)
+PHOTOMETRIC_OPS = (
+    brightness,
+    contrast,
+    saturation,
+    hue,
+    color_jitter,
+    gaussian_noise,
+    gaussian_blur,
+)

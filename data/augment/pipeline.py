@@ -36,8 +36,10 @@ from data.augment.photometric import PHOTOMETRIC_OPS
 from data.augment.randaugment import randaugment
 from data.augment.spec import GEOMETRIC, MIXING, OpSpec, from_unit_float, to_unit_float, uniforms
 
-OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
-    *GEOMETRIC_OPS, *PHOTOMETRIC_OPS, *OCCLUSION_OPS, *MIXING_OPS, randaugment)}
+OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (*GEOMETRIC_OPS, *PHOTOMETRIC_OPS, *OCCLUSION_OPS, *MIXING_OPS, randaugment)
+}
 
 _FILL_PARAMS = ('fill_mode', 'fill_value')
 
@@ -63,13 +65,17 @@ class Plan:
 def plan(ops: Sequence[Mapping[str, Any]]) -> Plan:
     """Checks `ops` and groups them into stages; ValueError naming the bad op or value."""
     if isinstance(ops, (str, bytes, Mapping)) or not isinstance(ops, Sequence):
-        raise ValueError(f"augmentation ops must be a list of dicts like {{'op': 'rotate'}}, got {ops!r}")
+        raise ValueError(
+            f"augmentation ops must be a list of dicts like {{'op': 'rotate'}}, got {ops!r}"
+        )
     steps, explicit = [], []
     for index, raw in enumerate(ops):
         raw = _as_dict(raw, index)
         name = raw['op']
         if not isinstance(name, str) or name not in OPS:
-            raise ValueError(f"ops[{index}]: unknown augmentation op {name!r}; valid ops: {sorted(OPS)}")
+            raise ValueError(
+                f'ops[{index}]: unknown augmentation op {name!r}; valid ops: {sorted(OPS)}'
+            )
         params = {k: v for k, v in raw.items() if k != 'op'}
         try:
             resolved = OPS[name].resolve(params)
@@ -83,9 +89,10 @@ def plan(ops: Sequence[Mapping[str, Any]]) -> Plan:
         later = [s for s in steps if s.index > mixing[0].index and s.spec.kind != MIXING]
         if later:
             raise ValueError(
-                f"ops[{mixing[0].index}] {mixing[0].spec.name!r} mixes whole batches and must come after "
-                f"every per-example op, but ops[{later[0].index}] {later[0].spec.name!r} follows it; "
-                "move mixup/cutmix to the end of the list")
+                f'ops[{mixing[0].index}] {mixing[0].spec.name!r} mixes whole batches and must come after '
+                f'every per-example op, but ops[{later[0].index}] {later[0].spec.name!r} follows it; '
+                'move mixup/cutmix to the end of the list'
+            )
 
     stages: list[tuple[Step, ...]] = []
     run: list[Step] = []
@@ -107,10 +114,13 @@ def _as_dict(raw: Any, index: int) -> dict[str, Any]:
     if hasattr(raw, 'to_dict'):  # ml_collections.ConfigDict
         raw = raw.to_dict()
     if not isinstance(raw, Mapping):
-        raise ValueError(f"ops[{index}] must be a dict like {{'op': 'rotate', 'degrees': 30}}, got {raw!r}")
+        raise ValueError(
+            f"ops[{index}] must be a dict like {{'op': 'rotate', 'degrees': 30}}, got {raw!r}"
+        )
     if 'op' not in raw:
-        raise ValueError(f"ops[{index}] = {dict(raw)!r} has no 'op' key naming the op; "
-                         f"valid ops: {sorted(OPS)}")
+        raise ValueError(
+            f"ops[{index}] = {dict(raw)!r} has no 'op' key naming the op; valid ops: {sorted(OPS)}"
+        )
     return dict(raw)
 
 
@@ -123,9 +133,10 @@ def _share_fill(run: list[Step], explicit: list[dict[str, Any]]) -> tuple[Step, 
         if len(values) > 1:
             (a, va), (b, vb) = next((x, y) for x in setters for y in setters if x[1] != y[1])
             raise ValueError(
-                f"ops[{a.index}] {a.spec.name!r} and ops[{b.index}] {b.spec.name!r} are consecutive "
-                f"geometric ops, resampled together in one warp, but set different {key} "
-                f"({va!r} and {vb!r}); give them the same {key} (or set it on one of them)")
+                f'ops[{a.index}] {a.spec.name!r} and ops[{b.index}] {b.spec.name!r} are consecutive '
+                f'geometric ops, resampled together in one warp, but set different {key} '
+                f'({va!r} and {vb!r}); give them the same {key} (or set it on one of them)'
+            )
         if setters:
             shared[key] = setters[0][1]
     return tuple(dataclasses.replace(s, params={**s.params, **shared}) for s in run)
@@ -152,13 +163,15 @@ class Augmenter:
 
     def __init__(self, ops: Sequence[Mapping[str, Any]], *, num_classes: int):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
         self.num_classes = num_classes
         self.plan = plan(ops)
         self.mixes_labels: bool = bool(self.plan.mixing)
         # Resampling passes per image: one per run of consecutive geometric ops (randaugment adds
         # one more when its candidates include geometric ops).
-        self.num_warps: int = sum(1 for stage in self.plan.per_example if stage[0].spec.kind == GEOMETRIC)
+        self.num_warps: int = sum(
+            1 for stage in self.plan.per_example if stage[0].spec.kind == GEOMETRIC
+        )
         # Each per-example op reads its own slice of one vector of uniforms per example.
         self._draw_offsets: dict[int, int] = {}
         self._total_draws = 0
@@ -169,16 +182,19 @@ class Augmenter:
 
     def __repr__(self) -> str:
         def show(step: Step) -> str:
-            return f"{step.spec.name}({', '.join(f'{k}={v!r}' for k, v in step.params.items())})"
+            return f'{step.spec.name}({", ".join(f"{k}={v!r}" for k, v in step.params.items())})'
+
         stages = [' + '.join(show(s) for s in stage) for stage in self.plan.per_example]
         stages += [show(s) for s in self.plan.mixing]
-        return f"Augmenter(num_classes={self.num_classes}, [{'; '.join(stages)}])"
+        return f'Augmenter(num_classes={self.num_classes}, [{"; ".join(stages)}])'
 
-    def __call__(self, key: jax.Array, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, key: jax.Array, images: jax.Array, labels: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         if images.ndim != 4:
-            raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
+            raise ValueError(f'images must be (B, H, W, C), got shape {images.shape}')
         if labels.shape != images.shape[:1]:
-            raise ValueError(f"labels must be (B,) = {images.shape[:1]}, got shape {labels.shape}")
+            raise ValueError(f'labels must be (B,) = {images.shape[:1]}, got shape {labels.shape}')
         dtype = images.dtype
         batch = images.shape[0]
         x = to_unit_float(images)
@@ -187,13 +203,17 @@ class Augmenter:
         # noise, plus one for the batch (mixing ops).
         keys = jax.random.split(key, 2 * batch + 1)
         if self.plan.per_example:
-            x = jax.vmap(self.augment_example)(keys[:batch], keys[batch:2 * batch], x)
+            x = jax.vmap(self.augment_example)(keys[:batch], keys[batch : 2 * batch], x)
         for step in self.plan.mixing:
-            draw = step.spec.sample(jax.random.fold_in(keys[-1], step.index), x.shape, **step.params)
+            draw = step.spec.sample(
+                jax.random.fold_in(keys[-1], step.index), x.shape, **step.params
+            )
             x, probs = step.spec.mix(x, probs, draw, **step.params)
         return from_unit_float(x, dtype), probs
 
-    def augment_example(self, draw_key: jax.Array, noise_key: jax.Array, image: jax.Array) -> jax.Array:
+    def augment_example(
+        self, draw_key: jax.Array, noise_key: jax.Array, image: jax.Array
+    ) -> jax.Array:
         """The per-example stages on one (H, W, C) float32 image with that example's keys."""
         u = uniforms(draw_key, self._total_draws)  # every op's uniforms in one PRNG call
         for stage in self.plan.per_example:
@@ -208,13 +228,14 @@ class Augmenter:
                 (step,) = stage
                 draw = step.spec.sample(self._uniforms_of(step, u), image.shape, **step.params)
                 # Ops that draw image-sized noise get their own key; unused ones compile away.
-                image = step.spec.apply(jax.random.fold_in(noise_key, step.index), image, draw,
-                                        **step.params)
+                image = step.spec.apply(
+                    jax.random.fold_in(noise_key, step.index), image, draw, **step.params
+                )
         return image
 
     def _uniforms_of(self, step: Step, u: jax.Array) -> jax.Array:
         start = self._draw_offsets[step.index]
-        return u[start:start + step.spec.num_draws(step.params)]
+        return u[start : start + step.spec.num_draws(step.params)]
 
 
 def make_augmenter(ops: Sequence[Mapping[str, Any]], *, num_classes: int) -> Augmenter:
@@ -226,7 +247,7 @@ def describe_ops() -> str:
     """A plain-text table of every op: kind, parameters with defaults and valid values."""
     lines = []
     for spec in OPS.values():
-        lines.append(f"{spec.name} ({spec.kind}): {spec.doc}")
+        lines.append(f'{spec.name} ({spec.kind}): {spec.doc}')
         for name, param in spec.params.items():
-            lines.append(f"    {name} = {param.default!r}: {param.doc}; {param.describe()}")
+            lines.append(f'    {name} = {param.default!r}: {param.doc}; {param.describe()}')
     return '\n'.join(lines)

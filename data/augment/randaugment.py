@@ -47,8 +47,12 @@ GEOMETRIC_CANDIDATES = {
     'rotate': lambda v, shape: geometry.rotation_matrix(MAX_ROTATE_DEGREES * v),
     'shear_x': lambda v, shape: geometry.shear_matrix(_shear_degrees(MAX_SHEAR * v), 0.0),
     'shear_y': lambda v, shape: geometry.shear_matrix(0.0, _shear_degrees(MAX_SHEAR * v)),
-    'translate_x': lambda v, shape: geometry.translation_matrix(MAX_TRANSLATE_FRACTION * v * shape[1], 0.0),
-    'translate_y': lambda v, shape: geometry.translation_matrix(0.0, MAX_TRANSLATE_FRACTION * v * shape[0]),
+    'translate_x': lambda v, shape: geometry.translation_matrix(
+        MAX_TRANSLATE_FRACTION * v * shape[1], 0.0
+    ),
+    'translate_y': lambda v, shape: geometry.translation_matrix(
+        0.0, MAX_TRANSLATE_FRACTION * v * shape[0]
+    ),
 }
 
 # name -> (image, signed strength s*m, unsigned magnitude m) -> image
@@ -58,16 +62,19 @@ PHOTOMETRIC_CANDIDATES = {
     'saturation': lambda x, v, m: photometric.adjust_saturation(x, 1 + MAX_FACTOR_DELTA * v),
     'hue': lambda x, v, m: photometric.adjust_hue(x, MAX_HUE_TURNS * v),
     'gaussian_blur': lambda x, v, m: photometric.gaussian_blur_image(
-        x, MAX_BLUR_SIGMA * m, photometric.blur_kernel_size(MAX_BLUR_SIGMA * m)),
+        x, MAX_BLUR_SIGMA * m, photometric.blur_kernel_size(MAX_BLUR_SIGMA * m)
+    ),
 }
 
 CANDIDATES = ('identity', *GEOMETRIC_CANDIDATES, *PHOTOMETRIC_CANDIDATES)
 
 
 def _sample(u, shape, *, num_ops, ops, p, **_) -> Draw:
-    return {'apply': below(u[0], p),
-            'op_index': integer_below(u[1:num_ops + 1], len(ops)),
-            'sign': jnp.where(u[num_ops + 1:2 * num_ops + 1] < 0.5, 1.0, -1.0)}
+    return {
+        'apply': below(u[0], p),
+        'op_index': integer_below(u[1 : num_ops + 1], len(ops)),
+        'sign': jnp.where(u[num_ops + 1 : 2 * num_ops + 1] < 0.5, 1.0, -1.0),
+    }
 
 
 def _apply(key, image, draw, *, num_ops, magnitude, ops, fill_mode, fill_value, **_) -> jax.Array:
@@ -77,16 +84,23 @@ def _apply(key, image, draw, *, num_ops, magnitude, ops, fill_mode, fill_value, 
         matrix = geometry.identity_matrix()
         for layer in range(num_ops):
             strength = draw['sign'][layer] * m
-            choices = jnp.stack([GEOMETRIC_CANDIDATES[name](strength, image.shape)
-                                 if name in GEOMETRIC_CANDIDATES else geometry.identity_matrix()
-                                 for name in ops])
+            choices = jnp.stack(
+                [
+                    GEOMETRIC_CANDIDATES[name](strength, image.shape)
+                    if name in GEOMETRIC_CANDIDATES
+                    else geometry.identity_matrix()
+                    for name in ops
+                ]
+            )
             matrix = geometry.compose(choices[draw['op_index'][layer]], matrix)
         out = geometry.warp(out, matrix, fill_mode, fill_value)
     if any(name in PHOTOMETRIC_CANDIDATES for name in ops):
+
         def branch(name):
             if name in PHOTOMETRIC_CANDIDATES:
                 return lambda x, v: PHOTOMETRIC_CANDIDATES[name](x, v, m)
             return lambda x, v: x
+
         branches = [branch(name) for name in ops]
         for layer in range(num_ops):
             out = jax.lax.switch(draw['op_index'][layer], branches, out, draw['sign'][layer] * m)
@@ -94,14 +108,21 @@ def _apply(key, image, draw, *, num_ops, magnitude, ops, fill_mode, fill_value, 
 
 
 randaugment = OpSpec(
-    'randaugment', POLICY,
+    'randaugment',
+    POLICY,
     'N ops drawn per example from `ops`, each at magnitude M (0-10) with a random sign; '
     'see data/augment/randaugment.py for the magnitude table',
-    {'num_ops': Param('int', 2, 'ops drawn per example (with replacement)', 0, 10),
-     'magnitude': Param('float', 9.0, 'strength on the 0-10 scale', 0.0, 10.0),
-     'ops': Param('names', CANDIDATES, 'the candidate ops', choices=CANDIDATES),
-     'p': probability(),
-     'fill_mode': Param('choice', 'constant', 'how points outside the input are filled', choices=FILL_MODES),
-     'fill_value': Param('float', 0.0, "value of 'constant' fill", 0.0, 1.0)},
-    sample=_sample, draws=lambda num_ops, **_: 2 * num_ops + 1,
-    apply=_apply)
+    {
+        'num_ops': Param('int', 2, 'ops drawn per example (with replacement)', 0, 10),
+        'magnitude': Param('float', 9.0, 'strength on the 0-10 scale', 0.0, 10.0),
+        'ops': Param('names', CANDIDATES, 'the candidate ops', choices=CANDIDATES),
+        'p': probability(),
+        'fill_mode': Param(
+            'choice', 'constant', 'how points outside the input are filled', choices=FILL_MODES
+        ),
+        'fill_value': Param('float', 0.0, "value of 'constant' fill", 0.0, 1.0),
+    },
+    sample=_sample,
+    draws=lambda num_ops, **_: 2 * num_ops + 1,
+    apply=_apply,
+)

@@ -32,7 +32,7 @@ KINDS = (GEOMETRIC, PHOTOMETRIC, OCCLUSION, MIXING, POLICY)
 
 # How a single number given for a 'range' parameter is read.
 SYMMETRIC = 'symmetric'  # x -> (-x, x), e.g. rotate degrees=30 means [-30, 30]
-FIXED = 'fixed'          # x -> (x, x),  e.g. gaussian_blur sigma=1.0 means exactly 1.0
+FIXED = 'fixed'  # x -> (x, x),  e.g. gaussian_blur sigma=1.0 means exactly 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +57,21 @@ class Param:
         """The valid values in words, e.g. "a float in [0, 1]"."""
         if self.kind in ('choice', 'names'):
             what = 'one of' if self.kind == 'choice' else 'a list of names from'
-            return f"{what} {list(self.choices)}"
-        bounds = f"{'(' if self.open_low else '['}{_num(self.low)}, {_num(self.high)}]"
+            return f'{what} {list(self.choices)}'
+        bounds = f'{"(" if self.open_low else "["}{_num(self.low)}, {_num(self.high)}]'
         if self.kind == 'range':
             single = '(-x, x)' if self.scalar == SYMMETRIC else '(x, x)'
-            return f"a pair (low, high) with low <= high inside {bounds}, or one number x meaning {single}"
-        return f"{'an int' if self.kind == 'int' else 'a float'} in {bounds}"
+            return f'a pair (low, high) with low <= high inside {bounds}, or one number x meaning {single}'
+        return f'{"an int" if self.kind == "int" else "a float"} in {bounds}'
 
     def check(self, op: str, name: str, value: Any) -> Any:
         """The value in canonical form (floats, tuples); ValueError naming it and the valid range."""
         given = value  # errors show the value as written, not as converted
 
         def bad(reason: str = '') -> ValueError:
-            return ValueError(f"op {op!r}: {name}={given!r} is invalid{reason}; "
-                              f"valid: {self.describe()}")
+            return ValueError(
+                f'op {op!r}: {name}={given!r} is invalid{reason}; valid: {self.describe()}'
+            )
 
         if self.kind == 'choice':
             if not isinstance(value, str) or value not in self.choices:
@@ -79,14 +80,26 @@ class Param:
         if self.kind == 'names':
             if isinstance(value, str):
                 value = (value,)
-            if not isinstance(value, Sequence) or not value or any(v not in self.choices for v in value):
+            if (
+                not isinstance(value, Sequence)
+                or not value
+                or any(v not in self.choices for v in value)
+            ):
                 raise bad()
             return tuple(value)
         if self.kind == 'range':
             if _is_number(value):
-                pair = (-float(value), float(value)) if self.scalar == SYMMETRIC else (float(value),) * 2
-            elif (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
-                  and all(_is_number(v) for v in value)):
+                pair = (
+                    (-float(value), float(value))
+                    if self.scalar == SYMMETRIC
+                    else (float(value),) * 2
+                )
+            elif (
+                isinstance(value, Sequence)
+                and not isinstance(value, str)
+                and len(value) == 2
+                and all(_is_number(v) for v in value)
+            ):
                 pair = (float(value[0]), float(value[1]))
             else:
                 raise bad()
@@ -161,33 +174,44 @@ class OpSpec:
         """All parameters: `given` checked and canonicalised, the rest at their defaults."""
         unknown = sorted(set(given) - set(self.params))
         if unknown:
-            raise ValueError(f"op {self.name!r} has no parameter {unknown[0]!r}; its parameters: "
-                             f"{sorted(self.params)}")
-        params = {name: param.check(self.name, name, given[name]) if name in given else param.default
-                  for name, param in self.params.items()}
+            raise ValueError(
+                f'op {self.name!r} has no parameter {unknown[0]!r}; its parameters: '
+                f'{sorted(self.params)}'
+            )
+        params = {
+            name: param.check(self.name, name, given[name]) if name in given else param.default
+            for name, param in self.params.items()
+        }
         if self.validate is not None:
             self.validate(params)
         return params
 
     def __call__(self, key: jax.Array, images: jax.Array, *args: jax.Array, **given: Any) -> Any:
         from data.augment import geometry  # the warp lives there; imported late to avoid a cycle
+
         params = self.resolve(given)
         dtype = images.dtype
         x = to_unit_float(images)
         if self.kind == MIXING:
             if len(args) != 1 or x.ndim != 4:
-                raise ValueError(f"op {self.name!r} mixes a batch: call it as "
-                                 f"{self.name}(key, images (B, H, W, C), label_probs (B, K))")
+                raise ValueError(
+                    f'op {self.name!r} mixes a batch: call it as '
+                    f'{self.name}(key, images (B, H, W, C), label_probs (B, K))'
+                )
             draw = self.sample(key, x.shape, **params)
             mixed, probs = self.mix(x, args[0], draw, **params)
             return from_unit_float(mixed, dtype), probs
         if x.ndim != 3:
-            raise ValueError(f"op {self.name!r} takes one image (H, W, C), got shape {x.shape}; "
-                             "vmap it over a batch, or use make_augmenter")
+            raise ValueError(
+                f'op {self.name!r} takes one image (H, W, C), got shape {x.shape}; '
+                'vmap it over a batch, or use make_augmenter'
+            )
         draw_key, apply_key = jax.random.split(key)
         draw = self.sample(uniforms(draw_key, self.num_draws(params)), x.shape, **params)
         if self.kind == GEOMETRIC:
-            out = geometry.warp(x, self.matrix(draw, x.shape), params['fill_mode'], params['fill_value'])
+            out = geometry.warp(
+                x, self.matrix(draw, x.shape), params['fill_mode'], params['fill_value']
+            )
         else:
             out = self.apply(apply_key, x, draw, **params)
         return from_unit_float(out, dtype)
@@ -198,7 +222,7 @@ def to_unit_float(images: jax.Array) -> jax.Array:
     if images.dtype == jnp.uint8:
         return images.astype(jnp.float32) / 255.0
     if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"images must be float in [0, 1] or uint8, got dtype {images.dtype}")
+        raise ValueError(f'images must be float in [0, 1] or uint8, got dtype {images.dtype}')
     return images.astype(jnp.float32)
 
 
@@ -219,6 +243,7 @@ def probability(default: float = 1.0) -> Param:
 # values it needs, and the pipeline draws the uniforms of all its ops in one call per example.
 # Every threefry call adds a sizeable block to the compiled program; with a few calls per op a
 # twenty-op pipeline took several seconds longer to compile on CPU.
+
 
 def uniforms(key: jax.Array, count: int) -> jax.Array:
     """`count` independent uniforms in [0, 1) from one PRNG call."""
@@ -249,4 +274,4 @@ def integer_below(u: jax.Array, n: Any) -> jax.Array:
 
 def check_order(op: str, low_name: str, low: float, high_name: str, high: float) -> None:
     if low > high:
-        raise ValueError(f"op {op!r}: {low_name}={low!r} must be <= {high_name}={high!r}")
+        raise ValueError(f'op {op!r}: {low_name}={low!r} must be <= {high_name}={high!r}')

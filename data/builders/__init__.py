@@ -9,4 +9,4 @@ from data.builders.fashion_mnist import FashionMnist
 from data.builders.mnist1d import Mnist1d, Mnist1dShuffled
 from data.builders.mnist5k import Mnist5k
 
-__all__ = ["Digits", "FashionMnist", "Mnist1d", "Mnist1dShuffled", "Mnist5k"]
+__all__ = ['Digits', 'FashionMnist', 'Mnist1d', 'Mnist1dShuffled', 'Mnist5k']

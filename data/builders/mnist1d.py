@@ -18,7 +18,7 @@ the tests), so `shuffled[..., i] == plain[..., SHUFFLE_PERMUTATION[i]]`.
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -27,8 +27,46 @@ SEQUENCE_LENGTH = 40
 
 # The 40-position permutation mnist1d draws for shuffle_seq=True with seed 42.
 SHUFFLE_PERMUTATION = (
-    19, 22, 4, 32, 17, 18, 28, 31, 11, 24, 23, 7, 25, 35, 34, 6, 3, 13, 12, 26,
-    1, 27, 20, 10, 36, 9, 37, 29, 8, 30, 5, 38, 16, 15, 33, 39, 14, 21, 0, 2,
+    19,
+    22,
+    4,
+    32,
+    17,
+    18,
+    28,
+    31,
+    11,
+    24,
+    23,
+    7,
+    25,
+    35,
+    34,
+    6,
+    3,
+    13,
+    12,
+    26,
+    1,
+    27,
+    20,
+    10,
+    36,
+    9,
+    37,
+    29,
+    8,
+    30,
+    5,
+    38,
+    16,
+    15,
+    33,
+    39,
+    14,
+    21,
+    0,
+    2,
 )
 
 
@@ -47,30 +85,32 @@ def generate(shuffle_seq: bool = False) -> dict[str, tuple[np.ndarray, np.ndarra
         np.random.set_state(np_state)
         random.setstate(py_state)
     return {
-        "train": (raw["x"].astype(np.float32)[..., None], raw["y"].astype(np.int64)),
-        "test": (raw["x_test"].astype(np.float32)[..., None], raw["y_test"].astype(np.int64)),
+        'train': (raw['x'].astype(np.float32)[..., None], raw['y'].astype(np.int64)),
+        'test': (raw['x_test'].astype(np.float32)[..., None], raw['y_test'].astype(np.int64)),
     }
 
 
 class Mnist1d(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """MNIST-1D: 4,000 train / 1,000 test length-40 signals, 10 classes."""
 
-    name = "mnist1d"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Generated with mnist1d.make_dataset(get_dataset_args()), seed 42."}
+    name = 'mnist1d'
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {'1.0.0': 'Generated with mnist1d.make_dataset(get_dataset_args()), seed 42.'}
     SHUFFLE_SEQ = False
 
     def _info(self) -> tfds.core.DatasetInfo:
-        variant = " with spatially shuffled positions" if self.SHUFFLE_SEQ else ""
+        variant = ' with spatially shuffled positions' if self.SHUFFLE_SEQ else ''
         return tfds.core.DatasetInfo(
             builder=self,
-            description=f"MNIST-1D{variant}, generated locally by the mnist1d package (default args).",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(SEQUENCE_LENGTH, 1), dtype=np.float32),
-                "label": tfds.features.ClassLabel(num_classes=10),
-            }),
-            supervised_keys=("image", "label"),
-            homepage="https://github.com/greydanus/mnist1d",
+            description=f'MNIST-1D{variant}, generated locally by the mnist1d package (default args).',
+            features=tfds.features.FeaturesDict(
+                {
+                    'image': tfds.features.Tensor(shape=(SEQUENCE_LENGTH, 1), dtype=np.float32),
+                    'label': tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
+            supervised_keys=('image', 'label'),
+            homepage='https://github.com/greydanus/mnist1d',
             disable_shuffling=True,  # Keep the package's example order.
         )
 
@@ -79,14 +119,18 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         arrays = generate(shuffle_seq=self.SHUFFLE_SEQ)
         return {split: self._generate_examples(*arrays[split]) for split in arrays}
 
-    def _generate_examples(self, signals: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
+    def _generate_examples(
+        self, signals: np.ndarray, labels: np.ndarray
+    ) -> Iterator[tuple[int, dict]]:
         for i, (signal, label) in enumerate(zip(signals, labels)):
-            yield i, {"image": signal, "label": int(label)}
+            yield i, {'image': signal, 'label': int(label)}
 
 
 class Mnist1dShuffled(Mnist1d, skip_registration=True):
     """MNIST-1D with one fixed permutation of the 40 positions (shuffle_seq=True)."""
 
-    name = "mnist1d_shuffled"
-    RELEASE_NOTES = {"1.0.0": "mnist1d shuffle_seq=True, seed 42; permutation = SHUFFLE_PERMUTATION."}
+    name = 'mnist1d_shuffled'
+    RELEASE_NOTES = {
+        '1.0.0': 'mnist1d shuffle_seq=True, seed 42; permutation = SHUFFLE_PERMUTATION.'
+    }
     SHUFFLE_SEQ = True

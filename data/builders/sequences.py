@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from data.tokenizers import Vocabulary, vocabulary_from_dict
 
-VOCABULARIES_KEY = "vocabularies"
+VOCABULARIES_KEY = 'vocabularies'
 
 
 def token_ids_feature(length: int) -> tfds.features.Tensor:
@@ -30,8 +30,12 @@ def store_vocabularies(info: tfds.core.DatasetInfo, vocabularies: Mapping[str, V
     The builder's `_info` must pass `metadata=tfds.core.MetadataDict()`.
     """
     if info.metadata is None:
-        raise ValueError(f"{info.name}: DatasetInfo needs metadata=tfds.core.MetadataDict() to hold vocabularies")
-    info.metadata[VOCABULARIES_KEY] = {feature: vocab.to_dict() for feature, vocab in vocabularies.items()}
+        raise ValueError(
+            f'{info.name}: DatasetInfo needs metadata=tfds.core.MetadataDict() to hold vocabularies'
+        )
+    info.metadata[VOCABULARIES_KEY] = {
+        feature: vocab.to_dict() for feature, vocab in vocabularies.items()
+    }
 
 
 def vocabularies_of(info: tfds.core.DatasetInfo) -> dict[str, Vocabulary]:

@@ -27,28 +27,39 @@ from absl import logging
 import data
 import nets
 from data import augment
-from nets.tools.flops import (FlopCount, analytic_forward_flops, loop_corrected_flops,
-                              matmul_params, transformer_train_flops)
+from nets.tools.flops import (
+    FlopCount,
+    analytic_forward_flops,
+    loop_corrected_flops,
+    matmul_params,
+    transformer_train_flops,
+)
 from train.loop import create_model
 from train.pictures import read_metrics
 from train.sharding import make_mesh
 from train.steps import init_train_state, make_train_step
 from train.tasks import task_from_config
 
-
 # --- The training step of a config -------------------------------------------------------------
 
-def _dataset_info(config: ml_collections.ConfigDict, example_shape: Sequence[int],
-                  num_classes: int) -> Any:
+
+def _dataset_info(
+    config: ml_collections.ConfigDict, example_shape: Sequence[int], num_classes: int
+) -> Any:
     channels = example_shape[-1]
-    return data.DatasetInfo(name=config.dataset.name, num_classes=num_classes,
-                            class_names=tuple(str(i) for i in range(num_classes)),
-                            example_shape=tuple(example_shape), image_dtype='uint8', splits={},
-                            mean=(0.5,) * channels, std=(0.25,) * channels)
+    return data.DatasetInfo(
+        name=config.dataset.name,
+        num_classes=num_classes,
+        class_names=tuple(str(i) for i in range(num_classes)),
+        example_shape=tuple(example_shape),
+        image_dtype='uint8',
+        splits={},
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+    )
 
 
-def _train_step_count(config: ml_collections.ConfigDict, info: Any,
-                      batch_size: int) -> FlopCount:
+def _train_step_count(config: ml_collections.ConfigDict, info: Any, batch_size: int) -> FlopCount:
     model = create_model(config, info)
     augmenter = None
     if config.augment:
@@ -59,20 +70,30 @@ def _train_step_count(config: ml_collections.ConfigDict, info: Any,
     # The schedule's constants change no FLOP count; any lengths will do.
     tx, _ = task.make_optimizer(config, steps_per_epoch=100, total_steps=1000)
     state = jax.eval_shape(lambda: init_train_state(task, tx, config.seed, mesh))
-    batch = {'image': jax.ShapeDtypeStruct((batch_size, *info.example_shape), jnp.uint8),
-             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    batch = {
+        'image': jax.ShapeDtypeStruct((batch_size, *info.example_shape), jnp.uint8),
+        'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+    }
     step = make_train_step(task, tx, mesh, skip_nonfinite=config.nonfinite == 'skip')
     count = loop_corrected_flops(step, state, batch)
     if count.uncorrected_loops:
-        logging.warning('%s: %d while loop(s) with a trip count unknown at compile time are '
-                        'counted once by XLA; the FLOP count is a lower bound',
-                        config.model.name, count.uncorrected_loops)
+        logging.warning(
+            '%s: %d while loop(s) with a trip count unknown at compile time are '
+            'counted once by XLA; the FLOP count is a lower bound',
+            config.model.name,
+            count.uncorrected_loops,
+        )
     return count
 
 
-def train_step_flops(config: ml_collections.ConfigDict, example_shape: Sequence[int],
-                     num_classes: int, *, batch_size: int | None = None,
-                     info: Any = None) -> float:
+def train_step_flops(
+    config: ml_collections.ConfigDict,
+    example_shape: Sequence[int],
+    num_classes: int,
+    *,
+    batch_size: int | None = None,
+    info: Any = None,
+) -> float:
     """FLOPs of one train step of `config` (forward, backward, optimiser update; loops
     corrected) for a global batch of `batch_size` (default `config.batch_size`) uint8 images of
     `example_shape` (H, W, C), as one device would run it: image tasks (classify, gan,
@@ -83,14 +104,21 @@ def train_step_flops(config: ml_collections.ConfigDict, example_shape: Sequence[
     extrapolated from a small batch would not be the step that runs.
     """
     if len(example_shape) != 3:
-        raise ValueError(f'train_step_flops builds batches of (H, W, C) images; got examples of '
-                         f'shape {tuple(example_shape)}')
+        raise ValueError(
+            f'train_step_flops builds batches of (H, W, C) images; got examples of '
+            f'shape {tuple(example_shape)}'
+        )
     info = info or _dataset_info(config, example_shape, num_classes)
     return _train_step_count(config, info, batch_size or config.batch_size).total
 
 
-def flop_report(config: ml_collections.ConfigDict, example_shape: Sequence[int],
-                num_classes: int, *, batch_size: int | None = None) -> dict[str, float]:
+def flop_report(
+    config: ml_collections.ConfigDict,
+    example_shape: Sequence[int],
+    num_classes: int,
+    *,
+    batch_size: int | None = None,
+) -> dict[str, float]:
     """Every count of one run's model: XLA's train step (loops corrected), XLA's forward pass
     per example, parameters, and the analytic checks: 3 × the forward matrix products and
     convolutions, and for a ViT 6·N per token with and without the attention products.
@@ -98,8 +126,13 @@ def flop_report(config: ml_collections.ConfigDict, example_shape: Sequence[int],
     batch_size = batch_size or config.batch_size
     model = create_model(config, _dataset_info(config, example_shape, num_classes))
     shape = (1, *example_shape)
-    variables = jax.eval_shape(lambda: model.init(
-        {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, jnp.zeros(shape), train=True))
+    variables = jax.eval_shape(
+        lambda: model.init(
+            {'params': jax.random.key(0), 'dropout': jax.random.key(1)},
+            jnp.zeros(shape),
+            train=True,
+        )
+    )
     params = variables['params']
 
     def forward(v: Any, x: jax.Array) -> jax.Array:
@@ -107,11 +140,13 @@ def flop_report(config: ml_collections.ConfigDict, example_shape: Sequence[int],
 
     image = jax.ShapeDtypeStruct(shape, jnp.float32)
     report = {
-        'train_step_flops': train_step_flops(config, example_shape, num_classes,
-                                             batch_size=batch_size),
+        'train_step_flops': train_step_flops(
+            config, example_shape, num_classes, batch_size=batch_size
+        ),
         'forward_flops_per_example': loop_corrected_flops(forward, variables, image).total,
-        'analytic_train_step_flops':
-            3 * batch_size * analytic_forward_flops(forward, variables, image),
+        'analytic_train_step_flops': 3
+        * batch_size
+        * analytic_forward_flops(forward, variables, image),
         'params': float(sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))),
         'matmul_params': float(matmul_params(params)),
         'batch_size': float(batch_size),
@@ -123,12 +158,17 @@ def flop_report(config: ml_collections.ConfigDict, example_shape: Sequence[int],
         n = matmul_params(params)
         report['transformer_6n_flops'] = transformer_train_flops(n, batch_size * tokens)
         report['transformer_6n_attention_flops'] = transformer_train_flops(
-            n, batch_size * tokens, num_layers=config.model.depth, context=tokens,
-            width=config.model.hidden_size)
+            n,
+            batch_size * tokens,
+            num_layers=config.model.depth,
+            context=tokens,
+            width=config.model.hidden_size,
+        )
     return report
 
 
 # --- Device time -------------------------------------------------------------------------------
+
 
 def host_cores() -> int:
     """CPU cores this process may run on."""

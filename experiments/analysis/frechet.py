@@ -46,14 +46,16 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
     """The Fréchet (2-Wasserstein²) distance between N(μ₁, Σ₁) and N(μ₂, Σ₂)."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f'shapes differ: {mu1.shape} vs {mu2.shape}, {sigma1.shape} vs '
-                         f'{sigma2.shape}')
+        raise ValueError(
+            f'shapes differ: {mu1.shape} vs {mu2.shape}, {sigma1.shape} vs {sigma2.shape}'
+        )
     root1 = _psd_sqrt(sigma1)
     middle = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
     trace_sqrt = np.sum(np.sqrt(np.clip(middle, 0.0, None)))
@@ -70,7 +72,7 @@ def disjoint_halves(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint random index sets of count // 2 each."""
     order = np.random.default_rng(seed).permutation(count)
     half = count // 2
-    return np.sort(order[:half]), np.sort(order[half:2 * half])
+    return np.sort(order[:half]), np.sort(order[half : 2 * half])
 
 
 def real_floor(features: np.ndarray, seed: int = 0) -> float:
@@ -107,30 +109,36 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self._forward = jax.jit(self._features_and_logits)
 
-    def _features_and_logits(self, variables: dict[str, Any],
-                             pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def _features_and_logits(
+        self, variables: dict[str, Any], pixels: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         captured = []
 
         def grab_head_input(next_fun, args, kwargs, context):
-            if (context.method_name == '__call__' and context.module.scope is not None
-                    and context.module.scope.path == ('head',)):
+            if (
+                context.method_name == '__call__'
+                and context.module.scope is not None
+                and context.module.scope.path == ('head',)
+            ):
                 captured.append(args[0])
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(grab_head_input):
-            logits = self.run.model.apply(variables, self.run.task.normalise(pixels),
-                                          train=False)
+            logits = self.run.model.apply(variables, self.run.task.normalise(pixels), train=False)
         if len(captured) != 1:
-            raise ValueError(f'{type(self.run.model).__name__} has no top-level Dense "head" '
-                             'whose input could serve as features')
+            raise ValueError(
+                f'{type(self.run.model).__name__} has no top-level Dense "head" '
+                'whose input could serve as features'
+            )
         return captured[0].astype(jnp.float32), logits
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (N, H, W, C) -> (features (N, D), predicted classes (N,))."""
         features, predicted = [], []
         for start in range(0, len(pixels), self.batch_size):
-            f, logits = self._forward(self.run.variables, jnp.asarray(
-                pixels[start:start + self.batch_size]))
+            f, logits = self._forward(
+                self.run.variables, jnp.asarray(pixels[start : start + self.batch_size])
+            )
             features.append(np.asarray(f))
             predicted.append(np.asarray(jnp.argmax(logits, -1)))
         return np.concatenate(features), np.concatenate(predicted)

@@ -60,6 +60,7 @@ class Fit:
 
 # --- Frontier ----------------------------------------------------------------------------------
 
+
 def pareto_frontier(compute: Sequence[float], loss: Sequence[float]) -> np.ndarray:
     """Indices of the points on the lower envelope, by increasing compute: a point is on it when
     every point of lower or equal compute has a higher loss. Non-finite losses never are."""
@@ -75,6 +76,7 @@ def pareto_frontier(compute: Sequence[float], loss: Sequence[float]) -> np.ndarr
 
 
 # --- Fits --------------------------------------------------------------------------------------
+
 
 def _log_linear_params(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(p, log k) of the least-squares line log y = p·log x + log k."""
@@ -92,8 +94,9 @@ def _fit_power_point(compute: np.ndarray, loss: np.ndarray) -> dict[str, float]:
     return {'a': math.exp(log_k), 'b': -p}
 
 
-def _fit_saturating_point(compute: np.ndarray, loss: np.ndarray,
-                          start: dict[str, float] | None = None) -> dict[str, float]:
+def _fit_saturating_point(
+    compute: np.ndarray, loss: np.ndarray, start: dict[str, float] | None = None
+) -> dict[str, float]:
     """Least squares of log L against log(c + a·(C + d)^(-b)) with compute in units of its
     smallest value, so that every starting point is O(1). Without `start`, several starts
     (irreducible loss from 0 to 95% of the smallest loss, offset 0 or 1) and the best is kept;
@@ -116,8 +119,15 @@ def _fit_saturating_point(compute: np.ndarray, loss: np.ndarray,
     def jacobian(theta: np.ndarray) -> np.ndarray:
         b, d = theta[1], theta[3]
         power, predicted, log_xd = terms(theta)
-        return np.stack([power / predicted, -log_xd * power / predicted, 1.0 / predicted,
-                         -b * power / ((x + d) * predicted)], axis=1)
+        return np.stack(
+            [
+                power / predicted,
+                -log_xd * power / predicted,
+                1.0 / predicted,
+                -b * power / ((x + d) * predicted),
+            ],
+            axis=1,
+        )
 
     starts = []
     if start is not None:
@@ -132,8 +142,14 @@ def _fit_saturating_point(compute: np.ndarray, loss: np.ndarray,
         theta0 = np.array([log_a0, min(max(-slope, 1e-3), 4.9), c0, d0])
         try:
             result = optimize.least_squares(
-                residuals, theta0, jac=jacobian, method='trf', x_scale='jac', max_nfev=500,
-                bounds=([-np.inf, 1e-4, 0.0, 0.0], [np.inf, 5.0, c_max, d_max]))
+                residuals,
+                theta0,
+                jac=jacobian,
+                method='trf',
+                x_scale='jac',
+                max_nfev=500,
+                bounds=([-np.inf, 1e-4, 0.0, 0.0], [np.inf, 5.0, c_max, d_max]),
+            )
         except (ValueError, FloatingPointError):
             continue
         if np.all(np.isfinite(result.fun)) and (best is None or result.cost < best.cost):
@@ -142,8 +158,12 @@ def _fit_saturating_point(compute: np.ndarray, loss: np.ndarray,
         raise RuntimeError('saturating fit failed from every starting point')
     log_a, b, c, d = best.x
     # Back to the caller's compute units: a·(x + d)^(-b) = a·scale^b·(C + d·scale)^(-b).
-    return {'a': float(math.exp(log_a + b * math.log(scale))), 'b': float(b), 'c': float(c),
-            'd': float(d * scale)}
+    return {
+        'a': float(math.exp(log_a + b * math.log(scale))),
+        'b': float(b),
+        'c': float(c),
+        'd': float(d * scale),
+    }
 
 
 _POINT_FITS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, float]], int]] = {
@@ -160,9 +180,16 @@ def min_points(law: str) -> int:
     return _POINT_FITS[law][1] + 1
 
 
-def bootstrap(law: str, x: np.ndarray, y: np.ndarray, *, num_resamples: int = 1000,
-              seed: int = 0, level: float = 0.95, start: dict[str, float] | None = None,
-              ) -> tuple[dict[str, tuple[float, float]], int]:
+def bootstrap(
+    law: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    start: dict[str, float] | None = None,
+) -> tuple[dict[str, tuple[float, float]], int]:
     """Percentile intervals of every parameter of `law` over refits on points drawn with
     replacement; resamples with too few distinct points, or whose fit fails, are skipped.
     `start` (the full-data fit) seeds the saturating refits. Returns (intervals, number of
@@ -188,8 +215,10 @@ def bootstrap(law: str, x: np.ndarray, y: np.ndarray, *, num_resamples: int = 10
     intervals = {}
     for name in samples[0]:
         values = np.array([s[name] for s in samples])
-        intervals[name] = (float(np.percentile(values, tail)),
-                           float(np.percentile(values, 100 - tail)))
+        intervals[name] = (
+            float(np.percentile(values, tail)),
+            float(np.percentile(values, 100 - tail)),
+        )
     return intervals, len(samples)
 
 
@@ -200,35 +229,42 @@ def _fit(law: str, x: Sequence[float], y: Sequence[float], num_resamples: int, s
     fit_point = _POINT_FITS[law][0]
     needed = min_points(law)
     if len(np.unique(x)) < needed:
-        raise ValueError(f'the {law} law has {needed - 1} parameters and needs at least {needed} '
-                         f'points of distinct x; there are {len(np.unique(x))}')
+        raise ValueError(
+            f'the {law} law has {needed - 1} parameters and needs at least {needed} '
+            f'points of distinct x; there are {len(np.unique(x))}'
+        )
     params = fit_point(x, y)
-    intervals, resamples = bootstrap(law, x, y, num_resamples=num_resamples, seed=seed,
-                                     start=params)
+    intervals, resamples = bootstrap(
+        law, x, y, num_resamples=num_resamples, seed=seed, start=params
+    )
     fit = Fit(law, params, intervals, len(x), resamples, 0.0)
     fit.residual_rms = float(np.sqrt(np.mean((np.log(fit.predict(x)) - np.log(y)) ** 2)))
     return fit
 
 
-def fit_power_law(compute: Sequence[float], loss: Sequence[float], *, num_resamples: int = 1000,
-                  seed: int = 0) -> Fit:
+def fit_power_law(
+    compute: Sequence[float], loss: Sequence[float], *, num_resamples: int = 1000, seed: int = 0
+) -> Fit:
     """L = a·C^(-b) by least squares on log-log axes, with bootstrap intervals."""
     return _fit('power', compute, loss, num_resamples, seed)
 
 
-def fit_saturating(compute: Sequence[float], loss: Sequence[float], *, num_resamples: int = 1000,
-                   seed: int = 0) -> Fit:
+def fit_saturating(
+    compute: Sequence[float], loss: Sequence[float], *, num_resamples: int = 1000, seed: int = 0
+) -> Fit:
     """L = c + a·(C + d)^(-b) (Zhai et al. 2022), with bootstrap intervals."""
     return _fit('saturating', compute, loss, num_resamples, seed)
 
 
-def fit_log_linear(x: Sequence[float], y: Sequence[float], *, num_resamples: int = 1000,
-                   seed: int = 0) -> Fit:
+def fit_log_linear(
+    x: Sequence[float], y: Sequence[float], *, num_resamples: int = 1000, seed: int = 0
+) -> Fit:
     """y = k·x^p (e.g. N_opt = k·C^p) on log-log axes, with bootstrap intervals."""
     return _fit('log_linear', x, y, num_resamples, seed)
 
 
 # --- Compute-optimal size and budget -----------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimalPoint:
@@ -243,9 +279,15 @@ class OptimalPoint:
     candidates: int  # sizes compared at this level
 
 
-def compute_optimal(sizes: Sequence[str], params: Sequence[float], compute: Sequence[float],
-                    loss: Sequence[float], epochs: Sequence[float], *,
-                    num_levels: int = 16) -> list[OptimalPoint]:
+def compute_optimal(
+    sizes: Sequence[str],
+    params: Sequence[float],
+    compute: Sequence[float],
+    loss: Sequence[float],
+    epochs: Sequence[float],
+    *,
+    num_levels: int = 16,
+) -> list[OptimalPoint]:
     """The compute-optimal size and epoch budget at `num_levels` log-spaced compute levels.
 
     Each row is one LR-tuned (size, epoch budget) run. A size's loss is interpolated between its
@@ -255,9 +297,11 @@ def compute_optimal(sizes: Sequence[str], params: Sequence[float], compute: Sequ
     forces a budget to be spent), so the optimal loss never rises with compute and agrees with
     the Pareto frontier at its points.
     """
-    rows = [(float(c), float(l), float(e), float(n), name)
-            for name, n, c, l, e in zip(sizes, params, compute, loss, epochs)
-            if np.isfinite(l) and c > 0 and l > 0]
+    rows = [
+        (float(c), float(l), float(e), float(n), name)
+        for name, n, c, l, e in zip(sizes, params, compute, loss, epochs)
+        if np.isfinite(l) and c > 0 and l > 0
+    ]
     if not rows:
         return []
     curves: dict[str, list[tuple[float, float, float, float, str]]] = {}
@@ -273,23 +317,40 @@ def compute_optimal(sizes: Sequence[str], params: Sequence[float], compute: Sequ
             if not c[0] - 1e-9 <= math.log(level) <= c[-1] + 1e-9:
                 continue
             at = min(max(math.log(level), c[0]), c[-1])
-            choices.append((math.exp(np.interp(at, c, np.log([r[1] for r in curve]))), name,
-                            math.exp(np.interp(at, c, np.log([r[2] for r in curve]))),
-                            curve[0][3], level))
+            choices.append(
+                (
+                    math.exp(np.interp(at, c, np.log([r[1] for r in curve]))),
+                    name,
+                    math.exp(np.interp(at, c, np.log([r[2] for r in curve]))),
+                    curve[0][3],
+                    level,
+                )
+            )
         cheaper = [r for r in rows if r[0] <= level * (1 + 1e-9)]
         if cheaper:
             c, l, e, n, name = min(cheaper, key=lambda r: r[1])
             choices.append((l, name, e, n, c))
         best = min(choices)
-        points.append(OptimalPoint(level, best[4], best[1], best[3], best[2], best[0],
-                                   len({choice[1] for choice in choices})))
+        points.append(
+            OptimalPoint(
+                level,
+                best[4],
+                best[1],
+                best[3],
+                best[2],
+                best[0],
+                len({choice[1] for choice in choices}),
+            )
+        )
     return points
 
 
 # --- Learning rate -----------------------------------------------------------------------------
 
-def best_learning_rate(learning_rates: Sequence[float],
-                       losses: Sequence[float]) -> tuple[float, bool]:
+
+def best_learning_rate(
+    learning_rates: Sequence[float], losses: Sequence[float]
+) -> tuple[float, bool]:
     """(best rate, whether it lies on the edge of the grid). Diverged runs (non-finite loss)
     count as worst. With a best rate inside the grid, the parabola through it and its two
     neighbours in log2(rate) gives a rate between grid points."""
@@ -302,20 +363,25 @@ def best_learning_rate(learning_rates: Sequence[float],
         return float('nan'), True
     if len(rates) < 3 or best in (0, len(rates) - 1):
         return float(rates[best]), len(rates) > 1 and best in (0, len(rates) - 1)
-    x = np.log2(rates[best - 1:best + 2])
-    y = values[best - 1:best + 2]
+    x = np.log2(rates[best - 1 : best + 2])
+    y = values[best - 1 : best + 2]
     if not np.all(np.isfinite(y)):
         return float(rates[best]), False
     curvature, slope, _ = np.polyfit(x, y, 2)
     if curvature <= 0:
         return float(rates[best]), False
     vertex = float(np.clip(-slope / (2 * curvature), x[0], x[-1]))
-    return float(2.0 ** vertex), False
+    return float(2.0**vertex), False
 
 
 def summarize_fit(fit: Fit) -> dict[str, Any]:
     """A JSON-ready dict of a fit."""
-    return {'law': fit.law, 'formula': fit.formula(), 'params': fit.params,
-            'intervals_95': {k: list(v) for k, v in fit.intervals.items()},
-            'num_points': fit.num_points, 'num_bootstrap': fit.num_bootstrap,
-            'residual_rms_log': fit.residual_rms}
+    return {
+        'law': fit.law,
+        'formula': fit.formula(),
+        'params': fit.params,
+        'intervals_95': {k: list(v) for k, v in fit.intervals.items()},
+        'num_points': fit.num_points,
+        'num_bootstrap': fit.num_bootstrap,
+        'residual_rms_log': fit.residual_rms,
+    }

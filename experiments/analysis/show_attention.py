@@ -26,7 +26,6 @@ import numpy as np
 from absl import app, flags
 
 
-
 def define_flags() -> None:
     """Flags of the command line only: tests import this module beside other absl programs
     that define --workdir too."""
@@ -37,14 +36,21 @@ def define_flags() -> None:
 
 # --------------------------------------------------------------------------- reading the model
 
+
 def test_images(run, count: int, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The first `count` examples of the eval split: raw images and labels."""
     import data
-    source = data.load_source(run.config.dataset.name, split or run.config.dataset.eval_split,
-                              run.config.dataset.data_dir or None)
+
+    source = data.load_source(
+        run.config.dataset.name,
+        split or run.config.dataset.eval_split,
+        run.config.dataset.data_dir or None,
+    )
     records = [source[i] for i in range(min(count, len(source)))]
-    return (np.stack([np.asarray(r['image']) for r in records]),
-            np.asarray([int(r['label']) for r in records]))
+    return (
+        np.stack([np.asarray(r['image']) for r in records]),
+        np.asarray([int(r['label']) for r in records]),
+    )
 
 
 def sown_attention(run, images: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -65,8 +71,10 @@ def grid_shape(num_patches: int, height: int, width: int) -> tuple[int, int]:
 
 def vit_query_maps(model, intermediates: dict) -> tuple[np.ndarray, np.ndarray]:
     """(last block per-head maps (B, heads, P), rollout map (B, P)) of the pooling query."""
-    blocks = [intermediates[f'encoderblock_{i}']['attention']['attention_weights'][0]
-              for i in range(model.depth)]
+    blocks = [
+        intermediates[f'encoderblock_{i}']['attention']['attention_weights'][0]
+        for i in range(model.depth)
+    ]
     prefix = 1 if model.pool == 'token' else 0
     rollout = np.asarray(_rollout(blocks))
     if model.pool == 'token':
@@ -85,15 +93,19 @@ def vit_query_maps(model, intermediates: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def _rollout(blocks: Sequence[np.ndarray]) -> jax.Array:
     from nets.layers.attention import attention_rollout
+
     return attention_rollout(list(blocks))
 
 
 # --------------------------------------------------------------------------- drawing
 
+
 def _plt():
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -106,11 +118,19 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def _upsample(grid_map: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.asarray(jax.image.resize(jnp.asarray(grid_map, jnp.float32), (height, width), 'nearest'))
+    return np.asarray(
+        jax.image.resize(jnp.asarray(grid_map, jnp.float32), (height, width), 'nearest')
+    )
 
 
-def draw_vit(run, images: np.ndarray, labels: np.ndarray, logits: np.ndarray, intermediates: dict,
-             out_dir: Path) -> list[Path]:
+def draw_vit(
+    run,
+    images: np.ndarray,
+    labels: np.ndarray,
+    logits: np.ndarray,
+    intermediates: dict,
+    out_dir: Path,
+) -> list[Path]:
     plt = _plt()
     model = run.model
     heads, rolled = vit_query_maps(model, intermediates)
@@ -122,7 +142,9 @@ def draw_vit(run, images: np.ndarray, labels: np.ndarray, logits: np.ndarray, in
     written = []
 
     n, num_heads = len(images), heads.shape[1]
-    fig, axes = plt.subplots(n, num_heads + 1, figsize=(1.6 * (num_heads + 1), 1.7 * n), squeeze=False)
+    fig, axes = plt.subplots(
+        n, num_heads + 1, figsize=(1.6 * (num_heads + 1), 1.7 * n), squeeze=False
+    )
     for i in range(n):
         shown, cmap = _display(images[i])
         axes[i, 0].imshow(shown, cmap=cmap)
@@ -135,7 +157,9 @@ def draw_vit(run, images: np.ndarray, labels: np.ndarray, logits: np.ndarray, in
                 axes[i, h + 1].set_title(f'head {h}', fontsize=8)
     for ax in axes.ravel():
         ax.axis('off')
-    fig.suptitle(f'{run.config.model.name}: last block, {query} over {rows}x{cols} patches', fontsize=9)
+    fig.suptitle(
+        f'{run.config.model.name}: last block, {query} over {rows}x{cols} patches', fontsize=9
+    )
     fig.tight_layout()
     written.append(_save(fig, out_dir / 'vit_attention_heads.png'))
 
@@ -145,7 +169,9 @@ def draw_vit(run, images: np.ndarray, labels: np.ndarray, logits: np.ndarray, in
         axes[0, i].imshow(shown, cmap=cmap)
         axes[0, i].set_title(names[labels[i]], fontsize=8)
         axes[1, i].imshow(shown, cmap=cmap)
-        axes[1, i].imshow(_upsample(rolled[i].reshape(rows, cols), height, width), cmap='inferno', alpha=0.6)
+        axes[1, i].imshow(
+            _upsample(rolled[i].reshape(rows, cols), height, width), cmap='inferno', alpha=0.6
+        )
     for ax in axes.ravel():
         ax.axis('off')
     fig.suptitle(f'attention rollout through {model.depth} blocks ({query})', fontsize=9)
@@ -157,17 +183,28 @@ def draw_vit(run, images: np.ndarray, labels: np.ndarray, logits: np.ndarray, in
 def swin_stage_geometry(model, height: int, width: int) -> list[tuple[int, int, int, int]]:
     """Per stage: (token rows, token cols, window, shift of the odd blocks), as the model cuts it."""
     from nets.models import swin
+
     return swin.stage_windows(height, width, model.patch_size, len(model.depths), model.window_size)
 
 
 def swin_block_weights(intermediates: dict, stage: int, num_blocks: int) -> list[np.ndarray]:
     """Attention weights (batch*windows, heads, N, N) of each block of one stage."""
-    return [intermediates[f'stage{stage}_block{i}']['window_attention']['attention']['attention_weights'][0]
-            for i in range(num_blocks)]
+    return [
+        intermediates[f'stage{stage}_block{i}']['window_attention']['attention'][
+            'attention_weights'
+        ][0]
+        for i in range(num_blocks)
+    ]
 
 
-def swin_token_attention(window_weights: np.ndarray, rows: int, cols: int, window: int, shift: int,
-                         token: tuple[int, int]) -> np.ndarray:
+def swin_token_attention(
+    window_weights: np.ndarray,
+    rows: int,
+    cols: int,
+    window: int,
+    shift: int,
+    token: tuple[int, int],
+) -> np.ndarray:
     """(rows, cols) map of how much `token` (original coordinates) attends to every token.
 
     `window_weights`: one image's (windows, heads, N, N), windows numbered row-major on the
@@ -186,8 +223,11 @@ def swin_token_attention(window_weights: np.ndarray, rows: int, cols: int, windo
     return attention_map
 
 
-def draw_swin(run, images: np.ndarray, labels: np.ndarray, intermediates: dict, out_dir: Path) -> list[Path]:
+def draw_swin(
+    run, images: np.ndarray, labels: np.ndarray, intermediates: dict, out_dir: Path
+) -> list[Path]:
     from nets.models import swin
+
     plt = _plt()
     model = run.model
     height, width = images.shape[1:3]
@@ -201,38 +241,57 @@ def draw_swin(run, images: np.ndarray, labels: np.ndarray, intermediates: dict, 
             # One colour per group of tokens that may attend to each other.
             groups = swin.attention_group_map(rows, cols, window, this_shift)
             ax.imshow(shown, cmap=cmap, extent=(0, cols, rows, 0))
-            ax.imshow(groups, cmap='tab20', alpha=0.45, extent=(0, cols, rows, 0), interpolation='nearest')
+            ax.imshow(
+                groups, cmap='tab20', alpha=0.45, extent=(0, cols, rows, 0), interpolation='nearest'
+            )
             _draw_boundaries(ax, index, color='white', width=2.0)
             _draw_boundaries(ax, groups, color='black', width=0.8, dashed=True)
-            ax.set_title(f'stage {stage + 1}: {rows}x{cols} tokens, window {window}, '
-                         f'{kind}' + (f' (shift {this_shift})' if this_shift else ''), fontsize=7)
+            ax.set_title(
+                f'stage {stage + 1}: {rows}x{cols} tokens, window {window}, '
+                f'{kind}' + (f' (shift {this_shift})' if this_shift else ''),
+                fontsize=7,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle('Swin windows: white lines = attention windows; dashed = mask regions inside a\n'
-                 'shifted window (tokens attend only within their colour)', fontsize=8)
+    fig.suptitle(
+        'Swin windows: white lines = attention windows; dashed = mask regions inside a\n'
+        'shifted window (tokens attend only within their colour)',
+        fontsize=8,
+    )
     fig.tight_layout()
     written = [_save(fig, out_dir / 'swin_windows.png')]
 
     # One token's attention over its window in the first regular and the first shifted block.
     rows, cols, window, shift = geometry[0]
     block_weights = swin_block_weights(intermediates, 0, min(model.depths[0], 2))
-    fig, axes = plt.subplots(1, 1 + len(block_weights), figsize=(3.2 * (1 + len(block_weights)), 3.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, 1 + len(block_weights), figsize=(3.2 * (1 + len(block_weights)), 3.2), squeeze=False
+    )
     axes[0, 0].imshow(shown, cmap=cmap)
-    axes[0, 0].set_title(f'{run.info.class_names[labels[0]] if run.info.class_names else labels[0]}',
-                         fontsize=8)
+    axes[0, 0].set_title(
+        f'{run.info.class_names[labels[0]] if run.info.class_names else labels[0]}', fontsize=8
+    )
     # A token just inside the first shifted window's border, so the shifted block shows
     # its window spanning the regular windows' boundary.
     token = (window - 1, window - 1) if rows > window else (0, 0)
     for b, weights in enumerate(block_weights):
         block_shift = shift if b % 2 else 0
-        attention_map = swin_token_attention(weights[:len(weights) // len(images)], rows, cols, window,
-                                             block_shift, token)
+        attention_map = swin_token_attention(
+            weights[: len(weights) // len(images)], rows, cols, window, block_shift, token
+        )
         ax = axes[0, b + 1]
         ax.imshow(shown, cmap=cmap, extent=(0, cols, rows, 0))
-        ax.imshow(attention_map, cmap='inferno', alpha=0.65, extent=(0, cols, rows, 0), interpolation='nearest')
+        ax.imshow(
+            attention_map,
+            cmap='inferno',
+            alpha=0.65,
+            extent=(0, cols, rows, 0),
+            interpolation='nearest',
+        )
         ax.plot(token[1] + 0.5, token[0] + 0.5, 'c+', markersize=10)
-        ax.set_title(f'block {b} ({"shifted" if block_shift else "regular"}): token {token}', fontsize=8)
+        ax.set_title(
+            f'block {b} ({"shifted" if block_shift else "regular"}): token {token}', fontsize=8
+        )
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -241,7 +300,9 @@ def draw_swin(run, images: np.ndarray, labels: np.ndarray, intermediates: dict, 
     return written
 
 
-def _draw_boundaries(ax, labels: np.ndarray, *, color: str, width: float, dashed: bool = False) -> None:
+def _draw_boundaries(
+    ax, labels: np.ndarray, *, color: str, width: float, dashed: bool = False
+) -> None:
     """Lines between horizontally or vertically adjacent cells with different labels."""
     rows, cols = labels.shape
     style = dict(color=color, linewidth=width, linestyle='--' if dashed else '-')
@@ -262,15 +323,21 @@ def _save(fig, path: Path) -> Path:
 
 # --------------------------------------------------------------------------- entry point
 
-def show_attention(workdir: str | Path, num_images: int = 6, split: str | None = None) -> list[Path]:
+
+def show_attention(
+    workdir: str | Path, num_images: int = 6, split: str | None = None
+) -> list[Path]:
     """Writes the pictures for the run in `workdir`; returns their paths."""
     import nets
     from experiments.analysis.runs import load_run
+
     run = load_run(workdir)
     family = nets.model_family(run.config.model.name)
     if family not in ('vit', 'swin'):
-        raise ValueError(f'{str(workdir)!r} trained {run.config.model.name!r} (family {family!r}); '
-                         "show_attention draws families 'vit' and 'swin'")
+        raise ValueError(
+            f'{str(workdir)!r} trained {run.config.model.name!r} (family {family!r}); '
+            "show_attention draws families 'vit' and 'swin'"
+        )
     images, labels = test_images(run, num_images, split)
     logits, intermediates = sown_attention(run, images)
     out_dir = Path(workdir) / 'pictures'
@@ -282,6 +349,7 @@ def show_attention(workdir: str | Path, num_images: int = 6, split: str | None =
 def main(argv: Sequence[str]) -> None:
     del argv
     from train.metrics_writer import quiet_library_logs
+
     quiet_library_logs()
     options = flags.FLAGS
     if not options.workdir:

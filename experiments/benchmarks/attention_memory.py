@@ -62,16 +62,21 @@ DEFAULT_LENGTHS = ('64', '128', '256', '512', '1024', '2048', '4096')
 LAYERS = ('attention', 'attention_xla', 'lstm')
 LABELS = {'attention': "attention ('plain')", 'attention_xla': "attention ('xla')", 'lstm': 'LSTM'}
 MEMORY_FIELDS = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes')
-MIB = 2.0 ** 20
+MIB = 2.0**20
 
 _LENGTHS = flags.DEFINE_list('lengths', list(DEFAULT_LENGTHS), 'Sequence lengths L to measure.')
 _WIDTH = flags.DEFINE_integer('width', 128, 'Model width D of both layers.', lower_bound=1)
 _HEADS = flags.DEFINE_integer('heads', 4, 'Attention heads (must divide --width).', lower_bound=1)
 _BATCH = flags.DEFINE_integer('batch', 1, 'Sequences per batch.', lower_bound=1)
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (median reported); '
-                                '0 measures memory only.', lower_bound=0)
-_OUT = flags.DEFINE_string('out', 'docs/attention_memory',
-                           'Write OUT.md, OUT.json and OUT.png (empty: print only).')
+_REPEATS = flags.DEFINE_integer(
+    'repeats',
+    5,
+    'Timed calls per measurement (median reported); 0 measures memory only.',
+    lower_bound=0,
+)
+_OUT = flags.DEFINE_string(
+    'out', 'docs/attention_memory', 'Write OUT.md, OUT.json and OUT.png (empty: print only).'
+)
 
 
 def make_layer(layer: str, width: int, heads: int) -> Any:
@@ -82,11 +87,12 @@ def make_layer(layer: str, width: int, heads: int) -> Any:
         return MultiHeadAttention(num_heads=heads, implementation='xla')
     if layer == 'lstm':
         return RNNLayer(cell='lstm', features=width)
-    raise ValueError(f"unknown layer {layer!r}; valid choices: {', '.join(LAYERS)}")
+    raise ValueError(f'unknown layer {layer!r}; valid choices: {", ".join(LAYERS)}')
 
 
-def compile_train_step(layer: str, length: int, *, width: int, heads: int,
-                       batch: int) -> tuple[Callable[[], Any], dict[str, Any]]:
+def compile_train_step(
+    layer: str, length: int, *, width: int, heads: int, batch: int
+) -> tuple[Callable[[], Any], dict[str, Any]]:
     """Compiles one training step of `layer` on (batch, length, width) inputs.
 
     Returns (run, stats): `run()` calls the compiled step once on fixed parameters and inputs;
@@ -94,7 +100,7 @@ def compile_train_step(layer: str, length: int, *, width: int, heads: int,
     + output) and the compile time.
     """
     if width % heads != 0 and layer != 'lstm':
-        raise ValueError(f"width {width} is not divisible by heads {heads}")
+        raise ValueError(f'width {width} is not divisible by heads {heads}')
     module = make_layer(layer, width, heads)
     x_shape = jax.ShapeDtypeStruct((batch, length, width), jnp.float32)
     # Compiled from shapes alone: the memory analysis needs no values, and skipping the eager
@@ -111,9 +117,13 @@ def compile_train_step(layer: str, length: int, *, width: int, heads: int,
     compile_s = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     if analysis is None:
-        raise RuntimeError(f'this backend ({jax.default_backend()}) gives no compiled memory analysis')
-    stats: dict[str, Any] = {name: int(getattr(analysis, name)) for name in
-                             MEMORY_FIELDS + ('alias_size_in_bytes', 'generated_code_size_in_bytes')}
+        raise RuntimeError(
+            f'this backend ({jax.default_backend()}) gives no compiled memory analysis'
+        )
+    stats: dict[str, Any] = {
+        name: int(getattr(analysis, name))
+        for name in MEMORY_FIELDS + ('alias_size_in_bytes', 'generated_code_size_in_bytes')
+    }
     stats['memory_bytes'] = sum(stats[name] for name in MEMORY_FIELDS)
     stats['compile_s'] = compile_s
     values: list[tuple[Any, jax.Array]] = []
@@ -143,13 +153,21 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure_length(length: int, *, width: int = 128, heads: int = 4, batch: int = 1,
-                   repeats: int = 5, layers: Sequence[str] = LAYERS) -> dict[str, dict[str, Any]]:
+def measure_length(
+    length: int,
+    *,
+    width: int = 128,
+    heads: int = 4,
+    batch: int = 1,
+    repeats: int = 5,
+    layers: Sequence[str] = LAYERS,
+) -> dict[str, dict[str, Any]]:
     """layer -> memory-analysis stats (and `median_ms` when repeats > 0) at one length."""
     runs, results = {}, {}
     for layer in layers:
-        runs[layer], results[layer] = compile_train_step(layer, length, width=width, heads=heads,
-                                                         batch=batch)
+        runs[layer], results[layer] = compile_train_step(
+            layer, length, width=width, heads=heads, batch=batch
+        )
     if repeats > 0:
         for layer, seconds in time_interleaved(runs, repeats).items():
             results[layer]['median_ms'] = seconds * 1e3
@@ -165,22 +183,26 @@ def upper_half(lengths: Sequence[int]) -> list[int]:
     """The longer half of the lengths (the middle one included for an odd count), where the
     length-independent parts (parameters, code) no longer hide the growth."""
     ordered = sorted(lengths)
-    return ordered[len(ordered) // 2:]
+    return ordered[len(ordered) // 2 :]
 
 
-def measure(lengths: Sequence[int], *, width: int, heads: int, batch: int,
-            repeats: int) -> dict[str, Any]:
+def measure(
+    lengths: Sequence[int], *, width: int, heads: int, batch: int, repeats: int
+) -> dict[str, Any]:
     """The whole table: one row per length, plus the fitted slopes."""
     rows = []
     for length in lengths:
         results = measure_length(length, width=width, heads=heads, batch=batch, repeats=repeats)
-        row: dict[str, Any] = {'length': length,
-                               # One (batch, heads, L, L) float32 matrix: the unit of the N² term.
-                               'weights_copy_mib': batch * heads * length * length * 4 / MIB}
+        row: dict[str, Any] = {
+            'length': length,
+            # One (batch, heads, L, L) float32 matrix: the unit of the N² term.
+            'weights_copy_mib': batch * heads * length * length * 4 / MIB,
+        }
         for layer, stats in results.items():
             row[layer] = stats
-        row['attention_over_lstm_memory'] = (results['attention']['memory_bytes']
-                                             / results['lstm']['memory_bytes'])
+        row['attention_over_lstm_memory'] = (
+            results['attention']['memory_bytes'] / results['lstm']['memory_bytes']
+        )
         rows.append(row)
         print(format_row(row), flush=True)
     fit_lengths = upper_half(lengths)
@@ -188,58 +210,78 @@ def measure(lengths: Sequence[int], *, width: int, heads: int, batch: int,
     slopes = {'fit_lengths': fit_lengths}
     for layer in LAYERS:
         slopes[f'{layer}_memory'] = fit_slope(
-            fit_lengths, [by_length[n][layer]['memory_bytes'] for n in fit_lengths])
+            fit_lengths, [by_length[n][layer]['memory_bytes'] for n in fit_lengths]
+        )
         # The temporaries alone, without the length-independent parameters and their gradients.
         slopes[f'{layer}_temp'] = fit_slope(
-            fit_lengths, [by_length[n][layer]['temp_size_in_bytes'] for n in fit_lengths])
+            fit_lengths, [by_length[n][layer]['temp_size_in_bytes'] for n in fit_lengths]
+        )
         if repeats > 0:
             slopes[f'{layer}_time'] = fit_slope(
-                fit_lengths, [by_length[n][layer]['median_ms'] for n in fit_lengths])
+                fit_lengths, [by_length[n][layer]['median_ms'] for n in fit_lengths]
+            )
     device = jax.devices()[0]
-    return {'platform': jax.default_backend(), 'device_kind': device.device_kind,
-            'cpu_count': os.cpu_count(), 'jax': jax.__version__, 'width': width, 'heads': heads,
-            'batch': batch, 'repeats': repeats, 'memory': ' + '.join(MEMORY_FIELDS),
-            'rows': rows, 'slopes': slopes}
+    return {
+        'platform': jax.default_backend(),
+        'device_kind': device.device_kind,
+        'cpu_count': os.cpu_count(),
+        'jax': jax.__version__,
+        'width': width,
+        'heads': heads,
+        'batch': batch,
+        'repeats': repeats,
+        'memory': ' + '.join(MEMORY_FIELDS),
+        'rows': rows,
+        'slopes': slopes,
+    }
 
 
-HEADER = (f"{'L':>5} {'attn MiB':>9} {'attn ms':>9} {'xla MiB':>9} {'xla ms':>9} "
-          f"{'LSTM MiB':>9} {'LSTM ms':>9} {'attn/LSTM mem':>13} {'L×L copy MiB':>12}")
+HEADER = (
+    f'{"L":>5} {"attn MiB":>9} {"attn ms":>9} {"xla MiB":>9} {"xla ms":>9} '
+    f'{"LSTM MiB":>9} {"LSTM ms":>9} {"attn/LSTM mem":>13} {"L×L copy MiB":>12}'
+)
 
 
 def format_row(row: dict[str, Any]) -> str:
     def ms(stats: dict[str, Any]) -> str:
-        return f"{stats['median_ms']:9.1f}" if 'median_ms' in stats else f"{'-':>9}"
+        return f'{stats["median_ms"]:9.1f}' if 'median_ms' in stats else f'{"-":>9}'
+
     a, x, r = row['attention'], row['attention_xla'], row['lstm']
-    return (f"{row['length']:>5} {a['memory_bytes'] / MIB:9.2f} {ms(a)} {x['memory_bytes'] / MIB:9.2f} "
-            f"{ms(x)} {r['memory_bytes'] / MIB:9.2f} {ms(r)} {row['attention_over_lstm_memory']:13.2f} "
-            f"{row['weights_copy_mib']:12.2f}")
+    return (
+        f'{row["length"]:>5} {a["memory_bytes"] / MIB:9.2f} {ms(a)} {x["memory_bytes"] / MIB:9.2f} '
+        f'{ms(x)} {r["memory_bytes"] / MIB:9.2f} {ms(r)} {row["attention_over_lstm_memory"]:13.2f} '
+        f'{row["weights_copy_mib"]:12.2f}'
+    )
 
 
 def markdown(report: dict[str, Any], command: str, wall_s: float, picture: str) -> str:
     """The report as a markdown page; `picture` is the PNG's path relative to the page."""
     slopes = report['slopes']
     timed = report['repeats'] > 0
-    device = (f"{report['platform']} ({report['cpu_count']} cores)" if report['platform'] == 'cpu'
-              else f"{report['platform']} ({report['device_kind']})")
+    device = (
+        f'{report["platform"]} ({report["cpu_count"]} cores)'
+        if report['platform'] == 'cpu'
+        else f'{report["platform"]} ({report["device_kind"]})'
+    )
 
     def ms(stats: dict[str, Any]) -> str:
-        return f"{stats['median_ms']:.1f}" if timed else '-'
+        return f'{stats["median_ms"]:.1f}' if timed else '-'
 
     lines = [
         '# Attention needs L×L memory: one attention layer against one LSTM layer',
         '',
-        f"Generated by `{command}` in {wall_s:.0f} s on {device}, jax {report['jax']}; load "
-        f"average {report['load_average']:.1f} at the start (a machine shared with other jobs "
+        f'Generated by `{command}` in {wall_s:.0f} s on {device}, jax {report["jax"]}; load '
+        f'average {report["load_average"]:.1f} at the start (a machine shared with other jobs '
         f"makes the times noisy; the memory figures are exact and deterministic). The process's "
-        f"peak resident memory was {report['max_rss_mib']:.0f} MiB: the JAX runtime, the "
+        f'peak resident memory was {report["max_rss_mib"]:.0f} MiB: the JAX runtime, the '
         f"compiled programs and the allocator's caching come on top of the per-step figures.",
         '',
-        f"One training step (loss mean(y²), gradient w.r.t. parameters and inputs) of a layer of "
-        f"width D={report['width']} on (batch={report['batch']}, L, D) float32 inputs: "
+        f'One training step (loss mean(y²), gradient w.r.t. parameters and inputs) of a layer of '
+        f'width D={report["width"]} on (batch={report["batch"]}, L, D) float32 inputs: '
         f"`MultiHeadAttention(num_heads={report['heads']})` with implementation 'plain' "
         f"(softmax(QKᵀ/√d)V written out) and 'xla' (`jax.nn.dot_product_attention`), and "
         f"`RNNLayer(cell='lstm', features={report['width']})`. Memory is XLA's compiled memory "
-        f"analysis, `{report['memory']}` (MiB = 2²⁰ bytes); time is the median of "
+        f'analysis, `{report["memory"]}` (MiB = 2²⁰ bytes); time is the median of '
         f"{report['repeats']} calls. 'L×L copy' is one (batch, heads, L, L) float32 matrix.",
         '',
         '| L | attention MiB | attention ms | attention (xla) MiB | attention (xla) ms '
@@ -248,35 +290,45 @@ def markdown(report: dict[str, Any], command: str, wall_s: float, picture: str) 
     ]
     for row in report['rows']:
         a, x, r = row['attention'], row['attention_xla'], row['lstm']
-        lines.append(f"| {row['length']} | {a['memory_bytes'] / MIB:.2f} | {ms(a)} | "
-                     f"{x['memory_bytes'] / MIB:.2f} | {ms(x)} | {r['memory_bytes'] / MIB:.2f} | "
-                     f"{ms(r)} | {row['attention_over_lstm_memory']:.2f} | "
-                     f"{row['weights_copy_mib']:.2f} |")
+        lines.append(
+            f'| {row["length"]} | {a["memory_bytes"] / MIB:.2f} | {ms(a)} | '
+            f'{x["memory_bytes"] / MIB:.2f} | {ms(x)} | {r["memory_bytes"] / MIB:.2f} | '
+            f'{ms(r)} | {row["attention_over_lstm_memory"]:.2f} | '
+            f'{row["weights_copy_mib"]:.2f} |'
+        )
     fit = ', '.join(map(str, slopes['fit_lengths']))
-    lines += ['', f'Log-log slopes fitted over L = {fit} (2 means L², 1 means L):', '',
-              '| layer | memory slope | temp_size_in_bytes slope | time slope |',
-              '|---|---:|---:|---:|']
+    lines += [
+        '',
+        f'Log-log slopes fitted over L = {fit} (2 means L², 1 means L):',
+        '',
+        '| layer | memory slope | temp_size_in_bytes slope | time slope |',
+        '|---|---:|---:|---:|',
+    ]
     for layer in LAYERS:
-        time_slope = f"{slopes[f'{layer}_time']:.2f}" if timed else '-'
-        lines.append(f"| {LABELS[layer]} | {slopes[f'{layer}_memory']:.2f} | "
-                     f"{slopes[f'{layer}_temp']:.2f} | {time_slope} |")
+        time_slope = f'{slopes[f"{layer}_time"]:.2f}' if timed else '-'
+        lines.append(
+            f'| {LABELS[layer]} | {slopes[f"{layer}_memory"]:.2f} | '
+            f'{slopes[f"{layer}_temp"]:.2f} | {time_slope} |'
+        )
     last = report['rows'][-1]
     xla_share = last['attention_xla']['memory_bytes'] / last['attention']['memory_bytes']
     if xla_share > 0.5:
-        xla_note = (f"On this backend ({report['platform']}) 'xla' materialises the L×L matrices "
-                    f"as 'plain' does ({xla_share:.0%} of its memory); fused (flash) kernels such "
-                    f"as cuDNN's on a GPU are built to avoid them (not measured here).")
+        xla_note = (
+            f"On this backend ({report['platform']}) 'xla' materialises the L×L matrices "
+            f"as 'plain' does ({xla_share:.0%} of its memory); fused (flash) kernels such "
+            f"as cuDNN's on a GPU are built to avoid them (not measured here)."
+        )
     else:
         xla_note = f"Here 'xla' needs {xla_share:.0%} of the memory of 'plain'."
     lines += [
         '',
-        f"At L={last['length']} the attention step needs "
-        f"{last['attention']['temp_size_in_bytes'] / MIB / last['weights_copy_mib']:.1f} L×L "
+        f'At L={last["length"]} the attention step needs '
+        f'{last["attention"]["temp_size_in_bytes"] / MIB / last["weights_copy_mib"]:.1f} L×L '
         f"copies' worth of temporaries (the softmax weights kept for the backward pass and the "
         f"gradients flowing through them), {last['attention_over_lstm_memory']:.0f}× the LSTM's "
-        f"memory. The LSTM keeps only its L steps of activations, so its memory grows linearly; "
-        f"it pays instead in time, with L steps that must run one after another. "
-        f"{xla_note}",
+        f'memory. The LSTM keeps only its L steps of activations, so its memory grows linearly; '
+        f'it pays instead in time, with L steps that must run one after another. '
+        f'{xla_note}',
         '',
         f'![memory and time against L]({picture})',
         '',
@@ -287,14 +339,20 @@ def markdown(report: dict[str, Any], command: str, wall_s: float, picture: str) 
 def plot(report: dict[str, Any], path: str) -> None:
     """Log-log memory (and time) against L for each layer, with slope-2 and slope-1 guides."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     lengths = np.array([row['length'] for row in report['rows']], float)
     timed = report['repeats'] > 0
-    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 5.5, 4.2), squeeze=False)
-    styles = {'attention': ('tab:red', 'o-'), 'attention_xla': ('tab:orange', 's--'),
-              'lstm': ('tab:blue', '^-')}
+    fig, axes = plt.subplots(
+        1, 2 if timed else 1, figsize=(11 if timed else 5.5, 4.2), squeeze=False
+    )
+    styles = {
+        'attention': ('tab:red', 'o-'),
+        'attention_xla': ('tab:orange', 's--'),
+        'lstm': ('tab:blue', '^-'),
+    }
     panels = [('memory_bytes', 'memory (MiB)', 1 / MIB, 'memory of one training step')]
     if timed:
         panels.append(('median_ms', 'time (ms)', 1.0, 'time of one training step (median)'))
@@ -308,10 +366,17 @@ def plot(report: dict[str, Any], path: str) -> None:
         top = report['rows'][-1]
         for layer, power, name in (('attention', 2, 'slope 2 (L²)'), ('lstm', 1, 'slope 1 (L)')):
             anchor = top[layer][key] * scale
-            ax.plot(lengths, anchor * (lengths / lengths[-1]) ** power, ':', color='gray',
-                    linewidth=1.2)
-            ax.annotate(name, (lengths[0], anchor * (lengths[0] / lengths[-1]) ** power),
-                        textcoords='offset points', xytext=(2, 4), fontsize=8, color='gray')
+            ax.plot(
+                lengths, anchor * (lengths / lengths[-1]) ** power, ':', color='gray', linewidth=1.2
+            )
+            ax.annotate(
+                name,
+                (lengths[0], anchor * (lengths[0] / lengths[-1]) ** power),
+                textcoords='offset points',
+                xytext=(2, 4),
+                fontsize=8,
+                color='gray',
+            )
         ax.set_xscale('log', base=2)
         ax.set_yscale('log')
         ax.set_xlabel('sequence length L')
@@ -319,8 +384,11 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(True, which='both', alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"self-attention vs LSTM, width {report['width']}, {report['heads']} heads, "
-                 f"batch {report['batch']} ({report['platform']}, jax {report['jax']})", fontsize=10)
+    fig.suptitle(
+        f'self-attention vs LSTM, width {report["width"]}, {report["heads"]} heads, '
+        f'batch {report["batch"]} ({report["platform"]}, jax {report["jax"]})',
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -340,12 +408,16 @@ def main(argv: Sequence[str]) -> None:
     start = time.perf_counter()
     load_average = os.getloadavg()[0]
     device = jax.devices()[0]
-    print(f'{device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, jax {jax.__version__}; '
-          f'width {_WIDTH.value}, {_HEADS.value} heads, batch {_BATCH.value}, median of '
-          f'{_REPEATS.value}; memory = {" + ".join(MEMORY_FIELDS)}', flush=True)
+    print(
+        f'{device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, jax {jax.__version__}; '
+        f'width {_WIDTH.value}, {_HEADS.value} heads, batch {_BATCH.value}, median of '
+        f'{_REPEATS.value}; memory = {" + ".join(MEMORY_FIELDS)}',
+        flush=True,
+    )
     print(HEADER, flush=True)
-    report = measure(lengths, width=_WIDTH.value, heads=_HEADS.value, batch=_BATCH.value,
-                     repeats=_REPEATS.value)
+    report = measure(
+        lengths, width=_WIDTH.value, heads=_HEADS.value, batch=_BATCH.value, repeats=_REPEATS.value
+    )
     wall_s = time.perf_counter() - start
     report['wall_s'] = wall_s
     report['load_average'] = load_average
@@ -353,21 +425,33 @@ def main(argv: Sequence[str]) -> None:
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report['max_rss_mib'] = max_rss / (MIB if sys.platform == 'darwin' else 1024)
     slopes = report['slopes']
-    print(f"log-log slope of memory vs L over L = {', '.join(map(str, slopes['fit_lengths']))}: "
-          + ', '.join(f"{LABELS[layer]} {slopes[f'{layer}_memory']:.2f}" for layer in LAYERS)
-          + ' (expect ~2 for attention, ~1 for the LSTM)')
-    print('  temp_size_in_bytes alone: '
-          + ', '.join(f"{LABELS[layer]} {slopes[f'{layer}_temp']:.2f}" for layer in LAYERS))
+    print(
+        f'log-log slope of memory vs L over L = {", ".join(map(str, slopes["fit_lengths"]))}: '
+        + ', '.join(f'{LABELS[layer]} {slopes[f"{layer}_memory"]:.2f}' for layer in LAYERS)
+        + ' (expect ~2 for attention, ~1 for the LSTM)'
+    )
+    print(
+        '  temp_size_in_bytes alone: '
+        + ', '.join(f'{LABELS[layer]} {slopes[f"{layer}_temp"]:.2f}' for layer in LAYERS)
+    )
     if _REPEATS.value > 0:
-        print('log-log slope of time vs L: '
-              + ', '.join(f"{LABELS[layer]} {slopes[f'{layer}_time']:.2f}" for layer in LAYERS))
+        print(
+            'log-log slope of time vs L: '
+            + ', '.join(f'{LABELS[layer]} {slopes[f"{layer}_time"]:.2f}' for layer in LAYERS)
+        )
     print(f'wall time {wall_s:.0f} s')
     if _OUT.value:
         command = 'python -m experiments.benchmarks.attention_memory' + ''.join(
-            f' --{name}={value}' for name, value in (
-                ('lengths', ','.join(map(str, lengths))), ('width', _WIDTH.value),
-                ('heads', _HEADS.value), ('batch', _BATCH.value), ('repeats', _REPEATS.value),
-                ('out', _OUT.value)))
+            f' --{name}={value}'
+            for name, value in (
+                ('lengths', ','.join(map(str, lengths))),
+                ('width', _WIDTH.value),
+                ('heads', _HEADS.value),
+                ('batch', _BATCH.value),
+                ('repeats', _REPEATS.value),
+                ('out', _OUT.value),
+            )
+        )
         report['command'] = command
         os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
         with open(_OUT.value + '.json', 'w') as f:

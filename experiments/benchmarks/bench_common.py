@@ -42,41 +42,98 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     # ResNet-18 with the CIFAR stem (3x3/1 conv, no max pool), 32x32x3, 10 classes.
-    'resnet18': ModelSpec('resnet18', dict(num_classes=10, stem='cifar', stage_sizes=(2, 2, 2, 2),
-                                           width=64), 128, (32, 32, 3), 'image'),
+    'resnet18': ModelSpec(
+        'resnet18',
+        dict(num_classes=10, stem='cifar', stage_sizes=(2, 2, 2, 2), width=64),
+        128,
+        (32, 32, 3),
+        'image',
+    ),
     # ViT-Ti with 4x4 patches on 32x32x3: 64 patches + the class token.
-    'vit_ti4': ModelSpec('vit_ti16', dict(num_classes=10, patch_size=4, hidden_size=192, depth=12,
-                                          num_heads=3, mlp_dim=768), 128, (32, 32, 3), 'image',
-                         jax_fields=dict(attention_implementation='xla')),
+    'vit_ti4': ModelSpec(
+        'vit_ti16',
+        dict(num_classes=10, patch_size=4, hidden_size=192, depth=12, num_heads=3, mlp_dim=768),
+        128,
+        (32, 32, 3),
+        'image',
+        jax_fields=dict(attention_implementation='xla'),
+    ),
     # One-layer LSTM language model, byte vocabulary, 128-token windows.
-    'lstm_lm': ModelSpec('char_lstm', dict(num_classes=256, embed_dim=128, hidden_size=512), 64,
-                         (128,), 'tokens', jax_fields=dict(unroll=1)),
+    'lstm_lm': ModelSpec(
+        'char_lstm',
+        dict(num_classes=256, embed_dim=128, hidden_size=512),
+        64,
+        (128,),
+        'tokens',
+        jax_fields=dict(unroll=1),
+    ),
     # The GPU benchmark's ImageNet-size pair (experiments/benchmarks/gpu_benchmark.py): a batch
     # that keeps an accelerator busy; far too slow for the 2-core CPU's default run.
-    'resnet50': ModelSpec('resnet50', dict(num_classes=1000, stem='imagenet', block='bottleneck',
-                                           stage_sizes=(3, 4, 6, 3), width=64), 256,
-                          (224, 224, 3), 'image'),
-    'vit_b16': ModelSpec('vit_b16', dict(num_classes=1000, patch_size=16, hidden_size=768,
-                                         depth=12, num_heads=12, mlp_dim=3072), 256,
-                         (224, 224, 3), 'image',
-                         jax_fields=dict(attention_implementation='xla')),
+    'resnet50': ModelSpec(
+        'resnet50',
+        dict(
+            num_classes=1000,
+            stem='imagenet',
+            block='bottleneck',
+            stage_sizes=(3, 4, 6, 3),
+            width=64,
+        ),
+        256,
+        (224, 224, 3),
+        'image',
+    ),
+    'vit_b16': ModelSpec(
+        'vit_b16',
+        dict(
+            num_classes=1000, patch_size=16, hidden_size=768, depth=12, num_heads=12, mlp_dim=3072
+        ),
+        256,
+        (224, 224, 3),
+        'image',
+        jax_fields=dict(attention_implementation='xla'),
+    ),
 }
 
 # The same architectures at toy sizes: what the tests run (seconds, not minutes).
 TINY_MODELS: dict[str, ModelSpec] = {
-    'resnet18': ModelSpec('resnet18', dict(num_classes=10, stem='cifar', stage_sizes=(1, 1),
-                                           width=8), 8, (8, 8, 3), 'image'),
-    'vit_ti4': ModelSpec('vit_ti16', dict(num_classes=10, patch_size=4, hidden_size=16, depth=1,
-                                          num_heads=2, mlp_dim=32), 8, (8, 8, 3), 'image',
-                         jax_fields=dict(attention_implementation='xla')),
-    'lstm_lm': ModelSpec('char_lstm', dict(num_classes=32, embed_dim=8, hidden_size=16), 4, (8,),
-                         'tokens', jax_fields=dict(unroll=1)),
-    'resnet50': ModelSpec('resnet50', dict(num_classes=10, stem='imagenet', block='bottleneck',
-                                           stage_sizes=(1, 1), width=4), 4, (16, 16, 3),
-                          'image'),
-    'vit_b16': ModelSpec('vit_b16', dict(num_classes=10, patch_size=8, hidden_size=16, depth=1,
-                                         num_heads=2, mlp_dim=32), 4, (16, 16, 3), 'image',
-                         jax_fields=dict(attention_implementation='xla')),
+    'resnet18': ModelSpec(
+        'resnet18',
+        dict(num_classes=10, stem='cifar', stage_sizes=(1, 1), width=8),
+        8,
+        (8, 8, 3),
+        'image',
+    ),
+    'vit_ti4': ModelSpec(
+        'vit_ti16',
+        dict(num_classes=10, patch_size=4, hidden_size=16, depth=1, num_heads=2, mlp_dim=32),
+        8,
+        (8, 8, 3),
+        'image',
+        jax_fields=dict(attention_implementation='xla'),
+    ),
+    'lstm_lm': ModelSpec(
+        'char_lstm',
+        dict(num_classes=32, embed_dim=8, hidden_size=16),
+        4,
+        (8,),
+        'tokens',
+        jax_fields=dict(unroll=1),
+    ),
+    'resnet50': ModelSpec(
+        'resnet50',
+        dict(num_classes=10, stem='imagenet', block='bottleneck', stage_sizes=(1, 1), width=4),
+        4,
+        (16, 16, 3),
+        'image',
+    ),
+    'vit_b16': ModelSpec(
+        'vit_b16',
+        dict(num_classes=10, patch_size=8, hidden_size=16, depth=1, num_heads=2, mlp_dim=32),
+        4,
+        (16, 16, 3),
+        'image',
+        jax_fields=dict(attention_implementation='xla'),
+    ),
 }
 
 
@@ -89,8 +146,9 @@ def model_spec(model: str, size: str = 'full') -> ModelSpec:
     return specs[size][model]
 
 
-def time_steps(run: Callable[[int], Any], sync: Callable[[Any], Any], *, steps: int,
-               warmup: int) -> tuple[float, list[float], list[float]]:
+def time_steps(
+    run: Callable[[int], Any], sync: Callable[[Any], Any], *, steps: int, warmup: int
+) -> tuple[float, list[float], list[float]]:
     """(seconds of the first call, wall seconds of each of `steps` timed calls, CPU seconds of
     this process in each) of `run(i)`, each call waited for with `sync`; `warmup` untimed calls
     after the first (caches, allocator). CPU seconds over wall seconds is the parallelism the
@@ -109,13 +167,19 @@ def time_steps(run: Callable[[int], Any], sync: Callable[[Any], Any], *, steps: 
     return first, wall, cpu
 
 
-def step_summary(batch_size: int, first_call_s: float, times: Sequence[float],
-                 cpu_times: Sequence[float] = ()) -> dict[str, Any]:
+def step_summary(
+    batch_size: int, first_call_s: float, times: Sequence[float], cpu_times: Sequence[float] = ()
+) -> dict[str, Any]:
     """The timing fields of a row: median step, examples/s from it, spread, CPU seconds."""
     median = statistics.median(times)
-    summary = {'step_s': median, 'step_s_min': min(times), 'step_s_max': max(times),
-               'examples_per_s': batch_size / median, 'first_call_s': first_call_s,
-               'timed_steps': len(times)}
+    summary = {
+        'step_s': median,
+        'step_s_min': min(times),
+        'step_s_max': max(times),
+        'examples_per_s': batch_size / median,
+        'first_call_s': first_call_s,
+        'timed_steps': len(times),
+    }
     if cpu_times:
         summary['cpu_s'] = statistics.median(cpu_times)
     return summary
@@ -133,13 +197,19 @@ def machine() -> dict[str, Any]:
             if line.startswith('model name'):
                 cpu = line.split(':', 1)[1].strip()
                 break
-        memory_kib = next(int(line.split()[1]) for line in
-                          Path('/proc/meminfo').read_text().splitlines()
-                          if line.startswith('MemTotal'))
+        memory_kib = next(
+            int(line.split()[1])
+            for line in Path('/proc/meminfo').read_text().splitlines()
+            if line.startswith('MemTotal')
+        )
     except (OSError, StopIteration):
         memory_kib = 0
-    return {'cpu_model': cpu, 'cores': os.cpu_count(), 'memory_gib': memory_kib / 2 ** 20,
-            'load_average': ', '.join(f'{x:.1f}' for x in os.getloadavg())}
+    return {
+        'cpu_model': cpu,
+        'cores': os.cpu_count(),
+        'memory_gib': memory_kib / 2**20,
+        'load_average': ', '.join(f'{x:.1f}' for x in os.getloadavg()),
+    }
 
 
 def version(package: str) -> str | None:
@@ -151,7 +221,7 @@ def version(package: str) -> str | None:
 
 def matmul_flops(size: int) -> float:
     """FLOPs of one (size x size) @ (size x size) product (multiply-add = 2)."""
-    return 2.0 * size ** 3
+    return 2.0 * size**3
 
 
 # What the report's notes say: the defaults chosen and what limits JAX (measured while
@@ -162,45 +232,45 @@ NOTES = [
     'means other processes shared the machine, which costs PyTorch (OpenMP barriers) more than '
     'JAX.',
     'The VM changed host between runs: until 2026-11-27 08:21 UTC its float32 matmul peak read '
-    '150-200 GFLOP/s in JAX, from 10:00 that day 390-440 (memory ~7 GB/s, PyTorch\'s matmul '
+    "150-200 GFLOP/s in JAX, from 10:00 that day 390-440 (memory ~7 GB/s, PyTorch's matmul "
     '~200). The development figures below are from the older host unless they say otherwise; '
     'ratios measured in one run are comparable, absolute times across hosts are not.',
     # Development A/Bs (2-core AMD EPYC, jax 0.10.2, torch 2.13.0, machine shared at load 4-9,
     # so train-step CPU seconds were compared, interleaved in one process or in alternating
     # processes):
     'XLA flags (train/runtime.py, per model family and dtype, what train.main adds on '
-    'CPU-only hosts; each row\'s flags are in the JSON): convolutions off YNNPACK '
+    "CPU-only hosts; each row's flags are in the JSON): convolutions off YNNPACK "
     '(--xla_cpu_experimental_ynn_fusion_type=-individual_convolution) for every model cut the '
     'CPU seconds of a ResNet-18 step by 24% (8.9 -> 6.6-6.8 s), ViT-Ti/4 by 5%, the LSTM and the '
     'quickstart CNN by 0%. Dot products off YNNPACK as well (-individual_dot,-dot) for float32 '
     'ViTs: ViT-Ti/4 step 3.42/3.00 s -> 2.89/2.85 s (alternating A/B, 5 steps each); the same '
-    'made the LSTM slower (0.65 -> 0.94 s), ResNet-18 no faster, and bfloat16 slower (Eigen\'s '
-    'bfloat16 products run at half YNNPACK\'s rate). Element-wise fusions on YNNPACK (+eltwise) '
+    "made the LSTM slower (0.65 -> 0.94 s), ResNet-18 no faster, and bfloat16 slower (Eigen's "
+    "bfloat16 products run at half YNNPACK's rate). Element-wise fusions on YNNPACK (+eltwise) "
     'do not compile the LSTM step (jax 0.10.2: "unsupported layout in YNN fusion"); reductions '
     'on it (+reduce) cost the same (0.272 vs 0.274 s, 3 alternating rounds, 2026-11-27).',
     'Convolutions on oneDNN (nets/kernels/onednn_conv.py, the CPU default where it builds; '
-    'config.runtime.conv_backend=xla for XLA\'s): 2-D float32/bfloat16 convolutions and both their '
+    "config.runtime.conv_backend=xla for XLA's): 2-D float32/bfloat16 convolutions and both their "
     'gradients run as XLA FFI calls into oneDNN 3.2 (the onednn-cpu-gomp wheel), the library '
-    'PyTorch\'s CPU convolutions use, with activations in JAX\'s channels-last layout and the '
-    'kernel reordered into oneDNN\'s blocked layout per call. 2026-11-27, alternating runs, '
+    "PyTorch's CPU convolutions use, with activations in JAX's channels-last layout and the "
+    "kernel reordered into oneDNN's blocked layout per call. 2026-11-27, alternating runs, "
     'without the allocator settings below: ResNet-18 step 1.70 -> 1.26-1.30 s float32 (one '
-    'device; 1.73 -> 1.29 s on two), 1.66 -> 0.92 s bfloat16 (oneDNN\'s AVX512-BF16 '
-    'convolutions; XLA\'s CPU convolutions have none), ViT-Ti/4 1.30 -> 1.20 s (its patch '
+    "device; 1.73 -> 1.29 s on two), 1.66 -> 0.92 s bfloat16 (oneDNN's AVX512-BF16 "
+    "convolutions; XLA's CPU convolutions have none), ViT-Ti/4 1.30 -> 1.20 s (its patch "
     'embedding). The 32x32x64 3x3 forward convolution runs at 481 GFLOP/s in oneDNN alone, as in '
-    'PyTorch, against XLA\'s 272. Written first with oneDNN\'s default library-managed '
+    "PyTorch, against XLA's 272. Written first with oneDNN's default library-managed "
     'scratchpad, which primitives share: two convolutions XLA ran at the same time corrupted '
-    'each other (a GAN\'s resumed run differed, a two-discriminator program hung); each call '
-    'now takes its calling thread\'s own scratch buffer (tests/test_onednn_conv.py).',
+    "each other (a GAN's resumed run differed, a two-discriminator program hung); each call "
+    "now takes its calling thread's own scratch buffer (tests/test_onednn_conv.py).",
     'Allocator (train/runtime.py MALLOC_ENV, what train.main restarts with for ResNets and '
-    'language models; `+malloc` in the table): XLA\'s CPU runtime allocates a step\'s buffers '
+    "language models; `+malloc` in the table): XLA's CPU runtime allocates a step's buffers "
     'afresh each step, and glibc maps large ones with mmap and returns them when freed, so the '
     'kernel supplies (and zeroes) new pages every step: ~230,000 page faults per ResNet-18 step. '
     'One arena, no mmap and no trimming keep the memory in the heap: ~1,500 faults per step; '
     'ResNet-18 1.28-1.30 -> 1.10-1.14 s, LSTM 0.27-0.31 -> 0.23 s (alternating runs); ViT-Ti/4 '
-    '1.25 -> 1.39-1.50 s with one arena, 1.24 s without the arena limit, so the ViT keeps glibc\'s '
+    "1.25 -> 1.39-1.50 s with one arena, 1.24 s without the arena limit, so the ViT keeps glibc's "
     'defaults. PyTorch eager gains as much or more under the same settings (the `eager+malloc` '
     'rows, two runs of 2026-11-27: ResNet-18 float32 +27-34%, the LSTM +41-45%): with equal '
-    'allocator settings JAX\'s ResNet-18 is at 0.90-0.96x PyTorch eager and the float32 LSTM at '
+    "allocator settings JAX's ResNet-18 is at 0.90-0.96x PyTorch eager and the float32 LSTM at "
     '0.74-0.87x. PyTorch does not ship such settings; this project does.',
     'Micro-batches (train/runtime.py MICRO_BATCH_BY_FAMILY, what train.main does on the '
     'CPU; `(k micro)` in the table): ViT steps run their batch as micro-batches of 16 examples '
@@ -212,8 +282,8 @@ NOTES = [
     'bfloat16 2.7 -> 1.9 s; PyTorch eager split the same way: 2.7 -> 2.5 s. The LSTM gains '
     'nothing (0.52 -> 0.54 s with two micro-batches); ResNet-18 would, but batch norm would then '
     'see 16- or 32-image statistics, so it keeps whole batches. Convolutions in that scan go '
-    'through nets.kernels.conv.Conv: XLA\'s CPU backend gives gradient convolutions their fast layout '
-    'only outside loops (a 32x32x64 3x3 layer\'s kernel gradient took 13 s in a scan, 0.13 s '
+    "through nets.kernels.conv.Conv: XLA's CPU backend gives gradient convolutions their fast layout "
+    "only outside loops (a 32x32x64 3x3 layer's kernel gradient took 13 s in a scan, 0.13 s "
     'with Conv; ResNet-18 in 4 micro-batches: 168 s -> 3.0 s per step, 3.3 s whole).',
     "ViT attention: 'xla' (jax.nn.dot_product_attention) and the explicit 'plain' softmax cost "
     "the same (5.6 vs 5.7 CPU s; on the CPU both materialise the 65x65 weights); rows use 'xla'.",
@@ -221,13 +291,13 @@ NOTES = [
     'the project default. Hoisting the input projection x·W_x out of the scan (one '
     '(8192x128)·(128x2048) product before the loop, as cuDNN/oneDNN do) was measured slower: '
     'train step 0.58 -> 0.72 s, fwd+bwd of a bare LSTM 0.45 -> 0.60 s. The projected inputs '
-    '(64 MiB, and their gradient) pass through memory several times at this VM\'s ~6 GB/s '
+    "(64 MiB, and their gradient) pass through memory several times at this VM's ~6 GB/s "
     '(a 64 MiB read+write copy), while inside the loop x_t and W_x stay in cache; kept inside. '
     'One concatenated [x_t, h]·[W_x; W_h] product per step instead of two was no faster either '
     '(bare LSTM 0.48-0.50 -> 0.51-0.54 s).',
     'LSTM backward (nets/kernels/fused_lstm.py, every RNNLayer LSTM): differentiating the scanned cell, '
-    'JAX adds the 64-deep products x_t^T·dz_t and h_{t-1}^T·dz_t into the kernels\' gradients at '
-    'every step; the fused layer\'s backward loop carries only the state gradients and stacks '
+    "JAX adds the 64-deep products x_t^T·dz_t and h_{t-1}^T·dz_t into the kernels' gradients at "
+    "every step; the fused layer's backward loop carries only the state gradients and stacks "
     'dz_t, and the weight, bias and input gradients are single products over all 8192 rows '
     'after the loop (the (512x8192)·(8192x2048) one at 188 GFLOP/s), as cuDNN/oneDNN do. '
     'Interleaved, one device: train step 0.69 -> 0.58 s (median); keeping the four gate '
@@ -242,43 +312,43 @@ NOTES = [
     '2.07 s on two (with oneDNN convolutions 1.26-1.30 and 1.29 s). The trainer '
     'stays at one device by default (a 2-device all-reduce stalled once in ~10 runs, see '
     'train/main.py), --cpu_devices=2 opts in.',
-    'bfloat16 in JAX: asked for a bfloat16 result, XLA\'s CPU backend converts both operands '
-    'to float32 (a 2048^3 product at 167 GFLOP/s, below float32\'s 200); asked to accumulate '
+    "bfloat16 in JAX: asked for a bfloat16 result, XLA's CPU backend converts both operands "
+    "to float32 (a 2048^3 product at 167 GFLOP/s, below float32's 200); asked to accumulate "
     'in float32 it runs AVX512-BF16 through YNNPACK at 371 GFLOP/s (the bfloat16 peak above). '
-    'nets.kernels.mixed_precision (every model\'s Dense/DenseGeneral and the recurrent cells) does so '
+    "nets.kernels.mixed_precision (every model's Dense/DenseGeneral and the recurrent cells) does so "
     'for the forward product and both gradient products: ViT-Ti/4 bfloat16 step 3.44 -> 2.49 s '
-    '(1 device; 2.23 s on 2, as fast as PyTorch eager float32), LSTM 0.81 -> 0.56 s. XLA\'s CPU '
+    "(1 device; 2.23 s on 2, as fast as PyTorch eager float32), LSTM 0.81 -> 0.56 s. XLA's CPU "
     'convolutions have no bfloat16 path (124-132 GFLOP/s vs 146 float32 on a 32x32x64 3x3 layer, '
-    'older host); oneDNN\'s use AVX512-BF16, in PyTorch and now in JAX (ResNet-18\'s bfloat16 step '
-    'runs at 1.5x JAX\'s float32 one, 2.1x in PyTorch).',
+    "older host); oneDNN's use AVX512-BF16, in PyTorch and now in JAX (ResNet-18's bfloat16 step "
+    "runs at 1.5x JAX's float32 one, 2.1x in PyTorch).",
     'torch.compile breaks the graph at nn.LSTM (the LSTM compile row runs eagerly) and takes '
     '35-50 s per model on 2 cores. PyTorch images are channels-last (faster than NCHW for '
     'ResNet-18 here: 9.1 vs 10.4 s per step, interleaved, under load).',
-    'What limits JAX. ResNet-18: its convolutions are now oneDNN\'s, as in PyTorch '
+    "What limits JAX. ResNet-18: its convolutions are now oneDNN's, as in PyTorch "
     '(experiments/benchmarks/conv_benchmark.py, docs/conv_benchmark.md, times each one in JAX '
-    'with XLA\'s kernels, with oneDNN\'s, and in PyTorch); the rest of the step (batch norm, '
-    'ReLU, the update) is XLA\'s fusions. Before oneDNN, XLA\'s CPU convolutions took 1.2-1.3 '
-    's of a ~1.65 s step against PyTorch\'s 0.91-0.94 s: its 32x32x64 layers at ~0.6x oneDNN '
+    "with XLA's kernels, with oneDNN's, and in PyTorch); the rest of the step (batch norm, "
+    "ReLU, the update) is XLA's fusions. Before oneDNN, XLA's CPU convolutions took 1.2-1.3 "
+    "s of a ~1.65 s step against PyTorch's 0.91-0.94 s: its 32x32x64 layers at ~0.6x oneDNN "
     '(forward 279 vs 487 GFLOP/s; the kernel gradient first transposes input and gradient into '
-    'the (C, H, W, N) and (H, W, N, C) layouts XLA\'s kernel-gradient convolution wants), the '
-    'deeper ones at 0.7-1.1x, YNNPACK\'s slower still. That XLA path, which still serves '
+    "the (C, H, W, N) and (H, W, N, C) layouts XLA's kernel-gradient convolution wants), the "
+    "deeper ones at 0.7-1.1x, YNNPACK's slower still. That XLA path, which still serves "
     'other convolutions and config.runtime.conv_backend=xla, got three fixes in nets/kernels/conv.py: strided '
-    'layers\' input gradients as stride-1 convolutions of the input phases (XLA ran them over '
+    "layers' input gradients as stride-1 convolutions of the input phases (XLA ran them over "
     'zero-dilated gradients at 68 GFLOP/s), 1x1 kernel gradients as one product (24 GFLOP/s as '
-    'convolutions): step 1.98 -> 1.92 s; large-activation layers\' gradients in cache-sized '
+    "convolutions): step 1.98 -> 1.92 s; large-activation layers' gradients in cache-sized "
     'chunks of 16 examples strided over the batch: 1.89 -> 1.72 s on one device, 2.04 -> 1.78 s '
     'on two. Tried there and measured no better: the kernel gradient as a 3-D convolution that '
     'reads the gradient untransposed (52 -> 267 ms); on the older host, materialising the '
     'gradient once (3.4 -> 3.5 s) or the activations; a batch norm with a one-map custom '
     'backward (3.395 vs 3.405 s); weight gradients as im2col or 9 shifted products (15-95 '
-    'GFLOP/s against XLA\'s 96-172); oneDNN flags of XLA (not built into this jaxlib); '
+    "GFLOP/s against XLA's 96-172); oneDNN flags of XLA (not built into this jaxlib); "
     '--xla_cpu_use_fusion_emitters=false (3.18 -> 3.41 s) and the concurrency-optimised '
     'scheduler (3.18 -> 3.33 s; the LSTM on the faster host 0.269 vs 0.270 s, 5 rounds). '
     'LSTM: PyTorch '
-    'runs oneDNN\'s fused LSTM; XLA runs each time step as ~10 small kernels in a while loop: '
+    "runs oneDNN's fused LSTM; XLA runs each time step as ~10 small kernels in a while loop: "
     'the per-step products at 180-190 GFLOP/s (near the peak), then the element-wise gate '
     'kernels, the stacking of what the backward pass keeps, and ~0.4 ms per step of gaps '
-    'between kernels (a profile\'s kernels add up to 0.45 of a 0.54 s step). ViT-Ti/4 float32: its 192-wide products run at '
+    "between kernels (a profile's kernels add up to 0.45 of a 0.54 s step). ViT-Ti/4 float32: its 192-wide products run at "
     '~110-170 GFLOP/s, the layer norms, exact GELU and softmax are memory-bound at ~6 GB/s. '
     'A quiet-moment check: one-device steps keep both XLA threads ~93-95% busy.',
 ]
@@ -286,8 +356,10 @@ NOTES = [
 
 # --- From measured rows to the report ----------------------------------------------------------
 
-def add_ratios(rows: list[dict[str, Any]], peaks: dict[str, float], *,
-               peak_of_row_dtype: bool = False) -> list[dict[str, Any]]:
+
+def add_ratios(
+    rows: list[dict[str, Any]], peaks: dict[str, float], *, peak_of_row_dtype: bool = False
+) -> list[dict[str, Any]]:
     """Adds to every train-step row `model_flops` and `mfu` = model FLOPs / step time / float32
     matmul peak (with `peak_of_row_dtype`, the peak of the row's own dtype: a GPU's bfloat16
     tensor cores are the roofline of its bfloat16 rows), and to every JAX row `vs_torch_eager`, `vs_torch_compile` (examples/s over
@@ -300,22 +372,27 @@ def add_ratios(rows: list[dict[str, Any]], peaks: dict[str, float], *,
     for row in sorted(rows, key=lambda r: r.get('dtype') != 'float32'):  # float32 first
         if row.get('framework') == 'jax' and row.get('step_flops'):
             flops.setdefault(row['model'], row['step_flops'])
-    torch_speed = {(row['model'], row['dtype'], row['mode']): row['examples_per_s']
-                   for row in rows if row.get('framework') == 'torch' and 'examples_per_s' in row}
+    torch_speed = {
+        (row['model'], row['dtype'], row['mode']): row['examples_per_s']
+        for row in rows
+        if row.get('framework') == 'torch' and 'examples_per_s' in row
+    }
     for row in rows:
         if 'examples_per_s' not in row:
             continue
         peak = peaks.get(row['dtype'] if peak_of_row_dtype else 'float32')
         row['model_flops'] = flops.get(row['model'])
-        row['mfu'] = (row['model_flops'] / row['step_s'] / peak
-                      if row['model_flops'] and peak else None)
+        row['mfu'] = (
+            row['model_flops'] / row['step_s'] / peak if row['model_flops'] and peak else None
+        )
         if row['framework'] != 'jax':
             continue
-        for name, key in (('vs_torch_eager', (row['model'], row['dtype'], 'eager')),
-                          ('vs_torch_eager_same_malloc',
-                           (row['model'], row['dtype'], 'eager+malloc')),
-                          ('vs_torch_compile', (row['model'], row['dtype'], 'compile')),
-                          ('vs_torch_eager_float32', (row['model'], 'float32', 'eager'))):
+        for name, key in (
+            ('vs_torch_eager', (row['model'], row['dtype'], 'eager')),
+            ('vs_torch_eager_same_malloc', (row['model'], row['dtype'], 'eager+malloc')),
+            ('vs_torch_compile', (row['model'], row['dtype'], 'compile')),
+            ('vs_torch_eager_float32', (row['model'], 'float32', 'eager')),
+        ):
             other = torch_speed.get(key)
             row[name] = row['examples_per_s'] / other if other else None
     return rows
@@ -327,15 +404,23 @@ def reach(rows: list[dict[str, Any]], vit_model: str = 'vit_ti4') -> dict[str, A
     float32 matmul peak."""
     jax_rows = [r for r in rows if r.get('framework') == 'jax' and 'examples_per_s' in r]
     compared = [r for r in jax_rows if r.get('vs_torch_eager_float32') is not None]
-    slower = [f"{r['model']} {r['dtype']} {r['devices']}dev: {r['vs_torch_eager_float32']:.2f}x"
-              for r in compared if r['vs_torch_eager_float32'] < 1.0]
-    vit_mfu = [r['mfu'] for r in jax_rows
-               if r['model'] == vit_model and r['dtype'] == 'float32' and r.get('mfu')]
+    slower = [
+        f'{r["model"]} {r["dtype"]} {r["devices"]}dev: {r["vs_torch_eager_float32"]:.2f}x'
+        for r in compared
+        if r['vs_torch_eager_float32'] < 1.0
+    ]
+    vit_mfu = [
+        r['mfu']
+        for r in jax_rows
+        if r['model'] == vit_model and r['dtype'] == 'float32' and r.get('mfu')
+    ]
     best_vit = max(vit_mfu) if vit_mfu else None
-    return {'all_rows_at_least_torch_eager_float32': bool(compared) and not slower,
-            'rows_slower_than_torch_eager_float32': slower,
-            'best_vit_mfu': best_vit,
-            'vit_at_least_half_of_peak': best_vit is not None and best_vit >= 0.5}
+    return {
+        'all_rows_at_least_torch_eager_float32': bool(compared) and not slower,
+        'rows_slower_than_torch_eager_float32': slower,
+        'best_vit_mfu': best_vit,
+        'vit_at_least_half_of_peak': best_vit is not None and best_vit >= 0.5,
+    }
 
 
 def _fmt(value: Any, spec: str = '.2f', suffix: str = '') -> str:
@@ -348,73 +433,101 @@ def markdown_report(report: dict[str, Any]) -> str:
     """docs/benchmarks.md: the setting, the peaks, one table row per measured train step, the
     input pipeline, whether the targets were reached and the notes."""
     meta = report['meta']
-    lines = ['# Train-step benchmarks: JAX against PyTorch and the machine\'s peak', '',
-             f"Generated by `{meta['command']}` on {meta['date']}.", '',
-             f"Machine: {meta['cpu_model']}, {meta['cores']} cores, {meta['memory_gib']:.0f} GiB; "
-             f"jax {meta['jax']}, torch {meta.get('torch') or 'not installed'}, "
-             f"python {meta['python']}. Load average at the start: {meta['load_average']}.", '',
-             '## Peak (large matmul in JAX; the roofline MFU is measured against)', '',
-             '| dtype | size | GFLOP/s | PyTorch GFLOP/s | GFLOP/s again at the end |',
-             '|---|---|---|---|---|']
+    lines = [
+        "# Train-step benchmarks: JAX against PyTorch and the machine's peak",
+        '',
+        f'Generated by `{meta["command"]}` on {meta["date"]}.',
+        '',
+        f'Machine: {meta["cpu_model"]}, {meta["cores"]} cores, {meta["memory_gib"]:.0f} GiB; '
+        f'jax {meta["jax"]}, torch {meta.get("torch") or "not installed"}, '
+        f'python {meta["python"]}. Load average at the start: {meta["load_average"]}.',
+        '',
+        '## Peak (large matmul in JAX; the roofline MFU is measured against)',
+        '',
+        '| dtype | size | GFLOP/s | PyTorch GFLOP/s | GFLOP/s again at the end |',
+        '|---|---|---|---|---|',
+    ]
     at_end = {row['dtype']: row.get('gflops') for row in report.get('peak_at_end', [])}
     for row in report['peak']:
-        lines.append(f"| {row['dtype']} | {row['size']} | {_fmt(row.get('gflops'), '.1f')} | "
-                     f"{_fmt(row.get('torch_gflops'), '.1f')} | "
-                     f"{_fmt(at_end.get(row['dtype']), '.1f')} |")
-    lines += ['', '## Train steps (forward + backward + SGD-momentum update, synthetic batches)',
-              '',
-              'examples/s from the median step; MFU = XLA FLOPs of the model\'s JAX float32 step / '
-              'step time / float32 matmul peak (the higher of its two measurements), for every row (PyTorch and bfloat16 rows too, so '
-              'over 100% means faster than the float32 roofline); ratios are examples/s of the '
-              'JAX row over the PyTorch row of the same model and dtype (`vs eager f32`: over '
-              'PyTorch eager float32, the target); cores = CPU seconds / wall seconds of a step '
-              '(below the core count: the step waited, or other processes took the cores); '
-              '`(k micro)`: the step ran its batch as k micro-batches, as the trainer does on '
-              'the CPU for that family (train/runtime.py); `+malloc`: JAX rows of families '
-              'the trainer gives glibc allocator settings (train/runtime.py MALLOC_ENV) ran '
-              'with them, and `eager+malloc` is PyTorch eager under the same settings (`vs '
-              'eager+malloc`: the JAX row over it).', '',
-              '| model | dtype | framework | devices/mode | params | examples/s | step ms | '
-              'cores | MFU | vs eager | vs compile | vs eager f32 | vs eager+malloc | compile s '
-              '| peak RSS MiB |',
-              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+        lines.append(
+            f'| {row["dtype"]} | {row["size"]} | {_fmt(row.get("gflops"), ".1f")} | '
+            f'{_fmt(row.get("torch_gflops"), ".1f")} | '
+            f'{_fmt(at_end.get(row["dtype"]), ".1f")} |'
+        )
+    lines += [
+        '',
+        '## Train steps (forward + backward + SGD-momentum update, synthetic batches)',
+        '',
+        "examples/s from the median step; MFU = XLA FLOPs of the model's JAX float32 step / "
+        'step time / float32 matmul peak (the higher of its two measurements), for every row (PyTorch and bfloat16 rows too, so '
+        'over 100% means faster than the float32 roofline); ratios are examples/s of the '
+        'JAX row over the PyTorch row of the same model and dtype (`vs eager f32`: over '
+        'PyTorch eager float32, the target); cores = CPU seconds / wall seconds of a step '
+        '(below the core count: the step waited, or other processes took the cores); '
+        '`(k micro)`: the step ran its batch as k micro-batches, as the trainer does on '
+        'the CPU for that family (train/runtime.py); `+malloc`: JAX rows of families '
+        'the trainer gives glibc allocator settings (train/runtime.py MALLOC_ENV) ran '
+        'with them, and `eager+malloc` is PyTorch eager under the same settings (`vs '
+        'eager+malloc`: the JAX row over it).',
+        '',
+        '| model | dtype | framework | devices/mode | params | examples/s | step ms | '
+        'cores | MFU | vs eager | vs compile | vs eager f32 | vs eager+malloc | compile s '
+        '| peak RSS MiB |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ]
     for row in report['rows']:
-        where = f"{row['devices']} dev" if row['framework'] == 'jax' else row.get('mode', '')
+        where = f'{row["devices"]} dev' if row['framework'] == 'jax' else row.get('mode', '')
         if row['framework'] == 'jax' and row.get('malloc_env'):
             where += ' +malloc'
         if row.get('grad_accum_steps', 1) > 1:
-            where += f" ({row['grad_accum_steps']} micro)"
+            where += f' ({row["grad_accum_steps"]} micro)'
         if 'error' in row:
-            lines.append(f"| {row['model']} | {row['dtype']} | {row['framework']} | {where} | | "
-                         f"failed: {row['error'][:80]} | | | | | | | | | |")
+            lines.append(
+                f'| {row["model"]} | {row["dtype"]} | {row["framework"]} | {where} | | '
+                f'failed: {row["error"][:80]} | | | | | | | | | |'
+            )
             continue
         lines.append(
-            f"| {row['model']} | {row['dtype']} | {row['framework']} | {where} | "
-            f"{row['params']:,} | {row['examples_per_s']:.1f} | {row['step_s'] * 1e3:.0f} | "
-            f"{_fmt(row['cpu_s'] / row['step_s'] if row.get('cpu_s') else None, '.1f')} | "
-            f"{_fmt(row.get('mfu'), '.1%')} | {_fmt(row.get('vs_torch_eager'), '.2f', 'x')} | "
-            f"{_fmt(row.get('vs_torch_compile'), '.2f', 'x')} | "
-            f"{_fmt(row.get('vs_torch_eager_float32'), '.2f', 'x')} | "
-            f"{_fmt(row.get('vs_torch_eager_same_malloc'), '.2f', 'x')} | "
-            f"{_fmt(row.get('compile_s'), '.1f')} | {_fmt(row.get('peak_rss_mib'), '.0f')} |")
+            f'| {row["model"]} | {row["dtype"]} | {row["framework"]} | {where} | '
+            f'{row["params"]:,} | {row["examples_per_s"]:.1f} | {row["step_s"] * 1e3:.0f} | '
+            f'{_fmt(row["cpu_s"] / row["step_s"] if row.get("cpu_s") else None, ".1f")} | '
+            f'{_fmt(row.get("mfu"), ".1%")} | {_fmt(row.get("vs_torch_eager"), ".2f", "x")} | '
+            f'{_fmt(row.get("vs_torch_compile"), ".2f", "x")} | '
+            f'{_fmt(row.get("vs_torch_eager_float32"), ".2f", "x")} | '
+            f'{_fmt(row.get("vs_torch_eager_same_malloc"), ".2f", "x")} | '
+            f'{_fmt(row.get("compile_s"), ".1f")} | {_fmt(row.get("peak_rss_mib"), ".0f")} |'
+        )
     if report.get('pipeline'):
-        lines += ['', '## Input pipeline (data.train_loader over memory + on-device augmentation)',
-                  '', '| stage | examples/s | train step consumes (examples/s) | headroom |',
-                  '|---|---|---|---|']
+        lines += [
+            '',
+            '## Input pipeline (data.train_loader over memory + on-device augmentation)',
+            '',
+            '| stage | examples/s | train step consumes (examples/s) | headroom |',
+            '|---|---|---|---|',
+        ]
         for row in report['pipeline']:
-            lines.append(f"| {row['stage']} | {row['examples_per_s']:.0f} | "
-                         f"{_fmt(row.get('consumed_per_s'), '.1f')} | "
-                         f"{_fmt(row.get('headroom'), '.1f', 'x')} |")
+            lines.append(
+                f'| {row["stage"]} | {row["examples_per_s"]:.0f} | '
+                f'{_fmt(row.get("consumed_per_s"), ".1f")} | '
+                f'{_fmt(row.get("headroom"), ".1f", "x")} |'
+            )
     target = report.get('reach', {})
-    lines += ['', '## Targets', '',
-              "- Every JAX row at least as fast as PyTorch eager float32: "
-              + ('reached' if target.get('all_rows_at_least_torch_eager_float32')
-                 else 'NOT reached')
-              + (f" (slower: {'; '.join(target['rows_slower_than_torch_eager_float32'])})"
-                 if target.get('rows_slower_than_torch_eager_float32') else ''),
-              "- ViT (float32) at >= 50% of the float32 matmul peak: "
-              f"{'reached' if target.get('vit_at_least_half_of_peak') else 'NOT reached'} "
-              f"(best ViT MFU {_fmt(target.get('best_vit_mfu'), '.1%')})", '']
+    lines += [
+        '',
+        '## Targets',
+        '',
+        '- Every JAX row at least as fast as PyTorch eager float32: '
+        + ('reached' if target.get('all_rows_at_least_torch_eager_float32') else 'NOT reached')
+        + (
+            f' (slower: {"; ".join(target["rows_slower_than_torch_eager_float32"])})'
+            if target.get('rows_slower_than_torch_eager_float32')
+            else ''
+        ),
+        '- ViT (float32) at >= 50% of the float32 matmul peak: '
+        f'{"reached" if target.get("vit_at_least_half_of_peak") else "NOT reached"} '
+        f'(best ViT MFU {_fmt(target.get("best_vit_mfu"), ".1%")})',
+        '',
+    ]
     if report.get('notes'):
         lines += ['## Notes', ''] + [f'- {note}' for note in report['notes']] + ['']
     return '\n'.join(lines)

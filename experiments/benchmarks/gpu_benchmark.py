@@ -42,8 +42,14 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.benchmarks.bench_common import (ROW_MARKER, add_ratios, machine, model_spec,
-                                                 version, write_report)
+from experiments.benchmarks.bench_common import (
+    ROW_MARKER,
+    add_ratios,
+    machine,
+    model_spec,
+    version,
+    write_report,
+)
 
 BIG_MODELS = ('vit_b16', 'resnet50')  # ImageNet size: measured in --big_dtypes only
 PEAK_SIZE = 8192
@@ -51,39 +57,65 @@ PRODUCTS_PER_CALL = 10  # matmuls per timed call of the peak (host waits amortis
 
 
 def define_flags() -> None:
-    flags.DEFINE_string('out', 'docs/benchmarks_gpu.json', 'JSON results; the markdown table '
-                        'goes beside it with the suffix .md (empty: print only).')
-    flags.DEFINE_list('models', ['vit_b16', 'resnet50', 'resnet18', 'vit_ti4', 'lstm_lm'],
-                      'Models, in the order they run.')
+    flags.DEFINE_string(
+        'out',
+        'docs/benchmarks_gpu.json',
+        'JSON results; the markdown table goes beside it with the suffix .md (empty: print only).',
+    )
+    flags.DEFINE_list(
+        'models',
+        ['vit_b16', 'resnet50', 'resnet18', 'vit_ti4', 'lstm_lm'],
+        'Models, in the order they run.',
+    )
     flags.DEFINE_list('dtypes', ['bfloat16', 'float32'], 'Compute dtypes of the small models.')
     flags.DEFINE_list('big_dtypes', ['bfloat16'], f'Compute dtypes of {", ".join(BIG_MODELS)}.')
     flags.DEFINE_list('torch', ['eager', 'compile'], 'PyTorch modes (empty: no PyTorch).')
     flags.DEFINE_integer('steps', 5, 'Timed calls per row (median).', lower_bound=1)
     flags.DEFINE_integer('steps_per_call', 10, 'Train steps per timed call.', lower_bound=1)
     flags.DEFINE_float('budget_s', 150.0, 'Seconds after which a worker starts no new row.')
-    flags.DEFINE_enum('attention', 'auto', ['auto', 'xla', 'plain', 'cudnn'],
-                      "The JAX ViTs' attention (nets.layers.attention; 'auto', the project's default, "
-                      'is cuDNN flash attention on a GPU in bfloat16, the einsum softmax in '
-                      'float32).')
-    flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (checks the "
-                      'plumbing anywhere, with --torch_device=cpu).')
+    flags.DEFINE_enum(
+        'attention',
+        'auto',
+        ['auto', 'xla', 'plain', 'cudnn'],
+        "The JAX ViTs' attention (nets.layers.attention; 'auto', the project's default, "
+        'is cuDNN flash attention on a GPU in bfloat16, the einsum softmax in '
+        'float32).',
+    )
+    flags.DEFINE_enum(
+        'size',
+        'full',
+        ['full', 'tiny'],
+        "'tiny': toy models (checks the plumbing anywhere, with --torch_device=cpu).",
+    )
     flags.DEFINE_enum('torch_device', 'cuda', ['cuda', 'cpu'], 'Where the PyTorch rows run.')
-    flags.DEFINE_list('from_rows', None, 'Only write the report of the results runs left in '
-                      'these .rows.jsonl files (a run stopped before its report, or runs that '
-                      'measured the rows an earlier one skipped, on the same machine).')
-    flags.DEFINE_bool('recount_flops', False, 'With --from_rows: count the models\' FLOPs '
-                      'again with XLA\'s CPU compiler (rows of runs that counted on the GPU).')
+    flags.DEFINE_list(
+        'from_rows',
+        None,
+        'Only write the report of the results runs left in '
+        'these .rows.jsonl files (a run stopped before its report, or runs that '
+        'measured the rows an earlier one skipped, on the same machine).',
+    )
+    flags.DEFINE_bool(
+        'recount_flops',
+        False,
+        "With --from_rows: count the models' FLOPs "
+        "again with XLA's CPU compiler (rows of runs that counted on the GPU).",
+    )
     flags.DEFINE_string('worker', None, 'Internal: the plan of one worker, as JSON.')
 
 
-def plan_rows(models: Sequence[str], dtypes: Sequence[str], big_dtypes: Sequence[str],
-              torch_modes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+def plan_rows(
+    models: Sequence[str],
+    dtypes: Sequence[str],
+    big_dtypes: Sequence[str],
+    torch_modes: Sequence[str],
+) -> dict[str, list[dict[str, Any]]]:
     """The rows of each framework's worker in the order they run: every (model, dtype) pair,
     bfloat16 first; torch.compile rows after all eager ones (their compile is the slowest)."""
     pairs = []
     for model in models:
         model_spec(model)  # unknown names fail before anything runs
-        for dtype in (big_dtypes if model in BIG_MODELS else dtypes):
+        for dtype in big_dtypes if model in BIG_MODELS else dtypes:
             if dtype not in ('float32', 'bfloat16'):
                 raise ValueError(f"unknown dtype {dtype!r}; valid: ['bfloat16', 'float32']")
             pairs.append(dict(model=model, dtype=dtype))
@@ -91,43 +123,62 @@ def plan_rows(models: Sequence[str], dtypes: Sequence[str], big_dtypes: Sequence
     for mode in torch_modes:
         if mode not in ('eager', 'compile'):
             raise ValueError(f"unknown torch mode {mode!r}; valid: ['compile', 'eager']")
-    torch_rows = [dict(pair, mode=mode) for mode in sorted(torch_modes, key=['eager',
-                                                                           'compile'].index)
-                  for pair in pairs]
+    torch_rows = [
+        dict(pair, mode=mode)
+        for mode in sorted(torch_modes, key=['eager', 'compile'].index)
+        for pair in pairs
+    ]
     return {'jax': pairs, 'torch': torch_rows}
 
 
 # --- Workers (one process per framework) -------------------------------------------------------
 
-def peak_rows(framework: str, size: int = PEAK_SIZE, device: str = 'cuda'
-              ) -> list[dict[str, Any]]:
+
+def peak_rows(framework: str, size: int = PEAK_SIZE, device: str = 'cuda') -> list[dict[str, Any]]:
     """`framework`'s matmul TFLOP/s per dtype: train_step_benchmark.jax_peak_row (the product
     the models run) or torch_models.torch_matmul_gflops, PRODUCTS_PER_CALL products per call."""
     dtypes = ('float32', 'bfloat16')
     if framework == 'jax':
         from experiments.benchmarks.train_step_benchmark import jax_peak_row
-        gflops = {row['dtype']: row['gflops'] for row in
-                  jax_peak_row(size, dtypes, products_per_call=PRODUCTS_PER_CALL)}
+
+        gflops = {
+            row['dtype']: row['gflops']
+            for row in jax_peak_row(size, dtypes, products_per_call=PRODUCTS_PER_CALL)
+        }
     else:
         from experiments.benchmarks.torch_models import torch_matmul_gflops
-        gflops = {dtype: torch_matmul_gflops(size, dtype, 5, device, PRODUCTS_PER_CALL)
-                  for dtype in dtypes}
-    return [{'dtype': dtype, 'size': size, 'framework': framework,
-             'tflops': gflops[dtype] / 1e3} for dtype in dtypes]
+
+        gflops = {
+            dtype: torch_matmul_gflops(size, dtype, 5, device, PRODUCTS_PER_CALL)
+            for dtype in dtypes
+        }
+    return [
+        {'dtype': dtype, 'size': size, 'framework': framework, 'tflops': gflops[dtype] / 1e3}
+        for dtype in dtypes
+    ]
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 
-def run_worker(framework: str, plan: dict[str, Any], emit: Callable[[dict[str, Any]], None]
-               ) -> None:
+def run_worker(
+    framework: str, plan: dict[str, Any], emit: Callable[[dict[str, Any]], None]
+) -> None:
     """Measures the peak, then `plan['rows']` one by one, emitting each result as it comes;
     once `plan['budget_s']` has passed, the remaining rows are emitted as skipped. The plan's
     `device` ('cuda'; 'cpu' in the tests) and `size` ('full'; 'tiny') say where and what."""
     start = time.perf_counter()
-    emit({'kind': 'host', **machine(), 'jax': version('jax'), 'torch': version('torch'),
-          'python': platform.python_version(), 'measured_at': _now()})
+    emit(
+        {
+            'kind': 'host',
+            **machine(),
+            'jax': version('jax'),
+            'torch': version('torch'),
+            'python': platform.python_version(),
+            'measured_at': _now(),
+        }
+    )
     device, size = plan.get('device', 'cuda'), plan.get('size', 'full')
     peak_size = PEAK_SIZE if size == 'full' else 64
     for row in peak_rows(framework, peak_size, device):
@@ -139,42 +190,75 @@ def run_worker(framework: str, plan: dict[str, Any], emit: Callable[[dict[str, A
             continue
         spec = model_spec(job['model'], size)
         if 'attention_implementation' in spec.jax_fields:
-            spec = dataclasses.replace(spec, jax_fields=dict(
-                spec.jax_fields, attention_implementation=plan.get('attention', 'auto')))
+            spec = dataclasses.replace(
+                spec,
+                jax_fields=dict(
+                    spec.jax_fields, attention_implementation=plan.get('attention', 'auto')
+                ),
+            )
         try:
             if framework == 'jax':
                 from experiments.benchmarks.train_step_benchmark import jax_train_step_row
-                result = jax_train_step_row(spec, dtype=job['dtype'], devices=1,
-                                            steps=plan['steps'], warmup=1,
-                                            steps_per_call=plan['steps_per_call'])
+
+                result = jax_train_step_row(
+                    spec,
+                    dtype=job['dtype'],
+                    devices=1,
+                    steps=plan['steps'],
+                    warmup=1,
+                    steps_per_call=plan['steps_per_call'],
+                )
             else:
                 from experiments.benchmarks.torch_models import torch_train_step_row
-                result = torch_train_step_row(spec, dtype=job['dtype'], mode=job['mode'],
-                                              steps=plan['steps'], warmup=1, device=device,
-                                              steps_per_call=plan['steps_per_call'])
+
+                result = torch_train_step_row(
+                    spec,
+                    dtype=job['dtype'],
+                    mode=job['mode'],
+                    steps=plan['steps'],
+                    warmup=1,
+                    device=device,
+                    steps_per_call=plan['steps_per_call'],
+                )
         except Exception as error:  # a failed row (out of memory, say) must not lose the rest
             result = {'error': f'{type(error).__name__}: {error}'[:300]}
         emit({**head, 'batch_size': spec.batch_size, **result})
 
 
-def run_in_subprocess(framework: str, plan: dict[str, Any], timeout: float,
-                      log: Callable[[str], None]) -> list[dict[str, Any]]:
+def run_in_subprocess(
+    framework: str, plan: dict[str, Any], timeout: float, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
     """One worker in a fresh interpreter; every result it printed before it ended (or was
     stopped at `timeout`)."""
-    command = [sys.executable, '-m', 'experiments.benchmarks.gpu_benchmark',
-               f'--worker={json.dumps({"framework": framework, **plan})}']
+    command = [
+        sys.executable,
+        '-m',
+        'experiments.benchmarks.gpu_benchmark',
+        f'--worker={json.dumps({"framework": framework, **plan})}',
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
-                              cwd=Path(__file__).resolve().parents[2])
+        done = subprocess.run(
+            command,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         stdout, stderr, note = done.stdout, done.stderr, f'exit {done.returncode}'
     except subprocess.TimeoutExpired as stopped:
+
         def text(value: Any) -> str:
             return value.decode() if isinstance(value, bytes) else value or ''
+
         stdout, stderr = text(stopped.stdout), text(stopped.stderr)
         note = f'stopped after {timeout:.0f} s'
-    results = [json.loads(line[len(ROW_MARKER):]) for line in stdout.splitlines()
-               if line.startswith(ROW_MARKER)]
+    results = [
+        json.loads(line[len(ROW_MARKER) :])
+        for line in stdout.splitlines()
+        if line.startswith(ROW_MARKER)
+    ]
     log(f'{framework} worker: {len(results)} results, {note}')
     if not any(r['kind'] == 'row' and 'error' not in r for r in results):
         log('\n'.join(stderr.strip().splitlines()[-15:]))
@@ -182,17 +266,17 @@ def run_in_subprocess(framework: str, plan: dict[str, Any], timeout: float,
 
 
 NOTES = [
-    'Model FLOPs are counted by XLA\'s CPU compiler on the same step (train_step_benchmark.'
-    'model_step_flops): the GPU compiler\'s cost analysis leaves out the convolutions it hands '
+    "Model FLOPs are counted by XLA's CPU compiler on the same step (train_step_benchmark."
+    "model_step_flops): the GPU compiler's cost analysis leaves out the convolutions it hands "
     'to cuDNN (ResNet-50 counted 0.1 of its FLOPs there).',
-    'float32 rows run on TF32 tensor cores in both frameworks (JAX\'s default precision on the '
-    'GPU; PyTorch with set_float32_matmul_precision(\'high\'), its cuDNN convolutions by '
+    "float32 rows run on TF32 tensor cores in both frameworks (JAX's default precision on the "
+    "GPU; PyTorch with set_float32_matmul_precision('high'), its cuDNN convolutions by "
     'default); bfloat16 rows are JAX models in bfloat16 compute with float32 parameters and '
     'PyTorch autocast.',
-    'ViT attention in JAX is the project\'s default \'auto\': cuDNN flash attention only for '
-    'even sequence lengths (JAX\'s cuDNN attention cannot train on odd ones, such as the class '
+    "ViT attention in JAX is the project's default 'auto': cuDNN flash attention only for "
+    "even sequence lengths (JAX's cuDNN attention cannot train on odd ones, such as the class "
     'token + patches: 197 for ViT-B/16, 65 for ViT-Ti/4), otherwise the einsum softmax; rows '
-    'measured with --attention=xla used jax.nn.dot_product_attention\'s XLA version (the same '
+    "measured with --attention=xla used jax.nn.dot_product_attention's XLA version (the same "
     'materialised weights). PyTorch runs scaled_dot_product_attention (flash / memory-efficient '
     'kernels).',
     'The 2-device rows of the CPU benchmark have no GPU counterpart: the lent machine has one GPU.',
@@ -213,8 +297,9 @@ def merge_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = _row_key(result)
         if 'error' not in result or 'error' in last.get(key, {'error': ''}):
             last[key] = result
-    return ([r for r in results if r['kind'] != 'row'] +
-            [r for r in results if r['kind'] == 'row' and last[_row_key(r)] is r])
+    return [r for r in results if r['kind'] != 'row'] + [
+        r for r in results if r['kind'] == 'row' and last[_row_key(r)] is r
+    ]
 
 
 def recount_flops(results: list[dict[str, Any]], size: str = 'full') -> None:
@@ -222,19 +307,25 @@ def recount_flops(results: list[dict[str, Any]], size: str = 'full') -> None:
     (train_step_benchmark.model_step_flops; float32 where the model has a float32 row, as
     add_ratios counts)."""
     from experiments.benchmarks.train_step_benchmark import model_step_flops
-    rows = [r for r in results if r['kind'] == 'row' and r['framework'] == 'jax'
-            and 'error' not in r]
+
+    rows = [
+        r for r in results if r['kind'] == 'row' and r['framework'] == 'jax' and 'error' not in r
+    ]
     for model in dict.fromkeys(r['model'] for r in rows):
         dtypes = {r['dtype'] for r in rows if r['model'] == model}
         dtype = 'float32' if 'float32' in dtypes else sorted(dtypes)[0]
         count = model_step_flops(model_spec(model, size), dtype)
         for row in rows:
             if row['model'] == model:
-                row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
-                           flops_counted_on='cpu (recounted)')
+                row.update(
+                    step_flops=count.total,
+                    uncorrected_loops=count.uncorrected_loops,
+                    flops_counted_on='cpu (recounted)',
+                )
 
 
 # --- The report --------------------------------------------------------------------------------
+
 
 def assemble(results: list[dict[str, Any]], *, command: str) -> dict[str, Any]:
     """Peaks (the higher of JAX's and PyTorch's per dtype is the roofline), rows with MFU against
@@ -247,16 +338,32 @@ def assemble(results: list[dict[str, Any]], *, command: str) -> dict[str, Any]:
     add_ratios(rows, roofline, peak_of_row_dtype=True)
     # The machine that measured (its workers' record), not the one writing the report.
     hosts = [r for r in results if r['kind'] == 'host']
-    host = {k: v for k, v in hosts[0].items() if k != 'kind'} if hosts else {
-        **machine(), 'jax': version('jax'), 'torch': version('torch'),
-        'python': platform.python_version()}
+    host = (
+        {k: v for k, v in hosts[0].items() if k != 'kind'}
+        if hosts
+        else {
+            **machine(),
+            'jax': version('jax'),
+            'torch': version('torch'),
+            'python': platform.python_version(),
+        }
+    )
     if hosts:  # each worker knows one framework's version
         host['torch'] = next((h['torch'] for h in hosts if h.get('torch')), None)
-    meta = {'command': command, 'date': _now(), 'measured_at': _now(), **host,
-            'device_kind': next((r['device_kind'] for r in rows if r.get('device_kind')), None)}
-    return {'meta': meta, 'peak': peaks, 'roofline_tflops': {k: v / 1e12 for k, v in
-                                                              roofline.items()}, 'rows': rows,
-            'notes': list(NOTES)}
+    meta = {
+        'command': command,
+        'date': _now(),
+        'measured_at': _now(),
+        **host,
+        'device_kind': next((r['device_kind'] for r in rows if r.get('device_kind')), None),
+    }
+    return {
+        'meta': meta,
+        'peak': peaks,
+        'roofline_tflops': {k: v / 1e12 for k, v in roofline.items()},
+        'rows': rows,
+        'notes': list(NOTES),
+    }
 
 
 def _cell(value: Any, spec: str, suffix: str = '') -> str:
@@ -265,51 +372,73 @@ def _cell(value: Any, spec: str, suffix: str = '') -> str:
 
 def markdown_report(report: dict[str, Any]) -> str:
     meta = report['meta']
-    lines = ['# Train-step benchmarks on a GPU: JAX against PyTorch and the card\'s peak', '',
-             f"Generated by `{meta['command']}` on {meta['date']}; measured "
-             f"{meta['measured_at']}.", '',
-             f"Device: {meta.get('device_kind') or 'GPU'}; host {meta['cpu_model']}, "
-             f"{meta['cores']} cores; jax {meta['jax']}, torch {meta['torch']}, "
-             f"python {meta['python']}.", '',
-             f"## Peak ({report['peak'][0]['size'] if report['peak'] else PEAK_SIZE}^3 matmul, "
-             'random operands; float32 = TF32 tensor cores)', '',
-             '| dtype | JAX TFLOP/s | PyTorch TFLOP/s |', '|---|---|---|']
+    lines = [
+        "# Train-step benchmarks on a GPU: JAX against PyTorch and the card's peak",
+        '',
+        f'Generated by `{meta["command"]}` on {meta["date"]}; measured {meta["measured_at"]}.',
+        '',
+        f'Device: {meta.get("device_kind") or "GPU"}; host {meta["cpu_model"]}, '
+        f'{meta["cores"]} cores; jax {meta["jax"]}, torch {meta["torch"]}, '
+        f'python {meta["python"]}.',
+        '',
+        f'## Peak ({report["peak"][0]["size"] if report["peak"] else PEAK_SIZE}^3 matmul, '
+        'random operands; float32 = TF32 tensor cores)',
+        '',
+        '| dtype | JAX TFLOP/s | PyTorch TFLOP/s |',
+        '|---|---|---|',
+    ]
     by: dict[tuple[str, str], float] = {}
     for row in report['peak']:  # the best of the runs merged
         key = (row['dtype'], row['framework'])
         by[key] = max(by.get(key, 0.0), row['tflops'])
     for dtype in ('float32', 'bfloat16'):
-        lines.append(f"| {dtype} | {_cell(by.get((dtype, 'jax')), '.1f')} | "
-                     f"{_cell(by.get((dtype, 'torch')), '.1f')} |")
-    lines += ['', '## Train steps (forward + backward + SGD-momentum update, synthetic batches, '
-              'one GPU)', '',
-              'examples/s from the median of timed calls of several steps each; MFU = XLA FLOPs '
-              'of the model\'s JAX step / step time / the higher JAX or PyTorch matmul peak of '
-              'the row\'s dtype; ratios: examples/s of the JAX row over the PyTorch row of the '
-              'same model (`vs eager f32`: over PyTorch eager float32); memory: XLA\'s memory '
-              'analysis of the compiled step (JAX) or the allocator\'s peak (PyTorch).', '',
-              '| model | batch | dtype | framework | params | examples/s | step ms | MFU | '
-              'vs eager | vs compile | vs eager f32 | compile s | memory GiB |',
-              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+        lines.append(
+            f'| {dtype} | {_cell(by.get((dtype, "jax")), ".1f")} | '
+            f'{_cell(by.get((dtype, "torch")), ".1f")} |'
+        )
+    lines += [
+        '',
+        '## Train steps (forward + backward + SGD-momentum update, synthetic batches, one GPU)',
+        '',
+        'examples/s from the median of timed calls of several steps each; MFU = XLA FLOPs '
+        "of the model's JAX step / step time / the higher JAX or PyTorch matmul peak of "
+        "the row's dtype; ratios: examples/s of the JAX row over the PyTorch row of the "
+        "same model (`vs eager f32`: over PyTorch eager float32); memory: XLA's memory "
+        "analysis of the compiled step (JAX) or the allocator's peak (PyTorch).",
+        '',
+        '| model | batch | dtype | framework | params | examples/s | step ms | MFU | '
+        'vs eager | vs compile | vs eager f32 | compile s | memory GiB |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ]
     order = {name: i for i, name in enumerate(dict.fromkeys(r['model'] for r in report['rows']))}
-    for row in sorted(report['rows'], key=lambda r: (order[r['model']], r['dtype'] != 'float32',
-                                                      r['framework'], r.get('mode', ''))):
-        who = row['framework'] + (f" {row['mode']}" if row.get('mode') else '')
+    for row in sorted(
+        report['rows'],
+        key=lambda r: (
+            order[r['model']],
+            r['dtype'] != 'float32',
+            r['framework'],
+            r.get('mode', ''),
+        ),
+    ):
+        who = row['framework'] + (f' {row["mode"]}' if row.get('mode') else '')
         attention = (row.get('jax_fields') or {}).get('attention_implementation')
         who += f' ({attention} attention)' if attention else ''
         if 'error' in row:
-            lines.append(f"| {row['model']} | | {row['dtype']} | {who} | | "
-                         f"{row['error'][:90]} | | | | | | | |")
+            lines.append(
+                f'| {row["model"]} | | {row["dtype"]} | {who} | | '
+                f'{row["error"][:90]} | | | | | | | |'
+            )
             continue
         memory = row.get('device_memory_mib', row.get('peak_device_mib'))
         lines.append(
-            f"| {row['model']} | {row['batch_size']} | {row['dtype']} | {who} | "
-            f"{row['params']:,} | {row['examples_per_s']:.0f} | {row['step_s'] * 1e3:.1f} | "
-            f"{_cell(row.get('mfu'), '.1%')} | {_cell(row.get('vs_torch_eager'), '.2f', 'x')} | "
-            f"{_cell(row.get('vs_torch_compile'), '.2f', 'x')} | "
-            f"{_cell(row.get('vs_torch_eager_float32'), '.2f', 'x')} | "
-            f"{_cell(row.get('compile_s'), '.1f')} | "
-            f"{_cell(memory / 1024 if memory else None, '.1f')} |")
+            f'| {row["model"]} | {row["batch_size"]} | {row["dtype"]} | {who} | '
+            f'{row["params"]:,} | {row["examples_per_s"]:.0f} | {row["step_s"] * 1e3:.1f} | '
+            f'{_cell(row.get("mfu"), ".1%")} | {_cell(row.get("vs_torch_eager"), ".2f", "x")} | '
+            f'{_cell(row.get("vs_torch_compile"), ".2f", "x")} | '
+            f'{_cell(row.get("vs_torch_eager_float32"), ".2f", "x")} | '
+            f'{_cell(row.get("compile_s"), ".1f")} | '
+            f'{_cell(memory / 1024 if memory else None, ".1f")} |'
+        )
     if report.get('notes'):
         lines += ['', '## Notes', ''] + [f'- {note}' for note in report['notes']]
     return '\n'.join(lines + [''])
@@ -332,8 +461,14 @@ def main(argv: Sequence[str]) -> None:
         return
     command = ' '.join(['python -m experiments.benchmarks.gpu_benchmark', *sys.argv[1:]])
     if FLAGS.from_rows:
-        results = merge_results([json.loads(line) for path in FLAGS.from_rows
-                                 for line in Path(path).read_text().splitlines() if line.strip()])
+        results = merge_results(
+            [
+                json.loads(line)
+                for path in FLAGS.from_rows
+                for line in Path(path).read_text().splitlines()
+                if line.strip()
+            ]
+        )
         if FLAGS.recount_flops:
             recount_flops(results)
         report = assemble(results, command=command)
@@ -344,16 +479,25 @@ def main(argv: Sequence[str]) -> None:
     if rows_path:
         rows_path.parent.mkdir(parents=True, exist_ok=True)
         rows_path.unlink(missing_ok=True)
-    common = dict(steps=FLAGS.steps, steps_per_call=FLAGS.steps_per_call,
-                  budget_s=FLAGS.budget_s, size=FLAGS.size, device=FLAGS.torch_device,
-                  attention=FLAGS.attention,
-                  rows_path=str(rows_path) if rows_path else None)
+    common = dict(
+        steps=FLAGS.steps,
+        steps_per_call=FLAGS.steps_per_call,
+        budget_s=FLAGS.budget_s,
+        size=FLAGS.size,
+        device=FLAGS.torch_device,
+        attention=FLAGS.attention,
+        rows_path=str(rows_path) if rows_path else None,
+    )
     timeout = FLAGS.budget_s + 150  # the row under way when the budget ends, and start-up
     results = []
     for framework in ('jax', 'torch'):
         if rows[framework]:
-            results += run_in_subprocess(framework, dict(rows=rows[framework], **common),
-                                         timeout, lambda s: print(s, flush=True))
+            results += run_in_subprocess(
+                framework,
+                dict(rows=rows[framework], **common),
+                timeout,
+                lambda s: print(s, flush=True),
+            )
     report = assemble(results, command=command)
     write_report(report, markdown_report(report), FLAGS.out)
 

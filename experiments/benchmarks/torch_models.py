@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.benchmarks.bench_common import (ModelSpec, matmul_flops, peak_rss_mib,
-                                                 step_summary, time_steps)
+from experiments.benchmarks.bench_common import (
+    ModelSpec,
+    matmul_flops,
+    peak_rss_mib,
+    step_summary,
+    time_steps,
+)
 
 
 class BasicBlock(nn.Module):
@@ -36,8 +41,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(features)
         self.shortcut = nn.Identity()
         if stride != 1 or in_features != features:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_features, features, 1, stride, bias=False),
-                                          nn.BatchNorm2d(features))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_features, features, 1, stride, bias=False), nn.BatchNorm2d(features)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
@@ -53,13 +59,20 @@ class BottleneckBlock(nn.Module):
         super().__init__()
         out = features * self.expansion
         self.layers = nn.Sequential(
-            nn.Conv2d(in_features, features, 1, bias=False), nn.BatchNorm2d(features), nn.ReLU(),
-            nn.Conv2d(features, features, 3, stride, 1, bias=False), nn.BatchNorm2d(features),
-            nn.ReLU(), nn.Conv2d(features, out, 1, bias=False), nn.BatchNorm2d(out))
+            nn.Conv2d(in_features, features, 1, bias=False),
+            nn.BatchNorm2d(features),
+            nn.ReLU(),
+            nn.Conv2d(features, features, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(features),
+            nn.ReLU(),
+            nn.Conv2d(features, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        )
         self.shortcut = nn.Identity()
         if stride != 1 or in_features != out:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_features, out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_features, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.layers(x) + self.shortcut(x))
@@ -69,20 +82,32 @@ class ResNet(nn.Module):
     """'cifar' stem (3x3/1 conv) or 'imagenet' stem (7x7/2 conv + 3x3/2 max pool), stages of
     basic or bottleneck blocks (width doubling, stride 2 after the first), mean pool, linear."""
 
-    def __init__(self, num_classes: int, stage_sizes: tuple[int, ...], width: int = 64,
-                 stem: str = 'imagenet', block: str = 'basic', **_: Any):
+    def __init__(
+        self,
+        num_classes: int,
+        stage_sizes: tuple[int, ...],
+        width: int = 64,
+        stem: str = 'imagenet',
+        block: str = 'basic',
+        **_: Any,
+    ):
         super().__init__()
         if stem == 'cifar':
-            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False),
-                                      nn.BatchNorm2d(width), nn.ReLU())
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            )
         else:
-            self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False),
-                                      nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, width, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )
         block_class = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}[block]
         blocks, in_features = [], width
         for stage, num_blocks in enumerate(stage_sizes):
             for i in range(num_blocks):
-                features = width * 2 ** stage
+                features = width * 2**stage
                 blocks.append(block_class(in_features, features, 2 if stage > 0 and i == 0 else 1))
                 in_features = features * getattr(block_class, 'expansion', 1)
         self.blocks = nn.Sequential(*blocks)
@@ -109,8 +134,9 @@ class EncoderBlock(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, tokens, self.heads, hidden // self.heads).transpose(1, 2)
 
-        attended = F.scaled_dot_product_attention(heads(self.query(y)), heads(self.key(y)),
-                                                  heads(self.value(y)))
+        attended = F.scaled_dot_product_attention(
+            heads(self.query(y)), heads(self.key(y)), heads(self.value(y))
+        )
         x = x + self.out(attended.transpose(1, 2).reshape(batch, tokens, hidden))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
@@ -118,15 +144,25 @@ class EncoderBlock(nn.Module):
 class ViT(nn.Module):
     """Patch embedding conv, class token, learned positions, pre-LN blocks, final norm, head."""
 
-    def __init__(self, num_classes: int, patch_size: int, hidden_size: int, depth: int,
-                 num_heads: int, mlp_dim: int, image_size: int, **_: Any):
+    def __init__(
+        self,
+        num_classes: int,
+        patch_size: int,
+        hidden_size: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        image_size: int,
+        **_: Any,
+    ):
         super().__init__()
         self.embedding = nn.Conv2d(3, hidden_size, patch_size, patch_size)
         tokens = (image_size // patch_size) ** 2 + 1
         self.cls = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.pos_embedding = nn.Parameter(torch.randn(1, tokens, hidden_size) * 0.02)
-        self.blocks = nn.Sequential(*(EncoderBlock(hidden_size, num_heads, mlp_dim)
-                                      for _ in range(depth)))
+        self.blocks = nn.Sequential(
+            *(EncoderBlock(hidden_size, num_heads, mlp_dim) for _ in range(depth))
+        )
         self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
         self.head = nn.Linear(hidden_size, num_classes)
 
@@ -167,9 +203,18 @@ def trainable_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def torch_train_step_row(spec: ModelSpec, *, dtype: str, mode: str, steps: int, warmup: int,
-                         channels_last: bool = True, device: str = 'cpu', steps_per_call: int = 1,
-                         seed: int = 0) -> dict[str, Any]:
+def torch_train_step_row(
+    spec: ModelSpec,
+    *,
+    dtype: str,
+    mode: str,
+    steps: int,
+    warmup: int,
+    channels_last: bool = True,
+    device: str = 'cpu',
+    steps_per_call: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Times the twin's train step on a fixed synthetic batch; a benchmark row (dict).
 
     mode 'eager' or 'compile' (`torch.compile` of the model: forward and backward through
@@ -194,20 +239,28 @@ def torch_train_step_row(spec: ModelSpec, *, dtype: str, mode: str, steps: int, 
     image = spec.kind == 'image'
     if image:
         height, width, channels = spec.example_shape
-        pixels = torch.randint(0, 256, (spec.batch_size, channels, height, width),
-                               generator=generator, dtype=torch.uint8)
+        pixels = torch.randint(
+            0,
+            256,
+            (spec.batch_size, channels, height, width),
+            generator=generator,
+            dtype=torch.uint8,
+        )
         targets = torch.randint(0, spec.num_classes, (spec.batch_size,), generator=generator)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=layout)
         pixels = pixels.contiguous(memory_format=layout)
     else:
-        pixels = torch.randint(4, spec.num_classes, (spec.batch_size, *spec.example_shape),
-                               generator=generator)
-        targets = torch.randint(4, spec.num_classes, (spec.batch_size, *spec.example_shape),
-                                generator=generator)
+        pixels = torch.randint(
+            4, spec.num_classes, (spec.batch_size, *spec.example_shape), generator=generator
+        )
+        targets = torch.randint(
+            4, spec.num_classes, (spec.batch_size, *spec.example_shape), generator=generator
+        )
     model, pixels, targets = model.to(device), pixels.to(device), targets.to(device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
-                                momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9
+    )
     forward = torch.compile(model) if mode == 'compile' else model
 
     def step() -> torch.Tensor:
@@ -225,26 +278,36 @@ def torch_train_step_row(spec: ModelSpec, *, dtype: str, mode: str, steps: int, 
             step()
         return step()
 
-    first, times, cpu = time_steps(run, lambda loss: float(loss.detach()), steps=steps,
-                                   warmup=warmup)
+    first, times, cpu = time_steps(
+        run, lambda loss: float(loss.detach()), steps=steps, warmup=warmup
+    )
     times, cpu = [t / steps_per_call for t in times], [t / steps_per_call for t in cpu]
-    row = {'framework': 'torch', 'mode': mode, 'dtype': dtype, 'params': trainable_params(model),
-           'layout': 'channels_last' if image and channels_last else 'default',
-           'threads': torch.get_num_threads(), 'torch': torch.__version__, 'device': device,
-           'steps_per_call': steps_per_call,
-           **step_summary(spec.batch_size, first, times, cpu)}
+    row = {
+        'framework': 'torch',
+        'mode': mode,
+        'dtype': dtype,
+        'params': trainable_params(model),
+        'layout': 'channels_last' if image and channels_last else 'default',
+        'threads': torch.get_num_threads(),
+        'torch': torch.__version__,
+        'device': device,
+        'steps_per_call': steps_per_call,
+        **step_summary(spec.batch_size, first, times, cpu),
+    }
     # The first call of a compiled model compiles; eager's first call is a (slow) step too.
-    row['compile_s'] = (max(first - steps_per_call * row['step_s'], 0.0) if mode == 'compile'
-                        else None)
+    row['compile_s'] = (
+        max(first - steps_per_call * row['step_s'], 0.0) if mode == 'compile' else None
+    )
     row['peak_rss_mib'] = peak_rss_mib()
     if device == 'cuda':
-        row['peak_device_mib'] = torch.cuda.max_memory_allocated() / 2 ** 20
+        row['peak_device_mib'] = torch.cuda.max_memory_allocated() / 2**20
         row['float32_matmul'] = 'tf32'
     return row
 
 
-def torch_matmul_gflops(size: int, dtype: str, repeats: int, device: str = 'cpu',
-                        products_per_call: int = 1) -> float:
+def torch_matmul_gflops(
+    size: int, dtype: str, repeats: int, device: str = 'cpu', products_per_call: int = 1
+) -> float:
     """PyTorch's achieved GFLOP/s on a (size x size) product, median of `repeats` calls of
     `products_per_call` products each (reference for the JAX peak: oneDNN/MKL or cuBLAS against
     XLA's kernels; float32 as TF32 on CUDA, like the rows). Random operands: zeros run faster

@@ -52,10 +52,22 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments.benchmarks.bench_common import (NOTES, ROW_MARKER, ModelSpec, add_ratios, machine,
-                                                 markdown_report, matmul_flops, model_spec,
-                                                 peak_rss_mib, reach, step_summary, time_steps,
-                                                 version, write_report)
+from experiments.benchmarks.bench_common import (
+    NOTES,
+    ROW_MARKER,
+    ModelSpec,
+    add_ratios,
+    machine,
+    markdown_report,
+    matmul_flops,
+    model_spec,
+    peak_rss_mib,
+    reach,
+    step_summary,
+    time_steps,
+    version,
+    write_report,
+)
 
 # PyTorch eager under the allocator settings the JAX row of its model runs with.
 TORCH_EAGER_SAME_MALLOC = 'eager+malloc'
@@ -64,7 +76,9 @@ TORCH_EAGER_SAME_MALLOC = 'eager+malloc'
 def _family(model: str) -> str:
     """The registry family of a benchmarked model (the same at every size)."""
     import nets
+
     return nets.model_family(model_spec(model).net)
+
 
 CROP_FLIP = ({'op': 'translate', 'max_pixels': 4.0, 'fill_mode': 'constant'}, {'op': 'flip_lr'})
 
@@ -72,50 +86,85 @@ CROP_FLIP = ({'op': 'translate', 'max_pixels': 4.0, 'fill_mode': 'constant'}, {'
 def define_flags() -> None:
     """Flags of the command line only: tests import this module beside other absl programs
     that define --out too."""
-    flags.DEFINE_string('out', 'docs/benchmarks.json', 'JSON results; the markdown table goes '
-                        'beside it with the suffix .md (empty: print only).')
+    flags.DEFINE_string(
+        'out',
+        'docs/benchmarks.json',
+        'JSON results; the markdown table goes beside it with the suffix .md (empty: print only).',
+    )
     flags.DEFINE_list('models', ['resnet18', 'vit_ti4', 'lstm_lm'], 'Models to measure.')
     flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
     flags.DEFINE_list('devices', ['1', '2'], 'JAX CPU device counts (data-parallel mesh).')
     flags.DEFINE_list('torch', ['eager', 'compile'], 'PyTorch modes (empty: no PyTorch).')
-    flags.DEFINE_integer('steps', 6, 'Timed train steps per row (median; medians of 3 moved by '
-                         'up to 15% between runs on the shared 2-core VM).', lower_bound=1)
-    flags.DEFINE_integer('warmup', 0, 'Untimed steps after the first (untimed) one.',
-                         lower_bound=0)
+    flags.DEFINE_integer(
+        'steps',
+        6,
+        'Timed train steps per row (median; medians of 3 moved by '
+        'up to 15% between runs on the shared 2-core VM).',
+        lower_bound=1,
+    )
+    flags.DEFINE_integer('warmup', 0, 'Untimed steps after the first (untimed) one.', lower_bound=0)
     flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (a smoke test).")
     flags.DEFINE_integer('peak_size', 2048, 'Side of the peak matmul.', lower_bound=8)
     flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline.')
-    flags.DEFINE_bool('cpu_malloc', True, 'JAX rows run with the allocator settings '
-                      'train.main uses for their family (train/runtime.py), and PyTorch '
-                      "eager once more under them ('eager+malloc' rows).")
-    flags.DEFINE_bool('micro_batches', True, 'JAX steps split their batch into the micro-batches '
-                      'the trainer uses on the CPU (train.runtime; ViTs: 16 examples per '
-                      'device); false: whole batches.')
-    flags.DEFINE_string('xla_flags', None,
-                        'XLA_FLAGS of every JAX worker (the device count is added per row); '
-                        'default: what train.main adds for the row\'s model family and dtype '
-                        '(train/runtime.py).')
+    flags.DEFINE_bool(
+        'cpu_malloc',
+        True,
+        'JAX rows run with the allocator settings '
+        'train.main uses for their family (train/runtime.py), and PyTorch '
+        "eager once more under them ('eager+malloc' rows).",
+    )
+    flags.DEFINE_bool(
+        'micro_batches',
+        True,
+        'JAX steps split their batch into the micro-batches '
+        'the trainer uses on the CPU (train.runtime; ViTs: 16 examples per '
+        'device); false: whole batches.',
+    )
+    flags.DEFINE_string(
+        'xla_flags',
+        None,
+        'XLA_FLAGS of every JAX worker (the device count is added per row); '
+        "default: what train.main adds for the row's model family and dtype "
+        '(train/runtime.py).',
+    )
     flags.DEFINE_integer('row_timeout', 900, 'Seconds before a worker is abandoned.')
     flags.DEFINE_string('worker', None, 'Internal: run one row (JSON) and print it.')
 
 
 # --- JAX rows (run in a worker process) --------------------------------------------------------
 
+
 def _dataset_info(spec: ModelSpec) -> Any:
     import data
+
     if spec.kind == 'image':
         channels = spec.example_shape[-1]
-        return data.DatasetInfo(name='synthetic', num_classes=spec.num_classes,
-                                class_names=tuple(map(str, range(spec.num_classes))),
-                                example_shape=spec.example_shape, image_dtype='uint8', splits={},
-                                mean=(0.5,) * channels, std=(0.25,) * channels)
+        return data.DatasetInfo(
+            name='synthetic',
+            num_classes=spec.num_classes,
+            class_names=tuple(map(str, range(spec.num_classes))),
+            example_shape=spec.example_shape,
+            image_dtype='uint8',
+            splits={},
+            mean=(0.5,) * channels,
+            std=(0.25,) * channels,
+        )
     from data.tokenizers import SPECIAL_TOKENS
+
     # Byte-like vocabulary: the specials, then one character per remaining id.
-    tokens = tuple(SPECIAL_TOKENS) + tuple(chr(0x100 + i) for i in
-                                           range(spec.num_classes - len(SPECIAL_TOKENS)))
-    return data.DatasetInfo(name='synthetic', num_classes=spec.num_classes, class_names=tokens,
-                            example_shape=spec.example_shape, image_dtype='int32', splits={},
-                            mean=(), std=())
+    tokens = tuple(SPECIAL_TOKENS) + tuple(
+        chr(0x100 + i) for i in range(spec.num_classes - len(SPECIAL_TOKENS))
+    )
+    return data.DatasetInfo(
+        name='synthetic',
+        num_classes=spec.num_classes,
+        class_names=tokens,
+        example_shape=spec.example_shape,
+        image_dtype='int32',
+        splits={},
+        mean=(),
+        std=(),
+    )
 
 
 def synthetic_batch(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -123,10 +172,14 @@ def synthetic_batch(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     shape = (spec.batch_size, *spec.example_shape)
     if spec.kind == 'image':
-        return {'image': rng.integers(0, 256, shape, dtype=np.uint8),
-                'label': rng.integers(0, spec.num_classes, spec.batch_size, dtype=np.int32)}
-    return {'inputs': rng.integers(4, spec.num_classes, shape, dtype=np.int32),
-            'targets': rng.integers(4, spec.num_classes, shape, dtype=np.int32)}
+        return {
+            'image': rng.integers(0, 256, shape, dtype=np.uint8),
+            'label': rng.integers(0, spec.num_classes, spec.batch_size, dtype=np.int32),
+        }
+    return {
+        'inputs': rng.integers(4, spec.num_classes, shape, dtype=np.int32),
+        'targets': rng.integers(4, spec.num_classes, shape, dtype=np.int32),
+    }
 
 
 def _task_and_optimizer(spec: ModelSpec, dtype: str, accumulate: int) -> tuple[Any, Any]:
@@ -134,43 +187,62 @@ def _task_and_optimizer(spec: ModelSpec, dtype: str, accumulate: int) -> tuple[A
     default config's SGD momentum 0.9, constant schedule), accumulating over `accumulate`
     micro-batches."""
     import jax.numpy as jnp
+
     import nets
     from train.config import default_config
     from train.optim import build_optimizer
     from train.tasks import create_task
+
     model = nets.create(spec.net, **spec.fields, **spec.jax_fields, dtype=jnp.dtype(dtype))
     task_name = 'classify' if spec.kind == 'image' else 'language_model'
     task = create_task(task_name, model=model, info=_dataset_info(spec))
     config = default_config()
     config.schedule.name = 'constant'
-    tx = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=100,
-                         total_steps=1000, accumulate_steps=accumulate)[0]
+    tx = build_optimizer(
+        config.optimizer,
+        config.schedule,
+        steps_per_epoch=100,
+        total_steps=1000,
+        accumulate_steps=accumulate,
+    )[0]
     return task, tx
 
 
-def model_step_flops(spec: ModelSpec, dtype: str, *, compiled: Any = None,
-                     seed: int = 0) -> Any:
+def model_step_flops(spec: ModelSpec, dtype: str, *, compiled: Any = None, seed: int = 0) -> Any:
     """XLA's count (nets.tools.flops.FlopCount) of `spec`'s whole-batch train step on one device,
     always by the CPU compiler (present in every jaxlib; abstract arguments, nothing runs): one
     count of the model's FLOPs whatever backend times the step. A GPU's cost analysis leaves out
     what it hands to cuDNN (ResNet-50's convolutions: its count was 0.1 of the CPU's on an
     H100). `compiled`: the step already compiled for one CPU device (saves compiling it)."""
     import jax
+
     from nets.tools.flops import loop_corrected_flops
     from train.sharding import make_mesh
     from train.steps import init_train_state, make_train_step
+
     mesh = make_mesh(jax.devices('cpu')[:1])
     task, tx = _task_and_optimizer(spec, dtype, 1)
     state = jax.eval_shape(lambda: init_train_state(task, tx, seed, mesh))
-    batch = {name: jax.ShapeDtypeStruct(value.shape, value.dtype)
-             for name, value in synthetic_batch(spec, seed).items()}
+    batch = {
+        name: jax.ShapeDtypeStruct(value.shape, value.dtype)
+        for name, value in synthetic_batch(spec, seed).items()
+    }
     step = make_train_step(task, tx, mesh, skip_nonfinite=False)
     return loop_corrected_flops(step, state, batch, compiled=compiled)
 
 
-def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int, warmup: int,
-                       count_flops: bool = True, micro_batches: bool = True,
-                       steps_per_call: int = 1, seed: int = 0) -> dict[str, Any]:
+def jax_train_step_row(
+    spec: ModelSpec,
+    *,
+    dtype: str,
+    devices: int,
+    steps: int,
+    warmup: int,
+    count_flops: bool = True,
+    micro_batches: bool = True,
+    steps_per_call: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Times the project's compiled train step of `spec` on a mesh of the first `devices` JAX
     devices; a benchmark row. With `micro_batches` the step splits its batch as the trainer does
     on the CPU (train.runtime.cpu_grad_accum_steps; `grad_accum_steps` in the row; whole
@@ -179,6 +251,7 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
     `step_flops`: `model_step_flops`; `device_memory_mib`: the compiled step's arguments,
     outputs and temporaries (XLA's memory analysis)."""
     import jax
+
     import nets
     from nets.kernels import onednn_conv
     from train.runtime import cpu_grad_accum_steps
@@ -187,12 +260,17 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
 
     available = jax.devices()
     if devices > len(available):
-        raise ValueError(f'{devices} devices asked for, {len(available)} available (set '
-                         f'XLA_FLAGS=--xla_force_host_platform_device_count={devices})')
+        raise ValueError(
+            f'{devices} devices asked for, {len(available)} available (set '
+            f'XLA_FLAGS=--xla_force_host_platform_device_count={devices})'
+        )
     mesh = make_mesh(available[:devices])
     on_cpu = jax.default_backend() == 'cpu'
-    accumulate = (cpu_grad_accum_steps(nets.model_family(spec.net), spec.batch_size, devices)
-                  if micro_batches and on_cpu else 1)
+    accumulate = (
+        cpu_grad_accum_steps(nets.model_family(spec.net), spec.batch_size, devices)
+        if micro_batches and on_cpu
+        else 1
+    )
     task, tx = _task_and_optimizer(spec, dtype, accumulate)
     state = init_train_state(task, tx, seed, mesh)
     batch = host_to_global(synthetic_batch(spec, seed), mesh)
@@ -211,36 +289,56 @@ def jax_train_step_row(spec: ModelSpec, *, dtype: str, devices: int, steps: int,
 
     first, times, cpu = time_steps(run, jax.block_until_ready, steps=steps, warmup=warmup)
     times, cpu = [t / steps_per_call for t in times], [t / steps_per_call for t in cpu]
-    row = {'framework': 'jax', 'devices': devices, 'dtype': dtype, 'params': params,
-           'compile_s': compile_s, 'jax_fields': dict(spec.jax_fields),
-           'grad_accum_steps': accumulate, 'backend': jax.default_backend(),
-           'device_kind': available[0].device_kind, 'steps_per_call': steps_per_call,
-           **step_summary(spec.batch_size, first, times, cpu)}
+    row = {
+        'framework': 'jax',
+        'devices': devices,
+        'dtype': dtype,
+        'params': params,
+        'compile_s': compile_s,
+        'jax_fields': dict(spec.jax_fields),
+        'grad_accum_steps': accumulate,
+        'backend': jax.default_backend(),
+        'device_kind': available[0].device_kind,
+        'steps_per_call': steps_per_call,
+        **step_summary(spec.batch_size, first, times, cpu),
+    }
     if memory is not None:
-        row['device_memory_mib'] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                    + memory.temp_size_in_bytes
-                                    - memory.alias_size_in_bytes) / 2 ** 20
+        row['device_memory_mib'] = (
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes
+        ) / 2**20
     if count_flops:
         start = time.perf_counter()
         # Micro-batches add no model FLOPs: counted on the whole-batch step, the timed
         # executable itself when it is that step on one CPU device.
         # (Not where it runs oneDNN's convolutions: XLA counts those custom calls as free.)
-        reuse = (compiled if on_cpu and accumulate == 1 and devices == 1
-                 and not onednn_conv.available() else None)
+        reuse = (
+            compiled
+            if on_cpu and accumulate == 1 and devices == 1 and not onednn_conv.available()
+            else None
+        )
         count = model_step_flops(spec, dtype, compiled=reuse, seed=seed)
-        row.update(step_flops=count.total, uncorrected_loops=count.uncorrected_loops,
-                   flop_count_s=time.perf_counter() - start)
+        row.update(
+            step_flops=count.total,
+            uncorrected_loops=count.uncorrected_loops,
+            flop_count_s=time.perf_counter() - start,
+        )
     row['peak_rss_mib'] = peak_rss_mib()
     return row
 
 
-def jax_peak_row(size: int, dtypes: Sequence[str], repeats: int = 5,
-                 products_per_call: int = 1) -> list[dict[str, Any]]:
+def jax_peak_row(
+    size: int, dtypes: Sequence[str], repeats: int = 5, products_per_call: int = 1
+) -> list[dict[str, Any]]:
     """Achieved FLOP/s of a (size x size) @ (size x size) product per dtype: the median of
     `repeats` calls (the roofline MFU is measured against), each of `products_per_call`
     independent products (an accelerator's queue stays full; times are per product)."""
     import jax
+
     from nets.kernels.mixed_precision import matmul
+
     rows = []
     for dtype in dtypes:
         key_a, key_b = jax.random.split(jax.random.key(0))
@@ -249,12 +347,19 @@ def jax_peak_row(size: int, dtypes: Sequence[str], repeats: int = 5,
         # The product the models run (nets.kernels.mixed_precision): bfloat16 accumulates in float32.
         # Every result is returned: XLA can neither drop nor shrink one.
         products = jax.jit(lambda a, others: [matmul(a, b) for b in others])
-        _, times, _ = time_steps(lambda _: products(a, others), jax.block_until_ready,
-                                 steps=repeats, warmup=1)
+        _, times, _ = time_steps(
+            lambda _: products(a, others), jax.block_until_ready, steps=repeats, warmup=1
+        )
         summary = step_summary(1, 0.0, [t / products_per_call for t in times])
-        rows.append({'dtype': dtype, 'size': size, 'seconds': summary['step_s'],
-                     'gflops': matmul_flops(size) / summary['step_s'] / 1e9,
-                     'gflops_best': matmul_flops(size) / summary['step_s_min'] / 1e9})
+        rows.append(
+            {
+                'dtype': dtype,
+                'size': size,
+                'seconds': summary['step_s'],
+                'gflops': matmul_flops(size) / summary['step_s'] / 1e9,
+                'gflops_best': matmul_flops(size) / summary['step_s_min'] / 1e9,
+            }
+        )
     return rows
 
 
@@ -262,33 +367,46 @@ def pipeline_rows(spec: ModelSpec, *, steps: int, examples: int = 4096) -> list[
     """examples/s of data.train_loader over an in-memory split of random uint8 images, of the
     jitted crop + flip (data.augment) on one device, and of both with the host -> device copy."""
     import jax
+
     import data
     from data import augment
 
     rng = np.random.default_rng(0)
     source = data.InMemorySource(
         image=rng.integers(0, 256, (examples, *spec.example_shape), dtype=np.uint8),
-        label=rng.integers(0, spec.num_classes, examples, dtype=np.int32))
+        label=rng.integers(0, spec.num_classes, examples, dtype=np.int32),
+    )
     batches = iter(data.train_loader(source, global_batch_size=spec.batch_size, seed=0))
     augmenter = augment.make_augmenter(CROP_FLIP, num_classes=spec.num_classes)
     key = jax.random.key(0)
-    crop_flip = jax.jit(lambda i, images, labels: augmenter(
-        jax.random.fold_in(key, i), images.astype('float32') / 255.0, labels))
+    crop_flip = jax.jit(
+        lambda i, images, labels: augmenter(
+            jax.random.fold_in(key, i), images.astype('float32') / 255.0, labels
+        )
+    )
     host = next(batches)
     on_device = jax.device_put(host)
     loader = time_steps(lambda _: next(batches), lambda b: b, steps=steps, warmup=1)[1]
-    augment_only = time_steps(lambda i: crop_flip(i, on_device['image'], on_device['label']),
-                              jax.block_until_ready, steps=steps, warmup=1)[1]
+    augment_only = time_steps(
+        lambda i: crop_flip(i, on_device['image'], on_device['label']),
+        jax.block_until_ready,
+        steps=steps,
+        warmup=1,
+    )[1]
 
     def both(i: int) -> Any:
         batch = jax.device_put(next(batches))
         return crop_flip(i, batch['image'], batch['label'])
 
     together = time_steps(both, jax.block_until_ready, steps=steps, warmup=1)[1]
-    return [{'stage': stage, **step_summary(spec.batch_size, 0.0, times)}
-            for stage, times in (('grain loader (host, in memory)', loader),
-                                 ('crop + flip (jitted, on device)', augment_only),
-                                 ('loader + device_put + crop + flip', together))]
+    return [
+        {'stage': stage, **step_summary(spec.batch_size, 0.0, times)}
+        for stage, times in (
+            ('grain loader (host, in memory)', loader),
+            ('crop + flip (jitted, on device)', augment_only),
+            ('loader + device_put + crop + flip', together),
+        )
+    ]
 
 
 def run_worker(job: dict[str, Any]) -> Any:
@@ -308,28 +426,47 @@ def run_worker(job: dict[str, Any]) -> Any:
         return pipeline_rows(model_spec(job['model'], size), steps=max(job['steps'], 20))
     spec = model_spec(job['model'], size)
     from train.runtime import MALLOC_ENV
+
     malloc_env = {name: os.environ[name] for name in MALLOC_ENV if name in os.environ}
     if kind == 'jax_step':
-        row = jax_train_step_row(spec, dtype=job['dtype'], devices=job['devices'],
-                                 steps=job['steps'], warmup=job['warmup'],
-                                 count_flops=job.get('count_flops', True),
-                                 micro_batches=job.get('micro_batches', True))
+        row = jax_train_step_row(
+            spec,
+            dtype=job['dtype'],
+            devices=job['devices'],
+            steps=job['steps'],
+            warmup=job['warmup'],
+            count_flops=job.get('count_flops', True),
+            micro_batches=job.get('micro_batches', True),
+        )
         return {'malloc_env': malloc_env, **row}
     if kind == 'torch_step':
         from experiments.benchmarks.torch_models import torch_train_step_row
+
         mode = 'eager' if job['mode'] == TORCH_EAGER_SAME_MALLOC else job['mode']
-        row = torch_train_step_row(spec, dtype=job['dtype'], mode=mode, steps=job['steps'],
-                                   warmup=job['warmup'])
+        row = torch_train_step_row(
+            spec, dtype=job['dtype'], mode=mode, steps=job['steps'], warmup=job['warmup']
+        )
         return {**row, 'mode': job['mode'], 'malloc_env': malloc_env}
     raise ValueError(f'unknown job {kind!r}')
 
 
 # --- The driver --------------------------------------------------------------------------------
 
-def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[int],
-              torch_modes: Sequence[str], *, steps: int, warmup: int, size: str,
-              peak_size: int, pipeline: bool, micro_batches: bool = True,
-              cpu_malloc: bool = True) -> list[dict[str, Any]]:
+
+def plan_jobs(
+    models: Sequence[str],
+    dtypes: Sequence[str],
+    devices: Sequence[int],
+    torch_modes: Sequence[str],
+    *,
+    steps: int,
+    warmup: int,
+    size: str,
+    peak_size: int,
+    pipeline: bool,
+    micro_batches: bool = True,
+    cpu_malloc: bool = True,
+) -> list[dict[str, Any]]:
     """Every job in the order it runs: the peak, then per model and dtype its JAX rows (one
     per device count) and PyTorch rows, so that the rows compared run close in time, and the
     peak again (a shared VM's speed can drift within a run; the report says when it did).
@@ -337,9 +474,16 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
     (train.runtime.cpu_malloc_env), and where there are any, PyTorch eager runs once more
     under the same settings (mode 'eager+malloc')."""
     from train.runtime import cpu_malloc_env
+
     common = dict(steps=steps, warmup=warmup, size=size)
-    peak = dict(job='peak', peak_size=peak_size, dtypes=list(dtypes), torch=bool(torch_modes),
-                devices=1, size=size)
+    peak = dict(
+        job='peak',
+        peak_size=peak_size,
+        dtypes=list(dtypes),
+        torch=bool(torch_modes),
+        devices=1,
+        size=size,
+    )
     jobs = [peak]
     for model in models:
         model_spec(model, size)  # unknown names fail before anything runs
@@ -347,15 +491,33 @@ def plan_jobs(models: Sequence[str], dtypes: Sequence[str], devices: Sequence[in
             # Model FLOPs are counted once per model (add_ratios): on the smallest mesh's row
             # of the first dtype (float32 when measured).
             count_dtype = 'float32' if 'float32' in dtypes else dtypes[0]
-            jobs += [dict(job='jax_step', model=model, dtype=dtype, devices=n,
-                          count_flops=dtype == count_dtype and n == min(devices),
-                          micro_batches=micro_batches, malloc=cpu_malloc, **common)
-                     for n in devices]
-            jobs += [dict(job='torch_step', model=model, dtype=dtype, mode=mode, **common)
-                     for mode in torch_modes]
+            jobs += [
+                dict(
+                    job='jax_step',
+                    model=model,
+                    dtype=dtype,
+                    devices=n,
+                    count_flops=dtype == count_dtype and n == min(devices),
+                    micro_batches=micro_batches,
+                    malloc=cpu_malloc,
+                    **common,
+                )
+                for n in devices
+            ]
+            jobs += [
+                dict(job='torch_step', model=model, dtype=dtype, mode=mode, **common)
+                for mode in torch_modes
+            ]
             if cpu_malloc and 'eager' in torch_modes and cpu_malloc_env(_family(model)):
-                jobs.append(dict(job='torch_step', model=model, dtype=dtype,
-                                 mode=TORCH_EAGER_SAME_MALLOC, **common))
+                jobs.append(
+                    dict(
+                        job='torch_step',
+                        model=model,
+                        dtype=dtype,
+                        mode=TORCH_EAGER_SAME_MALLOC,
+                        **common,
+                    )
+                )
     if pipeline:
         image_models = [m for m in models if model_spec(m, size).kind == 'image'] or ['resnet18']
         jobs.append(dict(job='pipeline', model=image_models[0], devices=1, **common))
@@ -368,6 +530,7 @@ def job_xla_flags(job: dict[str, Any], xla_flags: str | None = None) -> str:
     if xla_flags is not None or job['job'] == 'torch_step':
         return xla_flags or ''
     from train.runtime import cpu_xla_flags
+
     family = _family(job['model']) if job['job'] == 'jax_step' else None
     return ' '.join(cpu_xla_flags(family, job.get('dtype', 'float32')))
 
@@ -377,12 +540,13 @@ def worker_env(job: dict[str, Any], xla_flags: str | None) -> dict[str, str]:
     the allocator settings the trainer uses for the model's family on JAX rows with `malloc`
     and 'eager+malloc' PyTorch rows (glibc's defaults for every other row)."""
     from train.runtime import MALLOC_ENV, cpu_malloc_env
+
     env = {name: value for name, value in os.environ.items() if name not in MALLOC_ENV}
     if job.get('malloc') or job.get('mode') == TORCH_EAGER_SAME_MALLOC:
         env.update(cpu_malloc_env(_family(job['model'])))
     flags_now = job_xla_flags(job, xla_flags).split()
     if job['job'] != 'torch_step' and job.get('devices', 1) > 1:
-        flags_now.append(f"--xla_force_host_platform_device_count={job['devices']}")
+        flags_now.append(f'--xla_force_host_platform_device_count={job["devices"]}')
     env['XLA_FLAGS'] = ' '.join(flags_now)
     env.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
     return env
@@ -390,56 +554,97 @@ def worker_env(job: dict[str, Any], xla_flags: str | None) -> dict[str, str]:
 
 def run_in_subprocess(job: dict[str, Any], xla_flags: str | None, timeout: float) -> Any:
     """Runs `job` in a fresh interpreter; its result, or {'error': ...}."""
-    command = [sys.executable, '-m', 'experiments.benchmarks.train_step_benchmark',
-               f'--worker={json.dumps(job)}']
+    command = [
+        sys.executable,
+        '-m',
+        'experiments.benchmarks.train_step_benchmark',
+        f'--worker={json.dumps(job)}',
+    ]
     try:
-        done = subprocess.run(command, env=worker_env(job, xla_flags), capture_output=True,
-                              text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[2])
+        done = subprocess.run(
+            command,
+            env=worker_env(job, xla_flags),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=Path(__file__).resolve().parents[2],
+        )
     except subprocess.TimeoutExpired:
         return {'error': f'timed out after {timeout:.0f} s'}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(ROW_MARKER):
-            return json.loads(line[len(ROW_MARKER):])
+            return json.loads(line[len(ROW_MARKER) :])
     tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
     return {'error': f'exit {done.returncode}: ' + ' | '.join(tail)}
 
 
-def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]], Any], *,
-                  command: str, xla_flags: str | None, log: Callable[[str], None] = print,
-                  ) -> dict[str, Any]:
+def run_benchmark(
+    jobs: list[dict[str, Any]],
+    runner: Callable[[dict[str, Any]], Any],
+    *,
+    command: str,
+    xla_flags: str | None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Runs `jobs` with `runner` and assembles the report (rows, ratios, targets, notes)."""
     report: dict[str, Any] = {
-        'meta': {'command': command, 'date': datetime.datetime.now(datetime.timezone.utc)
-                 .isoformat(timespec='seconds'), **machine(), 'jax': version('jax'),
-                 'torch': version('torch'), 'python': platform.python_version(),
-                 'xla_flags': 'per row' if xla_flags is None else xla_flags},
-        'peak': [], 'rows': [], 'pipeline': [], 'notes': list(NOTES)}
+        'meta': {
+            'command': command,
+            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            **machine(),
+            'jax': version('jax'),
+            'torch': version('torch'),
+            'python': platform.python_version(),
+            'xla_flags': 'per row' if xla_flags is None else xla_flags,
+        },
+        'peak': [],
+        'rows': [],
+        'pipeline': [],
+        'notes': list(NOTES),
+    }
     for job in jobs:
         start = time.perf_counter()
         result = runner(job)
-        label = ' '.join(str(job[k]) for k in ('job', 'model', 'dtype', 'devices', 'mode')
-                         if k in job and not (k == 'devices' and job['job'] != 'jax_step'))
+        label = ' '.join(
+            str(job[k])
+            for k in ('job', 'model', 'dtype', 'devices', 'mode')
+            if k in job and not (k == 'devices' and job['job'] != 'jax_step')
+        )
         if job['job'] == 'peak':
             if isinstance(result, dict):  # failed
-                raise RuntimeError(f"the peak measurement failed: {result['error']}")
+                raise RuntimeError(f'the peak measurement failed: {result["error"]}')
             report['peak_at_end' if job.get('again') else 'peak'] = result
-            text = ', '.join(f"{r['dtype']} {r['gflops']:.1f} GFLOP/s" for r in result)
+            text = ', '.join(f'{r["dtype"]} {r["gflops"]:.1f} GFLOP/s' for r in result)
         elif job['job'] == 'pipeline':
-            report['pipeline'] = result if isinstance(result, list) else [
-                {'stage': 'pipeline', 'examples_per_s': 0.0, **result}]
-            text = ', '.join(f"{r['stage']}: {r['examples_per_s']:.0f}/s" for r in
-                             report['pipeline'])
+            report['pipeline'] = (
+                result
+                if isinstance(result, list)
+                else [{'stage': 'pipeline', 'examples_per_s': 0.0, **result}]
+            )
+            text = ', '.join(
+                f'{r["stage"]}: {r["examples_per_s"]:.0f}/s' for r in report['pipeline']
+            )
         else:
-            row = {'model': job['model'], 'dtype': job['dtype'],
-                   **({'devices': job['devices']} if job['job'] == 'jax_step'
-                      else {'mode': job['mode']}),
-                   'framework': 'jax' if job['job'] == 'jax_step' else 'torch', **result}
+            row = {
+                'model': job['model'],
+                'dtype': job['dtype'],
+                **(
+                    {'devices': job['devices']}
+                    if job['job'] == 'jax_step'
+                    else {'mode': job['mode']}
+                ),
+                'framework': 'jax' if job['job'] == 'jax_step' else 'torch',
+                **result,
+            }
             if job['job'] == 'jax_step':
                 row['xla_flags'] = job_xla_flags(job, xla_flags)
             report['rows'].append(row)
-            text = (row['error'] if 'error' in row else
-                    f"{row['examples_per_s']:.1f} examples/s, step {row['step_s'] * 1e3:.0f} ms, "
-                    f"compile {row.get('compile_s') or 0:.1f} s, {row['params']:,} params")
+            text = (
+                row['error']
+                if 'error' in row
+                else f'{row["examples_per_s"]:.1f} examples/s, step {row["step_s"] * 1e3:.0f} ms, '
+                f'compile {row.get("compile_s") or 0:.1f} s, {row["params"]:,} params'
+            )
         log(f'{label:<40} {text}   ({time.perf_counter() - start:.0f} s)')
     # MFU against the higher of the two peak measurements: a slow moment at the start must not
     # flatter every row.
@@ -447,33 +652,47 @@ def run_benchmark(jobs: list[dict[str, Any]], runner: Callable[[dict[str, Any]],
     for r in report.get('peak_at_end', []):
         peaks[r['dtype']] = max(peaks.get(r['dtype'], 0.0), r['gflops'] * 1e9)
     add_ratios(report['rows'], peaks)
-    consumption = [r['examples_per_s'] for r in report['rows'] if r['framework'] == 'jax'
-                   and r.get('dtype') == 'float32' and r.get('devices') == 1 and
-                   'examples_per_s' in r and model_spec(r['model']).kind == 'image']
+    consumption = [
+        r['examples_per_s']
+        for r in report['rows']
+        if r['framework'] == 'jax'
+        and r.get('dtype') == 'float32'
+        and r.get('devices') == 1
+        and 'examples_per_s' in r
+        and model_spec(r['model']).kind == 'image'
+    ]
     for row in report['pipeline']:
         if consumption and row.get('examples_per_s'):
             row['consumed_per_s'] = max(consumption)
             row['headroom'] = row['examples_per_s'] / max(consumption)
     report['reach'] = reach(report['rows'])
     report['peak_drift'] = peak_drift(report['peak'], report.get('peak_at_end', []))
-    drifted = {dtype: change for dtype, change in report['peak_drift'].items()
-               if abs(change) > DRIFT_TOLERANCE}
+    drifted = {
+        dtype: change
+        for dtype, change in report['peak_drift'].items()
+        if abs(change) > DRIFT_TOLERANCE
+    }
     if drifted:
         report['notes'].append(
-            'The machine\'s speed moved during this run: the matmul peak measured again at the '
-            'end differs from the start by ' + ', '.join(f'{change:+.0%} ({dtype})' for dtype,
-                                                         change in drifted.items())
+            "The machine's speed moved during this run: the matmul peak measured again at the "
+            'end differs from the start by '
+            + ', '.join(f'{change:+.0%} ({dtype})' for dtype, change in drifted.items())
             + ': rows measured minutes apart (and their ratios) are not comparable; rerun '
-            'before quoting.')
+            'before quoting.'
+        )
     # The rows' own CPU use tells whether other processes took cores (the load average would
     # count this benchmark's own threads).
-    shared = [f"{r['model']} {r['dtype']} {r['framework']} {r.get('devices') or r.get('mode')}"
-              for r in report['rows'] if r.get('cpu_s') and
-              r['cpu_s'] / r['step_s'] < 0.8 * (os.cpu_count() or 1)]
+    shared = [
+        f'{r["model"]} {r["dtype"]} {r["framework"]} {r.get("devices") or r.get("mode")}'
+        for r in report['rows']
+        if r.get('cpu_s') and r['cpu_s'] / r['step_s'] < 0.8 * (os.cpu_count() or 1)
+    ]
     if shared:
-        report['notes'].append(f'Other processes shared the machine during {len(shared)} rows '
-                               f"({', '.join(shared[:4])}{', ...' if len(shared) > 4 else ''}: "
-                               'cores below 80% of the core count): rerun idle before quoting.')
+        report['notes'].append(
+            f'Other processes shared the machine during {len(shared)} rows '
+            f'({", ".join(shared[:4])}{", ..." if len(shared) > 4 else ""}: '
+            'cores below 80% of the core count): rerun idle before quoting.'
+        )
     return report
 
 
@@ -483,8 +702,11 @@ DRIFT_TOLERANCE = 0.1  # a larger change of the peak between the start and the e
 def peak_drift(start: Sequence[dict[str, Any]], end: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Relative change of each dtype's matmul peak from the start of the run to its end."""
     at_end = {row['dtype']: row['gflops'] for row in end}
-    return {row['dtype']: at_end[row['dtype']] / row['gflops'] - 1 for row in start
-            if row['dtype'] in at_end and row['gflops']}
+    return {
+        row['dtype']: at_end[row['dtype']] / row['gflops'] - 1
+        for row in start
+        if row['dtype'] in at_end and row['gflops']
+    }
 
 
 def main(argv: Sequence[str]) -> None:
@@ -499,17 +721,32 @@ def main(argv: Sequence[str]) -> None:
     if torch_modes and version('torch') is None:
         print("torch is not installed (pip install -e '.[benchmark]'): no PyTorch rows")
         torch_modes = []
-    jobs = plan_jobs(FLAGS.models, FLAGS.dtypes, [int(n) for n in FLAGS.devices], torch_modes,
-                     steps=FLAGS.steps, warmup=FLAGS.warmup, size=FLAGS.size,
-                     peak_size=FLAGS.peak_size, pipeline=FLAGS.pipeline,
-                     micro_batches=FLAGS.micro_batches, cpu_malloc=FLAGS.cpu_malloc)
+    jobs = plan_jobs(
+        FLAGS.models,
+        FLAGS.dtypes,
+        [int(n) for n in FLAGS.devices],
+        torch_modes,
+        steps=FLAGS.steps,
+        warmup=FLAGS.warmup,
+        size=FLAGS.size,
+        peak_size=FLAGS.peak_size,
+        pipeline=FLAGS.pipeline,
+        micro_batches=FLAGS.micro_batches,
+        cpu_malloc=FLAGS.cpu_malloc,
+    )
     command = ' '.join(['python -m experiments.benchmarks.train_step_benchmark', *sys.argv[1:]])
-    print(f'{len(jobs)} jobs; XLA_FLAGS for JAX: '
-          f'{"train/runtime.py per row" if FLAGS.xla_flags is None else FLAGS.xla_flags}',
-          flush=True)
+    print(
+        f'{len(jobs)} jobs; XLA_FLAGS for JAX: '
+        f'{"train/runtime.py per row" if FLAGS.xla_flags is None else FLAGS.xla_flags}',
+        flush=True,
+    )
     report = run_benchmark(
-        jobs, lambda job: run_in_subprocess(job, FLAGS.xla_flags, FLAGS.row_timeout),
-        command=command, xla_flags=FLAGS.xla_flags, log=lambda s: print(s, flush=True))
+        jobs,
+        lambda job: run_in_subprocess(job, FLAGS.xla_flags, FLAGS.row_timeout),
+        command=command,
+        xla_flags=FLAGS.xla_flags,
+        log=lambda s: print(s, flush=True),
+    )
     write_report(report, markdown_report(report), FLAGS.out)
 
 

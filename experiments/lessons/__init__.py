@@ -117,10 +117,12 @@ def check_scale(scale: str) -> None:
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A markdown table; floats with 4 significant digits."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f'{value:.4g}'
         return str(value)
+
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
     return '\n'.join(lines)
@@ -150,16 +152,19 @@ def train_run(config, workdir: Path) -> RunResult:
 def trailing_means(values: list[float], window: int = 3) -> list[float]:
     """Each value averaged with the `window - 1` before it: logged batch losses without the
     batch-to-batch noise, still causal (a run "reached" a level when its recent mean did)."""
-    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
-            for i in range(len(values))]
+    return [
+        sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))
+        for i in range(len(values))
+    ]
 
 
 def steps_to_reach(curve: list[list[float]], target: float, window: int = 3) -> int | None:
     """The first step of a [[step, value], ...] curve whose trailing mean is at or below
     `target` (None: never)."""
     means = trailing_means([value for _, value in curve], window)
-    return next((int(step) for (step, _), mean in zip(curve, means)
-                 if mean <= target * (1 + 1e-6)), None)
+    return next(
+        (int(step) for (step, _), mean in zip(curve, means) if mean <= target * (1 + 1e-6)), None
+    )
 
 
 def evaluate_on(workdir: Path, split: str, batch_size: int = 1000) -> dict[str, float]:
@@ -183,8 +188,9 @@ def evaluate_on(workdir: Path, split: str, batch_size: int = 1000) -> dict[str, 
     return run.task.summarize(totals)
 
 
-def run_lesson(number: int, workdir: Path, scale: str = 'full',
-               data_dir: str | None = None) -> Finding:
+def run_lesson(
+    number: int, workdir: Path, scale: str = 'full', data_dir: str | None = None
+) -> Finding:
     """Runs lesson `number` in `<workdir>/cNN_<name>/` and writes finding.json there."""
     check_scale(scale)
     module = load_lesson(number)
@@ -201,6 +207,7 @@ def run_lesson(number: int, workdir: Path, scale: str = 'full',
 def fresh_runs_dir(workdir: Path) -> Path:
     """`<workdir>/runs`, emptied: a rerun of a lesson measures afresh, never resumes."""
     import shutil
+
     runs = Path(workdir) / 'runs'
     shutil.rmtree(runs, ignore_errors=True)
     return runs
@@ -209,6 +216,7 @@ def fresh_runs_dir(workdir: Path) -> Path:
 def save_figure(fig, out: Path, axes_with_legend=(), legend_fontsize: int = 8) -> Path:
     """The lessons' plot finish: grid and legend on `axes_with_legend`, tight layout, PNG."""
     import matplotlib.pyplot as plt
+
     for ax in axes_with_legend:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=legend_fontsize)

@@ -27,13 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.lessons import save_figure, Finding, Verdict, markdown_table, verdict_of_parts
+from experiments.lessons import Finding, Verdict, markdown_table, save_figure, verdict_of_parts
 
 NUMBER = 1
 TITLE = 'Backpropagation'
-CLAIM = ('Backpropagation re-uses the derivatives of higher layers: a hand-written backward '
-         'pass for an MLP equals jax.grad, and the cost of forward+backward is a small constant '
-         'times the forward.')
+CLAIM = (
+    'Backpropagation re-uses the derivatives of higher layers: a hand-written backward '
+    'pass for an MLP equals jax.grad, and the cost of forward+backward is a small constant '
+    'times the forward.'
+)
 
 # float32 sums in another order differ by ~1e-7 relative; 1e-4 leaves room for long sums
 # while any wrong term (a missing transpose, a skipped activation derivative) is O(1).
@@ -52,6 +54,7 @@ SIZES = {  # (data set, batch, depth, widths, timing repeats, seconds per repeat
 def real_batch(dataset: str, batch: int, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The first `batch` training images scaled to [0, 1], and their labels."""
     import data
+
     source = data.load_source(dataset, f'train[:{batch}]', data_dir)
     records = [source[i] for i in range(batch)]
     images = np.stack([np.asarray(r['image'], np.float32) / 255.0 for r in records])
@@ -91,8 +94,9 @@ def hand_gradients(params: dict, x: jax.Array, labels: jax.Array, depth: int) ->
     return grads
 
 
-def best_seconds_per_call(fns: dict[str, Any], args: tuple, repeats: int, seconds: float
-                          ) -> dict[str, float]:
+def best_seconds_per_call(
+    fns: dict[str, Any], args: tuple, repeats: int, seconds: float
+) -> dict[str, float]:
     """Best-of-`repeats` time of one call of each function. Each repeat runs enough calls for
     ~`seconds`, and the functions take turns, so that other processes' load on the machine
     falls on all of them alike and the best repeat of each is a quiet one."""
@@ -122,9 +126,11 @@ def compiled_with_flops(fn, *args):
     return compiled, float(analysis['flops'])
 
 
-def measure_width(images: np.ndarray, labels: np.ndarray, depth: int, width: int,
-                  repeats: int, seconds: float) -> dict[str, Any]:
+def measure_width(
+    images: np.ndarray, labels: np.ndarray, depth: int, width: int, repeats: int, seconds: float
+) -> dict[str, Any]:
     import nets
+
     model = nets.create('mlp', num_classes=10, depth=depth, width=width, activation='relu')
     x, y = jnp.asarray(images), jnp.asarray(labels)
     params = jax.jit(model.init)(jax.random.key(width), x)['params']  # one compile, not one per op
@@ -140,16 +146,29 @@ def measure_width(images: np.ndarray, labels: np.ndarray, depth: int, width: int
     mine = jax.tree.leaves(jax.device_get(hand(params, x, y)))
     scale = max(float(np.abs(g).max()) for g in auto_grads)
     grad_error = max(float(np.abs(a - b).max()) for a, b in zip(auto_grads, mine)) / scale
-    logits_error = float(jax.jit(lambda p, xs: jnp.max(jnp.abs(
-        hand_forward(p, xs, depth)[0] - model.apply({'params': p}, xs))))(params, x))
-    timed = best_seconds_per_call({'forward': forward, 'both': both, 'hand': hand},
-                                  (params, x, y), repeats, seconds)
+    logits_error = float(
+        jax.jit(
+            lambda p, xs: jnp.max(
+                jnp.abs(hand_forward(p, xs, depth)[0] - model.apply({'params': p}, xs))
+            )
+        )(params, x)
+    )
+    timed = best_seconds_per_call(
+        {'forward': forward, 'both': both, 'hand': hand}, (params, x, y), repeats, seconds
+    )
     forward_s, both_s, hand_s = timed['forward'], timed['both'], timed['hand']
-    return {'width': width, 'params': sum(int(p.size) for p in jax.tree.leaves(params)),
-            'grad_rel_error': grad_error, 'logits_abs_error': logits_error,
-            'forward_ms': forward_s * 1e3, 'forward_backward_ms': both_s * 1e3,
-            'hand_backward_ms': hand_s * 1e3, 'time_ratio': both_s / forward_s,
-            'flops_forward': flops_forward, 'flop_ratio': flops_both / flops_forward}
+    return {
+        'width': width,
+        'params': sum(int(p.size) for p in jax.tree.leaves(params)),
+        'grad_rel_error': grad_error,
+        'logits_abs_error': logits_error,
+        'forward_ms': forward_s * 1e3,
+        'forward_backward_ms': both_s * 1e3,
+        'hand_backward_ms': hand_s * 1e3,
+        'time_ratio': both_s / forward_s,
+        'flops_forward': flops_forward,
+        'flop_ratio': flops_both / flops_forward,
+    }
 
 
 def judge(numbers: dict) -> Verdict:
@@ -158,34 +177,50 @@ def judge(numbers: dict) -> Verdict:
     worst_time = max(r['time_ratio'] for r in rows)
     worst_flops = max(r['flop_ratio'] for r in rows)
     parts = {
-        f'hand-written backward == jax.grad (rel. error <= {GRAD_RTOL:g})':
-            worst_error <= GRAD_RTOL,
-        f'forward+backward time < {MAX_COST_RATIO:g}x forward at every width':
-            worst_time < MAX_COST_RATIO,
-        f'forward+backward FLOPs < {MAX_COST_RATIO:g}x forward at every width':
-            worst_flops < MAX_COST_RATIO,
+        f'hand-written backward == jax.grad (rel. error <= {GRAD_RTOL:g})': worst_error
+        <= GRAD_RTOL,
+        f'forward+backward time < {MAX_COST_RATIO:g}x forward at every width': worst_time
+        < MAX_COST_RATIO,
+        f'forward+backward FLOPs < {MAX_COST_RATIO:g}x forward at every width': worst_flops
+        < MAX_COST_RATIO,
     }
     widths = [r['width'] for r in rows]
-    details = (f'widths {widths}: max gradient rel. error {worst_error:.1e}; '
-               f'(fwd+bwd)/fwd time {min(r["time_ratio"] for r in rows):.2f}-{worst_time:.2f}x, '
-               f'FLOPs {min(r["flop_ratio"] for r in rows):.2f}-{worst_flops:.2f}x')
+    details = (
+        f'widths {widths}: max gradient rel. error {worst_error:.1e}; '
+        f'(fwd+bwd)/fwd time {min(r["time_ratio"] for r in rows):.2f}-{worst_time:.2f}x, '
+        f'FLOPs {min(r["flop_ratio"] for r in rows):.2f}-{worst_flops:.2f}x'
+    )
     return verdict_of_parts(parts, details)
 
 
 def plot(rows: list[dict], out: Path) -> Path:
     from train.pictures import plt
+
     widths = [r['width'] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label in (('forward_ms', 'forward'), ('forward_backward_ms', 'jax value_and_grad'),
-                       ('hand_backward_ms', 'hand-written fwd+bwd')):
+    for key, label in (
+        ('forward_ms', 'forward'),
+        ('forward_backward_ms', 'jax value_and_grad'),
+        ('hand_backward_ms', 'hand-written fwd+bwd'),
+    ):
         left.plot(widths, [r[key] for r in rows], 'o-', label=label)
-    left.set(xscale='log', yscale='log', xlabel='hidden width', ylabel='ms per batch',
-             title='time per batch (best of repeats)')
+    left.set(
+        xscale='log',
+        yscale='log',
+        xlabel='hidden width',
+        ylabel='ms per batch',
+        title='time per batch (best of repeats)',
+    )
     right.plot(widths, [r['time_ratio'] for r in rows], 'o-', label='time ratio')
     right.plot(widths, [r['flop_ratio'] for r in rows], 's--', label='XLA FLOP ratio')
     right.axhline(MAX_COST_RATIO, color='red', lw=1, label=f'threshold {MAX_COST_RATIO:g}x')
-    right.set(xscale='log', ylim=(0, MAX_COST_RATIO * 1.3), xlabel='hidden width',
-              ylabel='(forward+backward) / forward', title='cost of the gradient')
+    right.set(
+        xscale='log',
+        ylim=(0, MAX_COST_RATIO * 1.3),
+        xlabel='hidden width',
+        ylabel='(forward+backward) / forward',
+        title='cost of the gradient',
+    )
     for ax in (left, right):
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.set_xticks([], minor=True)
@@ -201,9 +236,28 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     numbers = {'dataset': dataset, 'batch': batch, 'depth': depth, 'widths': rows}
     plot(rows, Path(workdir) / 'backprop_cost.png')
     table = markdown_table(
-        ['width', 'parameters', 'grad rel. error', 'forward ms', 'fwd+bwd ms', 'hand fwd+bwd ms',
-         'time ratio', 'FLOP ratio'],
-        [[r['width'], r['params'], f'{r["grad_rel_error"]:.1e}', r['forward_ms'],
-          r['forward_backward_ms'], r['hand_backward_ms'], r['time_ratio'], r['flop_ratio']]
-         for r in rows])
+        [
+            'width',
+            'parameters',
+            'grad rel. error',
+            'forward ms',
+            'fwd+bwd ms',
+            'hand fwd+bwd ms',
+            'time ratio',
+            'FLOP ratio',
+        ],
+        [
+            [
+                r['width'],
+                r['params'],
+                f'{r["grad_rel_error"]:.1e}',
+                r['forward_ms'],
+                r['forward_backward_ms'],
+                r['hand_backward_ms'],
+                r['time_ratio'],
+                r['flop_ratio'],
+            ]
+            for r in rows
+        ],
+    )
     return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['backprop_cost.png'], judge(numbers))

@@ -24,13 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from experiments.lessons import (
-    Finding, Verdict, fresh_runs_dir, markdown_table, save_figure, steps_to_reach, trailing_means,
-    train_run, verdict_of_parts)
+    Finding,
+    Verdict,
+    fresh_runs_dir,
+    markdown_table,
+    save_figure,
+    steps_to_reach,
+    trailing_means,
+    train_run,
+    verdict_of_parts,
+)
 
 NUMBER = 4
 TITLE = 'Batch normalisation'
-CLAIM = ('Batch norm allows a larger learning rate, trains faster, needs less regularisation, '
-         'and lets saturating activations (sigmoid/tanh) train in a deep MLP.')
+CLAIM = (
+    'Batch norm allows a larger learning rate, trains faster, needs less regularisation, '
+    'and lets saturating activations (sigmoid/tanh) train in a deep MLP.'
+)
 
 # A run "trains" when its final (smoothed) train loss is below 1.0: chance on 10 classes is
 # ln 10 = 2.30, and a net that learned anything at all is far below it within these steps.
@@ -44,32 +54,73 @@ MIN_DROPOUT_GAIN_GAP = 0.02
 SMOOTH = 3
 
 SETTINGS = {
-    'full': dict(dataset='fashion_mnist', train_split='train[:10000]', eval_split='test[:2000]',
-                 steps=300, batch=64, depth=6, width=128, log_every=5,
-                 relu_rates=(0.1, 0.3, 1.0, 3.0), saturating_rates=(0.1, 1.0),
-                 saturating=('sigmoid', 'tanh'), subset='train[:1000]', subset_steps=600,
-                 subset_eval_split='test', dropout=0.2, dropout_lr=0.1),
+    'full': dict(
+        dataset='fashion_mnist',
+        train_split='train[:10000]',
+        eval_split='test[:2000]',
+        steps=300,
+        batch=64,
+        depth=6,
+        width=128,
+        log_every=5,
+        relu_rates=(0.1, 0.3, 1.0, 3.0),
+        saturating_rates=(0.1, 1.0),
+        saturating=('sigmoid', 'tanh'),
+        subset='train[:1000]',
+        subset_steps=600,
+        subset_eval_split='test',
+        dropout=0.2,
+        dropout_lr=0.1,
+    ),
     # Tiny (tests, seconds): two runs. The dropout runs' data, rate and steps equal the ReLU
     # sweep's and the rate is 0, so all four are those runs, reused; no saturating sweep.
-    'tiny': dict(dataset='digits', train_split='train[:256]', eval_split='test[:64]',
-                 steps=12, batch=32, depth=2, width=16, log_every=4, relu_rates=(1.0,),
-                 saturating_rates=(1.0,), saturating=(), subset='train[:256]', subset_steps=12,
-                 subset_eval_split='test[:64]', dropout=0.0, dropout_lr=1.0),
+    'tiny': dict(
+        dataset='digits',
+        train_split='train[:256]',
+        eval_split='test[:64]',
+        steps=12,
+        batch=32,
+        depth=2,
+        width=16,
+        log_every=4,
+        relu_rates=(1.0,),
+        saturating_rates=(1.0,),
+        saturating=(),
+        subset='train[:256]',
+        subset_steps=12,
+        subset_eval_split='test[:64]',
+        dropout=0.0,
+        dropout_lr=1.0,
+    ),
 }
 
 
-def make_config(setting: dict, data_dir: str | None, *, activation: str, batch_norm: bool,
-                learning_rate: float, dropout: float = 0.0, subset: bool = False):
+def make_config(
+    setting: dict,
+    data_dir: str | None,
+    *,
+    activation: str,
+    batch_norm: bool,
+    learning_rate: float,
+    dropout: float = 0.0,
+    subset: bool = False,
+):
     from train.config import default_config, model_config
+
     config = default_config()
     config.dataset.name = setting['dataset']
     config.dataset.data_dir = data_dir or ''
     config.dataset.train_split = setting['subset'] if subset else setting['train_split']
     # The dropout runs compare small differences of test accuracy: all the test images.
     config.dataset.eval_split = setting['subset_eval_split' if subset else 'eval_split']
-    config.model = model_config('mlp', depth=setting['depth'], width=setting['width'],
-                                activation=activation, batch_norm=batch_norm,
-                                dropout_rate=dropout)
+    config.model = model_config(
+        'mlp',
+        depth=setting['depth'],
+        width=setting['width'],
+        activation=activation,
+        batch_norm=batch_norm,
+        dropout_rate=dropout,
+    )
     config.batch_size = setting['batch']
     config.eval_batch_size = 1000
     # The dropout runs go on longer on their small subset: long enough to overfit.
@@ -85,9 +136,11 @@ def make_config(setting: dict, data_dir: str | None, *, activation: str, batch_n
 def run_name(config) -> str:
     """A name that differs exactly when the run's data, model or rate does."""
     model = config.model
-    return (f'{model.activation}_{"bn" if model.batch_norm else "plain"}_lr'
-            f'{config.optimizer.learning_rate:g}_drop{model.dropout_rate:g}_'
-            f'{config.dataset.train_split}_{config.num_steps}_{config.dataset.eval_split}')
+    return (
+        f'{model.activation}_{"bn" if model.batch_norm else "plain"}_lr'
+        f'{config.optimizer.learning_rate:g}_drop{model.dropout_rate:g}_'
+        f'{config.dataset.train_split}_{config.num_steps}_{config.dataset.eval_split}'
+    )
 
 
 def train_once(config, runs: Path, done: dict[str, dict]) -> dict[str, Any]:
@@ -95,6 +148,7 @@ def train_once(config, runs: Path, done: dict[str, dict]) -> dict[str, Any]:
     far, by name); a diverged run (NaN/Inf) keeps the curve it had and counts as not trained."""
     from train.loop import NonFiniteError
     from train.pictures import read_metrics
+
     name = run_name(config)
     if name in done:
         return done[name]
@@ -108,18 +162,44 @@ def train_once(config, runs: Path, done: dict[str, dict]) -> dict[str, Any]:
     curve = [[r['step'], r['loss']] for r in records]
     final = trailing_means([loss for _, loss in curve], SMOOTH)[-1] if curve else None
     diverged = accuracy is None
-    done[name] = {'curve': curve, 'final_loss': None if diverged else final,
-                  'test_accuracy': accuracy, 'diverged': diverged,
-                  'trained': not diverged and final is not None and final < TRAINED_LOSS}
+    done[name] = {
+        'curve': curve,
+        'final_loss': None if diverged else final,
+        'test_accuracy': accuracy,
+        'diverged': diverged,
+        'trained': not diverged and final is not None and final < TRAINED_LOSS,
+    }
     return done[name]
 
 
-def sweep(setting: dict, data_dir: str | None, runs: Path, done: dict, activation: str,
-          rates: tuple[float, ...]) -> dict[str, list[dict]]:
-    return {norm: [{'lr': lr, **train_once(make_config(
-                setting, data_dir, activation=activation, batch_norm=norm == 'bn',
-                learning_rate=lr), runs, done)} for lr in rates]
-            for norm in ('plain', 'bn')}
+def sweep(
+    setting: dict,
+    data_dir: str | None,
+    runs: Path,
+    done: dict,
+    activation: str,
+    rates: tuple[float, ...],
+) -> dict[str, list[dict]]:
+    return {
+        norm: [
+            {
+                'lr': lr,
+                **train_once(
+                    make_config(
+                        setting,
+                        data_dir,
+                        activation=activation,
+                        batch_norm=norm == 'bn',
+                        learning_rate=lr,
+                    ),
+                    runs,
+                    done,
+                ),
+            }
+            for lr in rates
+        ]
+        for norm in ('plain', 'bn')
+    }
 
 
 def best(runs: list[dict]) -> dict | None:
@@ -129,33 +209,47 @@ def best(runs: list[dict]) -> dict | None:
 
 def summarise(relu: dict, saturating: dict, dropout: dict) -> dict[str, Any]:
     """The derived numbers judge() reads, from the raw sweeps."""
-    largest = {norm: max([r['lr'] for r in runs if r['trained']], default=None)
-               for norm, runs in relu.items()}
+    largest = {
+        norm: max([r['lr'] for r in runs if r['trained']], default=None)
+        for norm, runs in relu.items()
+    }
     best_plain, best_bn = best(relu['plain']), best(relu['bn'])
     target = best_plain['final_loss'] if best_plain else None
-    reach = {norm: steps_to_reach(b['curve'], target, SMOOTH) if b and target else None
-             for norm, b in (('plain', best_plain), ('bn', best_bn))}
+    reach = {
+        norm: steps_to_reach(b['curve'], target, SMOOTH) if b and target else None
+        for norm, b in (('plain', best_plain), ('bn', best_bn))
+    }
     speedup = reach['plain'] / reach['bn'] if reach['plain'] and reach['bn'] else None
     gains = {norm: d['with'] - d['without'] for norm, d in dropout.items()}
     sat = {}
     for activation, runs in saturating.items():
         b_plain, b_bn = best(runs['plain']), best(runs['bn'])
-        reached = {norm: steps_to_reach(b['curve'], TRAINED_LOSS, SMOOTH) if b else None
-                   for norm, b in (('plain', b_plain), ('bn', b_bn))}
-        sat[activation] = {'plain_best_loss': b_plain and b_plain['final_loss'],
-                           'bn_best_loss': b_bn and b_bn['final_loss'],
-                           'plain_steps_to_trained': reached['plain'],
-                           'bn_steps_to_trained': reached['bn']}
-    return {'largest_trained_lr': largest, 'target_loss': target, 'steps_to_target': reach,
-            'speedup': speedup, 'dropout_gain': gains, 'saturating': sat}
+        reached = {
+            norm: steps_to_reach(b['curve'], TRAINED_LOSS, SMOOTH) if b else None
+            for norm, b in (('plain', b_plain), ('bn', b_bn))
+        }
+        sat[activation] = {
+            'plain_best_loss': b_plain and b_plain['final_loss'],
+            'bn_best_loss': b_bn and b_bn['final_loss'],
+            'plain_steps_to_trained': reached['plain'],
+            'bn_steps_to_trained': reached['bn'],
+        }
+    return {
+        'largest_trained_lr': largest,
+        'target_loss': target,
+        'steps_to_target': reach,
+        'speedup': speedup,
+        'dropout_gain': gains,
+        'saturating': sat,
+    }
 
 
 def judge(numbers: dict) -> Verdict:
     summary = numbers['summary']
     largest, gains = summary['largest_trained_lr'], summary['dropout_gain']
     parts = {
-        'larger learning rate': largest['bn'] is not None and (
-            largest['plain'] is None or largest['bn'] > largest['plain']),
+        'larger learning rate': largest['bn'] is not None
+        and (largest['plain'] is None or largest['bn'] > largest['plain']),
         f'>= {MIN_SPEEDUP:g}x faster': (summary['speedup'] or 0.0) >= MIN_SPEEDUP,
         'less regularisation needed': gains['plain'] - gains['bn'] >= MIN_DROPOUT_GAIN_GAP,
     }
@@ -164,31 +258,47 @@ def judge(numbers: dict) -> Verdict:
         bn, plain = s['bn_steps_to_trained'], s['plain_steps_to_trained']
         # "Lets it train": it trains with BN and, at every rate of the sweep, not without.
         parts[f'{activation} trains only with BN'] = bn is not None and plain is None
-        notes.append(f'{activation} reaches loss {TRAINED_LOSS:g} at step {bn} with BN, '
-                     f'{plain} without')
-    details = (f'largest ReLU rate that trains: {largest["bn"]} with BN, {largest["plain"]} '
-               f'without; BN speed-up {summary["speedup"] or 0:.2f}x; dropout adds '
-               f'{gains["bn"]:+.1%} test accuracy with BN, {gains["plain"]:+.1%} without; '
-               + '; '.join(notes))
+        notes.append(
+            f'{activation} reaches loss {TRAINED_LOSS:g} at step {bn} with BN, {plain} without'
+        )
+    details = (
+        f'largest ReLU rate that trains: {largest["bn"]} with BN, {largest["plain"]} '
+        f'without; BN speed-up {summary["speedup"] or 0:.2f}x; dropout adds '
+        f'{gains["bn"]:+.1%} test accuracy with BN, {gains["plain"]:+.1%} without; '
+        + '; '.join(notes)
+    )
     return verdict_of_parts(parts, details)
 
 
 def plot(numbers: dict, out: Path) -> Path:
     from train.pictures import plt
+
     panels = 2 + len(numbers['saturating'])
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     for norm, style in (('plain', '--'), ('bn', '-')):
         runs = numbers['relu'][norm]
-        axes[0].plot([r['lr'] for r in runs], [r['final_loss'] or float('nan') for r in runs],
-                     'o' + style, label=f'{norm} (x: diverged)')
-        axes[0].plot([r['lr'] for r in runs if r['diverged']],
-                     [TRAINED_LOSS] * sum(r['diverged'] for r in runs), 'rx')
+        axes[0].plot(
+            [r['lr'] for r in runs],
+            [r['final_loss'] or float('nan') for r in runs],
+            'o' + style,
+            label=f'{norm} (x: diverged)',
+        )
+        axes[0].plot(
+            [r['lr'] for r in runs if r['diverged']],
+            [TRAINED_LOSS] * sum(r['diverged'] for r in runs),
+            'rx',
+        )
         b = best(runs)
         if b:
             axes[1].plot(*zip(*b['curve']), style, label=f'{norm}, best lr {b["lr"]:g}')
     axes[0].axhline(TRAINED_LOSS, color='grey', ls=':', label='"trains" threshold')
-    axes[0].set(xscale='log', yscale='log', xlabel='learning rate', ylabel='final train loss',
-                title='ReLU MLP: learning-rate sweep')
+    axes[0].set(
+        xscale='log',
+        yscale='log',
+        xlabel='learning rate',
+        ylabel='final train loss',
+        title='ReLU MLP: learning-rate sweep',
+    )
     axes[1].set(yscale='log', xlabel='step', ylabel='train loss', title='ReLU MLP: best runs')
     for ax, (activation, sweeps) in zip(axes[2:], numbers['saturating'].items()):
         for norm, style in (('plain', '--'), ('bn', '-')):
@@ -204,25 +314,59 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     runs = fresh_runs_dir(workdir)
     done: dict[str, dict] = {}
     relu = sweep(setting, data_dir, runs, done, 'relu', setting['relu_rates'])
-    saturating = {a: sweep(setting, data_dir, runs, done, a, setting['saturating_rates'])
-                  for a in setting['saturating']}
+    saturating = {
+        a: sweep(setting, data_dir, runs, done, a, setting['saturating_rates'])
+        for a in setting['saturating']
+    }
     dropout: dict[str, dict[str, float]] = {}
     for norm in ('plain', 'bn'):
         dropout[norm] = {}
         for key, rate in (('without', 0.0), ('with', setting['dropout'])):
-            config = make_config(setting, data_dir, activation='relu', batch_norm=norm == 'bn',
-                                 dropout=rate, subset=True, learning_rate=setting['dropout_lr'])
+            config = make_config(
+                setting,
+                data_dir,
+                activation='relu',
+                batch_norm=norm == 'bn',
+                dropout=rate,
+                subset=True,
+                learning_rate=setting['dropout_lr'],
+            )
             dropout[norm][key] = train_once(config, runs, done)['test_accuracy'] or 0.0
-    numbers = {'dataset': setting['dataset'], 'depth': setting['depth'],
-               'steps': setting['steps'], 'relu': relu, 'saturating': saturating,
-               'dropout': dropout, 'summary': summarise(relu, saturating, dropout)}
+    numbers = {
+        'dataset': setting['dataset'],
+        'depth': setting['depth'],
+        'steps': setting['steps'],
+        'relu': relu,
+        'saturating': saturating,
+        'dropout': dropout,
+        'summary': summarise(relu, saturating, dropout),
+    }
     plot(numbers, Path(workdir) / 'batch_norm.png')
-    rows = [[activation, norm, r['lr'], 'diverged' if r['diverged'] else r['final_loss'],
-             r['trained'], r['test_accuracy'] if r['test_accuracy'] is not None else '-']
-            for activation, sweeps in (('relu', relu), *saturating.items())
-            for norm in ('plain', 'bn') for r in sweeps[norm]]
-    rows += [[f'relu + dropout {setting["dropout"]:g} ({setting["subset"]})', norm, '',
-              '', '', f'{d["without"]:.4f} -> {d["with"]:.4f}'] for norm, d in dropout.items()]
-    table = markdown_table(['activation', 'norm', 'lr', 'final train loss', 'trains',
-                            'test accuracy'], rows)
+    rows = [
+        [
+            activation,
+            norm,
+            r['lr'],
+            'diverged' if r['diverged'] else r['final_loss'],
+            r['trained'],
+            r['test_accuracy'] if r['test_accuracy'] is not None else '-',
+        ]
+        for activation, sweeps in (('relu', relu), *saturating.items())
+        for norm in ('plain', 'bn')
+        for r in sweeps[norm]
+    ]
+    rows += [
+        [
+            f'relu + dropout {setting["dropout"]:g} ({setting["subset"]})',
+            norm,
+            '',
+            '',
+            '',
+            f'{d["without"]:.4f} -> {d["with"]:.4f}',
+        ]
+        for norm, d in dropout.items()
+    ]
+    table = markdown_table(
+        ['activation', 'norm', 'lr', 'final train loss', 'trains', 'test accuracy'], rows
+    )
     return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['batch_norm.png'], judge(numbers))

@@ -37,8 +37,10 @@ from experiments.lessons import Finding, Verdict, markdown_table, save_figure, v
 
 NUMBER = 8
 TITLE = 'Residual connections'
-CLAIM = ('Residual connections ease gradient flow: a deep plain net trains worse than its '
-         'residual twin, and its per-layer gradient norms are less even.')
+CLAIM = (
+    'Residual connections ease gradient flow: a deep plain net trains worse than its '
+    'residual twin, and its per-layer gradient norms are less even.'
+)
 
 # "Even" gradient flow: the ratio of the largest to the smallest block gradient norm. The
 # residual twin must be at least this many times more even than the plain net, at init or
@@ -48,13 +50,15 @@ MIN_EVENNESS_GAIN = 2.0
 MAX_LOSS_RATIO = 0.8
 
 SETTINGS = {
-    'full': dict(dataset='mnist1d', depth=24, width=64, steps=1000, batch=128, lr=1e-3,
-                 log_every=20),
+    'full': dict(
+        dataset='mnist1d', depth=24, width=64, steps=1000, batch=128, lr=1e-3, log_every=20
+    ),
     'tiny': dict(dataset='digits', depth=4, width=16, steps=12, batch=32, lr=3e-3, log_every=4),
 }
 
 
 # --------------------------------------------------------------------------- training on arrays
+
 
 @dataclasses.dataclass
 class ArrayRun:
@@ -76,13 +80,16 @@ def padded_batches(arrays: dict[str, np.ndarray], batch_size: int):
         batch['mask'] = np.ones(stop - start, bool)
         pad = batch_size - (stop - start)
         if pad:
-            batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
-                     for k, v in batch.items()}
+            batch = {
+                k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
+                for k, v in batch.items()
+            }
         yield batch
 
 
-def evaluate_arrays(task: Any, state: Any, arrays: dict[str, np.ndarray], mesh,
-                    batch_size: int) -> dict[str, float]:
+def evaluate_arrays(
+    task: Any, state: Any, arrays: dict[str, np.ndarray], mesh, batch_size: int
+) -> dict[str, float]:
     """The task's eval metrics over `arrays` with the trainer's jitted eval step."""
     from train.sharding import fetch, host_to_global
     from train.steps import make_eval_step
@@ -95,10 +102,19 @@ def evaluate_arrays(task: Any, state: Any, arrays: dict[str, np.ndarray], mesh,
     return task.summarize(fetch(totals))
 
 
-def train_on_arrays(task: Any, train: dict[str, np.ndarray], test: dict[str, np.ndarray], *,
-                    steps: int, batch_size: int, optimizer: dict[str, Any],
-                    schedule: str = 'warmup_cosine', seed: int = 0, log_every: int = 10,
-                    eval_batch_size: int = 200) -> ArrayRun:
+def train_on_arrays(
+    task: Any,
+    train: dict[str, np.ndarray],
+    test: dict[str, np.ndarray],
+    *,
+    steps: int,
+    batch_size: int,
+    optimizer: dict[str, Any],
+    schedule: str = 'warmup_cosine',
+    seed: int = 0,
+    log_every: int = 10,
+    eval_batch_size: int = 200,
+) -> ArrayRun:
     """Trains `task` with the trainer's pieces (build_optimizer from the default config updated
     with `optimizer`, init_train_state, make_train_step on the mesh) on shuffled batches of
     in-memory arrays, then evaluates on `test`. Batch sizes must divide over the devices."""
@@ -115,8 +131,9 @@ def train_on_arrays(task: Any, train: dict[str, np.ndarray], test: dict[str, np.
     check_batch_divides(eval_batch_size, mesh, 'eval_batch_size')
     count = len(next(iter(train.values())))
     steps_per_epoch = max(1, count // batch_size)
-    tx, _ = build_optimizer(config.optimizer, config.schedule, steps_per_epoch=steps_per_epoch,
-                            total_steps=steps)
+    tx, _ = build_optimizer(
+        config.optimizer, config.schedule, steps_per_epoch=steps_per_epoch, total_steps=steps
+    )
     state = init_train_state(task, tx, seed, mesh)
     initial = fetch(state)  # a host copy: the train step donates the state's buffers
     train_step = make_train_step(task, tx, mesh, skip_nonfinite=False)
@@ -125,9 +142,10 @@ def train_on_arrays(task: Any, train: dict[str, np.ndarray], test: dict[str, np.
     for step in range(steps):
         if step % steps_per_epoch == 0:  # a fresh permutation every epoch, the last part dropped
             permutation = order.permutation(count)
-        rows = permutation[(step % steps_per_epoch) * batch_size:][:batch_size]
-        state, metrics = train_step(state, host_to_global({k: v[rows] for k, v in train.items()},
-                                                          mesh))
+        rows = permutation[(step % steps_per_epoch) * batch_size :][:batch_size]
+        state, metrics = train_step(
+            state, host_to_global({k: v[rows] for k, v in train.items()}, mesh)
+        )
         window.append(metrics)
         if (step + 1) % log_every == 0 or step + 1 == steps:
             logged.append((step + 1, window))
@@ -144,13 +162,17 @@ def train_on_arrays(task: Any, train: dict[str, np.ndarray], test: dict[str, np.
 def load_arrays(name: str, split: str, data_dir: str | None) -> dict[str, np.ndarray]:
     """A prepared data set's split as {'image', 'label'} arrays in memory."""
     import data
+
     source = data.load_source(name, split, data_dir)
     records = [source[i] for i in range(len(source))]
-    return {'image': np.stack([r['image'] for r in records]),
-            'label': np.asarray([r['label'] for r in records], np.int32)}
+    return {
+        'image': np.stack([r['image'] for r in records]),
+        'label': np.asarray([r['label'] for r in records], np.int32),
+    }
 
 
 # --------------------------------------------------------------------------- the twins
+
 
 class DeepMLP(nn.Module):
     """A Dense stem, `depth` blocks of Dense -> BatchNorm -> ReLU, global head. With `residual`
@@ -176,6 +198,7 @@ class DeepMLP(nn.Module):
 def block_gradient_norms(task: Any, batch: dict[str, np.ndarray], depth: int):
     """A jitted function of a (host) state: ||dL/dW|| of each block's kernel on `batch`, in
     training mode, input block first. One compilation serves every state of the model."""
+
     def norms(params, model_state):
         loss = lambda p: task.train_loss(p, model_state, batch, jax.random.key(0))[0]  # noqa: E731
         grads = jax.grad(loss)(params)
@@ -192,6 +215,7 @@ def block_gradient_norms(task: Any, batch: dict[str, np.ndarray], depth: int):
 
 # --------------------------------------------------------------------------- the lesson
 
+
 def spread(norms: list[float]) -> float:
     """Largest over smallest block gradient norm: 1 = perfectly even flow."""
     return max(norms) / max(min(norms), 1e-30)
@@ -202,22 +226,27 @@ def judge(numbers: dict) -> Verdict:
     gain_init = plain['spread_init'] / residual['spread_init']
     gain_trained = plain['spread_trained'] / residual['spread_trained']
     loss_ratio = residual['final_loss'] / plain['final_loss']
-    parts = {f'gradients >= {MIN_EVENNESS_GAIN:g}x more even at init':
-                 gain_init >= MIN_EVENNESS_GAIN,
-             f'gradients >= {MIN_EVENNESS_GAIN:g}x more even after training':
-                 gain_trained >= MIN_EVENNESS_GAIN,
-             f'residual final train loss <= {MAX_LOSS_RATIO:g}x plain':
-                 loss_ratio <= MAX_LOSS_RATIO}
-    return verdict_of_parts(parts, (
-        f'depth {numbers["depth"]}: max/min block gradient norm plain {plain["spread_init"]:.3g} '
-        f'vs residual {residual["spread_init"]:.3g} at init, {plain["spread_trained"]:.3g} vs '
-        f'{residual["spread_trained"]:.3g} after {numbers["steps"]} steps; final train loss '
-        f'{plain["final_loss"]:.3f} vs {residual["final_loss"]:.3f}, test accuracy '
-        f'{plain["test_accuracy"]:.3f} vs {residual["test_accuracy"]:.3f}'))
+    parts = {
+        f'gradients >= {MIN_EVENNESS_GAIN:g}x more even at init': gain_init >= MIN_EVENNESS_GAIN,
+        f'gradients >= {MIN_EVENNESS_GAIN:g}x more even after training': gain_trained
+        >= MIN_EVENNESS_GAIN,
+        f'residual final train loss <= {MAX_LOSS_RATIO:g}x plain': loss_ratio <= MAX_LOSS_RATIO,
+    }
+    return verdict_of_parts(
+        parts,
+        (
+            f'depth {numbers["depth"]}: max/min block gradient norm plain {plain["spread_init"]:.3g} '
+            f'vs residual {residual["spread_init"]:.3g} at init, {plain["spread_trained"]:.3g} vs '
+            f'{residual["spread_trained"]:.3g} after {numbers["steps"]} steps; final train loss '
+            f'{plain["final_loss"]:.3f} vs {residual["final_loss"]:.3f}, test accuracy '
+            f'{plain["test_accuracy"]:.3f} vs {residual["test_accuracy"]:.3f}'
+        ),
+    )
 
 
 def plot(numbers: dict, out: Path) -> Path:
     from train.pictures import plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, color in (('plain', 'tab:red'), ('residual', 'tab:blue')):
         record = numbers[name]
@@ -225,12 +254,25 @@ def plot(numbers: dict, out: Path) -> Path:
         axes[0].plot(steps, losses, color=color, label=name)
         blocks = range(1, len(record['grad_norms_init']) + 1)
         axes[1].plot(blocks, record['grad_norms_init'], '--', color=color, label=f'{name}, init')
-        axes[1].plot(blocks, record['grad_norms_trained'], '-', color=color,
-                     label=f'{name}, after {numbers["steps"]} steps')
-    axes[0].set(yscale='log', xlabel='step', ylabel='train loss',
-                title=f'{numbers["depth"]}-block MLP on {numbers["dataset"]}')
-    axes[1].set(yscale='log', xlabel='block (1 = nearest the input)',
-                ylabel='||dL/dW|| of the block', title='per-block gradient norms')
+        axes[1].plot(
+            blocks,
+            record['grad_norms_trained'],
+            '-',
+            color=color,
+            label=f'{name}, after {numbers["steps"]} steps',
+        )
+    axes[0].set(
+        yscale='log',
+        xlabel='step',
+        ylabel='train loss',
+        title=f'{numbers["depth"]}-block MLP on {numbers["dataset"]}',
+    )
+    axes[1].set(
+        yscale='log',
+        xlabel='block (1 = nearest the input)',
+        ylabel='||dL/dW|| of the block',
+        title='per-block gradient norms',
+    )
     return save_figure(fig, out, axes)
 
 
@@ -243,29 +285,60 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     train = load_arrays(setting['dataset'], 'train', data_dir)
     test = load_arrays(setting['dataset'], 'test', data_dir)
     probe = {k: v[:256] for k, v in train.items()}  # the batch the gradient norms are taken on
-    numbers: dict[str, Any] = {'dataset': setting['dataset'], 'depth': setting['depth'],
-                               'width': setting['width'], 'steps': setting['steps']}
+    numbers: dict[str, Any] = {
+        'dataset': setting['dataset'],
+        'depth': setting['depth'],
+        'width': setting['width'],
+        'steps': setting['steps'],
+    }
     for name in ('plain', 'residual'):
         model = DeepMLP(info.num_classes, setting['depth'], setting['width'], name == 'residual')
         task = ClassificationTask(model, info)
         # The same seed gives both twins the same initial weights (their parameters match).
-        result = train_on_arrays(task, train, test, steps=setting['steps'],
-                                 batch_size=setting['batch'], log_every=setting['log_every'],
-                                 optimizer=dict(name='adam', learning_rate=setting['lr']))
+        result = train_on_arrays(
+            task,
+            train,
+            test,
+            steps=setting['steps'],
+            batch_size=setting['batch'],
+            log_every=setting['log_every'],
+            optimizer=dict(name='adam', learning_rate=setting['lr']),
+        )
         curve = [[c['step'], c['loss']] for c in result.curve]
         gradient_norms = block_gradient_norms(task, probe, setting['depth'])
         init_norms, trained_norms = gradient_norms(result.initial), gradient_norms(result.state)
         numbers[name] = {
-            'curve': curve, 'final_loss': float(np.mean([loss for _, loss in curve[-3:]])),
+            'curve': curve,
+            'final_loss': float(np.mean([loss for _, loss in curve[-3:]])),
             'test_accuracy': result.eval['accuracy'],
-            'grad_norms_init': init_norms, 'grad_norms_trained': trained_norms,
-            'spread_init': spread(init_norms), 'spread_trained': spread(trained_norms)}
+            'grad_norms_init': init_norms,
+            'grad_norms_trained': trained_norms,
+            'spread_init': spread(init_norms),
+            'spread_trained': spread(trained_norms),
+        }
     plot(numbers, Path(workdir) / 'residual.png')
-    rows = [[name, numbers[name]['spread_init'], numbers[name]['spread_trained'],
-             numbers[name]['grad_norms_init'][0], numbers[name]['grad_norms_init'][-1],
-             numbers[name]['final_loss'], numbers[name]['test_accuracy']]
-            for name in ('plain', 'residual')]
-    table = markdown_table(['net', 'max/min grad norm (init)', 'max/min grad norm (trained)',
-                            'first block grad (init)', 'last block grad (init)',
-                            'final train loss', 'test accuracy'], rows)
+    rows = [
+        [
+            name,
+            numbers[name]['spread_init'],
+            numbers[name]['spread_trained'],
+            numbers[name]['grad_norms_init'][0],
+            numbers[name]['grad_norms_init'][-1],
+            numbers[name]['final_loss'],
+            numbers[name]['test_accuracy'],
+        ]
+        for name in ('plain', 'residual')
+    ]
+    table = markdown_table(
+        [
+            'net',
+            'max/min grad norm (init)',
+            'max/min grad norm (trained)',
+            'first block grad (init)',
+            'last block grad (init)',
+            'final train loss',
+            'test accuracy',
+        ],
+        rows,
+    )
     return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['residual.png'], judge(numbers))

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from experiments.lessons import (
-    Finding, Verdict, fresh_runs_dir, markdown_table, save_figure, train_run, verdict_of_parts)
+    Finding,
+    Verdict,
+    fresh_runs_dir,
+    markdown_table,
+    save_figure,
+    train_run,
+    verdict_of_parts,
+)
 
 NUMBER = 9
 TITLE = 'CNN vs MLP on ordered and shuffled signals'
@@ -41,18 +48,33 @@ MAX_SHUFFLED_ADVANTAGE = 0.02
 MAX_MLP_CHANGE = 0.03
 
 SETTINGS = {
-    'full': dict(steps=2000, batch=100, seeds=(0, 1), log_every=100,
-                 models={'cnn': dict(channels=(32, 32, 32), convs_per_stage=1, kernel_size=5),
-                         'mlp': dict(depth=2, width=100)}),
-    'tiny': dict(steps=12, batch=32, seeds=(0,), log_every=4,
-                 models={'cnn': dict(channels=(4,), convs_per_stage=1, kernel_size=5),
-                         'mlp': dict(depth=1, width=16)}),
+    'full': dict(
+        steps=2000,
+        batch=100,
+        seeds=(0, 1),
+        log_every=100,
+        models={
+            'cnn': dict(channels=(32, 32, 32), convs_per_stage=1, kernel_size=5),
+            'mlp': dict(depth=2, width=100),
+        },
+    ),
+    'tiny': dict(
+        steps=12,
+        batch=32,
+        seeds=(0,),
+        log_every=4,
+        models={
+            'cnn': dict(channels=(4,), convs_per_stage=1, kernel_size=5),
+            'mlp': dict(depth=1, width=16),
+        },
+    ),
 }
 
 
 def make_config(setting: dict, model: str, dataset: str, seed: int, data_dir: str | None):
     """experiments/mnist1d.py's recipe (Adam 1e-2, warm-up cosine) at this scale's budget."""
     from train.config import default_config, model_config
+
     config = default_config()
     config.seed = seed
     config.dataset.name = dataset
@@ -73,18 +95,25 @@ def judge(numbers: dict) -> Verdict:
     ordered = accuracy['ordered']['cnn'] - accuracy['ordered']['mlp']
     shuffled = accuracy['shuffled']['cnn'] - accuracy['shuffled']['mlp']
     mlp_change = abs(accuracy['ordered']['mlp'] - accuracy['shuffled']['mlp'])
-    parts = {f'CNN >= {MIN_ADVANTAGE:.0%} ahead on ordered signals': ordered >= MIN_ADVANTAGE,
-             f'CNN <= {MAX_SHUFFLED_ADVANTAGE:.0%} ahead on shuffled signals':
-                 shuffled <= MAX_SHUFFLED_ADVANTAGE,
-             f'MLP accuracy moves <= {MAX_MLP_CHANGE:.0%}': mlp_change <= MAX_MLP_CHANGE}
-    return verdict_of_parts(parts, (
-        f'test accuracy (mean of {len(numbers["seeds"])} seeds) ordered: CNN '
-        f'{accuracy["ordered"]["cnn"]:.3f} vs MLP {accuracy["ordered"]["mlp"]:.3f}; shuffled: '
-        f'CNN {accuracy["shuffled"]["cnn"]:.3f} vs MLP {accuracy["shuffled"]["mlp"]:.3f}'))
+    parts = {
+        f'CNN >= {MIN_ADVANTAGE:.0%} ahead on ordered signals': ordered >= MIN_ADVANTAGE,
+        f'CNN <= {MAX_SHUFFLED_ADVANTAGE:.0%} ahead on shuffled signals': shuffled
+        <= MAX_SHUFFLED_ADVANTAGE,
+        f'MLP accuracy moves <= {MAX_MLP_CHANGE:.0%}': mlp_change <= MAX_MLP_CHANGE,
+    }
+    return verdict_of_parts(
+        parts,
+        (
+            f'test accuracy (mean of {len(numbers["seeds"])} seeds) ordered: CNN '
+            f'{accuracy["ordered"]["cnn"]:.3f} vs MLP {accuracy["ordered"]["mlp"]:.3f}; shuffled: '
+            f'CNN {accuracy["shuffled"]["cnn"]:.3f} vs MLP {accuracy["shuffled"]["mlp"]:.3f}'
+        ),
+    )
 
 
 def plot(numbers: dict, out: Path) -> Path:
     from train.pictures import plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.35
     for i, model in enumerate(MODELS):
@@ -113,18 +142,35 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     for variant, dataset in VARIANTS.items():
         for model in MODELS:
             for seed in setting['seeds']:
-                result = train_run(make_config(setting, model, dataset, seed, data_dir),
-                                   runs / f'{variant}_{model}_{seed}')
+                result = train_run(
+                    make_config(setting, model, dataset, seed, data_dir),
+                    runs / f'{variant}_{model}_{seed}',
+                )
                 per_seed[variant][model].append(result.summary['eval']['accuracy'])
                 params[model] = result.summary['num_params']
                 if seed == setting['seeds'][0]:
                     curves[variant][model] = [[r['step'], r['loss']] for r in result.train]
     accuracy = {v: {m: float(np.mean(per_seed[v][m])) for m in MODELS} for v in VARIANTS}
-    numbers = {'steps': setting['steps'], 'seeds': list(setting['seeds']), 'params': params,
-               'accuracy': accuracy, 'per_seed': per_seed, 'curves': curves}
+    numbers = {
+        'steps': setting['steps'],
+        'seeds': list(setting['seeds']),
+        'params': params,
+        'accuracy': accuracy,
+        'per_seed': per_seed,
+        'curves': curves,
+    }
     plot(numbers, Path(workdir) / 'cnn_vs_mlp.png')
-    rows = [[model, params[model], accuracy['ordered'][model], accuracy['shuffled'][model],
-             accuracy['shuffled'][model] - accuracy['ordered'][model]] for model in MODELS]
-    table = markdown_table(['model', 'params', 'accuracy (mnist1d)',
-                            'accuracy (mnist1d_shuffled)', 'change'], rows)
+    rows = [
+        [
+            model,
+            params[model],
+            accuracy['ordered'][model],
+            accuracy['shuffled'][model],
+            accuracy['shuffled'][model] - accuracy['ordered'][model],
+        ]
+        for model in MODELS
+    ]
+    table = markdown_table(
+        ['model', 'params', 'accuracy (mnist1d)', 'accuracy (mnist1d_shuffled)', 'change'], rows
+    )
     return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['cnn_vs_mlp.png'], judge(numbers))

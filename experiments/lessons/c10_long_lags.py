@@ -37,13 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.lessons import Finding, Verdict, markdown_table, save_figure, verdict_of_parts
-from train.tasks.base import Task
 from experiments.lessons.c08_residual import train_on_arrays
+from train.tasks.base import Task
 
 NUMBER = 10
 TITLE = 'Long lags: RNN vs LSTM vs GRU'
-CLAIM = ('RNNs suffer vanishing/exploding gradients; LSTMs carry information over long lags '
-         '(gradient norm vs time lag; the adding task at growing lags for RNN vs LSTM vs GRU).')
+CLAIM = (
+    'RNNs suffer vanishing/exploding gradients; LSTMs carry information over long lags '
+    '(gradient norm vs time lag; the adding task at growing lags for RNN vs LSTM vs GRU).'
+)
 
 CELLS = ('rnn', 'lstm', 'gru')
 # Var(U[0,1] + U[0,1]) = 2/12: the MSE of always predicting the mean sum, 1.
@@ -55,10 +57,18 @@ SOLVED_NMSE = 0.1
 VANISHED_RATIO = 1e-4
 
 SETTINGS = {
-    'full': dict(lengths=(10, 25, 50, 100), hidden=32, steps=1200, batch=64, lr=1e-2,
-                 train_examples=16384, test_examples=1000),
-    'tiny': dict(lengths=(6,), hidden=8, steps=16, batch=32, lr=1e-2,
-                 train_examples=256, test_examples=64),
+    'full': dict(
+        lengths=(10, 25, 50, 100),
+        hidden=32,
+        steps=1200,
+        batch=64,
+        lr=1e-2,
+        train_examples=16384,
+        test_examples=1000,
+    ),
+    'tiny': dict(
+        lengths=(6,), hidden=8, steps=16, batch=32, lr=1e-2, train_examples=256, test_examples=64
+    ),
 }
 
 
@@ -79,8 +89,9 @@ class SequenceRegressionTask(Task):
     """The trainer's task protocol (train/tasks/base.py) for one real number per sequence:
     squared error, and its mean normalised by the target's variance."""
 
-    def __init__(self, model: Any, length: int, channels: int = 2,
-                 target_variance: float = TARGET_VARIANCE):
+    def __init__(
+        self, model: Any, length: int, channels: int = 2, target_variance: float = TARGET_VARIANCE
+    ):
         super().__init__(model, info=None)
         self.init_batch_shape = (1, length, channels)
         self.target_variance = target_variance
@@ -108,6 +119,7 @@ class SequenceRegressionTask(Task):
 
 def make_model(cell: str, hidden: int):
     import nets
+
     return nets.create(cell, num_classes=1, hidden_size=hidden, readout='last')
 
 
@@ -142,37 +154,57 @@ def judge(numbers: dict) -> Verdict:
     trained = {cell: lag_ratio(numbers['gradient_by_lag']['trained'][cell]) for cell in CELLS}
     lag = numbers['probe_length'] - 1
     parts = {
-        f'RNN gradient at lag {lag} < {VANISHED_RATIO:g} of lag 0 at init':
-            init['rnn'] < VANISHED_RATIO,
-        f'LSTM solves T={longest} (nMSE < {SOLVED_NMSE:g}), RNN does not':
-            nmse['lstm'] < SOLVED_NMSE <= nmse['rnn'],
+        f'RNN gradient at lag {lag} < {VANISHED_RATIO:g} of lag 0 at init': init['rnn']
+        < VANISHED_RATIO,
+        f'LSTM solves T={longest} (nMSE < {SOLVED_NMSE:g}), RNN does not': nmse['lstm']
+        < SOLVED_NMSE
+        <= nmse['rnn'],
         f'GRU solves T={longest}': nmse['gru'] < SOLVED_NMSE,
-        f'trained LSTM keeps more gradient at lag {lag} than trained RNN':
-            trained['lstm'] > trained['rnn'],
+        f'trained LSTM keeps more gradient at lag {lag} than trained RNN': trained['lstm']
+        > trained['rnn'],
     }
     ratios = ', '.join(f'{c} {init[c]:.2g} -> {trained[c]:.2g}' for c in CELLS)
     scores = ', '.join(f'{c} {nmse[c]:.3f}' for c in CELLS)
-    return verdict_of_parts(parts, f'adding problem at T={longest}, normalised MSE: {scores}; '
-                                   f'gradient at lag {lag} / lag 0, init -> trained: {ratios}')
+    return verdict_of_parts(
+        parts,
+        f'adding problem at T={longest}, normalised MSE: {scores}; '
+        f'gradient at lag {lag} / lag 0, init -> trained: {ratios}',
+    )
 
 
 def plot(numbers: dict, out: Path) -> Path:
     from train.pictures import plt
+
     colors = {'rnn': 'tab:red', 'lstm': 'tab:blue', 'gru': 'tab:green'}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for cell in CELLS:
         for when, style in (('init', '--'), ('trained', '-')):
             norms = numbers['gradient_by_lag'][when][cell]
-            axes[0].plot(range(len(norms)), norms, style, color=colors[cell],
-                         label=f'{cell}, {when}')
+            axes[0].plot(
+                range(len(norms)), norms, style, color=colors[cell], label=f'{cell}, {when}'
+            )
         lengths = numbers['lengths']
-        axes[1].plot(lengths, [numbers['adding'][cell][str(t)] for t in lengths], 'o-',
-                     color=colors[cell], label=cell)
-    axes[0].set(yscale='log', xlabel='lag T - 1 - t', ylabel='||d<h_T, v>/dx_t||',
-                title=f'gradient flow back in time (T = {numbers["probe_length"]})')
+        axes[1].plot(
+            lengths,
+            [numbers['adding'][cell][str(t)] for t in lengths],
+            'o-',
+            color=colors[cell],
+            label=cell,
+        )
+    axes[0].set(
+        yscale='log',
+        xlabel='lag T - 1 - t',
+        ylabel='||d<h_T, v>/dx_t||',
+        title=f'gradient flow back in time (T = {numbers["probe_length"]})',
+    )
     axes[1].axhline(SOLVED_NMSE, color='grey', ls=':', label='solved')
-    axes[1].set(yscale='log', xscale='log', xlabel='sequence length T (lag ~ T)',
-                ylabel='test MSE / Var(target)', title='adding problem')
+    axes[1].set(
+        yscale='log',
+        xscale='log',
+        xlabel='sequence length T (lag ~ T)',
+        ylabel='test MSE / Var(target)',
+        title='adding problem',
+    )
     return save_figure(fig, out, axes, legend_fontsize=7)
 
 
@@ -180,10 +212,14 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     setting = SETTINGS[scale]
     lengths = setting['lengths']
     probe = lengths[-1]  # the gradient is probed on the longest task's sequences
-    numbers: dict[str, Any] = {'lengths': list(lengths), 'steps': setting['steps'],
-                               'hidden_size': setting['hidden'], 'probe_length': probe,
-                               'adding': {cell: {} for cell in CELLS},
-                               'gradient_by_lag': {'init': {}, 'trained': {}}}
+    numbers: dict[str, Any] = {
+        'lengths': list(lengths),
+        'steps': setting['steps'],
+        'hidden_size': setting['hidden'],
+        'probe_length': probe,
+        'adding': {cell: {} for cell in CELLS},
+        'gradient_by_lag': {'init': {}, 'trained': {}},
+    }
     for length in lengths:
         train = adding_problem(setting['train_examples'], length, seed=length)
         test = adding_problem(setting['test_examples'], length, seed=10_000 + length)
@@ -191,20 +227,39 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
             model = make_model(cell, setting['hidden'])
             task = SequenceRegressionTask(model, length)
             # Clipping as in experiments/mnist1d.py: a product over T steps can spike.
-            result = train_on_arrays(task, train, test, steps=setting['steps'],
-                                     batch_size=setting['batch'], log_every=setting['steps'],
-                                     optimizer=dict(name='adam', learning_rate=setting['lr'],
-                                                    grad_clip_norm=1.0))
+            result = train_on_arrays(
+                task,
+                train,
+                test,
+                steps=setting['steps'],
+                batch_size=setting['batch'],
+                log_every=setting['steps'],
+                optimizer=dict(name='adam', learning_rate=setting['lr'], grad_clip_norm=1.0),
+            )
             numbers['adding'][cell][str(length)] = result.eval['normalised_mse']
             if length == lengths[-1]:
-                for when, params in (('init', result.initial.params),
-                                     ('trained', jax.device_get(result.state.params))):
+                for when, params in (
+                    ('init', result.initial.params),
+                    ('trained', jax.device_get(result.state.params)),
+                ):
                     numbers['gradient_by_lag'][when][cell] = gradient_by_lag(model, params, probe)
     plot(numbers, Path(workdir) / 'long_lags.png')
-    rows = [[cell, *[numbers['adding'][cell][str(t)] for t in lengths],
-             lag_ratio(numbers['gradient_by_lag']['init'][cell]),
-             lag_ratio(numbers['gradient_by_lag']['trained'][cell])] for cell in CELLS]
-    table = markdown_table(['cell', *[f'nMSE T={t}' for t in lengths],
-                            f'grad lag {probe - 1}/lag 0 (init)',
-                            f'grad lag {probe - 1}/lag 0 (trained)'], rows)
+    rows = [
+        [
+            cell,
+            *[numbers['adding'][cell][str(t)] for t in lengths],
+            lag_ratio(numbers['gradient_by_lag']['init'][cell]),
+            lag_ratio(numbers['gradient_by_lag']['trained'][cell]),
+        ]
+        for cell in CELLS
+    ]
+    table = markdown_table(
+        [
+            'cell',
+            *[f'nMSE T={t}' for t in lengths],
+            f'grad lag {probe - 1}/lag 0 (init)',
+            f'grad lag {probe - 1}/lag 0 (trained)',
+        ],
+        rows,
+    )
     return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['long_lags.png'], judge(numbers))

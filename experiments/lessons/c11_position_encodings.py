@@ -32,13 +32,15 @@ import numpy as np
 import optax
 
 from experiments.lessons import Finding, Verdict, markdown_table, save_figure, verdict_of_parts
-from train.tasks.base import Task
 from experiments.lessons.c08_residual import evaluate_arrays, train_on_arrays
+from train.tasks.base import Task
 
 NUMBER = 11
 TITLE = 'Sinusoidal vs learned position encodings'
-CLAIM = ('Sinusoidal position encodings extrapolate to sequences longer than in training better '
-         'than learned ones, and the two are about equal within the trained length.')
+CLAIM = (
+    'Sinusoidal position encodings extrapolate to sequences longer than in training better '
+    'than learned ones, and the two are about equal within the trained length.'
+)
 
 POSEMBS = ('sinusoidal', 'learned')
 # "About equal" within the trained length: accuracies within 5 points of each other.
@@ -48,24 +50,53 @@ EQUAL_WITHIN = 0.05
 MIN_EXTRAPOLATION_GAIN = 0.10
 
 SETTINGS = {
-    'full': dict(length=32, factors=(1, 2, 3, 4), lag=3, vocab=16, hidden=32, heads=4,
-                 mlp=64, layers=2, steps=1000, batch=64, lr=3e-3, train_examples=8192,
-                 test_examples=512),
-    'tiny': dict(length=8, factors=(1, 2), lag=2, vocab=8, hidden=8, heads=2, mlp=16,
-                 layers=1, steps=16, batch=32, lr=3e-3, train_examples=256, test_examples=64),
+    'full': dict(
+        length=32,
+        factors=(1, 2, 3, 4),
+        lag=3,
+        vocab=16,
+        hidden=32,
+        heads=4,
+        mlp=64,
+        layers=2,
+        steps=1000,
+        batch=64,
+        lr=3e-3,
+        train_examples=8192,
+        test_examples=512,
+    ),
+    'tiny': dict(
+        length=8,
+        factors=(1, 2),
+        lag=2,
+        vocab=8,
+        hidden=8,
+        heads=2,
+        mlp=16,
+        layers=1,
+        steps=16,
+        batch=32,
+        lr=3e-3,
+        train_examples=256,
+        test_examples=64,
+    ),
 }
 
 
-def lag_copy(count: int, length: int, train_length: int, lag: int, vocab: int,
-             seed: int) -> dict[str, np.ndarray]:
+def lag_copy(
+    count: int, length: int, train_length: int, lag: int, vocab: int, seed: int
+) -> dict[str, np.ndarray]:
     """Random tokens, targets x_{i-lag}; weights mark the scored positions (i >= lag) and
     'unseen' those beyond the training length as well."""
     tokens = np.random.default_rng(seed).integers(0, vocab, size=(count, length), dtype=np.int32)
     targets = np.roll(tokens, lag, axis=1)
     positions = np.arange(length)[None, :].repeat(count, 0)
-    return {'inputs': tokens, 'targets': targets,
-            'weights': (positions >= lag).astype(np.float32),
-            'unseen': (positions >= max(lag, train_length)).astype(np.float32)}
+    return {
+        'inputs': tokens,
+        'targets': targets,
+        'weights': (positions >= lag).astype(np.float32),
+        'unseen': (positions >= max(lag, train_length)).astype(np.float32),
+    }
 
 
 class TokenTask(Task):
@@ -81,8 +112,9 @@ class TokenTask(Task):
         return self.model.init({'params': rng, 'dropout': rng}, dummy, train=True)
 
     def train_loss(self, params, model_state, batch, rng):
-        logits = self.model.apply({'params': params, **model_state}, batch['inputs'], train=True,
-                                  rngs={'dropout': rng})
+        logits = self.model.apply(
+            {'params': params, **model_state}, batch['inputs'], train=True, rngs={'dropout': rng}
+        )
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
         loss = jnp.sum(losses * batch['weights']) / jnp.sum(batch['weights'])
         return loss, (model_state, {'loss': loss})
@@ -92,59 +124,99 @@ class TokenTask(Task):
         correct = (jnp.argmax(logits, -1) == batch['targets']).astype(jnp.float32)
         mask = batch['mask'].astype(jnp.float32)[:, None]
         weights, unseen = batch['weights'] * mask, batch['unseen'] * mask
-        return {'correct': jnp.sum(correct * weights), 'count': jnp.sum(weights),
-                'unseen_correct': jnp.sum(correct * unseen), 'unseen_count': jnp.sum(unseen)}
+        return {
+            'correct': jnp.sum(correct * weights),
+            'count': jnp.sum(weights),
+            'unseen_correct': jnp.sum(correct * unseen),
+            'unseen_count': jnp.sum(unseen),
+        }
 
     def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
         unseen = float(sums['unseen_count'])
-        return {'accuracy': float(sums['correct']) / max(float(sums['count']), 1.0),
-                'unseen_accuracy': float(sums['unseen_correct']) / unseen if unseen else None}
+        return {
+            'accuracy': float(sums['correct']) / max(float(sums['count']), 1.0),
+            'unseen_accuracy': float(sums['unseen_correct']) / unseen if unseen else None,
+        }
 
 
 def make_model(setting: dict, posemb: str):
     import nets
-    return nets.create('char_transformer', num_classes=setting['vocab'],
-                       hidden_size=setting['hidden'], num_heads=setting['heads'],
-                       mlp_dim=setting['mlp'], num_layers=setting['layers'],
-                       max_length=setting['length'] * max(setting['factors']), posemb=posemb)
+
+    return nets.create(
+        'char_transformer',
+        num_classes=setting['vocab'],
+        hidden_size=setting['hidden'],
+        num_heads=setting['heads'],
+        mlp_dim=setting['mlp'],
+        num_layers=setting['layers'],
+        max_length=setting['length'] * max(setting['factors']),
+        posemb=posemb,
+    )
 
 
 def judge(numbers: dict) -> Verdict:
     results = numbers['results']
     within = {p: results[p]['1']['accuracy'] for p in POSEMBS}
     longer = [f for f in numbers['factors'] if f > 1]
-    unseen = {p: float(np.mean([results[p][str(f)]['unseen_accuracy'] for f in longer]))
-              for p in POSEMBS}
-    parts = {f'within L the two are within {EQUAL_WITHIN:.0%}':
-                 abs(within['sinusoidal'] - within['learned']) <= EQUAL_WITHIN,
-             f'beyond L sinusoidal >= {MIN_EXTRAPOLATION_GAIN:.0%} more accurate':
-                 unseen['sinusoidal'] - unseen['learned'] >= MIN_EXTRAPOLATION_GAIN}
-    return verdict_of_parts(parts, (
-        f'trained at L={numbers["length"]}: accuracy at L sinusoidal {within["sinusoidal"]:.3f} '
-        f'vs learned {within["learned"]:.3f}; on positions beyond L (lengths '
-        f'{", ".join(f"{f}L" for f in longer)}): {unseen["sinusoidal"]:.3f} vs '
-        f'{unseen["learned"]:.3f} (chance {1 / numbers["vocab"]:.3f})'))
+    unseen = {
+        p: float(np.mean([results[p][str(f)]['unseen_accuracy'] for f in longer])) for p in POSEMBS
+    }
+    parts = {
+        f'within L the two are within {EQUAL_WITHIN:.0%}': abs(
+            within['sinusoidal'] - within['learned']
+        )
+        <= EQUAL_WITHIN,
+        f'beyond L sinusoidal >= {MIN_EXTRAPOLATION_GAIN:.0%} more accurate': unseen['sinusoidal']
+        - unseen['learned']
+        >= MIN_EXTRAPOLATION_GAIN,
+    }
+    return verdict_of_parts(
+        parts,
+        (
+            f'trained at L={numbers["length"]}: accuracy at L sinusoidal {within["sinusoidal"]:.3f} '
+            f'vs learned {within["learned"]:.3f}; on positions beyond L (lengths '
+            f'{", ".join(f"{f}L" for f in longer)}): {unseen["sinusoidal"]:.3f} vs '
+            f'{unseen["learned"]:.3f} (chance {1 / numbers["vocab"]:.3f})'
+        ),
+    )
 
 
 def plot(numbers: dict, out: Path) -> Path:
     from train.pictures import plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     lengths = [f * numbers['length'] for f in numbers['factors']]
     for posemb, color in (('sinusoidal', 'tab:blue'), ('learned', 'tab:orange')):
         results = numbers['results'][posemb]
-        axes[0].plot(lengths, [results[str(f)]['accuracy'] for f in numbers['factors']], 'o-',
-                     color=color, label=posemb)
+        axes[0].plot(
+            lengths,
+            [results[str(f)]['accuracy'] for f in numbers['factors']],
+            'o-',
+            color=color,
+            label=posemb,
+        )
         steps, losses = zip(*numbers['curves'][posemb])
         axes[1].plot(steps, losses, color=color, label=posemb)
         positions = numbers['per_position'][posemb]
-        axes[0].plot(range(len(positions)), positions, ':', color=color, alpha=0.6,
-                     label=f'{posemb}, per position at {lengths[-1]}')
+        axes[0].plot(
+            range(len(positions)),
+            positions,
+            ':',
+            color=color,
+            alpha=0.6,
+            label=f'{posemb}, per position at {lengths[-1]}',
+        )
     axes[0].axvline(numbers['length'], color='grey', ls='--', label='trained length L')
     axes[0].axhline(1 / numbers['vocab'], color='grey', ls=':', label='chance')
-    axes[0].set(xlabel='test sequence length (dots) / position (lines)', ylabel='accuracy',
-                title=f'copy the token {numbers["lag"]} back', ylim=(0, 1.05))
-    axes[1].set(yscale='log', xlabel='step', ylabel='train loss',
-                title=f'training at L={numbers["length"]}')
+    axes[0].set(
+        xlabel='test sequence length (dots) / position (lines)',
+        ylabel='accuracy',
+        title=f'copy the token {numbers["lag"]} back',
+        ylim=(0, 1.05),
+    )
+    axes[1].set(
+        yscale='log', xlabel='step', ylabel='train loss', title=f'training at L={numbers["length"]}'
+    )
     return save_figure(fig, out, axes, legend_fontsize=7)
 
 
@@ -160,32 +232,63 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     setting = SETTINGS[scale]
     length, lag, vocab = setting['length'], setting['lag'], setting['vocab']
     train = lag_copy(setting['train_examples'], length, length, lag, vocab, seed=0)
-    tests = {f: lag_copy(setting['test_examples'], f * length, length, lag, vocab, seed=f)
-             for f in setting['factors']}
-    numbers: dict[str, Any] = {'length': length, 'factors': list(setting['factors']), 'lag': lag,
-                               'vocab': vocab, 'steps': setting['steps'], 'results': {},
-                               'curves': {}, 'per_position': {}}
+    tests = {
+        f: lag_copy(setting['test_examples'], f * length, length, lag, vocab, seed=f)
+        for f in setting['factors']
+    }
+    numbers: dict[str, Any] = {
+        'length': length,
+        'factors': list(setting['factors']),
+        'lag': lag,
+        'vocab': vocab,
+        'steps': setting['steps'],
+        'results': {},
+        'curves': {},
+        'per_position': {},
+    }
     for posemb in POSEMBS:
         model = make_model(setting, posemb)
         task = TokenTask(model, length)
-        result = train_on_arrays(task, train, tests[1], steps=setting['steps'],
-                                 batch_size=setting['batch'], eval_batch_size=64,
-                                 log_every=max(1, setting['steps'] // 50),
-                                 optimizer=dict(name='adam', learning_rate=setting['lr'],
-                                                grad_clip_norm=1.0))
+        result = train_on_arrays(
+            task,
+            train,
+            tests[1],
+            steps=setting['steps'],
+            batch_size=setting['batch'],
+            eval_batch_size=64,
+            log_every=max(1, setting['steps'] // 50),
+            optimizer=dict(name='adam', learning_rate=setting['lr'], grad_clip_norm=1.0),
+        )
         numbers['curves'][posemb] = [[c['step'], c['loss']] for c in result.curve]
-        numbers['results'][posemb] = {str(f): result.eval if f == 1 else evaluate_arrays(
-            task, result.state, tests[f], make_mesh(), 64) for f in setting['factors']}
+        numbers['results'][posemb] = {
+            str(f): result.eval
+            if f == 1
+            else evaluate_arrays(task, result.state, tests[f], make_mesh(), 64)
+            for f in setting['factors']
+        }
         longest = tests[max(setting['factors'])]
         numbers['per_position'][posemb] = per_position_accuracy(
-            model, jax.device_get(result.state.params), longest)
+            model, jax.device_get(result.state.params), longest
+        )
     plot(numbers, Path(workdir) / 'position_encodings.png')
-    rows = [[posemb, *[numbers['results'][posemb][str(f)]['accuracy']
-                       for f in setting['factors']],
-             *[numbers['results'][posemb][str(f)]['unseen_accuracy']
-               for f in setting['factors'] if f > 1]] for posemb in POSEMBS]
-    table = markdown_table(['position encoding',
-                            *[f'accuracy at {f}L' for f in setting['factors']],
-                            *[f'beyond L at {f}L' for f in setting['factors'] if f > 1]], rows)
-    return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['position_encodings.png'],
-                   judge(numbers))
+    rows = [
+        [
+            posemb,
+            *[numbers['results'][posemb][str(f)]['accuracy'] for f in setting['factors']],
+            *[
+                numbers['results'][posemb][str(f)]['unseen_accuracy']
+                for f in setting['factors']
+                if f > 1
+            ],
+        ]
+        for posemb in POSEMBS
+    ]
+    table = markdown_table(
+        [
+            'position encoding',
+            *[f'accuracy at {f}L' for f in setting['factors']],
+            *[f'beyond L at {f}L' for f in setting['factors'] if f > 1],
+        ],
+        rows,
+    )
+    return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['position_encodings.png'], judge(numbers))

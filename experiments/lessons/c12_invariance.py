@@ -38,13 +38,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.lessons import (
-    Finding, Verdict, fresh_runs_dir, markdown_table, save_figure, train_run, verdict_of_parts)
+    Finding,
+    Verdict,
+    fresh_runs_dir,
+    markdown_table,
+    save_figure,
+    train_run,
+    verdict_of_parts,
+)
 
 NUMBER = 12
 TITLE = 'Global vs local; invariance and equivariance'
-CLAIM = ('Self-attention is global while a conv is local; CNNs are (approximately) '
-         'translation-invariant and their feature maps translation-equivariant, none of the '
-         'models is rotation-invariant.')
+CLAIM = (
+    'Self-attention is global while a conv is local; CNNs are (approximately) '
+    'translation-invariant and their feature maps translation-equivariant, none of the '
+    'models is rotation-invariant.'
+)
 
 # "More translation-robust": the CNN keeps, averaged over the non-zero shifts, at least 5
 # points more of its clean accuracy (as a fraction) than the MLP — beyond test-set noise.
@@ -56,24 +65,58 @@ ROTATION_KEEPS_BELOW = 0.8
 
 SETTINGS = {
     # Batches of 32: these small models gain more from more updates than from bigger batches.
-    'full': dict(dataset='mnist5k', steps=600, batch=32, lr=3e-3, shifts=(0, 2, 4, 6, 8),
-                 angles=(0, 15, 30, 45, 60, 90), equivariance_shift=4, equivariance_margin=16,
-                 grid=14, width=16,
-                 models={'mlp': ('mlp', dict(depth=2, width=256)),
-                         'cnn': ('cnn', dict(channels=(16, 32, 32), convs_per_stage=1)),
-                         'vit': ('vit_ti16', dict(patch_size=4, hidden_size=32, depth=2,
-                                                  num_heads=4, mlp_dim=64, pool='gap')),
-                         'swin': ('swin_t', dict(patch_size=2, embed_dim=16, depths=(2, 2),
-                                                 num_heads=(2, 4), window_size=7,
-                                                 drop_path_rate=0.0))}),
+    'full': dict(
+        dataset='mnist5k',
+        steps=600,
+        batch=32,
+        lr=3e-3,
+        shifts=(0, 2, 4, 6, 8),
+        angles=(0, 15, 30, 45, 60, 90),
+        equivariance_shift=4,
+        equivariance_margin=16,
+        grid=14,
+        width=16,
+        models={
+            'mlp': ('mlp', dict(depth=2, width=256)),
+            'cnn': ('cnn', dict(channels=(16, 32, 32), convs_per_stage=1)),
+            'vit': (
+                'vit_ti16',
+                dict(patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_dim=64, pool='gap'),
+            ),
+            'swin': (
+                'swin_t',
+                dict(
+                    patch_size=2,
+                    embed_dim=16,
+                    depths=(2, 2),
+                    num_heads=(2, 4),
+                    window_size=7,
+                    drop_path_rate=0.0,
+                ),
+            ),
+        },
+    ),
     # Tiny (tests): no Swin (judge() reads whichever models are there), one-stage CNN.
-    'tiny': dict(dataset='digits', steps=12, batch=32, lr=3e-3, shifts=(0, 1, 2),
-                 angles=(0, 45, 90), equivariance_shift=2, equivariance_margin=4,
-                 grid=6, width=8,
-                 models={'mlp': ('mlp', dict(depth=1, width=16)),
-                         'cnn': ('cnn', dict(channels=(4,), convs_per_stage=1)),
-                         'vit': ('vit_ti16', dict(patch_size=2, hidden_size=8, depth=1,
-                                                  num_heads=2, mlp_dim=16, pool='gap'))}),
+    'tiny': dict(
+        dataset='digits',
+        steps=12,
+        batch=32,
+        lr=3e-3,
+        shifts=(0, 1, 2),
+        angles=(0, 45, 90),
+        equivariance_shift=2,
+        equivariance_margin=4,
+        grid=6,
+        width=8,
+        models={
+            'mlp': ('mlp', dict(depth=1, width=16)),
+            'cnn': ('cnn', dict(channels=(4,), convs_per_stage=1)),
+            'vit': (
+                'vit_ti16',
+                dict(patch_size=2, hidden_size=8, depth=1, num_heads=2, mlp_dim=16, pool='gap'),
+            ),
+        },
+    ),
 }
 
 
@@ -85,11 +128,14 @@ def feature_map(name: str, fields: dict[str, Any]) -> tuple[str, int]:
     if name == 'vit':
         return f'encoderblock_{fields["depth"] - 1}', fields['patch_size']
     stages = len(fields['depths'])
-    return (f'stage{stages - 1}_block{fields["depths"][-1] - 1}',
-            fields['patch_size'] * 2 ** (stages - 1))
+    return (
+        f'stage{stages - 1}_block{fields["depths"][-1] - 1}',
+        fields['patch_size'] * 2 ** (stages - 1),
+    )
 
 
 # --------------------------------------------------------------------------- global vs local
+
 
 def one_layer_fields(grid: int, width: int) -> dict[str, Any]:
     """Input positions that one output position depends on, after one 3x3 conv and after one
@@ -103,22 +149,30 @@ def one_layer_fields(grid: int, width: int) -> dict[str, Any]:
     conv, attention = nn.Conv(width, (3, 3), padding='SAME'), MultiHeadAttention(num_heads=2)
     conv_variables = conv.init(jax.random.key(1), x)
     attention_variables = attention.init(jax.random.key(1), x.reshape(1, grid * grid, width))
-    layers = {'conv': lambda y: conv.apply(conv_variables, y),
-              'attention': lambda y: attention.apply(
-                  attention_variables, y.reshape(1, grid * grid, width)).reshape(y.shape)}
+    layers = {
+        'conv': lambda y: conv.apply(conv_variables, y),
+        'attention': lambda y: attention.apply(
+            attention_variables, y.reshape(1, grid * grid, width)
+        ).reshape(y.shape),
+    }
     fields = {}
     for name, layer in layers.items():
         reached = jax.jit(jax.grad(lambda y: jnp.sum(layer(y)[0, centre, centre])))(x)
         support = np.asarray(jnp.abs(reached[0]).sum(-1) > 0)
-        fields[name] = {'positions': int(support.sum()), 'fraction': float(support.mean()),
-                        'map': support.astype(int).tolist()}
+        fields[name] = {
+            'positions': int(support.sum()),
+            'fraction': float(support.mean()),
+            'map': support.astype(int).tolist(),
+        }
     return fields
 
 
 # --------------------------------------------------------------------------- trained models
 
+
 def make_config(setting: dict, name: str, data_dir: str | None):
     from train.config import default_config, model_config
+
     registered, fields = setting['models'][name]
     config = default_config()
     config.dataset.name = setting['dataset']
@@ -134,8 +188,9 @@ def make_config(setting: dict, name: str, data_dir: str | None):
     return config
 
 
-def transform_parameters(kind: str, amount: float, count: int,
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def transform_parameters(
+    kind: str, amount: float, count: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image (dx, dy, degrees): a translation by `amount` pixels in one of the four
     directions, or a rotation by `amount` degrees in either sense, drawn per image."""
     rng = np.random.default_rng(seed)
@@ -163,8 +218,9 @@ def make_accuracy_fn(trained: Any):
     return accuracy
 
 
-def equivariance_error(trained: Any, images: jax.Array, module: str, stride: int, shift: int,
-                       margin: int) -> float:
+def equivariance_error(
+    trained: Any, images: jax.Array, module: str, stride: int, shift: int, margin: int
+) -> float:
     """||f(shift(x)) - shift(f(x))|| / ||f(x)|| over the interior of `module`'s (N, h, w, C)
     output map, averaged over a horizontal and a vertical shift of `shift` pixels.
 
@@ -176,8 +232,11 @@ def equivariance_error(trained: Any, images: jax.Array, module: str, stride: int
 
     def features(x: jax.Array) -> jax.Array:
         _, state = trained.model.apply(
-            trained.variables, trained.task.standardise(x), mutable=['intermediates'],
-            capture_intermediates=lambda m, method: m.name == module and method == '__call__')
+            trained.variables,
+            trained.task.standardise(x),
+            mutable=['intermediates'],
+            capture_intermediates=lambda m, method: m.name == module and method == '__call__',
+        )
         out = state['intermediates'][module]['__call__'][0]
         if out.ndim == 3:  # ViT tokens (N, h*w, C) -> their grid
             side = int(round(out.shape[1] ** 0.5))
@@ -199,54 +258,77 @@ def equivariance_error(trained: Any, images: jax.Array, module: str, stride: int
 
 # --------------------------------------------------------------------------- the lesson
 
+
 def judge(numbers: dict) -> Verdict:
     fields, robust = numbers['one_layer'], numbers['translation_robustness']
     equivariance, rotate = numbers['equivariance'], numbers['rotate']
     kept = {m: rotate[m][-1] / max(rotate[m][0], 1e-9) for m in rotate}
     angle = numbers['angles'][-1]
     parts = {
-        'one attention layer reaches every position, one 3x3 conv 9':
-            fields['attention']['fraction'] == 1.0 and fields['conv']['positions'] == 9,
-        f'CNN keeps >= {MIN_ROBUSTNESS_GAIN:g} more of its accuracy under shifts than the MLP':
-            robust['cnn'] - robust['mlp'] >= MIN_ROBUSTNESS_GAIN,
-        f'conv map equivariance error <= {MAX_EQUIVARIANCE_RATIO:g}x the ViT token map\'s':
-            equivariance['cnn'] <= MAX_EQUIVARIANCE_RATIO * equivariance['vit'],
-        f'every model keeps < {ROTATION_KEEPS_BELOW:.0%} of its accuracy at {angle} degrees':
-            all(k < ROTATION_KEEPS_BELOW for k in kept.values()),
+        'one attention layer reaches every position, one 3x3 conv 9': fields['attention'][
+            'fraction'
+        ]
+        == 1.0
+        and fields['conv']['positions'] == 9,
+        f'CNN keeps >= {MIN_ROBUSTNESS_GAIN:g} more of its accuracy under shifts than the MLP': robust[
+            'cnn'
+        ]
+        - robust['mlp']
+        >= MIN_ROBUSTNESS_GAIN,
+        f"conv map equivariance error <= {MAX_EQUIVARIANCE_RATIO:g}x the ViT token map's": equivariance[
+            'cnn'
+        ]
+        <= MAX_EQUIVARIANCE_RATIO * equivariance['vit'],
+        f'every model keeps < {ROTATION_KEEPS_BELOW:.0%} of its accuracy at {angle} degrees': all(
+            k < ROTATION_KEEPS_BELOW for k in kept.values()
+        ),
     }
-    return verdict_of_parts(parts, (
-        f'one layer reaches {fields["conv"]["positions"]} positions (conv) vs '
-        f'{fields["attention"]["fraction"]:.0%} of the map (attention); accuracy kept under '
-        f'shifts: ' + ', '.join(f'{m} {robust[m]:.2f}' for m in robust) + '; at '
-        f'{angle} degrees: ' + ', '.join(f'{m} {kept[m]:.2f}' for m in kept) +
-        '; equivariance error: ' + ', '.join(f'{m} {e:.3f}' for m, e in equivariance.items())))
+    return verdict_of_parts(
+        parts,
+        (
+            f'one layer reaches {fields["conv"]["positions"]} positions (conv) vs '
+            f'{fields["attention"]["fraction"]:.0%} of the map (attention); accuracy kept under '
+            f'shifts: ' + ', '.join(f'{m} {robust[m]:.2f}' for m in robust) + '; at '
+            f'{angle} degrees: '
+            + ', '.join(f'{m} {kept[m]:.2f}' for m in kept)
+            + '; equivariance error: '
+            + ', '.join(f'{m} {e:.3f}' for m, e in equivariance.items())
+        ),
+    )
 
 
 def plot(numbers: dict, out: Path) -> Path:
     from train.pictures import plt
+
     fig, axes = plt.subplots(1, 4, figsize=(19, 4))
     for name in numbers['translate']:
         axes[0].plot(numbers['shifts'], numbers['translate'][name], 'o-', label=name)
         axes[1].plot(numbers['angles'], numbers['rotate'][name], 'o-', label=name)
-    axes[0].set(xlabel='translation (pixels)', ylabel='test accuracy',
-                title='translated test images')
+    axes[0].set(
+        xlabel='translation (pixels)', ylabel='test accuracy', title='translated test images'
+    )
     axes[1].set(xlabel='rotation (degrees)', ylabel='test accuracy', title='rotated test images')
     names = list(numbers['equivariance'])
     axes[2].bar(names, [numbers['equivariance'][n] for n in names], color='tab:purple')
-    axes[2].set(ylabel='||f(shift x) - shift f(x)|| / ||f(x)||',
-                title=f'equivariance, shift {numbers["equivariance_shift"]} px')
+    axes[2].set(
+        ylabel='||f(shift x) - shift f(x)|| / ||f(x)||',
+        title=f'equivariance, shift {numbers["equivariance_shift"]} px',
+    )
     conv = np.asarray(numbers['one_layer']['conv']['map'], float)
     attention = np.asarray(numbers['one_layer']['attention']['map'], float)
     gap = np.full((conv.shape[0], 1), np.nan)
     axes[3].imshow(np.concatenate([conv, gap, attention], 1), cmap='Blues', vmin=0, vmax=1)
-    axes[3].set(title='inputs one centre output depends on:\n3x3 conv (left), attention (right)',
-                xticks=[], yticks=[])
+    axes[3].set(
+        title='inputs one centre output depends on:\n3x3 conv (left), attention (right)',
+        xticks=[],
+        yticks=[],
+    )
     return save_figure(fig, out, axes[:2])
 
 
 def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
-    from experiments.lessons.c08_residual import load_arrays
     from experiments.analysis.runs import load_run
+    from experiments.lessons.c08_residual import load_arrays
 
     setting = SETTINGS[scale]
     runs = fresh_runs_dir(workdir)
@@ -254,11 +336,17 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     images = jnp.asarray(test['image'], jnp.float32) / 255.0
     labels = jnp.asarray(test['label'])
     numbers: dict[str, Any] = {
-        'dataset': setting['dataset'], 'steps': setting['steps'],
-        'shifts': list(setting['shifts']), 'angles': list(setting['angles']),
+        'dataset': setting['dataset'],
+        'steps': setting['steps'],
+        'shifts': list(setting['shifts']),
+        'angles': list(setting['angles']),
         'equivariance_shift': setting['equivariance_shift'],
         'one_layer': one_layer_fields(setting['grid'], setting['width']),
-        'params': {}, 'translate': {}, 'rotate': {}, 'equivariance': {}}
+        'params': {},
+        'translate': {},
+        'rotate': {},
+        'equivariance': {},
+    }
     shift = setting['equivariance_shift']
     for name in setting['models']:
         result = train_run(make_config(setting, name, data_dir), runs / name)
@@ -266,21 +354,40 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
         trained = load_run(runs / name)
         accuracy = make_accuracy_fn(trained)
         for kind, amounts in (('translate', setting['shifts']), ('rotate', setting['angles'])):
-            numbers[kind][name] = [float(accuracy(images, labels, *transform_parameters(
-                kind, amount, len(labels)))) for amount in amounts]
+            numbers[kind][name] = [
+                float(accuracy(images, labels, *transform_parameters(kind, amount, len(labels))))
+                for amount in amounts
+            ]
         if name != 'mlp':
             module, stride = feature_map(name, setting['models'][name][1])
             numbers['equivariance'][name] = equivariance_error(
-                trained, images[:256], module, stride, shift, setting['equivariance_margin'])
+                trained, images[:256], module, stride, shift, setting['equivariance_margin']
+            )
     numbers['translation_robustness'] = {
         name: float(np.mean(acc[1:]) / max(acc[0], 1e-9))
-        for name, acc in numbers['translate'].items()}
+        for name, acc in numbers['translate'].items()
+    }
     plot(numbers, Path(workdir) / 'invariance.png')
-    rows = [[name, numbers['params'][name], numbers['translate'][name][0],
-             *numbers['translate'][name][1:], *numbers['rotate'][name][1:],
-             numbers['equivariance'].get(name, '-')] for name in setting['models']]
-    table = markdown_table(['model', 'params', 'clean accuracy',
-                            *[f'shift {s}px' for s in setting['shifts'][1:]],
-                            *[f'rotate {a}°' for a in setting['angles'][1:]],
-                            'equivariance error'], rows)
+    rows = [
+        [
+            name,
+            numbers['params'][name],
+            numbers['translate'][name][0],
+            *numbers['translate'][name][1:],
+            *numbers['rotate'][name][1:],
+            numbers['equivariance'].get(name, '-'),
+        ]
+        for name in setting['models']
+    ]
+    table = markdown_table(
+        [
+            'model',
+            'params',
+            'clean accuracy',
+            *[f'shift {s}px' for s in setting['shifts'][1:]],
+            *[f'rotate {a}°' for a in setting['angles'][1:]],
+            'equivariance error',
+        ],
+        rows,
+    )
     return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['invariance.png'], judge(numbers))

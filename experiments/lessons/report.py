@@ -32,14 +32,16 @@ REASON_CHARS = 200  # the summary table's one-line reason; the section has all o
 
 def define_flags() -> None:
     """Flags of the command line only: tests import this module beside other absl programs."""
-    flags.DEFINE_string('workdir', None, 'Folder of the lessons\' runs and of report.md.')
+    flags.DEFINE_string('workdir', None, "Folder of the lessons' runs and of report.md.")
     flags.DEFINE_string('lessons', '', 'Comma-separated claim numbers to run; empty: all.')
     flags.DEFINE_enum('scale', 'full', list(SCALES), 'full: the report; tiny: seconds (tests).')
-    flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: $TFDS_DATA_DIR or '
-                        '~/tensorflow_datasets).')
+    flags.DEFINE_string(
+        'data_dir', None, 'TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).'
+    )
     flags.DEFINE_bool('rerun', False, 'Run lessons again even if their finding.json exists.')
-    flags.DEFINE_string('copy_to', None, 'Also copy report.md and its plots here '
-                        '(e.g. docs/lessons).')
+    flags.DEFINE_string(
+        'copy_to', None, 'Also copy report.md and its plots here (e.g. docs/lessons).'
+    )
 
 
 def parse_lessons(text: str) -> list[int]:
@@ -73,8 +75,13 @@ def read_error(workdir: Path, number: int) -> dict | None:
     return json.loads(error.read_text())
 
 
-def run_lessons(workdir: Path, numbers: Sequence[int], scale: str = 'full',
-                data_dir: str | None = None, rerun: bool = False) -> dict[int, str]:
+def run_lessons(
+    workdir: Path,
+    numbers: Sequence[int],
+    scale: str = 'full',
+    data_dir: str | None = None,
+    rerun: bool = False,
+) -> dict[int, str]:
     """Runs each lesson (or skips it, see the module docstring); returns what happened to each:
     'ran', 'skipped' or 'error'."""
     check_scale(scale)
@@ -82,8 +89,10 @@ def run_lessons(workdir: Path, numbers: Sequence[int], scale: str = 'full',
     for number in numbers:
         existing = read_finding(workdir, number)
         if existing is not None and existing.scale == scale and not rerun:
-            print(f'lesson {number}: skipped, {FINDING_FILE} at scale {scale} exists '
-                  '(--rerun runs it again)')
+            print(
+                f'lesson {number}: skipped, {FINDING_FILE} at scale {scale} exists '
+                '(--rerun runs it again)'
+            )
             outcome[number] = 'skipped'
             continue
         folder = lesson_dir(workdir, number)
@@ -92,16 +101,26 @@ def run_lessons(workdir: Path, numbers: Sequence[int], scale: str = 'full',
             finding = run_lesson(number, workdir, scale, data_dir)
         except Exception as error:  # noqa: BLE001 - one failing lesson must not stop the rest
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / ERROR_FILE).write_text(json.dumps({
-                'number': number, 'scale': scale, 'seconds': time.time() - started,
-                'error': f'{type(error).__name__}: {error}',
-                'traceback': traceback.format_exc()}, indent=2))
+            (folder / ERROR_FILE).write_text(
+                json.dumps(
+                    {
+                        'number': number,
+                        'scale': scale,
+                        'seconds': time.time() - started,
+                        'error': f'{type(error).__name__}: {error}',
+                        'traceback': traceback.format_exc(),
+                    },
+                    indent=2,
+                )
+            )
             print(f'lesson {number}: FAILED after {time.time() - started:.0f} s: {error!r}')
             outcome[number] = 'error'
             continue
         (folder / ERROR_FILE).unlink(missing_ok=True)
-        print(f'lesson {number} ({finding.title}): {finding.verdict.verdict} in '
-              f'{finding.seconds:.0f} s — {finding.verdict.reason}')
+        print(
+            f'lesson {number} ({finding.title}): {finding.verdict.verdict} in '
+            f'{finding.seconds:.0f} s — {finding.verdict.reason}'
+        )
         outcome[number] = 'ran'
     return outcome
 
@@ -117,13 +136,15 @@ def _one_line(text: str) -> str:
     details, marker, failed = text.partition(' (does not hold: ')
     if marker:
         text = f'does not hold: {failed.rstrip(")")} — {details}'
-    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 1].rstrip() + '…'
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1].rstrip() + '…'
 
 
 def rerun_command(workdir: Path, number: int, scale: str, data_dir: str | None = None) -> str:
     extra = f' --data_dir={data_dir}' if data_dir else ''
-    return (f'python -m experiments.lessons.report --workdir={workdir} --lessons={number} '
-            f'--scale={scale}{extra} --rerun')
+    return (
+        f'python -m experiments.lessons.report --workdir={workdir} --lessons={number} '
+        f'--scale={scale}{extra} --rerun'
+    )
 
 
 def render_report(workdir: Path, data_dir: str | None = None) -> str:
@@ -131,40 +152,72 @@ def render_report(workdir: Path, data_dir: str | None = None) -> str:
     findings = {n: f for n in sorted(LESSONS) if (f := read_finding(workdir, n)) is not None}
     errors = {n: e for n in sorted(LESSONS) if (e := read_error(workdir, n)) is not None}
     missing = [n for n in sorted(LESSONS) if n not in findings and n not in errors]
-    lines = ['# The course\'s claims, each one measured', '',
-             'Each claim is one small experiment in `experiments/lessons/`; its verdict is '
-             'computed by the lesson\'s `judge()` from the numbers it measured, never written '
-             'in advance. Regenerate everything with',
-             '', f'    python -m experiments.lessons.report --workdir={workdir} --rerun', '',
-             '| # | claim | verdict | reason | scale | seconds |', '|---|---|---|---|---|---|']
+    lines = [
+        "# The course's claims, each one measured",
+        '',
+        'Each claim is one small experiment in `experiments/lessons/`; its verdict is '
+        "computed by the lesson's `judge()` from the numbers it measured, never written "
+        'in advance. Regenerate everything with',
+        '',
+        f'    python -m experiments.lessons.report --workdir={workdir} --rerun',
+        '',
+        '| # | claim | verdict | reason | scale | seconds |',
+        '|---|---|---|---|---|---|',
+    ]
     for number in sorted(set(findings) | set(errors)):
         if number in errors:
             error = errors[number]
-            lines.append(f'| {number} | [{LESSONS[number]}](#claim-{number}) | **error** | '
-                         f'{_cell(_one_line(error["error"]))} | {error["scale"]} | '
-                         f'{error["seconds"]:.0f} |')
+            lines.append(
+                f'| {number} | [{LESSONS[number]}](#claim-{number}) | **error** | '
+                f'{_cell(_one_line(error["error"]))} | {error["scale"]} | '
+                f'{error["seconds"]:.0f} |'
+            )
             continue
         f = findings[number]
-        lines.append(f'| {number} | [{_cell(f.title)}](#claim-{number}) | {f.verdict.verdict} | '
-                     f'{_cell(_one_line(f.verdict.reason))} | {f.scale} | {f.seconds:.0f} |')
+        lines.append(
+            f'| {number} | [{_cell(f.title)}](#claim-{number}) | {f.verdict.verdict} | '
+            f'{_cell(_one_line(f.verdict.reason))} | {f.scale} | {f.seconds:.0f} |'
+        )
     if missing:
         lines += ['', f'Not run yet: claims {", ".join(map(str, missing))}.']
     for number in sorted(set(findings) | set(errors)):
         lines += ['', f'<a id="claim-{number}"></a>', '']
         if number in errors:
             error = errors[number]
-            lines += [f'## {number}. {LESSONS[number]}: error', '', '```',
-                      error['traceback'].rstrip(), '```']
+            lines += [
+                f'## {number}. {LESSONS[number]}: error',
+                '',
+                '```',
+                error['traceback'].rstrip(),
+                '```',
+            ]
         else:
             f = findings[number]
-            lines += [f'## {number}. {f.title}', '', f'> {f.claim}', '',
-                      f'**Verdict: {f.verdict.verdict}** — {f.verdict.reason}', '',
-                      f'Scale `{f.scale}`, {f.seconds:.0f} s.', '', f.table, '']
+            lines += [
+                f'## {number}. {f.title}',
+                '',
+                f'> {f.claim}',
+                '',
+                f'**Verdict: {f.verdict.verdict}** — {f.verdict.reason}',
+                '',
+                f'Scale `{f.scale}`, {f.seconds:.0f} s.',
+                '',
+                f.table,
+                '',
+            ]
             for plot in f.plots:
                 lines += [f'![{f.title}: {Path(plot).stem}]({LESSONS[number]}/{plot})', '']
-        lines += ['Rerun this claim alone:', '', '    ' + rerun_command(
-            workdir, number, findings[number].scale if number in findings
-            else errors[number]['scale'], data_dir)]
+        lines += [
+            'Rerun this claim alone:',
+            '',
+            '    '
+            + rerun_command(
+                workdir,
+                number,
+                findings[number].scale if number in findings else errors[number]['scale'],
+                data_dir,
+            ),
+        ]
     return '\n'.join(lines) + '\n'
 
 
@@ -191,9 +244,14 @@ def copy_report(workdir: Path, destination: Path) -> Path:
     return destination / 'report.md'
 
 
-def build_report(workdir: Path, lessons: Sequence[int] | None = None, scale: str = 'full',
-                 data_dir: str | None = None, rerun: bool = False,
-                 copy_to: Path | None = None) -> Path:
+def build_report(
+    workdir: Path,
+    lessons: Sequence[int] | None = None,
+    scale: str = 'full',
+    data_dir: str | None = None,
+    rerun: bool = False,
+    copy_to: Path | None = None,
+) -> Path:
     """Runs `lessons` (default: all), writes report.md (and its copy); returns report.md."""
     run_lessons(workdir, sorted(LESSONS) if lessons is None else lessons, scale, data_dir, rerun)
     report = write_report(workdir, data_dir)
@@ -205,13 +263,19 @@ def build_report(workdir: Path, lessons: Sequence[int] | None = None, scale: str
 def main(argv: Sequence[str]) -> None:
     del argv
     from train.metrics_writer import quiet_library_logs
+
     quiet_library_logs()
     options = flags.FLAGS
     if not options.workdir:
         raise app.UsageError('--workdir is required, e.g. --workdir=workdirs/lessons')
-    report = build_report(Path(options.workdir), parse_lessons(options.lessons), options.scale,
-                          options.data_dir, options.rerun,
-                          Path(options.copy_to) if options.copy_to else None)
+    report = build_report(
+        Path(options.workdir),
+        parse_lessons(options.lessons),
+        options.scale,
+        options.data_dir,
+        options.rerun,
+        Path(options.copy_to) if options.copy_to else None,
+    )
     print(report)
 
 

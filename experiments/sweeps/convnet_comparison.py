@@ -42,39 +42,54 @@ def measure(name: str, workdir: Path, num_epochs: float | None) -> dict:
     model = nets.create(config.model.name, **kwargs)
     train_records = read_metrics(workdir / name / 'metrics.jsonl').get('train', [])
     speeds = [r['examples_per_second'] for r in train_records[1:]] or [
-        r['examples_per_second'] for r in train_records]
+        r['examples_per_second'] for r in train_records
+    ]
     return {
-        'model': name, 'registered_name': config.model.name,
-        'test_accuracy': summary['eval']['accuracy'], 'test_loss': summary['eval']['loss'],
+        'model': name,
+        'registered_name': config.model.name,
+        'test_accuracy': summary['eval']['accuracy'],
+        'test_loss': summary['eval']['loss'],
         'parameters': summary['num_params'],
         'mflops_per_example': flops_per_example(model, (1, *info.example_shape)) / 1e6,
         'train_examples_per_second': statistics.median(speeds),
-        'epochs': summary['epochs'], 'steps': summary['step'],
+        'epochs': summary['epochs'],
+        'steps': summary['step'],
     }
 
 
 def write_table(rows: list[dict], workdir: Path) -> None:
     (workdir / 'results.json').write_text(json.dumps(rows, indent=2))
-    lines = ['| model | test accuracy | parameters | MFLOPs/example (XLA, MAC=2) | '
-             'train examples/s |', '|---|---|---|---|---|']
+    lines = [
+        '| model | test accuracy | parameters | MFLOPs/example (XLA, MAC=2) | train examples/s |',
+        '|---|---|---|---|---|',
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} (`{r['registered_name']}`) | {r['test_accuracy']:.2%} | "
-                     f"{r['parameters']:,} | {r['mflops_per_example']:.1f} | "
-                     f"{r['train_examples_per_second']:,.0f} |")
+        lines.append(
+            f'| {r["model"]} (`{r["registered_name"]}`) | {r["test_accuracy"]:.2%} | '
+            f'{r["parameters"]:,} | {r["mflops_per_example"]:.1f} | '
+            f'{r["train_examples_per_second"]:,.0f} |'
+        )
     (workdir / 'results.md').write_text('\n'.join(lines) + '\n')
 
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.scatter(r['mflops_per_example'], r['test_accuracy'] * 100, s=20 + r['parameters'] / 5e3)
-        ax.annotate(r['model'], (r['mflops_per_example'], r['test_accuracy'] * 100),
-                    textcoords='offset points', xytext=(5, 4), fontsize=8)
+        ax.annotate(
+            r['model'],
+            (r['mflops_per_example'], r['test_accuracy'] * 100),
+            textcoords='offset points',
+            xytext=(5, 4),
+            fontsize=8,
+        )
     ax.set_xscale('log')
     ax.set_xlabel('MFLOPs per example (forward, XLA count)')
     ax.set_ylabel('Fashion-MNIST test accuracy (%)')
-    ax.set_title(f"same budget: {rows[0]['epochs']:.0f} epochs; marker area ~ parameters")
+    ax.set_title(f'same budget: {rows[0]["epochs"]:.0f} epochs; marker area ~ parameters')
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(workdir / 'accuracy_vs_flops.png', dpi=110)
@@ -85,6 +100,7 @@ def main(argv: list[str]) -> None:
     del argv
     from experiments.fashion_mnist_convnets import MODELS
     from train.metrics_writer import quiet_library_logs
+
     quiet_library_logs()
     names = _MODELS.value or list(MODELS)
     unknown = [n for n in names if n not in MODELS]

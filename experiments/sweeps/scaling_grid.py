@@ -65,32 +65,53 @@ class Preset:
 
 def lr_grid(lowest: float, points: int) -> tuple[float, ...]:
     """`points` learning rates a factor 2 apart from `lowest` up."""
-    return tuple(lowest * 2.0 ** k for k in range(points))
+    return tuple(lowest * 2.0**k for k in range(points))
 
 
 def _resnet_width(width: int, stages: tuple[int, ...] = (1, 1, 1)) -> Size:
-    return Size('resnet20', {'stage_sizes': stages, 'width': width, 'stem': 'cifar'},
-                f'ResNet-{2 + 2 * sum(stages)}, width {width}')
+    return Size(
+        'resnet20',
+        {'stage_sizes': stages, 'width': width, 'stem': 'cifar'},
+        f'ResNet-{2 + 2 * sum(stages)}, width {width}',
+    )
 
 
 def _vit(hidden: int, depth: int, heads: int, patch: int, mlp_ratio: int = 4) -> Size:
-    return Size('vit_ti16', {'patch_size': patch, 'hidden_size': hidden, 'depth': depth,
-                             'num_heads': heads, 'mlp_dim': mlp_ratio * hidden},
-                f'ViT width {hidden}, depth {depth}, {heads} heads, patch {patch}')
+    return Size(
+        'vit_ti16',
+        {
+            'patch_size': patch,
+            'hidden_size': hidden,
+            'depth': depth,
+            'num_heads': heads,
+            'mlp_dim': mlp_ratio * hidden,
+        },
+        f'ViT width {hidden}, depth {depth}, {heads} heads, patch {patch}',
+    )
 
 
 def _nfnet_small(multiplier: int, widths: tuple[int, ...], group_width: int) -> Size:
     depths = tuple(multiplier * d for d in (1, 1, 2, 1))
-    return Size('nfnet_f0', {'stem': 'small', 'depths': depths, 'widths': widths,
-                             'group_width': group_width, 'drop_path_rate': 0.0,
-                             'dropout_rate': 0.0},
-                f'NFNet depths {depths}, widths {widths}')
+    return Size(
+        'nfnet_f0',
+        {
+            'stem': 'small',
+            'depths': depths,
+            'widths': widths,
+            'group_width': group_width,
+            'drop_path_rate': 0.0,
+            'dropout_rate': 0.0,
+        },
+        f'NFNet depths {depths}, widths {widths}',
+    )
 
 
 def _convnext_small(dims: tuple[int, ...], depths: tuple[int, ...] = (1, 1, 1, 1)) -> Size:
-    return Size('convnext_t', {'stem': 'small', 'depths': depths, 'dims': dims,
-                               'drop_path_rate': 0.0},
-                f'ConvNeXt depths {depths}, dims {dims}')
+    return Size(
+        'convnext_t',
+        {'stem': 'small', 'depths': depths, 'dims': dims, 'drop_path_rate': 0.0},
+        f'ConvNeXt depths {depths}, dims {dims}',
+    )
 
 
 # --- cpu_tiny: Fashion-MNIST 28x28 on the 2-core CPU --------------------------------------------
@@ -104,26 +125,43 @@ def _convnext_small(dims: tuple[int, ...], depths: tuple[int, ...] = (1, 1, 1, 1
 # the rates of their closest relative (SGD like the ResNet, AdamW like the ViT) unprobed.
 _CPU_FAMILIES = {
     'resnet': Family(
-        'resnet', 'convnet',
+        'resnet',
+        'convnet',
         {f'w{w}': _resnet_width(w) for w in (4, 8, 12, 16)},
         optimizer={'name': 'momentum', 'momentum': 0.9, 'weight_decay': 5e-4},
-        learning_rates=lr_grid(0.2, 2), warmup_fraction=0.1),
+        learning_rates=lr_grid(0.2, 2),
+        warmup_fraction=0.1,
+    ),
     'vit': Family(
-        'vit', 'vit',
-        {'xs': _vit(16, 2, 1, 4), 'ti': _vit(32, 2, 2, 4), 's': _vit(48, 3, 3, 4),
-         'm': _vit(64, 4, 4, 4), 'b': _vit(80, 4, 4, 4)},
+        'vit',
+        'vit',
+        {
+            'xs': _vit(16, 2, 1, 4),
+            'ti': _vit(32, 2, 2, 4),
+            's': _vit(48, 3, 3, 4),
+            'm': _vit(64, 4, 4, 4),
+            'b': _vit(80, 4, 4, 4),
+        },
         optimizer={'name': 'adamw', 'weight_decay': 0.05, 'grad_clip_norm': 1.0},
-        learning_rates=lr_grid(4e-3, 2), warmup_fraction=0.1),
+        learning_rates=lr_grid(4e-3, 2),
+        warmup_fraction=0.1,
+    ),
     'nfnet': Family(
-        'nfnet', 'convnet',
+        'nfnet',
+        'convnet',
         {f'f{m - 1}': _nfnet_small(m, (16, 32, 48, 64), 8) for m in (1, 2, 3, 4)},
         optimizer={'name': 'nesterov', 'momentum': 0.9, 'weight_decay': 5e-5, 'agc_clip': 0.1},
-        learning_rates=lr_grid(0.2, 2), warmup_fraction=0.1),
+        learning_rates=lr_grid(0.2, 2),
+        warmup_fraction=0.1,
+    ),
     'convnext': Family(
-        'convnext', 'convnet',
+        'convnext',
+        'convnet',
         {f'd{d}': _convnext_small((d, 2 * d, 4 * d, 8 * d)) for d in (8, 12, 16, 24)},
         optimizer={'name': 'adamw', 'weight_decay': 0.05, 'grad_clip_norm': 1.0},
-        learning_rates=lr_grid(4e-3, 2), warmup_fraction=0.1),
+        learning_rates=lr_grid(4e-3, 2),
+        warmup_fraction=0.1,
+    ),
 }
 
 # --- TPU presets: Smith et al.'s families and grid at 64 px --------------------------------------
@@ -133,61 +171,119 @@ _CPU_FAMILIES = {
 # Nesterov momentum, adaptive gradient clipping 0.01 (head excluded), weight decay 2e-5.
 _TPU_FAMILIES = {
     'nfnet': Family(
-        'nfnet', 'convnet',
-        {'f0': Size('nfnet_f0', {'stem': 'small'}, 'NFNet-F0'),
-         'f1': Size('nfnet_f1', {'stem': 'small'}, 'NFNet-F1'),
-         'f3': Size('nfnet_f3', {'stem': 'small'}, 'NFNet-F3'),
-         'f7': Size('nfnet_f6', {'stem': 'small', 'depths': (8, 16, 48, 24)}, 'NFNet-F7')},
+        'nfnet',
+        'convnet',
+        {
+            'f0': Size('nfnet_f0', {'stem': 'small'}, 'NFNet-F0'),
+            'f1': Size('nfnet_f1', {'stem': 'small'}, 'NFNet-F1'),
+            'f3': Size('nfnet_f3', {'stem': 'small'}, 'NFNet-F3'),
+            'f7': Size('nfnet_f6', {'stem': 'small', 'depths': (8, 16, 48, 24)}, 'NFNet-F7'),
+        },
         optimizer={'name': 'nesterov', 'momentum': 0.9, 'weight_decay': 2e-5, 'agc_clip': 0.01},
-        learning_rates=lr_grid(0.4, 4), warmup_fraction=0.05),
+        learning_rates=lr_grid(0.4, 4),
+        warmup_fraction=0.05,
+    ),
     'resnet': Family(
-        'resnet', 'convnet',
-        {name: Size(name, {'stem': 'cifar'}, name)
-         for name in ('resnet50', 'resnet101', 'resnet152')},
+        'resnet',
+        'convnet',
+        {
+            name: Size(name, {'stem': 'cifar'}, name)
+            for name in ('resnet50', 'resnet101', 'resnet152')
+        },
         optimizer={'name': 'nesterov', 'momentum': 0.9, 'weight_decay': 5e-5},
-        learning_rates=lr_grid(0.4, 4), warmup_fraction=0.05),
+        learning_rates=lr_grid(0.4, 4),
+        warmup_fraction=0.05,
+    ),
     'convnext': Family(
-        'convnext', 'convnet',
+        'convnext',
+        'convnet',
         {s: Size(f'convnext_{s}', {'stem': 'small'}, f'ConvNeXt-{s.upper()}') for s in 'tsbl'},
         optimizer={'name': 'adamw', 'weight_decay': 0.05, 'grad_clip_norm': 1.0},
-        learning_rates=lr_grid(5e-4, 4), warmup_fraction=0.05),
+        learning_rates=lr_grid(5e-4, 4),
+        warmup_fraction=0.05,
+    ),
     # ViT Ti/S/B/L/H widths, depths and heads at patch 4 on 64 px: 16x16 = 256 tokens, close to
     # the 196 of /16 at 224 px. ViT paper pre-training recipe: Adam(W), weight decay 0.1,
     # gradient clipping at norm 1.
     'vit': Family(
-        'vit', 'vit',
-        {s: _vit(h, d, n, 4) for s, (h, d, n) in {
-            'ti': (192, 12, 3), 's': (384, 12, 6), 'b': (768, 12, 12), 'l': (1024, 24, 16),
-            'h': (1280, 32, 16)}.items()},
+        'vit',
+        'vit',
+        {
+            s: _vit(h, d, n, 4)
+            for s, (h, d, n) in {
+                'ti': (192, 12, 3),
+                's': (384, 12, 6),
+                'b': (768, 12, 12),
+                'l': (1024, 24, 16),
+                'h': (1280, 32, 16),
+            }.items()
+        },
         optimizer={'name': 'adamw', 'weight_decay': 0.1, 'grad_clip_norm': 1.0, 'b2': 0.999},
-        learning_rates=lr_grid(2.5e-4, 4), warmup_fraction=0.05),
+        learning_rates=lr_grid(2.5e-4, 4),
+        warmup_fraction=0.05,
+    ),
 }
 
 PRESETS: dict[str, Preset] = {
     'cpu_tiny': Preset(
         # Half the test split is held out: evaluating 10,000 images cost as much as training a
         # 0.25-epoch budget; 5,000 keep the standard error of the loss near 0.01.
-        name='cpu_tiny', dataset='fashion_mnist', train_split='train[:20%]',
+        name='cpu_tiny',
+        dataset='fashion_mnist',
+        train_split='train[:20%]',
         eval_split='test[:50%]',
-        image_shape=(28, 28, 1), num_classes=10, batch_size=128, eval_batch_size=1000,
-        epochs=(0.25, 0.5, 1.0), families=_CPU_FAMILIES, default_families=('resnet', 'vit'),
-        dtype='float32', log_every_steps=25, checkpoint_every_steps=50,
+        image_shape=(28, 28, 1),
+        num_classes=10,
+        batch_size=128,
+        eval_batch_size=1000,
+        epochs=(0.25, 0.5, 1.0),
+        families=_CPU_FAMILIES,
+        default_families=('resnet', 'vit'),
+        dtype='float32',
+        log_every_steps=25,
+        checkpoint_every_steps=50,
         # Only the final held-out loss enters the study: evaluate once, at the end.
-        eval_every_steps=1_000_000, launcher='local'),
+        eval_every_steps=1_000_000,
+        launcher='local',
+    ),
     'tpu_imagenet': Preset(
-        name='tpu_imagenet', dataset='imagenet_resized/64x64', train_split='train',
-        eval_split='validation', image_shape=(64, 64, 3), num_classes=1000, batch_size=4096,
-        eval_batch_size=4096, epochs=(2.5, 5.0, 10.0, 20.0, 40.0, 80.0),
-        families=_TPU_FAMILIES, default_families=('nfnet', 'vit'), dtype='bfloat16',
-        log_every_steps=100, checkpoint_every_steps=1000, eval_every_steps=-1, launcher='tpu',
-        cores_per_device=2),
+        name='tpu_imagenet',
+        dataset='imagenet_resized/64x64',
+        train_split='train',
+        eval_split='validation',
+        image_shape=(64, 64, 3),
+        num_classes=1000,
+        batch_size=4096,
+        eval_batch_size=4096,
+        epochs=(2.5, 5.0, 10.0, 20.0, 40.0, 80.0),
+        families=_TPU_FAMILIES,
+        default_families=('nfnet', 'vit'),
+        dtype='bfloat16',
+        log_every_steps=100,
+        checkpoint_every_steps=1000,
+        eval_every_steps=-1,
+        launcher='tpu',
+        cores_per_device=2,
+    ),
     'tpu_jft_like': Preset(
-        name='tpu_jft_like', dataset='imagenet21k', train_split='train[50000:]',
-        eval_split='train[:50000]', image_shape=(64, 64, 3), num_classes=21843,
-        batch_size=4096, eval_batch_size=4096, epochs=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
-        families=_TPU_FAMILIES, default_families=('nfnet', 'vit'), dtype='bfloat16',
-        log_every_steps=100, checkpoint_every_steps=2000, eval_every_steps=-1, launcher='tpu',
-        cores_per_device=2),
+        name='tpu_jft_like',
+        dataset='imagenet21k',
+        train_split='train[50000:]',
+        eval_split='train[:50000]',
+        image_shape=(64, 64, 3),
+        num_classes=21843,
+        batch_size=4096,
+        eval_batch_size=4096,
+        epochs=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
+        families=_TPU_FAMILIES,
+        default_families=('nfnet', 'vit'),
+        dtype='bfloat16',
+        log_every_steps=100,
+        checkpoint_every_steps=2000,
+        eval_every_steps=-1,
+        launcher='tpu',
+        cores_per_device=2,
+    ),
 }
 
 
@@ -218,8 +314,10 @@ class RunSpec:
     @property
     def config_arg(self) -> str:
         """The `:arg` of `--config=experiments/scaling.py:ARG` for this run."""
-        return (f'preset={self.preset},family={self.family},size={self.size},'
-                f'epochs={self.epochs:g},lr={self.learning_rate:g}')
+        return (
+            f'preset={self.preset},family={self.family},size={self.size},'
+            f'epochs={self.epochs:g},lr={self.learning_rate:g}'
+        )
 
 
 def get_preset(preset: str | Preset) -> Preset:
@@ -230,16 +328,21 @@ def get_preset(preset: str | Preset) -> Preset:
     return PRESETS[preset]
 
 
-def grid(preset: str | Preset, families: tuple[str, ...] | list[str] | None = None,
-         epochs: tuple[float, ...] | list[float] | None = None) -> list[RunSpec]:
+def grid(
+    preset: str | Preset,
+    families: tuple[str, ...] | list[str] | None = None,
+    epochs: tuple[float, ...] | list[float] | None = None,
+) -> list[RunSpec]:
     """Every run of the study: families x sizes x epoch budgets x learning rates, smallest
     budgets and models first (so an interrupted sweep has the cheap end of every curve)."""
     preset = get_preset(preset)
     families = tuple(families or preset.default_families)
     unknown = [f for f in families if f not in preset.families]
     if unknown:
-        raise ValueError(f'unknown famil{"ies" if len(unknown) > 1 else "y"} {unknown} in preset '
-                         f'{preset.name!r}; valid: {sorted(preset.families)}')
+        raise ValueError(
+            f'unknown famil{"ies" if len(unknown) > 1 else "y"} {unknown} in preset '
+            f'{preset.name!r}; valid: {sorted(preset.families)}'
+        )
     budgets = tuple(epochs or preset.epochs)
     runs = []
     for budget in budgets:
@@ -251,13 +354,15 @@ def grid(preset: str | Preset, families: tuple[str, ...] | list[str] | None = No
     return runs
 
 
-def run_config(preset: str | Preset, family: str, size: str, epochs: float,
-               learning_rate: float) -> ml_collections.ConfigDict:
+def run_config(
+    preset: str | Preset, family: str, size: str, epochs: float, learning_rate: float
+) -> ml_collections.ConfigDict:
     """The config of one run of the study."""
     preset = get_preset(preset)
     if family not in preset.families:
-        raise ValueError(f'unknown family {family!r} in preset {preset.name!r}; valid: '
-                         f'{sorted(preset.families)}')
+        raise ValueError(
+            f'unknown family {family!r} in preset {preset.name!r}; valid: {sorted(preset.families)}'
+        )
     spec = preset.families[family]
     if size not in spec.sizes:
         raise ValueError(f'unknown size {size!r} of family {family!r}; valid: {list(spec.sizes)}')
@@ -289,19 +394,26 @@ def run_config(preset: str | Preset, family: str, size: str, epochs: float,
     return config
 
 
-def run_spec(preset: str | Preset = 'cpu_tiny', family: str = '', size: str = '',
-             epochs: float = 0.0, learning_rate: float = 0.0) -> RunSpec:
+def run_spec(
+    preset: str | Preset = 'cpu_tiny',
+    family: str = '',
+    size: str = '',
+    epochs: float = 0.0,
+    learning_rate: float = 0.0,
+) -> RunSpec:
     """One run of a preset's grid; parts left empty (or 0) take the preset's first family, its
     smallest size, its shortest budget and its lowest learning rate."""
     preset = get_preset(preset)
     family = family or preset.default_families[0]
     if family not in preset.families:
-        raise ValueError(f'unknown family {family!r} in preset {preset.name!r}; valid: '
-                         f'{sorted(preset.families)}')
+        raise ValueError(
+            f'unknown family {family!r} in preset {preset.name!r}; valid: {sorted(preset.families)}'
+        )
     size = size or next(iter(preset.families[family].sizes))
     epochs = epochs or preset.epochs[0]
     learning_rate = learning_rate or preset.families[family].learning_rates[0]
     if not (math.isfinite(epochs) and math.isfinite(learning_rate)):
-        raise ValueError(f'epochs and learning rate must be finite numbers, got {epochs}, '
-                         f'{learning_rate}')
+        raise ValueError(
+            f'epochs and learning rate must be finite numbers, got {epochs}, {learning_rate}'
+        )
     return RunSpec(preset.name, family, size, float(epochs), float(learning_rate))

@@ -19,9 +19,13 @@ _FAMILIES = flags.DEFINE_list('families', None, 'Only these families (default: a
 
 # Input size each family was designed for (Inception v3 and its residual sibling: 299 px).
 _INPUT_SIZE = {'inception_v3': 299, 'inception_resnet_v2': 299}
+
+
 def train_command(name: str) -> str:
-    return (f'`python -m train.main --config=experiments/fashion_mnist_zoo.py:{name} '
-            f'--workdir=workdirs/{name}`')
+    return (
+        f'`python -m train.main --config=experiments/fashion_mnist_zoo.py:{name} '
+        f'--workdir=workdirs/{name}`'
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -29,10 +33,14 @@ def main(argv: list[str]) -> None:
     import nets
     from nets.tools.summary import flops_per_example
     from train.metrics_writer import quiet_library_logs
+
     quiet_library_logs()
     from experiments.fashion_mnist_zoo import IMAGE_FAMILIES
-    header = ['| model | family | parameters | input | GMACs | GFLOPs (XLA) | train on Fashion-MNIST |',
-              '|---|---|---|---|---|---|---|']
+
+    header = [
+        '| model | family | parameters | input | GMACs | GFLOPs (XLA) | train on Fashion-MNIST |',
+        '|---|---|---|---|---|---|---|',
+    ]
     out = Path(_OUT.value)
     families = _FAMILIES.value or nets.list_families()
     # Rows of families not measured this time are kept from the existing table.
@@ -53,8 +61,10 @@ def main(argv: list[str]) -> None:
             shape = (1, size, size, 3)
             params = nets.count_params(model, shape)
             flops = flops_per_example(model, shape)
-            rows[(family, f'`{name}`')] = (f'| `{name}` | {family} | {params:,} | {size}x{size}x3 | '
-                                           f'{flops / 2e9:.3g} | {flops / 1e9:.3g} | {train_command(name)} |')
+            rows[(family, f'`{name}`')] = (
+                f'| `{name}` | {family} | {params:,} | {size}x{size}x3 | '
+                f'{flops / 2e9:.3g} | {flops / 1e9:.3g} | {train_command(name)} |'
+            )
             print(rows[(family, f'`{name}`')], flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text('\n'.join(header + [rows[key] for key in sorted(rows)]) + '\n')

@@ -52,9 +52,15 @@ def channels_last_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
 
 
 def _forward(x, w, strides, padding, rhs_dilation, precision):
-    return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
-                                    dimension_numbers=channels_last_dimension_numbers(x.ndim),
-                                    precision=precision)
+    return lax.conv_general_dilated(
+        x,
+        w,
+        strides,
+        padding,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=channels_last_dimension_numbers(x.ndim),
+        precision=precision,
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -68,8 +74,9 @@ def _conv_fwd(x, w, strides, padding, rhs_dilation, precision):
 
 def _pad_spatial(x, padding):
     """x (N, *spatial, C) with (lo, hi) zeros around each spatial axis (negative: cropped)."""
-    return lax.pad(x, jnp.zeros((), x.dtype),
-                   [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
+    return lax.pad(
+        x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)]
+    )
 
 
 def _phase_convolutions(x, w, strides, padding, precision):
@@ -87,10 +94,16 @@ def _phase_convolutions(x, w, strides, padding, precision):
     for phase in itertools.product(*(range(min(s, k)) for s, k in zip(strides, kernel))):
         taps = [len(range(r, k, s)) for r, k, s in zip(phase, kernel, strides)]
         sub_w = w[tuple(slice(r, None, s) for r, s in zip(phase, strides))]
-        sub_x = lax.slice(x, (0, *phase, 0),
-                          (x.shape[0], *(r + s * (o + t - 2) + 1 for r, s, o, t
-                                         in zip(phase, strides, out, taps)), x.shape[-1]),
-                          (1, *strides, 1))
+        sub_x = lax.slice(
+            x,
+            (0, *phase, 0),
+            (
+                x.shape[0],
+                *(r + s * (o + t - 2) + 1 for r, s, o, t in zip(phase, strides, out, taps)),
+                x.shape[-1],
+            ),
+            (1, *strides, 1),
+        )
         y = _conv(sub_x, sub_w, (1,) * rank, ((0, 0),) * rank, (1,) * rank, precision)
         total = y if total is None else total + y
     return total
@@ -111,9 +124,18 @@ def _input_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
     w_s = w.swapaxes(-1, -2)
     lhs = (0, ndim - 1) + spatial
     numbers = lax.ConvDimensionNumbers(lhs, (ndim - 2, ndim - 1) + tuple(range(ndim - 2)), lhs)
-    _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(
-        x_, w_s, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=numbers,
-        precision=precision), x)
+    _, input_vjp = jax.vjp(
+        lambda x_: lax.conv_general_dilated(
+            x_,
+            w_s,
+            strides,
+            padding,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=numbers,
+            precision=precision,
+        ),
+        x,
+    )
     return input_vjp(dy)[0]
 
 
@@ -125,9 +147,12 @@ def _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
         # gradient over batch and positions: as a convolution, XLA's CPU backend ran ResNet-18's
         # 1x1 projections at 24-120 GFLOP/s, as a product at 200 and more.
         x = _pad_spatial(x, padding)
-        x = lax.slice(x, (0,) * ndim, (x.shape[0], *((o - 1) * s + 1 for o, s
-                                                     in zip(dy.shape[1:-1], strides)),
-                                       x.shape[-1]), (1, *strides, 1))
+        x = lax.slice(
+            x,
+            (0,) * ndim,
+            (x.shape[0], *((o - 1) * s + 1 for o, s in zip(dy.shape[1:-1], strides)), x.shape[-1]),
+            (1, *strides, 1),
+        )
         contracted = (0, *spatial)
         dw = lax.dot_general(x, dy, ((contracted, contracted), ((), ())), precision=precision)
         return dw.reshape(w.shape)
@@ -136,12 +161,24 @@ def _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
     x_t = x.transpose((ndim - 1,) + spatial + (0,))
     w_t = w.transpose((ndim - 2,) + tuple(range(ndim - 2)) + (ndim - 1,))
     dy_t = dy.transpose(tuple(s for s in spatial) + (0, ndim - 1))
-    numbers = lax.ConvDimensionNumbers((ndim - 1, 0) + spatial, (ndim - 1, 0) + spatial,
-                                       (ndim - 2, ndim - 1) + tuple(range(ndim - 2)))
-    _, kernel_vjp = jax.vjp(lambda w_: lax.conv_general_dilated(
-        x_t, w_, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=numbers,
-        precision=precision), w_t)
-    dw_t, = kernel_vjp(dy_t)
+    numbers = lax.ConvDimensionNumbers(
+        (ndim - 1, 0) + spatial,
+        (ndim - 1, 0) + spatial,
+        (ndim - 2, ndim - 1) + tuple(range(ndim - 2)),
+    )
+    _, kernel_vjp = jax.vjp(
+        lambda w_: lax.conv_general_dilated(
+            x_t,
+            w_,
+            strides,
+            padding,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=numbers,
+            precision=precision,
+        ),
+        w_t,
+    )
+    (dw_t,) = kernel_vjp(dy_t)
     return dw_t.transpose(tuple(range(1, ndim - 1)) + (0, ndim - 1))
 
 
@@ -149,16 +186,20 @@ def _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
 # _conv_bwd) where the input and output gradient take at least BACKWARD_CHUNK_MIN_BYTES and each
 # chunk's input is at least as large as the kernel.
 BACKWARD_CHUNK_EXAMPLES = 16
-BACKWARD_CHUNK_MIN_BYTES = 16 * 2 ** 20
+BACKWARD_CHUNK_MIN_BYTES = 16 * 2**20
 
 
-def backward_chunks(x_shape: Sequence[int], w_shape: Sequence[int], dy_shape: Sequence[int],
-                    itemsize: int = 4) -> int:
+def backward_chunks(
+    x_shape: Sequence[int], w_shape: Sequence[int], dy_shape: Sequence[int], itemsize: int = 4
+) -> int:
     """How many chunks of the batch `_conv_bwd` computes the gradients of an input of `x_shape`,
     a kernel of `w_shape` and an output gradient of `dy_shape` in (1: the whole batch at once)."""
     batch = x_shape[0]
-    if (batch <= BACKWARD_CHUNK_EXAMPLES or batch % BACKWARD_CHUNK_EXAMPLES
-            or itemsize * (math.prod(x_shape) + math.prod(dy_shape)) < BACKWARD_CHUNK_MIN_BYTES):
+    if (
+        batch <= BACKWARD_CHUNK_EXAMPLES
+        or batch % BACKWARD_CHUNK_EXAMPLES
+        or itemsize * (math.prod(x_shape) + math.prod(dy_shape)) < BACKWARD_CHUNK_MIN_BYTES
+    ):
         return 1
     chunks = batch // BACKWARD_CHUNK_EXAMPLES
     return chunks if math.prod(x_shape) >= chunks * math.prod(w_shape) else 1
@@ -196,32 +237,53 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
         dx = lax.dynamic_update_index_in_dim(dx, _input_gradient(x_c, w, dy_c, *args), c, axis=1)
         return dx, dw
 
-    dx, dw = lax.fori_loop(0, chunks, chunk,
-                           (jnp.zeros_like(xs), jnp.zeros(w.shape, jnp.float32)))
+    dx, dw = lax.fori_loop(0, chunks, chunk, (jnp.zeros_like(xs), jnp.zeros(w.shape, jnp.float32)))
     return dx.reshape(x.shape), dw.astype(w.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                         padding: Padding, lhs_dilation: Sequence[int] | None = None,
-                         rhs_dilation: Sequence[int] | None = None,
-                         dimension_numbers: Any = None, feature_group_count: int = 1,
-                         batch_group_count: int = 1, precision: Any = None,
-                         preferred_element_type: Any = None) -> jax.Array:
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
     """`lax.conv_general_dilated` with loop-safe gradients for channels-last,
     ungrouped, undilated-input convolutions on the CPU (the others go to lax as they are)."""
     rank = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * rank)
     rhs_dilation = tuple(rhs_dilation or (1,) * rank)
-    if (jax.default_backend() != 'cpu' or feature_group_count != 1 or batch_group_count != 1
-            or any(d != 1 for d in lhs_dilation) or preferred_element_type is not None
-            or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-            != channels_last_dimension_numbers(lhs.ndim)):
+    if (
+        jax.default_backend() != 'cpu'
+        or feature_group_count != 1
+        or batch_group_count != 1
+        or any(d != 1 for d in lhs_dilation)
+        or preferred_element_type is not None
+        or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        != channels_last_dimension_numbers(lhs.ndim)
+    ):
         return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type)
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
+        )
     if isinstance(padding, str):
         window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:rank], rhs_dilation)]
         padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)

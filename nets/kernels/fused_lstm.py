@@ -28,8 +28,9 @@ from nets.kernels.mixed_precision import float32_product, matmul
 Dtype = Any
 
 
-def lstm_update(c: jax.Array, x: jax.Array, h: jax.Array, w_x: jax.Array, w_h: jax.Array,
-                b: jax.Array) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...]]:
+def lstm_update(
+    c: jax.Array, x: jax.Array, h: jax.Array, w_x: jax.Array, w_h: jax.Array, b: jax.Array
+) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...]]:
     """One LSTM step from the previous cell state c (float32) and the input x and previous
     hidden state h, both already in the compute dtype of the weights. Returns (c', h', gates),
     gates = (i, f, g, o), each (..., H) float32 (kept apart: concatenating them for the backward
@@ -42,9 +43,17 @@ def lstm_update(c: jax.Array, x: jax.Array, h: jax.Array, w_x: jax.Array, w_h: j
     return c_new, h_new, (i, f, g, o)
 
 
-def _forward(w_x: jax.Array, w_h: jax.Array, b: jax.Array, carry: tuple[jax.Array, jax.Array],
-             xs: jax.Array, mask: jax.Array, reverse: bool, unroll: int,
-             dtype: Dtype) -> tuple[tuple[jax.Array, jax.Array], jax.Array, tuple[jax.Array, ...]]:
+def _forward(
+    w_x: jax.Array,
+    w_h: jax.Array,
+    b: jax.Array,
+    carry: tuple[jax.Array, jax.Array],
+    xs: jax.Array,
+    mask: jax.Array,
+    reverse: bool,
+    unroll: int,
+    dtype: Dtype,
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array, tuple[jax.Array, ...]]:
     w_x, w_h, b = w_x.astype(dtype), w_h.astype(dtype), b.astype(dtype)
 
     def step(carry, inputs):
@@ -57,15 +66,24 @@ def _forward(w_x: jax.Array, w_h: jax.Array, b: jax.Array, carry: tuple[jax.Arra
         y = jnp.where(keep, h_new, 0).astype(dtype)
         return new_carry, (y, c, h_in, gates)
 
-    carry, (ys, cs_prev, hs_prev, gates) = lax.scan(step, carry, (xs, mask), reverse=reverse,
-                                                   unroll=unroll)
+    carry, (ys, cs_prev, hs_prev, gates) = lax.scan(
+        step, carry, (xs, mask), reverse=reverse, unroll=unroll
+    )
     return carry, ys, (cs_prev, hs_prev, gates)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def lstm_sequence(w_x: jax.Array, w_h: jax.Array, b: jax.Array, carry: tuple[jax.Array, jax.Array],
-                  xs: jax.Array, mask: jax.Array, reverse: bool = False, unroll: int = 1,
-                  dtype: Dtype = jnp.float32) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+def lstm_sequence(
+    w_x: jax.Array,
+    w_h: jax.Array,
+    b: jax.Array,
+    carry: tuple[jax.Array, jax.Array],
+    xs: jax.Array,
+    mask: jax.Array,
+    reverse: bool = False,
+    unroll: int = 1,
+    dtype: Dtype = jnp.float32,
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     """An LSTM over time-major `xs` (T, B, in) from `carry` = (c, h), each (B, H): returns the
     final (c, h) and the outputs (T, B, H) in `dtype`. Kernels w_x (in, 4H), w_h (H, 4H), bias
     (4H,), gates in the order i, f, g, o. `mask` (T, B) bool: a False step keeps the carry and
@@ -93,16 +111,25 @@ def _lstm_sequence_bwd(reverse, unroll, dtype, residuals, cotangents):
         dc_in = jnp.where(keep, dc_out, 0)
         tanh_c = jnp.tanh(f * c_prev + i * g)
         dc = dc_in + dh * o * (1 - tanh_c * tanh_c)
-        dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
-                              dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], axis=-1)
-        dh_prev = (float32_product(dz.astype(dtype), w_h_low, ((1,), (1,)))
-                   + jnp.where(keep, 0, dh_out))
+        dz = jnp.concatenate(
+            [
+                dc * g * i * (1 - i),
+                dc * c_prev * f * (1 - f),
+                dc * i * (1 - g * g),
+                dh * tanh_c * o * (1 - o),
+            ],
+            axis=-1,
+        )
+        dh_prev = float32_product(dz.astype(dtype), w_h_low, ((1,), (1,))) + jnp.where(
+            keep, 0, dh_out
+        )
         dc_prev = dc * f + jnp.where(keep, 0, dc_out)
         return (dc_prev, dh_prev), dz
 
     d_final = (dc_final.astype(jnp.float32), dh_final.astype(jnp.float32))
-    (dc0, dh0), dzs = lax.scan(step, d_final, (dys, cs_prev, gates, mask), reverse=not reverse,
-                               unroll=unroll)
+    (dc0, dh0), dzs = lax.scan(
+        step, d_final, (dys, cs_prev, gates, mask), reverse=not reverse, unroll=unroll
+    )
     # Contracted over (time, batch) as two axes, not one reshaped axis: on a data-parallel mesh
     # the batch axis is sharded, and merging it with time would all-gather the operands.
     dzs_low = dzs.astype(dtype)  # the bfloat16 step's rounding, as matmul's VJP
@@ -110,8 +137,14 @@ def _lstm_sequence_bwd(reverse, unroll, dtype, residuals, cotangents):
     d_w_h = float32_product(hs_prev, dzs_low, ((0, 1), (0, 1)))
     d_xs = float32_product(dzs_low, w_x.astype(dtype), ((2,), (1,)))
     d_carry0 = (dc0.astype(carry0[0].dtype), dh0.astype(carry0[1].dtype))
-    return (d_w_x.astype(w_x.dtype), d_w_h.astype(w_h.dtype), dzs.sum((0, 1)).astype(b.dtype),
-            d_carry0, d_xs.astype(xs.dtype), None)
+    return (
+        d_w_x.astype(w_x.dtype),
+        d_w_h.astype(w_h.dtype),
+        dzs.sum((0, 1)).astype(b.dtype),
+        d_carry0,
+        d_xs.astype(xs.dtype),
+        None,
+    )
 
 
 lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)

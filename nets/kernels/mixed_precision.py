@@ -21,9 +21,9 @@ unchanged; `matmul` is `x @ w` with it (the recurrent cells).
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 from jax import lax
 
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -31,23 +31,32 @@ LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 DimensionNumbers = tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]]
 
 
-def _accumulates_in_float32(lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers,
-                            preferred_element_type: Any) -> bool:
+def _accumulates_in_float32(
+    lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers, preferred_element_type: Any
+) -> bool:
     (_, _), (lhs_batch, rhs_batch) = dimension_numbers
-    return (preferred_element_type is None and jnp.dtype(lhs.dtype) in LOW_PRECISION
-            and lhs.dtype == rhs.dtype and not lhs_batch and not rhs_batch)
+    return (
+        preferred_element_type is None
+        and jnp.dtype(lhs.dtype) in LOW_PRECISION
+        and lhs.dtype == rhs.dtype
+        and not lhs_batch
+        and not rhs_batch
+    )
 
 
-def float32_product(lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...],
-                    precision: Any = None) -> jax.Array:
+def float32_product(
+    lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...], precision: Any = None
+) -> jax.Array:
     """The float32 result of a product without batch dimensions (low-precision operands
     accumulate in float32; float32 ones are a plain product)."""
-    return lax.dot_general(lhs, rhs, (contracting, ((), ())), precision=precision,
-                           preferred_element_type=jnp.float32)
+    return lax.dot_general(
+        lhs, rhs, (contracting, ((), ())), precision=precision, preferred_element_type=jnp.float32
+    )
 
 
-def _float32_accumulated(lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...],
-                         precision: Any) -> jax.Array:
+def _float32_accumulated(
+    lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...], precision: Any
+) -> jax.Array:
     return float32_product(lhs, rhs, contracting, precision).astype(lhs.dtype)
 
 
@@ -55,31 +64,50 @@ def _kept(ndim: int, contracted: Sequence[int]) -> list[int]:
     return [axis for axis in range(ndim) if axis not in contracted]
 
 
-def _lhs_cotangent(g: jax.Array, rhs: jax.Array, lhs_ndim: int, lhs_contract: Sequence[int],
-                   rhs_contract: Sequence[int], precision: Any) -> jax.Array:
+def _lhs_cotangent(
+    g: jax.Array,
+    rhs: jax.Array,
+    lhs_ndim: int,
+    lhs_contract: Sequence[int],
+    rhs_contract: Sequence[int],
+    precision: Any,
+) -> jax.Array:
     """d lhs = g · rhs over rhs's kept axes, then lhs's axis order restored."""
     lhs_kept, rhs_kept = _kept(lhs_ndim, lhs_contract), _kept(rhs.ndim, rhs_contract)
     g_rhs_axes = tuple(range(len(lhs_kept), len(lhs_kept) + len(rhs_kept)))
     product = _float32_accumulated(g, rhs, (g_rhs_axes, tuple(rhs_kept)), precision)
     # product axes: lhs_kept (in order), then rhs's contracted axes in ascending order.
     rhs_contract_sorted = sorted(rhs_contract)
-    position = [lhs_kept.index(axis) if axis in lhs_kept else
-                len(lhs_kept) + rhs_contract_sorted.index(rhs_contract[list(lhs_contract).index(axis)])
-                for axis in range(lhs_ndim)]
+    position = [
+        lhs_kept.index(axis)
+        if axis in lhs_kept
+        else len(lhs_kept) + rhs_contract_sorted.index(rhs_contract[list(lhs_contract).index(axis)])
+        for axis in range(lhs_ndim)
+    ]
     return jnp.transpose(product, position)
 
 
-def _rhs_cotangent(g: jax.Array, lhs: jax.Array, rhs_ndim: int, lhs_contract: Sequence[int],
-                   rhs_contract: Sequence[int], precision: Any) -> jax.Array:
+def _rhs_cotangent(
+    g: jax.Array,
+    lhs: jax.Array,
+    rhs_ndim: int,
+    lhs_contract: Sequence[int],
+    rhs_contract: Sequence[int],
+    precision: Any,
+) -> jax.Array:
     """d rhs = lhs · g over lhs's kept axes, then rhs's axis order restored."""
     lhs_kept, rhs_kept = _kept(lhs.ndim, lhs_contract), _kept(rhs_ndim, rhs_contract)
-    product = _float32_accumulated(lhs, g, (tuple(lhs_kept), tuple(range(len(lhs_kept)))),
-                                   precision)
+    product = _float32_accumulated(
+        lhs, g, (tuple(lhs_kept), tuple(range(len(lhs_kept)))), precision
+    )
     # product axes: lhs's contracted axes in ascending order, then rhs_kept (in order).
     lhs_contract_sorted = sorted(lhs_contract)
-    position = [len(lhs_contract) + rhs_kept.index(axis) if axis in rhs_kept else
-                lhs_contract_sorted.index(lhs_contract[list(rhs_contract).index(axis)])
-                for axis in range(rhs_ndim)]
+    position = [
+        len(lhs_contract) + rhs_kept.index(axis)
+        if axis in rhs_kept
+        else lhs_contract_sorted.index(lhs_contract[list(rhs_contract).index(axis)])
+        for axis in range(rhs_ndim)
+    ]
     return jnp.transpose(product, position)
 
 
@@ -91,24 +119,39 @@ def _make_product(lhs_contract: tuple[int, ...], rhs_contract: tuple[int, ...], 
     def forward(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         return product(lhs, rhs), (lhs, rhs)
 
-    def backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def backward(
+        residuals: tuple[jax.Array, jax.Array], g: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         lhs, rhs = residuals
         g = g.astype(lhs.dtype)
-        return (_lhs_cotangent(g, rhs, lhs.ndim, lhs_contract, rhs_contract, precision),
-                _rhs_cotangent(g, lhs, rhs.ndim, lhs_contract, rhs_contract, precision))
+        return (
+            _lhs_cotangent(g, rhs, lhs.ndim, lhs_contract, rhs_contract, precision),
+            _rhs_cotangent(g, lhs, rhs.ndim, lhs_contract, rhs_contract, precision),
+        )
 
     product.defvjp(forward, backward)
     return product
 
 
-def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers,
-                precision: Any = None, preferred_element_type: Any = None,
-                **kwargs: Any) -> jax.Array:
+def dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: DimensionNumbers,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    **kwargs: Any,
+) -> jax.Array:
     """`lax.dot_general`; bfloat16/float16 operands (no batch dimensions) accumulate in float32
     and return their own dtype, in the forward product and in both gradient products."""
     if kwargs or not _accumulates_in_float32(lhs, rhs, dimension_numbers, preferred_element_type):
-        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type, **kwargs)
+        return lax.dot_general(
+            lhs,
+            rhs,
+            dimension_numbers,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            **kwargs,
+        )
     (lhs_contract, rhs_contract), _ = dimension_numbers
     lhs_contract = tuple(int(a) % lhs.ndim for a in lhs_contract)
     rhs_contract = tuple(int(a) % rhs.ndim for a in rhs_contract)

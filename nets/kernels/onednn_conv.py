@@ -46,8 +46,11 @@ from nets.kernels import switch
 SOURCE = Path(__file__).parent / 'native' / 'onednn_conv.cc'
 CACHE_ENV = 'DEEPNETS_CACHE'
 DTYPES = (jnp.float32, jnp.bfloat16)
-TARGETS = {'forward': 'OnednnConvForward', 'input_gradient': 'OnednnConvInputGradient',
-           'kernel_gradient': 'OnednnConvKernelGradient'}
+TARGETS = {
+    'forward': 'OnednnConvForward',
+    'input_gradient': 'OnednnConvInputGradient',
+    'kernel_gradient': 'OnednnConvKernelGradient',
+}
 
 
 class OnednnUnavailable(RuntimeError):
@@ -60,13 +63,15 @@ def onednn_prefix() -> Path:
     candidates = [Path(os.environ['ONEDNN_ROOT'])] if os.environ.get('ONEDNN_ROOT') else []
     candidates += [Path(sys.prefix), Path(sys.base_prefix)]
     for prefix in candidates:
-        if ((prefix / 'include' / 'oneapi' / 'dnnl' / 'dnnl.hpp').is_file()
-                and any((prefix / 'lib').glob('libdnnl.so*'))):
+        if (prefix / 'include' / 'oneapi' / 'dnnl' / 'dnnl.hpp').is_file() and any(
+            (prefix / 'lib').glob('libdnnl.so*')
+        ):
             return prefix
     raise OnednnUnavailable(
         f'oneDNN headers and library not found under {", ".join(map(str, candidates))}: '
         "pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 (the project's "
-        'dependencies on x86-64 Linux) or set ONEDNN_ROOT')
+        'dependencies on x86-64 Linux) or set ONEDNN_ROOT'
+    )
 
 
 def _compiler() -> str:
@@ -81,9 +86,22 @@ def build_command(output: Path) -> list[str]:
     """The compiler command that builds the FFI library into `output`."""
     prefix = onednn_prefix()
     lib = prefix / 'lib'
-    return [_compiler(), '-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
-            f'-I{jax.ffi.include_dir()}', f'-I{prefix / "include"}', str(SOURCE), '-o',
-            str(output), f'-L{lib}', '-ldnnl', f'-Wl,-rpath,{lib}']
+    return [
+        _compiler(),
+        '-O2',
+        '-std=c++17',
+        '-shared',
+        '-fPIC',
+        '-fopenmp',
+        f'-I{jax.ffi.include_dir()}',
+        f'-I{prefix / "include"}',
+        str(SOURCE),
+        '-o',
+        str(output),
+        f'-L{lib}',
+        '-ldnnl',
+        f'-Wl,-rpath,{lib}',
+    ]
 
 
 def library_path() -> Path:
@@ -120,12 +138,14 @@ def _load() -> str | None:
         return f'oneDNN convolutions are built for Linux only (this is {sys.platform})'
     try:
         import ctypes
+
         library = ctypes.cdll.LoadLibrary(str(build()))
     except (OnednnUnavailable, OSError, subprocess.TimeoutExpired) as error:
         return str(error)
     for target in TARGETS.values():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
-                                    platform='cpu')
+        jax.ffi.register_ffi_target(
+            target, jax.ffi.pycapsule(getattr(library, target)), platform='cpu'
+        )
     return None
 
 
@@ -158,30 +178,50 @@ def use_for_trace() -> bool:
 
 @functools.cache
 def _warn_once(problem: str) -> None:
-    logging.warning("CPU convolutions run on XLA's kernels (slower: see "
-                    "nets/kernels/onednn_conv.py; config.runtime.conv_backend='xla' silences "
-                    'this): %s', problem)
+    logging.warning(
+        "CPU convolutions run on XLA's kernels (slower: see "
+        "nets/kernels/onednn_conv.py; config.runtime.conv_backend='xla' silences "
+        'this): %s',
+        problem,
+    )
 
 
 def supports(x: jax.Array, w: jax.Array, rhs_dilation: Sequence[int]) -> bool:
     """Whether `conv2d` computes this convolution: 2-D, undilated kernel, both operands float32
     or both bfloat16."""
-    return (x.ndim == 4 and w.ndim == 4 and all(d == 1 for d in rhs_dilation)
-            and x.dtype == w.dtype and any(x.dtype == d for d in DTYPES))
+    return (
+        x.ndim == 4
+        and w.ndim == 4
+        and all(d == 1 for d in rhs_dilation)
+        and x.dtype == w.dtype
+        and any(x.dtype == d for d in DTYPES)
+    )
 
 
 # --- The three passes, each partitioned over a data-parallel mesh -----------------------------
+
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
-def _ffi(target: str, result: jax.ShapeDtypeStruct, a: jax.Array, b: jax.Array,
-         strides: tuple[int, ...], padding: tuple[tuple[int, int], ...], threads: int):
+def _ffi(
+    target: str,
+    result: jax.ShapeDtypeStruct,
+    a: jax.Array,
+    b: jax.Array,
+    strides: tuple[int, ...],
+    padding: tuple[tuple[int, int], ...],
+    threads: int,
+):
     return jax.ffi.ffi_call(TARGETS[target], result)(
-        a, b, strides=np.asarray(strides, np.int64),
+        a,
+        b,
+        strides=np.asarray(strides, np.int64),
         padding_lo=np.asarray([lo for lo, _ in padding], np.int64),
-        padding_hi=np.asarray([hi for _, hi in padding], np.int64), threads=np.int64(threads))
+        padding_hi=np.asarray([hi for _, hi in padding], np.int64),
+        threads=np.int64(threads),
+    )
 
 
 def _batch_axes(sharding) -> str | tuple[str, ...] | None:
@@ -196,8 +236,10 @@ def _local_devices(mesh) -> int:
 
 
 def _output_shape(x_shape, w_shape, strides, padding) -> tuple[int, ...]:
-    spatial = [(x_shape[1 + d] + lo + hi - w_shape[d]) // strides[d] + 1
-               for d, (lo, hi) in enumerate(padding)]
+    spatial = [
+        (x_shape[1 + d] + lo + hi - w_shape[d]) // strides[d] + 1
+        for d, (lo, hi) in enumerate(padding)
+    ]
     return (x_shape[0], *spatial, w_shape[3])
 
 
@@ -207,8 +249,9 @@ def _make_pass(target: str, rule: str, reduces_batch: bool):
     batch (kernel gradient), so the shares' results are added with a psum."""
 
     def single(a, b, result_shape, strides, padding):
-        return _ffi(target, jax.ShapeDtypeStruct(result_shape, a.dtype), a, b, strides, padding,
-                    _cores())
+        return _ffi(
+            target, jax.ShapeDtypeStruct(result_shape, a.dtype), a, b, strides, padding, _cores()
+        )
 
     op = custom_partitioning(single, static_argnums=(2, 3, 4))
 
@@ -225,22 +268,33 @@ def _make_pass(target: str, rule: str, reduces_batch: bool):
     def partition(result_shape, strides, padding, mesh, arg_shapes, shape):
         batch, arg_shardings, result_sharding = shardings(mesh, arg_shapes)
         threads = max(1, _cores() // max(1, _local_devices(mesh)))
-        shards = 1 if batch is None else math.prod(
-            mesh.shape[axis] for axis in ((batch,) if isinstance(batch, str) else batch))
-        local_shape = result_shape if reduces_batch else (
-            result_shape[0] // shards, *result_shape[1:])
+        shards = (
+            1
+            if batch is None
+            else math.prod(
+                mesh.shape[axis] for axis in ((batch,) if isinstance(batch, str) else batch)
+            )
+        )
+        local_shape = (
+            result_shape if reduces_batch else (result_shape[0] // shards, *result_shape[1:])
+        )
 
         def lower(a, b):
-            out = _ffi(target, jax.ShapeDtypeStruct(local_shape, a.dtype), a, b, strides, padding,
-                       threads)
+            out = _ffi(
+                target, jax.ShapeDtypeStruct(local_shape, a.dtype), a, b, strides, padding, threads
+            )
             if reduces_batch and batch is not None:
                 out = jax.lax.psum(out, batch)
             return out
 
         return mesh, lower, result_sharding, arg_shardings
 
-    op.def_partition(partition, infer_sharding_from_operands=infer,
-                     propagate_user_sharding=None, sharding_rule=rule)
+    op.def_partition(
+        partition,
+        infer_sharding_from_operands=infer,
+        propagate_user_sharding=None,
+        sharding_rule=rule,
+    )
     return op
 
 
@@ -252,8 +306,12 @@ _kernel_gradient = _make_pass('kernel_gradient', 'n h w c, n p q o -> i j c o', 
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def conv2d(
+    x: jax.Array,
+    w: jax.Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
     """Channels-last 2-D convolution on oneDNN: x (N, H, W, C), w (KH, KW, C, O), both float32
     or both bfloat16 -> (N, OH, OW, O); `padding` ((lo, hi), (lo, hi)) as lax's. Needs
     `available()` (the FFI handlers registered)."""
@@ -267,8 +325,10 @@ def _conv2d_fwd(x, w, strides, padding):
 def _conv2d_bwd(strides, padding, residuals, dy):
     x, w = residuals
     dy = dy.astype(x.dtype)
-    return (_input_gradient(dy, w, x.shape, strides, padding),
-            _kernel_gradient(x, dy, w.shape, strides, padding))
+    return (
+        _input_gradient(dy, w, x.shape, strides, padding),
+        _kernel_gradient(x, dy, w.shape, strides, padding),
+    )
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

@@ -42,11 +42,14 @@ class KernelChoice:
     attention: str = 'auto'
 
     def __post_init__(self) -> None:
-        for name, value, valid in (('conv', self.conv, CONV_BACKENDS),
-                                   ('attention', self.attention, ATTENTION_BACKENDS)):
+        for name, value, valid in (
+            ('conv', self.conv, CONV_BACKENDS),
+            ('attention', self.attention, ATTENTION_BACKENDS),
+        ):
             if value not in valid:
-                raise ValueError(f'{name} kernel {value!r} is not valid; choose one of '
-                                 f'{list(valid)}')
+                raise ValueError(
+                    f'{name} kernel {value!r} is not valid; choose one of {list(valid)}'
+                )
 
 
 _current = KernelChoice()
@@ -71,7 +74,8 @@ def set_kernels(*, conv: str | None = None, attention: str | None = None) -> Ker
     global _current
     previous = _current
     _current = dataclasses.replace(
-        _current, **{k: v for k, v in (('conv', conv), ('attention', attention)) if v is not None})
+        _current, **{k: v for k, v in (('conv', conv), ('attention', attention)) if v is not None}
+    )
     return previous
 
 

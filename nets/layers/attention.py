@@ -17,12 +17,12 @@ Two implementations compute the same thing (tested equal):
 import math
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from nets.layers import blocks
 from nets.kernels.mixed_precision import Dense, DenseGeneral
+from nets.layers import blocks
 
 Dtype = Any
 
@@ -30,6 +30,7 @@ IMPLEMENTATIONS = ('auto', 'plain', 'xla', 'cudnn')
 
 
 # ----------------------------------------------------------------------------- masks
+
 
 def causal_mask(q_len: int, k_len: int | None = None) -> jax.Array:
     """(1, 1, q_len, k_len) mask letting query i see keys 0..i (+ k_len - q_len).
@@ -70,8 +71,15 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
 
 # ----------------------------------------------------------------------------- functions
 
-def attention_weights(q: jax.Array, k: jax.Array, *, mask: jax.Array | None = None,
-                      bias: jax.Array | None = None, dtype: Dtype | None = None) -> jax.Array:
+
+def attention_weights(
+    q: jax.Array,
+    k: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    dtype: Dtype | None = None,
+) -> jax.Array:
     """softmax(Q Kᵀ / √d + bias) over keys, masked positions excluded.
 
     Returns `(batch, heads, q_len, k_len)`. The softmax runs in float32 (for
@@ -95,13 +103,21 @@ def cudnn_eligible(q: jax.Array, k: jax.Array, bias: jax.Array | None) -> bool:
     half precision, head dim a multiple of 8 up to 128, even sequence lengths: JAX's
     training check rejects odd ones, ViTs' 197 or 65 tokens with the class token among them:
     'Unsupported sequence length Q 197, KV 197', seen with jax 0.11.2 on an H100)."""
-    return (jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16)
-            and k.dtype == q.dtype and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128
-            and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0 and bias is None)
+    return (
+        jax.default_backend() == 'gpu'
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and k.dtype == q.dtype
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 128
+        and q.shape[1] % 2 == 0
+        and k.shape[1] % 2 == 0
+        and bias is None
+    )
 
 
-def resolve_implementation(implementation: str, q: jax.Array, k: jax.Array,
-                           bias: jax.Array | None = None) -> str:
+def resolve_implementation(
+    implementation: str, q: jax.Array, k: jax.Array, bias: jax.Array | None = None
+) -> str:
     """Maps 'auto' to the implementation used for these arrays on this backend."""
     blocks.check_choice('attention implementation', implementation, IMPLEMENTATIONS)
     if implementation == 'auto':
@@ -109,12 +125,20 @@ def resolve_implementation(implementation: str, q: jax.Array, k: jax.Array,
     return implementation
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                          mask: jax.Array | None = None, bias: jax.Array | None = None,
-                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-                          deterministic: bool = True, dtype: Dtype | None = None,
-                          implementation: str = 'plain',
-                          return_weights: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = True,
+    dtype: Dtype | None = None,
+    implementation: str = 'plain',
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Scaled dot-product attention, softmax(Q Kᵀ / √d + bias) V.
 
     q: (batch, q_len, heads, head_dim); k, v: (batch, k_len, heads, head_dim).
@@ -129,13 +153,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
         dtype = jnp.result_type(q, k) if dtype is None else dtype
         if mask is not None:
             mask = jnp.broadcast_to(mask, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
-        return jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
-                                            bias=bias, mask=mask, implementation=implementation)
+        return jax.nn.dot_product_attention(
+            q.astype(dtype),
+            k.astype(dtype),
+            v.astype(dtype),
+            bias=bias,
+            mask=mask,
+            implementation=implementation,
+        )
     weights = attention_weights(q, k, mask=mask, bias=bias, dtype=dtype)
     attended = weights
     if dropout_active:
         if dropout_rng is None:
-            raise ValueError("dropout_rng is required when deterministic=False and dropout_rate > 0")
+            raise ValueError(
+                'dropout_rng is required when deterministic=False and dropout_rate > 0'
+            )
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         attended = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(weights.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', attended, v.astype(weights.dtype))
@@ -143,6 +175,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
 
 
 # ----------------------------------------------------------------------------- module
+
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate Q, K, V projections and an output projection.
@@ -181,11 +214,12 @@ class MultiHeadAttention(nn.Module):
         blocks.check_choice('implementation', self.implementation, IMPLEMENTATIONS)
         blocks.check_rate('dropout_rate', self.dropout_rate)
         if self.num_heads < 1:
-            raise ValueError(f"num_heads must be positive, got {self.num_heads}")
+            raise ValueError(f'num_heads must be positive, got {self.num_heads}')
         super().__post_init__()
 
-    def _cached_keys_values(self, k: jax.Array, v: jax.Array,
-                            mask: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    def _cached_keys_values(
+        self, k: jax.Array, v: jax.Array, mask: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         """Appends this step's keys/values to the cache; returns all of them and the causal mask."""
         initialised = self.has_variable('cache', 'cached_key')
         cached_key = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
@@ -206,25 +240,39 @@ class MultiHeadAttention(nn.Module):
         return k, v, combine_masks(visible, mask)
 
     @nn.compact
-    def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *,
-                 mask: jax.Array | None = None, bias: jax.Array | None = None,
-                 train: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        bias: jax.Array | None = None,
+        train: bool = False,
+    ) -> jax.Array:
         if self.decode and inputs_kv is not None:
-            raise ValueError("decode=True caches self-attention only; call cross-attention "
-                             "with decode=False")
+            raise ValueError(
+                'decode=True caches self-attention only; call cross-attention with decode=False'
+            )
         if inputs_kv is None:
             inputs_kv = inputs_q
         features = inputs_q.shape[-1] if self.qkv_features is None else self.qkv_features
         out_features = inputs_q.shape[-1] if self.out_features is None else self.out_features
         if features % self.num_heads != 0:
-            raise ValueError(f"qkv_features {features} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f'qkv_features {features} is not divisible by num_heads {self.num_heads}'
+            )
         head_dim = features // self.num_heads
         qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
 
         def projection(name: str) -> DenseGeneral:
-            return DenseGeneral((self.num_heads, head_dim), use_bias=qkv_bias,
-                                kernel_init=blocks.initializer(self.kernel_init),
-                                dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            return DenseGeneral(
+                (self.num_heads, head_dim),
+                use_bias=qkv_bias,
+                kernel_init=blocks.initializer(self.kernel_init),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
 
         q = projection('query')(inputs_q)
         k = projection('key')(inputs_kv)
@@ -240,21 +288,34 @@ class MultiHeadAttention(nn.Module):
             attended = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
             out = jnp.einsum('bhqk,bkhd->bqhd', attended, v)
         else:
-            out = dot_product_attention(q, k, v, mask=mask, bias=bias, dtype=self.dtype,
-                                        implementation=implementation)
+            out = dot_product_attention(
+                q, k, v, mask=mask, bias=bias, dtype=self.dtype, implementation=implementation
+            )
             # Weights only on request, so the default call stays on the fused path.
-            weights = attention_weights(q, k, mask=mask, bias=bias, dtype=self.dtype) if want_weights else None
+            weights = (
+                attention_weights(q, k, mask=mask, bias=bias, dtype=self.dtype)
+                if want_weights
+                else None
+            )
         if want_weights:
             self.sow('intermediates', 'attention_weights', weights)
-        return DenseGeneral(out_features, axis=(-2, -1), use_bias=self.use_bias,
-                            kernel_init=blocks.initializer(self.kernel_init),
-                            dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out)
+        return DenseGeneral(
+            out_features,
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            kernel_init=blocks.initializer(self.kernel_init),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='out',
+        )(out)
 
 
 # ----------------------------------------------------------------------------- reading the weights
 
-def attention_rollout(layer_weights: list[jax.Array] | tuple[jax.Array, ...], *,
-                      residual: bool = True) -> jax.Array:
+
+def attention_rollout(
+    layer_weights: list[jax.Array] | tuple[jax.Array, ...], *, residual: bool = True
+) -> jax.Array:
     """Attention rollout (Abnar & Zuidema 2020): how much each output token draws on each input token.
 
     `layer_weights`: per layer, (batch, heads, tokens, tokens), first layer first.
@@ -275,6 +336,7 @@ def attention_rollout(layer_weights: list[jax.Array] | tuple[jax.Array, ...], *,
 
 
 # ----------------------------------------------------------------------------- additive attention
+
 
 class AdditiveAttention(nn.Module):
     """Additive attention (Bahdanau et al. 2015), the recurrent models' attention.
@@ -307,13 +369,16 @@ class AdditiveAttention(nn.Module):
 
     def __post_init__(self) -> None:
         if self.features < 1:
-            raise ValueError(f"features must be positive, got {self.features}")
+            raise ValueError(f'features must be positive, got {self.features}')
         blocks.check_choice('kernel_init', self.kernel_init, blocks.INITIALIZERS)
         super().__post_init__()
 
     def setup(self) -> None:
-        dense = dict(kernel_init=blocks.initializer(self.kernel_init), dtype=self.dtype,
-                     param_dtype=self.param_dtype)
+        dense = dict(
+            kernel_init=blocks.initializer(self.kernel_init),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         self.query_projection = Dense(self.features, use_bias=False, **dense)  # W_s
         self.key_projection = Dense(self.features, use_bias=self.use_bias, **dense)  # W_h, b
         self.score = Dense(1, use_bias=False, **dense)  # v
@@ -322,11 +387,19 @@ class AdditiveAttention(nn.Module):
         """W_h h_j + b: (batch, k_len, key_features) -> (batch, k_len, features)."""
         return self.key_projection(keys)
 
-    def __call__(self, query: jax.Array, keys: jax.Array, *, mask: jax.Array | None = None,
-                 projected_keys: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self,
+        query: jax.Array,
+        keys: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        projected_keys: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
         if query.ndim not in (2, 3) or keys.ndim != 3:
-            raise ValueError(f"AdditiveAttention expects a (batch, [q_len,] features) query and "
-                             f"(batch, k_len, features) keys, got {query.shape} and {keys.shape}")
+            raise ValueError(
+                f'AdditiveAttention expects a (batch, [q_len,] features) query and '
+                f'(batch, k_len, features) keys, got {query.shape} and {keys.shape}'
+            )
         if projected_keys is None:
             projected_keys = self.project_keys(keys)
         projected_query = self.query_projection(query)

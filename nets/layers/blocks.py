@@ -11,10 +11,10 @@ import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 from nets.kernels.conv import Conv, channels_last_dimension_numbers
 from nets.kernels.mixed_precision import Dense
@@ -34,7 +34,7 @@ def check_choice(kind: str, value: Any, choices: Iterable[Any]) -> None:
     """Raise a ValueError naming `value` and the valid `choices` unless it is one."""
     choices = sorted(choices)
     if value not in choices:
-        raise ValueError(f"Unknown {kind} {value!r}; valid choices: {choices}")
+        raise ValueError(f'Unknown {kind} {value!r}; valid choices: {choices}')
 
 
 def to_tuple(value: int | Sequence[int], rank: int, what: str) -> tuple[int, ...]:
@@ -43,11 +43,14 @@ def to_tuple(value: int | Sequence[int], rank: int, what: str) -> tuple[int, ...
         return (int(value),) * rank
     value = tuple(value)
     if len(value) != rank:
-        raise ValueError(f"{what} {value} has {len(value)} entries but the input has {rank} spatial dims")
+        raise ValueError(
+            f'{what} {value} has {len(value)} entries but the input has {rank} spatial dims'
+        )
     return value
 
 
 # --------------------------------------------------------------------------- activations
+
 
 def _exact_gelu(x: jax.Array) -> jax.Array:
     # The erf form, as in the GELU paper and PyTorch's nn.GELU default.
@@ -99,11 +102,17 @@ INITIALIZERS: dict[str, Initializer] = {
 # Variance-preserving choice per activation: He for the ReLU family, LeCun for
 # SELU (needed for self-normalisation), Glorot for the saturating/linear ones.
 _DEFAULT_INIT_FOR_ACTIVATION = {
-    'relu': 'he_normal', 'leaky_relu': 'he_normal', 'elu': 'he_normal',
-    'gelu': 'he_normal', 'silu': 'he_normal', 'swish': 'he_normal',
+    'relu': 'he_normal',
+    'leaky_relu': 'he_normal',
+    'elu': 'he_normal',
+    'gelu': 'he_normal',
+    'silu': 'he_normal',
+    'swish': 'he_normal',
     'selu': 'lecun_normal',
-    'tanh': 'glorot_normal', 'sigmoid': 'glorot_normal',
-    'softplus': 'glorot_normal', 'identity': 'glorot_normal',
+    'tanh': 'glorot_normal',
+    'sigmoid': 'glorot_normal',
+    'softplus': 'glorot_normal',
+    'identity': 'glorot_normal',
 }
 
 
@@ -121,8 +130,15 @@ def default_initializer_name(activation_name: str) -> str:
 
 # --------------------------------------------------------------------------- norms
 
-def batch_norm(*, train: bool, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-               zero_scale: bool = False, name: str | None = None) -> nn.BatchNorm:
+
+def batch_norm(
+    *,
+    train: bool,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    zero_scale: bool = False,
+    name: str | None = None,
+) -> nn.BatchNorm:
     """BatchNorm with PyTorch's momentum/epsilon; running stats in `batch_stats`.
 
     Call inside a compact method. `zero_scale` starts the scale at 0 (used to make
@@ -139,13 +155,15 @@ def batch_norm(*, train: bool, dtype: Dtype = jnp.float32, param_dtype: Dtype = 
     )
 
 
-def layer_norm(*, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-               name: str | None = None) -> nn.LayerNorm:
+def layer_norm(
+    *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name: str | None = None
+) -> nn.LayerNorm:
     """LayerNorm over the last axis with the ViT epsilon (1e-6). Call inside a compact method."""
     return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 # --------------------------------------------------------------------------- blocks
+
 
 def symmetric_padding(kernel_size: Sequence[int]) -> str | list[tuple[int, int]]:
     """PyTorch-style `k // 2` padding on both sides for odd kernels, else 'SAME'.
@@ -186,12 +204,25 @@ class ConvNormAct(nn.Module):
         strides = to_tuple(self.strides, rank, 'strides')
         padding = symmetric_padding(kernel) if self.padding is None else self.padding
         use_bias = (not self.use_norm) if self.use_bias is None else self.use_bias
-        x = Conv(self.features, kernel, strides=strides, padding=padding, use_bias=use_bias,
-                    kernel_init=initializer(self.kernel_init), dtype=self.dtype,
-                    param_dtype=self.param_dtype, name='conv')(x)
+        x = Conv(
+            self.features,
+            kernel,
+            strides=strides,
+            padding=padding,
+            use_bias=use_bias,
+            kernel_init=initializer(self.kernel_init),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='conv',
+        )(x)
         if self.use_norm:
-            x = batch_norm(train=train, dtype=self.dtype, param_dtype=self.param_dtype,
-                           zero_scale=self.zero_init_norm, name='norm')(x)
+            x = batch_norm(
+                train=train,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                zero_scale=self.zero_init_norm,
+                name='norm',
+            )(x)
         return activation(self.activation)(x)
 
 
@@ -214,8 +245,13 @@ class MlpBlock(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         out_features = x.shape[-1] if self.out_features is None else self.out_features
         dense = lambda n, name: Dense(  # noqa: E731
-            n, kernel_init=initializer(self.kernel_init), bias_init=nn.initializers.normal(1e-6),
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            n,
+            kernel_init=initializer(self.kernel_init),
+            bias_init=nn.initializers.normal(1e-6),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
         x = dense(self.hidden_features, 'fc1')(x)
         x = activation(self.activation)(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -247,10 +283,11 @@ class DropPath(nn.Module):
 def check_rate(name: str, value: float) -> None:
     """Raise ValueError unless 0 <= value < 1 (dropout-like probabilities)."""
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        raise ValueError(f'{name} must be in [0, 1), got {value!r}')
 
 
 # --------------------------------------------------------------------------- shared by the modern ConvNets
+
 
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation (Hu et al. 2018): `x * sigmoid(fc2(act(fc1(mean(x)))))`.
@@ -268,7 +305,11 @@ class SqueezeExcite(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        dense = dict(kernel_init=initializer(self.kernel_init), dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(
+            kernel_init=initializer(self.kernel_init),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         h = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
         h = Dense(self.hidden_features, name='fc1', **dense)(h)
         h = activation(self.activation)(h)
@@ -308,8 +349,10 @@ class ScaledWSConv(nn.Module):
         strides = to_tuple(self.strides, rank, 'strides')
         in_features = x.shape[-1]
         if in_features % self.feature_group_count or self.features % self.feature_group_count:
-            raise ValueError(f"feature_group_count {self.feature_group_count} must divide the input "
-                             f"({in_features}) and output ({self.features}) channels")
+            raise ValueError(
+                f'feature_group_count {self.feature_group_count} must divide the input '
+                f'({in_features}) and output ({self.features}) channels'
+            )
         shape = kernel_size + (in_features // self.feature_group_count, self.features)
         kernel = self.param('kernel', initializer(self.kernel_init), shape, self.param_dtype)
         gain = self.param('gain', nn.initializers.ones, (self.features,), self.param_dtype)
@@ -321,11 +364,17 @@ class ScaledWSConv(nn.Module):
         var = jnp.var(kernel, axis=fan_in_axes, keepdims=True)
         scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, self.epsilon)) * gain
         weight = (kernel - mean) * scale
-        padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
+        padding = (
+            self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
+        )
         y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), weight.astype(self.dtype), strides, padding,
+            x.astype(self.dtype),
+            weight.astype(self.dtype),
+            strides,
+            padding,
             dimension_numbers=channels_last_dimension_numbers(x.ndim),
-            feature_group_count=self.feature_group_count)
+            feature_group_count=self.feature_group_count,
+        )
         if self.use_bias:
             bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
@@ -335,6 +384,7 @@ class ScaledWSConv(nn.Module):
 # --------------------------------------------------------------------------- pooling and input sizes
 # Used by the classic ConvNets (alexnet.py, vgg.py, inception.py, inception_resnet.py), which
 # pool to a fixed grid before their classifiers and must reject inputs their windows cannot fit.
+
 
 def adaptive_avg_pool(x: jax.Array, output_size: int | Sequence[int]) -> jax.Array:
     """Average-pool channels-last `x` to `output_size` per spatial dim, as PyTorch's AdaptiveAvgPool.
@@ -348,7 +398,7 @@ def adaptive_avg_pool(x: jax.Array, output_size: int | Sequence[int]) -> jax.Arr
     output = to_tuple(output_size, len(spatial), 'output_size')
     for axis, (n, m) in enumerate(zip(spatial, output), start=1):
         if m < 1:
-            raise ValueError(f"adaptive_avg_pool output size must be positive, got {output}")
+            raise ValueError(f'adaptive_avg_pool output size must be positive, got {output}')
         if n == m:
             continue
         if m == 1:
@@ -358,12 +408,15 @@ def adaptive_avg_pool(x: jax.Array, output_size: int | Sequence[int]) -> jax.Arr
         for i in range(m):
             start, end = (i * n) // m, -(-(i + 1) * n // m)
             weights[i, start:end] = 1.0 / (end - start)
-        x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(weights, x.dtype), axes=([axis], [1])), -1, axis)
+        x = jnp.moveaxis(
+            jnp.tensordot(x, jnp.asarray(weights, x.dtype), axes=([axis], [1])), -1, axis
+        )
     return x
 
 
-def window_output_size(size: int, window: int, stride: int = 1, padding: int = 0,
-                       ceil_mode: bool = False) -> int:
+def window_output_size(
+    size: int, window: int, stride: int = 1, padding: int = 0, ceil_mode: bool = False
+) -> int:
     """Length along one dim after a conv or pooling window, by PyTorch's rule; 0 if it does not fit.
 
     `padding` is added on both sides. With `ceil_mode` a last, partial window counts as long as
@@ -383,15 +436,17 @@ def smallest_input_size(output_size: Callable[[int], int], limit: int = 4096) ->
     for n in range(1, limit + 1):
         if output_size(n) >= 1:
             return n
-    raise ValueError(f"No input length up to {limit} gives a non-empty output")
+    raise ValueError(f'No input length up to {limit} gives a non-empty output')
 
 
 def check_input_size(what: str, spatial: Sequence[int], minimum: int, hint: str = '') -> None:
     """Raise a ValueError naming the input size and `minimum` if a spatial dim is below it."""
     if any(s < minimum for s in spatial):
         size = 'x'.join(str(s) for s in spatial)
-        raise ValueError(f"Input size {size} is too small for {what}: the minimum is "
-                         f"{'x'.join([str(minimum)] * len(spatial))}{hint}")
+        raise ValueError(
+            f'Input size {size} is too small for {what}: the minimum is '
+            f'{"x".join([str(minimum)] * len(spatial))}{hint}'
+        )
 
 
 def scale_width(features: int, multiplier: float) -> int:
@@ -404,7 +459,7 @@ def check_images(model: nn.Module, x: jax.Array, hint: str = '') -> None:
     models with an ImageNet stem point at their small-input stem."""
     name = type(model).__name__
     if x.ndim != 4:
-        raise ValueError(f"{name} expects (N, H, W, C) images, got shape {x.shape}")
+        raise ValueError(f'{name} expects (N, H, W, C) images, got shape {x.shape}')
     if not hint and model.stem == 'imagenet':
         hint = " (stem='small' accepts smaller images)"
-    check_input_size(f"{name}(stem={model.stem!r})", x.shape[1:3], model.min_input_size(), hint)
+    check_input_size(f'{name}(stem={model.stem!r})', x.shape[1:3], model.min_input_size(), hint)

@@ -51,6 +51,7 @@ def expand_to_beams(tree: State, beam_size: int) -> State:
 
     Scalar leaves are left alone. Row b * beam_size + k is beam k of example b.
     """
+
     def expand(leaf):
         leaf = jnp.asarray(leaf)
         return leaf if leaf.ndim == 0 else jnp.repeat(leaf, beam_size, axis=0)
@@ -69,8 +70,10 @@ def gather_beams(tree: State, parents: jax.Array) -> State:
         if leaf.ndim == 0:
             return leaf
         if leaf.shape[0] != batch_size * beam_size:
-            raise ValueError(f"decoding state leaves must have batch * beam_size = {batch_size * beam_size} "
-                             f"rows (or be scalars), got a leaf of shape {leaf.shape}")
+            raise ValueError(
+                f'decoding state leaves must have batch * beam_size = {batch_size * beam_size} '
+                f'rows (or be scalars), got a leaf of shape {leaf.shape}'
+            )
         beams = leaf.reshape(batch_size, beam_size, *leaf.shape[1:])
         index = parents.reshape(batch_size, beam_size, *(1,) * (leaf.ndim - 1))
         return jnp.take_along_axis(beams, index, axis=1).reshape(leaf.shape)
@@ -79,11 +82,15 @@ def gather_beams(tree: State, parents: jax.Array) -> State:
 
 
 def _check_search_arguments(batch_size: int, max_length: int, beam_size: int, alpha: float) -> None:
-    for name, value in (('batch_size', batch_size), ('max_length', max_length), ('beam_size', beam_size)):
+    for name, value in (
+        ('batch_size', batch_size),
+        ('max_length', max_length),
+        ('beam_size', beam_size),
+    ):
         if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise ValueError(f'{name} must be a positive integer, got {value!r}')
     if alpha < 0:
-        raise ValueError(f"length penalty alpha must be >= 0, got {alpha!r}")
+        raise ValueError(f'length penalty alpha must be >= 0, got {alpha!r}')
 
 
 def _next_log_probs(step_fn: StepFn, tokens: jax.Array, state: State) -> tuple[jax.Array, State]:
@@ -91,8 +98,16 @@ def _next_log_probs(step_fn: StepFn, tokens: jax.Array, state: State) -> tuple[j
     return jax.nn.log_softmax(scores.astype(jnp.float32), axis=-1), state
 
 
-def greedy_search(step_fn: StepFn, initial_state: State, *, batch_size: int, max_length: int,
-                  bos_id: int, eos_id: int, pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+def greedy_search(
+    step_fn: StepFn,
+    initial_state: State,
+    *,
+    batch_size: int,
+    max_length: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int = 0,
+) -> tuple[jax.Array, jax.Array]:
     """Picks the most probable next token at every step.
 
     Returns `sequences` (batch, max_length) int32 and `scores` (batch,), the summed
@@ -116,16 +131,30 @@ def greedy_search(step_fn: StepFn, initial_state: State, *, batch_size: int, max
         finished = finished | (chosen == eos_id)
         return step + 1, chosen, finished, sequences, scores, state
 
-    carry = (jnp.array(0, jnp.int32), jnp.full((batch_size,), bos_id, jnp.int32),
-             jnp.zeros((batch_size,), bool), jnp.full((batch_size, max_length), pad_id, jnp.int32),
-             jnp.zeros((batch_size,), jnp.float32), initial_state)
+    carry = (
+        jnp.array(0, jnp.int32),
+        jnp.full((batch_size,), bos_id, jnp.int32),
+        jnp.zeros((batch_size,), bool),
+        jnp.full((batch_size, max_length), pad_id, jnp.int32),
+        jnp.zeros((batch_size,), jnp.float32),
+        initial_state,
+    )
     _, _, _, sequences, scores, _ = jax.lax.while_loop(not_done, body, carry)
     return sequences, scores
 
 
-def beam_search(step_fn: StepFn, initial_state: State, *, batch_size: int, beam_size: int,
-                max_length: int, bos_id: int, eos_id: int, pad_id: int = 0,
-                alpha: float = GNMT_ALPHA) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+    step_fn: StepFn,
+    initial_state: State,
+    *,
+    batch_size: int,
+    beam_size: int,
+    max_length: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int = 0,
+    alpha: float = GNMT_ALPHA,
+) -> tuple[jax.Array, jax.Array]:
     """Beam search with GNMT length normalisation.
 
     Every step extends each alive beam by every token and keeps the best
@@ -152,20 +181,34 @@ def beam_search(step_fn: StepFn, initial_state: State, *, batch_size: int, beam_
     def top(scores, k, *arrays):
         """The k best of `scores` (batch, n) and the matching entries of each (batch, n, ...) array."""
         best, index = jax.lax.top_k(scores, k)
-        return best, *(jnp.take_along_axis(a, index.reshape(*index.shape, *(1,) * (a.ndim - 2)), axis=1)
-                       for a in arrays)
+        return best, *(
+            jnp.take_along_axis(a, index.reshape(*index.shape, *(1,) * (a.ndim - 2)), axis=1)
+            for a in arrays
+        )
 
     def not_done(carry):
         step, num_finished = carry[0], carry[5]
         return (step < max_length) & ~jnp.all(num_finished >= beam_size)
 
     def body(carry):
-        (step, tokens, alive_log_probs, alive_sequences, finished_scores, num_finished,
-         finished_sequences, state) = carry
+        (
+            step,
+            tokens,
+            alive_log_probs,
+            alive_sequences,
+            finished_scores,
+            num_finished,
+            finished_sequences,
+            state,
+        ) = carry
         log_probs, state = _next_log_probs(step_fn, tokens.reshape(-1), state)
         vocab_size = log_probs.shape[-1]
-        candidates = (alive_log_probs[:, :, None] + log_probs.reshape(batch_size, beam_size, vocab_size))
-        candidate_log_probs, flat_index = jax.lax.top_k(candidates.reshape(batch_size, -1), num_candidates)
+        candidates = alive_log_probs[:, :, None] + log_probs.reshape(
+            batch_size, beam_size, vocab_size
+        )
+        candidate_log_probs, flat_index = jax.lax.top_k(
+            candidates.reshape(batch_size, -1), num_candidates
+        )
         parents = flat_index // vocab_size
         candidate_tokens = (flat_index % vocab_size).astype(jnp.int32)
         candidate_sequences = jnp.take_along_axis(alive_sequences, parents[:, :, None], axis=1)
@@ -174,31 +217,50 @@ def beam_search(step_fn: StepFn, initial_state: State, *, batch_size: int, beam_
         # Finish eos candidates among the first beam_size (all of them at the last step),
         # unless the example already has its beam_size finished hypotheses.
         ends = (candidate_tokens == eos_id) | (step == max_length - 1)
-        finishing = (ends & (rank < beam_size) & jnp.isfinite(candidate_log_probs)
-                     & (num_finished < beam_size)[:, None])
-        new_scores = jnp.where(finishing, candidate_log_probs / length_penalty(step + 1, alpha), -jnp.inf)
+        finishing = (
+            ends
+            & (rank < beam_size)
+            & jnp.isfinite(candidate_log_probs)
+            & (num_finished < beam_size)[:, None]
+        )
+        new_scores = jnp.where(
+            finishing, candidate_log_probs / length_penalty(step + 1, alpha), -jnp.inf
+        )
         finished_scores, finished_sequences = top(
-            jnp.concatenate([finished_scores, new_scores], axis=1), beam_size,
-            jnp.concatenate([finished_sequences, candidate_sequences], axis=1))
+            jnp.concatenate([finished_scores, new_scores], axis=1),
+            beam_size,
+            jnp.concatenate([finished_sequences, candidate_sequences], axis=1),
+        )
         num_finished = num_finished + jnp.sum(finishing, axis=1)
 
         alive_candidates = jnp.where(candidate_tokens == eos_id, -jnp.inf, candidate_log_probs)
         alive_log_probs, alive_sequences, parents, tokens = top(
-            alive_candidates, beam_size, candidate_sequences, parents, candidate_tokens)
+            alive_candidates, beam_size, candidate_sequences, parents, candidate_tokens
+        )
         state = gather_beams(state, parents)
-        return (step + 1, tokens, alive_log_probs, alive_sequences, finished_scores, num_finished,
-                finished_sequences, state)
+        return (
+            step + 1,
+            tokens,
+            alive_log_probs,
+            alive_sequences,
+            finished_scores,
+            num_finished,
+            finished_sequences,
+            state,
+        )
 
     # All beams start as copies of one hypothesis; only beam 0 is live at first, so
     # the first step's candidates are distinct.
     alive_log_probs = jnp.where(jnp.arange(beam_size) == 0, 0.0, -jnp.inf)
-    carry = (jnp.array(0, jnp.int32),
-             jnp.full((batch_size, beam_size), bos_id, jnp.int32),
-             jnp.broadcast_to(alive_log_probs, (batch_size, beam_size)).astype(jnp.float32),
-             jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
-             jnp.full((batch_size, beam_size), -jnp.inf, jnp.float32),
-             jnp.zeros((batch_size,), jnp.int32),
-             jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
-             expand_to_beams(initial_state, beam_size))
+    carry = (
+        jnp.array(0, jnp.int32),
+        jnp.full((batch_size, beam_size), bos_id, jnp.int32),
+        jnp.broadcast_to(alive_log_probs, (batch_size, beam_size)).astype(jnp.float32),
+        jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
+        jnp.full((batch_size, beam_size), -jnp.inf, jnp.float32),
+        jnp.zeros((batch_size,), jnp.int32),
+        jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
+        expand_to_beams(initial_state, beam_size),
+    )
     carry = jax.lax.while_loop(not_done, body, carry)
     return carry[6], carry[4]

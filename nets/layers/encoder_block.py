@@ -8,9 +8,9 @@ after each residual sum ('post', Vaswani et al. 2017).
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from nets.layers import blocks
 from nets.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
@@ -20,9 +20,16 @@ Dtype = Any
 NORM_POSITIONS = ('pre', 'post')
 
 
-def residual_sublayer(x: jax.Array, branch: Callable[[jax.Array], jax.Array], norm: nn.Module, *,
-                      pre: bool, train: bool, dropout_rate: float = 0.0,
-                      drop_path_rate: float = 0.0) -> jax.Array:
+def residual_sublayer(
+    x: jax.Array,
+    branch: Callable[[jax.Array], jax.Array],
+    norm: nn.Module,
+    *,
+    pre: bool,
+    train: bool,
+    dropout_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> jax.Array:
     """x + branch(LN(x)) ('pre'), or LN(x + branch(x)) ('post'), with dropout and stochastic
     depth on the branch. Call inside a compact method; `norm` is the sub-layer's LayerNorm."""
     y = branch(norm(x) if pre else x)
@@ -52,24 +59,43 @@ class EncoderBlock(nn.Module):
 
     def __post_init__(self) -> None:
         blocks.check_choice('norm_position', self.norm_position, NORM_POSITIONS)
-        blocks.check_choice('attention_implementation', self.attention_implementation, IMPLEMENTATIONS)
+        blocks.check_choice(
+            'attention_implementation', self.attention_implementation, IMPLEMENTATIONS
+        )
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, mask: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pre = self.norm_position == 'pre'
 
         def residual(x: jax.Array, branch, norm_name: str, dropout: bool) -> jax.Array:
-            return residual_sublayer(x, branch, blocks.layer_norm(name=norm_name, **dims), pre=pre,
-                                     train=train, dropout_rate=self.dropout_rate if dropout else 0.0,
-                                     drop_path_rate=self.drop_path_rate)
+            return residual_sublayer(
+                x,
+                branch,
+                blocks.layer_norm(name=norm_name, **dims),
+                pre=pre,
+                train=train,
+                dropout_rate=self.dropout_rate if dropout else 0.0,
+                drop_path_rate=self.drop_path_rate,
+            )
 
-        attention = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
-                                       implementation=self.attention_implementation,
-                                       name='attention', **dims)
+        attention = MultiHeadAttention(
+            self.num_heads,
+            dropout_rate=self.attention_dropout_rate,
+            implementation=self.attention_implementation,
+            name='attention',
+            **dims,
+        )
         x = residual(x, lambda y: attention(y, mask=mask, train=train), 'norm1', dropout=True)
-        mlp = blocks.MlpBlock(self.mlp_dim, activation=self.activation, dropout_rate=self.dropout_rate,
-                              name='mlp', **dims)
+        mlp = blocks.MlpBlock(
+            self.mlp_dim,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
+            name='mlp',
+            **dims,
+        )
         # MlpBlock ends in its own dropout, which serves as this sub-layer's.
         return residual(x, lambda y: mlp(y, train=train), 'norm2', dropout=False)

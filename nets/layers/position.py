@@ -14,23 +14,24 @@
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 Dtype = Any
 
 
-def sinusoidal_1d(length: int, features: int, *, max_timescale: float = 10_000.0,
-                  offset: int = 0) -> np.ndarray:
+def sinusoidal_1d(
+    length: int, features: int, *, max_timescale: float = 10_000.0, offset: int = 0
+) -> np.ndarray:
     """(length, features) sinusoidal encodings of positions offset..offset+length-1.
 
     Even channels hold sines and odd channels cosines of the same frequency, as
     in the paper. `features` must be even.
     """
     if features % 2:
-        raise ValueError(f"sinusoidal position encoding needs an even width, got {features}")
+        raise ValueError(f'sinusoidal position encoding needs an even width, got {features}')
     positions = np.arange(offset, offset + length, dtype=np.float64)[:, None]
     inv_freq = 1.0 / max_timescale ** (np.arange(0, features, 2, dtype=np.float64) / features)
     angles = positions * inv_freq[None, :]
@@ -40,26 +41,34 @@ def sinusoidal_1d(length: int, features: int, *, max_timescale: float = 10_000.0
     return table.astype(np.float32)
 
 
-def sinusoidal_at(positions: jax.Array, features: int, *, max_timescale: float = 10_000.0) -> jax.Array:
+def sinusoidal_at(
+    positions: jax.Array, features: int, *, max_timescale: float = 10_000.0
+) -> jax.Array:
     """Sinusoidal encodings of traced integer positions (...,) -> (..., features).
 
     Same values as `sinusoidal_1d`; used by step-by-step decoding where the
     position is a traced cache index.
     """
     if features % 2:
-        raise ValueError(f"sinusoidal position encoding needs an even width, got {features}")
+        raise ValueError(f'sinusoidal position encoding needs an even width, got {features}')
     inv_freq = 1.0 / max_timescale ** (jnp.arange(0, features, 2, dtype=jnp.float32) / features)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
-    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*positions.shape, features)
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(
+        *positions.shape, features
+    )
 
 
-def sincos_2d(height: int, width: int, features: int, *, temperature: float = 10_000.0) -> np.ndarray:
+def sincos_2d(
+    height: int, width: int, features: int, *, temperature: float = 10_000.0
+) -> np.ndarray:
     """Fixed 2-D sine-cosine embedding, (height*width, features), row-major grid.
 
     A quarter of the channels each for sin/cos of the x and y coordinate.
     """
     if features % 4 != 0:
-        raise ValueError(f"sincos2d position embedding needs a width divisible by 4, got {features}")
+        raise ValueError(
+            f'sincos2d position embedding needs a width divisible by 4, got {features}'
+        )
     y, x = np.mgrid[:height, :width]
     omega = 1.0 / temperature ** (np.arange(features // 4) / (features // 4))
     y = y.reshape(-1)[:, None] * omega[None, :]
@@ -75,13 +84,22 @@ class AddLearnedPositionEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        table = self.param('pos_embedding', nn.initializers.normal(stddev=self.stddev),
-                           (1, *x.shape[1:]), self.param_dtype)
+        table = self.param(
+            'pos_embedding',
+            nn.initializers.normal(stddev=self.stddev),
+            (1, *x.shape[1:]),
+            self.param_dtype,
+        )
         return x + table.astype(x.dtype)
 
 
-def resize_grid_embedding(table: jax.Array | np.ndarray, new_grid: tuple[int, int], *,
-                          num_prefix_tokens: int = 0, method: str = 'bilinear') -> jax.Array:
+def resize_grid_embedding(
+    table: jax.Array | np.ndarray,
+    new_grid: tuple[int, int],
+    *,
+    num_prefix_tokens: int = 0,
+    method: str = 'bilinear',
+) -> jax.Array:
     """Interpolates a learned (1, prefix + h*w, D) grid embedding to (1, prefix + H*W, D).
 
     The class-token rows (`num_prefix_tokens`) are kept as they are; the grid
@@ -90,12 +108,14 @@ def resize_grid_embedding(table: jax.Array | np.ndarray, new_grid: tuple[int, in
     """
     table = jnp.asarray(table)
     if table.ndim != 3 or table.shape[0] != 1:
-        raise ValueError(f"expected a (1, length, width) position table, got shape {table.shape}")
+        raise ValueError(f'expected a (1, length, width) position table, got shape {table.shape}')
     prefix, grid = table[:, :num_prefix_tokens], table[:, num_prefix_tokens:]
     old_side = int(round(grid.shape[1] ** 0.5))
     if old_side * old_side != grid.shape[1]:
-        raise ValueError(f"the table's {grid.shape[1]} grid rows do not form a square grid; "
-                         f"check num_prefix_tokens (got {num_prefix_tokens})")
+        raise ValueError(
+            f"the table's {grid.shape[1]} grid rows do not form a square grid; "
+            f'check num_prefix_tokens (got {num_prefix_tokens})'
+        )
     grid = grid.reshape(old_side, old_side, -1)
     grid = jax.image.resize(grid, (*new_grid, grid.shape[-1]), method=method)
     return jnp.concatenate([prefix, grid.reshape(1, -1, grid.shape[-1])], axis=1)
@@ -127,8 +147,12 @@ class RelativePositionBias(nn.Module):
     @nn.compact
     def __call__(self) -> jax.Array:
         wh, ww = self.window
-        table = self.param('relative_position_bias_table', nn.initializers.truncated_normal(self.stddev),
-                           ((2 * wh - 1) * (2 * ww - 1), self.num_heads), self.param_dtype)
+        table = self.param(
+            'relative_position_bias_table',
+            nn.initializers.truncated_normal(self.stddev),
+            ((2 * wh - 1) * (2 * ww - 1), self.num_heads),
+            self.param_dtype,
+        )
         index = relative_position_index(self.window)
         bias = table[index.reshape(-1)].reshape(wh * ww, wh * ww, self.num_heads)
         return jnp.transpose(bias, (2, 0, 1))

@@ -36,14 +36,14 @@ sequence's last valid step, and every direction reads exactly the valid steps in
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
 
-from nets.layers import blocks
 from nets.kernels.fused_lstm import lstm_sequence, lstm_update
 from nets.kernels.mixed_precision import matmul
+from nets.layers import blocks
 
 Dtype = Any
 Carry = Any  # jax.Array (rnn, gru) or LSTMState (lstm)
@@ -93,22 +93,33 @@ class _Cell(nn.Module):
 
     def __post_init__(self) -> None:
         if self.features < 1:
-            raise ValueError(f"features must be positive, got {self.features}")
+            raise ValueError(f'features must be positive, got {self.features}')
         blocks.check_choice('kernel_init', self.kernel_init, blocks.INITIALIZERS)
-        blocks.check_choice('recurrent_kernel_init', self.recurrent_kernel_init, blocks.INITIALIZERS)
+        blocks.check_choice(
+            'recurrent_kernel_init', self.recurrent_kernel_init, blocks.INITIALIZERS
+        )
         super().__post_init__()
 
-    def bias_init(self, key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+    def bias_init(
+        self, key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32
+    ) -> jax.Array:
         return jnp.zeros(shape, dtype)
 
     def _weights(self, in_features: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(input kernel, recurrent kernel, bias); called from the compact `__call__`."""
         width = self.num_gates * self.features
-        w_x = self.param('input_kernel', _per_gate(blocks.initializer(self.kernel_init), self.num_gates),
-                         (in_features, width), self.param_dtype)
-        w_h = self.param('recurrent_kernel',
-                         _per_gate(blocks.initializer(self.recurrent_kernel_init), self.num_gates),
-                         (self.features, width), self.param_dtype)
+        w_x = self.param(
+            'input_kernel',
+            _per_gate(blocks.initializer(self.kernel_init), self.num_gates),
+            (in_features, width),
+            self.param_dtype,
+        )
+        w_h = self.param(
+            'recurrent_kernel',
+            _per_gate(blocks.initializer(self.recurrent_kernel_init), self.num_gates),
+            (self.features, width),
+            self.param_dtype,
+        )
         b = self.param('bias', self.bias_init, (width,), self.param_dtype)
         return w_x, w_h, b
 
@@ -151,9 +162,11 @@ class LSTMCell(_Cell):
 
     num_gates = 4
 
-    def bias_init(self, key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+    def bias_init(
+        self, key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32
+    ) -> jax.Array:
         h = self.features
-        return jnp.zeros(shape, dtype).at[h:2 * h].set(self.forget_bias)
+        return jnp.zeros(shape, dtype).at[h : 2 * h].set(self.forget_bias)
 
     def initial_carry(self, batch_size: int | Sequence[int]) -> LSTMState:
         zeros = jnp.zeros((*_batch_shape(batch_size), self.features), jnp.float32)
@@ -175,12 +188,20 @@ class LSTMSequence(LSTMCell):
     instead of per-step sums inside the loop. `RNNLayer` runs every LSTM this way."""
 
     @nn.compact
-    def __call__(self, carry: LSTMState, inputs: jax.Array, mask: jax.Array, *,
-                 reverse: bool = False, unroll: int = 1) -> tuple[LSTMState, jax.Array]:
+    def __call__(
+        self,
+        carry: LSTMState,
+        inputs: jax.Array,
+        mask: jax.Array,
+        *,
+        reverse: bool = False,
+        unroll: int = 1,
+    ) -> tuple[LSTMState, jax.Array]:
         """inputs (time, batch, in), mask (time, batch) -> (final carry, outputs (time, batch, H))."""
         w_x, w_h, b = self._weights(inputs.shape[-1])
-        carry, outputs = lstm_sequence(w_x, w_h, b, tuple(carry), inputs.astype(self.dtype), mask,
-                                       reverse, unroll, self.dtype)
+        carry, outputs = lstm_sequence(
+            w_x, w_h, b, tuple(carry), inputs.astype(self.dtype), mask, reverse, unroll, self.dtype
+        )
         return LSTMState(*carry), outputs
 
 
@@ -205,11 +226,13 @@ class GRUCell(_Cell):
         x, h_in, w_x, w_h, b = promote_dtype(x, h, w_x, w_h, b, dtype=self.dtype)
         width = self.features
         from_x = matmul(x, w_x) + b
-        from_h = matmul(h_in, w_h[:, :2 * width])  # U_z h, U_r h; U_n waits for the reset gate
+        from_h = matmul(h_in, w_h[:, : 2 * width])  # U_z h, U_r h; U_n waits for the reset gate
         z = nn.sigmoid((from_x[..., :width] + from_h[..., :width]).astype(h.dtype))
-        r = nn.sigmoid((from_x[..., width:2 * width] + from_h[..., width:]).astype(h.dtype))
+        r = nn.sigmoid((from_x[..., width : 2 * width] + from_h[..., width:]).astype(h.dtype))
         reset_h = (r * h).astype(w_h.dtype)
-        n = jnp.tanh((from_x[..., 2 * width:] + matmul(reset_h, w_h[:, 2 * width:])).astype(h.dtype))
+        n = jnp.tanh(
+            (from_x[..., 2 * width :] + matmul(reset_h, w_h[:, 2 * width :])).astype(h.dtype)
+        )
         h_new = z * h + (1.0 - z) * n
         return h_new, h_new.astype(self.dtype)
 
@@ -223,23 +246,26 @@ def make_cell(cell: str, features: int, **fields: Any) -> _Cell:
     return CELLS[cell](features=features, **fields)
 
 
-def sequence_mask(batch: int, time: int, valid: jax.Array | None = None,
-                  lengths: jax.Array | None = None) -> jax.Array:
+def sequence_mask(
+    batch: int, time: int, valid: jax.Array | None = None, lengths: jax.Array | None = None
+) -> jax.Array:
     """(batch, time) booleans from a `valid` mask, or `lengths` (the first lengths[b] steps are
     valid), or all True when neither is given."""
     if valid is not None and lengths is not None:
-        raise ValueError("give either valid or lengths, not both")
+        raise ValueError('give either valid or lengths, not both')
     if lengths is not None:
         return jnp.arange(time)[None, :] < jnp.asarray(lengths)[:, None]
     if valid is None:
         return jnp.ones((batch, time), bool)
     valid = jnp.asarray(valid)
     if valid.shape != (batch, time):
-        raise ValueError(f"valid has shape {valid.shape}; expected (batch, time) = {(batch, time)}")
+        raise ValueError(f'valid has shape {valid.shape}; expected (batch, time) = {(batch, time)}')
     return valid.astype(bool)
 
 
-def _masked_step(cell: _Cell, carry: Carry, inputs: tuple[jax.Array, jax.Array]) -> tuple[Carry, jax.Array]:
+def _masked_step(
+    cell: _Cell, carry: Carry, inputs: tuple[jax.Array, jax.Array]
+) -> tuple[Carry, jax.Array]:
     """One scanned step: a padded step keeps the old carry and outputs zeros."""
     x_t, valid_t = inputs
     new_carry, y = cell(carry, x_t)
@@ -273,36 +299,63 @@ class RNNLayer(nn.Module):
     def __post_init__(self) -> None:
         blocks.check_choice('cell', self.cell, CELLS)
         if self.unroll < 1:
-            raise ValueError(f"unroll must be >= 1, got {self.unroll}")
+            raise ValueError(f'unroll must be >= 1, got {self.unroll}')
         super().__post_init__()
 
     def _build_cell(self, name: str | None = 'cell') -> _Cell:
         if self.cell == 'lstm':
-            return LSTMSequence(self.features, kernel_init=self.kernel_init,
-                                recurrent_kernel_init=self.recurrent_kernel_init,
-                                forget_bias=self.forget_bias, dtype=self.dtype,
-                                param_dtype=self.param_dtype, name=name)
-        return make_cell(self.cell, self.features, kernel_init=self.kernel_init,
-                         recurrent_kernel_init=self.recurrent_kernel_init, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=name)
+            return LSTMSequence(
+                self.features,
+                kernel_init=self.kernel_init,
+                recurrent_kernel_init=self.recurrent_kernel_init,
+                forget_bias=self.forget_bias,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+        return make_cell(
+            self.cell,
+            self.features,
+            kernel_init=self.kernel_init,
+            recurrent_kernel_init=self.recurrent_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, *, valid: jax.Array | None = None,
-                 lengths: jax.Array | None = None, initial_carry: Carry | None = None,
-                 return_carry: bool = False) -> jax.Array | tuple[Carry, jax.Array]:
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        valid: jax.Array | None = None,
+        lengths: jax.Array | None = None,
+        initial_carry: Carry | None = None,
+        return_carry: bool = False,
+    ) -> jax.Array | tuple[Carry, jax.Array]:
         if inputs.ndim != 3:
-            raise ValueError(f"RNNLayer expects (batch, time, features) inputs, got shape {inputs.shape}")
+            raise ValueError(
+                f'RNNLayer expects (batch, time, features) inputs, got shape {inputs.shape}'
+            )
         batch, time = inputs.shape[:2]
         mask = sequence_mask(batch, time, valid, lengths)
         cell = self._build_cell()
         carry = cell.initial_carry(batch) if initial_carry is None else initial_carry
         if isinstance(cell, LSTMSequence):
-            carry, outputs = cell(carry, jnp.swapaxes(inputs, 0, 1), mask.T, reverse=self.reverse,
-                                  unroll=self.unroll)
+            carry, outputs = cell(
+                carry, jnp.swapaxes(inputs, 0, 1), mask.T, reverse=self.reverse, unroll=self.unroll
+            )
             outputs = jnp.swapaxes(outputs, 0, 1)
             return (carry, outputs) if return_carry else outputs
-        scan = nn.scan(_masked_step, variable_broadcast='params', split_rngs={'params': False},
-                       in_axes=1, out_axes=1, reverse=self.reverse, unroll=self.unroll)
+        scan = nn.scan(
+            _masked_step,
+            variable_broadcast='params',
+            split_rngs={'params': False},
+            in_axes=1,
+            out_axes=1,
+            reverse=self.reverse,
+            unroll=self.unroll,
+        )
         carry, outputs = scan(cell, carry, (inputs, mask))
         return (carry, outputs) if return_carry else outputs
 
@@ -328,16 +381,31 @@ class BidirectionalRNN(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, *, valid: jax.Array | None = None,
-                 lengths: jax.Array | None = None,
-                 return_carry: bool = False) -> jax.Array | tuple[tuple[Carry, Carry], jax.Array]:
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        valid: jax.Array | None = None,
+        lengths: jax.Array | None = None,
+        return_carry: bool = False,
+    ) -> jax.Array | tuple[tuple[Carry, Carry], jax.Array]:
         mask = sequence_mask(inputs.shape[0], inputs.shape[1], valid, lengths)
-        fields = dict(cell=self.cell, features=self.features, kernel_init=self.kernel_init,
-                      recurrent_kernel_init=self.recurrent_kernel_init, forget_bias=self.forget_bias,
-                      unroll=self.unroll, dtype=self.dtype, param_dtype=self.param_dtype)
-        forward_carry, forward = RNNLayer(**fields, name='forward')(inputs, valid=mask, return_carry=True)
+        fields = dict(
+            cell=self.cell,
+            features=self.features,
+            kernel_init=self.kernel_init,
+            recurrent_kernel_init=self.recurrent_kernel_init,
+            forget_bias=self.forget_bias,
+            unroll=self.unroll,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        forward_carry, forward = RNNLayer(**fields, name='forward')(
+            inputs, valid=mask, return_carry=True
+        )
         backward_carry, backward = RNNLayer(**fields, reverse=True, name='backward')(
-            inputs, valid=mask, return_carry=True)
+            inputs, valid=mask, return_carry=True
+        )
         outputs = merge_directions(forward, backward, self.merge)
         return ((forward_carry, backward_carry), outputs) if return_carry else outputs
 
@@ -345,7 +413,9 @@ class BidirectionalRNN(nn.Module):
 def merge_directions(forward: jax.Array, backward: jax.Array, merge: str) -> jax.Array:
     """Concatenate (on the feature axis) or sum the two directions' arrays."""
     blocks.check_choice('merge', merge, MERGES)
-    return jnp.concatenate([forward, backward], axis=-1) if merge == 'concat' else forward + backward
+    return (
+        jnp.concatenate([forward, backward], axis=-1) if merge == 'concat' else forward + backward
+    )
 
 
 class StackedRNN(nn.Module):
@@ -371,17 +441,30 @@ class StackedRNN(nn.Module):
         blocks.check_choice('merge', self.merge, MERGES)
         blocks.check_rate('dropout_rate', self.dropout_rate)
         if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+            raise ValueError(f'num_layers must be >= 1, got {self.num_layers}')
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, *, valid: jax.Array | None = None,
-                 lengths: jax.Array | None = None, train: bool = False,
-                 return_carry: bool = False) -> jax.Array | tuple[tuple[Any, ...], jax.Array]:
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        valid: jax.Array | None = None,
+        lengths: jax.Array | None = None,
+        train: bool = False,
+        return_carry: bool = False,
+    ) -> jax.Array | tuple[tuple[Any, ...], jax.Array]:
         mask = sequence_mask(inputs.shape[0], inputs.shape[1], valid, lengths)
-        fields = dict(cell=self.cell, features=self.features, kernel_init=self.kernel_init,
-                      recurrent_kernel_init=self.recurrent_kernel_init, forget_bias=self.forget_bias,
-                      unroll=self.unroll, dtype=self.dtype, param_dtype=self.param_dtype)
+        fields = dict(
+            cell=self.cell,
+            features=self.features,
+            kernel_init=self.kernel_init,
+            recurrent_kernel_init=self.recurrent_kernel_init,
+            forget_bias=self.forget_bias,
+            unroll=self.unroll,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         x, carries = inputs, []
         for i in range(self.num_layers):
             if i > 0:

@@ -21,13 +21,13 @@ the two hidden FC layers (e.g. `width=32, fc_width=512` for Fashion-MNIST).
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 
@@ -38,8 +38,9 @@ _WIDTH_FACTORS = (1, 3, 6, 4, 4)
 _POOLED_SIZE = {'imagenet': 6, 'small': 1}
 
 
-def local_response_norm(x: jax.Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
-                        beta: float = 0.75) -> jax.Array:
+def local_response_norm(
+    x: jax.Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4, beta: float = 0.75
+) -> jax.Array:
     """AlexNet's across-channel normalisation: x / (k + α Σ x²)^β over `size` neighbouring channels.
 
     The paper's form (α is not divided by `size`, unlike PyTorch's LocalResponseNorm, so
@@ -49,7 +50,7 @@ def local_response_norm(x: jax.Array, size: int = 5, k: float = 2.0, alpha: floa
     x32 = x.astype(jnp.float32)
     squares = jnp.pad(jnp.square(x32), [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)])
     channels = x.shape[-1]
-    window_sum = sum(squares[..., i:i + channels] for i in range(size))
+    window_sum = sum(squares[..., i : i + channels] for i in range(size))
     return (x32 / (k + alpha * window_sum) ** beta).astype(x.dtype)
 
 
@@ -76,9 +77,15 @@ class AlexNet(nn.Module):
         blocks.check_choice('activation', self.activation, blocks.ACTIVATIONS)
         blocks.check_choice('kernel_init', self.kernel_init, blocks.INITIALIZERS)
         blocks.check_rate('dropout_rate', self.dropout_rate)
-        if self.width < 1 or self.fc_width < 1 or (self.pooled_size is not None and self.pooled_size < 1):
-            raise ValueError(f"width, fc_width and pooled_size must be positive, got width={self.width}, "
-                             f"fc_width={self.fc_width}, pooled_size={self.pooled_size}")
+        if (
+            self.width < 1
+            or self.fc_width < 1
+            or (self.pooled_size is not None and self.pooled_size < 1)
+        ):
+            raise ValueError(
+                f'width, fc_width and pooled_size must be positive, got width={self.width}, '
+                f'fc_width={self.fc_width}, pooled_size={self.pooled_size}'
+            )
         super().__post_init__()
 
     def _output_size(self, size: int) -> int:
@@ -96,16 +103,22 @@ class AlexNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         blocks.check_images(self, x)
-        conv = dict(use_norm=False, activation=self.activation, kernel_init=self.kernel_init,
-                    dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = dict(
+            use_norm=False,
+            activation=self.activation,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         widths = [self.width * f for f in _WIDTH_FACTORS]
         pool = lambda y: nn.max_pool(y, (3, 3), strides=(2, 2), padding='VALID')  # noqa: E731
         x = x.astype(self.dtype)
 
         if self.stem == 'imagenet':
             # torchvision pads the 11x11/4 conv by 2, not by k // 2.
-            x = blocks.ConvNormAct(widths[0], 11, strides=4, padding=[(2, 2), (2, 2)], name='conv1',
-                                   **conv)(x, train=train)
+            x = blocks.ConvNormAct(
+                widths[0], 11, strides=4, padding=[(2, 2), (2, 2)], name='conv1', **conv
+            )(x, train=train)
         else:
             x = blocks.ConvNormAct(widths[0], 3, name='conv1', **conv)(x, train=train)
         if self.lrn:
@@ -122,8 +135,11 @@ class AlexNet(nn.Module):
         pooled = _POOLED_SIZE[self.stem] if self.pooled_size is None else self.pooled_size
         x = blocks.adaptive_avg_pool(x, pooled)
         x = x.reshape(x.shape[0], -1)
-        dense = dict(kernel_init=blocks.initializer(self.kernel_init), dtype=self.dtype,
-                     param_dtype=self.param_dtype)
+        dense = dict(
+            kernel_init=blocks.initializer(self.kernel_init),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         for i in (1, 2):
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
             x = Dense(self.fc_width, name=f'fc{i}', **dense)(x)

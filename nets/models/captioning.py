@@ -23,17 +23,17 @@ the training task weights by λ and adds to the loss.
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
-from nets.models import seq2seq
-from nets.registry import register
 from nets.layers.recurrent import LSTMState
+from nets.models import seq2seq
 from nets.models.seq2seq import Carry, DecoderStep, Encoded, Memory
 from nets.models.transformer import shift_right
-from nets.kernels.mixed_precision import Dense
+from nets.registry import register
 
 Dtype = Any
 
@@ -67,24 +67,46 @@ class ShowAttendTell(nn.Module):
     def __post_init__(self) -> None:
         blocks.check_rate('dropout_rate', self.dropout_rate)
         if not self.channels or any(c < 1 for c in self.channels):
-            raise ValueError(f"channels must be a non-empty tuple of positive ints, got {self.channels!r}")
-        sizes = ('vocab_size', 'convs_per_stage', 'embed_dim', 'hidden_size', 'attention_dim', 'unroll')
+            raise ValueError(
+                f'channels must be a non-empty tuple of positive ints, got {self.channels!r}'
+            )
+        sizes = (
+            'vocab_size',
+            'convs_per_stage',
+            'embed_dim',
+            'hidden_size',
+            'attention_dim',
+            'unroll',
+        )
         if min(getattr(self, size) for size in sizes) < 1:
-            raise ValueError(f"{', '.join(sizes)} must be positive, got "
-                             f"{[getattr(self, size) for size in sizes]}")
+            raise ValueError(
+                f'{", ".join(sizes)} must be positive, got '
+                f'{[getattr(self, size) for size in sizes]}'
+            )
         seq2seq.check_token_ids(self, self.vocab_size)
         super().__post_init__()
 
     def setup(self) -> None:
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.convs = [[blocks.ConvNormAct(features, 3, **dims) for _ in range(self.convs_per_stage)]
-                      for features in self.channels]
+        self.convs = [
+            [blocks.ConvNormAct(features, 3, **dims) for _ in range(self.convs_per_stage)]
+            for features in self.channels
+        ]
         self.embedding = nn.Embed(self.vocab_size, self.embed_dim, **dims)
         self.init_h = Dense(self.hidden_size, **dims)
         self.init_c = Dense(self.hidden_size, **dims)
-        self.decoder = DecoderStep(self.vocab_size, self.hidden_size, cell='lstm', num_layers=1,
-                                   attention_features=self.attention_dim, gate=self.gate, readout='deep',
-                                   readout_size=self.embed_dim, dropout_rate=self.dropout_rate, **dims)
+        self.decoder = DecoderStep(
+            self.vocab_size,
+            self.hidden_size,
+            cell='lstm',
+            num_layers=1,
+            attention_features=self.attention_dim,
+            gate=self.gate,
+            readout='deep',
+            readout_size=self.embed_dim,
+            dropout_rate=self.dropout_rate,
+            **dims,
+        )
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def grid_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -97,7 +119,9 @@ class ShowAttendTell(nn.Module):
     def features(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """(batch, H, W, C) images -> (batch, h, w, channels[-1]) feature grid."""
         if images.ndim != 4:
-            raise ValueError(f"ShowAttendTell expects (batch, H, W, C) images, got shape {images.shape}")
+            raise ValueError(
+                f'ShowAttendTell expects (batch, H, W, C) images, got shape {images.shape}'
+            )
         minimum = 2 ** (len(self.channels) - 1)
         blocks.check_input_size(f'{len(self.channels)} stages', images.shape[1:3], minimum)
         x = images.astype(self.dtype)
@@ -114,8 +138,10 @@ class ShowAttendTell(nn.Module):
         grid = self.features(images, train=train)
         annotations = grid.reshape(grid.shape[0], -1, grid.shape[-1])
         mean = jnp.mean(annotations, axis=1)
-        carry = LSTMState(c=jnp.tanh(self.init_c(mean)).astype(jnp.float32),
-                          h=jnp.tanh(self.init_h(mean)).astype(jnp.float32))
+        carry = LSTMState(
+            c=jnp.tanh(self.init_c(mean)).astype(jnp.float32),
+            h=jnp.tanh(self.init_h(mean)).astype(jnp.float32),
+        )
         memory = Memory(annotations=annotations, keys=self.decoder.project_keys(annotations))
         return Encoded(memory, (carry,))
 
@@ -125,15 +151,21 @@ class ShowAttendTell(nn.Module):
         With `mutable=['intermediates']` the attention weights (batch, T, L) are sown.
         """
         if not jnp.issubdtype(captions.dtype, jnp.integer) or captions.ndim != 2:
-            raise ValueError(f"ShowAttendTell expects (batch, T) int token ids as captions, got "
-                             f"{captions.dtype} of shape {captions.shape}")
-        embedded = self.dropout(self.embedding(shift_right(captions, self.bos_id)), deterministic=not train)
-        logits, _ = seq2seq.teacher_forcing(self.decoder, encoded.carry, embedded, encoded.memory,
-                                            train=train, unroll=self.unroll)
+            raise ValueError(
+                f'ShowAttendTell expects (batch, T) int token ids as captions, got '
+                f'{captions.dtype} of shape {captions.shape}'
+            )
+        embedded = self.dropout(
+            self.embedding(shift_right(captions, self.bos_id)), deterministic=not train
+        )
+        logits, _ = seq2seq.teacher_forcing(
+            self.decoder, encoded.carry, embedded, encoded.memory, train=train, unroll=self.unroll
+        )
         return logits
 
-    def decode_step(self, memory: Memory, carry: tuple[Carry, ...],
-                    tokens: jax.Array) -> tuple[jax.Array, tuple[Carry, ...]]:
+    def decode_step(
+        self, memory: Memory, carry: tuple[Carry, ...], tokens: jax.Array
+    ) -> tuple[jax.Array, tuple[Carry, ...]]:
         """One generation step: previous tokens (batch,) -> (next-word logits (batch, vocab), carry)."""
         carry, (logits, _) = self.decoder(carry, self.embedding(tokens), memory, train=False)
         return logits, carry
@@ -143,16 +175,26 @@ class ShowAttendTell(nn.Module):
         return self.decode(self.encode(images, train=train), captions, train=train)
 
 
-def generate(model: ShowAttendTell, variables: dict[str, Any], images: jax.Array, *, max_length: int,
-             beam_size: int = 1, **options: Any) -> tuple[jax.Array, jax.Array]:
+def generate(
+    model: ShowAttendTell,
+    variables: dict[str, Any],
+    images: jax.Array,
+    *,
+    max_length: int,
+    beam_size: int = 1,
+    **options: Any,
+) -> tuple[jax.Array, jax.Array]:
     """Captions for (batch, H, W, C) images by greedy (beam_size=1) or beam search:
     (sequences (batch, max_length), scores (batch,)); see `nets.models.seq2seq.generate` for
     `options` (alpha, all_beams). `variables` include 'batch_stats'."""
-    return seq2seq.generate(model, variables, images, max_length=max_length, beam_size=beam_size, **options)
+    return seq2seq.generate(
+        model, variables, images, max_length=max_length, beam_size=beam_size, **options
+    )
 
 
-def attention_maps(model: ShowAttendTell, variables: dict[str, Any], images: jax.Array,
-                   captions: jax.Array) -> jax.Array:
+def attention_maps(
+    model: ShowAttendTell, variables: dict[str, Any], images: jax.Array, captions: jax.Array
+) -> jax.Array:
     """α of a teacher-forced pass as pictures, (batch, T, h, w): map t is where the model looked
     while predicting captions[:, t]; each sums to 1. Upsample by the image/grid ratio to overlay."""
     _, state = model.apply(variables, images, captions, train=False, mutable=['intermediates'])
@@ -160,8 +202,9 @@ def attention_maps(model: ShowAttendTell, variables: dict[str, Any], images: jax
     return weights.reshape(*weights.shape[:2], *model.grid_shape(images.shape))
 
 
-def doubly_stochastic_penalty(weights: jax.Array, valid: jax.Array | None = None,
-                              target: float = 1.0) -> jax.Array:
+def doubly_stochastic_penalty(
+    weights: jax.Array, valid: jax.Array | None = None, target: float = 1.0
+) -> jax.Array:
     """Xu et al.'s doubly stochastic attention regulariser per example, Σ_i (target − Σ_t α_ti)².
 
     `weights`: (batch, T, L) or (batch, T, h, w) attention (each step sums to 1 over the
@@ -180,5 +223,15 @@ def doubly_stochastic_penalty(weights: jax.Array, valid: jax.Array | None = None
 
 # For the course's digit strips (28 x 112 x 1, 14-word vocabulary): a 7 x 28 grid of 128-wide
 # annotations (L = 196, as the paper's 14 x 14); a CPU trains it in minutes.
-register('show_attend_tell', ShowAttendTell, family='captioning', vocab_size=14, channels=(32, 64, 128),
-         convs_per_stage=2, embed_dim=64, hidden_size=128, attention_dim=64, gate=True)
+register(
+    'show_attend_tell',
+    ShowAttendTell,
+    family='captioning',
+    vocab_size=14,
+    channels=(32, 64, 128),
+    convs_per_stage=2,
+    embed_dim=64,
+    hidden_size=128,
+    attention_dim=64,
+    gate=True,
+)

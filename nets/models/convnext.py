@@ -20,14 +20,14 @@ is the total stride: 32 px for 'imagenet', 16 px for 'small' (four stages).
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from nets.layers import blocks
 from nets.kernels.conv import Conv
-from nets.registry import register
 from nets.kernels.mixed_precision import Dense
+from nets.layers import blocks
+from nets.registry import register
 
 Dtype = Any
 
@@ -51,16 +51,26 @@ class ConvNeXtBlock(nn.Module):
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         init = dict(kernel_init=blocks.initializer('truncated_normal'), **dims)
         k = self.kernel_size
-        y = Conv(dim, (k, k), padding=[(k // 2, k // 2)] * 2, feature_group_count=dim, name='dwconv',
-                    **init)(x)
+        y = Conv(
+            dim,
+            (k, k),
+            padding=[(k // 2, k // 2)] * 2,
+            feature_group_count=dim,
+            name='dwconv',
+            **init,
+        )(x)
         y = blocks.layer_norm(name='norm', **dims)(y)
         y = Dense(self.mlp_ratio * dim, name='pwconv1', **init)(y)
         y = blocks.activation('gelu')(y)
         y = Dense(dim, name='pwconv2', **init)(y)
         if self.layer_scale_init > 0:
             # Tiny γ: every block starts close to the identity, so deep stacks train from the start.
-            gamma = self.param('layer_scale', nn.initializers.constant(self.layer_scale_init), (dim,),
-                               self.param_dtype)
+            gamma = self.param(
+                'layer_scale',
+                nn.initializers.constant(self.layer_scale_init),
+                (dim,),
+                self.param_dtype,
+            )
             y = y * gamma.astype(self.dtype)
         return x + blocks.DropPath(self.drop_path_rate)(y, train=train)
 
@@ -87,15 +97,25 @@ class ConvNeXt(nn.Module):
     def __post_init__(self) -> None:
         blocks.check_choice('stem', self.stem, STEMS)
         blocks.check_rate('drop_path_rate', self.drop_path_rate)
-        if (not self.depths or len(self.depths) != len(self.dims)
-                or min(self.depths) < 1 or min(self.dims) < 1):
-            raise ValueError(f"depths and dims must be non-empty tuples of positive ints of equal length, "
-                             f"got depths={self.depths!r}, dims={self.dims!r}")
+        if (
+            not self.depths
+            or len(self.depths) != len(self.dims)
+            or min(self.depths) < 1
+            or min(self.dims) < 1
+        ):
+            raise ValueError(
+                f'depths and dims must be non-empty tuples of positive ints of equal length, '
+                f'got depths={self.depths!r}, dims={self.dims!r}'
+            )
         if self.kernel_size < 1 or self.kernel_size % 2 == 0 or self.mlp_ratio < 1:
-            raise ValueError(f"kernel_size must be a positive odd int and mlp_ratio positive, got "
-                             f"kernel_size={self.kernel_size}, mlp_ratio={self.mlp_ratio}")
+            raise ValueError(
+                f'kernel_size must be a positive odd int and mlp_ratio positive, got '
+                f'kernel_size={self.kernel_size}, mlp_ratio={self.mlp_ratio}'
+            )
         if self.layer_scale_init < 0:
-            raise ValueError(f"layer_scale_init must be >= 0 (0: no layer scale), got {self.layer_scale_init!r}")
+            raise ValueError(
+                f'layer_scale_init must be >= 0 (0: no layer scale), got {self.layer_scale_init!r}'
+            )
         super().__post_init__()
 
     def min_input_size(self) -> int:
@@ -105,11 +125,13 @@ class ConvNeXt(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if x.ndim != 4:
-            raise ValueError(f"ConvNeXt expects (N, H, W, C) images, got shape {x.shape}")
+            raise ValueError(f'ConvNeXt expects (N, H, W, C) images, got shape {x.shape}')
         minimum = self.min_input_size()
         if min(x.shape[1:3]) < minimum:
-            raise ValueError(f"Input size {x.shape[1]}x{x.shape[2]} is too small for stem {self.stem!r} and "
-                             f"{len(self.depths)} stages: minimum {minimum}x{minimum}")
+            raise ValueError(
+                f'Input size {x.shape[1]}x{x.shape[2]} is too small for stem {self.stem!r} and '
+                f'{len(self.depths)} stages: minimum {minimum}x{minimum}'
+            )
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         init = dict(kernel_init=blocks.initializer('truncated_normal'), **dims)
         s = _STEM_STRIDE[self.stem]
@@ -122,12 +144,19 @@ class ConvNeXt(nn.Module):
         for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if stage > 0:
                 x = blocks.layer_norm(name=f'downsample{stage}_norm', **dims)(x)
-                x = Conv(dim, (2, 2), strides=(2, 2), padding='VALID', name=f'downsample{stage}', **init)(x)
+                x = Conv(
+                    dim, (2, 2), strides=(2, 2), padding='VALID', name=f'downsample{stage}', **init
+                )(x)
             for i in range(depth):
                 rate = self.drop_path_rate * index / max(total_blocks - 1, 1)
-                x = ConvNeXtBlock(self.kernel_size, self.mlp_ratio, drop_path_rate=rate,
-                                  layer_scale_init=self.layer_scale_init,
-                                  name=f'stage{stage}_block{i}', **dims)(x, train=train)
+                x = ConvNeXtBlock(
+                    self.kernel_size,
+                    self.mlp_ratio,
+                    drop_path_rate=rate,
+                    layer_scale_init=self.layer_scale_init,
+                    name=f'stage{stage}_block{i}',
+                    **dims,
+                )(x, train=train)
                 index += 1
         x = jnp.mean(x, axis=(1, 2))
         x = blocks.layer_norm(name='head_norm', **dims)(x)
@@ -143,4 +172,6 @@ _VARIANTS = {
     'convnext_l': ((3, 3, 27, 3), (192, 384, 768, 1536), 0.5),
 }
 for _name, (_depths, _dims, _drop_path) in _VARIANTS.items():
-    register(_name, ConvNeXt, family='convnext', depths=_depths, dims=_dims, drop_path_rate=_drop_path)
+    register(
+        _name, ConvNeXt, family='convnext', depths=_depths, dims=_dims, drop_path_rate=_drop_path
+    )

@@ -31,14 +31,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from nets.layers import blocks
 from nets.kernels.conv import Conv
-from nets.registry import register
+from nets.layers import blocks
 from nets.models.resnet import BasicBlock, BottleneckBlock, ResNet, Shortcut
+from nets.registry import register
 
 Dtype = Any
 Padding = int | str | Sequence[int | tuple[int, int]]
@@ -47,25 +47,41 @@ VERSIONS = ('v1', 'v2')
 PADDING_NAMES = ('SAME', 'VALID')
 
 
-def _explicit_padding(padding: Padding, in_size: Sequence[int], kernel_size: Sequence[int],
-                      strides: Sequence[int], dilation: Sequence[int]) -> list[tuple[int, int]]:
+def _explicit_padding(
+    padding: Padding,
+    in_size: Sequence[int],
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+) -> list[tuple[int, int]]:
     """(low, high) padding per spatial dim from an int, a name, or per-dim ints/pairs."""
     if isinstance(padding, str):
         blocks.check_choice('padding', padding.upper(), PADDING_NAMES)
         dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
-        return [tuple(p) for p in jax.lax.padtype_to_pads(in_size, dilated, strides, padding.upper())]
+        return [
+            tuple(p) for p in jax.lax.padtype_to_pads(in_size, dilated, strides, padding.upper())
+        ]
     if isinstance(padding, int):
         return [(padding, padding)] * len(in_size)
     padding = tuple(padding)
     if len(padding) != len(in_size):
-        raise ValueError(f"padding {padding} has {len(padding)} entries but the input has "
-                         f"{len(in_size)} spatial dims")
+        raise ValueError(
+            f'padding {padding} has {len(padding)} entries but the input has '
+            f'{len(in_size)} spatial dims'
+        )
     return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
 
 
-def deformable_conv(x: jax.Array, kernel: jax.Array, offsets: jax.Array, masks: jax.Array | None = None, *,
-                    strides: int | Sequence[int] = 1, padding: Padding = 0,
-                    dilation: int | Sequence[int] = 1) -> jax.Array:
+def deformable_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    offsets: jax.Array,
+    masks: jax.Array | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: Padding = 0,
+    dilation: int | Sequence[int] = 1,
+) -> jax.Array:
     """Deformable 2-D convolution (no bias).
 
     Args:
@@ -84,29 +100,39 @@ def deformable_conv(x: jax.Array, kernel: jax.Array, offsets: jax.Array, masks: 
     pixels of large images to a fraction of a pixel).
     """
     if x.ndim != 4 or kernel.ndim != 4:
-        raise ValueError(f"deformable_conv expects (N, H, W, C) inputs and (kh, kw, C_in, C_out) kernels, "
-                         f"got shapes {x.shape} and {kernel.shape}")
+        raise ValueError(
+            f'deformable_conv expects (N, H, W, C) inputs and (kh, kw, C_in, C_out) kernels, '
+            f'got shapes {x.shape} and {kernel.shape}'
+        )
     batch, height, width, channels = x.shape
     kh, kw, kernel_in, out_features = kernel.shape
     if kernel_in != channels:
-        raise ValueError(f"kernel expects {kernel_in} input channels, the input has {channels}")
+        raise ValueError(f'kernel expects {kernel_in} input channels, the input has {channels}')
     strides = blocks.to_tuple(strides, 2, 'strides')
     dilation = blocks.to_tuple(dilation, 2, 'dilation')
     pads = _explicit_padding(padding, (height, width), (kh, kw), strides, dilation)
-    out_h, out_w = ((size + lo + hi - (k - 1) * d - 1) // s + 1
-                    for size, (lo, hi), k, d, s in zip((height, width), pads, (kh, kw), dilation, strides))
+    out_h, out_w = (
+        (size + lo + hi - (k - 1) * d - 1) // s + 1
+        for size, (lo, hi), k, d, s in zip((height, width), pads, (kh, kw), dilation, strides)
+    )
     if out_h < 1 or out_w < 1:
-        raise ValueError(f"deformable_conv: input {height}x{width} with padding {pads} is smaller than the "
-                         f"dilated {kh}x{kw} kernel")
+        raise ValueError(
+            f'deformable_conv: input {height}x{width} with padding {pads} is smaller than the '
+            f'dilated {kh}x{kw} kernel'
+        )
     taps = kh * kw
     if offsets.shape[:3] != (batch, out_h, out_w) or offsets.shape[-1] % (2 * taps):
-        raise ValueError(f"offsets must have shape ({batch}, {out_h}, {out_w}, G*{2 * taps}), "
-                         f"got {offsets.shape}")
+        raise ValueError(
+            f'offsets must have shape ({batch}, {out_h}, {out_w}, G*{2 * taps}), '
+            f'got {offsets.shape}'
+        )
     groups = offsets.shape[-1] // (2 * taps)
     if channels % groups:
-        raise ValueError(f"{groups} offset groups do not divide the {channels} input channels")
+        raise ValueError(f'{groups} offset groups do not divide the {channels} input channels')
     if masks is not None and masks.shape != (batch, out_h, out_w, groups * taps):
-        raise ValueError(f"masks must have shape ({batch}, {out_h}, {out_w}, {groups * taps}), got {masks.shape}")
+        raise ValueError(
+            f'masks must have shape ({batch}, {out_h}, {out_w}, {groups * taps}), got {masks.shape}'
+        )
 
     # Regular-grid position of every (output location, tap), then the learned shift.
     rows = jnp.arange(out_h, dtype=jnp.float32) * strides[0] - pads[0][0]
@@ -143,7 +169,9 @@ def deformable_conv(x: jax.Array, kernel: jax.Array, offsets: jax.Array, masks: 
     index = index.transpose(1, 4, 0, 2, 3, 5).reshape(batch, groups, -1, 1)
     sampled = jnp.take_along_axis(values, index, axis=2)
     sampled = sampled.reshape(batch, groups, 4, out_h, out_w, taps, group_channels)
-    weight = weight.transpose(1, 4, 0, 2, 3, 5)[..., None].astype(x.dtype)  # (N, G, 4, Ho, Wo, K, 1)
+    weight = weight.transpose(1, 4, 0, 2, 3, 5)[..., None].astype(
+        x.dtype
+    )  # (N, G, 4, Ho, Wo, K, 1)
     columns = jnp.sum(sampled * weight, axis=2)  # (N, G, Ho, Wo, K, C/G)
 
     kernel = kernel.reshape(taps, groups, group_channels, out_features).astype(x.dtype)
@@ -177,19 +205,23 @@ class DeformableConv(nn.Module):
         blocks.check_choice('deformable conv version', self.version, VERSIONS)
         blocks.check_choice('kernel_init', self.kernel_init, blocks.INITIALIZERS)
         if self.features < 1 or self.offset_groups < 1:
-            raise ValueError(f"features and offset_groups must be positive, got features={self.features}, "
-                             f"offset_groups={self.offset_groups}")
+            raise ValueError(
+                f'features and offset_groups must be positive, got features={self.features}, '
+                f'offset_groups={self.offset_groups}'
+            )
         if not self.mask_scale > 0:
-            raise ValueError(f"mask_scale must be positive, got {self.mask_scale!r}")
+            raise ValueError(f'mask_scale must be positive, got {self.mask_scale!r}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
-            raise ValueError(f"DeformableConv expects (N, H, W, C) images, got shape {x.shape}")
+            raise ValueError(f'DeformableConv expects (N, H, W, C) images, got shape {x.shape}')
         channels = x.shape[-1]
         if channels % self.offset_groups:
-            raise ValueError(f"offset_groups {self.offset_groups} does not divide the {channels} input channels")
+            raise ValueError(
+                f'offset_groups {self.offset_groups} does not divide the {channels} input channels'
+            )
         kernel_size = blocks.to_tuple(self.kernel_size, 2, 'kernel_size')
         strides = blocks.to_tuple(self.strides, 2, 'strides')
         dilation = blocks.to_tuple(self.dilation, 2, 'dilation')
@@ -201,18 +233,37 @@ class DeformableConv(nn.Module):
         num_offsets = 2 * taps
         x = x.astype(self.dtype)
         # Same geometry as the deformable conv: one offset (and mask) set per output location.
-        predicted = Conv(num_offsets + (taps if self.version == 'v2' else 0), kernel_size, strides=strides,
-                            padding=pads, kernel_dilation=dilation, kernel_init=nn.initializers.zeros,
-                            bias_init=nn.initializers.zeros, dtype=self.dtype, param_dtype=self.param_dtype,
-                            name='offset')(x)
+        predicted = Conv(
+            num_offsets + (taps if self.version == 'v2' else 0),
+            kernel_size,
+            strides=strides,
+            padding=pads,
+            kernel_dilation=dilation,
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='offset',
+        )(x)
         offsets = predicted[..., :num_offsets]
         masks = None
         if self.version == 'v2':
             masks = self.mask_scale * nn.sigmoid(predicted[..., num_offsets:].astype(jnp.float32))
-        kernel = self.param('kernel', blocks.initializer(self.kernel_init),
-                            kernel_size + (channels, self.features), self.param_dtype)
-        y = deformable_conv(x, kernel.astype(self.dtype), offsets, masks, strides=strides, padding=pads,
-                            dilation=dilation)
+        kernel = self.param(
+            'kernel',
+            blocks.initializer(self.kernel_init),
+            kernel_size + (channels, self.features),
+            self.param_dtype,
+        )
+        y = deformable_conv(
+            x,
+            kernel.astype(self.dtype),
+            offsets,
+            masks,
+            strides=strides,
+            padding=pads,
+            dilation=dilation,
+        )
         if self.use_bias:
             bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
@@ -239,12 +290,26 @@ class DeformableConvNormAct(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = DeformableConv(self.features, 3, strides=self.strides, version=self.version,
-                           offset_groups=self.offset_groups, mask_scale=self.mask_scale, use_bias=False,
-                           kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                           name='conv')(x)
-        x = blocks.batch_norm(train=train, dtype=self.dtype, param_dtype=self.param_dtype,
-                              zero_scale=self.zero_init_norm, name='norm')(x)
+        x = DeformableConv(
+            self.features,
+            3,
+            strides=self.strides,
+            version=self.version,
+            offset_groups=self.offset_groups,
+            mask_scale=self.mask_scale,
+            use_bias=False,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='conv',
+        )(x)
+        x = blocks.batch_norm(
+            train=train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            zero_scale=self.zero_init_norm,
+            name='norm',
+        )(x)
         return blocks.activation(self.activation)(x)
 
 
@@ -258,14 +323,32 @@ class DeformableBottleneckBlock(BottleneckBlock):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         conv = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
-        deform = dict(version=self.version, offset_groups=self.offset_groups, mask_scale=self.mask_scale)
+        deform = dict(
+            version=self.version, offset_groups=self.offset_groups, mask_scale=self.mask_scale
+        )
         out_features = self.features * self.expansion
-        y = blocks.ConvNormAct(self.features, 1, activation=self.activation, name='conv1', **conv)(x, train=train)
-        y = DeformableConvNormAct(self.features, strides=self.strides, activation=self.activation,
-                                  name='conv2', **deform, **conv)(y, train=train)
-        y = blocks.ConvNormAct(out_features, 1, activation='identity',
-                               zero_init_norm=self.zero_init_residual, name='conv3', **conv)(y, train=train)
-        residual = Shortcut(out_features, self.strides, self.shortcut, name='shortcut', **conv)(x, train=train)
+        y = blocks.ConvNormAct(self.features, 1, activation=self.activation, name='conv1', **conv)(
+            x, train=train
+        )
+        y = DeformableConvNormAct(
+            self.features,
+            strides=self.strides,
+            activation=self.activation,
+            name='conv2',
+            **deform,
+            **conv,
+        )(y, train=train)
+        y = blocks.ConvNormAct(
+            out_features,
+            1,
+            activation='identity',
+            zero_init_norm=self.zero_init_residual,
+            name='conv3',
+            **conv,
+        )(y, train=train)
+        residual = Shortcut(out_features, self.strides, self.shortcut, name='shortcut', **conv)(
+            x, train=train
+        )
         return blocks.activation(self.activation)(y + residual)
 
 
@@ -279,12 +362,28 @@ class DeformableBasicBlock(BasicBlock):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         conv = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
-        deform = dict(version=self.version, offset_groups=self.offset_groups, mask_scale=self.mask_scale)
-        y = DeformableConvNormAct(self.features, strides=self.strides, activation=self.activation,
-                                  name='conv1', **deform, **conv)(x, train=train)
-        y = DeformableConvNormAct(self.features, activation='identity', zero_init_norm=self.zero_init_residual,
-                                  name='conv2', **deform, **conv)(y, train=train)
-        residual = Shortcut(self.features, self.strides, self.shortcut, name='shortcut', **conv)(x, train=train)
+        deform = dict(
+            version=self.version, offset_groups=self.offset_groups, mask_scale=self.mask_scale
+        )
+        y = DeformableConvNormAct(
+            self.features,
+            strides=self.strides,
+            activation=self.activation,
+            name='conv1',
+            **deform,
+            **conv,
+        )(x, train=train)
+        y = DeformableConvNormAct(
+            self.features,
+            activation='identity',
+            zero_init_norm=self.zero_init_residual,
+            name='conv2',
+            **deform,
+            **conv,
+        )(y, train=train)
+        residual = Shortcut(self.features, self.strides, self.shortcut, name='shortcut', **conv)(
+            x, train=train
+        )
         return blocks.activation(self.activation)(y + residual)
 
 
@@ -313,8 +412,10 @@ class DeformableResNet(ResNet):
             for stage in self.deformable_stages:
                 blocks.check_choice('deformable stage', stage, stages)
         if self.offset_groups < 1 or not self.mask_scale > 0:
-            raise ValueError(f"offset_groups must be positive and mask_scale > 0, got "
-                             f"offset_groups={self.offset_groups}, mask_scale={self.mask_scale!r}")
+            raise ValueError(
+                f'offset_groups must be positive and mask_scale > 0, got '
+                f'offset_groups={self.offset_groups}, mask_scale={self.mask_scale!r}'
+            )
         super().__post_init__()
 
     def min_input_size(self) -> int:
@@ -323,19 +424,30 @@ class DeformableResNet(ResNet):
 
     def check_input(self, x: jax.Array) -> None:
         if x.ndim != 4:
-            raise ValueError(f"DeformableResNet expects (N, H, W, C) images, got shape {x.shape}")
+            raise ValueError(f'DeformableResNet expects (N, H, W, C) images, got shape {x.shape}')
         minimum = self.min_input_size()
         if min(x.shape[1:3]) < minimum:
-            raise ValueError(f"Input size {x.shape[1]}x{x.shape[2]} is too small for stem {self.stem!r} and "
-                             f"{len(self.stage_sizes)} stages: minimum {minimum}x{minimum}")
+            raise ValueError(
+                f'Input size {x.shape[1]}x{x.shape[2]} is too small for stem {self.stem!r} and '
+                f'{len(self.stage_sizes)} stages: minimum {minimum}x{minimum}'
+            )
 
     def block_class(self, stage: int) -> Any:
         """Deformable blocks in `deformable_stages`, ResNet's own elsewhere (same parameter names)."""
         if stage not in self.deformable_stages:
             return super().block_class(stage)
-        return functools.partial(_DEFORMABLE_BLOCK_CLASSES[self.block], version=self.deform_version,
-                                 offset_groups=self.offset_groups, mask_scale=self.mask_scale)
+        return functools.partial(
+            _DEFORMABLE_BLOCK_CLASSES[self.block],
+            version=self.deform_version,
+            offset_groups=self.offset_groups,
+            mask_scale=self.mask_scale,
+        )
 
 
-register('deformable_resnet50', DeformableResNet, family='deformable', stage_sizes=(3, 4, 6, 3),
-         block='bottleneck')
+register(
+    'deformable_resnet50',
+    DeformableResNet,
+    family='deformable',
+    stage_sizes=(3, 4, 6, 3),
+    block='bottleneck',
+)

@@ -19,12 +19,12 @@ is D(G(z)), which initialises both.
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from nets.layers import blocks
 from nets.kernels.conv import Conv
+from nets.layers import blocks
 from nets.registry import register
 
 Dtype = Any
@@ -47,15 +47,23 @@ def dcgan_layout(image_size: int) -> tuple[int, int]:
     while base % 2 == 0 and (base // 2 >= 4 or (stages < 2 and base // 2 >= 2)):
         base, stages = base // 2, stages + 1
     if stages == 0:
-        raise ValueError(f'image_size={image_size} is odd: the networks halve it at least once; '
-                         'use a size such as 8, 28, 32 or 64')
+        raise ValueError(
+            f'image_size={image_size} is odd: the networks halve it at least once; '
+            'use a size such as 8, 28, 32 or 64'
+        )
     return base, stages
 
 
 def _batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=blocks.BATCH_NORM_MOMENTUM,
-                        epsilon=blocks.BATCH_NORM_EPSILON, scale_init=_scale_init, dtype=dtype,
-                        param_dtype=param_dtype, name=name)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=blocks.BATCH_NORM_MOMENTUM,
+        epsilon=blocks.BATCH_NORM_EPSILON,
+        scale_init=_scale_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
 
 
 class Generator(nn.Module):
@@ -73,16 +81,31 @@ class Generator(nn.Module):
         features = self.width * 2 ** (stages - 1)
         x = z.astype(self.dtype).reshape(z.shape[0], 1, 1, z.shape[-1])
         # A base x base transposed convolution of a 1x1 map: the paper's "project and reshape".
-        x = nn.ConvTranspose(features, (base, base), padding='VALID', use_bias=False,
-                             kernel_init=_WEIGHT_INIT, dtype=self.dtype,
-                             param_dtype=self.param_dtype, name='project')(x)
+        x = nn.ConvTranspose(
+            features,
+            (base, base),
+            padding='VALID',
+            use_bias=False,
+            kernel_init=_WEIGHT_INIT,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='project',
+        )(x)
         x = nn.relu(_batch_norm(train, self.dtype, self.param_dtype, 'project_norm')(x))
         for stage in range(stages):
             last = stage == stages - 1
             features = self.channels if last else features // 2
-            x = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding='SAME',
-                                 use_bias=last, kernel_init=_WEIGHT_INIT, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, name=f'up{stage}')(x)
+            x = nn.ConvTranspose(
+                features,
+                (4, 4),
+                strides=(2, 2),
+                padding='SAME',
+                use_bias=last,
+                kernel_init=_WEIGHT_INIT,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f'up{stage}',
+            )(x)
             if not last:
                 x = nn.relu(_batch_norm(train, self.dtype, self.param_dtype, f'up{stage}_norm')(x))
         return jnp.tanh(x).astype(jnp.float32)
@@ -100,19 +123,36 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if x.shape[1:3] != (self.image_size, self.image_size):
-            raise ValueError(f'discriminator built for {self.image_size}x{self.image_size} '
-                             f'images got {x.shape[1:3]}')
+            raise ValueError(
+                f'discriminator built for {self.image_size}x{self.image_size} '
+                f'images got {x.shape[1:3]}'
+            )
         base, stages = dcgan_layout(self.image_size)
         x = x.astype(self.dtype)
         for stage in range(stages):
-            x = Conv(self.width * 2 ** stage, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                        use_bias=stage == 0, kernel_init=_WEIGHT_INIT, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name=f'down{stage}')(x)
+            x = Conv(
+                self.width * 2**stage,
+                (4, 4),
+                strides=(2, 2),
+                padding=((1, 1), (1, 1)),
+                use_bias=stage == 0,
+                kernel_init=_WEIGHT_INIT,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f'down{stage}',
+            )(x)
             if stage > 0:  # the paper leaves the discriminator's input layer unnormalised
                 x = _batch_norm(train, self.dtype, self.param_dtype, f'down{stage}_norm')(x)
             x = nn.leaky_relu(x, self.leaky_slope)
-        x = Conv(1, (base, base), padding='VALID', kernel_init=_WEIGHT_INIT, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name='logit')(x)
+        x = Conv(
+            1,
+            (base, base),
+            padding='VALID',
+            kernel_init=_WEIGHT_INIT,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='logit',
+        )(x)
         return x.reshape(x.shape[0]).astype(jnp.float32)
 
 
@@ -138,11 +178,20 @@ class DCGAN(nn.Module):
         super().__post_init__()
 
     def setup(self) -> None:
-        self.generator = Generator(self.image_size, self.channels, self.generator_width,
-                                   dtype=self.dtype, param_dtype=self.param_dtype)
-        self.discriminator = Discriminator(self.image_size, self.discriminator_width,
-                                           self.leaky_slope, dtype=self.dtype,
-                                           param_dtype=self.param_dtype)
+        self.generator = Generator(
+            self.image_size,
+            self.channels,
+            self.generator_width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        self.discriminator = Discriminator(
+            self.image_size,
+            self.discriminator_width,
+            self.leaky_slope,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
     def generate(self, z: jax.Array, *, train: bool = False) -> jax.Array:
         """Noise (N, latent_dim) -> images (N, S, S, channels) in [-1, 1]."""
@@ -158,5 +207,13 @@ class DCGAN(nn.Module):
 
 # The paper's 64x64 RGB model, and a 28x28 grey-scale one for (Fashion-)MNIST.
 register('dcgan', DCGAN, family='gan')
-register('dcgan_28', DCGAN, family='gan', image_size=28, channels=1, latent_dim=64,
-         generator_width=32, discriminator_width=32)
+register(
+    'dcgan_28',
+    DCGAN,
+    family='gan',
+    image_size=28,
+    channels=1,
+    latent_dim=64,
+    generator_width=32,
+    discriminator_width=32,
+)

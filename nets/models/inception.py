@@ -52,13 +52,13 @@ width (rounded, at least 1).
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 
@@ -66,7 +66,9 @@ STEMS = ('imagenet', 'small')
 POOLS = ('avg', 'max')
 
 
-def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> jax.Array:
+def max_pool(
+    x: jax.Array, window: int, stride: int, padding: int = 0, ceil_mode: bool = False
+) -> jax.Array:
     """Square max pool with PyTorch's padding and ceil-mode semantics (padding counts as -inf)."""
     pads = []
     for n in x.shape[1:-1]:
@@ -82,9 +84,9 @@ def check_inception_fields(model: nn.Module) -> None:
     blocks.check_choice('kernel_init', model.kernel_init, blocks.INITIALIZERS)
     blocks.check_rate('dropout_rate', model.dropout_rate)
     if not model.width_multiplier > 0:
-        raise ValueError(f"width_multiplier must be positive, got {model.width_multiplier!r}")
+        raise ValueError(f'width_multiplier must be positive, got {model.width_multiplier!r}')
     if getattr(model, 'aux_loss_weight', 0.0) < 0:
-        raise ValueError(f"aux_loss_weight must be >= 0, got {model.aux_loss_weight!r}")
+        raise ValueError(f'aux_loss_weight must be >= 0, got {model.aux_loss_weight!r}')
 
 
 class InceptionBlock(nn.Module):
@@ -99,21 +101,41 @@ class InceptionBlock(nn.Module):
     def width(self, features: int) -> int:
         return blocks.scale_width(features, self.width_multiplier)
 
-    def conv(self, features: int, kernel_size: int | tuple[int, int], name: str, strides: int = 1,
-             padding: str | None = None) -> blocks.ConvNormAct:
+    def conv(
+        self,
+        features: int,
+        kernel_size: int | tuple[int, int],
+        name: str,
+        strides: int = 1,
+        padding: str | None = None,
+    ) -> blocks.ConvNormAct:
         """A BasicConv2d of `features` (before the width multiplier); padding None: k // 2."""
-        return blocks.ConvNormAct(self.width(features), kernel_size, strides=strides, padding=padding,
-                                  activation=self.activation, kernel_init=self.kernel_init,
-                                  dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        return blocks.ConvNormAct(
+            self.width(features),
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            activation=self.activation,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
 
 
 def _block_fields(model: nn.Module) -> dict[str, Any]:
     """The model fields every `InceptionBlock` takes."""
-    return dict(width_multiplier=model.width_multiplier, activation=model.activation,
-                kernel_init=model.kernel_init, dtype=model.dtype, param_dtype=model.param_dtype)
+    return dict(
+        width_multiplier=model.width_multiplier,
+        activation=model.activation,
+        kernel_init=model.kernel_init,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+    )
 
 
 # --------------------------------------------------------------------------- GoogLeNet and BN-Inception
+
 
 class InceptionV1Block(InceptionBlock):
     """1x1 | 1x1-3x3 | 1x1-(3x3 or 5x5) | 3x3 max pool-1x1, concatenated.
@@ -182,11 +204,18 @@ class GoogLeNetAuxHead(InceptionBlock):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.conv(128, 1, 'conv')(blocks.adaptive_avg_pool(x, 4), train=train)
         x = x.reshape(x.shape[0], -1)
-        x = Dense(self.width(1024), kernel_init=blocks.initializer(self.kernel_init), dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='fc1')(x)
+        x = Dense(
+            self.width(1024),
+            kernel_init=blocks.initializer(self.kernel_init),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='fc1',
+        )(x)
         x = blocks.activation(self.activation)(x)
         x = nn.Dropout(0.7)(x, deterministic=not train)
-        return Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc2')(x)
+        return Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc2')(
+            x
+        )
 
 
 def run_aux_head(model: nn.Module, head: nn.Module, x: jax.Array, name: str, train: bool) -> None:
@@ -271,7 +300,9 @@ class GoogLeNet(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         blocks.check_images(self, x)
         fields = _block_fields(self)
-        inception = functools.partial(InceptionV1Block, wide_kernel_size=self.wide_kernel_size, **fields)
+        inception = functools.partial(
+            InceptionV1Block, wide_kernel_size=self.wide_kernel_size, **fields
+        )
         aux_head = functools.partial(GoogLeNetAuxHead, num_classes=self.num_classes, **fields)
 
         x = GoogLeNetStem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)
@@ -338,12 +369,14 @@ class InceptionV2(nn.Module):
         fields = _block_fields(self)
         x = GoogLeNetStem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)
         for name, features, pool, strides in _BN_INCEPTION_LAYOUT:
-            x = InceptionV2Block(features=features, pool=pool, strides=strides, name=name,
-                                 **fields)(x, train=train)
+            x = InceptionV2Block(
+                features=features, pool=pool, strides=strides, name=name, **fields
+            )(x, train=train)
         return _classifier(self, x, train)
 
 
 # --------------------------------------------------------------------------- Inception v3
+
 
 class InceptionV3Stem(InceptionBlock):
     """conv 3x3/2 - conv 3x3 - conv 3x3 (64) - max pool - conv 1x1 (80) - conv 3x3 (192) - max pool.
@@ -366,7 +399,9 @@ class InceptionV3Stem(InceptionBlock):
             x = self.conv(32, 3, 'conv2a')(x, train=train)
             x = self.conv(64, 3, 'conv2b')(x, train=train)
         x = self.conv(80, 1, 'conv3b')(x, train=train)
-        x = self.conv(192, 3, 'conv4a', padding='VALID' if self.stem == 'imagenet' else None)(x, train=train)
+        x = self.conv(192, 3, 'conv4a', padding='VALID' if self.stem == 'imagenet' else None)(
+            x, train=train
+        )
         return max_pool(x, 3, 2)
 
 
@@ -426,7 +461,9 @@ class InceptionC(InceptionBlock):
         b7 = self.conv(c7, (1, 7), 'branch7x7_2')(b7, train=train)
         b7 = self.conv(192, (7, 1), 'branch7x7_3')(b7, train=train)
         bd = self.conv(c7, 1, 'branch7x7dbl_1')(x, train=train)
-        for i, (kernel, features) in enumerate([((7, 1), c7), ((1, 7), c7), ((7, 1), c7), ((1, 7), 192)]):
+        for i, (kernel, features) in enumerate(
+            [((7, 1), c7), ((1, 7), c7), ((7, 1), c7), ((1, 7), 192)]
+        ):
             bd = self.conv(features, kernel, f'branch7x7dbl_{i + 2}')(bd, train=train)
         bp = self.conv(192, 1, 'branch_pool')(_avg_pool_3x3(x), train=train)
         return jnp.concatenate([b1, b7, bd, bp], axis=-1)
@@ -453,12 +490,22 @@ class InceptionE(InceptionBlock):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         b1 = self.conv(320, 1, 'branch1x1')(x, train=train)
         b3 = self.conv(384, 1, 'branch3x3_1')(x, train=train)
-        b3 = jnp.concatenate([self.conv(384, (1, 3), 'branch3x3_2a')(b3, train=train),
-                              self.conv(384, (3, 1), 'branch3x3_2b')(b3, train=train)], axis=-1)
+        b3 = jnp.concatenate(
+            [
+                self.conv(384, (1, 3), 'branch3x3_2a')(b3, train=train),
+                self.conv(384, (3, 1), 'branch3x3_2b')(b3, train=train),
+            ],
+            axis=-1,
+        )
         bd = self.conv(448, 1, 'branch3x3dbl_1')(x, train=train)
         bd = self.conv(384, 3, 'branch3x3dbl_2')(bd, train=train)
-        bd = jnp.concatenate([self.conv(384, (1, 3), 'branch3x3dbl_3a')(bd, train=train),
-                              self.conv(384, (3, 1), 'branch3x3dbl_3b')(bd, train=train)], axis=-1)
+        bd = jnp.concatenate(
+            [
+                self.conv(384, (1, 3), 'branch3x3dbl_3a')(bd, train=train),
+                self.conv(384, (3, 1), 'branch3x3dbl_3b')(bd, train=train),
+            ],
+            axis=-1,
+        )
         bp = self.conv(192, 1, 'branch_pool')(_avg_pool_3x3(x), train=train)
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
@@ -521,19 +568,37 @@ class InceptionV3(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         hint = ''
         if self.stem == 'imagenet' and self.aux_logits:
-            without_aux = blocks.smallest_input_size(functools.partial(self._output_size, with_aux=False))
-            hint = (f" (the auxiliary head needs the 17x17 grid; aux_logits=False accepts "
-                    f"{without_aux}x{without_aux}, stem='small' smaller images)")
+            without_aux = blocks.smallest_input_size(
+                functools.partial(self._output_size, with_aux=False)
+            )
+            hint = (
+                f' (the auxiliary head needs the 17x17 grid; aux_logits=False accepts '
+                f"{without_aux}x{without_aux}, stem='small' smaller images)"
+            )
         blocks.check_images(self, x, hint)
         fields = _block_fields(self)
-        x = InceptionV3Stem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)
+        x = InceptionV3Stem(stem=self.stem, name='stem', **fields)(
+            x.astype(self.dtype), train=train
+        )
         for name, pool_features in (('mixed_5b', 32), ('mixed_5c', 64), ('mixed_5d', 64)):
             x = InceptionA(pool_features=pool_features, name=name, **fields)(x, train=train)
         x = InceptionB(name='mixed_6a', **fields)(x, train=train)
-        for name, channels in (('mixed_6b', 128), ('mixed_6c', 160), ('mixed_6d', 160), ('mixed_6e', 192)):
+        for name, channels in (
+            ('mixed_6b', 128),
+            ('mixed_6c', 160),
+            ('mixed_6d', 160),
+            ('mixed_6e', 192),
+        ):
             x = InceptionC(channels_7x7=channels, name=name, **fields)(x, train=train)
-        run_aux_head(self, InceptionV3AuxHead(num_classes=self.num_classes, stem=self.stem, name='aux_head',
-                                              **fields), x, 'aux1', train)
+        run_aux_head(
+            self,
+            InceptionV3AuxHead(
+                num_classes=self.num_classes, stem=self.stem, name='aux_head', **fields
+            ),
+            x,
+            'aux1',
+            train,
+        )
         x = InceptionD(name='mixed_7a', **fields)(x, train=train)
         x = InceptionE(name='mixed_7b', **fields)(x, train=train)
         x = InceptionE(name='mixed_7c', **fields)(x, train=train)

@@ -26,10 +26,11 @@ follow the input width), `num_blocks` the depth of each stage.
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
 from nets.models.inception import (
     InceptionBlock,
@@ -39,7 +40,6 @@ from nets.models.inception import (
     max_pool,
 )
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 
@@ -59,7 +59,9 @@ class Mixed5b(InceptionBlock):
         b2 = self.conv(96, 3, 'branch2_1')(b2, train=train)
         b2 = self.conv(96, 3, 'branch2_2')(b2, train=train)
         # timm pools without counting the zero padding here (unlike Inception v3).
-        pooled = nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
+        pooled = nn.avg_pool(
+            x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False
+        )
         b3 = self.conv(64, 1, 'branch3')(pooled, train=train)
         return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
@@ -91,16 +93,25 @@ class ResidualInceptionBlock(InceptionBlock):
             branches = [b0, b1, b2]
         else:
             # Block17 factorises a 7x7, Block8 a 3x3, into 1xk then kx1.
-            (c1, c2, c3), k = ((128, 160, 192), 7) if self.kind == 'block17' else ((192, 224, 256), 3)
+            (c1, c2, c3), k = (
+                ((128, 160, 192), 7) if self.kind == 'block17' else ((192, 224, 256), 3)
+            )
             b0 = self.conv(192, 1, 'branch0')(x, train=train)
             b1 = self.conv(c1, 1, 'branch1_0')(x, train=train)
             b1 = self.conv(c2, (1, k), 'branch1_1')(b1, train=train)
             b1 = self.conv(c3, (k, 1), 'branch1_2')(b1, train=train)
             branches = [b0, b1]
         # The projection feeds a sum, not a norm, so it keeps its bias (as timm's).
-        up = blocks.ConvNormAct(x.shape[-1], 1, use_norm=False, activation='identity',
-                                kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                                name='project')(jnp.concatenate(branches, axis=-1), train=train)
+        up = blocks.ConvNormAct(
+            x.shape[-1],
+            1,
+            use_norm=False,
+            activation='identity',
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='project',
+        )(jnp.concatenate(branches, axis=-1), train=train)
         x = x + jnp.asarray(self.scale, x.dtype) * up
         return blocks.activation(self.activation)(x) if self.final_activation else x
 
@@ -123,9 +134,11 @@ class Mixed7a(InceptionBlock):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         b0 = self.conv(384, 3, 'branch0_1', strides=2, padding='VALID')(
-            self.conv(256, 1, 'branch0_0')(x, train=train), train=train)
+            self.conv(256, 1, 'branch0_0')(x, train=train), train=train
+        )
         b1 = self.conv(288, 3, 'branch1_1', strides=2, padding='VALID')(
-            self.conv(256, 1, 'branch1_0')(x, train=train), train=train)
+            self.conv(256, 1, 'branch1_0')(x, train=train), train=train
+        )
         b2 = self.conv(256, 1, 'branch2_0')(x, train=train)
         b2 = self.conv(288, 3, 'branch2_1')(b2, train=train)
         b2 = self.conv(320, 3, 'branch2_2', strides=2, padding='VALID')(b2, train=train)
@@ -149,10 +162,14 @@ class InceptionResNetV2(nn.Module):
     def __post_init__(self) -> None:
         check_inception_fields(self)
         if len(self.num_blocks) != 3 or any(n < 1 for n in self.num_blocks):
-            raise ValueError(f"num_blocks must be 3 positive ints (Block35, Block17, Block8 counts), "
-                             f"got {self.num_blocks!r}")
+            raise ValueError(
+                f'num_blocks must be 3 positive ints (Block35, Block17, Block8 counts), '
+                f'got {self.num_blocks!r}'
+            )
         if len(self.residual_scales) != 3 or any(not s > 0 for s in self.residual_scales):
-            raise ValueError(f"residual_scales must be 3 positive numbers, got {self.residual_scales!r}")
+            raise ValueError(
+                f'residual_scales must be 3 positive numbers, got {self.residual_scales!r}'
+            )
         super().__post_init__()
 
     def _output_size(self, size: int) -> int:
@@ -168,22 +185,40 @@ class InceptionResNetV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         blocks.check_images(self, x)
-        fields = dict(width_multiplier=self.width_multiplier, activation=self.activation,
-                      kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = InceptionV3Stem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)
+        fields = dict(
+            width_multiplier=self.width_multiplier,
+            activation=self.activation,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        x = InceptionV3Stem(stem=self.stem, name='stem', **fields)(
+            x.astype(self.dtype), train=train
+        )
         x = Mixed5b(name='mixed_5b', **fields)(x, train=train)
         for kind, num_blocks, scale in zip(BLOCK_KINDS, self.num_blocks, self.residual_scales):
             for i in range(num_blocks):
                 last = kind == 'block8' and i == num_blocks - 1
-                x = ResidualInceptionBlock(kind=kind, scale=1.0 if last else scale, final_activation=not last,
-                                           name=f'{kind}_{i}', **fields)(x, train=train)
+                x = ResidualInceptionBlock(
+                    kind=kind,
+                    scale=1.0 if last else scale,
+                    final_activation=not last,
+                    name=f'{kind}_{i}',
+                    **fields,
+                )(x, train=train)
             if kind == 'block35':
                 x = Mixed6a(name='mixed_6a', **fields)(x, train=train)
             elif kind == 'block17':
                 x = Mixed7a(name='mixed_7a', **fields)(x, train=train)
-        x = blocks.ConvNormAct(blocks.scale_width(1536, self.width_multiplier), 1, activation=self.activation,
-                               kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                               name='conv7b')(x, train=train)
+        x = blocks.ConvNormAct(
+            blocks.scale_width(1536, self.width_multiplier),
+            1,
+            activation=self.activation,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='conv7b',
+        )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)

@@ -6,13 +6,13 @@ Dense [-BatchNorm] -activation -dropout per hidden layer, then a linear head.
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 
@@ -45,8 +45,10 @@ class MLP(nn.Module):
             blocks.check_choice('kernel_init', self.kernel_init, blocks.INITIALIZERS)
         blocks.check_rate('dropout_rate', self.dropout_rate)
         if self.depth < 0 or self.width < 1 or any(h < 1 for h in self.hidden_sizes):
-            raise ValueError(f"Layer sizes must be positive: hidden_sizes={self.hidden_sizes}, "
-                             f"depth={self.depth}, width={self.width}")
+            raise ValueError(
+                f'Layer sizes must be positive: hidden_sizes={self.hidden_sizes}, '
+                f'depth={self.depth}, width={self.width}'
+            )
         super().__post_init__()
 
     @property
@@ -60,11 +62,18 @@ class MLP(nn.Module):
         act = blocks.activation(self.activation)
         x = x.reshape(x.shape[0], -1).astype(self.dtype)
         for i, size in enumerate(self.layer_sizes):
-            x = Dense(size, use_bias=not self.batch_norm, kernel_init=blocks.initializer(init_name),
-                         dtype=self.dtype, param_dtype=self.param_dtype, name=f'dense{i}')(x)
+            x = Dense(
+                size,
+                use_bias=not self.batch_norm,
+                kernel_init=blocks.initializer(init_name),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f'dense{i}',
+            )(x)
             if self.batch_norm:
-                x = blocks.batch_norm(train=train, dtype=self.dtype, param_dtype=self.param_dtype,
-                                      name=f'norm{i}')(x)
+                x = blocks.batch_norm(
+                    train=train, dtype=self.dtype, param_dtype=self.param_dtype, name=f'norm{i}'
+                )(x)
             x = act(x)
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)

@@ -54,13 +54,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 
@@ -127,20 +127,24 @@ class NFBlock(nn.Module):
         if self.strides > 1:
             # Average-pool then 1x1 conv: the shortcut sees every input pixel (a strided 1x1 would skip 3/4).
             window = (self.strides,) * (x.ndim - 2)
-            shortcut = nn.avg_pool(out, window, strides=window, padding='SAME', count_include_pad=False)
+            shortcut = nn.avg_pool(
+                out, window, strides=window, padding='SAME', count_include_pad=False
+            )
         elif x.shape[-1] != self.features:
             shortcut = out
         if self.strides > 1 or x.shape[-1] != self.features:
             shortcut = blocks.ScaledWSConv(self.features, 1, name='conv_shortcut', **dims)(shortcut)
 
         y = blocks.ScaledWSConv(width, 1, name='conv0', **dims)(out)
-        y = blocks.ScaledWSConv(width, 3, strides=self.strides, feature_group_count=groups,
-                                name='conv1', **dims)(act(y))
+        y = blocks.ScaledWSConv(
+            width, 3, strides=self.strides, feature_group_count=groups, name='conv1', **dims
+        )(act(y))
         y = blocks.ScaledWSConv(width, 3, feature_group_count=groups, name='conv1b', **dims)(act(y))
         y = blocks.ScaledWSConv(self.features, 1, name='conv2', **dims)(act(y))
         # The sigmoid gate averages ~0.5 at init; x2 keeps the branch at unit scale.
-        y = 2.0 * blocks.SqueezeExcite(max(1, int(self.features * self.se_ratio)), activation='relu',
-                                       name='se', **dims)(y)
+        y = 2.0 * blocks.SqueezeExcite(
+            max(1, int(self.features * self.se_ratio)), activation='relu', name='se', **dims
+        )(y)
         if self.is_mutable_collection('intermediates'):
             variance = jnp.mean(jnp.var(y.astype(jnp.float32), axis=tuple(range(y.ndim - 1))))
             self.sow('intermediates', 'residual_variance', variance)
@@ -179,22 +183,34 @@ class NFNet(nn.Module):
         blocks.check_choice('activation', self.activation, ACTIVATION_GAMMAS)
         blocks.check_rate('drop_path_rate', self.drop_path_rate)
         blocks.check_rate('dropout_rate', self.dropout_rate)
-        if (not self.depths or len(self.depths) != len(self.widths)
-                or min(self.depths) < 1 or min(self.widths) < 2):
-            raise ValueError(f"depths and widths must be non-empty tuples of equal length (depths >= 1, "
-                             f"widths >= 2), got depths={self.depths!r}, widths={self.widths!r}")
+        if (
+            not self.depths
+            or len(self.depths) != len(self.widths)
+            or min(self.depths) < 1
+            or min(self.widths) < 2
+        ):
+            raise ValueError(
+                f'depths and widths must be non-empty tuples of equal length (depths >= 1, '
+                f'widths >= 2), got depths={self.depths!r}, widths={self.widths!r}'
+            )
         if self.group_width < 1 or self.final_conv_mult < 1 or not self.alpha > 0:
-            raise ValueError(f"group_width and final_conv_mult must be positive and alpha > 0, got "
-                             f"group_width={self.group_width}, final_conv_mult={self.final_conv_mult}, "
-                             f"alpha={self.alpha!r}")
+            raise ValueError(
+                f'group_width and final_conv_mult must be positive and alpha > 0, got '
+                f'group_width={self.group_width}, final_conv_mult={self.final_conv_mult}, '
+                f'alpha={self.alpha!r}'
+            )
         if not 0 < self.bottleneck_ratio or not 0 < self.se_ratio:
-            raise ValueError(f"bottleneck_ratio and se_ratio must be positive, got "
-                             f"{self.bottleneck_ratio!r}, {self.se_ratio!r}")
+            raise ValueError(
+                f'bottleneck_ratio and se_ratio must be positive, got '
+                f'{self.bottleneck_ratio!r}, {self.se_ratio!r}'
+            )
         too_narrow = [w for w in self.widths if int(w * self.bottleneck_ratio) < self.group_width]
         if too_narrow:
-            raise ValueError(f"widths {too_narrow} x bottleneck_ratio {self.bottleneck_ratio} hold no group of "
-                             f"group_width {self.group_width}; need width >= "
-                             f"{math.ceil(self.group_width / self.bottleneck_ratio)}")
+            raise ValueError(
+                f'widths {too_narrow} x bottleneck_ratio {self.bottleneck_ratio} hold no group of '
+                f'group_width {self.group_width}; need width >= '
+                f'{math.ceil(self.group_width / self.bottleneck_ratio)}'
+            )
         super().__post_init__()
 
     def min_input_size(self) -> int:
@@ -204,11 +220,13 @@ class NFNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if x.ndim != 4:
-            raise ValueError(f"NFNet expects (N, H, W, C) images, got shape {x.shape}")
+            raise ValueError(f'NFNet expects (N, H, W, C) images, got shape {x.shape}')
         minimum = self.min_input_size()
         if min(x.shape[1:3]) < minimum:
-            raise ValueError(f"Input size {x.shape[1]}x{x.shape[2]} is too small for stem {self.stem!r} and "
-                             f"{len(self.depths)} stages: minimum {minimum}x{minimum}")
+            raise ValueError(
+                f'Input size {x.shape[1]}x{x.shape[2]} is too small for stem {self.stem!r} and '
+                f'{len(self.depths)} stages: minimum {minimum}x{minimum}'
+            )
         act = scaled_activation(self.activation)
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x.astype(self.dtype)
@@ -217,7 +235,9 @@ class NFNet(nn.Module):
             for i, (features, strides) in enumerate(((16, 2), (32, 1), (64, 1), (stem_width, 2))):
                 if i > 0:
                     x = act(x)
-                x = blocks.ScaledWSConv(features, 3, strides=strides, name=f'stem_conv{i}', **dims)(x)
+                x = blocks.ScaledWSConv(features, 3, strides=strides, name=f'stem_conv{i}', **dims)(
+                    x
+                )
         else:
             x = blocks.ScaledWSConv(stem_width, 3, name='stem_conv', **dims)(x)
 
@@ -226,22 +246,34 @@ class NFNet(nn.Module):
         index = 0
         for stage, (depth, features) in enumerate(zip(self.depths, self.widths)):
             for i in range(depth):
-                x = NFBlock(features, strides=2 if stage > 0 and i == 0 else 1, beta=expected_std,
-                            alpha=self.alpha, bottleneck_ratio=self.bottleneck_ratio,
-                            group_width=self.group_width, se_ratio=self.se_ratio,
-                            drop_path_rate=self.drop_path_rate * index / num_blocks,
-                            activation=self.activation, name=f'stage{stage}_block{i}', **dims)(x, train=train)
+                x = NFBlock(
+                    features,
+                    strides=2 if stage > 0 and i == 0 else 1,
+                    beta=expected_std,
+                    alpha=self.alpha,
+                    bottleneck_ratio=self.bottleneck_ratio,
+                    group_width=self.group_width,
+                    se_ratio=self.se_ratio,
+                    drop_path_rate=self.drop_path_rate * index / num_blocks,
+                    activation=self.activation,
+                    name=f'stage{stage}_block{i}',
+                    **dims,
+                )(x, train=train)
                 index += 1
                 # A stage's first block has a normalised (projected) shortcut: variance restarts at 1.
                 if i == 0:
                     expected_std = 1.0
-                expected_std = math.sqrt(expected_std ** 2 + self.alpha ** 2)
+                expected_std = math.sqrt(expected_std**2 + self.alpha**2)
 
-        x = blocks.ScaledWSConv(self.final_conv_mult * self.widths[-1], 1, name='final_conv', **dims)(x)
+        x = blocks.ScaledWSConv(
+            self.final_conv_mult * self.widths[-1], 1, name='final_conv', **dims
+        )(x)
         x = act(x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = Dense(self.num_classes, kernel_init=blocks.initializer('normal'), name='head', **dims)(x)
+        x = Dense(self.num_classes, kernel_init=blocks.initializer('normal'), name='head', **dims)(
+            x
+        )
         return x.astype(jnp.float32)
 
 
@@ -249,4 +281,10 @@ class NFNet(nn.Module):
 _DROPOUT = {0: 0.2, 1: 0.3, 2: 0.4, 3: 0.4, 4: 0.5, 5: 0.5, 6: 0.5}
 for _f, _dropout in _DROPOUT.items():
     _n = _f + 1
-    register(f'nfnet_f{_f}', NFNet, family='nfnet', depths=(_n, 2 * _n, 6 * _n, 3 * _n), dropout_rate=_dropout)
+    register(
+        f'nfnet_f{_f}',
+        NFNet,
+        family='nfnet',
+        depths=(_n, 2 * _n, 6 * _n, 3 * _n),
+        dropout_rate=_dropout,
+    )

@@ -15,13 +15,13 @@ parameters over the paper's zero-padding shortcuts (option A: resnet20 has
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 
@@ -49,11 +49,20 @@ class Shortcut(nn.Module):
         if self.strides == 1 and x.shape[-1] == self.features:
             return x
         if self.kind == 'projection':
-            return blocks.ConvNormAct(self.features, 1, strides=self.strides, activation='identity',
-                                      kernel_init=self.kernel_init, dtype=self.dtype,
-                                      param_dtype=self.param_dtype, name='proj')(x, train=train)
+            return blocks.ConvNormAct(
+                self.features,
+                1,
+                strides=self.strides,
+                activation='identity',
+                kernel_init=self.kernel_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name='proj',
+            )(x, train=train)
         if x.shape[-1] > self.features:
-            raise ValueError(f"'pad' shortcut cannot reduce channels ({x.shape[-1]} -> {self.features})")
+            raise ValueError(
+                f"'pad' shortcut cannot reduce channels ({x.shape[-1]} -> {self.features})"
+            )
         spatial = (slice(None, None, self.strides),) * (x.ndim - 2)
         x = x[(slice(None),) + spatial + (slice(None),)]
         pad = [(0, 0)] * (x.ndim - 1) + [(0, self.features - x.shape[-1])]
@@ -77,11 +86,20 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         conv = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
-        y = blocks.ConvNormAct(self.features, 3, strides=self.strides, activation=self.activation,
-                               name='conv1', **conv)(x, train=train)
-        y = blocks.ConvNormAct(self.features, 3, activation='identity',
-                               zero_init_norm=self.zero_init_residual, name='conv2', **conv)(y, train=train)
-        residual = Shortcut(self.features, self.strides, self.shortcut, name='shortcut', **conv)(x, train=train)
+        y = blocks.ConvNormAct(
+            self.features, 3, strides=self.strides, activation=self.activation, name='conv1', **conv
+        )(x, train=train)
+        y = blocks.ConvNormAct(
+            self.features,
+            3,
+            activation='identity',
+            zero_init_norm=self.zero_init_residual,
+            name='conv2',
+            **conv,
+        )(y, train=train)
+        residual = Shortcut(self.features, self.strides, self.shortcut, name='shortcut', **conv)(
+            x, train=train
+        )
         return blocks.activation(self.activation)(y + residual)
 
 
@@ -103,12 +121,23 @@ class BottleneckBlock(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         conv = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
         out_features = self.features * self.expansion
-        y = blocks.ConvNormAct(self.features, 1, activation=self.activation, name='conv1', **conv)(x, train=train)
-        y = blocks.ConvNormAct(self.features, 3, strides=self.strides, activation=self.activation,
-                               name='conv2', **conv)(y, train=train)
-        y = blocks.ConvNormAct(out_features, 1, activation='identity',
-                               zero_init_norm=self.zero_init_residual, name='conv3', **conv)(y, train=train)
-        residual = Shortcut(out_features, self.strides, self.shortcut, name='shortcut', **conv)(x, train=train)
+        y = blocks.ConvNormAct(self.features, 1, activation=self.activation, name='conv1', **conv)(
+            x, train=train
+        )
+        y = blocks.ConvNormAct(
+            self.features, 3, strides=self.strides, activation=self.activation, name='conv2', **conv
+        )(y, train=train)
+        y = blocks.ConvNormAct(
+            out_features,
+            1,
+            activation='identity',
+            zero_init_norm=self.zero_init_residual,
+            name='conv3',
+            **conv,
+        )(y, train=train)
+        residual = Shortcut(out_features, self.strides, self.shortcut, name='shortcut', **conv)(
+            x, train=train
+        )
         return blocks.activation(self.activation)(y + residual)
 
 
@@ -143,8 +172,10 @@ class ResNet(nn.Module):
         blocks.check_choice('activation', self.activation, blocks.ACTIVATIONS)
         blocks.check_choice('kernel_init', self.kernel_init, blocks.INITIALIZERS)
         if not self.stage_sizes or any(n < 1 for n in self.stage_sizes) or self.width < 1:
-            raise ValueError(f"stage_sizes must be non-empty positive ints and width positive, "
-                             f"got stage_sizes={self.stage_sizes!r}, width={self.width}")
+            raise ValueError(
+                f'stage_sizes must be non-empty positive ints and width positive, '
+                f'got stage_sizes={self.stage_sizes!r}, width={self.width}'
+            )
         super().__post_init__()
 
     def block_class(self, stage: int) -> Any:
@@ -162,19 +193,27 @@ class ResNet(nn.Module):
         rank = x.ndim - 2
         x = x.astype(self.dtype)
         if self.stem == 'imagenet':
-            x = blocks.ConvNormAct(self.width, 7, strides=2, activation=self.activation,
-                                   name='stem', **conv)(x, train=train)
+            x = blocks.ConvNormAct(
+                self.width, 7, strides=2, activation=self.activation, name='stem', **conv
+            )(x, train=train)
             x = nn.max_pool(x, (3,) * rank, strides=(2,) * rank, padding=[(1, 1)] * rank)
         else:
-            x = blocks.ConvNormAct(self.width, 3, activation=self.activation,
-                                   name='stem', **conv)(x, train=train)
+            x = blocks.ConvNormAct(self.width, 3, activation=self.activation, name='stem', **conv)(
+                x, train=train
+            )
         for stage, num_blocks in enumerate(self.stage_sizes):
             block_cls = self.block_class(stage)
             for i in range(num_blocks):
                 strides = 2 if stage > 0 and i == 0 else 1
-                x = block_cls(self.width * 2 ** stage, strides=strides, activation=self.activation,
-                              shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
-                              name=f'stage{stage}_block{i}', **conv)(x, train=train)
+                x = block_cls(
+                    self.width * 2**stage,
+                    strides=strides,
+                    activation=self.activation,
+                    shortcut=self.shortcut,
+                    zero_init_residual=self.zero_init_residual,
+                    name=f'stage{stage}_block{i}',
+                    **conv,
+                )(x, train=train)
         x = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
         x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
         return x.astype(jnp.float32)
@@ -193,5 +232,13 @@ for _name, (_stages, _block) in _IMAGENET_VARIANTS.items():
 # He et al. §4.2: depth = 6n + 2.
 for _depth in (20, 32, 44, 56, 110):
     _n = (_depth - 2) // 6
-    register(f'resnet{_depth}', ResNet, family='resnet', num_classes=10, stage_sizes=(_n, _n, _n),
-             block='basic', width=16, stem='cifar')
+    register(
+        f'resnet{_depth}',
+        ResNet,
+        family='resnet',
+        num_classes=10,
+        stage_sizes=(_n, _n, _n),
+        block='basic',
+        width=16,
+        stem='cifar',
+    )

@@ -8,8 +8,14 @@ import jax.numpy as jnp
 
 from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
-from nets.layers.recurrent import (CELLS, MERGES, StackedRNN, hidden_state, merge_directions,
-                                   sequence_mask)
+from nets.layers.recurrent import (
+    CELLS,
+    MERGES,
+    StackedRNN,
+    hidden_state,
+    merge_directions,
+    sequence_mask,
+)
 from nets.registry import register
 
 Dtype = Any
@@ -50,26 +56,47 @@ class RNNClassifier(nn.Module):
         blocks.check_choice('readout', self.readout, READOUTS)
         blocks.check_choice('merge', self.merge, MERGES)
         blocks.check_choice('kernel_init', self.kernel_init, blocks.INITIALIZERS)
-        blocks.check_choice('recurrent_kernel_init', self.recurrent_kernel_init, blocks.INITIALIZERS)
+        blocks.check_choice(
+            'recurrent_kernel_init', self.recurrent_kernel_init, blocks.INITIALIZERS
+        )
         blocks.check_rate('dropout_rate', self.dropout_rate)
         if self.hidden_size < 1 or self.num_layers < 1 or self.unroll < 1:
-            raise ValueError(f"hidden_size, num_layers and unroll must be positive, got "
-                             f"{self.hidden_size}, {self.num_layers}, {self.unroll}")
+            raise ValueError(
+                f'hidden_size, num_layers and unroll must be positive, got '
+                f'{self.hidden_size}, {self.num_layers}, {self.unroll}'
+            )
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False, valid: jax.Array | None = None,
-                 lengths: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        valid: jax.Array | None = None,
+        lengths: jax.Array | None = None,
+    ) -> jax.Array:
         if x.ndim < 3:
-            raise ValueError(f"RNNClassifier expects (batch, time, channels) inputs, got shape {x.shape}")
+            raise ValueError(
+                f'RNNClassifier expects (batch, time, channels) inputs, got shape {x.shape}'
+            )
         x = x.reshape(x.shape[0], x.shape[1], -1).astype(self.dtype)
         mask = sequence_mask(x.shape[0], x.shape[1], valid, lengths)
         carries, outputs = StackedRNN(
-            self.cell, self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,
-            merge=self.merge, dropout_rate=self.dropout_rate, kernel_init=self.kernel_init,
-            recurrent_kernel_init=self.recurrent_kernel_init, forget_bias=self.forget_bias,
-            unroll=self.unroll, dtype=self.dtype, param_dtype=self.param_dtype,
-            name='rnn')(x, valid=mask, train=train, return_carry=True)
+            self.cell,
+            self.hidden_size,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            merge=self.merge,
+            dropout_rate=self.dropout_rate,
+            kernel_init=self.kernel_init,
+            recurrent_kernel_init=self.recurrent_kernel_init,
+            forget_bias=self.forget_bias,
+            unroll=self.unroll,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='rnn',
+        )(x, valid=mask, train=train, return_carry=True)
         if self.readout == 'last':
             top = carries[-1]
             if self.bidirectional:
@@ -79,12 +106,15 @@ class RNNClassifier(nn.Module):
             features = features.astype(self.dtype)
         elif self.readout == 'mean':
             weights = mask[..., None].astype(outputs.dtype)
-            features = jnp.sum(outputs * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+            features = jnp.sum(outputs * weights, axis=1) / jnp.maximum(
+                jnp.sum(weights, axis=1), 1.0
+            )
         else:
             features = outputs.reshape(outputs.shape[0], -1)
         features = nn.Dropout(self.dropout_rate)(features, deterministic=not train)
-        logits = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name='head')(features)
+        logits = Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head'
+        )(features)
         return logits.astype(jnp.float32)
 
 

@@ -31,17 +31,16 @@ model (`nets.models.captioning`) uses the same decoder step.
 
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from nets.layers import blocks
-from nets.layers import decoding
+from nets.kernels.mixed_precision import Dense
+from nets.layers import blocks, decoding
 from nets.layers.attention import AdditiveAttention
-from nets.registry import register
 from nets.layers.recurrent import CELLS, LSTMState, StackedRNN, hidden_state, make_cell
 from nets.models.transformer import shift_right
-from nets.kernels.mixed_precision import Dense
+from nets.registry import register
 
 Dtype = Any
 Carry = Any  # one cell's carry: jax.Array (rnn, gru) or LSTMState (lstm)
@@ -74,6 +73,7 @@ class Encoded(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- the decoder step
+
 
 class DecoderStep(nn.Module):
     """One step of a recurrent decoder: (carries, embedded previous token, memory) ->
@@ -109,13 +109,17 @@ class DecoderStep(nn.Module):
         blocks.check_rate('dropout_rate', self.dropout_rate)
         sizes = ('vocab_size', 'hidden_size', 'num_layers', 'readout_size')
         if min(getattr(self, size) for size in sizes) < 1 or self.attention_features < 0:
-            raise ValueError(f"{', '.join(sizes)} must be positive and attention_features >= 0, got "
-                             f"{[getattr(self, size) for size in sizes]} and {self.attention_features}")
+            raise ValueError(
+                f'{", ".join(sizes)} must be positive and attention_features >= 0, got '
+                f'{[getattr(self, size) for size in sizes]} and {self.attention_features}'
+            )
         super().__post_init__()
 
     def setup(self) -> None:
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.cells = [make_cell(self.cell, self.hidden_size, **dims) for _ in range(self.num_layers)]
+        self.cells = [
+            make_cell(self.cell, self.hidden_size, **dims) for _ in range(self.num_layers)
+        ]
         if self.attention_features:
             self.attention = AdditiveAttention(self.attention_features, **dims)
             if self.gate:
@@ -132,20 +136,24 @@ class DecoderStep(nn.Module):
         """The attention's key projection of (batch, source_len, D) annotations, for `Memory.keys`."""
         return self.attention.project_keys(annotations)
 
-    def __call__(self, carry: tuple[Carry, ...], embedded: jax.Array, memory: Memory, *,
-                 train: bool = False) -> tuple[tuple[Carry, ...], tuple[jax.Array, jax.Array | None]]:
+    def __call__(
+        self, carry: tuple[Carry, ...], embedded: jax.Array, memory: Memory, *, train: bool = False
+    ) -> tuple[tuple[Carry, ...], tuple[jax.Array, jax.Array | None]]:
         if len(carry) != self.num_layers:
-            raise ValueError(f"the decoder has {self.num_layers} layer(s) but got {len(carry)} carries")
+            raise ValueError(
+                f'the decoder has {self.num_layers} layer(s) but got {len(carry)} carries'
+            )
         embedded = embedded.astype(self.dtype)
         weights = None
         if self.attention_features:
             previous = hidden_state(carry[-1]).astype(self.dtype)
-            context, weights = self.attention(previous, memory.annotations, mask=memory.valid,
-                                              projected_keys=memory.keys)
+            context, weights = self.attention(
+                previous, memory.annotations, mask=memory.valid, projected_keys=memory.keys
+            )
             if self.gate:
                 context = context * nn.sigmoid(self.gate_projection(previous))
         elif memory.context is None:
-            raise ValueError("a decoder without attention reads memory.context, which is None")
+            raise ValueError('a decoder without attention reads memory.context, which is None')
         else:
             context = memory.context
         context = context.astype(self.dtype)
@@ -157,21 +165,33 @@ class DecoderStep(nn.Module):
             layer_carry, x = cell(layer_carry, x)
             new_carry.append(layer_carry)
         if self.readout == 'maxout':
-            t = self.readout_projection(self.dropout(jnp.concatenate([x, context, embedded], axis=-1),
-                                                     deterministic=not train))
+            t = self.readout_projection(
+                self.dropout(
+                    jnp.concatenate([x, context, embedded], axis=-1), deterministic=not train
+                )
+            )
             t = jnp.max(t.reshape(*t.shape[:-1], self.readout_size, 2), axis=-1)
         else:
             if embedded.shape[-1] != self.readout_size:
-                raise ValueError(f"readout 'deep' adds the embedding to L_h h + L_z z: readout_size "
-                                 f"{self.readout_size} must equal the embedding width {embedded.shape[-1]}")
+                raise ValueError(
+                    f"readout 'deep' adds the embedding to L_h h + L_z z: readout_size "
+                    f'{self.readout_size} must equal the embedding width {embedded.shape[-1]}'
+                )
             t = embedded + self.hidden_projection(x) + self.context_projection(context)
             t = self.dropout(t, deterministic=not train)
         logits = self.output_projection(t).astype(jnp.float32)
         return tuple(new_carry), (logits, weights)
 
 
-def teacher_forcing(decoder: DecoderStep, carry: tuple[Carry, ...], embedded: jax.Array, memory: Memory, *,
-                    train: bool, unroll: int = 1) -> tuple[jax.Array, jax.Array | None]:
+def teacher_forcing(
+    decoder: DecoderStep,
+    carry: tuple[Carry, ...],
+    embedded: jax.Array,
+    memory: Memory,
+    *,
+    train: bool,
+    unroll: int = 1,
+) -> tuple[jax.Array, jax.Array | None]:
     """`decoder` scanned over (batch, time, E) embedded decoder inputs.
 
     Call from inside a parent module's method with the parent's `decoder` submodule. Returns
@@ -180,18 +200,26 @@ def teacher_forcing(decoder: DecoderStep, carry: tuple[Carry, ...], embedded: ja
     attention weights are stacked on axis 1, so 'intermediates' holds (batch, time, source_len).
     """
 
-    def step(decoder: DecoderStep, carry: tuple[Carry, ...], embedded_t: jax.Array,
-             memory: Memory) -> tuple[tuple[Carry, ...], tuple[jax.Array, jax.Array | None]]:
+    def step(
+        decoder: DecoderStep, carry: tuple[Carry, ...], embedded_t: jax.Array, memory: Memory
+    ) -> tuple[tuple[Carry, ...], tuple[jax.Array, jax.Array | None]]:
         return decoder(carry, embedded_t, memory, train=train)
 
-    scan = nn.scan(step, variable_broadcast='params', variable_axes={'intermediates': 1},
-                   split_rngs={'params': False, 'dropout': True}, in_axes=(1, nn.broadcast),
-                   out_axes=1, unroll=unroll)
+    scan = nn.scan(
+        step,
+        variable_broadcast='params',
+        variable_axes={'intermediates': 1},
+        split_rngs={'params': False, 'dropout': True},
+        in_axes=(1, nn.broadcast),
+        out_axes=1,
+        unroll=unroll,
+    )
     _, (logits, weights) = scan(decoder, carry, embedded, memory)
     return logits, weights
 
 
 # ----------------------------------------------------------------------------- the model
+
 
 class Seq2Seq(nn.Module):
     """Recurrent encoder-decoder over int token ids; see the module docstring for `form`.
@@ -229,15 +257,27 @@ class Seq2Seq(nn.Module):
         blocks.check_choice('form', self.form, FORMS)
         blocks.check_choice('cell', self.cell, CELLS)
         blocks.check_rate('dropout_rate', self.dropout_rate)
-        sizes = ('source_vocab_size', 'target_vocab_size', 'embed_dim', 'hidden_size', 'attention_dim',
-                 'readout_size', 'num_layers', 'unroll')
+        sizes = (
+            'source_vocab_size',
+            'target_vocab_size',
+            'embed_dim',
+            'hidden_size',
+            'attention_dim',
+            'readout_size',
+            'num_layers',
+            'unroll',
+        )
         if min(getattr(self, size) for size in sizes) < 1:
-            raise ValueError(f"{', '.join(sizes)} must be positive, got "
-                             f"{[getattr(self, size) for size in sizes]}")
+            raise ValueError(
+                f'{", ".join(sizes)} must be positive, got '
+                f'{[getattr(self, size) for size in sizes]}'
+            )
         check_token_ids(self, self.target_vocab_size)
         if not 0 <= self.pad_id < self.source_vocab_size:
-            raise ValueError(f"pad_id {self.pad_id} is outside the source vocabulary "
-                             f"[0, {self.source_vocab_size})")
+            raise ValueError(
+                f'pad_id {self.pad_id} is outside the source vocabulary '
+                f'[0, {self.source_vocab_size})'
+            )
         super().__post_init__()
 
     def setup(self) -> None:
@@ -245,28 +285,44 @@ class Seq2Seq(nn.Module):
         self.source_embedding = nn.Embed(self.source_vocab_size, self.embed_dim, **dims)
         self.target_embedding = nn.Embed(self.target_vocab_size, self.embed_dim, **dims)
         attention = self.form == 'attention'
-        self.encoder = StackedRNN(self.cell, self.hidden_size, num_layers=self.num_layers,
-                                  bidirectional=attention, dropout_rate=self.dropout_rate,
-                                  unroll=self.unroll, **dims)
+        self.encoder = StackedRNN(
+            self.cell,
+            self.hidden_size,
+            num_layers=self.num_layers,
+            bidirectional=attention,
+            dropout_rate=self.dropout_rate,
+            unroll=self.unroll,
+            **dims,
+        )
         if attention:
             # s_0 = tanh(W ←h_1) per decoder layer; an LSTM's cell state gets its own W.
             parts = 2 if self.cell == 'lstm' else 1
             self.bridges = [Dense(parts * self.hidden_size, **dims) for _ in range(self.num_layers)]
-        self.decoder = DecoderStep(self.target_vocab_size, self.hidden_size, cell=self.cell,
-                                   num_layers=self.num_layers,
-                                   attention_features=self.attention_dim if attention else 0,
-                                   readout='maxout', readout_size=self.readout_size,
-                                   dropout_rate=self.dropout_rate, **dims)
+        self.decoder = DecoderStep(
+            self.target_vocab_size,
+            self.hidden_size,
+            cell=self.cell,
+            num_layers=self.num_layers,
+            attention_features=self.attention_dim if attention else 0,
+            readout='maxout',
+            readout_size=self.readout_size,
+            dropout_rate=self.dropout_rate,
+            **dims,
+        )
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def _check_ids(self, tokens: jax.Array, what: str) -> None:
         if not jnp.issubdtype(tokens.dtype, jnp.integer) or tokens.ndim != 2:
-            raise ValueError(f"Seq2Seq expects (batch, length) int token ids as {what}, got "
-                             f"{tokens.dtype} of shape {tokens.shape}")
+            raise ValueError(
+                f'Seq2Seq expects (batch, length) int token ids as {what}, got '
+                f'{tokens.dtype} of shape {tokens.shape}'
+            )
 
     def _bridge(self, backward_carry: Carry, bridge: Dense) -> Carry:
         """A decoder layer's initial carry from the backward encoder's state after the first token."""
-        state = jnp.tanh(bridge(hidden_state(backward_carry).astype(self.dtype))).astype(jnp.float32)
+        state = jnp.tanh(bridge(hidden_state(backward_carry).astype(self.dtype))).astype(
+            jnp.float32
+        )
         if self.cell == 'lstm':
             c, h = jnp.split(state, 2, axis=-1)
             return LSTMState(c=c, h=h)
@@ -286,8 +342,12 @@ class Seq2Seq(nn.Module):
         if self.form == 'context':
             memory = Memory(context=hidden_state(carries[-1]).astype(self.dtype))
             return Encoded(memory, tuple(carries))
-        carry = tuple(self._bridge(backward, bridge) for (_, backward), bridge in zip(carries, self.bridges))
-        memory = Memory(annotations=annotations, valid=valid, keys=self.decoder.project_keys(annotations))
+        carry = tuple(
+            self._bridge(backward, bridge) for (_, backward), bridge in zip(carries, self.bridges)
+        )
+        memory = Memory(
+            annotations=annotations, valid=valid, keys=self.decoder.project_keys(annotations)
+        )
         return Encoded(memory, carry)
 
     def decode(self, encoded: Encoded, targets: jax.Array, *, train: bool = False) -> jax.Array:
@@ -300,12 +360,14 @@ class Seq2Seq(nn.Module):
         self._check_ids(targets, 'targets')
         embedded = self.target_embedding(shift_right(targets, self.bos_id))
         embedded = self.dropout(embedded, deterministic=not train)
-        logits, _ = teacher_forcing(self.decoder, encoded.carry, embedded, encoded.memory, train=train,
-                                    unroll=self.unroll)
+        logits, _ = teacher_forcing(
+            self.decoder, encoded.carry, embedded, encoded.memory, train=train, unroll=self.unroll
+        )
         return logits
 
-    def decode_step(self, memory: Memory, carry: tuple[Carry, ...],
-                    tokens: jax.Array) -> tuple[jax.Array, tuple[Carry, ...]]:
+    def decode_step(
+        self, memory: Memory, carry: tuple[Carry, ...], tokens: jax.Array
+    ) -> tuple[jax.Array, tuple[Carry, ...]]:
         """One generation step: previous tokens (batch,) -> (next-token logits (batch, vocab), carry).
 
         Feed `bos_id` first with `encode`'s carry, then each chosen token. No dropout.
@@ -323,16 +385,20 @@ def check_token_ids(model: nn.Module, vocab_size: int) -> None:
     """pad, bos and eos ids inside the (target) vocabulary, eos different from pad."""
     for token in ('pad_id', 'bos_id', 'eos_id'):
         if not 0 <= getattr(model, token) < vocab_size:
-            raise ValueError(f"{token} {getattr(model, token)} is outside the vocabulary [0, {vocab_size})")
+            raise ValueError(
+                f'{token} {getattr(model, token)} is outside the vocabulary [0, {vocab_size})'
+            )
     if model.eos_id == model.pad_id:
         # Padding is masked out of the inputs and losses; eos must stay visible.
-        raise ValueError(f"eos_id and pad_id must differ, both are {model.eos_id}")
+        raise ValueError(f'eos_id and pad_id must differ, both are {model.eos_id}')
 
 
 # ----------------------------------------------------------------------------- generation and alignments
 
-def make_step_fn(model: nn.Module, variables: dict[str, Any], source: jax.Array, *,
-                 beam_size: int = 1) -> tuple[decoding.StepFn, tuple[Carry, ...]]:
+
+def make_step_fn(
+    model: nn.Module, variables: dict[str, Any], source: jax.Array, *, beam_size: int = 1
+) -> tuple[decoding.StepFn, tuple[Carry, ...]]:
     """Encodes `source` once; returns (step_fn, initial carry) for `nets.layers.decoding`.
 
     Works for any model with `encode(source)` -> `Encoded` and `decode_step(memory, carry,
@@ -349,9 +415,16 @@ def make_step_fn(model: nn.Module, variables: dict[str, Any], source: jax.Array,
     return step_fn, encoded.carry
 
 
-def generate(model: nn.Module, variables: dict[str, Any], source: jax.Array, *, max_length: int,
-             beam_size: int = 1, alpha: float = decoding.GNMT_ALPHA,
-             all_beams: bool = False) -> tuple[jax.Array, jax.Array]:
+def generate(
+    model: nn.Module,
+    variables: dict[str, Any],
+    source: jax.Array,
+    *,
+    max_length: int,
+    beam_size: int = 1,
+    alpha: float = decoding.GNMT_ALPHA,
+    all_beams: bool = False,
+) -> tuple[jax.Array, jax.Array]:
     """Greedy (beam_size=1) or beam search from (batch, ...) sources.
 
     Returns the best hypothesis per example: sequences (batch, max_length) int32 (no bos; eos,
@@ -361,11 +434,18 @@ def generate(model: nn.Module, variables: dict[str, Any], source: jax.Array, *, 
     Jit it with `model`, `max_length`, `beam_size` static.
     """
     step_fn, carry = make_step_fn(model, variables, source, beam_size=beam_size)
-    search = dict(batch_size=source.shape[0], max_length=max_length, bos_id=model.bos_id,
-                  eos_id=model.eos_id, pad_id=model.pad_id)
+    search = dict(
+        batch_size=source.shape[0],
+        max_length=max_length,
+        bos_id=model.bos_id,
+        eos_id=model.eos_id,
+        pad_id=model.pad_id,
+    )
     if beam_size == 1 and not all_beams:
         return decoding.greedy_search(step_fn, carry, **search)
-    sequences, scores = decoding.beam_search(step_fn, carry, beam_size=beam_size, alpha=alpha, **search)
+    sequences, scores = decoding.beam_search(
+        step_fn, carry, beam_size=beam_size, alpha=alpha, **search
+    )
     return (sequences, scores) if all_beams else (sequences[:, 0], scores[:, 0])
 
 
@@ -375,12 +455,15 @@ def sown_attention(intermediates: dict[str, Any]) -> jax.Array:
     try:
         return intermediates['decoder']['attention']['attention_weights'][0]
     except KeyError:
-        raise ValueError("no attention weights were sown: the model has no attention ('context' "
-                         "form?) or was not applied with mutable=['intermediates']") from None
+        raise ValueError(
+            "no attention weights were sown: the model has no attention ('context' "
+            "form?) or was not applied with mutable=['intermediates']"
+        ) from None
 
 
-def alignments(model: Seq2Seq, variables: dict[str, Any], inputs: jax.Array,
-               targets: jax.Array) -> jax.Array:
+def alignments(
+    model: Seq2Seq, variables: dict[str, Any], inputs: jax.Array, targets: jax.Array
+) -> jax.Array:
     """Attention weights α_ij (batch, target_len, source_len) of a teacher-forced pass, for
     alignment heat maps: row i is what the decoder read when predicting targets[:, i]; each
     row sums to 1 over the real source positions (padding gets 0). 'attention' form only."""
@@ -394,7 +477,26 @@ def alignments(model: Seq2Seq, variables: dict[str, Any], inputs: jax.Array,
 
 # Small enough for a CPU (embed 64, hidden 128). The vocabularies come from the data
 # (`source_vocab_size` / `target_vocab_size`); 256 fits byte- and character-level toys.
-register('seq2seq_context', Seq2Seq, family='seq2seq', form='context', embed_dim=64, hidden_size=128,
-         readout_size=64, cell='gru', num_layers=1)
-register('seq2seq_attention', Seq2Seq, family='seq2seq', form='attention', embed_dim=64, hidden_size=128,
-         attention_dim=128, readout_size=64, cell='gru', num_layers=1)
+register(
+    'seq2seq_context',
+    Seq2Seq,
+    family='seq2seq',
+    form='context',
+    embed_dim=64,
+    hidden_size=128,
+    readout_size=64,
+    cell='gru',
+    num_layers=1,
+)
+register(
+    'seq2seq_attention',
+    Seq2Seq,
+    family='seq2seq',
+    form='attention',
+    embed_dim=64,
+    hidden_size=128,
+    attention_dim=128,
+    readout_size=64,
+    cell='gru',
+    num_layers=1,
+)

@@ -53,17 +53,17 @@ import numbers
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
-from nets.layers import blocks
 from nets.kernels.conv import Conv
+from nets.kernels.mixed_precision import Dense
+from nets.layers import blocks
 from nets.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
 from nets.layers.position import RelativePositionBias
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 ArrayT = TypeVar('ArrayT', np.ndarray, jax.Array)
@@ -77,12 +77,14 @@ _REGIONS_PER_AXIS = 3
 
 # --------------------------------------------------------------------------- windows
 
+
 def _check_windows(height: int, width: int, window: int, shift: int) -> None:
     if window < 1 or height % window or width % window:
-        raise ValueError(f"window {window} must be positive and divide the feature map "
-                         f"{height}x{width}")
+        raise ValueError(
+            f'window {window} must be positive and divide the feature map {height}x{width}'
+        )
     if not 0 <= shift < window:
-        raise ValueError(f"shift must be in [0, window={window}), got {shift}")
+        raise ValueError(f'shift must be in [0, window={window}), got {shift}')
 
 
 def window_partition(x: ArrayT, window: int) -> ArrayT:
@@ -122,11 +124,12 @@ def _shifted_region_labels(height: int, width: int, window: int, shift: int) -> 
     the map. The label is 3 * row strip + column strip. With shift 0 every
     label is 0.
     """
+
     def strips(length: int) -> np.ndarray:
         labels = np.zeros(length, np.int64)
         if shift:
-            labels[length - window:length - shift] = 1
-            labels[length - shift:] = 2
+            labels[length - window : length - shift] = 1
+            labels[length - shift :] = 2
         return labels
 
     return _REGIONS_PER_AXIS * strips(height)[:, None] + strips(width)[None, :]
@@ -181,7 +184,9 @@ def region_map(height: int, width: int, window: int, shift: int) -> np.ndarray:
     _check_windows(height, width, window, shift)
     # Rolled position r holds original token (r + shift) mod L, so rolling the
     # labels forward by `shift` puts each label back on its token.
-    return np.roll(_shifted_region_labels(height, width, window, shift), (shift, shift), axis=(0, 1))
+    return np.roll(
+        _shifted_region_labels(height, width, window, shift), (shift, shift), axis=(0, 1)
+    )
 
 
 def attention_group_map(height: int, width: int, window: int, shift: int) -> np.ndarray:
@@ -191,14 +196,16 @@ def attention_group_map(height: int, width: int, window: int, shift: int) -> np.
     0..G-1 (numbered in order of (window, region)). With shift = 0 the groups
     are the windows; with a shift the wrapped windows split into 2 or 4 groups.
     """
-    combined = window_index_map(height, width, window, shift) * _REGIONS_PER_AXIS ** 2 \
-        + region_map(height, width, window, shift)
+    combined = window_index_map(height, width, window, shift) * _REGIONS_PER_AXIS**2 + region_map(
+        height, width, window, shift
+    )
     _, groups = np.unique(combined, return_inverse=True)
     return groups.reshape(height, width)
 
 
-def stage_windows(height: int, width: int, patch_size: int, num_stages: int,
-                  window_size: int) -> list[tuple[int, int, int, int]]:
+def stage_windows(
+    height: int, width: int, patch_size: int, num_stages: int, window_size: int
+) -> list[tuple[int, int, int, int]]:
     """(feature height, feature width, window, shift of odd blocks) for each stage of a Swin.
 
     Stage 0 sees the patch grid (H / patch_size, W / patch_size); each later
@@ -210,11 +217,15 @@ def stage_windows(height: int, width: int, patch_size: int, num_stages: int,
     """
     step = patch_size * 2 ** (num_stages - 1)
     always = patch_size * window_size * 2 ** (num_stages - 1)
-    hint = (f" (patch_size={patch_size}, window_size={window_size}, {num_stages} stages: "
-            f"sizes that are multiples of {always} always work)")
+    hint = (
+        f' (patch_size={patch_size}, window_size={window_size}, {num_stages} stages: '
+        f'sizes that are multiples of {always} always work)'
+    )
     if height % step or width % step:
-        raise ValueError(f"Swin input size {height}x{width} is not a multiple of patch_size * "
-                         f"2**(stages - 1) = {step}, which patch merging needs{hint}")
+        raise ValueError(
+            f'Swin input size {height}x{width} is not a multiple of patch_size * '
+            f'2**(stages - 1) = {step}, which patch merging needs{hint}'
+        )
     plan = []
     h, w = height // patch_size, width // patch_size
     for stage in range(num_stages):
@@ -223,14 +234,17 @@ def stage_windows(height: int, width: int, patch_size: int, num_stages: int,
         else:
             window, shift = window_size, window_size // 2
         if h % window or w % window:
-            raise ValueError(f"Swin input size {height}x{width}: the stage {stage} feature map {h}x{w} "
-                             f"is not a multiple of its window {window}{hint}")
+            raise ValueError(
+                f'Swin input size {height}x{width}: the stage {stage} feature map {h}x{w} '
+                f'is not a multiple of its window {window}{hint}'
+            )
         plan.append((h, w, window, shift))
         h, w = h // 2, w // 2
     return plan
 
 
 # --------------------------------------------------------------------------- modules
+
 
 def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=param_dtype, name=name)
@@ -263,19 +277,30 @@ class WindowAttention(nn.Module):
         if shift:
             x = jnp.roll(x, (-shift, -shift), axis=(1, 2))
         windows = window_partition(x, window).reshape(-1, tokens, channels)
-        bias = RelativePositionBias(self.num_heads, (window, window), param_dtype=self.param_dtype,
-                                    name='relative_position_bias')()
+        bias = RelativePositionBias(
+            self.num_heads,
+            (window, window),
+            param_dtype=self.param_dtype,
+            name='relative_position_bias',
+        )()
         mask = None
         if shift:
             # A numpy constant: folded into the compiled program, not a parameter.
             per_window = shifted_window_mask(height, width, window, shift)
             num_windows = per_window.shape[0]
-            mask = jnp.broadcast_to(jnp.asarray(per_window)[None], (batch, num_windows, tokens, tokens))
+            mask = jnp.broadcast_to(
+                jnp.asarray(per_window)[None], (batch, num_windows, tokens, tokens)
+            )
             mask = mask.reshape(batch * num_windows, 1, tokens, tokens)
-        y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
-                               kernel_init='truncated_normal', implementation=self.attention_implementation,
-                               dtype=self.dtype, param_dtype=self.param_dtype,
-                               name='attention')(windows, mask=mask, bias=bias[None], train=train)
+        y = MultiHeadAttention(
+            self.num_heads,
+            dropout_rate=self.attention_dropout_rate,
+            kernel_init='truncated_normal',
+            implementation=self.attention_implementation,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='attention',
+        )(windows, mask=mask, bias=bias[None], train=train)
         y = window_reverse(y.reshape(-1, window, window, channels), window, height, width)
         if shift:
             y = jnp.roll(y, (shift, shift), axis=(1, 2))
@@ -301,16 +326,27 @@ class SwinBlock(nn.Module):
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         channels = x.shape[-1]
         y = _layer_norm('norm1', **dims)(x)
-        y = WindowAttention(self.num_heads, self.window_size, self.shift_size,
-                            attention_dropout_rate=self.attention_dropout_rate,
-                            attention_implementation=self.attention_implementation,
-                            name='window_attention', **dims)(y, train=train)
+        y = WindowAttention(
+            self.num_heads,
+            self.window_size,
+            self.shift_size,
+            attention_dropout_rate=self.attention_dropout_rate,
+            attention_implementation=self.attention_implementation,
+            name='window_attention',
+            **dims,
+        )(y, train=train)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         # DropPath on whole maps (not windows), so a dropped branch is dropped for the whole example.
         x = x + blocks.DropPath(self.drop_path_rate)(y, train=train)
         y = _layer_norm('norm2', **dims)(x)
-        y = blocks.MlpBlock(int(channels * self.mlp_ratio), activation='gelu', dropout_rate=self.dropout_rate,
-                            kernel_init='truncated_normal', name='mlp', **dims)(y, train=train)
+        y = blocks.MlpBlock(
+            int(channels * self.mlp_ratio),
+            activation='gelu',
+            dropout_rate=self.dropout_rate,
+            kernel_init='truncated_normal',
+            name='mlp',
+            **dims,
+        )(y, train=train)
         return x + blocks.DropPath(self.drop_path_rate)(y, train=train)
 
 
@@ -324,10 +360,18 @@ class PatchMerging(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
         # The official order (top-left, bottom-left, top-right, bottom-right), so weights port directly.
-        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        x = jnp.concatenate(
+            [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1
+        )
         x = _layer_norm('norm', self.dtype, self.param_dtype)(x)
-        return Dense(2 * channels, use_bias=False, kernel_init=blocks.initializer('truncated_normal'),
-                        dtype=self.dtype, param_dtype=self.param_dtype, name='reduction')(x)
+        return Dense(
+            2 * channels,
+            use_bias=False,
+            kernel_init=blocks.initializer('truncated_normal'),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='reduction',
+        )(x)
 
 
 class SwinTransformer(nn.Module):
@@ -358,56 +402,91 @@ class SwinTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
-        blocks.check_choice('attention_implementation', self.attention_implementation, IMPLEMENTATIONS)
+        blocks.check_choice(
+            'attention_implementation', self.attention_implementation, IMPLEMENTATIONS
+        )
         for rate in ('dropout_rate', 'attention_dropout_rate', 'drop_path_rate'):
             blocks.check_rate(rate, getattr(self, rate))
         for field in ('num_classes', 'patch_size', 'embed_dim', 'window_size'):
             value = getattr(self, field)
             if not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{field} must be a positive int, got {value!r}")
+                raise ValueError(f'{field} must be a positive int, got {value!r}')
         if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
-        if (not isinstance(self.depths, Sequence) or not isinstance(self.num_heads, Sequence)
-                or not self.depths or len(self.depths) != len(self.num_heads)
-                or min(self.depths) < 1 or min(self.num_heads) < 1):
-            raise ValueError(f"depths and num_heads must be non-empty tuples of positive ints of equal "
-                             f"length (one entry per stage), got depths={self.depths!r}, "
-                             f"num_heads={self.num_heads!r}")
+            raise ValueError(f'mlp_ratio must be positive, got {self.mlp_ratio!r}')
+        if (
+            not isinstance(self.depths, Sequence)
+            or not isinstance(self.num_heads, Sequence)
+            or not self.depths
+            or len(self.depths) != len(self.num_heads)
+            or min(self.depths) < 1
+            or min(self.num_heads) < 1
+        ):
+            raise ValueError(
+                f'depths and num_heads must be non-empty tuples of positive ints of equal '
+                f'length (one entry per stage), got depths={self.depths!r}, '
+                f'num_heads={self.num_heads!r}'
+            )
         for stage, heads in enumerate(self.num_heads):
-            width = self.embed_dim * 2 ** stage
+            width = self.embed_dim * 2**stage
             if width % heads:
-                raise ValueError(f"stage {stage} width {width} (embed_dim {self.embed_dim} * 2**{stage}) "
-                                 f"is not divisible by its num_heads {heads}")
+                raise ValueError(
+                    f'stage {stage} width {width} (embed_dim {self.embed_dim} * 2**{stage}) '
+                    f'is not divisible by its num_heads {heads}'
+                )
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if x.ndim != 4:
-            raise ValueError(f"SwinTransformer expects (N, H, W, C) images, got shape {x.shape}")
-        plan = stage_windows(x.shape[1], x.shape[2], self.patch_size, len(self.depths), self.window_size)
+            raise ValueError(f'SwinTransformer expects (N, H, W, C) images, got shape {x.shape}')
+        plan = stage_windows(
+            x.shape[1], x.shape[2], self.patch_size, len(self.depths), self.window_size
+        )
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         p = self.patch_size
         x = x.astype(self.dtype)
-        x = Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID',
-                    kernel_init=blocks.initializer('lecun_normal'), name='patch_embed', **dims)(x)
+        x = Conv(
+            self.embed_dim,
+            (p, p),
+            strides=(p, p),
+            padding='VALID',
+            kernel_init=blocks.initializer('lecun_normal'),
+            name='patch_embed',
+            **dims,
+        )(x)
         x = _layer_norm('patch_embed_norm', **dims)(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
         total_blocks = sum(self.depths)
         index = 0
-        for stage, (depth, heads, (_, _, window, shift)) in enumerate(zip(self.depths, self.num_heads, plan)):
+        for stage, (depth, heads, (_, _, window, shift)) in enumerate(
+            zip(self.depths, self.num_heads, plan)
+        ):
             if stage > 0:
                 x = PatchMerging(name=f'merge{stage}', **dims)(x)
             for i in range(depth):
                 rate = self.drop_path_rate * index / max(total_blocks - 1, 1)
-                x = SwinBlock(heads, window, shift if i % 2 else 0, mlp_ratio=self.mlp_ratio,
-                              dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                              drop_path_rate=rate, attention_implementation=self.attention_implementation,
-                              name=f'stage{stage}_block{i}', **dims)(x, train=train)
+                x = SwinBlock(
+                    heads,
+                    window,
+                    shift if i % 2 else 0,
+                    mlp_ratio=self.mlp_ratio,
+                    dropout_rate=self.dropout_rate,
+                    attention_dropout_rate=self.attention_dropout_rate,
+                    drop_path_rate=rate,
+                    attention_implementation=self.attention_implementation,
+                    name=f'stage{stage}_block{i}',
+                    **dims,
+                )(x, train=train)
                 index += 1
         x = _layer_norm('norm', **dims)(x)
         x = jnp.mean(x, axis=(1, 2))
-        x = Dense(self.num_classes, kernel_init=blocks.initializer('truncated_normal'), name='head', **dims)(x)
+        x = Dense(
+            self.num_classes,
+            kernel_init=blocks.initializer('truncated_normal'),
+            name='head',
+            **dims,
+        )(x)
         return x.astype(jnp.float32)
 
 
@@ -419,5 +498,14 @@ _VARIANTS = {
     'swin_l': (192, (2, 2, 18, 2), (6, 12, 24, 48), 0.2),
 }
 for _name, (_embed_dim, _depths, _heads, _drop_path) in _VARIANTS.items():
-    register(_name, SwinTransformer, family='swin', patch_size=4, window_size=7, embed_dim=_embed_dim,
-             depths=_depths, num_heads=_heads, drop_path_rate=_drop_path)
+    register(
+        _name,
+        SwinTransformer,
+        family='swin',
+        patch_size=4,
+        window_size=7,
+        embed_dim=_embed_dim,
+        depths=_depths,
+        num_heads=_heads,
+        drop_path_rate=_drop_path,
+    )

@@ -36,17 +36,15 @@ import functools
 import math
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from nets.layers import blocks
-from nets.layers import decoding
-from nets.layers import position
+from nets.kernels.mixed_precision import Dense
+from nets.layers import blocks, decoding, position
 from nets.layers.attention import IMPLEMENTATIONS, MultiHeadAttention, causal_mask, key_padding_mask
 from nets.layers.encoder_block import NORM_POSITIONS, EncoderBlock, residual_sublayer
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 
@@ -82,31 +80,62 @@ class DecoderBlock(nn.Module):
 
     def __post_init__(self) -> None:
         blocks.check_choice('norm_position', self.norm_position, NORM_POSITIONS)
-        blocks.check_choice('attention_implementation', self.attention_implementation, IMPLEMENTATIONS)
+        blocks.check_choice(
+            'attention_implementation', self.attention_implementation, IMPLEMENTATIONS
+        )
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, encoded: jax.Array, *, self_mask: jax.Array | None = None,
-                 cross_mask: jax.Array | None = None, train: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        encoded: jax.Array,
+        *,
+        self_mask: jax.Array | None = None,
+        cross_mask: jax.Array | None = None,
+        train: bool = False,
+    ) -> jax.Array:
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pre = self.norm_position == 'pre'
 
         def residual(x: jax.Array, branch, norm_name: str, dropout: bool) -> jax.Array:
-            return residual_sublayer(x, branch, blocks.layer_norm(name=norm_name, **dims), pre=pre,
-                                     train=train, dropout_rate=self.dropout_rate if dropout else 0.0)
+            return residual_sublayer(
+                x,
+                branch,
+                blocks.layer_norm(name=norm_name, **dims),
+                pre=pre,
+                train=train,
+                dropout_rate=self.dropout_rate if dropout else 0.0,
+            )
 
         def attention(name: str, decode: bool) -> MultiHeadAttention:
-            return MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
-                                      implementation=self.attention_implementation, decode=decode,
-                                      name=name, **dims)
+            return MultiHeadAttention(
+                self.num_heads,
+                dropout_rate=self.attention_dropout_rate,
+                implementation=self.attention_implementation,
+                decode=decode,
+                name=name,
+                **dims,
+            )
 
         self_attention = attention('attention', self.decode)
-        x = residual(x, lambda y: self_attention(y, mask=self_mask, train=train), 'norm1', dropout=True)
+        x = residual(
+            x, lambda y: self_attention(y, mask=self_mask, train=train), 'norm1', dropout=True
+        )
         cross_attention = attention('cross_attention', False)
-        x = residual(x, lambda y: cross_attention(y, encoded, mask=cross_mask, train=train), 'norm2',
-                     dropout=True)
-        mlp = blocks.MlpBlock(self.mlp_dim, activation=self.activation, dropout_rate=self.dropout_rate,
-                              name='mlp', **dims)
+        x = residual(
+            x,
+            lambda y: cross_attention(y, encoded, mask=cross_mask, train=train),
+            'norm2',
+            dropout=True,
+        )
+        mlp = blocks.MlpBlock(
+            self.mlp_dim,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
+            name='mlp',
+            **dims,
+        )
         # MlpBlock ends in its own dropout, which serves as this sub-layer's.
         return residual(x, lambda y: mlp(y, train=train), 'norm3', dropout=False)
 
@@ -147,66 +176,98 @@ class Transformer(nn.Module):
         blocks.check_choice('norm_position', self.norm_position, NORM_POSITIONS)
         blocks.check_choice('posemb', self.posemb, POSEMBS)
         blocks.check_choice('activation', self.activation, blocks.ACTIVATIONS)
-        blocks.check_choice('attention_implementation', self.attention_implementation, IMPLEMENTATIONS)
+        blocks.check_choice(
+            'attention_implementation', self.attention_implementation, IMPLEMENTATIONS
+        )
         for rate in ('dropout_rate', 'attention_dropout_rate'):
             blocks.check_rate(rate, getattr(self, rate))
         sizes = ('vocab_size', 'hidden_size', 'num_heads', 'mlp_dim', 'max_length')
         if min(getattr(self, size) for size in sizes) < 1:
-            raise ValueError(f"{', '.join(sizes)} must be positive, got "
-                             f"{[getattr(self, size) for size in sizes]}")
+            raise ValueError(
+                f'{", ".join(sizes)} must be positive, got '
+                f'{[getattr(self, size) for size in sizes]}'
+            )
         if min(self.num_encoder_layers, self.num_decoder_layers) < 0:
-            raise ValueError("num_encoder_layers and num_decoder_layers must be >= 0")
+            raise ValueError('num_encoder_layers and num_decoder_layers must be >= 0')
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}'
+            )
         if self.posemb == 'sinusoidal' and self.hidden_size % 2:
-            raise ValueError(f"posemb 'sinusoidal' needs an even hidden_size, got {self.hidden_size}")
+            raise ValueError(
+                f"posemb 'sinusoidal' needs an even hidden_size, got {self.hidden_size}"
+            )
         for token in ('pad_id', 'bos_id', 'eos_id'):
             if not 0 <= getattr(self, token) < self.vocab_size:
-                raise ValueError(f"{token} {getattr(self, token)} is outside the vocabulary "
-                                 f"[0, {self.vocab_size})")
+                raise ValueError(
+                    f'{token} {getattr(self, token)} is outside the vocabulary '
+                    f'[0, {self.vocab_size})'
+                )
         if self.eos_id == self.pad_id:
             # Padding is masked out of inputs and losses; eos must stay visible.
-            raise ValueError(f"eos_id and pad_id must differ, both are {self.eos_id}")
+            raise ValueError(f'eos_id and pad_id must differ, both are {self.eos_id}')
         super().__post_init__()
 
     def setup(self) -> None:
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        embed = functools.partial(nn.Embed, self.vocab_size, self.hidden_size,
-                                  embedding_init=nn.initializers.normal(self.hidden_size ** -0.5), **dims)
+        embed = functools.partial(
+            nn.Embed,
+            self.vocab_size,
+            self.hidden_size,
+            embedding_init=nn.initializers.normal(self.hidden_size**-0.5),
+            **dims,
+        )
         if self.share_embeddings:
             self.embedding = embed()
         else:
             self.source_embedding = embed()
             self.target_embedding = embed()
-            self.output_projection = Dense(self.vocab_size, use_bias=False,
-                                              kernel_init=blocks.initializer('glorot_uniform'), **dims)
+            self.output_projection = Dense(
+                self.vocab_size,
+                use_bias=False,
+                kernel_init=blocks.initializer('glorot_uniform'),
+                **dims,
+            )
         if self.posemb == 'learned':
             shape = (self.max_length, self.hidden_size)
             self.encoder_position_embedding = self.param(
-                'encoder_position_embedding', nn.initializers.normal(0.02), shape, self.param_dtype)
+                'encoder_position_embedding', nn.initializers.normal(0.02), shape, self.param_dtype
+            )
             self.decoder_position_embedding = self.param(
-                'decoder_position_embedding', nn.initializers.normal(0.02), shape, self.param_dtype)
-        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm_position=self.norm_position,
-                     activation=self.activation, dropout_rate=self.dropout_rate,
-                     attention_dropout_rate=self.attention_dropout_rate,
-                     attention_implementation=self.attention_implementation, **dims)
+                'decoder_position_embedding', nn.initializers.normal(0.02), shape, self.param_dtype
+            )
+        block = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            norm_position=self.norm_position,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            attention_implementation=self.attention_implementation,
+            **dims,
+        )
         self.encoder_blocks = [EncoderBlock(**block) for _ in range(self.num_encoder_layers)]
-        self.decoder_blocks = [DecoderBlock(decode=self.decoding, **block)
-                               for _ in range(self.num_decoder_layers)]
+        self.decoder_blocks = [
+            DecoderBlock(decode=self.decoding, **block) for _ in range(self.num_decoder_layers)
+        ]
         if self.norm_position == 'pre':
             # Pre-LN leaves the residual stream unnormalised; post-LN's last block already ends in a norm.
             self.encoder_norm = blocks.layer_norm(**dims)
             self.decoder_norm = blocks.layer_norm(**dims)
         self.dropout = nn.Dropout(self.dropout_rate)
         # Made at init and read from a cache later; a call without a cache fails in decode_step.
-        if self.decoding and (self.is_initializing() or self.has_variable('cache', 'decode_position')):
-            self.decode_position = self.variable('cache', 'decode_position', lambda: jnp.array(0, jnp.int32))
+        if self.decoding and (
+            self.is_initializing() or self.has_variable('cache', 'decode_position')
+        ):
+            self.decode_position = self.variable(
+                'cache', 'decode_position', lambda: jnp.array(0, jnp.int32)
+            )
 
     # ------------------------------------------------------------------ pieces
 
     def _embed(self, embedding: nn.Embed, tokens: jax.Array) -> jax.Array:
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"Transformer expects int token ids, got dtype {tokens.dtype}")
+            raise ValueError(f'Transformer expects int token ids, got dtype {tokens.dtype}')
         return embedding(tokens) * jnp.asarray(math.sqrt(self.hidden_size), self.dtype)
 
     def _positions(self, length: int, which: str) -> jax.Array:
@@ -214,20 +275,35 @@ class Transformer(nn.Module):
         if self.posemb == 'sinusoidal':
             return jnp.asarray(position.sinusoidal_1d(length, self.hidden_size), self.dtype)
         if length > self.max_length:
-            raise ValueError(f"{which} sequence length {length} exceeds max_length {self.max_length} "
-                             f"of the learned position table")
+            raise ValueError(
+                f'{which} sequence length {length} exceeds max_length {self.max_length} '
+                f'of the learned position table'
+            )
         return getattr(self, f'{which}_position_embedding')[:length].astype(self.dtype)
 
     def _target_embedding(self) -> nn.Embed:
         return self.embedding if self.share_embeddings else self.target_embedding
 
-    def _decoder_stack(self, x: jax.Array, encoded: jax.Array, inputs_valid: jax.Array, *,
-                       self_mask: jax.Array | None, train: bool) -> jax.Array:
+    def _decoder_stack(
+        self,
+        x: jax.Array,
+        encoded: jax.Array,
+        inputs_valid: jax.Array,
+        *,
+        self_mask: jax.Array | None,
+        train: bool,
+    ) -> jax.Array:
         """Embedded decoder inputs (batch, length, hidden) -> (batch, length, vocab) float32 logits."""
         x = self.dropout(x, deterministic=not train)
         cross_mask = key_padding_mask(inputs_valid)
         for block in self.decoder_blocks:
-            x = block(x, encoded.astype(self.dtype), self_mask=self_mask, cross_mask=cross_mask, train=train)
+            x = block(
+                x,
+                encoded.astype(self.dtype),
+                self_mask=self_mask,
+                cross_mask=cross_mask,
+                train=train,
+            )
         if self.norm_position == 'pre':
             x = self.decoder_norm(x)
         logits = self.embedding.attend(x) if self.share_embeddings else self.output_projection(x)
@@ -251,8 +327,14 @@ class Transformer(nn.Module):
             x = self.encoder_norm(x)
         return x
 
-    def decode(self, encoded: jax.Array, inputs_valid: jax.Array, targets: jax.Array, *,
-               train: bool = False) -> jax.Array:
+    def decode(
+        self,
+        encoded: jax.Array,
+        inputs_valid: jax.Array,
+        targets: jax.Array,
+        *,
+        train: bool = False,
+    ) -> jax.Array:
         """Teacher forcing: (batch, target_len) targets -> (batch, target_len, vocab) float32 logits.
 
         `targets` are the tokens to predict (eos at the end, pad after; no bos):
@@ -262,14 +344,20 @@ class Transformer(nn.Module):
         `init` (see `init_cache`); decode one token at a time with `decode_step`.
         """
         if self.decoding and not self.is_initializing():
-            raise ValueError("with decoding=True call decode_step one token at a time; decode() "
-                             "with decoding=True only sizes the cache at init")
+            raise ValueError(
+                'with decoding=True call decode_step one token at a time; decode() '
+                'with decoding=True only sizes the cache at init'
+            )
         length = targets.shape[1]
         x = self._embed(self._target_embedding(), shift_right(targets, self.bos_id))
         x = x + self._positions(length, 'decoder')
-        return self._decoder_stack(x, encoded, inputs_valid, self_mask=causal_mask(length), train=train)
+        return self._decoder_stack(
+            x, encoded, inputs_valid, self_mask=causal_mask(length), train=train
+        )
 
-    def decode_step(self, encoded: jax.Array, inputs_valid: jax.Array, tokens: jax.Array) -> jax.Array:
+    def decode_step(
+        self, encoded: jax.Array, inputs_valid: jax.Array, tokens: jax.Array
+    ) -> jax.Array:
         """One decoding step: the previous tokens (batch,) -> next-token logits (batch, vocab) float32.
 
         Needs `decoding=True` and the 'cache' collection from `init_cache`, applied
@@ -277,10 +365,14 @@ class Transformer(nn.Module):
         advance by one. Feed `bos_id` first, then each chosen token.
         """
         if not self.decoding:
-            raise ValueError("decode_step needs a model with decoding=True (model.clone(decoding=True))")
+            raise ValueError(
+                'decode_step needs a model with decoding=True (model.clone(decoding=True))'
+            )
         if not self.has_variable('cache', 'decode_position'):
-            raise ValueError("decode_step needs the 'cache' collection from init_cache, "
-                             "applied with mutable=['cache']")
+            raise ValueError(
+                "decode_step needs the 'cache' collection from init_cache, "
+                "applied with mutable=['cache']"
+            )
         step = self.decode_position.value
         x = self._embed(self._target_embedding(), tokens[:, None])
         if self.posemb == 'sinusoidal':
@@ -300,6 +392,7 @@ class Transformer(nn.Module):
 
 # ----------------------------------------------------------------------------- decoding
 
+
 def init_cache(model: Transformer, batch_size: int, max_length: int) -> dict[str, Any]:
     """Zero 'cache' collection for decoding up to `max_length` tokens per example.
 
@@ -307,22 +400,35 @@ def init_cache(model: Transformer, batch_size: int, max_length: int) -> dict[str
     (batch, max_length) target, so nothing but the cache is allocated.
     """
     if model.posemb == 'learned' and max_length > model.max_length:
-        raise ValueError(f"max_length {max_length} exceeds the model's learned position table "
-                         f"({model.max_length})")
+        raise ValueError(
+            f"max_length {max_length} exceeds the model's learned position table "
+            f'({model.max_length})'
+        )
     decoder = model.clone(decoding=True)
 
     def init() -> Any:
         encoded = jnp.zeros((batch_size, 1, model.hidden_size), model.dtype)
         targets = jnp.zeros((batch_size, max_length), jnp.int32)
-        return decoder.init(jax.random.key(0), encoded, jnp.ones((batch_size, 1), bool), targets,
-                            method=Transformer.decode)
+        return decoder.init(
+            jax.random.key(0),
+            encoded,
+            jnp.ones((batch_size, 1), bool),
+            targets,
+            method=Transformer.decode,
+        )
 
     shapes = jax.eval_shape(init)['cache']
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def make_step_fn(model: Transformer, variables: dict[str, Any], inputs: jax.Array, *, beam_size: int = 1,
-                 max_length: int | None = None) -> tuple[decoding.StepFn, dict[str, Any]]:
+def make_step_fn(
+    model: Transformer,
+    variables: dict[str, Any],
+    inputs: jax.Array,
+    *,
+    beam_size: int = 1,
+    max_length: int | None = None,
+) -> tuple[decoding.StepFn, dict[str, Any]]:
     """Encodes `inputs` once and returns (step_fn, initial cache) for `nets.layers.decoding`.
 
     The step function holds the encoder output repeated for `beam_size` beams per
@@ -337,16 +443,28 @@ def make_step_fn(model: Transformer, variables: dict[str, Any], inputs: jax.Arra
     params = {'params': variables['params']}
 
     def step_fn(tokens: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
-        logits, updates = decoder.apply({**params, 'cache': cache}, encoded, inputs_valid, tokens,
-                                        method=Transformer.decode_step, mutable=['cache'])
+        logits, updates = decoder.apply(
+            {**params, 'cache': cache},
+            encoded,
+            inputs_valid,
+            tokens,
+            method=Transformer.decode_step,
+            mutable=['cache'],
+        )
         return logits, updates['cache']
 
     return step_fn, init_cache(model, inputs.shape[0], max_length)
 
 
-def translate(model: Transformer, variables: dict[str, Any], inputs: jax.Array, *, beam_size: int = 4,
-              max_length: int | None = None,
-              alpha: float = decoding.GNMT_ALPHA) -> tuple[jax.Array, jax.Array]:
+def translate(
+    model: Transformer,
+    variables: dict[str, Any],
+    inputs: jax.Array,
+    *,
+    beam_size: int = 4,
+    max_length: int | None = None,
+    alpha: float = decoding.GNMT_ALPHA,
+) -> tuple[jax.Array, jax.Array]:
     """Beam-search translation of (batch, source_len) token ids (the paper: beam 4, α = 0.6).
 
     Returns `nets.layers.decoding.beam_search`'s (sequences (batch, beam_size, max_length),
@@ -355,22 +473,66 @@ def translate(model: Transformer, variables: dict[str, Any], inputs: jax.Array, 
     source length + 50). Jit it with `model`, `beam_size`, `max_length` static.
     """
     max_length = model.max_length if max_length is None else max_length
-    step_fn, cache = make_step_fn(model, variables, inputs, beam_size=beam_size, max_length=max_length)
-    return decoding.beam_search(step_fn, cache, batch_size=inputs.shape[0], beam_size=beam_size,
-                                max_length=max_length, bos_id=model.bos_id, eos_id=model.eos_id,
-                                pad_id=model.pad_id, alpha=alpha)
+    step_fn, cache = make_step_fn(
+        model, variables, inputs, beam_size=beam_size, max_length=max_length
+    )
+    return decoding.beam_search(
+        step_fn,
+        cache,
+        batch_size=inputs.shape[0],
+        beam_size=beam_size,
+        max_length=max_length,
+        bos_id=model.bos_id,
+        eos_id=model.eos_id,
+        pad_id=model.pad_id,
+        alpha=alpha,
+    )
 
 
 # ----------------------------------------------------------------------------- variants
 
 # The paper's Table 3: base and big, 6 + 6 layers, one ~37k BPE vocabulary (EN-DE).
-register('transformer_base', Transformer, family='transformer', vocab_size=37_000, hidden_size=512,
-         num_heads=8, mlp_dim=2048, num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.1,
-         norm_position='post', share_embeddings=True)
-register('transformer_big', Transformer, family='transformer', vocab_size=37_000, hidden_size=1024,
-         num_heads=16, mlp_dim=4096, num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.3,
-         norm_position='post', share_embeddings=True)
+register(
+    'transformer_base',
+    Transformer,
+    family='transformer',
+    vocab_size=37_000,
+    hidden_size=512,
+    num_heads=8,
+    mlp_dim=2048,
+    num_encoder_layers=6,
+    num_decoder_layers=6,
+    dropout_rate=0.1,
+    norm_position='post',
+    share_embeddings=True,
+)
+register(
+    'transformer_big',
+    Transformer,
+    family='transformer',
+    vocab_size=37_000,
+    hidden_size=1024,
+    num_heads=16,
+    mlp_dim=4096,
+    num_encoder_layers=6,
+    num_decoder_layers=6,
+    dropout_rate=0.3,
+    norm_position='post',
+    share_embeddings=True,
+)
 # Small enough to train on a laptop CPU (toy copy/reverse tasks, byte-level vocabularies).
-register('transformer_tiny', Transformer, family='transformer', vocab_size=256, hidden_size=64,
-         num_heads=4, mlp_dim=128, num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1,
-         max_length=128, norm_position='post', share_embeddings=True)
+register(
+    'transformer_tiny',
+    Transformer,
+    family='transformer',
+    vocab_size=256,
+    hidden_size=64,
+    num_heads=4,
+    mlp_dim=128,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    dropout_rate=0.1,
+    max_length=128,
+    norm_position='post',
+    share_embeddings=True,
+)

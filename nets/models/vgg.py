@@ -20,13 +20,13 @@ and `width` (64 = the paper) to scale every conv stage.
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
 from nets.registry import register
-from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
 
@@ -62,10 +62,18 @@ class VGG(nn.Module):
         blocks.check_choice('kernel_init', self.kernel_init, blocks.INITIALIZERS)
         blocks.check_rate('dropout_rate', self.dropout_rate)
         if len(self.stage_convs) != len(_WIDTH_FACTORS) or any(n < 1 for n in self.stage_convs):
-            raise ValueError(f"stage_convs must be {len(_WIDTH_FACTORS)} positive ints, got {self.stage_convs!r}")
-        if self.width < 1 or self.fc_width < 1 or (self.pooled_size is not None and self.pooled_size < 1):
-            raise ValueError(f"width, fc_width and pooled_size must be positive, got width={self.width}, "
-                             f"fc_width={self.fc_width}, pooled_size={self.pooled_size}")
+            raise ValueError(
+                f'stage_convs must be {len(_WIDTH_FACTORS)} positive ints, got {self.stage_convs!r}'
+            )
+        if (
+            self.width < 1
+            or self.fc_width < 1
+            or (self.pooled_size is not None and self.pooled_size < 1)
+        ):
+            raise ValueError(
+                f'width, fc_width and pooled_size must be positive, got width={self.width}, '
+                f'fc_width={self.fc_width}, pooled_size={self.pooled_size}'
+            )
         super().__post_init__()
 
     def _pools(self) -> list[bool]:
@@ -86,21 +94,31 @@ class VGG(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         blocks.check_images(self, x)
         # torchvision keeps the conv bias even when BatchNorm follows (the anchors count it).
-        conv = dict(use_norm=self.batch_norm, use_bias=True, activation=self.activation,
-                    kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = dict(
+            use_norm=self.batch_norm,
+            use_bias=True,
+            activation=self.activation,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         x = x.astype(self.dtype)
         for stage, (num_convs, pooled) in enumerate(zip(self.stage_convs, self._pools())):
             for i in range(num_convs):
-                x = blocks.ConvNormAct(self.width * _WIDTH_FACTORS[stage], 3, name=f'stage{stage}_conv{i}',
-                                       **conv)(x, train=train)
+                x = blocks.ConvNormAct(
+                    self.width * _WIDTH_FACTORS[stage], 3, name=f'stage{stage}_conv{i}', **conv
+                )(x, train=train)
             if pooled:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
 
         pooled_size = _POOLED_SIZE[self.stem] if self.pooled_size is None else self.pooled_size
         x = blocks.adaptive_avg_pool(x, pooled_size)
         x = x.reshape(x.shape[0], -1)
-        dense = dict(kernel_init=blocks.initializer(self.kernel_init), dtype=self.dtype,
-                     param_dtype=self.param_dtype)
+        dense = dict(
+            kernel_init=blocks.initializer(self.kernel_init),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         for i in (1, 2):
             x = Dense(self.fc_width, name=f'fc{i}', **dense)(x)
             x = blocks.activation(self.activation)(x)

@@ -17,19 +17,18 @@ checkpoint). stem='resnet' puts the patch embedding on a ResNet's feature map
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
-from nets.layers import blocks
-from nets.layers import position
 from nets.kernels.conv import Conv
+from nets.kernels.mixed_precision import Dense
+from nets.layers import blocks, position
 from nets.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
 from nets.layers.encoder_block import EncoderBlock
-from nets.registry import register
 from nets.models.resnet import BottleneckBlock
-from nets.kernels.mixed_precision import Dense
+from nets.registry import register
 
 Dtype = Any
 
@@ -55,11 +54,17 @@ class MAPHead(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, _, width = x.shape
-        probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, width), self.param_dtype)
+        probe = self.param(
+            'probe', nn.initializers.xavier_uniform(), (1, 1, width), self.param_dtype
+        )
         probe = jnp.broadcast_to(probe.astype(self.dtype), (batch, 1, width))
-        x = MultiHeadAttention(self.num_heads, kernel_init='glorot_uniform',
-                               implementation=self.attention_implementation,
-                               name='attention', **dims)(probe, x)
+        x = MultiHeadAttention(
+            self.num_heads,
+            kernel_init='glorot_uniform',
+            implementation=self.attention_implementation,
+            name='attention',
+            **dims,
+        )(probe, x)
         y = blocks.layer_norm(name='norm', **dims)(x)
         x = x + blocks.MlpBlock(self.mlp_dim, activation='gelu', name='mlp', **dims)(y)
         return x[:, 0]
@@ -90,8 +95,12 @@ class ResNetStem(nn.Module):
             x = blocks.ConvNormAct(self.width, 3, name='root', **conv)(x, train=train)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for i in range(num_blocks):
-                x = BottleneckBlock(self.width * 2 ** stage, strides=2 if stage > 0 and i == 0 else 1,
-                                    name=f'stage{stage}_block{i}', **conv)(x, train=train)
+                x = BottleneckBlock(
+                    self.width * 2**stage,
+                    strides=2 if stage > 0 and i == 0 else 1,
+                    name=f'stage{stage}_block{i}',
+                    **conv,
+                )(x, train=train)
         return x
 
 
@@ -135,17 +144,29 @@ class VisionTransformer(nn.Module):
         blocks.check_choice('stem', self.stem, STEMS)
         blocks.check_choice('resnet_root', self.resnet_root, RESNET_STEMS)
         blocks.check_choice('head_init', self.head_init, blocks.INITIALIZERS)
-        blocks.check_choice('attention_implementation', self.attention_implementation, IMPLEMENTATIONS)
+        blocks.check_choice(
+            'attention_implementation', self.attention_implementation, IMPLEMENTATIONS
+        )
         for rate in ('dropout_rate', 'attention_dropout_rate', 'drop_path_rate'):
             blocks.check_rate(rate, getattr(self, rate))
         if min(self.patch_size, self.hidden_size, self.depth, self.num_heads, self.mlp_dim) < 1:
-            raise ValueError("patch_size, hidden_size, depth, num_heads and mlp_dim must be positive")
+            raise ValueError(
+                'patch_size, hidden_size, depth, num_heads and mlp_dim must be positive'
+            )
         if self.hidden_size % self.num_heads != 0:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}'
+            )
         if self.posemb == 'sincos2d' and self.hidden_size % 4 != 0:
-            raise ValueError(f"posemb 'sincos2d' needs hidden_size divisible by 4, got {self.hidden_size}")
-        if self.stem == 'resnet' and (not self.resnet_stage_sizes or min(self.resnet_stage_sizes) < 1):
-            raise ValueError(f"resnet_stage_sizes must be non-empty positive ints, got {self.resnet_stage_sizes!r}")
+            raise ValueError(
+                f"posemb 'sincos2d' needs hidden_size divisible by 4, got {self.hidden_size}"
+            )
+        if self.stem == 'resnet' and (
+            not self.resnet_stage_sizes or min(self.resnet_stage_sizes) < 1
+        ):
+            raise ValueError(
+                f'resnet_stage_sizes must be non-empty positive ints, got {self.resnet_stage_sizes!r}'
+            )
         super().__post_init__()
 
     def _position_embedding(self, grid_h: int, grid_w: int, num_tokens: int) -> jax.Array:
@@ -159,44 +180,68 @@ class VisionTransformer(nn.Module):
         if self.has_variable('params', 'pos_embedding'):
             table = self.get_variable('params', 'pos_embedding')
             if table.shape[1] != num_tokens:
-                table = position.resize_grid_embedding(table, (grid_h, grid_w), num_prefix_tokens=prefix)
+                table = position.resize_grid_embedding(
+                    table, (grid_h, grid_w), num_prefix_tokens=prefix
+                )
             return table
-        return self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
-                          (1, num_tokens, self.hidden_size), self.param_dtype)
+        return self.param(
+            'pos_embedding',
+            nn.initializers.normal(stddev=0.02),
+            (1, num_tokens, self.hidden_size),
+            self.param_dtype,
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if x.ndim != 4:
-            raise ValueError(f"VisionTransformer expects (N, H, W, C) images, got shape {x.shape}")
+            raise ValueError(f'VisionTransformer expects (N, H, W, C) images, got shape {x.shape}')
         dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x.astype(self.dtype)
         if self.stem == 'resnet':
-            x = ResNetStem(self.resnet_stage_sizes, self.resnet_width, self.resnet_root,
-                           name='resnet', **dims)(x, train=train)
+            x = ResNetStem(
+                self.resnet_stage_sizes, self.resnet_width, self.resnet_root, name='resnet', **dims
+            )(x, train=train)
         height, width = x.shape[1:3]
         if height % self.patch_size or width % self.patch_size:
             what = 'image' if self.stem == 'patch' else 'ResNet feature map'
-            raise ValueError(f"patch_size {self.patch_size} does not divide the {what} size "
-                             f"{height}x{width}")
+            raise ValueError(
+                f'patch_size {self.patch_size} does not divide the {what} size {height}x{width}'
+            )
         p = self.patch_size
-        x = Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID',
-                    kernel_init=blocks.initializer('lecun_normal'), name='embedding', **dims)(x)
+        x = Conv(
+            self.hidden_size,
+            (p, p),
+            strides=(p, p),
+            padding='VALID',
+            kernel_init=blocks.initializer('lecun_normal'),
+            name='embedding',
+            **dims,
+        )(x)
         batch, grid_h, grid_w, _ = x.shape
         x = x.reshape(batch, grid_h * grid_w, self.hidden_size)
 
         if self.pool == 'token':
-            cls = self.param('cls', nn.initializers.zeros, (1, 1, self.hidden_size), self.param_dtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.hidden_size)), x], 1)
+            cls = self.param(
+                'cls', nn.initializers.zeros, (1, 1, self.hidden_size), self.param_dtype
+            )
+            x = jnp.concatenate(
+                [jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.hidden_size)), x], 1
+            )
         x = x + self._position_embedding(grid_h, grid_w, x.shape[1]).astype(self.dtype)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
         for i in range(self.depth):
             drop_path = self.drop_path_rate * i / max(self.depth - 1, 1)
-            x = EncoderBlock(self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
-                             attention_dropout_rate=self.attention_dropout_rate,
-                             drop_path_rate=drop_path,
-                             attention_implementation=self.attention_implementation,
-                             name=f'encoderblock_{i}', **dims)(x, train=train)
+            x = EncoderBlock(
+                self.num_heads,
+                self.mlp_dim,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                drop_path_rate=drop_path,
+                attention_implementation=self.attention_implementation,
+                name=f'encoderblock_{i}',
+                **dims,
+            )(x, train=train)
         x = blocks.layer_norm(name='encoder_norm', **dims)(x)
 
         if self.pool == 'token':
@@ -204,11 +249,14 @@ class VisionTransformer(nn.Module):
         elif self.pool == 'gap':
             x = jnp.mean(x, axis=1)
         else:
-            x = MAPHead(self.num_heads, self.mlp_dim, self.attention_implementation,
-                        name='map_head', **dims)(x)
+            x = MAPHead(
+                self.num_heads, self.mlp_dim, self.attention_implementation, name='map_head', **dims
+            )(x)
         if self.representation_size is not None:
             x = jnp.tanh(Dense(self.representation_size, name='pre_logits', **dims)(x))
-        x = Dense(self.num_classes, kernel_init=blocks.initializer(self.head_init), name='head', **dims)(x)
+        x = Dense(
+            self.num_classes, kernel_init=blocks.initializer(self.head_init), name='head', **dims
+        )(x)
         return x.astype(jnp.float32)
 
 
@@ -223,9 +271,27 @@ _VARIANTS = {
     'vit_h14': (14, 1280, 32, 16, 5120),
 }
 for _name, (_patch, _hidden, _depth, _heads, _mlp) in _VARIANTS.items():
-    register(_name, VisionTransformer, family='vit', patch_size=_patch, hidden_size=_hidden,
-             depth=_depth, num_heads=_heads, mlp_dim=_mlp)
+    register(
+        _name,
+        VisionTransformer,
+        family='vit',
+        patch_size=_patch,
+        hidden_size=_hidden,
+        depth=_depth,
+        num_heads=_heads,
+        mlp_dim=_mlp,
+    )
 
 # The paper's hybrid: ViT-B on the first three stages of ResNet-50 (stride 16), 1x1 patches.
-register('vit_r50_b16', VisionTransformer, family='vit', stem='resnet', resnet_stage_sizes=(3, 4, 9),
-         patch_size=1, hidden_size=768, depth=12, num_heads=12, mlp_dim=3072)
+register(
+    'vit_r50_b16',
+    VisionTransformer,
+    family='vit',
+    stem='resnet',
+    resnet_stage_sizes=(3, 4, 9),
+    patch_size=1,
+    hidden_size=768,
+    depth=12,
+    num_heads=12,
+    mlp_dim=3072,
+)

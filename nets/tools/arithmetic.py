@@ -16,24 +16,40 @@ import dataclasses
 from collections.abc import Iterable
 
 
-def conv_output_size(size: int, kernel: int, *, stride: int = 1, padding: int = 0,
-                     dilation: int = 1, exact: bool = False) -> int:
+def conv_output_size(
+    size: int,
+    kernel: int,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    exact: bool = False,
+) -> int:
     """(N + 2P - F_eff) / S + 1 for one spatial dimension, F_eff = D(F - 1) + 1.
 
     Raises ValueError when the window does not fit, or, with `exact=True`, when the stride
     does not divide the remaining span (the layer would silently drop input pixels)."""
-    for name, value, minimum in (('size', size, 1), ('kernel', kernel, 1), ('stride', stride, 1),
-                                 ('padding', padding, 0), ('dilation', dilation, 1)):
+    for name, value, minimum in (
+        ('size', size, 1),
+        ('kernel', kernel, 1),
+        ('stride', stride, 1),
+        ('padding', padding, 0),
+        ('dilation', dilation, 1),
+    ):
         if value < minimum:
             raise ValueError(f'{name} must be >= {minimum}, got {value}')
     effective = dilation * (kernel - 1) + 1
     span = size + 2 * padding - effective
     if span < 0:
-        raise ValueError(f'a {kernel}x{kernel} window (dilation {dilation}, spanning {effective}) '
-                         f'does not fit {size} inputs with padding {padding}')
+        raise ValueError(
+            f'a {kernel}x{kernel} window (dilation {dilation}, spanning {effective}) '
+            f'does not fit {size} inputs with padding {padding}'
+        )
     if exact and span % stride:
-        raise ValueError(f'(N + 2P - F) / S = ({size} + 2*{padding} - {effective}) / {stride} is '
-                         f'not an integer: the last {span % stride} input(s) would be skipped')
+        raise ValueError(
+            f'(N + 2P - F) / S = ({size} + 2*{padding} - {effective}) / {stride} is '
+            f'not an integer: the last {span % stride} input(s) would be skipped'
+        )
     return span // stride + 1
 
 
@@ -55,8 +71,9 @@ class ReceptiveField:
 
     def through(self, window: Window) -> ReceptiveField:
         """The field after one more layer on top."""
-        return ReceptiveField(self.size + window.dilation * (window.kernel - 1) * self.jump,
-                              self.jump * window.stride)
+        return ReceptiveField(
+            self.size + window.dilation * (window.kernel - 1) * self.jump, self.jump * window.stride
+        )
 
 
 def receptive_field(windows: Iterable[Window | tuple[int, ...]]) -> ReceptiveField:

@@ -48,9 +48,14 @@ def onednn_calls_in(jaxpr: Any) -> int:
     """How many oneDNN convolution passes `jaxpr` (a Jaxpr or ClosedJaxpr) and the jaxprs it
     calls run (e.g. to check that a program traced for a FLOP count used XLA's)."""
     jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
-    return sum((eqn.primitive.name == 'ffi_call'
-                and eqn.params.get('target_name') in onednn_conv.TARGETS.values())
-               + sum(onednn_calls_in(sub) for sub in sub_jaxprs(eqn)) for eqn in jaxpr.eqns)
+    return sum(
+        (
+            eqn.primitive.name == 'ffi_call'
+            and eqn.params.get('target_name') in onednn_conv.TARGETS.values()
+        )
+        + sum(onednn_calls_in(sub) for sub in sub_jaxprs(eqn))
+        for eqn in jaxpr.eqns
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +97,7 @@ def xla_counts_loop_body_once() -> bool:
     def product_chain(length: int) -> float:
         def chain(x: jax.Array, w: jax.Array) -> jax.Array:
             return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=length)[0]
+
         spec = jax.ShapeDtypeStruct((8, 32), jnp.float32)
         weight = jax.ShapeDtypeStruct((32, 32), jnp.float32)
         return _cost_flops(jax.jit(chain).lower(spec, weight).compile())
@@ -127,8 +133,9 @@ def _loop_correction(jaxpr: Any, counts_once: bool) -> tuple[float, int]:
             uncorrected += 1
         elif name == 'cond':
             # One branch runs: the correction of the most expensive one bounds it.
-            branch_corrections = [_loop_correction(b.jaxpr, counts_once)
-                                  for b in eqn.params['branches']]
+            branch_corrections = [
+                _loop_correction(b.jaxpr, counts_once) for b in eqn.params['branches']
+            ]
             correction += max(c for c, _ in branch_corrections)
             uncorrected += max(u for _, u in branch_corrections)
         else:
@@ -153,8 +160,10 @@ def loop_corrected_flops(fn: Callable[..., Any], *args: Any, compiled: Any = Non
     with switch.use(conv='xla'):
         closed = jax.make_jaxpr(fn)(*abstract_args)
         if onednn_calls_in(closed):
-            raise ValueError('the function was traced with oneDNN convolutions before (JAX reuses '
-                             'that trace); count a fresh function, e.g. a new make_train_step')
+            raise ValueError(
+                'the function was traced with oneDNN convolutions before (JAX reuses '
+                'that trace); count a fresh function, e.g. a new make_train_step'
+            )
         if compiled is None:
             jitted = fn if hasattr(fn, 'lower') else jax.jit(fn)
             compiled = jitted.lower(*abstract_args).compile()
@@ -166,10 +175,18 @@ def loop_corrected_flops(fn: Callable[..., Any], *args: Any, compiled: Any = Non
 def forward_flops_per_example(model: Any, example_shape: Sequence[int]) -> float:
     """FLOPs of one eval-mode forward pass of `model` per example (batch 1, loops corrected)."""
     shape = (1, *example_shape)
-    variables = jax.eval_shape(lambda: model.init(
-        {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, jnp.zeros(shape), train=False))
-    count = loop_corrected_flops(lambda v, x: model.apply(v, x, train=False), variables,
-                                 jax.ShapeDtypeStruct(shape, jnp.float32))
+    variables = jax.eval_shape(
+        lambda: model.init(
+            {'params': jax.random.key(0), 'dropout': jax.random.key(1)},
+            jnp.zeros(shape),
+            train=False,
+        )
+    )
+    count = loop_corrected_flops(
+        lambda v, x: model.apply(v, x, train=False),
+        variables,
+        jax.ShapeDtypeStruct(shape, jnp.float32),
+    )
     return count.total
 
 
@@ -178,8 +195,9 @@ def dense_flops(batch: int, in_features: int, out_features: int, *, bias: bool =
     return 2 * batch * in_features * out_features + (batch * out_features if bias else 0)
 
 
-def _valid_taps(size: int, kernel: int, stride: int, padding: str | tuple[int, int],
-                dilation: int = 1) -> tuple[int, int]:
+def _valid_taps(
+    size: int, kernel: int, stride: int, padding: str | tuple[int, int], dilation: int = 1
+) -> tuple[int, int]:
     """(output size, kernel taps over all output positions that land inside the input) for one
     spatial dimension; taps on padding cost nothing, as in XLA's count."""
     span = (kernel - 1) * dilation + 1
@@ -199,18 +217,28 @@ def _valid_taps(size: int, kernel: int, stride: int, padding: str | tuple[int, i
     return out, taps
 
 
-def conv_flops(batch: int, input_size: Sequence[int], kernel_size: Sequence[int], in_features: int,
-               out_features: int, *, strides: Sequence[int] | None = None,
-               padding: str | Sequence[tuple[int, int]] = 'SAME', feature_group_count: int = 1,
-               kernel_dilation: Sequence[int] | None = None, bias: bool = True) -> int:
+def conv_flops(
+    batch: int,
+    input_size: Sequence[int],
+    kernel_size: Sequence[int],
+    in_features: int,
+    out_features: int,
+    *,
+    strides: Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = 'SAME',
+    feature_group_count: int = 1,
+    kernel_dilation: Sequence[int] | None = None,
+    bias: bool = True,
+) -> int:
     """A convolution's forward FLOPs: 2 per multiply-add over the kernel taps that land on the
     input (not on padding), times (in_features / groups) · out_features, plus the bias add."""
     strides = tuple(strides) if strides is not None else (1,) * len(input_size)
     dilations = tuple(kernel_dilation) if kernel_dilation is not None else (1,) * len(input_size)
     pads = [padding] * len(input_size) if isinstance(padding, str) else list(padding)
     outputs, taps = 1, 1
-    for size, kernel, stride, pad, dilation in zip(input_size, kernel_size, strides, pads,
-                                                   dilations):
+    for size, kernel, stride, pad, dilation in zip(
+        input_size, kernel_size, strides, pads, dilations
+    ):
         out, valid = _valid_taps(size, kernel, stride, pad, dilation)
         outputs *= out
         taps *= valid
@@ -231,18 +259,25 @@ def _matmul_conv_flops(jaxpr: Any) -> float:
             total += 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * contracted
         elif name == 'conv_general_dilated':
             if any(d != 1 for d in eqn.params['lhs_dilation']):
-                raise ValueError('analytic counts cover forward convolutions only (no input '
-                                 'dilation); count the forward pass and scale it')
+                raise ValueError(
+                    'analytic counts cover forward convolutions only (no input '
+                    'dilation); count the forward pass and scale it'
+                )
             lhs_spec, rhs_spec, out_spec = eqn.params['dimension_numbers']
             lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
             out = eqn.outvars[0].aval.shape
             total += conv_flops(
-                batch=lhs[lhs_spec[0]], input_size=[lhs[d] for d in lhs_spec[2:]],
-                kernel_size=[rhs[d] for d in rhs_spec[2:]], in_features=lhs[lhs_spec[1]],
-                out_features=out[out_spec[1]], strides=eqn.params['window_strides'],
+                batch=lhs[lhs_spec[0]],
+                input_size=[lhs[d] for d in lhs_spec[2:]],
+                kernel_size=[rhs[d] for d in rhs_spec[2:]],
+                in_features=lhs[lhs_spec[1]],
+                out_features=out[out_spec[1]],
+                strides=eqn.params['window_strides'],
                 padding=[tuple(p) for p in eqn.params['padding']],
                 feature_group_count=eqn.params['feature_group_count'],
-                kernel_dilation=eqn.params['rhs_dilation'], bias=False)
+                kernel_dilation=eqn.params['rhs_dilation'],
+                bias=False,
+            )
         elif name == 'scan':
             total += int(eqn.params['length']) * _matmul_conv_flops(eqn.params['jaxpr'].jaxpr)
         elif name == 'cond':
@@ -262,8 +297,9 @@ def analytic_forward_flops(fn: Callable[..., Any], *args: Any) -> float:
     return _matmul_conv_flops(closed.jaxpr)
 
 
-def transformer_train_flops(matmul_params: int, tokens: int, *, num_layers: int = 0,
-                            context: int = 0, width: int = 0) -> float:
+def transformer_train_flops(
+    matmul_params: int, tokens: int, *, num_layers: int = 0, context: int = 0, width: int = 0
+) -> float:
     """Train-step FLOPs of a Transformer: 6·N per token (2·N forward, 4·N backward, N the
     parameters of the matrix products), plus 3 × 4·context·width per token and layer for the
     attention logits and the weighted sum (Kaplan et al. 2020 write 2·n_layer·n_ctx·d_attn for

@@ -44,8 +44,9 @@ class LayerRow:
 
 def _abstract_variables(model, input_shape: Sequence[int]) -> Any:
     dummy = jnp.zeros(input_shape, jnp.float32)
-    return jax.eval_shape(lambda: model.init({'params': jax.random.key(0),
-                                              'dropout': jax.random.key(1)}, dummy))
+    return jax.eval_shape(
+        lambda: model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, dummy)
+    )
 
 
 def flops_per_example(model, input_shape: Sequence[int]) -> float:
@@ -58,8 +59,10 @@ def flops_per_example(model, input_shape: Sequence[int]) -> float:
 
 
 def _widest(fields: list[Field]) -> Field:
-    return tuple(ReceptiveField(max(f[d].size for f in fields), max(f[d].jump for f in fields))
-                 for d in range(len(fields[0])))
+    return tuple(
+        ReceptiveField(max(f[d].size for f in fields), max(f[d].jump for f in fields))
+        for d in range(len(fields[0]))
+    )
 
 
 class _FieldWalker:
@@ -101,8 +104,10 @@ class _FieldWalker:
                 return _widest(tagged)
             rhs_spec = eqn.params['dimension_numbers'].rhs_spec
             kernel = [eqn.invars[1].aval.shape[i] for i in rhs_spec[2:]]
-            windows = [Window(k, s, d) for k, s, d in zip(
-                kernel, eqn.params['window_strides'], eqn.params['rhs_dilation'])]
+            windows = [
+                Window(k, s, d)
+                for k, s, d in zip(kernel, eqn.params['window_strides'], eqn.params['rhs_dilation'])
+            ]
             out = tuple(f.through(w) for f, w in zip(field, windows))
             sizes = 'x'.join(str(k) for k in kernel)
             self.rows.append(LayerRow(name, f'conv {sizes}/{windows[0].stride}', shape, out))
@@ -111,8 +116,9 @@ class _FieldWalker:
             field = _widest(tagged)
             dims = eqn.params['window_dimensions'][1:-1]  # channels-last: (N, *spatial, C)
             strides = eqn.params['window_strides'][1:-1]
-            dilations = eqn.params.get('window_dilation', (1,) * len(eqn.params[
-                'window_dimensions']))[1:-1]
+            dilations = eqn.params.get(
+                'window_dilation', (1,) * len(eqn.params['window_dimensions'])
+            )[1:-1]
             windows = [Window(k, s, d) for k, s, d in zip(dims, strides, dilations)]
             out = tuple(f.through(w) for f, w in zip(field, windows))
             kind = 'max' if 'max' in primitive else 'avg'
@@ -134,7 +140,8 @@ def layer_table(model, input_shape: Sequence[int]) -> list[LayerRow]:
     variables = _abstract_variables(model, input_shape)
     with switch.use(conv='xla'):  # lax convolutions, whose windows it reads
         closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
-            variables, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+            variables, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+        )
     walker = _FieldWalker(tuple(input_shape[1:-1]))
     num_variable_leaves = len(jax.tree.leaves(variables))
     start = tuple(ReceptiveField(1, 1) for _ in input_shape[1:-1])
@@ -145,19 +152,23 @@ def layer_table(model, input_shape: Sequence[int]) -> list[LayerRow]:
 
 def format_summary(name: str, model, input_shape: Sequence[int]) -> str:
     from nets.registry import count_params
+
     params = count_params(model, input_shape)
     flops = flops_per_example(model, input_shape)
     rows = layer_table(model, input_shape)
-    lines = [f'{name} at input {tuple(input_shape[1:])}',
-             f'parameters:                  {params:,}',
-             f'GFLOPs (XLA, MAC = 2):       {flops / 1e9:.3f}',
-             f"GMACs (papers' FLOPs):       {flops / 2e9:.3f}",
-             '']
+    lines = [
+        f'{name} at input {tuple(input_shape[1:])}',
+        f'parameters:                  {params:,}',
+        f'GFLOPs (XLA, MAC = 2):       {flops / 1e9:.3f}',
+        f"GMACs (papers' FLOPs):       {flops / 2e9:.3f}",
+        '',
+    ]
     width = max([len(r.path) for r in rows] + [5])
     lines.append(f'{"layer":<{width}}  {"op":<14} {"output shape":<20} receptive field')
     for row in rows:
-        lines.append(f'{row.path:<{width}}  {row.op:<14} {str(row.output_shape[1:]):<20} '
-                     f'{row.field_text}')
+        lines.append(
+            f'{row.path:<{width}}  {row.op:<14} {str(row.output_shape[1:]):<20} {row.field_text}'
+        )
     return '\n'.join(lines)
 
 
@@ -165,9 +176,12 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     import nets
+
     if len(argv) != 2:
-        raise SystemExit(f'usage: python -m nets.tools.summary MODEL [--input_size=N]; models: '
-                         f'{nets.list_models()}')
+        raise SystemExit(
+            f'usage: python -m nets.tools.summary MODEL [--input_size=N]; models: '
+            f'{nets.list_models()}'
+        )
     flag_values = flags.FLAGS
     overrides = {'num_classes': flag_values.num_classes} if flag_values.num_classes else {}
     model = nets.create(argv[1], **overrides)
@@ -177,6 +191,7 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
     from absl import app, flags
+
     flags.DEFINE_integer('input_size', 224, 'Height and width of the input image.')
     flags.DEFINE_integer('channels', 3, 'Input channels.')
     flags.DEFINE_integer('num_classes', 0, 'Classes of the head (0 = the variant default).')

@@ -38,5 +38,4 @@ def create_task(name: str, *, model, info, augmenter=None, **options) -> Task:
 
 def task_from_config(config, *, model, info, augmenter=None) -> Task:
     """The config's task, its options taken from its config block."""
-    return task_class(config.task).from_config(config, model=model, info=info,
-                                               augmenter=augmenter)
+    return task_class(config.task).from_config(config, model=model, info=info, augmenter=augmenter)

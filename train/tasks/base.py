@@ -65,8 +65,14 @@ class Task:
         return True
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, *, model: nn.Module,
-                    info: DatasetInfo, augmenter: Any = None) -> Task:
+    def from_config(
+        cls,
+        config: ml_collections.ConfigDict,
+        *,
+        model: nn.Module,
+        info: DatasetInfo,
+        augmenter: Any = None,
+    ) -> Task:
         return cls(model, info, augmenter, **cls.options(config))
 
     # ------------------------------------------------------------------ the step
@@ -75,19 +81,38 @@ class Task:
         """The model's variables, initialised (in training mode)."""
         raise NotImplementedError
 
-    def train_loss(self, params: Any, model_state: Any, batch: dict[str, jax.Array],
-                   rng: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics]]:
+    def train_loss(
+        self, params: Any, model_state: Any, batch: dict[str, jax.Array], rng: jax.Array
+    ) -> tuple[jax.Array, tuple[Any, Metrics]]:
         """-> (loss, (new model state, metrics)); differentiated by the generic update."""
         raise NotImplementedError
 
-    def make_optimizer(self, config: ml_collections.ConfigDict, *, steps_per_epoch: int,
-                       total_steps: int, accumulate_steps: int = 1) -> tuple[Any, Schedule]:
+    def make_optimizer(
+        self,
+        config: ml_collections.ConfigDict,
+        *,
+        steps_per_epoch: int,
+        total_steps: int,
+        accumulate_steps: int = 1,
+    ) -> tuple[Any, Schedule]:
         """-> (optimiser, learning-rate schedule) from config.optimizer and config.schedule."""
-        return build_optimizer(config.optimizer, config.schedule, steps_per_epoch=steps_per_epoch,
-                               total_steps=total_steps, accumulate_steps=accumulate_steps)
+        return build_optimizer(
+            config.optimizer,
+            config.schedule,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            accumulate_steps=accumulate_steps,
+        )
 
-    def update(self, state: TrainState, batch: dict[str, jax.Array], *, tx: Any, mesh: Any,
-               grad_accum_steps: int) -> tuple[TrainState, Metrics]:
+    def update(
+        self,
+        state: TrainState,
+        batch: dict[str, jax.Array],
+        *,
+        tx: Any,
+        mesh: Any,
+        grad_accum_steps: int,
+    ) -> tuple[TrainState, Metrics]:
         """One optimiser update -> (state, metrics with loss, grad_norm, loss_finite and
         grads_finite). Default: forward and backward of `train_loss`, accumulated over
         micro-batches, then `tx`. A task with several networks overrides it (gan)."""
@@ -114,8 +139,9 @@ class Task:
         """PNGs drawn from the final evaluation's sums, next to the run's metrics."""
         return []
 
-    def write_eval_pictures(self, picture_dir: Path, step: int,
-                            variables: dict[str, Any]) -> list[Path]:
+    def write_eval_pictures(
+        self, picture_dir: Path, step: int, variables: dict[str, Any]
+    ) -> list[Path]:
         """Pictures drawn at every evaluation from the weights that sample (the EMA when the
         run keeps one): the generative tasks' fixed-noise grids."""
         return []
@@ -123,4 +149,3 @@ class Task:
     def write_samples(self, out_dir: Path, variables: dict[str, Any]) -> list[Path]:
         """What a generative model writes at the end of a run (language_model: samples.txt)."""
         return []
-

@@ -42,8 +42,16 @@ from data.tokenizers import PAD_ID
 from nets.models import captioning as captioning_nets
 from nets.models import seq2seq as seq2seq_nets
 from train import pictures
-from train.tasks.seq2seq import (FINAL_EVAL_EXAMPLES, GENERATION_CHUNK, NUM_SAMPLE_TEXTS, Seq2SeqTask,
-                                 Showcase, exact_match, token_labels, token_sums)
+from train.tasks.seq2seq import (
+    FINAL_EVAL_EXAMPLES,
+    GENERATION_CHUNK,
+    NUM_SAMPLE_TEXTS,
+    Seq2SeqTask,
+    Showcase,
+    exact_match,
+    token_labels,
+    token_sums,
+)
 
 ATTENTION_PENALTY = 1.0  # λ of Xu et al. 2015, eq. 14
 NUM_ATTENTION_PICTURES = 4
@@ -57,9 +65,11 @@ def attention_slot_hits(maps: np.ndarray, slot_labels: np.ndarray, num_words: in
     num_slots, width = len(slot_labels), maps.shape[-1]
     column_mass = maps[:num_words].sum(axis=1)  # (words, w)
     slot_of_column = np.arange(width) * num_slots // width
-    slot_mass = np.stack([column_mass[:, slot_of_column == s].sum(-1) for s in range(num_slots)], -1)
+    slot_mass = np.stack(
+        [column_mass[:, slot_of_column == s].sum(-1) for s in range(num_slots)], -1
+    )
     filled = np.flatnonzero(np.asarray(slot_labels) != EMPTY_SLOT)[:num_words]
-    return np.argmax(slot_mass[:len(filled)], axis=-1) == filled
+    return np.argmax(slot_mass[: len(filled)], axis=-1) == filled
 
 
 def upsample(attention_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -67,20 +77,30 @@ def upsample(attention_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(jax.image.resize(jnp.asarray(attention_map, jnp.float32), shape, 'linear'))
 
 
-def plot_word_attention(images: Sequence[np.ndarray], words: Sequence[Sequence[str]],
-                        maps: Sequence[np.ndarray], out_path: Path,
-                        references: Sequence[str] | None = None) -> Path:
+def plot_word_attention(
+    images: Sequence[np.ndarray],
+    words: Sequence[Sequence[str]],
+    maps: Sequence[np.ndarray],
+    out_path: Path,
+    references: Sequence[str] | None = None,
+) -> Path:
     """One row per image: the image (titled with its reference caption), then one panel per
     generated word with its attention map upsampled and laid over the image."""
     columns = 1 + max((len(w) for w in words), default=0)
     height, width = images[0].shape[:2]
     panel = 2.2 * width / max(height, width)
-    fig, axes = pictures.figure(len(images), columns, squeeze=False,
-                             figsize=(panel * columns, 2.2 * height / max(height, width) * len(images) + 0.6))
+    fig, axes = pictures.figure(
+        len(images),
+        columns,
+        squeeze=False,
+        figsize=(panel * columns, 2.2 * height / max(height, width) * len(images) + 0.6),
+    )
     for row, (image, row_words, row_maps) in enumerate(zip(images, words, maps)):
         gray = np.asarray(image, np.float32)[..., 0]
         axes[row, 0].imshow(gray, cmap='gray')
-        axes[row, 0].set_title(f'reference: {references[row]}' if references else 'image', fontsize=8)
+        axes[row, 0].set_title(
+            f'reference: {references[row]}' if references else 'image', fontsize=8
+        )
         for t, word in enumerate(row_words):
             ax = axes[row, 1 + t]
             ax.imshow(gray, cmap='gray')
@@ -103,17 +123,27 @@ class CaptioningTask(Seq2SeqTask):
 
     @classmethod
     def default_options(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict({
-            'beam_size': 1,  # decoding for exact match and BLEU; 1 = greedy search
-            'final_eval_examples': FINAL_EVAL_EXAMPLES,  # eval examples decoded for BLEU at the end
-            'attention_penalty': ATTENTION_PENALTY,  # λ of the doubly stochastic penalty
-        })
+        return ml_collections.ConfigDict(
+            {
+                'beam_size': 1,  # decoding for exact match and BLEU; 1 = greedy search
+                'final_eval_examples': FINAL_EVAL_EXAMPLES,  # eval examples decoded for BLEU at the end
+                'attention_penalty': ATTENTION_PENALTY,  # λ of the doubly stochastic penalty
+            }
+        )
 
-    def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
-                 beam_size: int = 1, final_eval_examples: int = FINAL_EVAL_EXAMPLES,
-                 attention_penalty: float = ATTENTION_PENALTY):
-        super().__init__(model, info, augmenter, beam_size=beam_size,
-                         final_eval_examples=final_eval_examples)
+    def __init__(
+        self,
+        model: nn.Module,
+        info: DatasetInfo,
+        augmenter: Any = None,
+        *,
+        beam_size: int = 1,
+        final_eval_examples: int = FINAL_EVAL_EXAMPLES,
+        attention_penalty: float = ATTENTION_PENALTY,
+    ):
+        super().__init__(
+            model, info, augmenter, beam_size=beam_size, final_eval_examples=final_eval_examples
+        )
         self._check_ranges(attention_penalty=attention_penalty)
         self.attention_penalty = attention_penalty
         self._mean = np.asarray(info.mean, np.float32)
@@ -122,9 +152,11 @@ class CaptioningTask(Seq2SeqTask):
 
     def _check_data(self, info: DatasetInfo) -> None:
         if len(info.example_shape) != 3 or 'targets' not in info.vocab_sizes:
-            raise ValueError(f'captioning needs (H, W, C) images and a targets vocabulary; data set '
-                             f'{info.name!r} has examples of shape {info.example_shape} and '
-                             f'vocabularies {sorted(info.vocab_sizes)}')
+            raise ValueError(
+                f'captioning needs (H, W, C) images and a targets vocabulary; data set '
+                f'{info.name!r} has examples of shape {info.example_shape} and '
+                f'vocabularies {sorted(info.vocab_sizes)}'
+            )
 
     def _dummy_source(self) -> jax.Array:
         return jnp.zeros(self.init_batch_shape, jnp.float32)
@@ -140,34 +172,43 @@ class CaptioningTask(Seq2SeqTask):
 
     def train_loss(self, params, model_state, batch, rng):
         images, targets = self.prepare_source(batch['image']), batch['targets']
-        logits, new_state, intermediates = self._apply(params, model_state, images, targets,
-                                                       train=True, rng=rng, sow=True)
+        logits, new_state, intermediates = self._apply(
+            params, model_state, images, targets, train=True, rng=rng, sow=True
+        )
         sums = token_sums(logits, targets)
         penalty = self._penalty(intermediates, targets)
         tokens = jnp.maximum(sums['tokens'], 1)
         loss = (sums['nll_sum'] + self.attention_penalty * jnp.sum(penalty)) / tokens
-        metrics = {'loss': sums['nll_sum'] / tokens, 'accuracy': sums['correct_tokens'] / tokens,
-                   'attention_penalty': jnp.mean(penalty)}
+        metrics = {
+            'loss': sums['nll_sum'] / tokens,
+            'accuracy': sums['correct_tokens'] / tokens,
+            'attention_penalty': jnp.mean(penalty),
+        }
         return loss, (new_state, metrics)
 
     def eval_sums(self, params, model_state, batch) -> dict[str, jax.Array]:
         images, targets = self.prepare_source(batch['image']), batch['targets']
         mask = batch['mask'].astype(bool)
-        logits, _, intermediates = self._apply(params, model_state, images, targets, train=False,
-                                               sow=True)
+        logits, _, intermediates = self._apply(
+            params, model_state, images, targets, train=False, sow=True
+        )
         generated = self._generate({'params': params, **model_state}, images, targets.shape[1])
         penalty = self._penalty(intermediates, targets)
-        return {**token_sums(logits, targets, mask),
-                'exact': jnp.sum(jnp.where(mask, exact_match(generated, targets), False)),
-                'penalty_sum': jnp.sum(jnp.where(mask, penalty, 0.0)),
-                'count': jnp.sum(mask)}
+        return {
+            **token_sums(logits, targets, mask),
+            'exact': jnp.sum(jnp.where(mask, exact_match(generated, targets), False)),
+            'penalty_sum': jnp.sum(jnp.where(mask, penalty, 0.0)),
+            'count': jnp.sum(mask),
+        }
 
     def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
         metrics = super().summarize(sums)
         metrics['attention_penalty'] = float(sums['penalty_sum']) / max(float(sums['count']), 1.0)
         return metrics
 
-    def attention(self, variables: dict[str, Any], source: jax.Array, targets: jax.Array) -> jax.Array:
+    def attention(
+        self, variables: dict[str, Any], source: jax.Array, targets: jax.Array
+    ) -> jax.Array:
         """(batch, T, h, w): where the model looked while predicting each of `targets`."""
         return captioning_nets.attention_maps(self.model, variables, source, targets)
 
@@ -175,15 +216,22 @@ class CaptioningTask(Seq2SeqTask):
         chunk = min(GENERATION_CHUNK, len(images))
         maps = []
         for start in range(0, len(images), chunk):
-            rows = len(images[start:start + chunk])
+            rows = len(images[start : start + chunk])
             pad = chunk - rows  # same shape for every call: one compilation
-            part_images = np.concatenate([images[start:start + chunk], np.repeat(images[:1], pad, 0)])
-            part_captions = np.concatenate([captions[start:start + chunk], np.repeat(captions[:1], pad, 0)])
-            maps.append(np.asarray(self._jit_attention(variables, part_images, part_captions))[:rows])
+            part_images = np.concatenate(
+                [images[start : start + chunk], np.repeat(images[:1], pad, 0)]
+            )
+            part_captions = np.concatenate(
+                [captions[start : start + chunk], np.repeat(captions[:1], pad, 0)]
+            )
+            maps.append(
+                np.asarray(self._jit_attention(variables, part_images, part_captions))[:rows]
+            )
         return np.concatenate(maps)
 
-    def _showcase(self, variables, records, sources, targets, generated, outputs, references,
-                  vocabularies) -> dict[str, float]:
+    def _showcase(
+        self, variables, records, sources, targets, generated, outputs, references, vocabularies
+    ) -> dict[str, float]:
         """Keeps a few images with their per-word attention for `write_pictures`; on data with
         `slot_labels`, measures whether each word's attention sits on its digit."""
         maps = self._attention_all(variables, sources, generated)
@@ -191,16 +239,25 @@ class CaptioningTask(Seq2SeqTask):
         indices = list(range(min(NUM_ATTENTION_PICTURES, len(records))))
         self.showcase = Showcase(
             sources=[None] * min(NUM_SAMPLE_TEXTS, len(records)),
-            references=references[:NUM_SAMPLE_TEXTS], outputs=outputs[:NUM_SAMPLE_TEXTS],
-            indices=indices, source_tokens=[[] for _ in indices],
+            references=references[:NUM_SAMPLE_TEXTS],
+            outputs=outputs[:NUM_SAMPLE_TEXTS],
+            indices=indices,
+            source_tokens=[[] for _ in indices],
             output_tokens=[token_labels(vocab, generated[i]) for i in indices],
-            attention=[maps[i] for i in indices], images=[sources[i] for i in indices])
+            attention=[maps[i] for i in indices],
+            images=[sources[i] for i in indices],
+        )
         if 'slot_labels' not in records[0]:
             return {}
         correct = np.asarray(exact_match(generated, targets))
-        hits = [attention_slot_hits(maps[i], np.asarray(records[i]['slot_labels']),
-                                    int(np.sum(targets[i] != PAD_ID)) - 1)  # words, eos excluded
-                for i in np.flatnonzero(correct)]
+        hits = [
+            attention_slot_hits(
+                maps[i],
+                np.asarray(records[i]['slot_labels']),
+                int(np.sum(targets[i] != PAD_ID)) - 1,
+            )  # words, eos excluded
+            for i in np.flatnonzero(correct)
+        ]
         hits = np.concatenate(hits) if hits else np.zeros(0, bool)
         if not hits.size:  # no caption is right yet: nothing to measure
             return {}
@@ -212,7 +269,13 @@ class CaptioningTask(Seq2SeqTask):
         if self.showcase is None:
             return []
         showcase = self.showcase
-        return [self.write_samples_text(picture_dir / 'samples.txt'),
-                plot_word_attention(showcase.images, showcase.output_tokens, showcase.attention,
-                                    picture_dir / 'caption_attention.png',
-                                    references=[showcase.references[i] for i in showcase.indices])]
+        return [
+            self.write_samples_text(picture_dir / 'samples.txt'),
+            plot_word_attention(
+                showcase.images,
+                showcase.output_tokens,
+                showcase.attention,
+                picture_dir / 'caption_attention.png',
+                references=[showcase.references[i] for i in showcase.indices],
+            ),
+        ]

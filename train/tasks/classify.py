@@ -29,8 +29,10 @@ class ClassificationTask(Task):
 
     def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None):
         if augmenter is not None and len(info.example_shape) != 3:
-            raise ValueError(f'augmentation needs images (H, W, C); data set {info.name!r} has '
-                             f'examples of shape {info.example_shape}')
+            raise ValueError(
+                f'augmentation needs images (H, W, C); data set {info.name!r} has '
+                f'examples of shape {info.example_shape}'
+            )
         super().__init__(model, info, augmenter)
         self.num_classes = info.num_classes
         self._mean = np.asarray(info.mean, np.float32)
@@ -64,8 +66,13 @@ class ClassificationTask(Task):
         if not train:
             return self.model.apply(variables, images, train=False), model_state, []
         # Auxiliary classifiers (GoogLeNet, Inception v3) sow their logits in training only.
-        logits, updated = self.model.apply(variables, images, train=True, rngs={'dropout': rng},
-                                           mutable=[*model_state, 'aux_logits'])
+        logits, updated = self.model.apply(
+            variables,
+            images,
+            train=True,
+            rngs={'dropout': rng},
+            mutable=[*model_state, 'aux_logits'],
+        )
         updated = dict(updated)
         aux = [a for values in updated.pop('aux_logits', {}).values() for a in values]
         return logits, updated, aux
@@ -73,18 +80,22 @@ class ClassificationTask(Task):
     def train_loss(self, params, model_state, batch, rng):
         images, labels = self.to_unit_range(batch['image']), batch['label']
         if self.augmenter is not None:
-            images, targets = self.augmenter(jax.random.fold_in(rng, _AUGMENT_STREAM), images,
-                                             labels)
+            images, targets = self.augmenter(
+                jax.random.fold_in(rng, _AUGMENT_STREAM), images, labels
+            )
         else:
             targets = jax.nn.one_hot(labels, self.num_classes)
-        logits, new_state, aux_logits = self._apply(params, model_state,
-                                                    self.standardise(images), train=True, rng=rng)
+        logits, new_state, aux_logits = self._apply(
+            params, model_state, self.standardise(images), train=True, rng=rng
+        )
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
         metrics = {}
         if aux_logits:
-            aux_loss = sum(optax.softmax_cross_entropy(a.astype(jnp.float32), targets).mean()
-                           for a in aux_logits)
+            aux_loss = sum(
+                optax.softmax_cross_entropy(a.astype(jnp.float32), targets).mean()
+                for a in aux_logits
+            )
             metrics['aux_loss'] = aux_loss
             loss = loss + self.model.aux_loss_weight * aux_loss
         # With mixed labels, "correct" means predicting the larger share.
@@ -99,19 +110,26 @@ class ClassificationTask(Task):
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         predicted = jnp.argmax(logits, -1)
         # confusion[true, predicted], counted with one-hot products so it stays one fused op.
-        confusion = jnp.einsum('n,ni,nj->ij', mask,
-                               jax.nn.one_hot(labels, self.num_classes),
-                               jax.nn.one_hot(predicted, self.num_classes))
-        return {'loss_sum': jnp.sum(losses * mask),
-                'correct': jnp.sum((predicted == labels) * mask),
-                'count': jnp.sum(mask),
-                'confusion': confusion}
+        confusion = jnp.einsum(
+            'n,ni,nj->ij',
+            mask,
+            jax.nn.one_hot(labels, self.num_classes),
+            jax.nn.one_hot(predicted, self.num_classes),
+        )
+        return {
+            'loss_sum': jnp.sum(losses * mask),
+            'correct': jnp.sum((predicted == labels) * mask),
+            'count': jnp.sum(mask),
+            'confusion': confusion,
+        }
 
     def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
         count = max(float(sums['count']), 1.0)
-        return {'loss': float(sums['loss_sum']) / count,
-                'accuracy': float(sums['correct']) / count,
-                'examples': int(sums['count'])}
+        return {
+            'loss': float(sums['loss_sum']) / count,
+            'accuracy': float(sums['correct']) / count,
+            'examples': int(sums['count']),
+        }
 
     def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
         path = picture_dir / 'confusion_matrix.png'

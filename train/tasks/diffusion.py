@@ -17,9 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-
 import ml_collections
+import numpy as np
 
 import nets.models.diffusion as diffusion
 from data import DatasetInfo
@@ -42,71 +41,97 @@ class DiffusionTask(Task):
 
     @classmethod
     def default_options(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict({
-            'noise_schedule': 'linear',  # or 'cosine' (Nichol & Dhariwal)
-            'timesteps': 1000,
-            'beta_start': 1e-4,  # linear schedule only
-            'beta_end': 0.02,
-            'sampler': 'ddim',  # eval grids: 'ddpm' (ancestral, T steps) or 'ddim'
-            'sample_steps': 50,  # DDIM steps
-            'eta': 0.0,  # DDIM noise: 0 deterministic, 1 with every step = DDPM
-            'sample_grid': 8,
-        })
+        return ml_collections.ConfigDict(
+            {
+                'noise_schedule': 'linear',  # or 'cosine' (Nichol & Dhariwal)
+                'timesteps': 1000,
+                'beta_start': 1e-4,  # linear schedule only
+                'beta_end': 0.02,
+                'sampler': 'ddim',  # eval grids: 'ddpm' (ancestral, T steps) or 'ddim'
+                'sample_steps': 50,  # DDIM steps
+                'eta': 0.0,  # DDIM noise: 0 deterministic, 1 with every step = DDPM
+                'sample_grid': 8,
+            }
+        )
 
     @classmethod
     def check_options(cls, config: ml_collections.ConfigDict) -> None:
         block = config.diffusion
         if block.noise_schedule not in diffusion.NOISE_SCHEDULES:
-            raise ValueError(f'config.diffusion.noise_schedule={block.noise_schedule!r} is not '
-                             f'valid; choose one of {list(diffusion.NOISE_SCHEDULES)}')
+            raise ValueError(
+                f'config.diffusion.noise_schedule={block.noise_schedule!r} is not '
+                f'valid; choose one of {list(diffusion.NOISE_SCHEDULES)}'
+            )
         if block.sampler not in SAMPLERS:
-            raise ValueError(f'config.diffusion.sampler={block.sampler!r} is not valid; choose '
-                             f'one of {list(SAMPLERS)}')
+            raise ValueError(
+                f'config.diffusion.sampler={block.sampler!r} is not valid; choose '
+                f'one of {list(SAMPLERS)}'
+            )
         if block.timesteps < 1:
             raise ValueError(f'config.diffusion.timesteps must be > 0, got {block.timesteps}')
         if not 0.0 < block.beta_start <= block.beta_end < 1.0:
-            raise ValueError('need 0 < config.diffusion.beta_start <= beta_end < 1, got '
-                             f'{block.beta_start}, {block.beta_end}')
+            raise ValueError(
+                'need 0 < config.diffusion.beta_start <= beta_end < 1, got '
+                f'{block.beta_start}, {block.beta_end}'
+            )
         if not 1 <= block.sample_steps <= block.timesteps:
-            raise ValueError(f'config.diffusion.sample_steps must be in [1, timesteps='
-                             f'{block.timesteps}], got {block.sample_steps}')
+            raise ValueError(
+                f'config.diffusion.sample_steps must be in [1, timesteps='
+                f'{block.timesteps}], got {block.sample_steps}'
+            )
         if block.eta < 0:
             raise ValueError(f'config.diffusion.eta must be >= 0, got {block.eta}')
         if block.sample_grid < 1:
-            raise ValueError(f'config.diffusion.sample_grid must be > 0, got '
-                             f'{block.sample_grid}')
+            raise ValueError(f'config.diffusion.sample_grid must be > 0, got {block.sample_grid}')
 
-    def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
-                 noise_schedule: str = 'linear', timesteps: int = 1000,
-                 beta_start: float = 1e-4, beta_end: float = 0.02,
-                 sampler: str = 'ddim', sample_steps: int = 50, eta: float = 0.0,
-                 sample_grid: int = 8):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: DatasetInfo,
+        augmenter: Any = None,
+        *,
+        noise_schedule: str = 'linear',
+        timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        sampler: str = 'ddim',
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        sample_grid: int = 8,
+    ):
         if augmenter is not None:
-            raise ValueError('the diffusion task takes no augmentation: leave config.augment '
-                             'empty')
+            raise ValueError('the diffusion task takes no augmentation: leave config.augment empty')
         if len(info.example_shape) != 3:
-            raise ValueError(f'diffusion needs images (H, W, C); data set {info.name!r} has '
-                             f'examples of shape {info.example_shape}')
+            raise ValueError(
+                f'diffusion needs images (H, W, C); data set {info.name!r} has '
+                f'examples of shape {info.example_shape}'
+            )
         if sampler not in SAMPLERS:
             raise ValueError(f'unknown sampler {sampler!r}; valid: {list(SAMPLERS)}')
         if sample_grid < 1:
             raise ValueError(f'sample_grid must be >= 1, got {sample_grid}')
         super().__init__(model, info)
-        self.schedule = diffusion.make_schedule(noise_schedule, timesteps,
-                                                beta_start=beta_start, beta_end=beta_end)
+        self.schedule = diffusion.make_schedule(
+            noise_schedule, timesteps, beta_start=beta_start, beta_end=beta_end
+        )
         diffusion.ddim_timesteps(timesteps, sample_steps)  # raises on an invalid count
         self.sampler, self.sample_steps, self.eta = sampler, sample_steps, eta
         self.image_shape = tuple(info.example_shape)
         self._scale = 255.0 if info.image_dtype == 'uint8' else 1.0
-        self.grid_noise = jax.random.normal(jax.random.PRNGKey(_GRID_NOISE_SEED),
-                                            (sample_grid ** 2, *self.image_shape), jnp.float32)
-        self._sample_grid = jax.jit(lambda variables: self.sample(
-            variables, jax.random.PRNGKey(_GRID_NOISE_SEED), x_T=self.grid_noise))
+        self.grid_noise = jax.random.normal(
+            jax.random.PRNGKey(_GRID_NOISE_SEED), (sample_grid**2, *self.image_shape), jnp.float32
+        )
+        self._sample_grid = jax.jit(
+            lambda variables: self.sample(
+                variables, jax.random.PRNGKey(_GRID_NOISE_SEED), x_T=self.grid_noise
+            )
+        )
 
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
         x = jnp.zeros((1, *self.image_shape), jnp.float32)
-        return self.model.init({'params': rng, 'dropout': rng}, x, jnp.zeros((1,), jnp.int32),
-                               train=True)
+        return self.model.init(
+            {'params': rng, 'dropout': rng}, x, jnp.zeros((1,), jnp.int32), train=True
+        )
 
     def to_model_range(self, images: jax.Array) -> jax.Array:
         """Raw pixels -> [-1, 1]."""
@@ -128,8 +153,9 @@ class DiffusionTask(Task):
         """The ε loss with fixed (t, ε) draws."""
         x0 = self.to_model_range(batch['image'])
         eps_fn = self._eps_fn(params, model_state, train=False)
-        losses = diffusion.epsilon_losses(eps_fn, self.schedule, x0,
-                                          jax.random.PRNGKey(_EVAL_NOISE_SEED))
+        losses = diffusion.epsilon_losses(
+            eps_fn, self.schedule, x0, jax.random.PRNGKey(_EVAL_NOISE_SEED)
+        )
         mask = batch['mask'].astype(jnp.float32)
         return {'loss_sum': jnp.sum(losses * mask), 'count': jnp.sum(mask)}
 
@@ -137,9 +163,17 @@ class DiffusionTask(Task):
         count = max(float(sums['count']), 1.0)
         return {'loss': float(sums['loss_sum']) / count, 'examples': int(sums['count'])}
 
-    def sample(self, variables: dict[str, Any], key: jax.Array, count: int | None = None, *,
-               x_T: jax.Array | None = None, sampler: str | None = None,
-               steps: int | None = None, eta: float | None = None) -> jax.Array:
+    def sample(
+        self,
+        variables: dict[str, Any],
+        key: jax.Array,
+        count: int | None = None,
+        *,
+        x_T: jax.Array | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+    ) -> jax.Array:
         """Images in [-1, 1] from x_T (drawn from `key` when not given) with the task's sampler
         (or the one named): 'ddpm' ancestral over all T steps, or 'ddim' over `steps`."""
         sampler = sampler or self.sampler
@@ -149,12 +183,18 @@ class DiffusionTask(Task):
         eps_fn = self._eps_fn(variables['params'], model_state, train=False)
         if sampler == 'ddpm':
             return diffusion.ddpm_sample(eps_fn, self.schedule, x_T, key)
-        return diffusion.ddim_sample(eps_fn, self.schedule, x_T, key,
-                                     steps=steps or self.sample_steps,
-                                     eta=self.eta if eta is None else eta)
+        return diffusion.ddim_sample(
+            eps_fn,
+            self.schedule,
+            x_T,
+            key,
+            steps=steps or self.sample_steps,
+            eta=self.eta if eta is None else eta,
+        )
 
-    def write_eval_pictures(self, picture_dir: Path, step: int,
-                            variables: dict[str, Any]) -> list[Path]:
+    def write_eval_pictures(
+        self, picture_dir: Path, step: int, variables: dict[str, Any]
+    ) -> list[Path]:
         """The grid from the fixed x_T at this step (`samples_step<step>.png`) and as
         `samples.png`."""
         images = np.asarray(self._sample_grid(variables))

@@ -62,8 +62,9 @@ def _check_loss(kind: str) -> None:
         raise ValueError(f'unknown GAN loss {kind!r}; valid: {list(LOSSES)}')
 
 
-def discriminator_terms(real_logits: jax.Array, fake_logits: jax.Array,
-                        kind: str) -> tuple[jax.Array, jax.Array]:
+def discriminator_terms(
+    real_logits: jax.Array, fake_logits: jax.Array, kind: str
+) -> tuple[jax.Array, jax.Array]:
     """Per-example D losses of the real and of the fake images."""
     _check_loss(kind)
     if kind == 'hinge':
@@ -99,17 +100,27 @@ class PerNetworkOptimizer:
     def init(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {name: tx.init(params[name]) for name, tx in self.optimizers.items()}
 
-    def update(self, network: str, grads: Any, opt_state: Mapping[str, Any],
-               params: Mapping[str, Any], loss: jax.Array) -> tuple[dict, dict]:
+    def update(
+        self,
+        network: str,
+        grads: Any,
+        opt_state: Mapping[str, Any],
+        params: Mapping[str, Any],
+        loss: jax.Array,
+    ) -> tuple[dict, dict]:
         """-> (params, opt_state) with `network` stepped by its own optimiser."""
         updates, network_state = self.optimizers[network].update(
-            grads, opt_state[network], params[network], value=loss)
-        return ({**params, network: optax.apply_updates(params[network], updates)},
-                {**opt_state, network: network_state})
+            grads, opt_state[network], params[network], value=loss
+        )
+        return (
+            {**params, network: optax.apply_updates(params[network], updates)},
+            {**opt_state, network: network_state},
+        )
 
 
-def build_gan_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int,
-                        total_steps: int) -> tuple[PerNetworkOptimizer, Schedule]:
+def build_gan_optimizer(
+    config: ml_collections.ConfigDict, *, steps_per_epoch: int, total_steps: int
+) -> tuple[PerNetworkOptimizer, Schedule]:
     """Each network's optimiser is `config.optimizer` (every key applies: name, learning rate,
     betas, clipping, weight decay, ...) on the shared `config.schedule`, its learning rate scaled
     by `config.gan.<network>_lr_multiplier` (two time-scale updates). Returns the generator's
@@ -117,10 +128,12 @@ def build_gan_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: i
     optimizers, schedules = {}, {}
     for network in NETWORKS:
         settings = ml_collections.ConfigDict(config.optimizer.to_dict())
-        settings.learning_rate = (config.optimizer.learning_rate
-                                  * config.gan[f'{network}_lr_multiplier'])
+        settings.learning_rate = (
+            config.optimizer.learning_rate * config.gan[f'{network}_lr_multiplier']
+        )
         optimizers[network], schedules[network] = build_optimizer(
-            settings, config.schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+            settings, config.schedule, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+        )
     return PerNetworkOptimizer(optimizers), schedules['generator']
 
 
@@ -128,20 +141,29 @@ class GANTask(Task):
     """Adversarial training of an image GAN; see the module docstring for the step. Options:
     `config.gan`."""
 
-    logged_train_metrics = ('loss', 'g_loss', 'd_real_accuracy', 'd_fake_accuracy', 'grad_norm',
-                            'd_grad_norm', 'g_grad_norm')
+    logged_train_metrics = (
+        'loss',
+        'g_loss',
+        'd_real_accuracy',
+        'd_fake_accuracy',
+        'grad_norm',
+        'd_grad_norm',
+        'g_grad_norm',
+    )
     options_block = 'gan'
 
     @classmethod
     def default_options(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict({
-            'loss': 'non_saturating',  # or 'hinge'
-            'd_steps': 1,  # discriminator updates per generator update, in one step
-            'sample_grid': 8,  # every evaluation draws sample_grid² fixed-noise samples
-            # Each network trains with config.optimizer, its learning rate times these.
-            'generator_lr_multiplier': 1.0,
-            'discriminator_lr_multiplier': 1.0,
-        })
+        return ml_collections.ConfigDict(
+            {
+                'loss': 'non_saturating',  # or 'hinge'
+                'd_steps': 1,  # discriminator updates per generator update, in one step
+                'sample_grid': 8,  # every evaluation draws sample_grid² fixed-noise samples
+                # Each network trains with config.optimizer, its learning rate times these.
+                'generator_lr_multiplier': 1.0,
+                'discriminator_lr_multiplier': 1.0,
+            }
+        )
 
     @classmethod
     def check_options(cls, config: ml_collections.ConfigDict) -> None:
@@ -164,8 +186,16 @@ class GANTask(Task):
     def accumulates_gradients(cls, config: ml_collections.ConfigDict) -> bool:
         return False  # its own two-network step
 
-    def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
-                 loss: str = 'non_saturating', d_steps: int = 1, sample_grid: int = 8):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: DatasetInfo,
+        augmenter: Any = None,
+        *,
+        loss: str = 'non_saturating',
+        d_steps: int = 1,
+        sample_grid: int = 8,
+    ):
         _check_loss(loss)
         if augmenter is not None:
             raise ValueError('the GAN task takes no augmentation: leave config.augment empty')
@@ -173,21 +203,28 @@ class GANTask(Task):
             raise ValueError(f'd_steps and sample_grid must be >= 1, got {d_steps}, {sample_grid}')
         for method in ('generate', 'discriminate'):
             if not hasattr(model, method):
-                raise ValueError(f'the GAN task needs a model with generate(z) and '
-                                 f'discriminate(x) (e.g. dcgan), got {type(model).__name__}')
+                raise ValueError(
+                    f'the GAN task needs a model with generate(z) and '
+                    f'discriminate(x) (e.g. dcgan), got {type(model).__name__}'
+                )
         shape = tuple(info.example_shape)
         if shape != (model.image_size, model.image_size, model.channels):
-            raise ValueError(f'data set {info.name!r} has images of shape {shape} but the model '
-                             f'makes {(model.image_size, model.image_size, model.channels)}; set '
-                             'config.model.image_size and config.model.channels to match')
+            raise ValueError(
+                f'data set {info.name!r} has images of shape {shape} but the model '
+                f'makes {(model.image_size, model.image_size, model.channels)}; set '
+                'config.model.image_size and config.model.channels to match'
+            )
         super().__init__(model, info)
         self.loss = loss
         self.d_steps = d_steps
         self.latent_dim = model.latent_dim
         self._scale = 255.0 if info.image_dtype == 'uint8' else 1.0
-        self.grid_noise = self.noise(jax.random.PRNGKey(_GRID_NOISE_SEED), sample_grid ** 2)
-        self._sample_grid = jax.jit(lambda variables: self.model.apply(
-            variables, self.grid_noise, train=False, method='generate'))
+        self.grid_noise = self.noise(jax.random.PRNGKey(_GRID_NOISE_SEED), sample_grid**2)
+        self._sample_grid = jax.jit(
+            lambda variables: self.model.apply(
+                variables, self.grid_noise, train=False, method='generate'
+            )
+        )
 
     # ----------------------------------------------------------------------- set-up
 
@@ -199,14 +236,20 @@ class GANTask(Task):
         """Both networks, initialised in training mode through D(G(z))."""
         return self.model.init({'params': rng}, self.noise(rng, 2), train=True)
 
-    def make_optimizer(self, config: ml_collections.ConfigDict, *, steps_per_epoch: int,
-                       total_steps: int, accumulate_steps: int = 1,
-                       ) -> tuple[PerNetworkOptimizer, Schedule]:
+    def make_optimizer(
+        self,
+        config: ml_collections.ConfigDict,
+        *,
+        steps_per_epoch: int,
+        total_steps: int,
+        accumulate_steps: int = 1,
+    ) -> tuple[PerNetworkOptimizer, Schedule]:
         if accumulate_steps != 1:
-            raise ValueError('the GAN task runs its own update and does not accumulate gradients; '
-                             f'got {accumulate_steps} micro-batches')
-        return build_gan_optimizer(config, steps_per_epoch=steps_per_epoch,
-                                   total_steps=total_steps)
+            raise ValueError(
+                'the GAN task runs its own update and does not accumulate gradients; '
+                f'got {accumulate_steps} micro-batches'
+            )
+        return build_gan_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
     def to_model_range(self, images: jax.Array) -> jax.Array:
         """Raw pixels -> [-1, 1], the range of the generator's tanh."""
@@ -216,33 +259,60 @@ class GANTask(Task):
 
     def _apply(self, params, batch_stats, inputs, method: str):
         """Training-mode pass -> (output, updated batch_stats of the whole model)."""
-        out, updated = self.model.apply({'params': params, 'batch_stats': batch_stats}, inputs,
-                                        train=True, method=method, mutable=['batch_stats'])
+        out, updated = self.model.apply(
+            {'params': params, 'batch_stats': batch_stats},
+            inputs,
+            train=True,
+            method=method,
+            mutable=['batch_stats'],
+        )
         return out, updated['batch_stats']
 
-    def discriminator_update(self, tx: PerNetworkOptimizer, params, batch_stats, opt_state,
-                             real: jax.Array, key: jax.Array):
+    def discriminator_update(
+        self,
+        tx: PerNetworkOptimizer,
+        params,
+        batch_stats,
+        opt_state,
+        real: jax.Array,
+        key: jax.Array,
+    ):
         """One D step with G frozen -> (params, batch_stats, opt_state, metrics)."""
         n = real.shape[0]
         fake, _ = self._apply(params, batch_stats, self.noise(key, n), 'generate')
         fake = jax.lax.stop_gradient(fake)
 
         def loss_fn(d_params):
-            logits, stats = self._apply({**params, 'discriminator': d_params}, batch_stats,
-                                        jnp.concatenate([real, fake]), 'discriminate')
+            logits, stats = self._apply(
+                {**params, 'discriminator': d_params},
+                batch_stats,
+                jnp.concatenate([real, fake]),
+                'discriminate',
+            )
             loss = discriminator_loss(logits[:n], logits[n:], self.loss)
             return loss, (stats['discriminator'], logits)
 
         (loss, (d_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params['discriminator'])
+            params['discriminator']
+        )
         params, opt_state = tx.update('discriminator', grads, opt_state, params, loss)
-        metrics = {'d_loss': loss, 'd_grad_norm': optax.global_norm(grads),
-                   'd_real_accuracy': jnp.mean(logits[:n] > 0),
-                   'd_fake_accuracy': jnp.mean(logits[n:] < 0)}
+        metrics = {
+            'd_loss': loss,
+            'd_grad_norm': optax.global_norm(grads),
+            'd_real_accuracy': jnp.mean(logits[:n] > 0),
+            'd_fake_accuracy': jnp.mean(logits[n:] < 0),
+        }
         return params, {**batch_stats, 'discriminator': d_stats}, opt_state, metrics
 
-    def generator_update(self, tx: PerNetworkOptimizer, params, batch_stats, opt_state,
-                         real: jax.Array, key: jax.Array):
+    def generator_update(
+        self,
+        tx: PerNetworkOptimizer,
+        params,
+        batch_stats,
+        opt_state,
+        real: jax.Array,
+        key: jax.Array,
+    ):
         """One G step with D frozen -> (params, batch_stats, opt_state, metrics)."""
         n = real.shape[0]
         z = self.noise(key, n)
@@ -251,8 +321,9 @@ class GANTask(Task):
             both = {**params, 'generator': g_params}
             fake, stats = self._apply(both, batch_stats, z, 'generate')
             # Real images ride along only so D normalises the same 50/50 mixture it trains on.
-            logits, _ = self._apply(both, batch_stats, jnp.concatenate([real, fake]),
-                                    'discriminate')
+            logits, _ = self._apply(
+                both, batch_stats, jnp.concatenate([real, fake]), 'discriminate'
+            )
             return generator_loss(logits[n:], self.loss), stats['generator']
 
         (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params['generator'])
@@ -260,29 +331,49 @@ class GANTask(Task):
         metrics = {'g_loss': loss, 'g_grad_norm': optax.global_norm(grads)}
         return params, {**batch_stats, 'generator': g_stats}, opt_state, metrics
 
-    def update(self, state: TrainState, batch: dict[str, jax.Array], *, tx: PerNetworkOptimizer,
-               mesh: Any = None, grad_accum_steps: int = 1):
+    def update(
+        self,
+        state: TrainState,
+        batch: dict[str, jax.Array],
+        *,
+        tx: PerNetworkOptimizer,
+        mesh: Any = None,
+        grad_accum_steps: int = 1,
+    ):
         """`d_steps` D updates, then one G update (the generic trainer jits this on the mesh)."""
         real = self.to_model_range(batch['image'])
         rng = state.step_rng()
-        params, batch_stats, opt_state = state.params, state.model_state['batch_stats'], \
-            state.opt_state
+        params, batch_stats, opt_state = (
+            state.params,
+            state.model_state['batch_stats'],
+            state.opt_state,
+        )
         for k in range(self.d_steps):
             params, batch_stats, opt_state, d_metrics = self.discriminator_update(
-                tx, params, batch_stats, opt_state, real, jax.random.fold_in(rng, k))
+                tx, params, batch_stats, opt_state, real, jax.random.fold_in(rng, k)
+            )
         params, batch_stats, opt_state, g_metrics = self.generator_update(
-            tx, params, batch_stats, opt_state, real, jax.random.fold_in(rng, self.d_steps))
-        new_state = state.replace(step=state.step + 1, params=params,
-                                  model_state={**state.model_state, 'batch_stats': batch_stats},
-                                  opt_state=opt_state)
+            tx, params, batch_stats, opt_state, real, jax.random.fold_in(rng, self.d_steps)
+        )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            model_state={**state.model_state, 'batch_stats': batch_stats},
+            opt_state=opt_state,
+        )
         loss_finite = jnp.isfinite(d_metrics['d_loss']) & jnp.isfinite(g_metrics['g_loss'])
         grad_norm = jnp.sqrt(d_metrics['d_grad_norm'] ** 2 + g_metrics['g_grad_norm'] ** 2)
         grads_finite = jnp.isfinite(grad_norm)  # the trainer's step skips or stops on these
         # 'loss' is D's loss: >= 0 under both losses (G's hinge loss is not), so it can be
         # plotted on the log scale of the training curves.
-        metrics = {'loss': d_metrics['d_loss'], **d_metrics, **g_metrics,
-                   'grad_norm': grad_norm, 'loss_finite': loss_finite,
-                   'grads_finite': grads_finite}
+        metrics = {
+            'loss': d_metrics['d_loss'],
+            **d_metrics,
+            **g_metrics,
+            'grad_norm': grad_norm,
+            'loss_finite': loss_finite,
+            'grads_finite': grads_finite,
+        }
         return new_state, metrics
 
     # ----------------------------------------------------------------------- evaluation
@@ -298,29 +389,33 @@ class GANTask(Task):
         real_logits = self.model.apply(variables, real, train=False, method='discriminate')
         fake_logits = self.model.apply(variables, fake, train=False, method='discriminate')
         real_terms, fake_terms = discriminator_terms(real_logits, fake_logits, self.loss)
-        return {'d_loss_sum': jnp.sum((real_terms + fake_terms) * mask),
-                'g_loss_sum': jnp.sum(generator_terms(fake_logits, self.loss) * mask),
-                'real_correct': jnp.sum((real_logits > 0) * mask),
-                'fake_correct': jnp.sum((fake_logits < 0) * mask),
-                'count': jnp.sum(mask)}
+        return {
+            'd_loss_sum': jnp.sum((real_terms + fake_terms) * mask),
+            'g_loss_sum': jnp.sum(generator_terms(fake_logits, self.loss) * mask),
+            'real_correct': jnp.sum((real_logits > 0) * mask),
+            'fake_correct': jnp.sum((fake_logits < 0) * mask),
+            'count': jnp.sum(mask),
+        }
 
     def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
         count = max(float(sums['count']), 1.0)
-        return {'d_loss': float(sums['d_loss_sum']) / count,
-                'g_loss': float(sums['g_loss_sum']) / count,
-                'd_real_accuracy': float(sums['real_correct']) / count,
-                'd_fake_accuracy': float(sums['fake_correct']) / count,
-                'examples': int(sums['count'])}
+        return {
+            'd_loss': float(sums['d_loss_sum']) / count,
+            'g_loss': float(sums['g_loss_sum']) / count,
+            'd_real_accuracy': float(sums['real_correct']) / count,
+            'd_fake_accuracy': float(sums['fake_correct']) / count,
+            'examples': int(sums['count']),
+        }
 
     # ----------------------------------------------------------------------- samples
 
     def sample(self, variables: dict[str, Any], key: jax.Array, count: int) -> jax.Array:
         """`count` images in [-1, 1] from G in eval mode."""
-        return self.model.apply(variables, self.noise(key, count), train=False,
-                                method='generate')
+        return self.model.apply(variables, self.noise(key, count), train=False, method='generate')
 
-    def write_eval_pictures(self, picture_dir: Path, step: int,
-                            variables: dict[str, Any]) -> list[Path]:
+    def write_eval_pictures(
+        self, picture_dir: Path, step: int, variables: dict[str, Any]
+    ) -> list[Path]:
         """The fixed-noise grid at this step (`samples_step<step>.png`) and as `samples.png`."""
         images = np.asarray(self._sample_grid(variables))
         images = (images + 1.0) / 2.0

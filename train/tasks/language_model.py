@@ -71,8 +71,9 @@ def state_to_carry(state: dict[str, jax.Array], like: Any) -> Any:
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
-def masked_token_sums(logits: jax.Array, targets: jax.Array,
-                      row_mask: jax.Array | None = None) -> dict[str, jax.Array]:
+def masked_token_sums(
+    logits: jax.Array, targets: jax.Array, row_mask: jax.Array | None = None
+) -> dict[str, jax.Array]:
     """Sums of next-token NLL (nats) and correct predictions over non-padding targets, in
     total and per position (T,), and the token counts."""
     weights = (targets != PAD_ID).astype(jnp.float32)
@@ -80,9 +81,13 @@ def masked_token_sums(logits: jax.Array, targets: jax.Array,
         weights = weights * row_mask.astype(jnp.float32)[:, None]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    return {'nll_sum': jnp.sum(nll * weights), 'correct': jnp.sum(correct * weights),
-            'tokens': jnp.sum(weights), 'position_nll': jnp.sum(nll * weights, axis=0),
-            'position_tokens': jnp.sum(weights, axis=0)}
+    return {
+        'nll_sum': jnp.sum(nll * weights),
+        'correct': jnp.sum(correct * weights),
+        'tokens': jnp.sum(weights),
+        'position_nll': jnp.sum(nll * weights, axis=0),
+        'position_tokens': jnp.sum(weights, axis=0),
+    }
 
 
 class LanguageModelTask(Task):
@@ -102,16 +107,26 @@ class LanguageModelTask(Task):
     def accumulates_gradients(cls, config) -> bool:
         return config.dataset.order != 'streams'  # the state runs across the rows of a batch
 
-    def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
-                 carried_streams: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: DatasetInfo,
+        augmenter: Any = None,
+        *,
+        carried_streams: int = 0,
+    ):
         if augmenter is not None:
             raise ValueError('the language_model task has no augmentation; set config.augment = ()')
         if len(info.example_shape) != 1 or info.image_dtype not in ('int32', 'int64'):
-            raise ValueError(f'language modelling needs (T,) int token ids; data set {info.name!r} '
-                             f'has {info.image_dtype} examples of shape {info.example_shape}')
+            raise ValueError(
+                f'language modelling needs (T,) int token ids; data set {info.name!r} '
+                f'has {info.image_dtype} examples of shape {info.example_shape}'
+            )
         if carried_streams and not isinstance(model, RecurrentLM):
-            raise ValueError(f"config.dataset.order='streams' carries a recurrent state; "
-                             f"{type(model).__name__} has none, use order 'shuffled'")
+            raise ValueError(
+                f"config.dataset.order='streams' carries a recurrent state; "
+                f"{type(model).__name__} has none, use order 'shuffled'"
+            )
         super().__init__(model, info)
         self.carried_streams = carried_streams
         self.vocabulary = token_vocabulary(info.class_names)
@@ -125,7 +140,8 @@ class LanguageModelTask(Task):
         variables = dict(self.model.init({'params': rng, 'dropout': rng}, tokens, train=True))
         if self.carried_streams:
             variables[CARRY_COLLECTION] = carry_to_state(
-                self.model.initial_carry(self.carried_streams))
+                self.model.initial_carry(self.carried_streams)
+            )
         return variables
 
     def _apply(self, params, model_state, inputs, *, train: bool, rng=None, initial_carry=None):
@@ -138,8 +154,9 @@ class LanguageModelTask(Task):
         if initial_carry is not None:
             kwargs.update(initial_carry=initial_carry, return_carry=True)
         if train and collections:
-            output, collections = self.model.apply(variables, inputs, mutable=list(collections),
-                                                   **kwargs)
+            output, collections = self.model.apply(
+                variables, inputs, mutable=list(collections), **kwargs
+            )
         else:
             output = self.model.apply(variables, inputs, **kwargs)
         carry, logits = output if initial_carry is not None else (None, output)
@@ -155,9 +172,11 @@ class LanguageModelTask(Task):
             reset = batch['reset']
             initial_carry = jax.tree.map(
                 lambda c: jnp.where(reset.reshape(-1, *(1,) * (c.ndim - 1)), jnp.zeros_like(c), c),
-                carried)
-        logits, new_state, final_carry = self._apply(params, model_state, inputs, train=True,
-                                                     rng=rng, initial_carry=initial_carry)
+                carried,
+            )
+        logits, new_state, final_carry = self._apply(
+            params, model_state, inputs, train=True, rng=rng, initial_carry=initial_carry
+        )
         if final_carry is not None:
             # The carry is passed on as data: no gradient crosses the step boundary.
             new_state[CARRY_COLLECTION] = carry_to_state(jax.lax.stop_gradient(final_carry))
@@ -173,9 +192,13 @@ class LanguageModelTask(Task):
     def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
         tokens = max(float(sums['tokens']), 1.0)
         loss = float(sums['nll_sum']) / tokens
-        return {'loss': loss, 'accuracy': float(sums['correct']) / tokens,
-                'bits_per_character': loss / math.log(2), 'perplexity': math.exp(min(loss, 700.0)),
-                'tokens': int(sums['tokens'])}
+        return {
+            'loss': loss,
+            'accuracy': float(sums['correct']) / tokens,
+            'bits_per_character': loss / math.log(2),
+            'perplexity': math.exp(min(loss, 700.0)),
+            'tokens': int(sums['tokens']),
+        }
 
     def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
         counts = np.asarray(sums['position_tokens'], np.float64)
@@ -187,20 +210,31 @@ class LanguageModelTask(Task):
         ax.grid(alpha=0.3)
         return [pictures.save_figure(fig, picture_dir / 'loss_by_position.png')]
 
-    def samples(self, params: Any, *, prompt: str = SAMPLE_PROMPT, length: int = SAMPLE_LENGTH,
-                temperature: float = SAMPLE_TEMPERATURE, num_samples: int = NUM_SAMPLES,
-                seed: int = 0) -> list[str]:
+    def samples(
+        self,
+        params: Any,
+        *,
+        prompt: str = SAMPLE_PROMPT,
+        length: int = SAMPLE_LENGTH,
+        temperature: float = SAMPLE_TEMPERATURE,
+        num_samples: int = NUM_SAMPLES,
+        seed: int = 0,
+    ) -> list[str]:
         """Continuations of `prompt` (the prompt included): the greedy one first, then
         `num_samples` drawn at `temperature`."""
         ids = jnp.asarray([self.vocabulary.encode(prompt)], jnp.int32)
         texts = []
         for temperature, rows in ((0.0, 1), (temperature, num_samples)):
-            run = jax.jit(functools.partial(sample, self.model, length=length,
-                                            temperature=temperature))
-            tokens = run({'params': params}, jnp.repeat(ids, rows, axis=0),
-                         rng=jax.random.key(seed))
-            texts += [prompt + self.vocabulary.decode(row, stop_at_eos=False)
-                      for row in np.asarray(tokens)]
+            run = jax.jit(
+                functools.partial(sample, self.model, length=length, temperature=temperature)
+            )
+            tokens = run(
+                {'params': params}, jnp.repeat(ids, rows, axis=0), rng=jax.random.key(seed)
+            )
+            texts += [
+                prompt + self.vocabulary.decode(row, stop_at_eos=False)
+                for row in np.asarray(tokens)
+            ]
         return texts
 
     def write_samples(self, out_dir: Path, variables: dict[str, Any]) -> list[Path]:
@@ -208,8 +242,10 @@ class LanguageModelTask(Task):
         (from the zero state, not the training streams')."""
         texts = self.samples(variables['params'])
         parts = [f'[greedy, prompt {SAMPLE_PROMPT!r}]\n{texts[0]}']
-        parts += [f'[temperature {SAMPLE_TEMPERATURE}, sample {i + 1}]\n{text}'
-                  for i, text in enumerate(texts[1:])]
+        parts += [
+            f'[temperature {SAMPLE_TEMPERATURE}, sample {i + 1}]\n{text}'
+            for i, text in enumerate(texts[1:])
+        ]
         path = Path(out_dir) / 'samples.txt'
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text('\n\n'.join(parts) + '\n', encoding='utf-8')

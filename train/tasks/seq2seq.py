@@ -53,6 +53,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import sacrebleu
@@ -62,8 +63,6 @@ from data.builders.sequences import vocabularies_of
 from data.tokenizers import EOS_ID, NUM_SPECIAL, PAD_ID, CharVocabulary, Vocabulary, WordVocabulary
 from nets.models import seq2seq as seq2seq_nets
 from nets.models import transformer as transformer_nets
-import ml_collections
-
 from train import pictures
 from train.tasks.base import Task
 
@@ -79,8 +78,10 @@ NUM_SAMPLE_TEXTS = 20
 
 # ----------------------------------------------------------------------------- metrics
 
-def token_sums(logits: jax.Array, targets: jax.Array,
-               row_mask: jax.Array | None = None) -> dict[str, jax.Array]:
+
+def token_sums(
+    logits: jax.Array, targets: jax.Array, row_mask: jax.Array | None = None
+) -> dict[str, jax.Array]:
     """Sums of NLL (nats) and correct argmax predictions over the non-padding target tokens,
     and their count. `row_mask` (batch,) drops whole rows (eval padding)."""
     weights = targets != PAD_ID
@@ -89,9 +90,11 @@ def token_sums(logits: jax.Array, targets: jax.Array,
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = jnp.argmax(logits, -1) == targets
     # where, not a product: a padded row's logits may be anything, and 0 · inf is NaN.
-    return {'nll_sum': jnp.sum(jnp.where(weights, nll, 0.0)),
-            'correct_tokens': jnp.sum(jnp.where(weights, correct, False)),
-            'tokens': jnp.sum(weights)}
+    return {
+        'nll_sum': jnp.sum(jnp.where(weights, nll, 0.0)),
+        'correct_tokens': jnp.sum(jnp.where(weights, correct, False)),
+        'tokens': jnp.sum(weights),
+    }
 
 
 def exact_match(generated: jax.Array, targets: jax.Array, pad_id: int = PAD_ID) -> jax.Array:
@@ -102,15 +105,23 @@ def exact_match(generated: jax.Array, targets: jax.Array, pad_id: int = PAD_ID) 
     return jnp.all((generated == targets) | (targets == pad_id), axis=-1)
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str = '13a',
-                lowercase: bool = True) -> float:
+def corpus_bleu(
+    hypotheses: Sequence[str],
+    references: Sequence[str],
+    *,
+    tokenize: str = '13a',
+    lowercase: bool = True,
+) -> float:
     """sacrebleu corpus BLEU (0-100) of detokenized hypotheses against one reference each."""
     if len(hypotheses) != len(references):
         raise ValueError(f'{len(hypotheses)} hypotheses but {len(references)} references')
     if not hypotheses:
         return 0.0
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize,
-                                       lowercase=lowercase).score)
+    return float(
+        sacrebleu.corpus_bleu(
+            list(hypotheses), [list(references)], tokenize=tokenize, lowercase=lowercase
+        ).score
+    )
 
 
 def bleu_tokenizer(vocabulary: Vocabulary) -> str:
@@ -130,30 +141,42 @@ def target_vocabulary(info: DatasetInfo) -> Vocabulary:
 
 # ----------------------------------------------------------------------------- model dispatch
 
-def generate(model: nn.Module, variables: dict[str, Any], source: jax.Array, *, max_length: int,
-             beam_size: int = 1) -> jax.Array:
+
+def generate(
+    model: nn.Module,
+    variables: dict[str, Any],
+    source: jax.Array,
+    *,
+    max_length: int,
+    beam_size: int = 1,
+) -> jax.Array:
     """(batch, max_length) int32 generated ids (no bos; eos, then pad): greedy search for
     beam_size 1, else the best beam. Transformers decode with `nets.models.transformer.translate`
     (beam search with beam 1 is greedy search), models with `encode`/`decode_step`
     (Seq2Seq, ShowAttendTell) with `nets.models.seq2seq.generate`. Jittable with `model`,
     `max_length` and `beam_size` static."""
     if isinstance(model, transformer_nets.Transformer):
-        sequences, _ = transformer_nets.translate(model, variables, source, beam_size=beam_size,
-                                                  max_length=max_length)
+        sequences, _ = transformer_nets.translate(
+            model, variables, source, beam_size=beam_size, max_length=max_length
+        )
         return sequences[:, 0]
-    sequences, _ = seq2seq_nets.generate(model, variables, source, max_length=max_length,
-                                         beam_size=beam_size)
+    sequences, _ = seq2seq_nets.generate(
+        model, variables, source, max_length=max_length, beam_size=beam_size
+    )
     return sequences
 
 
 def has_attention(model: nn.Module) -> bool:
     """Whether `attention_weights` can read attention from this model."""
-    return (isinstance(model, transformer_nets.Transformer)
-            or getattr(model, 'form', 'attention') == 'attention')
+    return (
+        isinstance(model, transformer_nets.Transformer)
+        or getattr(model, 'form', 'attention') == 'attention'
+    )
 
 
-def attention_weights(model: nn.Module, variables: dict[str, Any], source: jax.Array,
-                      targets: jax.Array) -> jax.Array:
+def attention_weights(
+    model: nn.Module, variables: dict[str, Any], source: jax.Array, targets: jax.Array
+) -> jax.Array:
     """What the decoder read while predicting each of `targets` (teacher-forced):
     (batch, T, S) for translation models — the 'attention' form's α_ij, or the Transformer's
     last decoder layer cross-attention averaged over heads — each row summing to 1 over the
@@ -162,11 +185,14 @@ def attention_weights(model: nn.Module, variables: dict[str, Any], source: jax.A
         _, state = model.apply(variables, source, targets, train=False, mutable=['intermediates'])
         last = f'decoder_blocks_{model.num_decoder_layers - 1}'
         weights = state['intermediates'][last]['cross_attention']['attention_weights'][0]
-        return jnp.mean(weights.astype(jnp.float32), axis=1)  # (batch, heads, T, S) -> (batch, T, S)
+        return jnp.mean(
+            weights.astype(jnp.float32), axis=1
+        )  # (batch, heads, T, S) -> (batch, T, S)
     return seq2seq_nets.alignments(model, variables, source, targets)
 
 
 # ----------------------------------------------------------------------------- decoded examples
+
 
 @dataclasses.dataclass
 class Showcase:
@@ -200,14 +226,24 @@ def token_labels(vocabulary: Vocabulary, ids: Sequence[int]) -> list[str]:
     return labels
 
 
-def plot_alignment(weights: np.ndarray, source_tokens: Sequence[str], output_tokens: Sequence[str],
-                   out_path: Path, title: str = '') -> Path:
+def plot_alignment(
+    weights: np.ndarray,
+    source_tokens: Sequence[str],
+    output_tokens: Sequence[str],
+    out_path: Path,
+    title: str = '',
+) -> Path:
     """Heat map of (output tokens, source tokens) attention weights, words on the axes."""
     rows, cols = len(output_tokens), len(source_tokens)
     weights = np.asarray(weights, np.float32)[:rows, :cols]
     fig, ax = pictures.figure(figsize=(1.5 + 0.32 * cols, 1.2 + 0.32 * rows))
-    ax.imshow(weights, cmap='gray_r', vmin=0.0, vmax=max(float(weights.max(initial=0.0)), 1e-6),
-              aspect='auto')
+    ax.imshow(
+        weights,
+        cmap='gray_r',
+        vmin=0.0,
+        vmax=max(float(weights.max(initial=0.0)), 1e-6),
+        aspect='auto',
+    )
     ax.set_xticks(range(cols), source_tokens, rotation=90, fontsize=8)
     ax.set_yticks(range(rows), output_tokens, fontsize=8)
     ax.xaxis.tick_top()
@@ -220,6 +256,7 @@ def plot_alignment(weights: np.ndarray, source_tokens: Sequence[str], output_tok
 
 # ----------------------------------------------------------------------------- the task
 
+
 class Seq2SeqTask(Task):
     """Loss, metrics, BLEU and alignment pictures of an encoder-decoder called
     `model.apply(variables, source, targets, train=...)` -> (batch, T, vocab) logits.
@@ -230,37 +267,57 @@ class Seq2SeqTask(Task):
 
     @classmethod
     def default_options(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict({
-            'beam_size': 1,  # decoding for exact match and BLEU; 1 = greedy search
-            'final_eval_examples': FINAL_EVAL_EXAMPLES,  # eval examples decoded for BLEU at the end
-            'max_train_length': 0,  # train on pairs that fit L tokens; 0 = all
-        })
+        return ml_collections.ConfigDict(
+            {
+                'beam_size': 1,  # decoding for exact match and BLEU; 1 = greedy search
+                'final_eval_examples': FINAL_EVAL_EXAMPLES,  # eval examples decoded for BLEU at the end
+                'max_train_length': 0,  # train on pairs that fit L tokens; 0 = all
+            }
+        )
 
     @classmethod
     def check_options(cls, config: ml_collections.ConfigDict) -> None:
         cls._check_ranges(**config[cls.options_block])
 
     @classmethod
-    def _check_ranges(cls, *, beam_size: int = 1, final_eval_examples: int = 0,
-                      max_train_length: int = 0, attention_penalty: float = 0.0) -> None:
+    def _check_ranges(
+        cls,
+        *,
+        beam_size: int = 1,
+        final_eval_examples: int = 0,
+        max_train_length: int = 0,
+        attention_penalty: float = 0.0,
+    ) -> None:
         block = cls.options_block
         if beam_size < 1:
-            raise ValueError(f'config.{block}.beam_size must be >= 1 (1 = greedy), got '
-                             f'{beam_size}')
-        for key, value in (('final_eval_examples', final_eval_examples),
-                           ('max_train_length', max_train_length),
-                           ('attention_penalty', attention_penalty)):
+            raise ValueError(f'config.{block}.beam_size must be >= 1 (1 = greedy), got {beam_size}')
+        for key, value in (
+            ('final_eval_examples', final_eval_examples),
+            ('max_train_length', max_train_length),
+            ('attention_penalty', attention_penalty),
+        ):
             if value < 0:
                 raise ValueError(f'config.{block}.{key} must be >= 0, got {value}')
 
-    def __init__(self, model: nn.Module, info: DatasetInfo, augmenter: Any = None, *,
-                 beam_size: int = 1, final_eval_examples: int = FINAL_EVAL_EXAMPLES,
-                 max_train_length: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: DatasetInfo,
+        augmenter: Any = None,
+        *,
+        beam_size: int = 1,
+        final_eval_examples: int = FINAL_EVAL_EXAMPLES,
+        max_train_length: int = 0,
+    ):
         if augmenter is not None:
-            raise ValueError(f'the {type(self).__name__} task has no augmentation; set '
-                             'config.augment = ()')
-        self._check_ranges(beam_size=beam_size, final_eval_examples=final_eval_examples,
-                           max_train_length=max_train_length)
+            raise ValueError(
+                f'the {type(self).__name__} task has no augmentation; set config.augment = ()'
+            )
+        self._check_ranges(
+            beam_size=beam_size,
+            final_eval_examples=final_eval_examples,
+            max_train_length=max_train_length,
+        )
         self._check_data(info)
         super().__init__(model, info)
         self.max_train_length = max_train_length
@@ -269,10 +326,16 @@ class Seq2SeqTask(Task):
         self.showcase: Showcase | None = None  # set by final_eval, drawn by write_pictures
 
     def _check_data(self, info: DatasetInfo) -> None:
-        if len(info.example_shape) != 1 or info.image_dtype not in ('int32', 'int64') or not info.vocab_sizes:
-            raise ValueError(f'the seq2seq task needs (S,) int token ids as inputs and a targets '
-                             f'vocabulary; data set {info.name!r} has {info.image_dtype} examples '
-                             f'of shape {info.example_shape}')
+        if (
+            len(info.example_shape) != 1
+            or info.image_dtype not in ('int32', 'int64')
+            or not info.vocab_sizes
+        ):
+            raise ValueError(
+                f'the seq2seq task needs (S,) int token ids as inputs and a targets '
+                f'vocabulary; data set {info.name!r} has {info.image_dtype} examples '
+                f'of shape {info.example_shape}'
+            )
 
     # ------------------------------------------------------------------ model plumbing
 
@@ -287,29 +350,38 @@ class Seq2SeqTask(Task):
         """Initialised in training mode on one source and a one-token target (parameters do not
         depend on the target length)."""
         targets = jnp.ones((1, 1), jnp.int32)
-        return self.model.init({'params': rng, 'dropout': rng}, self._dummy_source(), targets,
-                               train=True)
+        return self.model.init(
+            {'params': rng, 'dropout': rng}, self._dummy_source(), targets, train=True
+        )
 
     def prepare_source(self, source: jax.Array) -> jax.Array:
         """The batch's source feature as the model reads it (ids as they are)."""
         return source
 
-    def _apply(self, params, model_state, source, targets, *, train: bool, rng=None,
-               sow: bool = False) -> tuple[jax.Array, dict[str, Any], dict[str, Any]]:
+    def _apply(
+        self, params, model_state, source, targets, *, train: bool, rng=None, sow: bool = False
+    ) -> tuple[jax.Array, dict[str, Any], dict[str, Any]]:
         """-> (logits, updated model collections, sown intermediates)."""
         variables = {'params': params, **model_state}
         mutable = (list(model_state) if train else []) + (['intermediates'] if sow else [])
         kwargs = {'rngs': {'dropout': rng}} if train else {}
         if not mutable:
-            return self.model.apply(variables, source, targets, train=train, **kwargs), model_state, {}
-        logits, updated = self.model.apply(variables, source, targets, train=train, mutable=mutable,
-                                           **kwargs)
+            return (
+                self.model.apply(variables, source, targets, train=train, **kwargs),
+                model_state,
+                {},
+            )
+        logits, updated = self.model.apply(
+            variables, source, targets, train=train, mutable=mutable, **kwargs
+        )
         updated = dict(updated)
         intermediates = updated.pop('intermediates', {})
         return logits, (updated if train else model_state), intermediates
 
     def _generate(self, variables: dict[str, Any], source: jax.Array, max_length: int) -> jax.Array:
-        return generate(self.model, variables, source, max_length=max_length, beam_size=self.beam_size)
+        return generate(
+            self.model, variables, source, max_length=max_length, beam_size=self.beam_size
+        )
 
     # ------------------------------------------------------------------ steps
 
@@ -321,12 +393,18 @@ class Seq2SeqTask(Task):
         length = self.max_train_length
         if not length or (source.shape[1] <= length and targets.shape[1] <= length):
             return source, targets
-        fits = ~jnp.any(source[:, length:] != PAD_ID, axis=1) & ~jnp.any(targets[:, length:] != PAD_ID, axis=1)
+        fits = ~jnp.any(source[:, length:] != PAD_ID, axis=1) & ~jnp.any(
+            targets[:, length:] != PAD_ID, axis=1
+        )
         return source[:, :length], jnp.where(fits[:, None], targets[:, :length], PAD_ID)
 
     def train_loss(self, params, model_state, batch, rng):
-        source, targets = self.shorten(self.prepare_source(batch[self.source_feature]), batch['targets'])
-        logits, new_state, _ = self._apply(params, model_state, source, targets, train=True, rng=rng)
+        source, targets = self.shorten(
+            self.prepare_source(batch[self.source_feature]), batch['targets']
+        )
+        logits, new_state, _ = self._apply(
+            params, model_state, source, targets, train=True, rng=rng
+        )
         sums = token_sums(logits, targets)
         tokens = jnp.maximum(sums['tokens'], 1)
         loss = sums['nll_sum'] / tokens
@@ -337,40 +415,57 @@ class Seq2SeqTask(Task):
         mask = batch['mask'].astype(bool)
         logits, _, _ = self._apply(params, model_state, source, targets, train=False)
         generated = self._generate({'params': params, **model_state}, source, targets.shape[1])
-        return {**token_sums(logits, targets, mask),
-                'exact': jnp.sum(jnp.where(mask, exact_match(generated, targets), False)),
-                'count': jnp.sum(mask)}
+        return {
+            **token_sums(logits, targets, mask),
+            'exact': jnp.sum(jnp.where(mask, exact_match(generated, targets), False)),
+            'count': jnp.sum(mask),
+        }
 
     def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
         tokens = max(float(sums['tokens']), 1.0)
         loss = float(sums['nll_sum']) / tokens
-        return {'loss': loss, 'perplexity': float(np.exp(min(loss, 700.0))),
-                'accuracy': float(sums['correct_tokens']) / tokens,  # per token, teacher-forced
-                'exact_match': float(sums['exact']) / max(float(sums['count']), 1.0),
-                'examples': int(sums['count']), 'tokens': int(sums['tokens'])}
+        return {
+            'loss': loss,
+            'perplexity': float(np.exp(min(loss, 700.0))),
+            'accuracy': float(sums['correct_tokens']) / tokens,  # per token, teacher-forced
+            'exact_match': float(sums['exact']) / max(float(sums['count']), 1.0),
+            'examples': int(sums['count']),
+            'tokens': int(sums['tokens']),
+        }
 
     # ------------------------------------------------------------------ generation at the end
 
     @functools.cached_property
     def _jit_generate(self):
-        return jax.jit(lambda variables, source, max_length: self._generate(
-            variables, self.prepare_source(source), max_length), static_argnums=2)
+        return jax.jit(
+            lambda variables, source, max_length: self._generate(
+                variables, self.prepare_source(source), max_length
+            ),
+            static_argnums=2,
+        )
 
     @functools.cached_property
     def _jit_attention(self):
-        return jax.jit(lambda variables, source, targets: self.attention(
-            variables, self.prepare_source(source), targets))
+        return jax.jit(
+            lambda variables, source, targets: self.attention(
+                variables, self.prepare_source(source), targets
+            )
+        )
 
-    def attention(self, variables: dict[str, Any], source: jax.Array, targets: jax.Array) -> jax.Array:
+    def attention(
+        self, variables: dict[str, Any], source: jax.Array, targets: jax.Array
+    ) -> jax.Array:
         """Teacher-forced attention weights for `targets` (see `attention_weights`)."""
         return attention_weights(self.model, variables, source, targets)
 
-    def _generate_all(self, variables: dict[str, Any], sources: np.ndarray, max_length: int) -> np.ndarray:
+    def _generate_all(
+        self, variables: dict[str, Any], sources: np.ndarray, max_length: int
+    ) -> np.ndarray:
         """Generated ids for every row of `sources`, in fixed-size jitted chunks."""
         chunk = min(GENERATION_CHUNK, len(sources))
         outputs = []
         for start in range(0, len(sources), chunk):
-            part = sources[start:start + chunk]
+            part = sources[start : start + chunk]
             rows = len(part)
             if rows < chunk:  # same shape as the other chunks: no second compilation
                 part = np.concatenate([part, np.repeat(part[:1], chunk - rows, axis=0)])
@@ -383,8 +478,9 @@ class Seq2SeqTask(Task):
         vocabularies.setdefault('targets', target_vocabulary(self.info))
         return vocabularies
 
-    def final_eval(self, params: Any, model_state: Any,
-                   source: Sequence[dict[str, Any]]) -> dict[str, float]:
+    def final_eval(
+        self, params: Any, model_state: Any, source: Sequence[dict[str, Any]]
+    ) -> dict[str, float]:
         """Decodes the first `final_eval_examples` examples of the raw eval split (strings
         included) and scores them by BLEU; keeps a few for `write_pictures`. Host side, once."""
         count = min(self.final_eval_examples, len(source))
@@ -399,40 +495,59 @@ class Seq2SeqTask(Task):
         target_vocab = vocabularies['targets']
         outputs = [target_vocab.decode(row) for row in generated]
         decoded_references = [target_vocab.decode(row) for row in targets]
-        references = [_text(r['target_text']) if 'target_text' in r else decoded
-                      for r, decoded in zip(records, decoded_references)]
+        references = [
+            _text(r['target_text']) if 'target_text' in r else decoded
+            for r, decoded in zip(records, decoded_references)
+        ]
         tokenize = bleu_tokenizer(target_vocab)
-        metrics = {'bleu': corpus_bleu(outputs, references, tokenize=tokenize),
-                   'bleu_decoded_reference': corpus_bleu(outputs, decoded_references, tokenize=tokenize),
-                   'bleu_examples': count,
-                   'final_exact_match': float(np.mean(np.asarray(exact_match(generated, targets))))}
-        metrics.update(self._showcase(variables, records, sources, targets, generated, outputs,
-                                      references, vocabularies))
+        metrics = {
+            'bleu': corpus_bleu(outputs, references, tokenize=tokenize),
+            'bleu_decoded_reference': corpus_bleu(outputs, decoded_references, tokenize=tokenize),
+            'bleu_examples': count,
+            'final_exact_match': float(np.mean(np.asarray(exact_match(generated, targets)))),
+        }
+        metrics.update(
+            self._showcase(
+                variables, records, sources, targets, generated, outputs, references, vocabularies
+            )
+        )
         return metrics
 
     def _picture_indices(self, sources: np.ndarray) -> list[int]:
         """The first few examples whose source is short enough for readable axes."""
-        short = [i for i, row in enumerate(sources) if np.sum(row != PAD_ID) <= MAX_PICTURE_SOURCE_TOKENS]
+        short = [
+            i for i, row in enumerate(sources) if np.sum(row != PAD_ID) <= MAX_PICTURE_SOURCE_TOKENS
+        ]
         return (short or list(range(len(sources))))[:NUM_ALIGNMENT_PICTURES]
 
-    def _showcase(self, variables, records, sources, targets, generated, outputs, references,
-                  vocabularies) -> dict[str, float]:
+    def _showcase(
+        self, variables, records, sources, targets, generated, outputs, references, vocabularies
+    ) -> dict[str, float]:
         """Keeps the decoded examples (and attention of a few) for `write_pictures`."""
         del targets  # pictures show what the model wrote, not the reference
         indices = self._picture_indices(sources)
         attention = []
         if indices and has_attention(self.model):
-            weights = np.asarray(self._jit_attention(variables, sources[indices], generated[indices]))
+            weights = np.asarray(
+                self._jit_attention(variables, sources[indices], generated[indices])
+            )
             attention = list(weights)
         source_vocab = vocabularies.get('inputs')
         self.showcase = Showcase(
-            sources=[_text(r['source_text']) if 'source_text' in r else None
-                     for r in records[:NUM_SAMPLE_TEXTS]],
-            references=references[:NUM_SAMPLE_TEXTS], outputs=outputs[:NUM_SAMPLE_TEXTS],
+            sources=[
+                _text(r['source_text']) if 'source_text' in r else None
+                for r in records[:NUM_SAMPLE_TEXTS]
+            ],
+            references=references[:NUM_SAMPLE_TEXTS],
+            outputs=outputs[:NUM_SAMPLE_TEXTS],
             indices=indices,
-            source_tokens=[token_labels(source_vocab, sources[i]) if source_vocab else [] for i in indices],
+            source_tokens=[
+                token_labels(source_vocab, sources[i]) if source_vocab else [] for i in indices
+            ],
             output_tokens=[token_labels(vocabularies['targets'], generated[i]) for i in indices],
-            attention=attention, images=[])
+            attention=attention,
+            images=[],
+        )
         return {}
 
     # ------------------------------------------------------------------ pictures
@@ -441,15 +556,20 @@ class Seq2SeqTask(Task):
         """source / reference / output of the first decoded examples."""
         showcase = self.showcase
         blocks = []
-        for k, (source, reference, output) in enumerate(zip(showcase.sources, showcase.references,
-                                                             showcase.outputs)):
+        for k, (source, reference, output) in enumerate(
+            zip(showcase.sources, showcase.references, showcase.outputs)
+        ):
             lines = [f'[{k}]'] + ([f'source:    {source}'] if source is not None else [])
             lines += [f'reference: {reference}', f'output:    {output}']
             blocks.append('\n'.join(lines))
         search = 'greedy search' if self.beam_size == 1 else f'beam search, beam {self.beam_size}'
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f'# {type(self.model).__name__} on {self.info.name} ({search})\n\n'
-                        + '\n\n'.join(blocks) + '\n', encoding='utf-8')
+        path.write_text(
+            f'# {type(self.model).__name__} on {self.info.name} ({search})\n\n'
+            + '\n\n'.join(blocks)
+            + '\n',
+            encoding='utf-8',
+        )
         return path
 
     def write_pictures(self, picture_dir: Path, sums: dict[str, np.ndarray]) -> list[Path]:
@@ -462,7 +582,13 @@ class Seq2SeqTask(Task):
         for k, (index, weights) in enumerate(zip(self.showcase.indices, self.showcase.attention)):
             model = ' '.join([type(self.model).__name__, getattr(self.model, 'form', '')]).strip()
             title = f'{model} · eval example {index}'
-            written.append(plot_alignment(weights, self.showcase.source_tokens[k],
-                                          self.showcase.output_tokens[k],
-                                          picture_dir / f'alignment_{k}.png', title=title))
+            written.append(
+                plot_alignment(
+                    weights,
+                    self.showcase.source_tokens[k],
+                    self.showcase.output_tokens[k],
+                    picture_dir / f'alignment_{k}.png',
+                    title=title,
+                )
+            )
         return written
