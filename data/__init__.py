@@ -6,10 +6,9 @@
     batch = next(iter(train))  # {'image': uint8 [B,28,28,1], 'label': int32 [B]}
 
 Prepare the offline datasets first: `python -m data.prepare`, or from code
-`data.prepare(["digits"], data_dir)` (same as `from data.prepare import prepare`).
+`from data.prepare import prepare; prepare(['digits'], data_dir)` (not imported here, so that
+`python -m data.prepare` runs a module that is not loaded yet).
 """
-
-import importlib
 
 from data.catalog import (
     DEFAULT_DATA_DIR,
@@ -30,15 +29,6 @@ from data.pipeline import (
     train_loader,
 )
 
-
-def __getattr__(name: str):
-    # Imported on first use, not here, so `python -m data.prepare` does not
-    # find its module already loaded (runpy warns). The module is callable.
-    if name == 'prepare':
-        return importlib.import_module('data.prepare')
-    raise AttributeError(f"module 'data' has no attribute {name!r}")
-
-
 __all__ = [
     'DEFAULT_DATA_DIR',
     'LOCAL_DATASETS',
@@ -52,7 +42,6 @@ __all__ = [
     'list_datasets',
     'load_source',
     'maybe_in_memory',
-    'prepare',
     'steps_per_epoch',
     'train_loader',
 ]

@@ -211,7 +211,10 @@ def save_sheet(
     group_width = (draws + 1) * (width + GAP) - GAP
     ax.set_xticks([i * (group_width + GROUP_GAP) + width / 2 for i in range(n)])
     ax.set_xticklabels(
-        [f'original: {class_names[l]}' if l < len(class_names) else str(l) for l in labels],
+        [
+            f'original: {class_names[label]}' if label < len(class_names) else str(label)
+            for label in labels
+        ],
         fontsize=7,
     )
     ax.xaxis.tick_top()

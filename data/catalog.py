@@ -155,9 +155,9 @@ def _prepare_hint(name: str, data_dir: str) -> str:
 
 def _wrong_format_message(name: str, data_dir: str, detail: str) -> str:
     return (
-        f'Dataset {name!r} under {data_dir} is not in {_REQUIRED_FORMAT} format ({detail}); this project '
-        'reads only array_record (random access). Delete that dataset folder or use another data dir, '
-        'then rebuild it. ' + _prepare_hint(name, data_dir)
+        f'Dataset {name!r} under {data_dir} is not in {_REQUIRED_FORMAT} format ({detail}); '
+        'this project reads only array_record (random access). Delete that dataset folder or use '
+        'another data dir, then rebuild it. ' + _prepare_hint(name, data_dir)
     )
 
 

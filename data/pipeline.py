@@ -245,7 +245,8 @@ def _training_source(
     process_index: int | None,
     process_count: int | None,
 ) -> tuple[Sequence[dict[str, Any]], int, int, int]:
-    """Checks shared by the training loaders; -> (source, steps per epoch, row offset, rows per process).
+    """Checks shared by the training loaders; -> (source, steps per epoch, row offset, rows per
+    process).
 
     `in_memory=None` decodes the split into RAM when it fits, True always, False never.
     """

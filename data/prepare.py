@@ -10,9 +10,7 @@ train-split mean/std cached next to the data (see data.catalog.dataset_info).
 from __future__ import annotations
 
 import os
-import sys
 import time
-import types
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
@@ -33,8 +31,9 @@ def prepare(
     unknown = [n for n in names if n not in catalog.LOCAL_DATASETS]
     if unknown:
         raise ValueError(
-            f'Cannot prepare {", ".join(unknown)} offline; local datasets: {", ".join(catalog.list_datasets())}. '
-            'Standard TFDS datasets are built elsewhere: `tfds build NAME --file_format=array_record`.'
+            f'Cannot prepare {", ".join(unknown)} offline; local datasets: '
+            f'{", ".join(catalog.list_datasets())}. Standard TFDS datasets are built elsewhere: '
+            '`tfds build NAME --file_format=array_record`.'
         )
     tfds.disable_progress_bar()  # Per-example bars drown the summary lines.
     results = {}
@@ -54,18 +53,6 @@ def prepare(
             )
             print(f'{name}: {status} at {builder.data_dir} ({sizes})', flush=True)
     return results
-
-
-class _CallablePrepareModule(types.ModuleType):
-    """Makes `data.prepare(...)` call prepare(): Python binds the attribute
-    `data.prepare` to this module once it is imported, so the package cannot
-    simply re-export the function under the same name."""
-
-    def __call__(self, *args, **kwargs) -> dict[str, catalog.DatasetInfo]:
-        return prepare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePrepareModule
 
 
 def _define_flags() -> None:

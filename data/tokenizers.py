@@ -249,7 +249,8 @@ def vocabulary_from_dict(description: dict[str, Any]) -> Vocabulary:
         raise ValueError(f'unknown vocabulary kind {kind!r}; known: {", ".join(sorted(_KINDS))}')
     if tuple(description.get('special_tokens', SPECIAL_TOKENS)) != SPECIAL_TOKENS:
         raise ValueError(
-            f'vocabulary has special tokens {description["special_tokens"]}, expected {list(SPECIAL_TOKENS)}'
+            f'vocabulary has special tokens {description["special_tokens"]}, '
+            f'expected {list(SPECIAL_TOKENS)}'
         )
     options = {
         k: v for k, v in description.items() if k not in ('kind', 'special_tokens', 'tokens')

@@ -1,9 +1,12 @@
 """Addition, the Flax examples' seq2seq sanity task: "123+45" -> "168" in characters.
 
 Command:
-  python -m train.main --config=experiments/addition.py:model=attention --workdir=workdirs/addition_attention
-  python -m train.main --config=experiments/addition.py:model=context --workdir=workdirs/addition_context
-  python -m train.main --config=experiments/addition.py:model=transformer --workdir=workdirs/addition_transformer
+  python -m train.main --config=experiments/addition.py:model=attention \
+      --workdir=workdirs/addition_attention
+  python -m train.main --config=experiments/addition.py:model=context \
+      --workdir=workdirs/addition_context
+  python -m train.main --config=experiments/addition.py:model=transformer \
+      --workdir=workdirs/addition_transformer
 The argument is the model: 'context' (Cho et al. 2014: one context vector), 'attention'
 (Bahdanau et al. 2015) or 'transformer' (transformer_tiny without dropout). 50,000 train /
 1,000 test pairs of numbers 0..999 (data/builders/addition.py), batch 128, Adam; the recurrent

@@ -5,7 +5,8 @@ Command:
   python -m train.main --config=experiments/char_lm.py:model=lstm --workdir=workdirs/char_lm_lstm
   python -m train.main --config=experiments/char_lm.py:model=gru --workdir=workdirs/char_lm_gru
   python -m train.main --config=experiments/char_lm.py:model=rnn --workdir=workdirs/char_lm_rnn
-  python -m train.main --config=experiments/char_lm.py:model=transformer --workdir=workdirs/char_lm_transformer
+  python -m train.main --config=experiments/char_lm.py:model=transformer \
+      --workdir=workdirs/char_lm_transformer
   python -m train.main --config=experiments/char_lm.py:model=lstm,streams ...   (truncated BPTT)
 (`python -m data.prepare --datasets=char_corpus` first; it takes a second.) Each model reads
 the same 250 batches of 32 windows of 256 characters (2.05M characters, 4.9 epochs of the

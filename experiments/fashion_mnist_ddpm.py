@@ -5,8 +5,9 @@ weights for sampling, and a DDIM-50 sample grid (fixed x_T) at every evaluation.
 Command:
   python -m train.main --config=experiments/fashion_mnist_ddpm.py \
       --workdir=workdirs/fashion_mnist_ddpm
-(`:noise_schedule=cosine` uses Nichol & Dhariwal's cosine schedule.) The same-budget comparison with the DCGAN,
-with Fréchet distances and coverage, is `python -m experiments.sweeps.generative_comparison`
+(`:noise_schedule=cosine` uses Nichol & Dhariwal's cosine schedule.) The same-budget comparison
+with the DCGAN, with Fréchet distances and coverage, is
+`python -m experiments.sweeps.generative_comparison`
 (it sets num_steps from the budget).
 Hardware: 2-core x86-64 CPU shared with other jobs, one XLA device.
 Time: 1.0 s per step (batch 64, measured), so the 1,200 steps take about 22 min with

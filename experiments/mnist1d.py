@@ -19,7 +19,8 @@ Measured here (all 6,000 steps): MLP 68.1%, CNN 98.3%, GRU 93.9%, LSTM 93.7%, RN
 shuffled: CNN 59.4%, MLP 68.7%, GRU 52.7%, LSTM 54.8%.
 """
 
-# Importing nets.layers.recurrent also registers its classifiers 'gru', 'lstm' and 'rnn', named after the cells.
+# Importing nets.layers.recurrent also registers its classifiers 'gru', 'lstm' and 'rnn', named
+# after the cells.
 from nets.layers.recurrent import CELLS
 from train.config import check_arg_choice, default_config, model_config, parse_arg
 

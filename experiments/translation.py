@@ -1,9 +1,12 @@
 """English -> Spanish Bible verses (data/builders/translation.py) with the three encoder-decoders.
 
 Command:
-  python -m train.main --config=experiments/translation.py:model=context --workdir=workdirs/translation_context
-  python -m train.main --config=experiments/translation.py:model=attention --workdir=workdirs/translation_attention
-  python -m train.main --config=experiments/translation.py:model=transformer --workdir=workdirs/translation_transformer
+  python -m train.main --config=experiments/translation.py:model=context \
+      --workdir=workdirs/translation_context
+  python -m train.main --config=experiments/translation.py:model=attention \
+      --workdir=workdirs/translation_attention
+  python -m train.main --config=experiments/translation.py:model=transformer \
+      --workdir=workdirs/translation_transformer
 The argument is the model: 'context' (Cho et al. 2014 / Sutskever et al. 2014, one fixed
 context vector), 'attention' (Bahdanau et al. 2015) or 'transformer' (Vaswani et al. 2017 at
 transformer_tiny size: d_model 64, 4 heads, 2 + 2 layers, one shared 14,546-word table).

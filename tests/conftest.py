@@ -20,10 +20,10 @@ jax.devices()
 @pytest.fixture(scope='session')
 def digits_dir(tmp_path_factory):
     """scikit-learn's 8x8 digits (1,797 real images) prepared as a TFDS data set."""
-    import data
+    from data.prepare import prepare
 
     data_dir = tmp_path_factory.mktemp('tfds')
-    data.prepare(['digits'], str(data_dir))
+    prepare(['digits'], str(data_dir))
     return str(data_dir)
 
 

@@ -1,6 +1,6 @@
-"""Tests for the attention library (nets.layers.attention), position encodings (nets.layers.position),
-the shared encoder block and the ViT options built on them (MAP head, resized
-position embeddings, ResNet-stem hybrid)."""
+"""Tests for the attention library (nets.layers.attention), position encodings
+(nets.layers.position), the shared encoder block and the ViT options built on them (MAP head,
+resized position embeddings, ResNet-stem hybrid)."""
 
 import functools
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from data import augment
-from data.augment import geometry, photometric
+from data.augment import affine, photometric
 from data.augment.spec import MIXING
 
 KEY = jax.random.PRNGKey(0)
@@ -136,26 +136,22 @@ def test_compose_and_invert_are_the_matrix_product_and_inverse():
     rng = np.random.default_rng(3)
     for _ in range(3):
         a, b = (
-            geometry.compose(
-                geometry.compose(
-                    geometry.rotation_matrix(rng.uniform(-180, 180)),
-                    geometry.shear_matrix(*rng.uniform(-30, 30, 2)),
+            affine.compose(
+                affine.compose(
+                    affine.rotation_matrix(rng.uniform(-180, 180)),
+                    affine.shear_matrix(*rng.uniform(-30, 30, 2)),
                 ),
-                geometry.translation_matrix(*rng.uniform(-5, 5, 2)),
+                affine.translation_matrix(*rng.uniform(-5, 5, 2)),
             )
             for _ in range(2)
         )
-        np.testing.assert_allclose(geometry.compose(a, b), np.asarray(a) @ np.asarray(b), atol=1e-5)
-        np.testing.assert_allclose(
-            geometry.compose(geometry.invert_affine(a), a), np.eye(3), atol=1e-5
-        )
+        np.testing.assert_allclose(affine.compose(a, b), np.asarray(a) @ np.asarray(b), atol=1e-5)
+        np.testing.assert_allclose(affine.compose(affine.invert_affine(a), a), np.eye(3), atol=1e-5)
 
 
 _warp_translate = {
     mode: jax.jit(
-        lambda x, dx, dy, mode=mode: geometry.warp(
-            x, geometry.translation_matrix(dx, dy), mode, 0.25
-        ),
+        lambda x, dx, dy, mode=mode: affine.warp(x, affine.translation_matrix(dx, dy), mode, 0.25),
         compiler_options=FAST_COMPILE,
     )
     for mode in augment.FILL_MODES
@@ -260,8 +256,12 @@ def _draw_all(key, count):
             [u, jnp.zeros((1, n)), jnp.full((1, n), np.nextafter(np.float32(1), 0))]
         )
         padded = jnp.concatenate([u, jnp.full((len(u), 3), jnp.nan)], axis=1)
-        draws[op] = jax.vmap(lambda v: spec.sample(v, SHAPE, **resolved))(u)
-        again[op] = jax.vmap(lambda v: spec.sample(v, SHAPE, **resolved))(padded)
+        draws[op] = jax.vmap(
+            lambda v, spec=spec, resolved=resolved: spec.sample(v, SHAPE, **resolved)
+        )(u)
+        again[op] = jax.vmap(
+            lambda v, spec=spec, resolved=resolved: spec.sample(v, SHAPE, **resolved)
+        )(padded)
     return draws, again
 
 
@@ -329,7 +329,9 @@ def test_mixing_weights_stay_in_range():
         for op, alpha in (('mixup', 0.4), ('cutmix', 1.0)):
             spec = augment.OPS[op]
             params = spec.resolve({'alpha': alpha})
-            out[op] = jax.vmap(lambda k: spec.sample(k, (8, 6, 10, 1), **params)['lam'])(keys)
+            out[op] = jax.vmap(
+                lambda k, spec=spec, params=params: spec.sample(k, (8, 6, 10, 1), **params)['lam']
+            )(keys)
         return out
 
     for op, lam in lams(jax.random.split(KEY, 500)).items():

@@ -1,5 +1,6 @@
-"""nets.kernels.conv.Conv: nn.Conv's values and gradients, with kernel and input gradients XLA's CPU backend
-runs on its canonical (fast) convolution inside loops too (XLA's convolutions: see the fixture)."""
+"""nets.kernels.conv.Conv: nn.Conv's values and gradients, with kernel and input gradients XLA's
+CPU backend runs on its canonical (fast) convolution inside loops too (XLA's convolutions: see the
+fixture)."""
 
 import re
 

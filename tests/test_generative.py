@@ -355,9 +355,11 @@ def test_ddpm_step_is_algorithm_2_and_ddim_with_every_step_and_eta_1_is_ddpm():
     np.testing.assert_allclose(step, algorithm_2, rtol=1e-5, atol=1e-5)
     # Whole chains: DDIM(steps=T, η=1) == DDPM, with and without clipping x̂₀.
     for clip in (False, True):
-        ddpm = jax.jit(lambda x, k: diffusion.ddpm_sample(_toy_eps, schedule, x, k, clip=clip))
+        ddpm = jax.jit(
+            lambda x, k, clip=clip: diffusion.ddpm_sample(_toy_eps, schedule, x, k, clip=clip)
+        )
         ddim = jax.jit(
-            lambda x, k: diffusion.ddim_sample(
+            lambda x, k, clip=clip: diffusion.ddim_sample(
                 _toy_eps, schedule, x, k, steps=30, eta=1.0, clip=clip
             )
         )

@@ -18,6 +18,7 @@ import pytest
 import data
 import nets
 from data import pipeline
+from data.prepare import prepare
 from data.tokenizers import PAD_ID
 from nets.models.language_model import sample
 from tests.nets_harness import fast_jit, rng
@@ -57,7 +58,7 @@ def init(model: nn.Module, tokens: np.ndarray) -> dict:
 @pytest.fixture(scope='module')
 def char_corpus_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp('tfds')
-    data.prepare(['char_corpus'], str(data_dir))
+    prepare(['char_corpus'], str(data_dir))
     return str(data_dir)
 
 

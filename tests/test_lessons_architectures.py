@@ -20,9 +20,9 @@ pytestmark = pytest.mark.usefixtures('rbg_random_numbers')
 def mnist1d_dir(digits_dir):
     """Lesson 9 compares a data set with its spatially shuffled twin: MNIST-1D's two variants,
     prepared next to the digits (a few seconds)."""
-    import data
+    from data.prepare import prepare
 
-    data.prepare(['mnist1d', 'mnist1d_shuffled'], digits_dir)
+    prepare(['mnist1d', 'mnist1d_shuffled'], digits_dir)
     return digits_dir
 
 

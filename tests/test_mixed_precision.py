@@ -1,5 +1,6 @@
-"""nets.kernels.mixed_precision: bfloat16 products accumulate in float32, forward and gradient, with the
-same values JAX's float32 products give (to bfloat16 rounding) and Flax's parameter trees."""
+"""nets.kernels.mixed_precision: bfloat16 products accumulate in float32, forward and gradient,
+with the same values JAX's float32 products give (to bfloat16 rounding) and Flax's parameter
+trees."""
 
 import flax.linen as nn
 import jax

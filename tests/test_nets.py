@@ -129,7 +129,7 @@ def cifar_resnet_closed_form(
     total = conv_bn(in_channels, 16, 3)
     cin = 16
     for width in (16, 32, 64):
-        for i in range(n):
+        for _ in range(n):
             total += conv_bn(cin, width, 3) + conv_bn(width, width, 3)
             if projection and cin != width:
                 total += conv_bn(cin, width, 1)

@@ -156,7 +156,8 @@ def test_small_input_options_shrink_the_classifier():
     assert nets.count_params(vgg, (1, 28, 28, 1)) == convs - 2 * 64 * 9 + (512 * 512 + 512) * 2 + (
         512 * 10 + 10
     )
-    # pooled_size overrides the stem default: 2x2 of the last 32 channels (width 4) feed fc1 (8 wide).
+    # pooled_size overrides the stem default: 2x2 of the last 32 channels (width 4) feed
+    # fc1 (8 wide).
     pooled = nets.count_params(
         nets.create('vgg11', stem='small', pooled_size=2, width=4, fc_width=8), (1, 28, 28, 1)
     )
@@ -382,9 +383,10 @@ def test_aux_logits_false_has_no_heads(case_id):
     assert logits.shape == (SMALL_INPUT[0], 10)
     assert not state.get('aux_logits')
     assert not any(k.startswith('aux') for k in variables['params'])
-    sizes = lambda params: sum(
-        int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)
-    )  # noqa: E731
+
+    def sizes(params):
+        return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+
     heads = {k: v for k, v in run.variables['params'].items() if k.startswith('aux_head')}
     assert sizes(variables['params']) == sizes(run.variables['params']) - sizes(heads) > 0
 

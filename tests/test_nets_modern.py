@@ -75,13 +75,17 @@ def offset_conv_params(version: str, groups: int = 1) -> int:
 
 
 def test_deformable_resnet50_param_count_and_resnet50_names():
-    shapes = lambda model: jax.eval_shape(  # noqa: E731
-        model.init, {'params': rng(0)}, jax.ShapeDtypeStruct(IMAGENET_INPUT, jnp.float32)
-    )['params']
-    flat = lambda tree: {
-        jax.tree_util.keystr(p): a.shape  # noqa: E731
-        for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
+    def shapes(model):
+        return jax.eval_shape(
+            model.init, {'params': rng(0)}, jax.ShapeDtypeStruct(IMAGENET_INPUT, jnp.float32)
+        )['params']
+
+    def flat(tree):
+        return {
+            jax.tree_util.keystr(p): a.shape
+            for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]
+        }
+
     resnet = flat(shapes(nets.create('resnet50')))
     deformable = flat(shapes(nets.create('deformable_resnet50')))
     assert sum(math.prod(s) for s in resnet.values()) == RESNET50
@@ -492,7 +496,7 @@ def test_bfloat16_compute(case_id):
     assert_products_in_bfloat16(jax.make_jaxpr(apply)(run.variables, run.x))
 
 
-# --------------------------------------------------------------------------- NFNet signal propagation
+# ------------------------------------------------------------------------- NFNet signal propagation
 
 
 def test_activation_gammas_give_unit_variance():

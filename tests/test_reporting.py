@@ -34,7 +34,7 @@ def test_metric_writer_jsonl_truncation_and_disabled_writer(tmp_path):
         writer.write(step, 'train', {'loss': 1.0 / step})
     writer.write(20, 'eval', {'accuracy': 0.5})
     writer.truncate_after(20)
-    records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
     assert [(r['step'], r['kind']) for r in records] == [(10, 'train'), (20, 'train'), (20, 'eval')]
     writer.close()
     assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))

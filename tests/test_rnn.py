@@ -1,6 +1,7 @@
-"""Tests for `nets.layers.recurrent`: each cell against its equations, the scanned layer against a Python loop
-over the cell, padding (masked steps keep the carry; a reverse pass starts at the last valid
-step), bidirectional and stacked layers, the registered classifiers and their parameter counts.
+"""Tests for `nets.layers.recurrent`: each cell against its equations, the scanned layer against a
+Python loop over the cell, padding (masked steps keep the carry; a reverse pass starts at the last
+valid step), bidirectional and stacked layers, the registered classifiers and their parameter
+counts.
 
 Everything runs on tiny shapes; the whole file takes seconds on two CPU cores.
 """
@@ -250,7 +251,9 @@ def looped_lstm_layer(
     for t in reversed(range(x.shape[1])) if reverse else range(x.shape[1]):
         new_carry, y = cell.apply({'params': params}, carry, x[:, t])
         keep = valid[:, t, None]
-        carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+        carry = jax.tree.map(
+            lambda new, old, keep=keep: jnp.where(keep, new, old), new_carry, carry
+        )
         outputs[t] = jnp.where(keep, y, 0)
     return carry, jnp.stack(outputs, axis=1)
 

@@ -1,5 +1,5 @@
-"""Tests for the recurrent encoder-decoders (nets/models/seq2seq.py): parameter counts in closed form,
-teacher forcing (causal, blind to source padding), the step-by-step decoder against teacher
+"""Tests for the recurrent encoder-decoders (nets/models/seq2seq.py): parameter counts in closed
+form, teacher forcing (causal, blind to source padding), the step-by-step decoder against teacher
 forcing, greedy == beam 1, alignments, learning a tiny reversal task, and configuration errors.
 
 Everything that runs is tiny (embed 8, hidden 16, vocabularies of 12 and 14 ids).
@@ -43,7 +43,8 @@ def tokens(seed: int, shape: tuple[int, ...], vocab_size: int = SOURCE_VOCAB) ->
 
 @functools.cache
 def tiny_setup(form: str, cell: str = 'gru', num_layers: int = 1):
-    """A tiny model, its variables and a jitted teacher-forced pass (built once per configuration)."""
+    """A tiny model, its variables and a jitted teacher-forced pass (built once per
+    configuration)."""
     model = nets.create(f'seq2seq_{form}', cell=cell, num_layers=num_layers, **TINY)
     variables = fast_jit(model.init)(
         {'params': rng(0)}, tokens(0, (1, 4)), tokens(1, (1, 3), TARGET_VOCAB)

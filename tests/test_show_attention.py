@@ -1,5 +1,5 @@
-"""experiments.analysis.show_attention on tiny trained ViT and Swin runs: the pictures are written and
-the maps they draw are the model's own attention weights."""
+"""experiments.analysis.show_attention on tiny trained ViT and Swin runs: the pictures are written
+and the maps they draw are the model's own attention weights."""
 
 import numpy as np
 import pytest

@@ -201,7 +201,7 @@ def test_stage_windows():
         stage_windows(96, 96, 4, 4, 7)
 
 
-# --------------------------------------------------------------------------- attention at the output level
+# -------------------------------------------------------------------- attention at the output level
 
 
 def perturbed_outputs(
@@ -339,11 +339,12 @@ def test_small_maps_shrink_the_window():
     params = jax.eval_shape(
         model.init, {'params': rng(0)}, jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
     )
-    table = lambda block: (
-        params['params'][block]['window_attention']['relative_position_bias'][  # noqa: E731
+
+    def table(block):
+        return params['params'][block]['window_attention']['relative_position_bias'][
             'relative_position_bias_table'
         ].shape
-    )
+
     assert table('stage0_block1') == (15 * 15, 2) and table('stage1_block1') == (7 * 7, 4)
 
 

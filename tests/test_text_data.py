@@ -64,7 +64,8 @@ def write_ztext_module(
 def osis_book(book: str, chapters: list[list[str]]) -> list[str]:
     """Slots of one book: book heading, then per chapter a heading slot and its verses."""
     slots = [
-        f'<div canonical="true" osisID="{book}" sID="b{book}" type="book"/> <title type="main">{book}</title>'
+        f'<div canonical="true" osisID="{book}" sID="b{book}" type="book"/> '
+        f'<title type="main">{book}</title>'
     ]
     for number, verses in enumerate(chapters, start=1):
         slots.append(f'<chapter n="{number}" osisID="{book}.{number}" sID="{book}.{number}"/>')
@@ -85,7 +86,10 @@ FAKE_ENGLISH = {
             'Gen',
             [
                 [
-                    '<w lemma="strong:H7225">In the beginning</w>, God<note placement="foot">A note.</note> created.',
+                    (
+                        '<w lemma="strong:H7225">In the beginning</w>, '
+                        'God<note placement="foot">A note.</note> created.'
+                    ),
                     '',  # Gen.1.2 missing in English: the pair is dropped.
                     'God said, “Let there be light.”',
                     'God saw the light was good.',
@@ -138,7 +142,10 @@ FAKE_SPANISH = {
                     'EN el principio crió Dios.',
                     'Y la tierra estaba desordenada.',
                     'Y dijo Dios: Sea la luz.',
-                    'Y vió Dios que la luz era buena y apartó Dios la luz de las tinieblas y llamó Dios á la luz Día.',
+                    (
+                        'Y vió Dios que la luz era buena y apartó Dios la luz de las tinieblas '
+                        'y llamó Dios á la luz Día.'
+                    ),
                     'Palabra larga.',
                 ],
                 [

@@ -119,9 +119,9 @@ def test_resume_continues_with_identical_state(digits_dir, tmp_path):
     assert summary['step'] == 12
     jax.tree.map(np.testing.assert_array_equal, final_params(straight), final_params(interrupted))
     steps = [
-        json.loads(l)['step']
-        for l in (interrupted / 'metrics.jsonl').read_text().splitlines()
-        if json.loads(l)['kind'] == 'train'
+        json.loads(line)['step']
+        for line in (interrupted / 'metrics.jsonl').read_text().splitlines()
+        if json.loads(line)['kind'] == 'train'
     ]
     assert steps == sorted(set(steps))  # each step logged once
 
@@ -374,10 +374,13 @@ def test_auxiliary_logits_add_weighted_loss_in_training_only(digits_dir):
     )
     loss, (_, metrics) = task.train_loss(variables['params'], {}, batch, jax.random.key(1))
     images = task.normalise(batch['image']).reshape(16, -1)
-    ce = lambda name: optax.softmax_cross_entropy_with_integer_labels(
-        images @ variables['params'][name]['kernel'] + variables['params'][name]['bias'],
-        batch['label'],
-    ).mean()
+
+    def ce(name):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            images @ variables['params'][name]['kernel'] + variables['params'][name]['bias'],
+            batch['label'],
+        ).mean()
+
     assert float(metrics['aux_loss']) == pytest.approx(float(ce('aux')), rel=1e-5)
     assert float(loss) == pytest.approx(float(ce('head') + 0.3 * ce('aux')), rel=1e-5)
     sums = task.eval_sums(variables['params'], {}, dict(batch, mask=np.ones(16, bool)))

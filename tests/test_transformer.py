@@ -319,7 +319,7 @@ def test_translate_returns_sorted_padded_beams():
     assert_pad_after_eos(np.asarray(sequences))
 
 
-# --------------------------------------------------------------------------- decoding on hand-made models
+# --------------------------------------------------------------------- decoding on hand-made models
 
 
 def assert_pad_after_eos(sequences: np.ndarray) -> None:
@@ -367,7 +367,8 @@ def random_markov_table(
 def brute_force(
     table: np.ndarray, example: int, max_length: int, alpha: float
 ) -> list[tuple[float, tuple]]:
-    """Every finished hypothesis (ends in eos, or reaches max_length) with its normalised score, best first."""
+    """Every finished hypothesis (ends in eos, or reaches max_length) with its normalised score,
+    best first."""
     words = [t for t in range(table.shape[-1]) if t not in (PAD, BOS, EOS)]
     found = [
         body + (EOS,)
@@ -439,7 +440,8 @@ def test_beam_search_finds_what_greedy_misses():
     )(())
     np.testing.assert_array_equal(sequences[0], [[b, EOS, PAD, PAD, PAD], [a, b, EOS, PAD, PAD]])
     np.testing.assert_allclose(scores[0], np.log([0.4 * 0.9, 0.5 * 0.34 * 0.9]), rtol=1e-5)
-    # A strong enough length penalty, α > ln(ln 0.153 / ln 0.36) / ln(8 / 7) ≈ 4.6, prefers the longer one.
+    # A strong enough length penalty, α > ln(ln 0.153 / ln 0.36) / ln(8 / 7) ≈ 4.6, prefers the
+    # longer one.
     _, penalised = jax.jit(
         functools.partial(decoding.beam_search, step_fn, beam_size=2, alpha=8.0, **search)
     )(())

@@ -42,7 +42,8 @@ def _format(value: Any) -> str:
 
 
 class MetricWriter:
-    """Appends records to `<workdir>/metrics.jsonl`, TensorBoard events in `<workdir>/tensorboard`."""
+    """Appends records to `<workdir>/metrics.jsonl`, TensorBoard events in
+    `<workdir>/tensorboard`."""
 
     def __init__(self, workdir: Path, *, enabled: bool = True):
         self.enabled = enabled

@@ -2,9 +2,9 @@
 
 The chain, in order (each piece only when configured):
 
-    adaptive clipping (AGC) -> clip_by_global_norm -> L1 (+l1·sign(w)) -> coupled L2 (+wd·w) -> optimiser statistics
-    (momentum / RMS / Adam moments) -> decoupled weight decay (+wd·w, AdamW-style)
-    -> scale by -schedule(step) -> reduce-on-plateau scale
+    adaptive clipping (AGC) -> clip_by_global_norm -> L1 (+l1·sign(w)) -> coupled L2 (+wd·w)
+    -> optimiser statistics (momentum / RMS / Adam moments) -> decoupled weight decay
+    (+wd·w, AdamW-style) -> scale by -schedule(step) -> reduce-on-plateau scale
 
 wrapped, with gradient accumulation, in optax.MultiSteps: it averages k micro-batch gradients
 and runs the chain once on their mean, so the schedule counts optimiser updates.
@@ -31,7 +31,8 @@ Schedule = Callable[[jax.Array | int], jax.Array]
 def agc_mask(params: Any) -> Any:
     """Adaptive gradient clipping skips the final classifier, as in the NFNet paper."""
     return {
-        name: jax.tree.map(lambda _: name != 'head', subtree) for name, subtree in params.items()
+        name: jax.tree.map(lambda _, name=name: name != 'head', subtree)
+        for name, subtree in params.items()
     }
 
 

@@ -275,9 +275,11 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
         accum = cpu_grad_accum_steps(
             family, int(config.batch_size), devices, block.micro_batch_size
         )
+        micro_batch_size = (
+            block.micro_batch_size if block.micro_batch_size > 0 else MICRO_BATCH_BY_FAMILY[family]
+        )
         reasons['grad_accum_steps'] = (
-            f'micro-batches of {block.micro_batch_size if block.micro_batch_size > 0 else MICRO_BATCH_BY_FAMILY[family]} '
-            f'examples per device over {devices} device(s)'
+            f'micro-batches of {micro_batch_size} examples per device over {devices} device(s)'
         )
     else:
         reasons['grad_accum_steps'] = 'whole batches'

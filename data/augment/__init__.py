@@ -5,7 +5,8 @@
            {'op': 'flip_lr'}, {'op': 'brightness'}, {'op': 'mixup', 'alpha': 0.2}]
     augment.check_ops(ops)                     # at start-up: plain Python, no compilation
     augmenter = augment.make_augmenter(ops, num_classes=10)
-    images, label_probs = augmenter(jax.random.fold_in(rng, step), images, labels)  # in the jitted step
+    # in the jitted step:
+    images, label_probs = augmenter(jax.random.fold_in(rng, step), images, labels)
 
 `OPS` maps every op name to its `OpSpec` (parameters with defaults and valid ranges; print
 `describe_ops()` for the table). An `OpSpec` is also the op as a pure function of
@@ -19,25 +20,28 @@ Modules, by responsibility:
   occlusion.py    cutout, random erasing
   mixing.py       mixup, cutmix (with label mixing)
   randaugment.py  the RandAugment policy built from the ops above
+  affine.py       3x3 affine matrices and the one bilinear warp
   pipeline.py     OPS, check_ops, make_augmenter, Augmenter (stages, keys, fused warps)
 """
 
-from data.augment.geometry import (
+from data.augment.affine import (
     FILL_MODES,
+    rotation_matrix,
+    scale_matrix,
+    shear_matrix,
+    translation_matrix,
+    warp,
+)
+from data.augment.geometry import (
     center_crop,
     flip_lr,
     flip_ud,
     random_resized_crop,
     rotate,
-    rotation_matrix,
     scale,
-    scale_matrix,
     shear,
-    shear_matrix,
     stretch,
     translate,
-    translation_matrix,
-    warp,
 )
 from data.augment.mixing import cutmix, mixup
 from data.augment.occlusion import cutout, random_erasing

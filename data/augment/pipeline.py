@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from data.augment import geometry
+from data.augment import affine
 from data.augment.geometry import GEOMETRIC_OPS
 from data.augment.mixing import MIXING_OPS
 from data.augment.occlusion import OCCLUSION_OPS
@@ -89,8 +89,9 @@ def plan(ops: Sequence[Mapping[str, Any]]) -> Plan:
         later = [s for s in steps if s.index > mixing[0].index and s.spec.kind != MIXING]
         if later:
             raise ValueError(
-                f'ops[{mixing[0].index}] {mixing[0].spec.name!r} mixes whole batches and must come after '
-                f'every per-example op, but ops[{later[0].index}] {later[0].spec.name!r} follows it; '
+                f'ops[{mixing[0].index}] {mixing[0].spec.name!r} mixes whole batches and must '
+                f'come after every per-example op, but ops[{later[0].index}] '
+                f'{later[0].spec.name!r} follows it; '
                 'move mixup/cutmix to the end of the list'
             )
 
@@ -133,7 +134,8 @@ def _share_fill(run: list[Step], explicit: list[dict[str, Any]]) -> tuple[Step, 
         if len(values) > 1:
             (a, va), (b, vb) = next((x, y) for x in setters for y in setters if x[1] != y[1])
             raise ValueError(
-                f'ops[{a.index}] {a.spec.name!r} and ops[{b.index}] {b.spec.name!r} are consecutive '
+                f'ops[{a.index}] {a.spec.name!r} and ops[{b.index}] {b.spec.name!r} are '
+                'consecutive '
                 f'geometric ops, resampled together in one warp, but set different {key} '
                 f'({va!r} and {vb!r}); give them the same {key} (or set it on one of them)'
             )
@@ -152,7 +154,8 @@ def check_ops(ops: Sequence[Mapping[str, Any]]) -> None:
 
 
 class Augmenter:
-    """A checked pipeline as a pure function: `images, label_probs = augmenter(key, images, labels)`.
+    """A checked pipeline as a pure function:
+    `images, label_probs = augmenter(key, images, labels)`.
 
     images: (B, H, W, C) float in [0, 1] (uint8 in [0, 255] also works and comes back uint8,
     rounded); labels: (B,) int in [0, num_classes). Returns images of the same shape and dtype,
@@ -218,12 +221,12 @@ class Augmenter:
         u = uniforms(draw_key, self._total_draws)  # every op's uniforms in one PRNG call
         for stage in self.plan.per_example:
             if stage[0].spec.kind == GEOMETRIC:
-                matrix = geometry.identity_matrix()
+                matrix = affine.identity_matrix()
                 for step in stage:
                     draw = step.spec.sample(self._uniforms_of(step, u), image.shape, **step.params)
-                    matrix = geometry.compose(step.spec.matrix(draw, image.shape), matrix)
+                    matrix = affine.compose(step.spec.matrix(draw, image.shape), matrix)
                 params = stage[0].params
-                image = geometry.warp(image, matrix, params['fill_mode'], params['fill_value'])
+                image = affine.warp(image, matrix, params['fill_mode'], params['fill_value'])
             else:
                 (step,) = stage
                 draw = step.spec.sample(self._uniforms_of(step, u), image.shape, **step.params)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from data.augment import geometry, photometric
+from data.augment import affine, photometric
 from data.augment.geometry import FILL_MODES
 from data.augment.spec import POLICY, Draw, OpSpec, Param, below, integer_below, probability
 
@@ -44,13 +44,13 @@ def _shear_degrees(coefficient: jax.Array) -> jax.Array:
 
 # name -> (signed strength s*m, image shape) -> forward matrix
 GEOMETRIC_CANDIDATES = {
-    'rotate': lambda v, shape: geometry.rotation_matrix(MAX_ROTATE_DEGREES * v),
-    'shear_x': lambda v, shape: geometry.shear_matrix(_shear_degrees(MAX_SHEAR * v), 0.0),
-    'shear_y': lambda v, shape: geometry.shear_matrix(0.0, _shear_degrees(MAX_SHEAR * v)),
-    'translate_x': lambda v, shape: geometry.translation_matrix(
+    'rotate': lambda v, shape: affine.rotation_matrix(MAX_ROTATE_DEGREES * v),
+    'shear_x': lambda v, shape: affine.shear_matrix(_shear_degrees(MAX_SHEAR * v), 0.0),
+    'shear_y': lambda v, shape: affine.shear_matrix(0.0, _shear_degrees(MAX_SHEAR * v)),
+    'translate_x': lambda v, shape: affine.translation_matrix(
         MAX_TRANSLATE_FRACTION * v * shape[1], 0.0
     ),
-    'translate_y': lambda v, shape: geometry.translation_matrix(
+    'translate_y': lambda v, shape: affine.translation_matrix(
         0.0, MAX_TRANSLATE_FRACTION * v * shape[0]
     ),
 }
@@ -81,19 +81,19 @@ def _apply(key, image, draw, *, num_ops, magnitude, ops, fill_mode, fill_value, 
     m = magnitude / 10
     out = image
     if any(name in GEOMETRIC_CANDIDATES for name in ops):
-        matrix = geometry.identity_matrix()
+        matrix = affine.identity_matrix()
         for layer in range(num_ops):
             strength = draw['sign'][layer] * m
             choices = jnp.stack(
                 [
                     GEOMETRIC_CANDIDATES[name](strength, image.shape)
                     if name in GEOMETRIC_CANDIDATES
-                    else geometry.identity_matrix()
+                    else affine.identity_matrix()
                     for name in ops
                 ]
             )
-            matrix = geometry.compose(choices[draw['op_index'][layer]], matrix)
-        out = geometry.warp(out, matrix, fill_mode, fill_value)
+            matrix = affine.compose(choices[draw['op_index'][layer]], matrix)
+        out = affine.warp(out, matrix, fill_mode, fill_value)
     if any(name in PHOTOMETRIC_CANDIDATES for name in ops):
 
         def branch(name):

@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from data.augment.affine import warp
+
 # The kinds of op; the pipeline treats each differently (see data/augment/pipeline.py).
 GEOMETRIC = 'geometric'
 PHOTOMETRIC = 'photometric'
@@ -61,11 +63,15 @@ class Param:
         bounds = f'{"(" if self.open_low else "["}{_num(self.low)}, {_num(self.high)}]'
         if self.kind == 'range':
             single = '(-x, x)' if self.scalar == SYMMETRIC else '(x, x)'
-            return f'a pair (low, high) with low <= high inside {bounds}, or one number x meaning {single}'
+            return (
+                f'a pair (low, high) with low <= high inside {bounds}, '
+                f'or one number x meaning {single}'
+            )
         return f'{"an int" if self.kind == "int" else "a float"} in {bounds}'
 
     def check(self, op: str, name: str, value: Any) -> Any:
-        """The value in canonical form (floats, tuples); ValueError naming it and the valid range."""
+        """The value in canonical form (floats, tuples); ValueError naming it and the valid
+        range."""
         given = value  # errors show the value as written, not as converted
 
         def bad(reason: str = '') -> ValueError:
@@ -187,8 +193,6 @@ class OpSpec:
         return params
 
     def __call__(self, key: jax.Array, images: jax.Array, *args: jax.Array, **given: Any) -> Any:
-        from data.augment import geometry  # the warp lives there; imported late to avoid a cycle
-
         params = self.resolve(given)
         dtype = images.dtype
         x = to_unit_float(images)
@@ -209,9 +213,7 @@ class OpSpec:
         draw_key, apply_key = jax.random.split(key)
         draw = self.sample(uniforms(draw_key, self.num_draws(params)), x.shape, **params)
         if self.kind == GEOMETRIC:
-            out = geometry.warp(
-                x, self.matrix(draw, x.shape), params['fill_mode'], params['fill_value']
-            )
+            out = warp(x, self.matrix(draw, x.shape), params['fill_mode'], params['fill_value'])
         else:
             out = self.apply(apply_key, x, draw, **params)
         return from_unit_float(out, dtype)

@@ -79,7 +79,9 @@ class DigitCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Strips of 2-4 real MNIST digits (mnist5k) captioned with the digits' names.",
+            description=(
+                "Strips of 2-4 real MNIST digits (mnist5k) captioned with the digits' names."
+            ),
             features=tfds.features.FeaturesDict(
                 {
                     'image': tfds.features.Image(

@@ -102,7 +102,9 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         variant = ' with spatially shuffled positions' if self.SHUFFLE_SEQ else ''
         return tfds.core.DatasetInfo(
             builder=self,
-            description=f'MNIST-1D{variant}, generated locally by the mnist1d package (default args).',
+            description=(
+                f'MNIST-1D{variant}, generated locally by the mnist1d package (default args).'
+            ),
             features=tfds.features.FeaturesDict(
                 {
                     'image': tfds.features.Tensor(shape=(SEQUENCE_LENGTH, 1), dtype=np.float32),

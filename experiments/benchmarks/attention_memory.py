@@ -4,8 +4,8 @@ Command:
   python -m experiments.benchmarks.attention_memory [--lengths=64,128,256,512,1024,2048,4096]
       [--width=128] [--heads=4] [--batch=1] [--repeats=5] [--out=docs/attention_memory]
 For each sequence length L, three layers of model width D on (batch, L, D) float32 inputs:
-  * `nets.layers.attention.MultiHeadAttention(num_heads=heads, implementation='plain')`: the course's
-    explicit softmax(QKᵀ/√d)V, whose (batch, heads, L, L) weights are materialised;
+  * `nets.layers.attention.MultiHeadAttention(num_heads=heads, implementation='plain')`: the
+    course's explicit softmax(QKᵀ/√d)V, whose (batch, heads, L, L) weights are materialised;
   * the same layer with implementation='xla' (`jax.nn.dot_product_attention`);
   * `nets.layers.recurrent.RNNLayer(cell='lstm', features=D)`: a scan over the L time steps.
 Each runs as a jitted training step: the loss mean(y²) of its outputs y, and its gradient with
@@ -409,7 +409,8 @@ def main(argv: Sequence[str]) -> None:
     load_average = os.getloadavg()[0]
     device = jax.devices()[0]
     print(
-        f'{device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, jax {jax.__version__}; '
+        f'{device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, '
+        f'jax {jax.__version__}; '
         f'width {_WIDTH.value}, {_HEADS.value} heads, batch {_BATCH.value}, median of '
         f'{_REPEATS.value}; memory = {" + ".join(MEMORY_FIELDS)}',
         flush=True,

@@ -219,7 +219,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     device = jax.devices()[0]
     print(
-        f'{device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, jax {jax.__version__}, '
+        f'{device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores, '
+        f'jax {jax.__version__}, '
         f'batch {_BATCH_SIZE.value}, median of {_REPEATS.value}',
         flush=True,
     )

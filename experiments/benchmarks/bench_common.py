@@ -282,7 +282,8 @@ NOTES = [
     'bfloat16 2.7 -> 1.9 s; PyTorch eager split the same way: 2.7 -> 2.5 s. The LSTM gains '
     'nothing (0.52 -> 0.54 s with two micro-batches); ResNet-18 would, but batch norm would then '
     'see 16- or 32-image statistics, so it keeps whole batches. Convolutions in that scan go '
-    "through nets.kernels.conv.Conv: XLA's CPU backend gives gradient convolutions their fast layout "
+    "through nets.kernels.conv.Conv: XLA's CPU backend gives gradient convolutions their fast "
+    'layout '
     "only outside loops (a 32x32x64 3x3 layer's kernel gradient took 13 s in a scan, 0.13 s "
     'with Conv; ResNet-18 in 4 micro-batches: 168 s -> 3.0 s per step, 3.3 s whole).',
     "ViT attention: 'xla' (jax.nn.dot_product_attention) and the explicit 'plain' softmax cost "
@@ -295,7 +296,8 @@ NOTES = [
     '(a 64 MiB read+write copy), while inside the loop x_t and W_x stay in cache; kept inside. '
     'One concatenated [x_t, h]·[W_x; W_h] product per step instead of two was no faster either '
     '(bare LSTM 0.48-0.50 -> 0.51-0.54 s).',
-    'LSTM backward (nets/kernels/fused_lstm.py, every RNNLayer LSTM): differentiating the scanned cell, '
+    'LSTM backward (nets/kernels/fused_lstm.py, every RNNLayer LSTM): differentiating the '
+    'scanned cell, '
     "JAX adds the 64-deep products x_t^T·dz_t and h_{t-1}^T·dz_t into the kernels' gradients at "
     "every step; the fused layer's backward loop carries only the state gradients and stacks "
     'dz_t, and the weight, bias and input gradients are single products over all 8192 rows '
@@ -315,7 +317,8 @@ NOTES = [
     "bfloat16 in JAX: asked for a bfloat16 result, XLA's CPU backend converts both operands "
     "to float32 (a 2048^3 product at 167 GFLOP/s, below float32's 200); asked to accumulate "
     'in float32 it runs AVX512-BF16 through YNNPACK at 371 GFLOP/s (the bfloat16 peak above). '
-    "nets.kernels.mixed_precision (every model's Dense/DenseGeneral and the recurrent cells) does so "
+    "nets.kernels.mixed_precision (every model's Dense/DenseGeneral and the recurrent cells) "
+    'does so '
     'for the forward product and both gradient products: ViT-Ti/4 bfloat16 step 3.44 -> 2.49 s '
     "(1 device; 2.23 s on 2, as fast as PyTorch eager float32), LSTM 0.81 -> 0.56 s. XLA's CPU "
     'convolutions have no bfloat16 path (124-132 GFLOP/s vs 146 float32 on a 32x32x64 3x3 layer, '
@@ -332,7 +335,8 @@ NOTES = [
     '(forward 279 vs 487 GFLOP/s; the kernel gradient first transposes input and gradient into '
     "the (C, H, W, N) and (H, W, N, C) layouts XLA's kernel-gradient convolution wants), the "
     "deeper ones at 0.7-1.1x, YNNPACK's slower still. That XLA path, which still serves "
-    'other convolutions and config.runtime.conv_backend=xla, got three fixes in nets/kernels/conv.py: strided '
+    'other convolutions and config.runtime.conv_backend=xla, got three fixes in '
+    'nets/kernels/conv.py: strided '
     "layers' input gradients as stride-1 convolutions of the input phases (XLA ran them over "
     'zero-dilated gradients at 68 GFLOP/s), 1x1 kernel gradients as one product (24 GFLOP/s as '
     "convolutions): step 1.98 -> 1.92 s; large-activation layers' gradients in cache-sized "
@@ -348,7 +352,8 @@ NOTES = [
     "runs oneDNN's fused LSTM; XLA runs each time step as ~10 small kernels in a while loop: "
     'the per-step products at 180-190 GFLOP/s (near the peak), then the element-wise gate '
     'kernels, the stacking of what the backward pass keeps, and ~0.4 ms per step of gaps '
-    "between kernels (a profile's kernels add up to 0.45 of a 0.54 s step). ViT-Ti/4 float32: its 192-wide products run at "
+    "between kernels (a profile's kernels add up to 0.45 of a 0.54 s step). ViT-Ti/4 float32: "
+    'its 192-wide products run at '
     '~110-170 GFLOP/s, the layer norms, exact GELU and softmax are memory-bound at ~6 GB/s. '
     'A quiet-moment check: one-device steps keep both XLA threads ~93-95% busy.',
 ]
@@ -362,8 +367,9 @@ def add_ratios(
 ) -> list[dict[str, Any]]:
     """Adds to every train-step row `model_flops` and `mfu` = model FLOPs / step time / float32
     matmul peak (with `peak_of_row_dtype`, the peak of the row's own dtype: a GPU's bfloat16
-    tensor cores are the roofline of its bfloat16 rows), and to every JAX row `vs_torch_eager`, `vs_torch_compile` (examples/s over
-    the PyTorch row of the same model and dtype; `vs_torch_eager_same_malloc`: over PyTorch eager
+    tensor cores are the roofline of its bfloat16 rows), and to every JAX row `vs_torch_eager`,
+    `vs_torch_compile` (examples/s over the PyTorch row of the same model and dtype;
+    `vs_torch_eager_same_malloc`: over PyTorch eager
     under the JAX row's allocator settings) and `vs_torch_eager_float32` (the issue's
     target: >= 1). Model FLOPs are XLA's count of the model's JAX float32 step (any dtype's
     when no float32 row counted): one count per model, whatever dtype, mesh or framework runs
@@ -459,7 +465,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         '## Train steps (forward + backward + SGD-momentum update, synthetic batches)',
         '',
         "examples/s from the median step; MFU = XLA FLOPs of the model's JAX float32 step / "
-        'step time / float32 matmul peak (the higher of its two measurements), for every row (PyTorch and bfloat16 rows too, so '
+        'step time / float32 matmul peak (the higher of its two measurements), for every row '
+        '(PyTorch and bfloat16 rows too, so '
         'over 100% means faster than the float32 roofline); ratios are examples/s of the '
         'JAX row over the PyTorch row of the same model and dtype (`vs eager f32`: over '
         'PyTorch eager float32, the target); cores = CPU seconds / wall seconds of a step '

@@ -9,8 +9,8 @@ ResNet-18 with the CIFAR stem, batch 128, 32x32x3), measures each distinct one o
 how often the step runs it. For each, in one process, alternating block by block:
   * JAX with XLA's convolution kernels and JAX with oneDNN's (nets/kernels/onednn_conv.py, the CPU
     default where it builds): the forward convolution and its backward pass (input and kernel
-    gradients), each jitted alone through nets.kernels.conv (what the models run), under the XLA flags
-    the trainer ships for the family (train/runtime.py);
+    gradients), each jitted alone through nets.kernels.conv (what the models run), under the XLA
+    flags the trainer ships for the family (train/runtime.py);
   * PyTorch (`pip install -e '.[benchmark]'`): aten.convolution and aten.convolution_backward on
     channels-last tensors (oneDNN), the kernels its eager train step runs.
 The first convolution reads the image, so its backward pass is the kernel gradient alone, as in
@@ -156,8 +156,9 @@ def jax_passes(
     conv: dict[str, Any], backend: str = 'xla', seed: int = 0
 ) -> dict[str, Callable[[], Any]]:
     """Zero-argument callables running each pass once on `operands(conv, seed)` through
-    nets.kernels.conv with `backend`'s kernels ('xla' or 'onednn', see nets/kernels/onednn_conv.py; compiled on
-    the first call, waited for); each returns its result."""
+    nets.kernels.conv with `backend`'s kernels ('xla' or 'onednn', see
+    nets/kernels/onednn_conv.py; compiled on the first call, waited for); each returns its
+    result."""
     import jax
 
     from nets.kernels import onednn_conv, switch

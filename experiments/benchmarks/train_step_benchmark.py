@@ -13,8 +13,8 @@ is read when JAX starts), one model after another, so that the rows compared run
     train.sharding mesh of 1 or 2 CPU devices, state donated) on synthetic batches of
     ResNet-18 (CIFAR stem, 32x32x3, batch 128), ViT-Ti/4 (32x32x3, batch 128) and a one-layer
     LSTM language model (hidden 512, embedding 128, 256 tokens, length 128, batch 64), in
-    float32 and bfloat16 compute; XLA's FLOP count of the compiled step (experiments.analysis.compute, loops
-    corrected) gives MFU = FLOPs / step time / float32 peak;
+    float32 and bfloat16 compute; XLA's FLOP count of the compiled step
+    (experiments.analysis.compute, loops corrected) gives MFU = FLOPs / step time / float32 peak;
   * the PyTorch twins (experiments/benchmarks/torch_models.py: same architecture, parameter
     count and optimiser), eager and torch.compile, float32 and bfloat16 autocast;
   * the input pipeline: data.train_loader over an in-memory split, and random crop + flip
@@ -24,8 +24,8 @@ CPU defaults (XLA flags, micro-batches, attention implementation, LSTM unroll) a
 measured; see NOTES, `--xla_flags` and `--micro_batches`.
 
 Hardware and time: the 2-core CPU (AMD EPYC, AVX-512 with AVX512-BF16), jax 0.10.2, torch
-2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 27 worker processes, 7-11 minutes; `--torch=eager` saves ~1 minute; `--size=tiny`
-checks the plumbing in a few minutes.
+2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 27 worker processes, 7-11 minutes;
+`--torch=eager` saves ~1 minute; `--size=tiny` checks the plumbing in a few minutes.
 Expected (2026-11-27 10:45 UTC run, docs/benchmarks.md, ~12 minutes, on a faster host than
 the earlier runs): peak 392-424 GFLOP/s float32, ~900 bfloat16 (float32 accumulation); JAX best /
 PyTorch eager float32: ResNet-18 0.79x (float32) / 0.83x (bfloat16), ViT-Ti/4 1.44x / 1.42x
@@ -344,11 +344,15 @@ def jax_peak_row(
         key_a, key_b = jax.random.split(jax.random.key(0))
         a = jax.random.normal(key_a, (size, size), dtype)
         others = jax.random.normal(key_b, (products_per_call, size, size), dtype)
-        # The product the models run (nets.kernels.mixed_precision): bfloat16 accumulates in float32.
+        # The product the models run (nets.kernels.mixed_precision): bfloat16 accumulates in
+        # float32.
         # Every result is returned: XLA can neither drop nor shrink one.
         products = jax.jit(lambda a, others: [matmul(a, b) for b in others])
         _, times, _ = time_steps(
-            lambda _: products(a, others), jax.block_until_ready, steps=repeats, warmup=1
+            lambda _, products=products, a=a, others=others: products(a, others),
+            jax.block_until_ready,
+            steps=repeats,
+            warmup=1,
         )
         summary = step_summary(1, 0.0, [t / products_per_call for t in times])
         rows.append(

@@ -235,7 +235,8 @@ def judge(numbers: dict) -> Verdict:
     return verdict_of_parts(
         parts,
         (
-            f'depth {numbers["depth"]}: max/min block gradient norm plain {plain["spread_init"]:.3g} '
+            f'depth {numbers["depth"]}: max/min block gradient norm plain '
+            f'{plain["spread_init"]:.3g} '
             f'vs residual {residual["spread_init"]:.3g} at init, {plain["spread_trained"]:.3g} vs '
             f'{residual["spread_trained"]:.3g} after {numbers["steps"]} steps; final train loss '
             f'{plain["final_loss"]:.3f} vs {residual["final_loss"]:.3f}, test accuracy '

@@ -1,8 +1,8 @@
 """Claim 10: plain RNNs suffer vanishing/exploding gradients; LSTMs (and GRUs) carry
 information over long lags.
 
-Two measurements on the cells of nets/layers/recurrent.py (Elman 'rnn', 'lstm', 'gru'), all with the same
-hidden size, input kernels (Glorot) and orthogonal recurrent kernels:
+Two measurements on the cells of nets/layers/recurrent.py (Elman 'rnn', 'lstm', 'gru'), all with
+the same hidden size, input kernels (Glorot) and orthogonal recurrent kernels:
 
 1. Gradient flow: ||dL/dx_t|| of a loss on the last hidden state with respect to the input at
    each earlier step t, against the lag T - 1 - t, at initialisation and after training on the

@@ -4,8 +4,8 @@ training better than learned ones, and the two are about equal within the traine
 Task: random tokens; at every position i >= K the target is the token K positions back
 (x_{i-K}), which needs position information (which earlier token is K back) and is defined
 at any length. The model is the project's decoder-only Transformer ('char_transformer',
-nets/models/language_model.py) with posemb='sinusoidal' or 'learned', trained at length L through the
-trainer's pieces (c08_residual.train_on_arrays) with a small token task object below, then
+nets/models/language_model.py) with posemb='sinusoidal' or 'learned', trained at length L through
+the trainer's pieces (c08_residual.train_on_arrays) with a small token task object below, then
 tested at L, 2L, 3L and 4L. How the learned table meets longer sequences: it has
 `max_length` = 4L rows from the start, but rows L..4L-1 are never used in training, so they
 keep their initial N(0, 0.02) values (a zero gradient leaves them unchanged under Adam without
@@ -173,7 +173,8 @@ def judge(numbers: dict) -> Verdict:
     return verdict_of_parts(
         parts,
         (
-            f'trained at L={numbers["length"]}: accuracy at L sinusoidal {within["sinusoidal"]:.3f} '
+            f'trained at L={numbers["length"]}: accuracy at L sinusoidal '
+            f'{within["sinusoidal"]:.3f} '
             f'vs learned {within["learned"]:.3f}; on positions beyond L (lengths '
             f'{", ".join(f"{f}L" for f in longer)}): {unseen["sinusoidal"]:.3f} vs '
             f'{unseen["learned"]:.3f} (chance {1 / numbers["vocab"]:.3f})'

@@ -10,8 +10,8 @@ compiles it (train/steps.py, one device) and XLA's cost analysis counts its FLOP
 are reported beside it, but on a CPU shared with other jobs they measure the machine's load
 as much as the model.
 
-Measure (experiments/analysis/frechet.py): the penultimate-layer features (the 128-wide input of the final
-Dense 'head') of the `cnn` classifier of experiments/fashion_mnist_convnets.py (trained if
+Measure (experiments/analysis/frechet.py): the penultimate-layer features (the 128-wide input of
+the final Dense 'head') of the `cnn` classifier of experiments/fashion_mnist_convnets.py (trained if
 `--classifier_workdir` holds no run). `--num_samples` generated images are compared with as many
 real test images (half A); the floor is half A against a disjoint half B of the same size.
 Coverage: the fraction of the 10 classes the classifier assigns to at least one sample, and

@@ -44,7 +44,8 @@ Padding = str | Sequence[tuple[int, int]]
 
 
 def channels_last_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
-    """`lax.conv_general_dilated` layout for (N, *spatial, C) inputs and (*spatial, I, O) kernels."""
+    """`lax.conv_general_dilated` layout for (N, *spatial, C) inputs and (*spatial, I, O)
+    kernels."""
     spatial = tuple(range(1, ndim - 1))
     lhs = (0, ndim - 1) + spatial
     rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))

@@ -115,8 +115,8 @@ def library_path() -> Path:
 
 
 def build() -> Path:
-    """Compiles nets/kernels/native/onednn_conv.cc unless the cache holds it already (a few seconds);
-    returns the library's path. Raises OnednnUnavailable with the compiler's message."""
+    """Compiles nets/kernels/native/onednn_conv.cc unless the cache holds it already (a few
+    seconds); returns the library's path. Raises OnednnUnavailable with the compiler's message."""
     path = library_path()
     if path.is_file():
         return path

@@ -316,7 +316,8 @@ class MultiHeadAttention(nn.Module):
 def attention_rollout(
     layer_weights: list[jax.Array] | tuple[jax.Array, ...], *, residual: bool = True
 ) -> jax.Array:
-    """Attention rollout (Abnar & Zuidema 2020): how much each output token draws on each input token.
+    """Attention rollout (Abnar & Zuidema 2020): how much each output token draws on each input
+    token.
 
     `layer_weights`: per layer, (batch, heads, tokens, tokens), first layer first.
     Heads are averaged; with `residual` the identity is mixed in (0.5·A + 0.5·I) for

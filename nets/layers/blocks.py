@@ -286,7 +286,7 @@ def check_rate(name: str, value: float) -> None:
         raise ValueError(f'{name} must be in [0, 1), got {value!r}')
 
 
-# --------------------------------------------------------------------------- shared by the modern ConvNets
+# -------------------------------------------------------------------- shared by the modern ConvNets
 
 
 class SqueezeExcite(nn.Module):
@@ -381,13 +381,14 @@ class ScaledWSConv(nn.Module):
         return y
 
 
-# --------------------------------------------------------------------------- pooling and input sizes
+# -------------------------------------------------------------------------- pooling and input sizes
 # Used by the classic ConvNets (alexnet.py, vgg.py, inception.py, inception_resnet.py), which
 # pool to a fixed grid before their classifiers and must reject inputs their windows cannot fit.
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: int | Sequence[int]) -> jax.Array:
-    """Average-pool channels-last `x` to `output_size` per spatial dim, as PyTorch's AdaptiveAvgPool.
+    """Average-pool channels-last `x` to `output_size` per spatial dim, as PyTorch's
+    AdaptiveAvgPool.
 
     Output cell i along a dim of length n averages inputs [floor(i·n/m), ceil((i+1)·n/m)),
     so inputs smaller than the output are repeated (a 1x1 map becomes a constant 6x6 one) and

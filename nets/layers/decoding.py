@@ -60,7 +60,8 @@ def expand_to_beams(tree: State, beam_size: int) -> State:
 
 
 def gather_beams(tree: State, parents: jax.Array) -> State:
-    """Reorders (batch * beams, ...) leaves so beam k of example b takes the rows of beam parents[b, k].
+    """Reorders (batch * beams, ...) leaves so beam k of example b takes the rows of beam
+    parents[b, k].
 
     Scalar leaves are shared by every row and are left alone.
     """
@@ -179,7 +180,8 @@ def beam_search(
     rank = jnp.arange(num_candidates)
 
     def top(scores, k, *arrays):
-        """The k best of `scores` (batch, n) and the matching entries of each (batch, n, ...) array."""
+        """The k best of `scores` (batch, n) and the matching entries of each (batch, n, ...)
+        array."""
         best, index = jax.lax.top_k(scores, k)
         return best, *(
             jnp.take_along_axis(a, index.reshape(*index.shape, *(1,) * (a.ndim - 2)), axis=1)

@@ -184,8 +184,8 @@ class LSTMCell(_Cell):
 
 class LSTMSequence(LSTMCell):
     """`LSTMCell` run over a whole time-major sequence in one call (same parameters), with
-    `nets.kernels.fused_lstm`'s backward pass: the weight gradients as single products over all steps
-    instead of per-step sums inside the loop. `RNNLayer` runs every LSTM this way."""
+    `nets.kernels.fused_lstm`'s backward pass: the weight gradients as single products over all
+    steps instead of per-step sums inside the loop. `RNNLayer` runs every LSTM this way."""
 
     @nn.compact
     def __call__(
@@ -197,7 +197,8 @@ class LSTMSequence(LSTMCell):
         reverse: bool = False,
         unroll: int = 1,
     ) -> tuple[LSTMState, jax.Array]:
-        """inputs (time, batch, in), mask (time, batch) -> (final carry, outputs (time, batch, H))."""
+        """inputs (time, batch, in), mask (time, batch) -> (final carry, outputs
+        (time, batch, H))."""
         w_x, w_h, b = self._weights(inputs.shape[-1])
         carry, outputs = lstm_sequence(
             w_x, w_h, b, tuple(carry), inputs.astype(self.dtype), mask, reverse, unroll, self.dtype

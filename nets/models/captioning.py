@@ -166,7 +166,8 @@ class ShowAttendTell(nn.Module):
     def decode_step(
         self, memory: Memory, carry: tuple[Carry, ...], tokens: jax.Array
     ) -> tuple[jax.Array, tuple[Carry, ...]]:
-        """One generation step: previous tokens (batch,) -> (next-word logits (batch, vocab), carry)."""
+        """One generation step: previous tokens (batch,) -> (next-word logits (batch, vocab),
+        carry)."""
         carry, (logits, _) = self.decoder(carry, self.embedding(tokens), memory, train=False)
         return logits, carry
 

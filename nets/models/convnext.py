@@ -36,7 +36,8 @@ _STEM_STRIDE = {'imagenet': 4, 'small': 2}
 
 
 class ConvNeXtBlock(nn.Module):
-    """Depthwise 7x7 conv, LayerNorm, Dense 4x, GELU, Dense, layer scale, stochastic depth, residual."""
+    """Depthwise 7x7 conv, LayerNorm, Dense 4x, GELU, Dense, layer scale, stochastic depth,
+    residual."""
 
     kernel_size: int = 7
     mlp_ratio: int = 4

@@ -433,7 +433,8 @@ class DeformableResNet(ResNet):
             )
 
     def block_class(self, stage: int) -> Any:
-        """Deformable blocks in `deformable_stages`, ResNet's own elsewhere (same parameter names)."""
+        """Deformable blocks in `deformable_stages`, ResNet's own elsewhere (same parameter
+        names)."""
         if stage not in self.deformable_stages:
             return super().block_class(stage)
         return functools.partial(

@@ -134,7 +134,7 @@ def _block_fields(model: nn.Module) -> dict[str, Any]:
     )
 
 
-# --------------------------------------------------------------------------- GoogLeNet and BN-Inception
+# ----------------------------------------------------------------------- GoogLeNet and BN-Inception
 
 
 class InceptionV1Block(InceptionBlock):
@@ -235,7 +235,8 @@ def run_aux_head(model: nn.Module, head: nn.Module, x: jax.Array, name: str, tra
 class GoogLeNetStem(InceptionBlock):
     """conv1 - pool - conv2 (1x1) - conv3 (3x3, 192) - pool, shared by GoogLeNet and BN-Inception.
 
-    'imagenet': conv1 is 7x7/2 (224 -> 28). 'small': conv1 is 3x3/1 and its pool is left out (28 -> 14).
+    'imagenet': conv1 is 7x7/2 (224 -> 28). 'small': conv1 is 3x3/1 and its pool is left out
+    (28 -> 14).
     """
 
     stem: str = 'imagenet'
@@ -561,7 +562,8 @@ class InceptionV3(nn.Module):
         return size
 
     def min_input_size(self) -> int:
-        """Smallest image side this configuration accepts ('imagenet': 299, 75 without aux head; 'small': 15)."""
+        """Smallest image side this configuration accepts ('imagenet': 299, 75 without aux head;
+        'small': 15)."""
         return blocks.smallest_input_size(self._output_size)
 
     @nn.compact

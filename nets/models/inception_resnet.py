@@ -117,7 +117,8 @@ class ResidualInceptionBlock(InceptionBlock):
 
 
 class Mixed6a(InceptionBlock):
-    """35 -> 17 reduction: 3x3/2 (384) | 1x1-3x3-3x3/2 (256, 256, 384) | max pool -> 1088 channels."""
+    """35 -> 17 reduction: 3x3/2 (384) | 1x1-3x3-3x3/2 (256, 256, 384) | max pool -> 1088
+    channels."""
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -129,7 +130,8 @@ class Mixed6a(InceptionBlock):
 
 
 class Mixed7a(InceptionBlock):
-    """17 -> 8 reduction: 1x1-3x3/2 (384) | 1x1-3x3/2 (288) | 1x1-3x3-3x3/2 (288, 320) | max pool."""
+    """17 -> 8 reduction: 1x1-3x3/2 (384) | 1x1-3x3/2 (288) | 1x1-3x3-3x3/2 (288, 320) |
+    max pool."""
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

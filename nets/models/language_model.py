@@ -8,8 +8,9 @@ from the data set (a language model's classes are its target tokens; inputs shar
 vocabulary).
 
 - `RecurrentLM`: embedding -> `num_layers` recurrent layers ('rnn' | 'lstm' | 'gru', from
-  nets/layers/recurrent.py) -> Dense to the vocabulary, or the transposed embedding with `tie_embeddings`
-  (Press & Wolf 2017; needs hidden_size == embed_dim). `initial_carry=` / `return_carry=True`
+  nets/layers/recurrent.py) -> Dense to the vocabulary, or the transposed embedding with
+  `tie_embeddings` (Press & Wolf 2017; needs hidden_size == embed_dim). `initial_carry=` /
+  `return_carry=True`
   carry the state across calls: truncated BPTT in training, one token at a time in sampling.
   The layers are `RNNLayer`s stacked here rather than a `StackedRNN`, because `StackedRNN`
   takes no initial carry; the parameter tree is the same ('layer0/cell', 'layer1/cell', ...).

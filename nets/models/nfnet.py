@@ -125,7 +125,8 @@ class NFBlock(nn.Module):
         out = act(x) * jnp.asarray(1.0 / self.beta, self.dtype)
         shortcut = x
         if self.strides > 1:
-            # Average-pool then 1x1 conv: the shortcut sees every input pixel (a strided 1x1 would skip 3/4).
+            # Average-pool then 1x1 conv: the shortcut sees every input pixel (a strided 1x1 would
+            # skip 3/4).
             window = (self.strides,) * (x.ndim - 2)
             shortcut = nn.avg_pool(
                 out, window, strides=window, padding='SAME', count_include_pad=False
@@ -260,7 +261,8 @@ class NFNet(nn.Module):
                     **dims,
                 )(x, train=train)
                 index += 1
-                # A stage's first block has a normalised (projected) shortcut: variance restarts at 1.
+                # A stage's first block has a normalised (projected) shortcut: variance
+                # restarts at 1.
                 if i == 0:
                     expected_std = 1.0
                 expected_std = math.sqrt(expected_std**2 + self.alpha**2)

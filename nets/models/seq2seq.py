@@ -133,7 +133,8 @@ class DecoderStep(nn.Module):
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def project_keys(self, annotations: jax.Array) -> jax.Array:
-        """The attention's key projection of (batch, source_len, D) annotations, for `Memory.keys`."""
+        """The attention's key projection of (batch, source_len, D) annotations, for
+        `Memory.keys`."""
         return self.attention.project_keys(annotations)
 
     def __call__(
@@ -319,7 +320,8 @@ class Seq2Seq(nn.Module):
             )
 
     def _bridge(self, backward_carry: Carry, bridge: Dense) -> Carry:
-        """A decoder layer's initial carry from the backward encoder's state after the first token."""
+        """A decoder layer's initial carry from the backward encoder's state after the first
+        token."""
         state = jnp.tanh(bridge(hidden_state(backward_carry).astype(self.dtype))).astype(
             jnp.float32
         )
@@ -351,7 +353,8 @@ class Seq2Seq(nn.Module):
         return Encoded(memory, carry)
 
     def decode(self, encoded: Encoded, targets: jax.Array, *, train: bool = False) -> jax.Array:
-        """Teacher forcing: (batch, target_len) targets -> (batch, target_len, vocab) float32 logits.
+        """Teacher forcing: (batch, target_len) targets -> (batch, target_len, vocab) float32
+        logits.
 
         `targets` hold the tokens to predict (eos, then pad; no bos); they are shifted right
         behind `bos_id` here. With `mutable=['intermediates']` the attention weights
@@ -368,7 +371,8 @@ class Seq2Seq(nn.Module):
     def decode_step(
         self, memory: Memory, carry: tuple[Carry, ...], tokens: jax.Array
     ) -> tuple[jax.Array, tuple[Carry, ...]]:
-        """One generation step: previous tokens (batch,) -> (next-token logits (batch, vocab), carry).
+        """One generation step: previous tokens (batch,) -> (next-token logits (batch, vocab),
+        carry).
 
         Feed `bos_id` first with `encode`'s carry, then each chosen token. No dropout.
         """
@@ -377,7 +381,8 @@ class Seq2Seq(nn.Module):
         return logits, carry
 
     def __call__(self, inputs: jax.Array, targets: jax.Array, *, train: bool = False) -> jax.Array:
-        """(batch, source_len) and (batch, target_len) token ids -> (batch, target_len, vocab) logits."""
+        """(batch, source_len) and (batch, target_len) token ids -> (batch, target_len, vocab)
+        logits."""
         return self.decode(self.encode(inputs, train=train), targets, train=train)
 
 
@@ -393,7 +398,7 @@ def check_token_ids(model: nn.Module, vocab_size: int) -> None:
         raise ValueError(f'eos_id and pad_id must differ, both are {model.eos_id}')
 
 
-# ----------------------------------------------------------------------------- generation and alignments
+# ------------------------------------------------------------------------ generation and alignments
 
 
 def make_step_fn(

@@ -190,7 +190,8 @@ def region_map(height: int, width: int, window: int, shift: int) -> np.ndarray:
 
 
 def attention_group_map(height: int, width: int, window: int, shift: int) -> np.ndarray:
-    """(H, W) int, ORIGINAL coordinates: two tokens may attend to each other iff their values are equal.
+    """(H, W) int, ORIGINAL coordinates: two tokens may attend to each other iff their values are
+    equal.
 
     Combines `window_index_map` and `region_map` into consecutive group ids
     0..G-1 (numbered in order of (window, region)). With shift = 0 the groups
@@ -308,7 +309,8 @@ class WindowAttention(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    """x + DropPath(Dropout((S)W-MSA(LN(x)))), then x + DropPath(MLP(LN(x))), on (batch, H, W, C) maps."""
+    """x + DropPath(Dropout((S)W-MSA(LN(x)))), then x + DropPath(MLP(LN(x))), on (batch, H, W, C)
+    maps."""
 
     num_heads: int
     window_size: int
@@ -336,7 +338,8 @@ class SwinBlock(nn.Module):
             **dims,
         )(y, train=train)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-        # DropPath on whole maps (not windows), so a dropped branch is dropped for the whole example.
+        # DropPath on whole maps (not windows), so a dropped branch is dropped for the whole
+        # example.
         x = x + blocks.DropPath(self.drop_path_rate)(y, train=train)
         y = _layer_norm('norm2', **dims)(x)
         y = blocks.MlpBlock(
@@ -351,7 +354,8 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """(batch, H, W, C) -> (batch, H/2, W/2, 2C): concat each 2x2 neighbourhood, LayerNorm, Dense 4C->2C (no bias)."""
+    """(batch, H, W, C) -> (batch, H/2, W/2, 2C): concat each 2x2 neighbourhood, LayerNorm,
+    Dense 4C->2C (no bias)."""
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -359,7 +363,8 @@ class PatchMerging(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        # The official order (top-left, bottom-left, top-right, bottom-right), so weights port directly.
+        # The official order (top-left, bottom-left, top-right, bottom-right), so weights port
+        # directly.
         x = jnp.concatenate(
             [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1
         )

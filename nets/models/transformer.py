@@ -52,7 +52,8 @@ POSEMBS = ('sinusoidal', 'learned')
 
 
 def shift_right(targets: jax.Array, bos_id: int) -> jax.Array:
-    """Decoder inputs for teacher forcing: (batch, length) targets with bos in front, last token dropped."""
+    """Decoder inputs for teacher forcing: (batch, length) targets with bos in front, last token
+    dropped."""
     bos = jnp.full((targets.shape[0], 1), bos_id, targets.dtype)
     return jnp.concatenate([bos, targets[:, :-1]], axis=1)
 
@@ -251,7 +252,8 @@ class Transformer(nn.Module):
             DecoderBlock(decode=self.decoding, **block) for _ in range(self.num_decoder_layers)
         ]
         if self.norm_position == 'pre':
-            # Pre-LN leaves the residual stream unnormalised; post-LN's last block already ends in a norm.
+            # Pre-LN leaves the residual stream unnormalised; post-LN's last block already ends
+            # in a norm.
             self.encoder_norm = blocks.layer_norm(**dims)
             self.decoder_norm = blocks.layer_norm(**dims)
         self.dropout = nn.Dropout(self.dropout_rate)
@@ -293,7 +295,8 @@ class Transformer(nn.Module):
         self_mask: jax.Array | None,
         train: bool,
     ) -> jax.Array:
-        """Embedded decoder inputs (batch, length, hidden) -> (batch, length, vocab) float32 logits."""
+        """Embedded decoder inputs (batch, length, hidden) -> (batch, length, vocab) float32
+        logits."""
         x = self.dropout(x, deterministic=not train)
         cross_mask = key_padding_mask(inputs_valid)
         for block in self.decoder_blocks:
@@ -335,7 +338,8 @@ class Transformer(nn.Module):
         *,
         train: bool = False,
     ) -> jax.Array:
-        """Teacher forcing: (batch, target_len) targets -> (batch, target_len, vocab) float32 logits.
+        """Teacher forcing: (batch, target_len) targets -> (batch, target_len, vocab) float32
+        logits.
 
         `targets` are the tokens to predict (eos at the end, pad after; no bos):
         they are shifted right behind `bos_id` here, so logits[:, t] sees
@@ -358,7 +362,8 @@ class Transformer(nn.Module):
     def decode_step(
         self, encoded: jax.Array, inputs_valid: jax.Array, tokens: jax.Array
     ) -> jax.Array:
-        """One decoding step: the previous tokens (batch,) -> next-token logits (batch, vocab) float32.
+        """One decoding step: the previous tokens (batch,) -> next-token logits (batch, vocab)
+        float32.
 
         Needs `decoding=True` and the 'cache' collection from `init_cache`, applied
         with mutable=['cache']: the decoder's keys/values and 'decode_position'
@@ -385,7 +390,8 @@ class Transformer(nn.Module):
         return logits[:, 0]
 
     def __call__(self, inputs: jax.Array, targets: jax.Array, *, train: bool = False) -> jax.Array:
-        """(batch, source_len) and (batch, target_len) token ids -> (batch, target_len, vocab) logits."""
+        """(batch, source_len) and (batch, target_len) token ids -> (batch, target_len, vocab)
+        logits."""
         encoded = self.encode(inputs, train=train)
         return self.decode(encoded, inputs != self.pad_id, targets, train=train)
 

@@ -165,7 +165,8 @@ class VisionTransformer(nn.Module):
             not self.resnet_stage_sizes or min(self.resnet_stage_sizes) < 1
         ):
             raise ValueError(
-                f'resnet_stage_sizes must be non-empty positive ints, got {self.resnet_stage_sizes!r}'
+                'resnet_stage_sizes must be non-empty positive ints, '
+                f'got {self.resnet_stage_sizes!r}'
             )
         super().__post_init__()
 

@@ -126,7 +126,8 @@ class CaptioningTask(Seq2SeqTask):
         return ml_collections.ConfigDict(
             {
                 'beam_size': 1,  # decoding for exact match and BLEU; 1 = greedy search
-                'final_eval_examples': FINAL_EVAL_EXAMPLES,  # eval examples decoded for BLEU at the end
+                # eval examples decoded for BLEU at the end
+                'final_eval_examples': FINAL_EVAL_EXAMPLES,
                 'attention_penalty': ATTENTION_PENALTY,  # λ of the doubly stochastic penalty
             }
         )

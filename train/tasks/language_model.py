@@ -224,9 +224,9 @@ class LanguageModelTask(Task):
         `num_samples` drawn at `temperature`."""
         ids = jnp.asarray([self.vocabulary.encode(prompt)], jnp.int32)
         texts = []
-        for temperature, rows in ((0.0, 1), (temperature, num_samples)):
+        for sample_temperature, rows in ((0.0, 1), (temperature, num_samples)):
             run = jax.jit(
-                functools.partial(sample, self.model, length=length, temperature=temperature)
+                functools.partial(sample, self.model, length=length, temperature=sample_temperature)
             )
             tokens = run(
                 {'params': params}, jnp.repeat(ids, rows, axis=0), rng=jax.random.key(seed)

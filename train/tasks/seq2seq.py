@@ -1,5 +1,6 @@
 """Sequence to sequence: translation and addition with the recurrent encoder-decoders
-(`nets.models.seq2seq`, forms 'context' and 'attention') and the Transformer (`nets.models.transformer`).
+(`nets.models.seq2seq`, forms 'context' and 'attention') and the Transformer
+(`nets.models.transformer`).
 
 The batch holds `inputs` (batch, S) source ids and `targets` (batch, T) target ids (eos,
 then pad; no bos: the models shift them right behind bos themselves). Training is teacher
@@ -270,7 +271,8 @@ class Seq2SeqTask(Task):
         return ml_collections.ConfigDict(
             {
                 'beam_size': 1,  # decoding for exact match and BLEU; 1 = greedy search
-                'final_eval_examples': FINAL_EVAL_EXAMPLES,  # eval examples decoded for BLEU at the end
+                # eval examples decoded for BLEU at the end
+                'final_eval_examples': FINAL_EVAL_EXAMPLES,
                 'max_train_length': 0,  # train on pairs that fit L tokens; 0 = all
             }
         )
