@@ -1,6 +1,6 @@
 # The two commands of the README, and the steps they are made of. Every target is idempotent.
 #   make demo   set up, prepare the embedded data sets, train the quickstart experiment
-#   make test   set up, run the test suite (what .ci/run calls)
+#   make test   set up, lint (ruff check + format --check), run the test suite (.ci/run)
 
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -17,6 +17,8 @@ demo: data
 	$(PY) -m train.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest tests
 
 setup: $(VENV)/.installed

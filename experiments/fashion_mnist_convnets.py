@@ -10,7 +10,7 @@ at small widths with their small-input stems, plus the course's comparison of an
 of about the same parameter count (203,530 vs 206,970).
 Hardware: 2-core CPU, one XLA device; about 30 minutes for all seven (GoogLeNet is the slowest).
 Expected (measured, 1 epoch): mlp 86.2%, cnn 88.2%, alexnet 77.5%, vgg 90.0%, googlenet 89.3%,
-resnet 86.9%, convnext 85.6% (README table).
+resnet 86.9%, convnext 85.6% (docs/zoo.md).
 """
 
 from train.config import check_arg_choice, default_config, model_config, parse_arg

@@ -4,10 +4,9 @@ Command:
   python -m train.main --config=experiments/fashion_mnist_quickstart.py \
       --workdir=workdirs/fashion_mnist_quickstart
 Hardware: 2-core x86-64 CPU, no accelerator (the project's reference machine), one XLA device.
-Time: 4 min 39 s for 10 epochs (4,680 steps at ~2,400 examples/s) on the idle machine with the
-shipped XLA CPU flags, compilation and evaluation included (5 min 53 s before them).
-Expected: 92.0% test accuracy (measured 92.18%, eval loss 0.214, 2026-11-26; 92.04% before the
-CPU flags; 92.22% with --config.runtime.cpu_devices=2).
+Time: 4 min 39 s for 10 epochs (4,680 steps at ~2,400 examples/s) on the idle machine,
+compilation and evaluation included.
+Expected: 92.0% test accuracy (measured 92.18%, eval loss 0.214; docs/results.md).
 """
 
 from train.config import default_config, model_config

@@ -80,7 +80,7 @@ def test_merged_runs_keep_each_row_s_measurement():
 
 def test_recount_sets_the_cpu_count_the_rows_report():
     from experiments.benchmarks import bench_common
-    from experiments.benchmarks import train_step_benchmark as bench
+    from experiments.benchmarks import jax_rows as bench
 
     spec = bench_common.model_spec('lstm_lm', 'tiny')
     measured = bench.jax_train_step_row(spec, dtype='float32', devices=1, steps=1, warmup=0)

@@ -1,4 +1,4 @@
-"""Lessons 1-6 of the lessons report (issue 11) at tiny scale on digits, each judge() on
+"""Lessons 1-6 of the lessons report at tiny scale on digits, each judge() on
 hand-made numbers both ways, and the report runner (skip, rerun, error rows, links, copy)."""
 
 import json

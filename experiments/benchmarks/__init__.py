@@ -1,5 +1,5 @@
 """Speed measurements, one module per subject, each an absl app run with `python -m`.
 
 They print a table and optionally write JSON (`--out`); they assert nothing about time. Tests
-never time anything: numbers live here and in the README, with the device they came from.
+never time anything: the numbers live in docs/ pages, with the device they came from.
 """

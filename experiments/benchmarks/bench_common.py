@@ -1,7 +1,8 @@
 """What the train-step benchmark measures and how its rows become a report (no JAX, no torch).
 
-Shared by `train_step_benchmark.py` (the driver and the JAX rows) and `torch_models.py` (the
-PyTorch twins), so a PyTorch worker process never imports JAX (its peak memory is its own).
+Shared by `train_step_benchmark.py` (the driver), `jax_rows.py` (the JAX rows) and
+`torch_models.py` (the PyTorch twins), so a PyTorch worker process never imports JAX (its peak
+memory is its own).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import importlib.metadata
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from train.host_cpu import describe, this_cpu
 
 # A worker prints its result as one line starting with this marker; the driver reads it.
 ROW_MARKER = 'BENCHMARK_ROW '
@@ -191,12 +193,10 @@ def peak_rss_mib() -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+    """The machine a report comes from: the CPU (model, the instruction-set flags the runtime's
+    choices depend on, cores, caches: train.host_cpu), core count, memory, load."""
+    cpu = this_cpu()
     try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
         memory_kib = next(
             int(line.split()[1])
             for line in Path('/proc/meminfo').read_text().splitlines()
@@ -205,7 +205,10 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         memory_kib = 0
     return {
-        'cpu_model': cpu,
+        'cpu_model': cpu.model,
+        'cpu_flags': cpu.properties()['flags'],
+        'cpu': cpu.properties(),
+        'cpu_summary': describe(cpu),
         'cores': os.cpu_count(),
         'memory_gib': memory_kib / 2**20,
         'load_average': ', '.join(f'{x:.1f}' for x in os.getloadavg()),
@@ -313,7 +316,7 @@ NOTES = [
     'host (2026-11-27, 3 alternating rounds) ResNet-18 took 1.92 s per step on one device and '
     '2.07 s on two (with oneDNN convolutions 1.26-1.30 and 1.29 s). The trainer '
     'stays at one device by default (a 2-device all-reduce stalled once in ~10 runs, see '
-    'train/main.py), --cpu_devices=2 opts in.',
+    'docs/speed.md), --config.runtime.cpu_devices=2 opts in.',
     "bfloat16 in JAX: asked for a bfloat16 result, XLA's CPU backend converts both operands "
     "to float32 (a 2048^3 product at 167 GFLOP/s, below float32's 200); asked to accumulate "
     'in float32 it runs AVX512-BF16 through YNNPACK at 371 GFLOP/s (the bfloat16 peak above). '
@@ -435,6 +438,29 @@ def _fmt(value: Any, spec: str = '.2f', suffix: str = '') -> str:
     return f'{value:{spec}}{suffix}'
 
 
+def _kernels(row: dict[str, Any]) -> str:
+    """A JAX row's convolution kernels and the YNNPACK fusions its XLA flags turn off."""
+    if row.get('framework') != 'jax':
+        return ''
+    fusions = [f.split('=', 1)[1] for f in row.get('xla_flags', '').split() if 'ynn_fusion' in f]
+    return f'{row.get("conv_backend", "–")} / {",".join(fusions) or "XLA defaults"}'
+
+
+def _choice_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """'JAX choices': per model and dtype, each CPU choice of its JAX rows with the reason."""
+    seen: dict[tuple[str, str], dict[str, str]] = {}
+    for row in rows:
+        if row.get('framework') == 'jax' and row.get('choices'):
+            seen.setdefault((row['model'], row['dtype']), row['choices'])
+    if not seen:
+        return []
+    lines = ['', '## JAX choices (train/runtime.py, for this CPU)', '']
+    for (model, dtype), choices in seen.items():
+        reasons = '; '.join(f'{name}: {why}' for name, why in choices.items())
+        lines.append(f'- {model} {dtype}: {reasons}')
+    return lines
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """docs/benchmarks.md: the setting, the peaks, one table row per measured train step, the
     input pipeline, whether the targets were reached and the notes."""
@@ -447,6 +473,11 @@ def markdown_report(report: dict[str, Any]) -> str:
         f'Machine: {meta["cpu_model"]}, {meta["cores"]} cores, {meta["memory_gib"]:.0f} GiB; '
         f'jax {meta["jax"]}, torch {meta.get("torch") or "not installed"}, '
         f'python {meta["python"]}. Load average at the start: {meta["load_average"]}.',
+        '',
+        f'CPU: {meta.get("cpu_summary") or meta["cpu_model"]}. JAX rows ran with the choices '
+        f'train/runtime.py makes for this CPU ({meta.get("cpu_class") or "class not recorded"}); '
+        "--xla_flags, --cpu_malloc=false and --micro_batches=false override them; each row's "
+        'kernels, flags and micro-batches are in the table, the reasons under "JAX choices".',
         '',
         '## Peak (large matmul in JAX; the roofline MFU is measured against)',
         '',
@@ -475,12 +506,13 @@ def markdown_report(report: dict[str, Any]) -> str:
         'the CPU for that family (train/runtime.py); `+malloc`: JAX rows of families '
         'the trainer gives glibc allocator settings (train/runtime.py MALLOC_ENV) ran '
         'with them, and `eager+malloc` is PyTorch eager under the same settings (`vs '
-        'eager+malloc`: the JAX row over it).',
+        "eager+malloc`: the JAX row over it); `conv / fusions`: the JAX row's convolution "
+        'kernels and the YNNPACK fusions its XLA flags turn off.',
         '',
         '| model | dtype | framework | devices/mode | params | examples/s | step ms | '
         'cores | MFU | vs eager | vs compile | vs eager f32 | vs eager+malloc | compile s '
-        '| peak RSS MiB |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+        '| peak RSS MiB | conv / fusions |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for row in report['rows']:
         where = f'{row["devices"]} dev' if row['framework'] == 'jax' else row.get('mode', '')
@@ -491,7 +523,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         if 'error' in row:
             lines.append(
                 f'| {row["model"]} | {row["dtype"]} | {row["framework"]} | {where} | | '
-                f'failed: {row["error"][:80]} | | | | | | | | | |'
+                f'failed: {row["error"][:80]} | | | | | | | | | | |'
             )
             continue
         lines.append(
@@ -502,8 +534,10 @@ def markdown_report(report: dict[str, Any]) -> str:
             f'{_fmt(row.get("vs_torch_compile"), ".2f", "x")} | '
             f'{_fmt(row.get("vs_torch_eager_float32"), ".2f", "x")} | '
             f'{_fmt(row.get("vs_torch_eager_same_malloc"), ".2f", "x")} | '
-            f'{_fmt(row.get("compile_s"), ".1f")} | {_fmt(row.get("peak_rss_mib"), ".0f")} |'
+            f'{_fmt(row.get("compile_s"), ".1f")} | {_fmt(row.get("peak_rss_mib"), ".0f")} | '
+            f'{_kernels(row)} |'
         )
+    lines += _choice_lines(report['rows'])
     if report.get('pipeline'):
         lines += [
             '',

@@ -17,13 +17,10 @@ The first convolution reads the image, so its backward pass is the kernel gradie
 a train step. Reported: ms and GFLOP/s per pass, the float32 matmul peak of both for scale, and
 the sum over the step (count x time): the seconds a train step spends in convolutions in each.
 
-Hardware and time: the 2-core CPU (AMD EPYC, AVX-512), jax 0.10.2, torch 2.13.0; about a
-minute. Expected (2026-11-27 14:04, docs/conv_benchmark.md; a host whose float32 matmul peak
-read ~460 GFLOP/s in JAX): ResNet-18's convolutions take 1.28 s per step with XLA's kernels, 1.02
-s with oneDNN's and 1.02 s in PyTorch (JAX oneDNN / PyTorch: 1.00x). XLA's run the 32x32x64
-layers at ~0.8x oneDNN (forward 269 vs 330 GFLOP/s here; 279 vs 487 in an earlier run), the
-deeper ones at 0.8-1.0x: the gap oneDNN closed. Single rows move by up to 20% between runs on
-this shared VM, the step totals by ~10%.
+Hardware and time: a 2-core x86-64 CPU (AVX-512); about a minute.
+Expected: ResNet-18's convolutions take as long with oneDNN's kernels in JAX as in PyTorch and
+longer with XLA's, the gap largest on the 32x32x64 layers; the measured run is
+docs/conv_benchmark.md, its reading in docs/speed.md.
 """
 
 from __future__ import annotations
@@ -39,6 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.benchmarks.bench_common import MODELS, machine, model_spec, version, write_report
+from train import cli
 
 PASSES = ('forward', 'backward')
 JAX_BACKENDS = ('xla', 'onednn')
@@ -387,7 +385,7 @@ def run(model: str, size: str, repeats: int) -> dict[str, Any]:
 
     import jax
 
-    from experiments.benchmarks.train_step_benchmark import jax_peak_row
+    from experiments.benchmarks.jax_rows import jax_peak_row
 
     with_torch = version('torch') is not None
     spec = model_spec(model, size)
@@ -450,4 +448,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    cli.run(main)

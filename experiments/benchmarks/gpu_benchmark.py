@@ -10,7 +10,7 @@ Measures, in two worker processes (JAX, then PyTorch: neither shares the card's 
 clocks with the other):
   * peak: an 8192^3 matmul, float32 (TF32 tensor cores: JAX's default precision on the GPU) and
     bfloat16, in JAX and PyTorch (random operands; the roofline of each dtype's rows);
-  * the project's train step (the same code as train_step_benchmark.jax_train_step_row: train.tasks
+  * the project's train step (the same code as jax_rows.jax_train_step_row: train.tasks
     + SGD momentum 0.9 + train.steps on a one-device mesh, state donated, whole batches) and its
     PyTorch twin (experiments/benchmarks/torch_models.py, eager and torch.compile, TF32 float32 /
     bfloat16 autocast) for the CPU benchmark's three models (ResNet-18 CIFAR batch 128, ViT-Ti/4
@@ -50,6 +50,7 @@ from experiments.benchmarks.bench_common import (
     version,
     write_report,
 )
+from train import cli
 
 BIG_MODELS = ('vit_b16', 'resnet50')  # ImageNet size: measured in --big_dtypes only
 PEAK_SIZE = 8192
@@ -135,11 +136,11 @@ def plan_rows(
 
 
 def peak_rows(framework: str, size: int = PEAK_SIZE, device: str = 'cuda') -> list[dict[str, Any]]:
-    """`framework`'s matmul TFLOP/s per dtype: train_step_benchmark.jax_peak_row (the product
+    """`framework`'s matmul TFLOP/s per dtype: jax_rows.jax_peak_row (the product
     the models run) or torch_models.torch_matmul_gflops, PRODUCTS_PER_CALL products per call."""
     dtypes = ('float32', 'bfloat16')
     if framework == 'jax':
-        from experiments.benchmarks.train_step_benchmark import jax_peak_row
+        from experiments.benchmarks.jax_rows import jax_peak_row
 
         gflops = {
             row['dtype']: row['gflops']
@@ -198,7 +199,7 @@ def run_worker(
             )
         try:
             if framework == 'jax':
-                from experiments.benchmarks.train_step_benchmark import jax_train_step_row
+                from experiments.benchmarks.jax_rows import jax_train_step_row
 
                 result = jax_train_step_row(
                     spec,
@@ -266,7 +267,7 @@ def run_in_subprocess(
 
 
 NOTES = [
-    "Model FLOPs are counted by XLA's CPU compiler on the same step (train_step_benchmark."
+    "Model FLOPs are counted by XLA's CPU compiler on the same step (jax_rows."
     "model_step_flops): the GPU compiler's cost analysis leaves out the convolutions it hands "
     'to cuDNN (ResNet-50 counted 0.1 of its FLOPs there).',
     "float32 rows run on TF32 tensor cores in both frameworks (JAX's default precision on the "
@@ -304,9 +305,9 @@ def merge_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def recount_flops(results: list[dict[str, Any]], size: str = 'full') -> None:
     """Sets every measured JAX row's `step_flops` to XLA's CPU count of its model's step
-    (train_step_benchmark.model_step_flops; float32 where the model has a float32 row, as
+    (jax_rows.model_step_flops; float32 where the model has a float32 row, as
     add_ratios counts)."""
-    from experiments.benchmarks.train_step_benchmark import model_step_flops
+    from experiments.benchmarks.jax_rows import model_step_flops
 
     rows = [
         r for r in results if r['kind'] == 'row' and r['framework'] == 'jax' and 'error' not in r
@@ -504,4 +505,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    cli.run(main)

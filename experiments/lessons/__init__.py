@@ -1,4 +1,4 @@
-"""The course's claims, each measured by one small experiment (issue 11).
+"""The course's claims, each measured by one small experiment.
 
 Every lesson is a module `experiments/lessons/cNN_<name>.py` with:
 
@@ -48,6 +48,7 @@ LESSONS = {
     10: 'c10_long_lags',
     11: 'c11_position_encodings',
     12: 'c12_invariance',
+    13: 'c13_local_minima',
 }
 
 

@@ -40,7 +40,8 @@ from experiments.lessons import (
     train_run,
     verdict_of_parts,
 )
-from nets.models.inception import InceptionBlock, InceptionV1Block, max_pool
+from nets.layers.inception_blocks import InceptionBlock, max_pool
+from nets.models.inception import InceptionV1Block
 
 NUMBER = 7
 TITLE = 'Receptive fields: 3x3 stacks and 1x1 bottlenecks'

@@ -12,8 +12,8 @@ its accuracy should not move; the CNN's local filters lose their meaning.
 
 Hardware: the 2-core x86-64 CPU, one XLA device. Time: 88 s (shared machine).
 Expected (measured, 2,000 steps, mean of 2 seeds): ordered CNN 97.8% vs MLP 66.4%;
-shuffled CNN 61.9% vs MLP 65.2% (the 6,000-step README figures: CNN 98.3% vs MLP 68.1%;
-shuffled CNN 59.4% vs MLP 68.7%). Verdict: supported.
+shuffled CNN 61.9% vs MLP 65.2% (the 6,000-step figures of docs/sequences.md: CNN 98.3% vs
+MLP 68.1%; shuffled CNN 59.4% vs MLP 68.7%). Verdict: supported.
 """
 
 from __future__ import annotations

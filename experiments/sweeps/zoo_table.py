@@ -1,5 +1,5 @@
-"""Writes the README's model-zoo table: every registered image classifier with its parameters
-and FLOPs at its ImageNet configuration, and the command that trains it on Fashion-MNIST.
+"""Writes docs/model_zoo.md: every registered image classifier with its parameters and FLOPs at
+its ImageNet configuration, and the command that trains it on Fashion-MNIST.
 
     python -m experiments.sweeps.zoo_table [--out=docs/model_zoo.md] [--families=resnet,vgg]
 
@@ -22,8 +22,9 @@ _INPUT_SIZE = {'inception_v3': 299, 'inception_resnet_v2': 299}
 
 
 def train_command(name: str) -> str:
+    """The command that trains model `name` on Fashion-MNIST (experiments/fashion_mnist_zoo.py)."""
     return (
-        f'`python -m train.main --config=experiments/fashion_mnist_zoo.py:{name} '
+        f'`python -m train.main --config=experiments/fashion_mnist_zoo.py:model={name} '
         f'--workdir=workdirs/{name}`'
     )
 

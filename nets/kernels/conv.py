@@ -5,14 +5,13 @@ XLA's CPU compiler gives a convolution the (batch, *spatial, channels) operands 
 kernels need by inserting transposes, but only in the entry computation. Inside a while loop
 (`lax.scan` over micro-batches: gradient accumulation) the kernel-gradient convolution, whose
 operands come with the batch as the contracted dimension, stays as it is and runs on a naive
-path: a 32x32x64 3x3 layer's gradient took 13 s instead of 0.08 s (jax 0.10.2); the input
-gradient, whose flipped kernel comes as (*spatial, O, I), ran 3-4x slower too. Here each gradient
+path, orders of magnitude slower; the input gradient, whose flipped kernel comes as
+(*spatial, O, I), is slowed down too (docs/speed.md has the measurements). Here each gradient
 is that of the same convolution written on transposed operands (for the kernel gradient inputs
 as (C, *spatial, N) and the kernel as (I, *spatial, O); for the input gradient the kernel as
 (*spatial, O, I)), which JAX transposes into convolutions already in the canonical layout, so the
-same fast kernels run in and out of loops (4 scanned micro-batches of that layer: 13 s -> 0.13 s,
-ResNet-18 train step in 4 micro-batches 168 s -> 3.0 s). Same values (the same sums, exactly);
-parameters and names are nn.Conv's. Three more CPU paths, each measured faster
+same fast kernels run in and out of loops. Same values (the same sums, exactly); parameters
+and names are nn.Conv's. Three more CPU paths, each measured faster than XLA's own
 (experiments/benchmarks/conv_benchmark.py): a strided layer's input gradient as stride-1
 convolutions of the input's phases (XLA computes it over a zero-dilated gradient), a 1x1 kernel's
 gradient as one product, and large-activation layers' gradients in chunks of 16 examples that
@@ -113,9 +112,8 @@ def _phase_convolutions(x, w, strides, padding, precision):
 def _input_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
     if any(s > 1 for s in strides) and all(d == 1 for d in rhs_dilation):
         # XLA's CPU backend runs a strided convolution's input gradient over the output gradient
-        # dilated with zeros, computing every product with a zero (ResNet-18's 32x32x64 -> 128
-        # layer at 68 GFLOP/s, its 1x1 projection at 24); the phases' stride-1 input gradients
-        # skip them (140 and 47; experiments/benchmarks/conv_benchmark.py).
+        # dilated with zeros, computing every product with a zero; the phases' stride-1 input
+        # gradients skip them.
         _, vjp = jax.vjp(lambda x_: _phase_convolutions(x_, w, strides, padding, precision), x)
         return vjp(dy)[0]
     ndim = x.ndim
@@ -145,8 +143,8 @@ def _kernel_gradient(x, w, dy, strides, padding, rhs_dilation, precision):
     spatial = tuple(range(1, ndim - 1))
     if all(k == 1 for k in w.shape[:-2]):
         # A pointwise kernel's gradient is one product of the (strided) inputs and the output
-        # gradient over batch and positions: as a convolution, XLA's CPU backend ran ResNet-18's
-        # 1x1 projections at 24-120 GFLOP/s, as a product at 200 and more.
+        # gradient over batch and positions, which XLA's CPU backend runs far faster as a
+        # product than as a convolution.
         x = _pad_spatial(x, padding)
         x = lax.slice(
             x,
@@ -215,18 +213,14 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
 
     # Chunks of 16 examples (a loop, one chunk's gradients at a time): their operands, and the
     # transposed copies the kernel gradient makes of them, stay in the caches, where a whole
-    # batch streams through this VM's ~7 GB/s memory. ResNet-18 at batch 128, backward pass
-    # (both gradients) of a 32x32x64 3x3 layer 101 -> 74 ms, 16x16x128 59 -> 50, the stem's
-    # 12 -> 4; layers whose kernel outweighs a chunk's input (8x8x256 and smaller) were slower
-    # chunked (47 -> 50, 4x4x512 47 -> 67 ms), as the kernel's gradient is then written and
-    # its kernel read once per chunk (experiments/benchmarks/conv_benchmark.py, 2026-11-27);
-    # so were the quickstart CNN's small layers, whose operands fit in the caches anyway (train
-    # step 43.6 -> 46.1 ms): hence BACKWARD_CHUNK_MIN_BYTES.
+    # batch would stream through main memory. Layers whose kernel outweighs a chunk's input are
+    # slower chunked, as the kernel's gradient is then written and its kernel read once per
+    # chunk; so are small layers whose operands fit in the caches anyway: hence
+    # BACKWARD_CHUNK_MIN_BYTES (measurements in docs/speed.md).
     # Chunk c holds examples c, c + chunks, c + 2 chunks, ...: the batch axis stays whole
     # (axis 0 of the (examples per chunk, chunks, ...) view), so a batch sharded over devices
     # keeps its sharding and every device computes its share of every chunk. Consecutive
-    # examples as chunks put each chunk on one device and serialised them (ResNet-18 on a
-    # 2-device mesh: 2.0 -> 2.2 s).
+    # examples as chunks would put each chunk on one device and serialise them.
     xs = x.reshape(-1, chunks, *x.shape[1:])
     dys = dy.reshape(-1, chunks, *dy.shape[1:])
 

@@ -7,9 +7,8 @@ added into (in, 4H) and (H, 4H) buffers. `lstm_sequence`'s backward loop carries
 gradients and stacks the pre-activation gradients dz_t, one product dz_t·W_hᵀ per step; the
 weight, bias and input gradients are then single products over all T·B rows at once. The
 forward loop is the cell's step (`lstm_update`, which `nets.layers.recurrent.LSTMCell` also runs),
-keeping the gate activations, the previous c and the previous h for the backward pass. Measured on
-the 2-core CPU (T=128, B=64, H=512, input 128, float32, interleaved runs): the benchmark's LSTM
-language-model train step 0.69 -> 0.58 s (median), a bare layer's fwd+bwd 0.54 -> 0.47 s.
+keeping the gate activations, the previous c and the previous h for the backward pass (what
+it gains on the CPU: docs/speed.md).
 
 Low precision: weights are cast to `dtype` once, products accumulate in float32 (as
 `nets.kernels.mixed_precision`), the state and the gate arithmetic stay float32; the weight
@@ -34,7 +33,7 @@ def lstm_update(
     """One LSTM step from the previous cell state c (float32) and the input x and previous
     hidden state h, both already in the compute dtype of the weights. Returns (c', h', gates),
     gates = (i, f, g, o), each (..., H) float32 (kept apart: concatenating them for the backward
-    pass cost 6% of the language model's train step)."""
+    pass measured slower)."""
     z = (matmul(x, w_x) + matmul(h, w_h) + b).astype(c.dtype)
     z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jnp.tanh(z_g), jax.nn.sigmoid(z_o)

@@ -1,10 +1,10 @@
 """Low-precision products that accumulate in float32: the dense layers every model uses.
 
 With `dtype=jnp.bfloat16` a model multiplies bfloat16 activations by bfloat16 weights. Asked for
-a bfloat16 result, XLA's CPU backend converts both operands to float32 and multiplies there
-(measured on the 2-core AVX-512 machine: 167 GFLOP/s for a 2048^3 product, below float32's 190);
-asked for a float32 result (`preferred_element_type`), it runs the chip's bfloat16 dot-product
-instructions (AVX512-BF16 through YNNPACK: 370 GFLOP/s). GPUs and TPUs accumulate in float32
+a bfloat16 result, XLA's CPU backend converts both operands to float32 and multiplies there,
+slower than a float32 product; asked for a float32 result (`preferred_element_type`), it runs
+the chip's bfloat16 dot-product instructions (AVX512-BF16 through YNNPACK), about twice as fast
+(docs/speed.md). GPUs and TPUs accumulate in float32
 either way, so asking for it costs them nothing, and the sums of long dot products keep
 float32's precision on every backend.
 

@@ -1,8 +1,8 @@
 """2-D convolutions on oneDNN for JAX's CPU backend: the kernels PyTorch's CPU convolutions run.
 
-XLA's CPU backend runs convolutions on Eigen's kernels (or YNNPACK's, slower here): ResNet-18's
-32x32x64 3x3 layers at ~0.6x the speed of oneDNN's, its whole set of convolutions 1.2-1.3 s per
-train step against PyTorch's 0.93 s (experiments/benchmarks/conv_benchmark.py). This module
+XLA's CPU backend runs convolutions on Eigen's kernels (or YNNPACK's), which are slower than
+oneDNN's on a ConvNet's layers (experiments/benchmarks/conv_benchmark.py times each pass;
+docs/speed.md). This module
 compiles nets/kernels/native/onednn_conv.cc (three XLA FFI handlers: forward pass, input gradient,
 kernel gradient) against the oneDNN wheel (`onednn-cpu-gomp`, a dependency on x86-64 Linux) and
 jaxlib's FFI headers, once per source/jaxlib version, into a cache directory, and gives

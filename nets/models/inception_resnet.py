@@ -1,6 +1,6 @@
 """Inception-ResNet-v2 (Szegedy, Ioffe, Vanhoucke & Alemi 2016), timm's layout.
 
-The Inception v3 stem (see `nets.models.inception.InceptionV3Stem`), then Mixed_5b
+The Inception v3 stem (`nets.layers.inception_blocks.InceptionV3Stem`), then Mixed_5b
 (an Inception-A-like block to 320 channels) and three stages of residual
 Inception blocks separated by grid reductions: 10 x Block35 on the 35x35 grid,
 Mixed_6a (-> 17x17, 1088 channels), 20 x Block17, Mixed_7a (-> 8x8, 2080
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
-from nets.models.inception import (
+from nets.layers.inception_blocks import (
     InceptionBlock,
     InceptionV3Stem,
     check_inception_fields,

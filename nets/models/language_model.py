@@ -22,8 +22,8 @@ For a `RecurrentLM` it reads the prompt once and then feeds one token per step w
 (O(1) work per token). For a `TransformerLM` it recomputes the forward pass over the visible
 context for every new token: `EncoderBlock` builds its `MultiHeadAttention` without
 `decode=True`, so the KV cache cannot be reached through it. At character scale this is
-affordable (three 400-character samples from the 2-block, d = 128 model: 7 s on the busy
-2-core CPU, against 0.1 s for a GRU carrying its state), and past `max_length` the window
+affordable (seconds for a few samples from the 2-block, d = 128 model, though far slower than a
+GRU carrying its state), and past `max_length` the window
 simply slides, as in training, where every window starts at position 0. A `decode` field on
 `EncoderBlock` passed to its attention would allow a cached sampler.
 """

@@ -91,8 +91,8 @@ def _xla_flops_of_jaxpr(closed: Any) -> float:
 
 @functools.cache
 def xla_counts_loop_body_once() -> bool:
-    """Whether this XLA's cost analysis counts a loop body once whatever the trip count (so
-    with jaxlib 0.10.2, where this was written): a scan of 4 and of 8 matrix products compared."""
+    """Whether this XLA's cost analysis counts a loop body once whatever the trip count: a scan
+    of 4 and of 8 matrix products compared."""
 
     def product_chain(length: int) -> float:
         def chain(x: jax.Array, w: jax.Array) -> jax.Array:

@@ -1,5 +1,6 @@
 // 2-D convolutions (forward, input gradient, kernel gradient) on oneDNN, as XLA FFI handlers for
-// JAX's CPU backend: nets/onednn_conv.py builds this file, registers the handlers and calls them.
+// JAX's CPU backend: nets/kernels/onednn_conv.py builds this file, registers the handlers and
+// calls them.
 //
 // Layouts are JAX's channels-last ones: inputs (N, H, W, C), kernels (KH, KW, C, O), outputs
 // (N, OH, OW, O). oneDNN reads and writes activations in that (nhwc) layout and picks its own
@@ -26,7 +27,7 @@
 #include "xla/ffi/api/ffi.h"
 
 #if DNNL_VERSION_MAJOR < 3
-#error "nets/native/onednn_conv.cc needs oneDNN 3 or newer"
+#error "nets/kernels/native/onednn_conv.cc needs oneDNN 3 or newer"
 #endif
 
 namespace ffi = xla::ffi;
