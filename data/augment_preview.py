@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+from train import cli
+
 DEFAULT_OPS = (
     'rotate,translate,scale,flip_lr,shear,stretch,random_resized_crop,brightness,contrast,'
     'gaussian_noise,gaussian_blur,cutout,random_erasing,randaugment,mixup,cutmix'
@@ -253,4 +255,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

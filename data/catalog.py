@@ -60,6 +60,10 @@ class DatasetNotPreparedError(RuntimeError):
     """The dataset is not on disk under the data dir in array_record format."""
 
 
+class UnknownDatasetError(ValueError):
+    """No local builder and no TFDS catalogue entry has this name."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What a model and trainer need to know about a prepared dataset.
@@ -112,7 +116,7 @@ def get_builder(
         try:
             tfds.builder_cls(_base_name(name))
         except tfds.core.registered.DatasetNotFoundError:
-            raise ValueError(
+            raise UnknownDatasetError(
                 f'Unknown dataset {name!r}. Local datasets: {", ".join(list_datasets())}. '
                 'Any TFDS catalogue name (e.g. mnist, cifar10, imagenet2012) also works once '
                 'it is prepared in array_record format under the data dir.'

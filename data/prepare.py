@@ -2,6 +2,7 @@
 
     python -m data.prepare --datasets=fashion_mnist,mnist5k,digits,mnist1d,mnist1d_shuffled \
         --data_dir=DIR [--fashion_mnist_dir=DIR_WITH_IDX_FILES]
+    python -m data.prepare imagenet_standin imagenet_standin/large   # names as arguments
 
 Idempotent: prepared datasets are reported and skipped. Also computes the
 train-split mean/std cached next to the data (see data.catalog.dataset_info).
@@ -17,6 +18,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from data import catalog
+from train import cli
 
 
 def prepare(
@@ -28,7 +30,7 @@ def prepare(
 ) -> dict[str, catalog.DatasetInfo]:
     """Prepares each local dataset (skipping prepared ones) and returns its DatasetInfo."""
     names = list(names) if names is not None else catalog.list_datasets()
-    unknown = [n for n in names if n not in catalog.LOCAL_DATASETS]
+    unknown = [n for n in names if not catalog.is_local(n)]
     if unknown:
         raise ValueError(
             f'Cannot prepare {", ".join(unknown)} offline; local datasets: '
@@ -71,15 +73,17 @@ def _define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    if len(argv) > 1 and flags.FLAGS['datasets'].present:
+        raise app.UsageError(f'Name the datasets either as arguments or with --datasets: {argv}')
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # TFDS INFO lines bury the summary.
     prepare(
-        flags.FLAGS.datasets, flags.FLAGS.data_dir, fashion_mnist_dir=flags.FLAGS.fashion_mnist_dir
+        argv[1:] or flags.FLAGS.datasets,
+        flags.FLAGS.data_dir,
+        fashion_mnist_dir=flags.FLAGS.fashion_mnist_dir,
     )
 
 
 if __name__ == '__main__':
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -15,9 +15,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 import data
+from tests import nan_model
 from train import loop
 from train.checkpointing import load_checkpoint
 from train.config import ConfigError, default_config, model_config
+from train.progress import NonFiniteError
 from train.sharding import host_to_global, make_mesh
 from train.steps import init_train_state, make_train_step
 from train.tasks import create_task
@@ -171,7 +173,7 @@ def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
 
 def test_sigterm_checkpoints_exits_cleanly_and_the_same_command_continues(digits_dir, tmp_path):
     """A preemption notice mid-run: a checkpoint at the current step (none was due), exit code
-    0, and the rerun restores it and finishes."""
+    75 (preempted, rerun me), and the rerun restores it and finishes."""
     overrides = [
         f'--config.dataset.data_dir={digits_dir}',
         '--config.num_steps=1000',
@@ -197,7 +199,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_the_same_command_continues(digits
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == 75, stderr[-3000:]
     assert 'preempted (SIGTERM)' in stdout
     saved = ocp.CheckpointManager(tmp_path / 'run' / 'checkpoints').all_steps()
     assert len(saved) == 1 and 20 <= saved[0] < 1000, saved
@@ -208,23 +210,23 @@ def test_sigterm_checkpoints_exits_cleanly_and_the_same_command_continues(digits
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(digits_dir, tmp_path):
-    config = tiny_config(digits_dir, num_steps=40)
-    config.optimizer.name = 'sgd'
-    config.optimizer.learning_rate = 1e30  # diverges within a few steps
-    config.model = model_config('mlp', depth=1, width=32)
-    with pytest.raises(loop.NonFiniteError, match=r'non-finite .* at step \d+'):
-        loop.train_and_evaluate(config, tmp_path)
-    for step in ocp.CheckpointManager(tmp_path / 'checkpoints').all_steps():
+    with nan_model.registered() as name:
+        config = tiny_config(digits_dir, num_steps=40)
+        config.model = model_config(name, nan_from_step=10)
+        with pytest.raises(NonFiniteError, match=r'non-finite loss .* at step 10'):
+            loop.train_and_evaluate(config, tmp_path)
+    steps = ocp.CheckpointManager(tmp_path / 'checkpoints').all_steps()
+    assert steps == [4, 8]
+    for step in steps:
         params = load_checkpoint(tmp_path / 'checkpoints', step)['params']
         assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 
 def test_nan_skip_policy_keeps_parameters_finite(digits_dir, tmp_path):
-    config = tiny_config(digits_dir, num_steps=8, nonfinite='skip')
-    config.optimizer.name = 'sgd'
-    config.optimizer.learning_rate = 1e30
-    config.model = model_config('mlp', depth=1, width=32)
-    summary = loop.train_and_evaluate(config, tmp_path)
+    with nan_model.registered() as name:
+        config = tiny_config(digits_dir, num_steps=8, nonfinite='skip')
+        config.model = model_config(name, nan_from_step=5)
+        summary = loop.train_and_evaluate(config, tmp_path)
     assert summary['step'] == 8
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(final_params(tmp_path)))
 
@@ -402,3 +404,18 @@ def test_training_with_on_device_augmentation_and_mixing(digits_dir, tmp_path):
     bad.augment = ({'op': 'rotat'},)
     with pytest.raises(ConfigError, match="config.augment.*'rotat'.*'rotate'"):
         loop.train_and_evaluate(bad, tmp_path / 'bad')
+
+
+def test_profile_steps_trace_the_window_and_training_is_unchanged(digits_dir, tmp_path):
+    profiled = loop.train_and_evaluate(
+        tiny_config(digits_dir, num_steps=6, profile_steps=(2, 4)), tmp_path / 'profiled'
+    )
+    plain = loop.train_and_evaluate(tiny_config(digits_dir, num_steps=6), tmp_path / 'plain')
+    assert len(list((tmp_path / 'profiled' / 'profile').rglob('*.xplane.pb'))) == 1
+    assert not (tmp_path / 'plain' / 'profile').exists()
+    assert profiled['eval'] == plain['eval']
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        final_params(tmp_path / 'profiled'),
+        final_params(tmp_path / 'plain'),
+    )

@@ -1,19 +1,23 @@
-"""Checkpoints with orbax: the train state and the data iterator's position, saved together.
+"""Checkpoints with orbax: the train state, the data iterator's position and the open window of
+train metrics, saved together; every step sealed as soon as it is written.
 
-A checkpoint is `<workdir>/checkpoints/<step>/{state,data}`. Orbax writes each step to a
-temporary folder and renames it when complete, so an interrupted write is never listed as a step.
-Once a save has finished, process 0 seals it: `integrity.json` lists every file's size and
-CRC-32. Restoring tries the newest step first and skips, with a warning, one whose files no
-longer match its seal or that fails to load while unsealed (killed between the rename and the
-seal); the skipped folder is moved to `corrupt-<step>-<time>` (kept for inspection, never
-loaded) and the next older checkpoint is used. A sealed, intact checkpoint that fails to load
-is not corruption (the config changed): that raises.
+A checkpoint is `<workdir>/checkpoints/<step>/{state,data,window}`. Orbax writes each step to a
+temporary folder and renames it when complete, so an interrupted write is never listed as a
+step. The moment a save is finalised, process 0 seals it: `integrity.json` lists every file's
+size and CRC-32, written to a temporary file, fsynced and renamed (a seal is complete or
+absent). Only sealed steps are trusted: restoring tries the newest step first and moves aside,
+with a warning, one that has no seal (the process died between the save and the seal), a seal
+that cannot be read, or files that no longer match their seal; such a folder becomes
+`corrupt-<step>-<time>` (kept for inspection, never loaded) and the next older step is used.
+A sealed, intact step that fails to load is not corruption (the config changed): that raises
+`CheckpointMismatch`.
 Restoring puts every array back on the mesh with the sharding of the freshly initialised state.
 """
 
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import time
 import zlib
@@ -27,14 +31,29 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 INTEGRITY_FILE = 'integrity.json'
+WINDOW_ITEM = 'window'
+# Suffix of the folder orbax writes a step into before renaming it to the step number.
+_ORBAX_TEMPORARY = '.orbax-checkpoint-tmp'
+
+
+class CheckpointMismatch(ValueError):
+    """An intact checkpoint that does not fit this run's state (the config changed)."""
+
+
+# Orbax's bookkeeping, rewritten as it commits a step (after the seal): not sealed; the step
+# metadata is checked to be readable JSON instead.
+_COMMIT_FILES = ('_CHECKPOINT_METADATA', 'commit_success.txt')
 
 
 def file_digests(step_dir: Path) -> dict[str, list[int]]:
-    """Relative path -> [size, CRC-32] of every file of a checkpoint step (the seal excluded)."""
+    """Relative path -> [size, CRC-32] of every file of a checkpoint step (the seal and orbax's
+    commit bookkeeping excluded)."""
     digests = {}
     for path in sorted(p for p in step_dir.rglob('*') if p.is_file()):
         relative = path.relative_to(step_dir).as_posix()
-        if relative == INTEGRITY_FILE:
+        if relative in (*_COMMIT_FILES, INTEGRITY_FILE) or relative.startswith(
+            f'{INTEGRITY_FILE}.'
+        ):
             continue
         crc = 0
         with path.open('rb') as f:
@@ -45,9 +64,23 @@ def file_digests(step_dir: Path) -> dict[str, list[int]]:
 
 
 def seal_problem(step_dir: Path) -> str | None:
-    """Why a sealed checkpoint no longer matches its seal (None: intact). Raises
-    FileNotFoundError when the step has no seal."""
-    sealed = json.loads((step_dir / INTEGRITY_FILE).read_text())
+    """Why a step cannot be trusted (None: sealed and intact): no seal, a seal that cannot be
+    read, or files that differ from it."""
+    seal = step_dir / INTEGRITY_FILE
+    if not seal.exists():
+        return 'not sealed: the run stopped between writing it and sealing it'
+    try:
+        sealed = json.loads(seal.read_text())
+        if not isinstance(sealed, dict):
+            raise ValueError('not a JSON object')
+    except (ValueError, OSError) as error:
+        return f'its seal {INTEGRITY_FILE} is damaged ({error})'
+    metadata = step_dir / _COMMIT_FILES[0]
+    if metadata.exists():
+        try:
+            json.loads(metadata.read_text())
+        except (ValueError, OSError) as error:
+            return f'its {metadata.name} is damaged ({error})'
     found = file_digests(step_dir)
     missing = sorted(set(sealed) - set(found))
     if missing:
@@ -58,6 +91,35 @@ def seal_problem(step_dir: Path) -> str | None:
     return None
 
 
+def _write_durably(path: Path, text: str) -> None:
+    """Writes `path` so that after a crash it is either complete or absent."""
+    temporary = path.with_name(f'{path.name}.tmp')
+    with open(temporary, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class _QuietOrbax:
+    """Silences orbax's own error log lines while a restore is tried (its failure is reported
+    once, summarised, by the caller)."""
+
+    def __enter__(self):
+        self._logger = std_logging.getLogger('absl')
+        self._level = self._logger.level
+        self._logger.setLevel(std_logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+
+
 class Checkpointer:
     """Keeps the newest `keep` checkpoints of a run under `directory`."""
 
@@ -65,10 +127,15 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=True,
+                async_options=ocp.AsyncOptions(post_finalization_callback=self._seal_unsealed),
+            ),
             item_handlers={
                 'state': ocp.StandardCheckpointHandler(),
                 'data': grain.checkpoint.CheckpointHandler(),
+                WINDOW_ITEM: ocp.JsonCheckpointHandler(),
             },
         )
 
@@ -76,86 +143,109 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iterator: Any) -> None:
-        """Starts an (asynchronous) save; device arrays are copied before this returns, so the
-        state may be donated to the next step right away."""
+    def sealed_steps(self) -> list[int]:
+        """Steps whose seal is present (not verified), oldest first."""
+        return sorted(
+            int(d.name)
+            for d in self.directory.iterdir()
+            if d.name.isdigit() and (d / INTEGRITY_FILE).exists()
+        )
+
+    def save(
+        self, step: int, state: Any, data_iterator: Any, window: dict[str, Any] | None = None
+    ) -> None:
+        """Starts an (asynchronous) save of the state, the data position and the open metrics
+        `window`; device arrays are copied before this returns, so the state may be donated to
+        the next step right away. The step is sealed as soon as orbax finalises it."""
         if step in self._manager.all_steps():
             return
-        self._seal_finished()
         self._manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=grain.checkpoint.CheckpointSave(data_iterator),
+                **{WINDOW_ITEM: ocp.args.JsonSave(window or {})},
             ),
             force=True,
         )
 
-    def _seal_finished(self) -> None:
-        """Waits for the save in flight, then seals every finished step not yet sealed."""
-        self._manager.wait_until_finished()
-        if jax.process_index() != 0:
+    def _seal_unsealed(self) -> None:
+        """Seals every complete step that has no seal yet (process 0). Orbax calls this when a
+        save is finalised, just before it renames the step's temporary folder to its final
+        name, so the step appears already sealed; `wait` and `close` call it too."""
+        if jax.process_index() != 0 or not self.directory.is_dir():
             return
-        for step in self._manager.all_steps():
-            step_dir = self.directory / str(step)
+        for step_dir in self.directory.iterdir():
+            step_name = step_dir.name.split('.', 1)[0]
+            finalised = step_dir.name.isdigit() or step_dir.name.startswith(
+                f'{step_name}{_ORBAX_TEMPORARY}'
+            )
             seal = step_dir / INTEGRITY_FILE
-            if step_dir.is_dir() and not seal.exists():
-                temporary = seal.with_suffix('.tmp')
-                temporary.write_text(json.dumps(file_digests(step_dir)))
-                os.replace(temporary, seal)  # atomic: a seal is complete or absent
+            if not (step_name.isdigit() and finalised and step_dir.is_dir()) or seal.exists():
+                continue
+            try:
+                _write_durably(seal, json.dumps(file_digests(step_dir)))
+            except FileNotFoundError:  # a step orbax is renaming or deleting (max_to_keep)
+                continue
 
     def _quarantine(self, step: int, reason: str) -> None:
-        """Moves a corrupt step out of orbax's sight (kept on disk, never loaded again)."""
+        """Moves an untrusted step out of orbax's sight (kept on disk, never loaded again)."""
         target = self.directory / f'corrupt-{step}-{int(time.time())}'
         logging.warning(
-            'checkpoint of step %d in %s is incomplete or corrupt (%s): skipped, '
-            'moved to %s; resuming from the next older checkpoint',
+            'checkpoint of step %d in %s cannot be trusted (%s): skipped, moved to %s; '
+            'resuming from the next older checkpoint',
             step,
             self.directory,
             reason,
             target.name,
         )
+        if jax.process_count() > 1:  # every process has looked at it before it moves
+            multihost_utils.sync_global_devices(f'checked checkpoint {step}')
         if jax.process_index() == 0:
             os.replace(self.directory / str(step), target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f'quarantined checkpoint {step}')
         self._manager.reload()
 
-    def restore_latest(self, state_like: Any, data_iterator: Any) -> Any | None:
-        """The newest intact checkpoint's state (on `state_like`'s shardings), with
-        `data_iterator` moved to where it was. None when the run has no intact checkpoint."""
+    def restore_latest(
+        self, state_like: Any, data_iterator: Any
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """(state on `state_like`'s shardings, saved metrics window) of the newest trusted
+        checkpoint, with `data_iterator` moved to where it was; None when there is none."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
         for step in sorted(self._manager.all_steps(), reverse=True):
             step_dir = self.directory / str(step)
-            sealed = (step_dir / INTEGRITY_FILE).exists()
-            problem = seal_problem(step_dir) if sealed else None
-            if problem is None:
-                try:
-                    restored = self._manager.restore(
-                        step,
-                        args=ocp.args.Composite(
-                            state=ocp.args.StandardRestore(abstract),
-                            data=grain.checkpoint.CheckpointRestore(data_iterator),
-                        ),
-                    )
-                except Exception as error:  # noqa: BLE001 - any failure of an unsealed step
-                    if sealed:
-                        raise ValueError(
-                            f'checkpoint of step {step} in {self.directory} is intact but does '
-                            f'not fit this run (was the config changed?): {error}'
-                        ) from error
-                    problem = f'unsealed and unreadable: {type(error).__name__}: {error}'
-                else:
-                    logging.info('Restored checkpoint of step %d from %s', step, self.directory)
-                    return restored['state']
-            self._quarantine(step, problem)
+            problem = seal_problem(step_dir)
+            if problem is not None:
+                self._quarantine(step, problem)
+                continue
+            items = {
+                'state': ocp.args.StandardRestore(abstract),
+                'data': grain.checkpoint.CheckpointRestore(data_iterator),
+            }
+            if (step_dir / WINDOW_ITEM).exists():
+                items[WINDOW_ITEM] = ocp.args.JsonRestore()
+            try:
+                with _QuietOrbax():
+                    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            except Exception as error:  # noqa: BLE001 - a sealed, intact step that does not fit
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ''
+                raise CheckpointMismatch(
+                    f'checkpoint of step {step} in {self.directory} is intact but does not fit '
+                    f'this run: {type(error).__name__}: {first_line[:300]}'
+                ) from error
+            logging.info('Restored checkpoint of step %d from %s', step, self.directory)
+            window = restored[WINDOW_ITEM] if WINDOW_ITEM in items else {}
+            return restored['state'], dict(window or {})
         return None
 
     def wait(self) -> None:
-        self._seal_finished()
+        """Waits for the save in flight (and seals it)."""
+        self._manager.wait_until_finished()
+        self._seal_unsealed()
 
     def close(self) -> None:
-        self._seal_finished()
+        self.wait()
         self._manager.close()
 
 
@@ -164,11 +254,15 @@ def load_checkpoint(directory: str | Path, step: int | None = None) -> dict[str,
     config needed, whatever mesh or host count wrote it): for analysis, export and tests.
     `step=None` takes the newest."""
     directory = Path(directory).absolute()
-    with ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={'state': ocp.StandardCheckpointHandler()},
-    ) as manager:
+    # Only the state is read: orbax's notes about the other items (data, window) are noise here.
+    with (
+        _QuietOrbax(),
+        ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(read_only=True),
+            item_handlers={'state': ocp.StandardCheckpointHandler()},
+        ) as manager,
+    ):
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f'no checkpoint in {directory}')

@@ -17,7 +17,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 import nets
-from train import runtime
+from train import profiling, runtime
 from train.optim import OPTIMIZERS, check_optimizer_keys
 from train.tasks import TASKS, task_class
 
@@ -101,6 +101,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
     config.optimizer.agc_clip = 0.0  # adaptive gradient clipping (NFNets), 0 = off
     config.optimizer.agc_eps = 1e-3
+    # Per-parameter rules (train/param_rules.py), regexes matched against the whole parameter
+    # path ('conv1/kernel'), the first matching rule deciding: (regex, factor) pairs scaling the
+    # learning rate, e.g. (('.*/offset/.*', 0.1),); parameters that weight decay and L1 skip
+    # (besides biases and norm scales); parameters AGC skips (the classifier). A rule that
+    # matches no parameter is an error when the optimiser is initialised.
+    config.optimizer.lr_multipliers = ()
+    config.optimizer.weight_decay_exclude = ()
+    config.optimizer.agc_exclude = ('head/.*',)
 
     config.schedule = ml_collections.ConfigDict()
     config.schedule.name = 'warmup_cosine'
@@ -124,7 +132,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.early_stopping.min_delta = 0.0
 
     config.nonfinite = 'stop'  # on a NaN/Inf loss or gradient: stop, or skip that update
+    # With 'skip': this many updates skipped in a row stop the run (it is not learning).
+    config.nonfinite_max_skips = 20
     config.pictures = True
+    # Steps start..stop-1 traced with jax.profiler into <workdir>/profile (train/profiling.py);
+    # (-1, -1): no trace.
+    config.profile_steps = (-1, -1)
 
     # Hardware choices (train/runtime.py): device split, XLA flags, kernels, allocator,
     # micro-batches; resolved per run and recorded in config.json and summary.json.
@@ -320,6 +333,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     try:
         check_optimizer_keys(config.optimizer)
         runtime.check_block(config.runtime)
+        profiling.check_profile_steps(config.profile_steps)
     except ValueError as error:
         raise ConfigError(str(error)) from error
     _check_choice(
@@ -370,11 +384,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive(
         'config.early_stopping.min_delta', config.early_stopping.min_delta, allow_zero=True
     )
-    if config.num_steps <= 0 and config.num_epochs <= 0:
+    for key in ('num_steps', 'eval_every_steps', 'checkpoint_every_steps'):
+        if config[key] != -1 and config[key] <= 0:
+            meaning = 'use num_epochs' if key == 'num_steps' else 'once per epoch'
+            raise ConfigError(
+                f'config.{key}={config[key]} is not valid; use a number of steps > 0, '
+                f'or -1 ({meaning})'
+            )
+    if config.num_steps == -1 and config.num_epochs <= 0:
         raise ConfigError(
-            'set config.num_epochs > 0 or config.num_steps > 0; '
-            f'got num_epochs={config.num_epochs}, num_steps={config.num_steps}'
+            f'config.num_epochs={config.num_epochs} is not valid with config.num_steps=-1; '
+            'set num_epochs > 0 or num_steps > 0'
         )
+    _check_positive('config.nonfinite_max_skips', config.nonfinite_max_skips)
+    _check_learning_rate(config.optimizer)
     if not 0.0 <= config.schedule.end_factor <= 1.0:
         raise ConfigError(
             f'config.schedule.end_factor must be in [0, 1], got {config.schedule.end_factor}'
@@ -395,6 +418,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.optimizer.eps is not None:
         _check_positive('config.optimizer.eps', config.optimizer.eps)
     _check_task_blocks(config)
+
+
+# Above these a learning rate diverges for any model this trainer builds: adaptive optimisers
+# normalise the step, so their rate is a step size in parameter units; plain SGD's scales a
+# gradient that can be small.
+MAX_LEARNING_RATE = {'adaptive': 1.0, 'sgd': 100.0}
+_ADAPTIVE_OPTIMIZERS = ('adam', 'adamw', 'rmsprop')
+
+
+def _check_learning_rate(optimizer: ml_collections.ConfigDict) -> None:
+    family = 'adaptive' if optimizer.name in _ADAPTIVE_OPTIMIZERS else 'sgd'
+    limit = MAX_LEARNING_RATE[family]
+    if optimizer.learning_rate > limit:
+        raise ConfigError(
+            f'config.optimizer.learning_rate={optimizer.learning_rate} is out of range for '
+            f'optimizer {optimizer.name!r}: valid (0, {limit:g}]'
+        )
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -33,32 +31,17 @@ from nets.kernels import switch
 from train import config as config_lib
 from train import pictures
 from train import runtime as runtime_lib
-from train.checkpointing import Checkpointer
+from train.checkpointing import Checkpointer, CheckpointMismatch
 from train.early_stopping import EarlyStopping
 from train.metrics_writer import MetricWriter
 from train.optim import plateau_scale
+from train.profiling import StepProfiler
+from train.progress import NonFiniteError, NonFiniteWatch, Preemption, TrainWindow, finite_or_none
 from train.sharding import check_batch_divides, fetch, host_to_global, make_mesh
 from train.state import TrainState
 from train.steps import init_train_state, make_eval_step, make_train_step
 from train.tasks import Task, task_from_config
-
-
-class NonFiniteError(FloatingPointError):
-    """A NaN or Inf appeared in training; the message names the step and the quantity."""
-
-
-def check_workdir(workdir: Path) -> None:
-    """Fails early, with the reason, when the run could not write its results."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        # One probe per process: on a pod every host checks the same shared workdir at once.
-        probe = workdir / f'.write_probe.{jax.process_index()}.{os.getpid()}'
-        probe.write_text('ok')
-        probe.unlink()
-    except OSError as error:
-        raise config_lib.ConfigError(
-            f'workdir {str(workdir)!r} is not writable: {error}'
-        ) from error
+from train.workdir import check_workdir, mismatch_message, write_run_config
 
 
 def check_model_fits(
@@ -71,10 +54,10 @@ def check_model_fits(
     try:
         jax.eval_shape(task.init_variables, jax.random.PRNGKey(0))
     except (ValueError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise config_lib.ConfigError(
-            f'model {config.model.name!r} with {config_lib.model_kwargs(config)} cannot run on '
-            f'examples of shape {tuple(example_shape)} from data set '
-            f'{config.dataset.name!r}: {error}'
+            f'{reason} (model {config.model.name!r} on examples of shape '
+            f'{tuple(example_shape)} from data set {config.dataset.name!r})'
         ) from error
 
 
@@ -98,59 +81,26 @@ def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo):
     return nets.create(config.model.name, **kwargs, dtype=jax.numpy.dtype(config.dtype))
 
 
-class _SigtermFlag:
-    """Turns SIGTERM (a preemption notice) into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        logging.warning('SIGTERM received: checkpointing and exiting after this step')
-        self.raised = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _evaluate(
-    eval_step, state: TrainState, task, eval_source, batch_size: int, mesh
+def evaluate_state(
+    eval_step, state: TrainState, task, eval_source, batch_size: int, mesh, ema_params: Any = None
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    totals = None
-    for host_batch in data.eval_batches(eval_source, global_batch_size=batch_size):
-        sums = eval_step(state, host_to_global(host_batch, mesh))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = fetch(totals)
-    return task.summarize(totals), totals
+    """The task's metrics of `state` on `eval_source` (and the summed quantities they come
+    from); with `ema_params` the moving average is evaluated beside the raw weights, its
+    metrics prefixed 'ema_'. The loop and `train.evaluate` both evaluate through this."""
 
+    def run(params_state: TrainState):
+        totals = None
+        for host_batch in data.eval_batches(eval_source, global_batch_size=batch_size):
+            sums = eval_step(params_state, host_to_global(host_batch, mesh))
+            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+        totals = fetch(totals)
+        return task.summarize(totals), totals
 
-def _check_finite(
-    step_metrics: list[dict[str, np.ndarray]], first_step: int, skip_nonfinite: bool
-) -> None:
-    for offset, metrics in enumerate(step_metrics):
-        step = first_step + offset
-        for flag, quantity in (('loss_finite', 'loss'), ('grads_finite', 'gradient norm')):
-            if not bool(metrics[flag]):
-                value = metrics['loss'] if quantity == 'loss' else metrics['grad_norm']
-                if skip_nonfinite:
-                    logging.warning(
-                        'step %d: non-finite %s (%s); update skipped', step, quantity, value
-                    )
-                    break
-                raise NonFiniteError(
-                    f'non-finite {quantity} ({value}) at step {step}; training '
-                    'stopped, the last good checkpoint is kept. Lower the '
-                    'learning rate, clip gradients (optimizer.grad_clip_norm) or '
-                    "set config.nonfinite='skip'."
-                )
+    metrics, sums = run(state)
+    if ema_params is not None:
+        ema_metrics, _ = run(state.replace(params=ema_params))
+        metrics.update({f'ema_{key}': value for key, value in ema_metrics.items()})
+    return metrics, sums
 
 
 def train_and_evaluate(
@@ -251,9 +201,14 @@ def _train_and_evaluate(
         )
     data_iterator = iter(loader)
     checkpointer = Checkpointer(workdir / 'checkpoints', keep=config.keep_checkpoints)
-    restored = checkpointer.restore_latest(state, data_iterator)
+    try:
+        restored = checkpointer.restore_latest(state, data_iterator)
+    except CheckpointMismatch as error:
+        checkpointer.close()
+        raise config_lib.ConfigError(mismatch_message(workdir, config, error)) from error
+    window = TrainWindow()
     if restored is not None:
-        state = restored
+        state, window = restored[0], TrainWindow.from_json(restored[1])
     start_step = int(fetch(state.step))
     writer = MetricWriter(workdir, enabled=is_primary)
     writer.truncate_after(start_step)
@@ -299,18 +254,16 @@ def _train_and_evaluate(
     last_eval_sums: dict[str, np.ndarray] = {}
 
     def evaluate(at_step: int, record: bool = True) -> dict[str, float]:
-        metrics, sums = _evaluate(eval_step, state, task, eval_source, config.eval_batch_size, mesh)
+        metrics, sums = evaluate_state(
+            eval_step,
+            state,
+            task,
+            eval_source,
+            config.eval_batch_size,
+            mesh,
+            ema_params=state.ema_params,
+        )
         last_eval_sums.update(sums)
-        if state.ema_params is not None:  # the moving average, evaluated beside the raw weights
-            ema_metrics, _ = _evaluate(
-                eval_step,
-                state.replace(params=state.ema_params),
-                task,
-                eval_source,
-                config.eval_batch_size,
-                mesh,
-            )
-            metrics.update({f'ema_{key}': value for key, value in ema_metrics.items()})
         if record:
             writer.write(at_step, 'eval', metrics)
         writer.console(at_step, total_steps, 'eval', metrics)
@@ -321,81 +274,103 @@ def _train_and_evaluate(
 
     # 7. Train.
     step = start_step
-    pending: list[dict[str, jax.Array]] = []
-    window_start = time.time()
+    pending: list[dict[str, jax.Array]] = []  # metrics of steps run, not yet fetched
     stop_reason = 'finished' if step >= total_steps else ''
     last_eval: dict[str, float] | None = None
     last_eval_step = -1
-
-    checked: list[dict[str, np.ndarray]] = []  # fetched and found finite, not yet logged
+    nonfinite = NonFiniteWatch(skip_nonfinite, config.nonfinite_max_skips)
+    preemption = Preemption(jax.process_count())
 
     def check_pending() -> None:
-        """Fetches the metrics of the steps run since the last check and stops on a NaN/Inf, so
-        that no evaluation or checkpoint ever sees a spoiled state."""
+        """Fetches the metrics of the steps run since the last check: stops on a NaN/Inf (so no
+        evaluation or checkpoint ever sees a spoiled state), adds them to the open window and
+        reads the processes' agreed preemption flag. Every process calls it at the same steps."""
         nonlocal pending
         if pending:
             fetched = fetch(pending)
-            _check_finite(fetched, step - len(fetched) + 1, skip_nonfinite)
-            checked.extend(fetched)
             pending = []
+            nonfinite.check(fetched, step - len(fetched) + 1)
+            window.add(fetched, task.logged_train_metrics)
+            preemption.agreed_in(fetched)
 
     def log_train_metrics() -> None:
-        """Logs the mean of the train metrics since the last log line."""
-        nonlocal window_start
+        """Writes the open window's means as one train record and starts a new window."""
         check_pending()
-        if not checked:
+        if not window.steps:
             return
-        seconds = time.time() - window_start
-        mean = {
-            key: float(np.mean([m[key] for m in checked]))
-            for key in task.logged_train_metrics
-            if key in checked[0]
-        }
+        seconds = window.seconds()
+        mean = window.means()
         mean['learning_rate'] = float(schedule(step - 1)) * plateau_scale(state.opt_state)
-        mean['examples_per_second'] = len(checked) * config.batch_size / max(seconds, 1e-9)
+        mean['examples_per_second'] = window.steps * config.batch_size / max(seconds, 1e-9)
         mean['epoch'] = step / steps_per_epoch
+        if window.skipped:
+            mean['skipped_updates'] = window.skipped
         writer.write(step, 'train', mean)
-        eta = (total_steps - step) * seconds / len(checked)
+        eta = (total_steps - step) * seconds / window.steps
         writer.console(step, total_steps, 'train', mean, eta_seconds=eta)
-        checked.clear()
-        window_start = time.time()
+        window.reset()
 
-    with _SigtermFlag() as sigterm:
-        while step < total_steps:
-            batch = host_to_global(next(data_iterator), mesh)
-            state, metrics = train_step(state, batch)
-            pending.append(metrics)
-            step += 1
-            at_end = step == total_steps
-            if step % config.log_every_steps == 0 or at_end:
-                log_train_metrics()
-            if step % eval_every == 0 or at_end:
-                check_pending()
-                last_eval, last_eval_step = evaluate(step), step
-                if stopper is not None and stopper.update(step, last_eval):
-                    stop_reason = (
-                        f'early stopping: eval {stopper.metric} has not improved for '
-                        f'{stopper.patience} evaluations (best '
-                        f'{stopper.best_value:.4g} at step {stopper.best_step})'
-                    )
-            if step % checkpoint_every == 0 or at_end or stop_reason or sigterm.raised:
-                check_pending()
-                checkpointer.save(step, state, data_iterator)
-            if sigterm.raised:
-                stop_reason = 'preempted (SIGTERM): checkpoint written, rerun the command to resume'
-            if stop_reason:
-                break
-        stop_reason = stop_reason or 'finished'
+    def save_checkpoint() -> None:
+        check_pending()
+        checkpointer.save(step, state, data_iterator, window=window.to_json())
+        writer.flush()
+
+    profiler = StepProfiler(workdir, *config.profile_steps)  # (-1, -1): off
+    try:
+        with preemption:
+            while step < total_steps:
+                profiler.before_step(step)
+                host_batch = preemption.mark(next(data_iterator))
+                state, metrics = train_step(state, host_to_global(host_batch, mesh))
+                profiler.after_step(step, state)
+                pending.append(metrics)
+                step += 1
+                at_end = step == total_steps
+                if preemption.sync_due(step):
+                    check_pending()
+                if step % config.log_every_steps == 0 or at_end:
+                    log_train_metrics()
+                if step % eval_every == 0 or at_end:
+                    check_pending()
+                    last_eval, last_eval_step = evaluate(step), step
+                    if stopper is not None and stopper.update(step, last_eval):
+                        stop_reason = (
+                            f'early stopping: eval {stopper.metric} has not improved for '
+                            f'{stopper.patience} evaluations (best '
+                            f'{stopper.best_value:.4g} at step {stopper.best_step})'
+                        )
+                if step % checkpoint_every == 0 or at_end or stop_reason or preemption.agreed:
+                    save_checkpoint()
+                if preemption.agreed:
+                    stop_reason = PREEMPTED + ': checkpoint written, rerun the command to resume'
+                if stop_reason:
+                    break
+            stop_reason = stop_reason or 'finished'
+    except NonFiniteError as error:
+        # The save in flight (of a step before the bad one) completes and is sealed first.
+        checkpointer.close()
+        writer.close()
+        sealed = checkpointer.sealed_steps()
+        where = (
+            f'the newest checkpoint is step {sealed[-1]}; a rerun resumes from it'
+            if sealed
+            else 'no checkpoint was written; a rerun starts from step 0'
+        )
+        raise NonFiniteError(f'{error}. {where}') from None
+    finally:
+        profiler.close()  # a run that ended inside the profile window
 
     # 8. Finish.
-    log_train_metrics()
-    checkpointer.save(step, state, data_iterator)
-    if last_eval_step != step and not sigterm.raised:
+    preempted = stop_reason.startswith(PREEMPTED)
+    if not preempted:  # a preempted run keeps its open window in the checkpoint instead
+        log_train_metrics()
+        save_checkpoint()
+    if last_eval_step != step and not preempted:
         # A rerun of a finished run evaluates again for its summary and pictures, but its
         # metrics file already holds that evaluation.
         last_eval, last_eval_step = evaluate(step, record=step != start_step), step
     final = {}
-    if is_primary and not sigterm.raised:
+    if is_primary and not preempted:
         # Metrics too costly or not additive for every evaluation (generated text scored by
         # BLEU), once on the host, from the raw eval split with its strings.
         final = task.final_eval(
@@ -436,7 +411,9 @@ def _train_and_evaluate(
             summary['samples'] = [
                 str(p) for p in task.write_samples(workdir, sampling_variables(state))
             ]
-        (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
+        (workdir / 'summary.json').write_text(
+            json.dumps(finite_or_none(summary), indent=2, allow_nan=False)
+        )
     writer.close()
     logging.info('%s after %d steps; eval %s', stop_reason, step, last_eval)
     return summary
@@ -449,30 +426,8 @@ def sampling_variables(state: TrainState) -> dict[str, Any]:
     return {'params': fetch(params), **fetch(state.model_state)}
 
 
-RESOLVED_RUNTIME_KEY = 'resolved_runtime'
-
-
-def write_run_config(
-    workdir: Path, config: ml_collections.ConfigDict, runtime_record: dict[str, Any]
-) -> None:
-    """config.json: the config as run, plus the resolved runtime under RESOLVED_RUNTIME_KEY."""
-    record = json.loads(config.to_json_best_effort())
-    record[RESOLVED_RUNTIME_KEY] = runtime_record
-    (workdir / 'config.json').write_text(json.dumps(record, indent=2))
-
-
-def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` ran with (config.json without the runtime record)."""
-    path = Path(workdir) / 'config.json'
-    if not path.exists():
-        raise FileNotFoundError(
-            f'{path} not found: {str(workdir)!r} is not a training workdir '
-            '(train one with `python -m train.main --config=... '
-            '--workdir=...`)'
-        )
-    record = json.loads(path.read_text())
-    record.pop(RESOLVED_RUNTIME_KEY, None)
-    return ml_collections.ConfigDict(record)
+# How summary['stop_reason'] of a run stopped by SIGTERM begins (train.main exits EXIT_PREEMPTED).
+PREEMPTED = 'preempted (SIGTERM)'
 
 
 def _write_pictures(

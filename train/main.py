@@ -6,6 +6,9 @@ the same command resumes from the newest checkpoint in the workdir.
 Multi-host (Cloud TPU pods, several GPU hosts): add `--multihost`; on TPU VMs and SLURM
 `jax.distributed.initialize()` finds its peers itself, elsewhere pass `--coordinator_address`,
 `--num_processes` and `--process_id`.
+
+Exit codes (train/cli.py): 0 finished, 64 bad input (one line `error: ...`), 70 stopped on a
+non-finite loss or gradient, 75 preempted (SIGTERM; a checkpoint was written, rerun the command).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from train import cli
 from train import config as config_lib
 from train import runtime as runtime_lib
-from train.loop import train_and_evaluate
+from train.loop import PREEMPTED, train_and_evaluate
 from train.metrics_writer import quiet_library_logs
+from train.progress import NonFiniteError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally with ":key=value,...".', lock_config=True
@@ -37,7 +42,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (mult
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     config = _CONFIG.value
@@ -61,7 +66,10 @@ def main(argv: list[str]) -> None:
     for choice, reason in runtime.reasons:
         logging.info('runtime: %s: %s', choice, reason)
     workdir = Path(_WORKDIR.value)
-    summary = train_and_evaluate(config, workdir, runtime)
+    try:
+        summary = train_and_evaluate(config, workdir, runtime)
+    except NonFiniteError as error:
+        cli.fail(str(error), cli.EXIT_NONFINITE)
     if jax.process_index() == 0:
         print(
             json.dumps(
@@ -78,7 +86,8 @@ def main(argv: list[str]) -> None:
         print(f'checkpoints:  {workdir / "checkpoints"}')
         print(f'pictures:     {workdir / "pictures"}')
         print(f'summary:      {workdir / "summary.json"}')
+    return cli.EXIT_PREEMPTED if summary['stop_reason'].startswith(PREEMPTED) else cli.EXIT_OK
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

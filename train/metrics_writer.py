@@ -1,7 +1,8 @@
 """Where numbers go: metrics.jsonl (one JSON record per line), TensorBoard events, the console.
 
 Only JAX process 0 writes; the others get a writer that drops everything, so callers never
-branch on the process index.
+branch on the process index. Files are strict JSON: a non-finite number (a NaN loss) is written
+as null; `train.pictures.read_metrics` reads it back as NaN.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from absl import logging
+
+from train.progress import finite_or_none
 
 
 class _LibraryInfoFilter(std_logging.Filter):
@@ -60,7 +63,7 @@ class MetricWriter:
             return
         record = {'step': int(step), 'kind': kind, 'time': time.time(), **metrics}
         with open(self.metrics_file, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+            f.write(json.dumps(finite_or_none(record), allow_nan=False) + '\n')
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(f'{kind}/{name}', value, int(step))
@@ -91,6 +94,8 @@ class MetricWriter:
         self.metrics_file.write_text(''.join(line + '\n' for line in kept))
 
     def flush(self) -> None:
+        """Writes buffered TensorBoard events to disk (at every checkpoint, so a killed run loses
+        no points that its checkpoint covers)."""
         if self._tb is not None:
             self._tb.flush()
 

@@ -5,6 +5,7 @@ draws (matplotlib's non-interactive Agg backend: no display on servers)."""
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,12 +32,13 @@ def save_figure(fig, out_path: Path, dpi: int = 110) -> Path:
 
 
 def read_metrics(metrics_file: Path) -> dict[str, list[dict]]:
-    """metrics.jsonl -> records grouped by their 'kind' ('train', 'eval', ...)."""
+    """metrics.jsonl -> records grouped by their 'kind' ('train', 'eval', ...); a null value
+    (how the writer stores a non-finite number) reads as NaN."""
     grouped: dict[str, list[dict]] = defaultdict(list)
     with open(metrics_file) as f:
         for line in f:
             if line.strip():
-                record = json.loads(line)
+                record = {k: math.nan if v is None else v for k, v in json.loads(line).items()}
                 grouped[record.get('kind', 'train')].append(record)
     return dict(grouped)
 

@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from train.ema import ema_update
+from train.progress import PREEMPT_KEY
 from train.sharding import DATA_AXIS, batch_sharding, replicated, state_shardings
 from train.state import TrainState
 
@@ -137,13 +138,20 @@ def make_train_step(
     """The jitted train step around `task.update` (the generic gradient update, or a task's
     own, e.g. the GAN's two networks). Metrics include `loss_finite` / `grads_finite` so the
     loop can stop at the exact step; with `skip_nonfinite` such an update is dropped (only the
-    step counter moves). `state_sharding` is the state's layout (default: replicated)."""
+    step counter moves). `state_sharding` is the state's layout (default: replicated).
+    A batch column PREEMPT_KEY (each process's preemption flag, multi-process runs) is not
+    given to the task: the step returns it reduced over every device as `metrics[PREEMPT_KEY]`,
+    the same value in every process."""
 
     def update(state, batch):
         return task.update(state, batch, tx=tx, mesh=mesh, grad_accum_steps=grad_accum_steps)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        batch = dict(batch)
+        preempt = batch.pop(PREEMPT_KEY, None)
         new_state, metrics = update(state, batch)
+        if preempt is not None:
+            metrics = dict(metrics, **{PREEMPT_KEY: jnp.any(preempt)})
         if ema_decay > 0:
             new_state = new_state.replace(
                 ema_params=ema_update(state.ema_params, new_state.params, ema_decay, state.step)

@@ -12,9 +12,7 @@ import flax.linen as nn
 import ml_collections
 
 import data
-from train.checkpointing import load_checkpoint
-from train.loop import create_model, read_run_config
-from train.tasks import task_from_config
+from train.evaluate import load_trained
 
 
 @dataclasses.dataclass
@@ -28,13 +26,10 @@ class TrainedRun:
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
-    """Reads `<workdir>/config.json` and the newest (or the given) checkpoint."""
-    workdir = Path(workdir)
-    config = read_run_config(workdir)
-    info = data.dataset_info(config.dataset.name, config.dataset.data_dir or None)
-    model = create_model(config, info)
-    # With the run's task options: a diffusion run's noise schedule, a GAN's loss, ...
-    task = task_from_config(config, model=model, info=info)
-    state = load_checkpoint(workdir / 'checkpoints', step)
-    variables = {'params': state['params'], **state.get('model_state', {})}
-    return TrainedRun(config, info, model, task, variables, int(state['step']))
+    """Reads `<workdir>/config.json` and the newest (or the given) checkpoint, rebuilt as
+    `train.evaluate.load_trained` does (with the run's task options: a diffusion run's noise
+    schedule, a GAN's loss, ...)."""
+    run = load_trained(workdir, step=step)
+    state = run.state
+    variables = {'params': state['params'], **(state.get('model_state') or {})}
+    return TrainedRun(run.config, run.info, run.task.model, run.task, variables, int(state['step']))

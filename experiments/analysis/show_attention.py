@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from train import cli
+
 
 def define_flags() -> None:
     """Flags of the command line only: tests import this module beside other absl programs
@@ -361,4 +363,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -25,16 +25,12 @@ The slope of log(memory) against log(L), fitted over the upper half of the lengt
 attention (the L×L weights dominate) and ~1 for the LSTM (it keeps L time steps of activations
 for the backward pass).
 
-Hardware and time: 2-2.5 minutes on the 2-core CPU (the 4096 row dominates: a plain-attention
-step there takes ~3 s); the process peaks at ~2.7 GiB resident.
-Measured (2-core CPU shared with other jobs at load averages 5-8, jax 0.10.2, D=128, 4 heads,
-batch 1; full table in docs/attention_memory.md): at L=4096 plain attention needs 1035 MiB
-(temporaries worth four 256 MiB L×L float32 matrices) against 36.5 MiB for the LSTM (28x);
-log-log memory slopes over L=512..4096: 1.96 attention, 0.92 LSTM (temporaries alone: 1.99
-and 1.00; the LSTM's constant parameters and their gradients flatten its total). Step time
-slopes ~2.3 and ~1.1; attention is the faster layer up to L≈512, the LSTM beyond. On the CPU
-'xla' materialises the same L×L matrices (identical memory); fused (flash) kernels such as
-cuDNN's on a GPU are built to avoid them (not measured here).
+Hardware and time: 2-2.5 minutes on a 2-core CPU (the 4096 row dominates); the process peaks
+at ~2.7 GiB resident.
+Expected: memory slopes near 2 for attention and near 1 for the LSTM; on the CPU 'xla'
+materialises the same L×L matrices as 'plain' (identical memory), while fused (flash) kernels
+such as cuDNN's on a GPU are built to avoid them. The measured table is
+docs/attention_memory.md, its reading in docs/attention.md.
 """
 
 from __future__ import annotations
@@ -55,6 +51,7 @@ from absl import app, flags
 
 from nets.layers.attention import MultiHeadAttention
 from nets.layers.recurrent import RNNLayer
+from train import cli
 
 DEFAULT_LENGTHS = ('64', '128', '256', '512', '1024', '2048', '4096')
 # 'attention' is the course's explicit formula and the headline column; 'attention_xla' is
@@ -464,4 +461,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

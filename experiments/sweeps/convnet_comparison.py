@@ -17,6 +17,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from train import cli
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for every run and the results table.')
 _MODELS = flags.DEFINE_list('models', None, 'Subset of the models (default: all).')
 _NUM_EPOCHS = flags.DEFINE_float('num_epochs', None, 'Override the shared budget in epochs.')
@@ -117,4 +119,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
     flags.mark_flag_as_required('workdir')
-    app.run(main)
+    cli.run(main)

@@ -26,11 +26,16 @@ ddpm_ancestral_samples.png and generative_coverage.png.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from train import cli
+from train.pictures import read_metrics
+from train.workdir import read_run_config
 
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/generative', 'Folder for both runs.')
 _CLASSIFIER = flags.DEFINE_string(
@@ -61,13 +66,7 @@ def train_step_flops(config) -> float:
 def seconds_per_step(workdir: Path) -> float:
     """The median seconds per train step over the logged windows, the first one (which holds
     the compilation) left out when there are others."""
-    import statistics
-
-    from train.pictures import read_metrics
-
     records = read_metrics(workdir / 'metrics.jsonl').get('train', [])
-    from train.loop import read_run_config
-
     batch_size = read_run_config(workdir).batch_size
     speeds = [r['examples_per_second'] for r in records[1:]] or [
         r['examples_per_second'] for r in records
@@ -371,4 +370,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

@@ -77,7 +77,8 @@ def _per_gate(init: blocks.Initializer, num_gates: int) -> blocks.Initializer:
 
 
 def _batch_shape(batch_size: int | Sequence[int]) -> tuple[int, ...]:
-    return (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+    # Anything but a sequence is one dimension (an int, or a symbolic size under jax.export).
+    return tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,)
 
 
 class _Cell(nn.Module):
