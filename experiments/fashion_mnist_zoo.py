@@ -7,11 +7,14 @@ The argument is any registered image classifier (`python -c "import nets;
 print(nets.list_models())"`). Models with a `stem` field get their small-input stem ('cifar'
 for ResNets, 'small' elsewhere) so 28x28 inputs are not downsampled away; override any field
 with --config.model.<field>=..., e.g. --config.model.width=16 to shrink a ResNet.
+Family recipes: deformable models train their offset (and v2 mask) convs at 0.1x the learning
+rate, as the DCN papers do; NFNets use adaptive gradient clipping at the paper's λ = 0.01,
+skipping the final linear layer `head` (train/param_rules.py).
 Hardware: 2-core CPU for the small models; the ImageNet-width ones (resnet50, vgg16,
 convnext_t, vit_b16, nfnet_f0, ...) want an accelerator: on this CPU resnet20 trains at about
 270 examples/s (an epoch in about 4 minutes).
 Expected: the ConvNet comparison (experiments/fashion_mnist_convnets.py) gives measured
-accuracies for small members of each family after one epoch (README); ImageNet-width models
+accuracies for small members of each family after one epoch (docs/zoo.md); ImageNet-width models
 are not measured on this machine.
 """
 
@@ -19,6 +22,12 @@ import nets
 from train.config import ConfigError, default_config, model_config, parse_arg
 
 _SMALL_STEM = {'resnet': 'cifar', 'deformable': 'cifar'}
+# The offset/mask conv inside every deformable conv (nets/models/deformable.py).
+DEFORMABLE_OFFSETS = '.*/offset/.*'
+DEFORMABLE_OFFSET_LR_FACTOR = 0.1
+# The paper's clipping threshold at batch 4096; smaller batches tolerate larger ones, so 0.01 is
+# the safe choice at the batch sizes used here.
+NFNET_AGC_CLIP = 0.01
 # Families whose models classify images (the sequence models have their own experiments).
 IMAGE_FAMILIES = frozenset(
     {
@@ -77,4 +86,11 @@ def get_config(arg: str = ''):
     config.optimizer.weight_decay = 5e-4
     config.schedule.name = 'warmup_cosine'
     config.schedule.warmup_epochs = 1.0
+    if family == 'deformable':
+        config.optimizer.lr_multipliers = ((DEFORMABLE_OFFSETS, DEFORMABLE_OFFSET_LR_FACTOR),)
+    elif family == 'nfnet':
+        # No batch norm: AGC bounds each unit's update instead (Brock et al. 2021, §4). The
+        # default config.optimizer.agc_exclude, ('head/.*',), exempts the classifier as the
+        # paper does.
+        config.optimizer.agc_clip = NFNET_AGC_CLIP
     return config

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from data import augment
 from data.augment import affine, photometric
-from data.augment.spec import MIXING
+from data.augment.spec import MAX_STANDARD_NORMAL, MIXING
 
 KEY = jax.random.PRNGKey(0)
 
@@ -40,9 +40,14 @@ IDENTITY = {
     'color_jitter': {'brightness': 0.0, 'contrast': 0.0, 'saturation': 0.0, 'hue': 0.0},
     'gaussian_noise': {'stddev': 0.0},
     'gaussian_blur': {'sigma': 0.0},
+    'pca_lighting': {'alphastd': 0.0},
     'cutout': {'area': 0.0},
     'random_erasing': {'p': 0.0},
-    'randaugment': {'magnitude': 0.0},
+    # Every candidate but autocontrast and equalize (no magnitude) is the identity at M=0.
+    'randaugment': {
+        'magnitude': 0.0,
+        'ops': ['identity', 'rotate', 'translate_x', 'sharpness', 'solarize', 'posterize'],
+    },
     'mixup': {'alpha': 0.0},
     'cutmix': {'alpha': 0.0},
 }
@@ -236,6 +241,7 @@ RANGE_CASES = {
     'hue': {'max_delta': 0.2},
     'color_jitter': {'brightness': 0.1, 'contrast': 0.2, 'saturation': 0.3, 'hue': 0.05},
     'gaussian_blur': {'sigma': (0.5, 1.5)},
+    'pca_lighting': {'alphastd': 0.1},
     'cutout': {'size': 4},
     'random_erasing': {'p': 1.0},
     'randaugment': {'num_ops': 3, 'ops': ['rotate', 'hue']},
@@ -304,6 +310,9 @@ def test_sampled_parameters_stay_in_their_ranges():
         _check_in(d[name], 1 - delta, 1 + delta, f'color_jitter.{name}')
     _check_in(d['hue'], -0.05, 0.05, 'color_jitter.hue')
     _check_in(all_draws['gaussian_blur']['sigma'], 0.5, 1.5, 'blur sigma')
+    alpha = all_draws['pca_lighting']['alpha']
+    _check_in(alpha, -0.1 * MAX_STANDARD_NORMAL, 0.1 * MAX_STANDARD_NORMAL, 'lighting alpha')
+    assert np.all(np.abs(alpha[:-2].std(axis=0) - 0.1) < 0.01), 'alpha ~ N(0, alphastd^2)'
     d = all_draws['cutout']
     _check_in(d['top'] + 2, 0, 19, 'cutout centre row')
     _check_in(d['left'] + 2, 0, 29, 'cutout centre column')
@@ -524,7 +533,7 @@ def test_sharded_batch_gives_the_same_output():
             r"fill_mode='mirror' is invalid; valid: one of \['constant'",
         ),
         (
-            [{'op': 'randaugment', 'ops': ['rotate', 'solarize']}],
+            [{'op': 'randaugment', 'ops': ['rotate', 'invert']}],
             r"a list of names from \['identity'",
         ),
         (

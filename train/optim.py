@@ -4,14 +4,19 @@ The chain, in order (each piece only when configured):
 
     adaptive clipping (AGC) -> clip_by_global_norm -> L1 (+l1·sign(w)) -> coupled L2 (+wd·w)
     -> optimiser statistics (momentum / RMS / Adam moments) -> decoupled weight decay
-    (+wd·w, AdamW-style) -> scale by -schedule(step) -> reduce-on-plateau scale
+    (+wd·w, AdamW-style) -> scale by -schedule(step) -> per-parameter lr multipliers
+    -> reduce-on-plateau scale
 
 wrapped, with gradient accumulation, in optax.MultiSteps: it averages k micro-batch gradients
 and runs the chain once on their mean, so the schedule counts optimiser updates.
 
 Coupled L2 goes through the optimiser's statistics like a loss term (PyTorch's `weight_decay`);
 decoupled decay is added after them, so Adam does not rescale it (Loshchilov & Hutter). Both,
-and L1, are masked off biases and normalisation parameters (every parameter with ndim <= 1).
+and L1, are masked off biases and normalisation parameters (every parameter with ndim <= 1) and
+off the parameters config.optimizer.weight_decay_exclude names; AGC skips those of
+config.optimizer.agc_exclude (the final classifier by default), and config.optimizer.lr_multipliers
+scales the learning rate of the parameters it names (train/param_rules.py: regexes on parameter
+paths, checked against the parameters when the optimiser is initialised).
 The update always takes `value=loss` so that reduce-on-plateau can see the training loss.
 """
 
@@ -25,15 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from train import param_rules
+
 Schedule = Callable[[jax.Array | int], jax.Array]
-
-
-def agc_mask(params: Any) -> Any:
-    """Adaptive gradient clipping skips the final classifier, as in the NFNet paper."""
-    return {
-        name: jax.tree.map(lambda _, name=name: name != 'head', subtree)
-        for name, subtree in params.items()
-    }
 
 
 def decay_mask(params: Any) -> Any:
@@ -110,7 +109,7 @@ OPTIMIZER_SPECIFIC_KEYS = {
 
 def check_optimizer_keys(opt: ml_collections.ConfigDict) -> None:
     """Raises ValueError for a set key the chosen optimiser does not read, naming those it
-    does."""
+    does, and for a bad per-parameter rule (param_rules.check_param_rules)."""
     if opt.name not in OPTIMIZERS:
         raise ValueError(
             f'config.optimizer.name={opt.name!r} is not valid; choose one of {list(OPTIMIZERS)}'
@@ -123,6 +122,7 @@ def check_optimizer_keys(opt: ml_collections.ConfigDict) -> None:
                 f'optimizer {opt.name!r} (it applies to {sorted(readers)}); '
                 f'{opt.name!r} reads {own or "none of these keys"}'
             )
+    param_rules.check_param_rules(opt)
 
 
 def optimizer_setting(opt: ml_collections.ConfigDict, key: str) -> float:
@@ -161,28 +161,44 @@ def build_optimizer(
 ) -> tuple[optax.GradientTransformationExtraArgs, Schedule]:
     """Returns (transformation, schedule). Call `tx.update(grads, state, params, value=loss)`.
     With `accumulate_steps` = k > 1 the update of every k-th call applies the chain to the mean
-    of the k gradients; the others return zero updates."""
+    of the k gradients; the others return zero updates. `tx.init(params)` raises ValueError for
+    a per-parameter rule that decides no parameter."""
     if accumulate_steps < 1:
         raise ValueError(f'accumulate_steps must be >= 1, got {accumulate_steps}')
+    param_rules.check_param_rules(opt)
     schedule = learning_rate_schedule(
         opt, sched, steps_per_epoch=steps_per_epoch, total_steps=total_steps
     )
     # adamw means decoupled decay whatever weight_decay_mode says: that is what the name promises.
     decoupled = opt.weight_decay_mode == 'decoupled' or opt.name == 'adamw'
+    regularised = param_rules.exclusion_mask(
+        param_rules.WEIGHT_DECAY_EXCLUDE,
+        param_rules.exclusion_rules(opt, param_rules.WEIGHT_DECAY_EXCLUDE),
+        base=decay_mask,
+    )
     chain: list[optax.GradientTransformation] = []
     if opt.agc_clip > 0:
         # Unit-wise: each output unit's gradient norm is capped at agc_clip times its weight norm.
-        chain.append(optax.masked(optax.adaptive_grad_clip(opt.agc_clip, opt.agc_eps), agc_mask))
+        clipped = param_rules.exclusion_mask(
+            param_rules.AGC_EXCLUDE, param_rules.exclusion_rules(opt, param_rules.AGC_EXCLUDE)
+        )
+        chain.append(optax.masked(optax.adaptive_grad_clip(opt.agc_clip, opt.agc_eps), clipped))
     if opt.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
     if opt.l1 > 0:
-        chain.append(add_l1_penalty(opt.l1))
+        chain.append(add_l1_penalty(opt.l1, regularised))
     if opt.weight_decay > 0 and not decoupled:
-        chain.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+        chain.append(optax.add_decayed_weights(opt.weight_decay, mask=regularised))
     chain.extend(_optimiser_statistics(opt))
     if opt.weight_decay > 0 and decoupled:
-        chain.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+        chain.append(optax.add_decayed_weights(opt.weight_decay, mask=regularised))
     chain.append(optax.scale_by_learning_rate(schedule))
+    multipliers = param_rules.lr_multiplier_rules(opt)
+    if multipliers:
+        factors, labels = param_rules.multiplier_labels(multipliers)
+        chain.append(
+            optax.partition({label: optax.scale(f) for label, f in factors.items()}, labels)
+        )
     if sched.name == 'plateau':
         chain.append(
             optax.contrib.reduce_on_plateau(

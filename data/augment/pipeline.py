@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from data.augment import affine
+from data.augment.color import COLOR_OPS
 from data.augment.geometry import GEOMETRIC_OPS
 from data.augment.mixing import MIXING_OPS
 from data.augment.occlusion import OCCLUSION_OPS
@@ -38,7 +39,14 @@ from data.augment.spec import GEOMETRIC, MIXING, OpSpec, from_unit_float, to_uni
 
 OPS: dict[str, OpSpec] = {
     spec.name: spec
-    for spec in (*GEOMETRIC_OPS, *PHOTOMETRIC_OPS, *OCCLUSION_OPS, *MIXING_OPS, randaugment)
+    for spec in (
+        *GEOMETRIC_OPS,
+        *PHOTOMETRIC_OPS,
+        *COLOR_OPS,
+        *OCCLUSION_OPS,
+        *MIXING_OPS,
+        randaugment,
+    )
 }
 
 _FILL_PARAMS = ('fill_mode', 'fill_value')

@@ -1,19 +1,30 @@
 """RandAugment (Cubuk et al., 2020): N ops drawn uniformly per example, all at magnitude M.
 
-The candidate ops are built from this library's geometric and photometric ops. Magnitude M on
-the 0-10 scale maps linearly to each op's strength, M=10 giving the maximum below (the paper's
-maxima where the paper has the op), and each drawn op gets a random sign:
+The candidate ops are built from this library's geometric, photometric and colour ops
+(color.py). Magnitude M on the 0-10 scale maps linearly to each op's strength, M=10 giving the
+maximum below (the paper's maxima where the paper has the op; torchvision's and timm's
+mappings), and each drawn op gets a random sign where the op has a direction:
 
     op            strength at magnitude M (m = M / 10, sign s = +-1)
     identity      -
+    autocontrast  -                           (no magnitude)
+    equalize      -                           (no magnitude)
     rotate        s * 30 m degrees
     shear_x/y     shear coefficient s * 0.3 m (tan of the angle)
     translate_x/y s * 0.45 m * image width / height
     brightness    factor 1 + 0.9 m s
     contrast      factor 1 + 0.9 m s
-    saturation    factor 1 + 0.9 m s          (no-op on images with fewer than 3 channels)
+    saturation    factor 1 + 0.9 m s          (the paper's "color"; no-op if fewer than 3
+                                               channels)
+    sharpness     factor 1 + 0.9 m s
+    solarize      invert levels >= 256 (1 - m) (timm: M=0 inverts nothing)
+    posterize     keep 8 - round(4 m) bits    (torchvision: 8 bits at M=0, 4 at M=10)
     hue           s * 0.25 m turns            (not in the paper; no-op if fewer than 3 channels)
-    gaussian_blur sigma 2 m pixels            (in place of the paper's sharpness)
+    gaussian_blur sigma 2 m pixels            (not in the paper)
+
+The default candidates are the paper's fourteen (`PAPER_OPS`: all of the above but hue and
+gaussian_blur). Every op is the identity at M=0 except autocontrast and equalize
+(`UNSCALED_OPS`), which have no magnitude.
 
 One warp per example: the drawn geometric ops are composed into one matrix (in draw order) and
 applied first, then the drawn photometric ops in draw order. Moving the geometry in front of the
@@ -26,7 +37,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from data.augment import affine, photometric
+from data.augment import affine, color, photometric
 from data.augment.geometry import FILL_MODES
 from data.augment.spec import POLICY, Draw, OpSpec, Param, below, integer_below, probability
 
@@ -36,6 +47,7 @@ MAX_TRANSLATE_FRACTION = 0.45
 MAX_FACTOR_DELTA = 0.9
 MAX_HUE_TURNS = 0.25
 MAX_BLUR_SIGMA = 2.0
+MAX_POSTERIZE_BITS_REMOVED = 4
 
 
 def _shear_degrees(coefficient: jax.Array) -> jax.Array:
@@ -64,9 +76,17 @@ PHOTOMETRIC_CANDIDATES = {
     'gaussian_blur': lambda x, v, m: photometric.gaussian_blur_image(
         x, MAX_BLUR_SIGMA * m, photometric.blur_kernel_size(MAX_BLUR_SIGMA * m)
     ),
+    'autocontrast': lambda x, v, m: color.autocontrast(x),
+    'equalize': lambda x, v, m: color.equalize(x),
+    'sharpness': lambda x, v, m: color.adjust_sharpness(x, 1 + MAX_FACTOR_DELTA * v),
+    # The threshold on the 0-255 level scale, moved to the [0, 1] scale of the images.
+    'solarize': lambda x, v, m: color.solarize(x, 256.0 * (1 - m) / 255.0),
+    'posterize': lambda x, v, m: color.posterize(x, 8 - round(MAX_POSTERIZE_BITS_REMOVED * m)),
 }
 
 CANDIDATES = ('identity', *GEOMETRIC_CANDIDATES, *PHOTOMETRIC_CANDIDATES)
+UNSCALED_OPS = ('autocontrast', 'equalize')
+PAPER_OPS = tuple(name for name in CANDIDATES if name not in ('hue', 'gaussian_blur'))
 
 
 def _sample(u, shape, *, num_ops, ops, p, **_) -> Draw:
@@ -115,7 +135,9 @@ randaugment = OpSpec(
     {
         'num_ops': Param('int', 2, 'ops drawn per example (with replacement)', 0, 10),
         'magnitude': Param('float', 9.0, 'strength on the 0-10 scale', 0.0, 10.0),
-        'ops': Param('names', CANDIDATES, 'the candidate ops', choices=CANDIDATES),
+        'ops': Param(
+            'names', PAPER_OPS, "the candidate ops (default: the paper's 14)", choices=CANDIDATES
+        ),
         'p': probability(),
         'fill_mode': Param(
             'choice', 'constant', 'how points outside the input are filled', choices=FILL_MODES

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special
 
 from data.augment.affine import warp
 
@@ -267,6 +268,16 @@ def log_in_range(u: jax.Array, bounds: tuple[float, float]) -> jax.Array:
     """Log-uniform in [low, high] (both > 0): factors x and 1/x are equally likely."""
     low, high = bounds
     return jnp.clip(jnp.exp(math.log(low) + (math.log(high) - math.log(low)) * u), low, high)
+
+
+# The uniforms' extremes 0 and 1 are kept 2^-24 away, which bounds a standard normal at 5.3.
+_NORMAL_EDGE = 2.0**-24
+MAX_STANDARD_NORMAL = 5.3
+
+
+def standard_normal(u: jax.Array) -> jax.Array:
+    """N(0, 1) by the inverse CDF of u uniform in [0, 1); |value| <= MAX_STANDARD_NORMAL."""
+    return jax.scipy.special.ndtri(jnp.clip(u, _NORMAL_EDGE, 1.0 - _NORMAL_EDGE))
 
 
 def integer_below(u: jax.Array, n: Any) -> jax.Array:
