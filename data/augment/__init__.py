@@ -19,6 +19,8 @@ Modules, by responsibility:
   photometric.py  brightness, contrast, saturation, hue, colour jitter, noise, blur
   occlusion.py    cutout, random erasing
   mixing.py       mixup, cutmix (with label mixing)
+  color.py        RandAugment's histogram ops (autocontrast, equalize, posterize, solarize,
+                  sharpness) and AlexNet's PCA lighting
   randaugment.py  the RandAugment policy built from the ops above
   affine.py       3x3 affine matrices and the one bilinear warp
   pipeline.py     OPS, check_ops, make_augmenter, Augmenter (stages, keys, fused warps)
@@ -32,6 +34,7 @@ from data.augment.affine import (
     translation_matrix,
     warp,
 )
+from data.augment.color import pca_lighting
 from data.augment.geometry import (
     center_crop,
     flip_lr,
@@ -59,6 +62,7 @@ from data.augment.randaugment import randaugment
 from data.augment.spec import KINDS, OpSpec, Param
 
 __all__ = [
+    'pca_lighting',
     'FILL_MODES',
     'KINDS',
     'OPS',
