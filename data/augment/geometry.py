@@ -1,23 +1,6 @@
-"""Geometric ops as 3x3 affine matrices (data/augment/affine.py holds the matrices and the one
-bilinear warp that applies them).
-
-Coordinate convention. A pixel at row i, column j of an H x W image has centred coordinates
-    x = j - (W - 1) / 2      (to the right)
-    y = i - (H - 1) / 2      (downwards)
-so the origin is the centre of the image: rotations, scalings, shears and flips keep the
-centre fixed. A geometric op's matrix A is *forward*: the content at (x, y) of its input moves
-to A @ (x, y, 1) in its output. Positive rotation angles turn the content counter-clockwise
-as displayed (like `np.rot90` with k=1); positive translations move it right and down.
-
-Composition. The pipeline multiplies the matrices of consecutive geometric ops, op1 first:
-    M = A_n @ ... @ A_2 @ A_1
-and warps once: every output pixel p reads the input at M^-1 @ p by bilinear interpolation.
-Points that fall outside the input take their value from the fill mode:
-    'constant'  the fill value (interpolated with the border pixels, so edges are smooth)
-    'nearest'   the nearest edge pixel
-    'reflect'   the image mirrored about its edge (d c b a | a b c d | d c b a)
-    'wrap'      the image repeated (a b c d | a b c d | a b c d)
-"""
+"""Geometric ops, each a 3x3 affine matrix in the centred coordinate convention of
+`data/augment/affine.py` (which also holds the one bilinear warp that applies them and explains
+how consecutive ops compose into one warp), plus the crops that change the image size."""
 
 from __future__ import annotations
 
