@@ -11,7 +11,20 @@ import pytest
 from nets.kernels import switch
 from train import runtime
 from train.config import ConfigError, default_config, model_config, validate
+from train.host_cpu import Cpu
 from train.runtime import Host, resolve
+
+# The CPU the tables were measured on (2 vCPUs of an AMD EPYC Zen 4): the measured choices apply.
+ZEN4 = Cpu(
+    arch='x86_64',
+    vendor='AuthenticAMD',
+    model='AMD EPYC 9R14',
+    flags=frozenset({'avx2', 'avx512f', 'avx512_bf16'}),
+    physical_cores=2,
+    logical_cores=2,
+    l2_cache_bytes=1 << 20,
+    l3_cache_bytes=32 << 20,
+)
 
 
 def _config(model: str = 'resnet18', **fields):
@@ -29,6 +42,7 @@ def _host(platform_name: str = 'cpu', jaxlib: str = '0.10.2', **fields) -> Host:
         xla_flags='',
         environ_malloc={},
         processes=1,
+        cpu=ZEN4,
     )
     values.update(fields)
     return Host(**values)
@@ -36,9 +50,10 @@ def _host(platform_name: str = 'cpu', jaxlib: str = '0.10.2', **fields) -> Host:
 
 def test_xla_flags_per_family_and_dtype():
     default = [f'{runtime.YNN_FUSION_FLAG}={runtime.DEFAULT_YNN_FUSION}']
-    assert runtime.cpu_xla_flags() == runtime.cpu_xla_flags('resnet', 'float32') == default
-    assert runtime.cpu_xla_flags('vit', 'bfloat16') == default
-    vit = runtime.cpu_xla_flags('vit', 'float32')
+    assert runtime.cpu_xla_flags(cpu=ZEN4) == default
+    assert runtime.cpu_xla_flags('resnet', 'float32', ZEN4) == default
+    assert runtime.cpu_xla_flags('vit', 'bfloat16', ZEN4) == default
+    vit = runtime.cpu_xla_flags('vit', 'float32', ZEN4)
     assert vit != default and '-individual_dot' in vit[0]
     assert resolve(_config('vit_ti16'), _host()).xla_flags == tuple(vit)
     assert resolve(_config('vit_ti16', dtype='bfloat16'), _host()).xla_flags == tuple(default)
@@ -81,11 +96,11 @@ def test_conv_backend_per_family_unless_the_config_chooses():
 
 def test_micro_batches_per_family_batch_and_devices():
     micro = runtime.MICRO_BATCH_BY_FAMILY['vit']
-    assert runtime.cpu_grad_accum_steps('vit', 8 * micro, 1) == 8
-    assert runtime.cpu_grad_accum_steps('vit', 8 * micro, 2) == 4  # per device
-    assert runtime.cpu_grad_accum_steps('vit', micro, 1) == 1  # already one micro-batch
-    assert runtime.cpu_grad_accum_steps('vit', 8 * micro + 2, 1) == 1  # would not split
-    assert runtime.cpu_grad_accum_steps('resnet', 1024, 1) == 1  # batch norm: never
+    assert runtime.cpu_grad_accum_steps('vit', 8 * micro, 1, cpu=ZEN4) == 8
+    assert runtime.cpu_grad_accum_steps('vit', 8 * micro, 2, cpu=ZEN4) == 4  # per device
+    assert runtime.cpu_grad_accum_steps('vit', micro, 1, cpu=ZEN4) == 1  # one micro-batch
+    assert runtime.cpu_grad_accum_steps('vit', 8 * micro + 2, 1, cpu=ZEN4) == 1  # would not split
+    assert runtime.cpu_grad_accum_steps('resnet', 1024, 1, cpu=ZEN4) == 1  # batch norm: never
     assert runtime.cpu_grad_accum_steps('resnet', 1024, 1, micro_batch_size=256) == 4
     assert resolve(_config('vit_ti16', batch_size=4 * micro), _host()).grad_accum_steps == 4
     kept = _config('vit_ti16', batch_size=4 * micro, grad_accum_steps=2)  # the user's value
@@ -99,8 +114,8 @@ def test_micro_batches_per_family_batch_and_devices():
 
 
 def test_allocator_settings_for_measured_families_keep_the_user_s_values():
-    assert runtime.cpu_malloc_env('resnet') == runtime.MALLOC_ENV
-    assert runtime.cpu_malloc_env('vit') == {} and runtime.cpu_malloc_env(None) == {}
+    assert runtime.cpu_malloc_env('resnet', ZEN4) == runtime.MALLOC_ENV
+    assert runtime.cpu_malloc_env('vit', ZEN4) == {} and runtime.cpu_malloc_env(None, ZEN4) == {}
     assert dict(resolve(_config('resnet18'), _host()).malloc_env) == runtime.MALLOC_ENV
     assert resolve(_config('vit_ti16'), _host()).malloc_env == ()
     chosen = resolve(_config('resnet18'), _host(environ_malloc={'MALLOC_ARENA_MAX': '4'}))

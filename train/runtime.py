@@ -1,15 +1,15 @@
 """Hardware choices in one room: what the run executes on and with which kernels, resolved from
-`config.runtime`, applied once, and recorded in the run's config.json and summary.json.
+`config.runtime` and the host's properties, applied once, and recorded in the run's config.json
+and summary.json.
 
-    host = host_facts(config, processes=1)     # reads the machine; changes nothing
+    host = host_facts(processes=1)             # reads the machine (CPU included); changes nothing
     runtime = resolve(config, host)            # pure: the choices and why each was made
     runtime = apply(runtime, starting_process=True)   # the only code that changes the process
-    record(runtime)                            # + versions, device kind and count, for the run
+    record(runtime)                            # + versions, CPU, device kind and count, for the run
 
-`config.runtime` (validated like every key; 'auto' takes the choice measured fastest for the
-model family and dtype on this kind of host, docs/speed.md):
+`config.runtime` (validated like every key; 'auto' chooses from the host's properties):
   cpu_devices       XLA CPU devices to split the host into (data parallel over cores)
-  xla_flags         'auto' | 'none': the XLA CPU flags measured per (family, dtype)
+  xla_flags         'auto' | 'none': an XLA CPU flag preset chosen for the CPU
   conv_backend      'auto' | 'onednn' | 'xla': CPU convolution kernels (nets.kernels.switch)
   attention         'auto' | 'plain' | 'xla' | 'cudnn': attention kernels (nets.kernels.switch)
   malloc            'auto' | 'default' | 'heap': glibc allocator settings ('heap' keeps freed
@@ -17,9 +17,14 @@ model family and dtype on this kind of host, docs/speed.md):
   micro_batch_size  -1 'auto' | 0 whole batches | k examples per device per micro-batch (the
                     same update, computed in pieces whose activations stay in the caches)
 
-Measured choices apply only on a CPU-only host and only with the jaxlib release they were
-measured on (`MEASURED_JAXLIB`): an unknown XLA flag aborts XLA at start, and experimental
-flags come and go. GPUs and TPUs take none of them.
+How 'auto' chooses on a CPU (`train.host_cpu.Cpu`: vendor, model, instruction-set flags, cores,
+L2/L3 sizes): on the CPU class the choices were measured on (`MEASURED_CPU_CLASS`: AMD, AVX512-
+BF16, no AMX) the per-family tables below; on any other CPU, rules from its properties
+(`xla_flag_preset`, `conv_backend_choice`, `malloc_choice`, `micro_batch_choice`), each
+returning (value, reason) with the reason naming the property that decided. XLA flags,
+allocator settings and micro-batches apply only with the jaxlib release they were measured on
+(`MEASURED_JAXLIB`): an unknown XLA flag aborts XLA at start, and experimental flags come and
+go. GPUs and TPUs take none of them.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import ml_collections
 
 import nets
 from nets.kernels import switch
+from train.host_cpu import Cpu, this_cpu
 from train.tasks import task_class
 
 CPU_DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
@@ -44,9 +50,10 @@ YNN_FUSION_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 XLA_FLAG_CHOICES = ('auto', 'none')
 MALLOC_CHOICES = ('auto', 'default', 'heap')
 MEASURED_JAXLIB = ('0.10.',)
+MEASURED_CPU_CLASS = 'AMD Zen (avx512_bf16, no AMX)'
 
 # Convolutions off YNNPACK for every model (XLA's own convolutions are faster on these shapes);
-# float32 ViTs also take dot products off it.
+# float32 ViTs on the measured class also take dot products off it.
 DEFAULT_YNN_FUSION = '-individual_convolution'
 YNN_FUSION_BY_FAMILY_AND_DTYPE = {
     ('vit', 'float32'): '-individual_convolution,-individual_dot,-dot',
@@ -62,6 +69,10 @@ MALLOC_ENV_FAMILIES = ('resnet', 'language_model')
 CONV_BACKEND_BY_FAMILY = {'cnn': 'xla'}
 # Examples per device in a micro-batch, for families whose loss sums over independent examples.
 MICRO_BATCH_BY_FAMILY = {'vit': 16}
+# What the measured micro-batch had of L2 per device (2 cores x 1 MiB, one device); elsewhere
+# the size scales with the L2 of the cores one device runs on, as a power of two in this range.
+MEASURED_L2_BYTES_PER_DEVICE = 2 << 20
+MICRO_BATCH_RANGE = (4, 64)
 
 
 def default_block() -> ml_collections.ConfigDict:
@@ -108,6 +119,7 @@ class Host:
     xla_flags: str  # XLA_FLAGS as the process found it
     environ_malloc: Mapping[str, str]  # MALLOC_* variables the user set
     processes: int = 1
+    cpu: Cpu = Cpu()  # the host CPU's properties (unknown by default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +138,7 @@ class Runtime:
     malloc_env: tuple[tuple[str, str], ...]
     grad_accum_steps: int  # micro-batches per step
     reasons: tuple[tuple[str, str], ...]  # (choice, why)
+    cpu: Cpu = Cpu()  # the CPU the choices were made for
 
     def reason(self, choice: str) -> str:
         return dict(self.reasons).get(choice, '')
@@ -150,7 +163,8 @@ def detect_platform() -> str:
 
 
 def host_facts(processes: int = 1, platform: str | None = None) -> Host:
-    """Reads the machine and the environment (changes nothing)."""
+    """Reads the machine (its CPU: `train.host_cpu.this_cpu`) and the environment (changes
+    nothing)."""
     from jaxlib.version import __version__ as jaxlib_version  # starts no backend
 
     return Host(
@@ -160,31 +174,183 @@ def host_facts(processes: int = 1, platform: str | None = None) -> Host:
         xla_flags=os.environ.get('XLA_FLAGS', ''),
         environ_malloc={k: os.environ[k] for k in MALLOC_ENV if k in os.environ},
         processes=processes,
+        cpu=this_cpu(),
     )
 
 
-def cpu_xla_flags(family: str | None = None, dtype: str = 'float32') -> list[str]:
-    """The XLA CPU flags measured fastest for a model of `family` computing in `dtype`."""
-    fusion = YNN_FUSION_BY_FAMILY_AND_DTYPE.get((family, dtype), DEFAULT_YNN_FUSION)
-    return [f'{YNN_FUSION_FLAG}={fusion}']
+# --- From the CPU's properties to each choice: pure, each (value, reason) -----------------------
+
+Choice = tuple[Any, str]
+MEASURED = f'measured on {MEASURED_CPU_CLASS}'
+
+
+def in_measured_class(cpu: Cpu) -> bool:
+    """Whether `cpu` has the properties of the CPUs the per-family tables were measured on."""
+    return cpu.vendor == 'AuthenticAMD' and cpu.has('avx512_bf16') and not cpu.has('amx_bf16')
+
+
+def class_mismatch(cpu: Cpu) -> str:
+    """The property that puts `cpu` outside MEASURED_CPU_CLASS ('' for a CPU inside it)."""
+    if not cpu.x86_64:
+        return f'{cpu.arch or "unknown architecture"}, not x86-64'
+    if cpu.has('amx_bf16'):
+        return 'AMX-BF16 present'
+    if not cpu.has('avx512_bf16'):
+        return 'no AVX512-BF16'
+    if cpu.vendor != 'AuthenticAMD':
+        return f'{cpu.vendor or "unknown vendor"}, not AMD'
+    return ''
+
+
+def _unmeasured(cpu: Cpu) -> str:
+    return f'{class_mismatch(cpu)}, not the measured {MEASURED_CPU_CLASS}'
+
+
+def xla_flag_preset(cpu: Cpu, family: str | None, dtype: str) -> Choice:
+    """The XLA CPU flags for a `family` model computing in `dtype` on `cpu`."""
+    if in_measured_class(cpu):
+        fusion = YNN_FUSION_BY_FAMILY_AND_DTYPE.get((family, dtype), DEFAULT_YNN_FUSION)
+        return [f'{YNN_FUSION_FLAG}={fusion}'], (
+            f'{MEASURED}: YNNPACK fusions {fusion} fastest for ({family}, {dtype})'
+            if (family, dtype) in YNN_FUSION_BY_FAMILY_AND_DTYPE
+            else f'{MEASURED}: convolutions off YNNPACK ({fusion}), the default preset'
+        )
+    if cpu.x86_64:
+        return [f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}'], (
+            f'{_unmeasured(cpu)}: the x86-64 preset, convolutions off YNNPACK; the per-family '
+            'extras only on the measured class'
+        )
+    return [], f"{_unmeasured(cpu)}: XLA's default fusions (the presets are x86-64 measurements)"
+
+
+def conv_backend_choice(cpu: Cpu, family: str | None, dtype: str) -> Choice:
+    """'onednn' or 'xla': the CPU convolution kernels for a `family` model in `dtype`."""
+    if not cpu.x86_64:
+        return 'xla', f"{class_mismatch(cpu)}: the oneDNN wheel is x86-64 only; XLA's kernels"
+    if in_measured_class(cpu) and family in CONV_BACKEND_BY_FAMILY:
+        backend = CONV_BACKEND_BY_FAMILY[family]
+        return backend, f'{MEASURED}: {backend} faster for family {family} (small convolutions)'
+    if dtype == 'bfloat16':
+        if cpu.has('amx_bf16'):
+            return 'onednn', 'AMX-BF16 present: oneDNN bfloat16 convolutions (XLA upcasts them)'
+        if cpu.has('avx512_bf16'):
+            return 'onednn', 'AVX512-BF16 present: oneDNN bfloat16 convolutions (XLA upcasts them)'
+        if cpu.has('avx512f'):
+            return 'onednn', (
+                'no AVX512-BF16, AVX-512 present: oneDNN emulates bfloat16 at float32 speed '
+                '(XLA upcasts too)'
+            )
+        return 'xla', "no AVX-512 or AMX: oneDNN has no fast bfloat16 convolutions here; XLA's"
+    if in_measured_class(cpu):
+        return 'onednn', f"{MEASURED}: oneDNN faster than XLA's"
+    isa = 'AVX-512 present' if cpu.has('avx512f') else 'AVX2 present' if cpu.has('avx2') else 'x86'
+    kept = (
+        f"; family {family}'s {CONV_BACKEND_BY_FAMILY[family]} was measured on the measured class"
+        ' only'
+        if family in CONV_BACKEND_BY_FAMILY
+        else ''
+    )
+    return 'onednn', f"{isa}: oneDNN's JIT float32 convolutions (PyTorch's CPU kernels){kept}"
+
+
+def malloc_choice(cpu: Cpu, family: str | None) -> Choice:
+    """The glibc allocator variables for a `family` model (MALLOC_ENV, or {})."""
+    if family not in MALLOC_ENV_FAMILIES:
+        return {}, f"glibc's defaults: not measured faster for family {family}"
+    if in_measured_class(cpu):
+        return dict(MALLOC_ENV), f'{MEASURED}: faster for family {family}'
+    return dict(MALLOC_ENV), (
+        f'{_unmeasured(cpu)}: kept for family {family}: the page faults they remove come from '
+        "glibc returning XLA's per-step buffers, not from the CPU"
+    )
+
+
+def micro_batch_choice(cpu: Cpu, family: str | None, devices: int = 1) -> Choice:
+    """Examples per device in a micro-batch (0: whole batches) for a `family` model with
+    `devices` CPU devices in this process: the measured size on the measured class, elsewhere
+    that size scaled by the L2 per device (the cores' L2 shared among the devices)."""
+    if family not in MICRO_BATCH_BY_FAMILY:
+        return 0, f'whole batches: micro-batches not measured faster for family {family}'
+    measured = MICRO_BATCH_BY_FAMILY[family]
+    if in_measured_class(cpu):
+        return measured, f'{MEASURED}: micro-batches of {measured} examples per device'
+    if not (cpu.l2_cache_bytes and cpu.physical_cores):
+        return 0, f'{_unmeasured(cpu)}; L2 size or core count unknown: whole batches'
+    devices = max(1, devices)
+    per_device = cpu.physical_cores * cpu.l2_cache_bytes / devices
+    scaled = int(measured * per_device / MEASURED_L2_BYTES_PER_DEVICE)
+    low, high = MICRO_BATCH_RANGE
+    size = min(high, max(low, 1 << max(0, scaled.bit_length() - 1)))
+    return size, (
+        f'{_unmeasured(cpu)}: {cpu.physical_cores} core(s) x {cpu.l2_cache_bytes >> 10} KiB L2 '
+        f'over {devices} device(s): micro-batches of {size} examples (scaled from {measured} at '
+        f'{MEASURED_L2_BYTES_PER_DEVICE >> 20} MiB per device where measured; a power of two in '
+        f'{low}..{high})'
+    )
+
+
+def bfloat16_product_path(cpu: Cpu) -> Choice:
+    """How the CPU runs bfloat16 products (nets/kernels/mixed_precision.py always asks for
+    float32 accumulation; this records what that costs here)."""
+    if not cpu.x86_64:
+        return 'xla', f"{class_mismatch(cpu)}: XLA's own bfloat16 product path"
+    if cpu.has('avx512_bf16'):
+        return 'native', (
+            'AVX512-BF16 present: bfloat16 products on its dot-product instructions, '
+            'accumulating in float32'
+        )
+    return 'upcast', 'no AVX512-BF16: bfloat16 products upcast to float32 (float32 speed)'
+
+
+def cpu_choices(
+    family: str | None, dtype: str = 'float32', devices: int = 1, cpu: Cpu | None = None
+) -> dict[str, Choice]:
+    """Every 'auto' CPU choice for a `family` model in `dtype` on `cpu` (None: this machine's)
+    with `devices` CPU devices, as (value, reason): what a benchmark row runs with."""
+    cpu = cpu or this_cpu()
+    choices = {
+        'xla_flags': xla_flag_preset(cpu, family, dtype),
+        'conv_backend': conv_backend_choice(cpu, family, dtype),
+        'malloc': malloc_choice(cpu, family),
+        'micro_batch_size': micro_batch_choice(cpu, family, devices),
+    }
+    if dtype == 'bfloat16':
+        choices['bfloat16_products'] = bfloat16_product_path(cpu)
+    return choices
+
+
+def cpu_xla_flags(
+    family: str | None = None, dtype: str = 'float32', cpu: Cpu | None = None
+) -> list[str]:
+    """The XLA CPU flags for a model of `family` computing in `dtype` on `cpu` (None: this
+    machine's CPU)."""
+    return xla_flag_preset(cpu or this_cpu(), family, dtype)[0]
 
 
 def cpu_grad_accum_steps(
-    family: str | None, batch_size: int, devices: int, micro_batch_size: int = -1
+    family: str | None,
+    batch_size: int,
+    devices: int,
+    micro_batch_size: int = -1,
+    cpu: Cpu | None = None,
 ) -> int:
-    """Micro-batches per step at a global `batch_size` over `devices`: per-device batch /
-    micro-batch size (`micro_batch_size`, or with -1 the family's measured size) when that
-    divides into more than one, else 1 (whole batches)."""
-    micro = MICRO_BATCH_BY_FAMILY.get(family) if micro_batch_size == -1 else micro_batch_size
+    """Micro-batches per step at a global `batch_size` over `devices` (of one process): the
+    per-device batch / the micro-batch size (`micro_batch_size`, or with -1 the size chosen for
+    `family` on `cpu`, None: this machine's) when that divides into more than one, else 1."""
+    micro = (
+        micro_batch_choice(cpu or this_cpu(), family, devices)[0]
+        if micro_batch_size == -1
+        else micro_batch_size
+    )
     if not micro or devices < 1 or batch_size % devices:
         return 1
     per_device = batch_size // devices
     return per_device // micro if per_device % micro == 0 and per_device > micro else 1
 
 
-def cpu_malloc_env(family: str | None) -> dict[str, str]:
-    """The allocator variables measured fastest for `family` (MALLOC_ENV, or nothing)."""
-    return dict(MALLOC_ENV) if family in MALLOC_ENV_FAMILIES else {}
+def cpu_malloc_env(family: str | None, cpu: Cpu | None = None) -> dict[str, str]:
+    """The allocator variables for `family` on `cpu` (None: this machine's): MALLOC_ENV or {}."""
+    return malloc_choice(cpu or this_cpu(), family)[0]
 
 
 def _cpu_device_count(host: Host, requested: int) -> int:
@@ -193,13 +359,15 @@ def _cpu_device_count(host: Host, requested: int) -> int:
 
 
 def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
-    """The run's hardware choices from `config.runtime` on `host`; pure (reads nothing else)."""
+    """The run's hardware choices from `config.runtime` on `host` (its CPU's properties
+    included); pure (reads nothing else)."""
     block = config.runtime
     name = config.model.name
     family = nets.model_family(name) if name in nets.list_models() else None
     dtype = str(config.dtype)
+    cpu = host.cpu
     on_cpu = host.platform == 'cpu'
-    measured = on_cpu and host.jaxlib_version.startswith(MEASURED_JAXLIB)
+    tuned = on_cpu and host.jaxlib_version.startswith(MEASURED_JAXLIB)
     reasons: dict[str, str] = {}
     why_not = (
         f'not a CPU run ({host.platform})'
@@ -210,17 +378,21 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
     cpu_devices = _cpu_device_count(host, block.cpu_devices) if on_cpu else 1
     if on_cpu and CPU_DEVICE_COUNT_FLAG in host.xla_flags:
         reasons['cpu_devices'] = 'XLA_FLAGS sets the device count'
+    elif on_cpu and cpu.logical_cores and cpu_devices > cpu.logical_cores:
+        reasons['cpu_devices'] = (
+            f'config.runtime.cpu_devices={cpu_devices} on {cpu.logical_cores} logical core(s): '
+            'the devices take turns on the cores'
+        )
     flags: list[str] = []
     if on_cpu and cpu_devices > 1 and CPU_DEVICE_COUNT_FLAG not in host.xla_flags:
         flags.append(f'{CPU_DEVICE_COUNT_FLAG}={cpu_devices}')
     if block.xla_flags == 'none':
         reasons['xla_flags'] = 'config.runtime.xla_flags=none'
-    elif measured:
-        own = [f for f in cpu_xla_flags(family, dtype) if f.split('=')[0] not in host.xla_flags]
+    elif tuned:
+        preset, why = xla_flag_preset(cpu, family, dtype)
+        own = [f for f in preset if f.split('=')[0] not in host.xla_flags]
         flags += own
-        reasons['xla_flags'] = (
-            f'measured fastest for ({family}, {dtype})' if own else 'XLA_FLAGS already sets them'
-        )
+        reasons['xla_flags'] = 'XLA_FLAGS already sets them' if preset and not own else why
     else:
         reasons['xla_flags'] = f'none: {why_not}'
 
@@ -228,14 +400,11 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
     if not on_cpu:
         conv, reasons['conv_backend'] = 'xla', f"XLA's on {host.platform}"
     elif conv == 'auto':
-        conv = CONV_BACKEND_BY_FAMILY.get(family, 'onednn')
-        reasons['conv_backend'] = (
-            f'{conv}: measured faster for family {family}'
-            if family in CONV_BACKEND_BY_FAMILY
-            else "onednn: faster than XLA's on the CPU where it builds"
-        )
+        conv, reasons['conv_backend'] = conv_backend_choice(cpu, family, dtype)
     else:
         reasons['conv_backend'] = f'config.runtime.conv_backend={conv}'
+    if on_cpu and dtype == 'bfloat16':
+        reasons['bfloat16_products'] = bfloat16_product_path(cpu)[1]
     reasons['attention'] = (
         f'config.runtime.attention={block.attention}'
         if block.attention != 'auto'
@@ -247,16 +416,13 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
         reasons['malloc'] = "config.runtime.malloc='default'"
     elif not (on_cpu and host.libc == 'glibc'):
         reasons['malloc'] = "glibc's defaults: not a glibc CPU host"
-    elif block.malloc == 'heap' or (block.malloc == 'auto' and measured):
-        wanted = MALLOC_ENV if block.malloc == 'heap' else cpu_malloc_env(family)
-        malloc = {k: host.environ_malloc.get(k, v) for k, v in wanted.items()}
-        reasons['malloc'] = (
-            "config.runtime.malloc='heap'"
+    elif block.malloc == 'heap' or (block.malloc == 'auto' and tuned):
+        wanted, reasons['malloc'] = (
+            (MALLOC_ENV, "config.runtime.malloc='heap'")
             if block.malloc == 'heap'
-            else f'measured faster for family {family}'
-            if wanted
-            else f"glibc's defaults: not measured faster for family {family}"
+            else malloc_choice(cpu, family)
         )
+        malloc = {k: host.environ_malloc.get(k, v) for k, v in wanted.items()}
         kept = {k: v for k, v in host.environ_malloc.items() if wanted.get(k, v) != v}
         if kept:
             reasons['malloc'] += f'; the values the environment sets are kept: {kept}'
@@ -271,18 +437,23 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
         reasons['grad_accum_steps'] = 'config.runtime.micro_batch_size=0: whole batches'
     elif not _can_accumulate(config):
         reasons['grad_accum_steps'] = 'whole batches: the task does not accumulate gradients'
-    elif block.micro_batch_size > 0 or (measured and family in MICRO_BATCH_BY_FAMILY):
-        accum = cpu_grad_accum_steps(
-            family, int(config.batch_size), devices, block.micro_batch_size
+    elif block.micro_batch_size > 0 or tuned:
+        micro, why = (
+            (block.micro_batch_size, f'config.runtime.micro_batch_size={block.micro_batch_size}')
+            if block.micro_batch_size > 0
+            else micro_batch_choice(cpu, family, cpu_devices)
         )
-        micro_batch_size = (
-            block.micro_batch_size if block.micro_batch_size > 0 else MICRO_BATCH_BY_FAMILY[family]
-        )
+        accum = cpu_grad_accum_steps(family, int(config.batch_size), devices, micro)
         reasons['grad_accum_steps'] = (
-            f'micro-batches of {micro_batch_size} examples per device over {devices} device(s)'
+            f'{why}; {accum} per step over {devices} device(s)'
+            if accum > 1
+            else f'{why}; whole batches: {config.batch_size} over {devices} device(s) does not '
+            'split into them'
+            if micro
+            else why
         )
     else:
-        reasons['grad_accum_steps'] = 'whole batches'
+        reasons['grad_accum_steps'] = f'whole batches: {why_not}'
     return Runtime(
         platform=host.platform,
         family=family,
@@ -296,6 +467,7 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
         malloc_env=tuple(sorted(malloc.items())),
         grad_accum_steps=accum,
         reasons=tuple(sorted(reasons.items())),
+        cpu=cpu,
     )
 
 
@@ -358,10 +530,12 @@ def apply(
 
 def record(runtime: Runtime) -> dict[str, Any]:
     """The runtime as the run's config.json and summary.json keep it: every choice with its
-    reason, the library versions, and the devices JAX found."""
+    reason, the CPU's model and properties (and whether the choices' measurements were made on
+    its class), the library versions, and the devices JAX found."""
     import jax
 
     devices = jax.devices()
+    cpu = runtime.cpu if runtime.cpu != Cpu() else this_cpu()
     return {
         'platform': runtime.platform,
         'device_kind': devices[0].device_kind,
@@ -378,17 +552,11 @@ def record(runtime: Runtime) -> dict[str, Any]:
         'jax': jax.__version__,
         'jaxlib': importlib.metadata.version('jaxlib'),
         'python': platform_lib.python_version(),
-        'cpu': cpu_model(),
+        'cpu': cpu.model,
+        'cpu_properties': cpu.properties(),
+        'cpu_class': (
+            f'{MEASURED_CPU_CLASS}: the measured tables apply'
+            if in_measured_class(cpu)
+            else f'{class_mismatch(cpu)}: not {MEASURED_CPU_CLASS}; rules from its properties'
+        ),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else the machine type."""
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform_lib.processor() or platform_lib.machine()
