@@ -1,5 +1,6 @@
-"""Lessons 7-12 (architectures): each runs at scale='tiny', returns a Finding whose verdict is
-judge(numbers) and whose plots exist; each judge() is fed hand-made numbers both ways."""
+"""Lessons 7-13 (architectures, and local minima): each runs at scale='tiny', returns a Finding
+whose verdict is judge(numbers) and whose plots exist; each judge() is fed hand-made numbers
+both ways."""
 
 import pytest
 
@@ -171,9 +172,16 @@ def test_cnn_vs_mlp_judge_both_ways():
 def test_position_encodings_lesson_runs_tiny(tmp_path, digits_dir):
     finding = check_tiny(11, tmp_path, digits_dir)
     assert set(finding.numbers['results']) == {'sinusoidal', 'learned'}
+    # Measured at initialisation, exact at any scale: without encodings order-blind.
+    order = finding.numbers['order_blindness']
+    assert set(order) == {'transformer', 'vit_tokens', 'vit_logits'}
+    assert all(errors['none'] < 1e-5 for errors in order.values())
+    assert all(e > 1e-3 for errors in order.values() for p, e in errors.items() if p != 'none')
 
 
-def position_numbers(within: tuple[float, float], beyond: tuple[float, float]) -> dict:
+def position_numbers(
+    within: tuple[float, float], beyond: tuple[float, float], blind: float = 1e-7
+) -> dict:
     def results(at_l, past_l):
         return {
             '1': {'accuracy': at_l, 'unseen_accuracy': None},
@@ -188,6 +196,10 @@ def position_numbers(within: tuple[float, float], beyond: tuple[float, float]) -
             'sinusoidal': results(within[0], beyond[0]),
             'learned': results(within[1], beyond[1]),
         },
+        'order_blindness': {
+            'transformer': {'sinusoidal': 0.3, 'learned': 0.03, 'none': blind},
+            'vit_tokens': {'sincos2d': 0.3, 'learned': 0.03, 'none': blind},
+        },
     }
 
 
@@ -195,7 +207,9 @@ def test_position_encodings_judge_both_ways():
     judge = load_lesson(11).judge
     assert judge(position_numbers((1.0, 0.99), (0.8, 0.1))).verdict == SUPPORTED
     assert judge(position_numbers((1.0, 0.99), (0.1, 0.1))).verdict == PARTLY
-    assert judge(position_numbers((1.0, 0.5), (0.1, 0.3))).verdict == NOT_SUPPORTED
+    assert judge(position_numbers((1.0, 0.99), (0.8, 0.1), blind=0.05)).verdict == PARTLY
+    numbers = position_numbers((1.0, 0.5), (0.1, 0.3), blind=0.05)
+    assert judge(numbers).verdict == NOT_SUPPORTED
 
 
 # --------------------------------------------------------------------------- lesson 12
@@ -206,10 +220,17 @@ def test_invariance_lesson_runs_tiny(tmp_path, digits_dir):
     # Measured at initialisation, exact at any scale: attention global, a 3x3 conv local.
     assert finding.numbers['one_layer']['attention']['fraction'] == 1.0
     assert finding.numbers['one_layer']['conv']['positions'] == 9
+    # Exact by construction, trained or not: the P4-CNN's map turns with the image.
+    assert finding.numbers['rotation_equivariance']['p4cnn'] < 1e-4
+    rotate = finding.numbers['rotate']['p4cnn']
+    assert abs(rotate[-1] - rotate[0]) <= 0.01  # at 90 degrees the same predictions
 
 
-def invariance_numbers(cnn_robust: float, cnn_error: float, cnn_rotated: float) -> dict:
-    return {
+def invariance_numbers(
+    cnn_robust: float, cnn_error: float, cnn_rotated: float, p4cnn: tuple | None = None
+) -> dict:
+    """`p4cnn`: (its accuracy at 90 degrees, its quarter-turn equivariance error), or no P4-CNN."""
+    numbers = {
         'angles': [0, 90],
         'one_layer': {
             'conv': {'positions': 9, 'fraction': 0.05},
@@ -224,12 +245,56 @@ def invariance_numbers(cnn_robust: float, cnn_error: float, cnn_rotated: float) 
             'swin': [0.9, 0.2],
         },
     }
+    if p4cnn is not None:
+        numbers['rotate']['p4cnn'] = [0.9, p4cnn[0]]
+        numbers['rotation_equivariance'] = {'cnn': 1.0, 'p4cnn': p4cnn[1]}
+    return numbers
 
 
 def test_invariance_judge_both_ways():
     judge = load_lesson(12).judge
     assert judge(invariance_numbers(0.9, 0.01, 0.2)).verdict == SUPPORTED
+    assert judge(invariance_numbers(0.9, 0.01, 0.2, p4cnn=(0.9, 1e-7))).verdict == SUPPORTED
+    # An invariant P4-CNN does not count against "no plain model is rotation-invariant" ...
+    assert 'p4cnn 1.00' in judge(invariance_numbers(0.9, 0.01, 0.2, (0.9, 1e-7))).reason
+    # ... but one that is not invariant fails its own parts.
+    assert judge(invariance_numbers(0.9, 0.01, 0.2, p4cnn=(0.2, 0.5))).verdict == PARTLY
     assert judge(invariance_numbers(0.3, 0.5, 0.9)).verdict == PARTLY
-    numbers = invariance_numbers(0.3, 0.5, 0.9)
+    numbers = invariance_numbers(0.3, 0.5, 0.9, p4cnn=(0.2, 0.5))
     numbers['one_layer']['attention']['fraction'] = 0.5
     assert judge(numbers).verdict == NOT_SUPPORTED
+
+
+# --------------------------------------------------------------------------- lesson 13
+
+
+def test_local_minima_lesson_runs_tiny(tmp_path, digits_dir):
+    finding = check_tiny(13, tmp_path, digits_dir)
+    runs = finding.numbers['runs']
+    assert len(runs) == 3 and all(r['final_loss'] > 0 for r in runs)
+    assert len(finding.numbers['slices']['best_to_runner_up']) == len(finding.numbers['alphas'])
+
+
+def minima_numbers(trapped: bool, hessian_min: float, barrier: float | None) -> dict:
+    good = {'seed': 0, 'final_loss': 0.002, 'half_loss': 0.004, 'hessian_max': 0.004}
+    stuck = {'seed': 1, 'final_loss': 0.347, 'half_loss': 0.348, 'hessian_max': 0.75}
+    for run in (good, stuck):
+        run.update(grad_norm=1e-3, hessian_min=-1e-8)
+    stuck['hessian_min'] = hessian_min
+    return {
+        'runs': [good, stuck],
+        'summary': {'best_loss': 0.002, 'trapped': [1] if trapped else []},
+        'barrier': barrier,
+    }
+
+
+def test_local_minima_judge_both_ways():
+    module = load_lesson(13)
+    assert module.judge(minima_numbers(True, -1e-8, 2.5)).verdict == SUPPORTED
+    assert module.judge(minima_numbers(True, -0.2, 2.5)).verdict == PARTLY  # a saddle
+    assert module.judge(minima_numbers(False, -1e-8, None)).verdict == NOT_SUPPORTED
+    # Trapped: far above the best and no longer improving; a slow seed is not trapped.
+    runs = minima_numbers(True, 0.0, 1.0)['runs']
+    assert module.summarise_seeds(runs)['trapped'] == [1]
+    runs[1]['half_loss'] = 0.6
+    assert module.summarise_seeds(runs)['trapped'] == []

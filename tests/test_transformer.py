@@ -486,7 +486,7 @@ def test_gather_beams_reorders_rows_and_keeps_scalars():
     'field, value, fragment',
     [
         ('norm_position', 'middle', "['post', 'pre']"),
-        ('posemb', 'rotary', "['learned', 'sinusoidal']"),
+        ('posemb', 'rotary', "['learned', 'none', 'sinusoidal']"),
         ('attention_implementation', 'flash', "'cudnn'"),
         ('activation', 'relu6', "'gelu'"),
     ],

@@ -1,12 +1,17 @@
 """Claim 4: batch normalisation allows a larger learning rate, trains faster, needs less
-regularisation, and lets saturating activations (sigmoid, tanh) train in a deep MLP.
+regularisation, lets saturating activations (sigmoid, tanh) train in a deep MLP, and erases the
+scale of the weights before it.
 
 A deep MLP (6 hidden layers) with and without batch norm (the MLP's `batch_norm` field: BN
 before each activation), trained by plain SGD at constant rates through the project's trainer:
 - ReLU over a learning-rate sweep: the largest rate that still trains, and how soon each
   one's best run reaches the loss the plain net's best run ends at;
 - dropout on a small training subset, with and without BN: how much test accuracy it adds;
-- sigmoid and tanh over a sweep: whether the deep saturating net trains with and without BN.
+- sigmoid and tanh over a sweep: whether the deep saturating net trains with and without BN;
+- a dense and a conv layer followed by BatchNorm in training mode, their weights scaled by c:
+  the relative change of the output and of the gradient with respect to the input, and of
+  c times the gradient with respect to the weights (BN(cWx) = BN(Wx), so dL/dx stays and
+  dL/dW shrinks by 1/c: the weights' scale only sets their effective learning rate).
 
     python -m experiments.lessons.report --workdir=workdirs/lessons --lessons=4 --scale=full
 
@@ -15,13 +20,19 @@ the runner while other jobs shared the machine). Expected: partly supported — 
 net trains at rates up to 3 (without: up to 0.3; 1 and 3 diverge) and reaches the plain net's
 best loss 1.46x sooner; the sigmoid net trains only with BN (stuck at loss 2.31 without); the
 tanh net trains without BN too; dropout 0.2 moves test accuracy by < 0.2 points with or
-without BN, so "needs less regularisation" is not shown here.
+without BN, so "needs less regularisation" is not shown here. Scaling the weights before BN
+by 0.1 or 10 changes the output and the input gradient by < 1e-3 relative (BN's epsilon),
+and c·dL/dW by as little.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from experiments.lessons import (
     Finding,
@@ -39,7 +50,8 @@ NUMBER = 4
 TITLE = 'Batch normalisation'
 CLAIM = (
     'Batch norm allows a larger learning rate, trains faster, needs less regularisation, '
-    'and lets saturating activations (sigmoid/tanh) train in a deep MLP.'
+    'lets saturating activations (sigmoid/tanh) train in a deep MLP, and makes a layer blind '
+    'to the scale of the weights before it.'
 )
 
 # A run "trains" when its final (smoothed) train loss is below 1.0: chance on 10 classes is
@@ -52,6 +64,11 @@ MIN_SPEEDUP = 1.25
 # ~0.4 points on the 10,000 test images) has a standard error of ~0.8 points.
 MIN_DROPOUT_GAIN_GAP = 0.02
 SMOOTH = 3
+# "Erases the weight scale": BN(cWx) = BN(Wx) exactly but for BN's epsilon (1e-5 against the
+# variance c²σ²: a relative effect of ~ε/(2c²σ²), 7e-4 at c = 0.1 here) and float32 rounding;
+# 2e-3 admits both, while a layer without BN changes its output by |c - 1|: 90% or 900%.
+SCALE_TOLERANCE = 2e-3
+WEIGHT_SCALES = (0.1, 10.0)
 
 SETTINGS = {
     'full': dict(
@@ -244,6 +261,69 @@ def summarise(relu: dict, saturating: dict, dropout: dict) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- weight scale
+
+
+class _LayerThenNorm(nn.Module):
+    """A dense or 3x3 conv layer without bias, BatchNorm in training mode, ReLU."""
+
+    kind: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kind == 'dense':
+            y = nn.Dense(16, use_bias=False, name='layer')(x)
+        else:
+            y = nn.Conv(8, (3, 3), use_bias=False, name='layer')(x)
+        y = nn.BatchNorm(use_running_average=False, name='norm')(y)
+        return nn.relu(y)
+
+
+def weight_scale_invariance(scales=WEIGHT_SCALES, seed: int = 0) -> dict[str, dict]:
+    """Per layer kind ('dense', 'conv') and scale c: the relative change of the output, of
+    dL/dx and of c·dL/dW when the layer's weights are multiplied by c, for a fixed random
+    readout L = <R, out> of the training-mode output."""
+    keys = jax.random.split(jax.random.key(seed), 3)
+    shapes = {'dense': (64, 32), 'conv': (8, 8, 8, 4)}
+    measured = {}
+    for kind, shape in shapes.items():
+        module = _LayerThenNorm(kind)
+        x = jax.random.normal(keys[0], shape)
+        variables = module.init(keys[1], x)
+        readout = jax.random.normal(keys[2], module.apply(variables, x, mutable=True)[0].shape)
+
+        def loss(kernel, x, module=module, variables=variables, readout=readout):
+            params = {**variables['params'], 'layer': {'kernel': kernel}}
+            out, _ = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+            return jnp.sum(readout * out), out
+
+        grads = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+        kernel = variables['params']['layer']['kernel']
+        (weight_grad, input_grad), out = grads(kernel, x)
+
+        def relative(a, b):
+            return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+        measured[kind] = {}
+        for c in scales:
+            (scaled_weight_grad, scaled_input_grad), scaled_out = grads(c * kernel, x)
+            measured[kind][str(c)] = {
+                'output': relative(scaled_out, out),
+                'input_grad': relative(scaled_input_grad, input_grad),
+                'weight_grad_times_c': relative(c * scaled_weight_grad, weight_grad),
+            }
+    return measured
+
+
+def scale_erased(measured: dict[str, dict]) -> bool:
+    return all(
+        change <= SCALE_TOLERANCE
+        for per_scale in measured.values()
+        for changes in per_scale.values()
+        for change in changes.values()
+    )
+
+
 def judge(numbers: dict) -> Verdict:
     summary = numbers['summary']
     largest, gains = summary['largest_trained_lr'], summary['dropout_gain']
@@ -254,6 +334,19 @@ def judge(numbers: dict) -> Verdict:
         'less regularisation needed': gains['plain'] - gains['bn'] >= MIN_DROPOUT_GAIN_GAP,
     }
     notes = []
+    if 'weight_scale' in numbers:
+        measured = numbers['weight_scale']
+        parts['weights scaled before BN change nothing but dL/dW (by 1/c)'] = scale_erased(measured)
+        largest_change = max(
+            change
+            for per_scale in measured.values()
+            for changes in per_scale.values()
+            for change in changes.values()
+        )
+        notes.append(
+            f'weights x{", x".join(next(iter(measured.values())))} before BN: output, dL/dx '
+            f'and c·dL/dW change by <= {largest_change:.1e} relative'
+        )
     for activation, s in summary['saturating'].items():
         bn, plain = s['bn_steps_to_trained'], s['plain_steps_to_trained']
         # "Lets it train": it trains with BN and, at every rate of the sweep, not without.
@@ -340,6 +433,7 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
         'saturating': saturating,
         'dropout': dropout,
         'summary': summarise(relu, saturating, dropout),
+        'weight_scale': weight_scale_invariance(),
     }
     plot(numbers, Path(workdir) / 'batch_norm.png')
     rows = [
@@ -369,4 +463,11 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
     table = markdown_table(
         ['activation', 'norm', 'lr', 'final train loss', 'trains', 'test accuracy'], rows
     )
+    scale_rows = [
+        [kind, f'x{c}', changes['output'], changes['input_grad'], changes['weight_grad_times_c']]
+        for kind, per_scale in numbers['weight_scale'].items()
+        for c, changes in per_scale.items()
+    ]
+    table += '\n\nWeights scaled by c before a training-mode BatchNorm (relative changes):\n\n'
+    table += markdown_table(['layer', 'weights', 'output', 'dL/dx', 'c·dL/dW'], scale_rows)
     return Finding(NUMBER, TITLE, CLAIM, numbers, table, ['batch_norm.png'], judge(numbers))

@@ -6,6 +6,15 @@ like the equations. Arrays are laid out `(batch, length, heads, head_dim)`;
 attention weights are `(batch, heads, q_len, k_len)`. Masks are boolean and
 broadcast to the weights' shape, True meaning "may attend".
 
+Scoring (`MultiHeadAttention.scoring`): 'dot' is the scaled dot product above;
+'cosine' is Swin v2's scaled cosine attention, s_h · cos(q, k) + bias with a
+learned per-head logit scale s_h = exp(min(θ_h, ln 100)), θ_h starting at ln 10:
+the logits are bounded by s_h whatever the size of q and k, which keeps large
+models' attention from collapsing onto a few keys. `cosine_queries_keys` turns
+q and k into unit vectors (q scaled by s_h), so every implementation below
+computes it as a dot product with scale 1. `AdditiveAttention` (Bahdanau's
+vᵀ tanh(W q + U k)) is the recurrent models' module.
+
 Two implementations compute the same thing (tested equal):
 - 'plain': the einsum-softmax-einsum above; the only one that can apply dropout
   to the weights or hand the weights back;
@@ -27,6 +36,12 @@ from nets.layers import blocks
 Dtype = Any
 
 IMPLEMENTATIONS = ('auto', 'plain', 'xla', 'cudnn')
+SCORINGS = ('dot', 'cosine')
+# Swin v2 (Liu et al. 2022): the logit scale starts at 10 and is clamped at 100 (τ >= 0.01).
+COSINE_INITIAL_SCALE = 10.0
+COSINE_MAX_SCALE = 100.0
+# F.normalize's epsilon in Swin v2's code: a zero vector stays zero instead of becoming NaN.
+_NORM_EPSILON = 1e-12
 
 
 # ----------------------------------------------------------------------------- masks
@@ -72,6 +87,29 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
 # ----------------------------------------------------------------------------- functions
 
 
+def cosine_logit_scale(logit_scale: jax.Array, max_scale: float = COSINE_MAX_SCALE) -> jax.Array:
+    """s = exp(min(θ, ln max_scale)): the per-head scale of cosine attention from its learned
+    logarithm θ, clamped as in Swin v2."""
+    return jnp.exp(jnp.minimum(logit_scale.astype(jnp.float32), math.log(max_scale)))
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    squared = jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_EPSILON**2)
+    return x * jax.lax.rsqrt(squared)
+
+
+def cosine_queries_keys(
+    q: jax.Array, k: jax.Array, logit_scale: jax.Array, max_scale: float = COSINE_MAX_SCALE
+) -> tuple[jax.Array, jax.Array]:
+    """(s_h · q / ‖q‖, k / ‖k‖) for (batch, length, heads, head_dim) q and k and per-head
+    `logit_scale` θ (heads,): their dot products are the cosine-attention logits
+    s_h · cos(q, k), |logit| <= s_h, so attend with scale 1. Normalised in float32, returned
+    in q's and k's dtypes."""
+    scale = cosine_logit_scale(logit_scale, max_scale)[:, None]  # (heads, 1) over head_dim
+    return (_unit(q) * scale).astype(q.dtype), _unit(k).astype(k.dtype)
+
+
 def attention_weights(
     q: jax.Array,
     k: jax.Array,
@@ -79,8 +117,10 @@ def attention_weights(
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
     dtype: Dtype | None = None,
+    scale: float | None = None,
 ) -> jax.Array:
-    """softmax(Q Kᵀ / √d + bias) over keys, masked positions excluded.
+    """softmax(Q Kᵀ · scale + bias) over keys, masked positions excluded; `scale` defaults
+    to 1/√d.
 
     Returns `(batch, heads, q_len, k_len)`. The softmax runs in float32 (for
     bfloat16 stability) and the result is cast to `dtype`. A query whose keys
@@ -88,8 +128,11 @@ def attention_weights(
     """
     dtype = jnp.result_type(q, k) if dtype is None else dtype
     q, k = q.astype(dtype), k.astype(dtype)
-    head_dim = q.shape[-1]
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.asarray(math.sqrt(head_dim), dtype)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+    if scale is None:
+        logits = logits / jnp.asarray(math.sqrt(q.shape[-1]), dtype)
+    else:
+        logits = logits * jnp.asarray(scale, dtype)
     logits = logits.astype(jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
@@ -138,8 +181,9 @@ def dot_product_attention(
     dtype: Dtype | None = None,
     implementation: str = 'plain',
     return_weights: bool = False,
+    scale: float | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Scaled dot-product attention, softmax(Q Kᵀ / √d + bias) V.
+    """Scaled dot-product attention, softmax(Q Kᵀ · scale + bias) V (scale 1/√d by default).
 
     q: (batch, q_len, heads, head_dim); k, v: (batch, k_len, heads, head_dim).
     Returns the output (batch, q_len, heads, head_dim), and also the
@@ -159,9 +203,10 @@ def dot_product_attention(
             v.astype(dtype),
             bias=bias,
             mask=mask,
+            scale=scale,
             implementation=implementation,
         )
-    weights = attention_weights(q, k, mask=mask, bias=bias, dtype=dtype)
+    weights = attention_weights(q, k, mask=mask, bias=bias, dtype=dtype, scale=scale)
     attended = weights
     if dropout_active:
         if dropout_rng is None:
@@ -186,6 +231,10 @@ class MultiHeadAttention(nn.Module):
     `bias` (e.g. Swin's relative position bias) broadcast to
     (batch, heads, q_len, k_len).
 
+    `scoring`: 'dot' (scaled dot product) or 'cosine' (Swin v2's scaled cosine
+    attention, see the module docstring), whose learned per-head log-scale is the
+    parameter 'logit_scale' (heads,).
+
     Attention weights: when applied with `mutable=['intermediates']` the
     weights (batch, heads, q_len, k_len) are sown into
     'intermediates'/'attention_weights'. They are computed only then, so the
@@ -206,12 +255,14 @@ class MultiHeadAttention(nn.Module):
     qkv_bias: bool | None = None  # default: use_bias
     kernel_init: str = 'glorot_uniform'
     implementation: str = 'auto'
+    scoring: str = 'dot'
     decode: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
         blocks.check_choice('implementation', self.implementation, IMPLEMENTATIONS)
+        blocks.check_choice('scoring', self.scoring, SCORINGS)
         blocks.check_rate('dropout_rate', self.dropout_rate)
         if self.num_heads < 1:
             raise ValueError(f'num_heads must be positive, got {self.num_heads}')
@@ -279,24 +330,29 @@ class MultiHeadAttention(nn.Module):
         v = projection('value')(inputs_kv)
         if self.decode:
             k, v, mask = self._cached_keys_values(k, v, mask)
+        scale = None  # 1/√d
+        if self.scoring == 'cosine':
+            logit_scale = self.param(
+                'logit_scale',
+                nn.initializers.constant(math.log(COSINE_INITIAL_SCALE)),
+                (self.num_heads,),
+                self.param_dtype,
+            )
+            q, k = cosine_queries_keys(q, k, logit_scale)
+            scale = 1.0
 
         dropout_active = train and self.dropout_rate > 0.0
         implementation = resolve_implementation(self.implementation, q, k, bias)
         want_weights = self.is_mutable_collection('intermediates') and not self.is_initializing()
+        weigh = dict(mask=mask, bias=bias, dtype=self.dtype, scale=scale)
         if implementation == 'plain' or dropout_active:
-            weights = attention_weights(q, k, mask=mask, bias=bias, dtype=self.dtype)
+            weights = attention_weights(q, k, **weigh)
             attended = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
             out = jnp.einsum('bhqk,bkhd->bqhd', attended, v)
         else:
-            out = dot_product_attention(
-                q, k, v, mask=mask, bias=bias, dtype=self.dtype, implementation=implementation
-            )
+            out = dot_product_attention(q, k, v, implementation=implementation, **weigh)
             # Weights only on request, so the default call stays on the fused path.
-            weights = (
-                attention_weights(q, k, mask=mask, bias=bias, dtype=self.dtype)
-                if want_weights
-                else None
-            )
+            weights = attention_weights(q, k, **weigh) if want_weights else None
         if want_weights:
             self.sow('intermediates', 'attention_weights', weights)
         return DenseGeneral(

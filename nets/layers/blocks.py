@@ -7,6 +7,7 @@ package: channels-last inputs, `train` keyword toggling batch statistics and
 dropout, `dtype` for computation and `param_dtype` for storage.
 """
 
+import functools
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -64,6 +65,7 @@ def _identity(x: jax.Array) -> jax.Array:
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'relu': nn.relu,
     'gelu': _exact_gelu,
+    'gelu_tanh': functools.partial(nn.gelu, approximate=True),  # big_vision's, BERT's GELU
     'tanh': jnp.tanh,
     'sigmoid': nn.sigmoid,
     'elu': nn.elu,
@@ -106,6 +108,7 @@ _DEFAULT_INIT_FOR_ACTIVATION = {
     'leaky_relu': 'he_normal',
     'elu': 'he_normal',
     'gelu': 'he_normal',
+    'gelu_tanh': 'he_normal',
     'silu': 'he_normal',
     'swish': 'he_normal',
     'selu': 'lecun_normal',

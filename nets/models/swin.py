@@ -61,7 +61,7 @@ import numpy as np
 from nets.kernels.conv import Conv
 from nets.kernels.mixed_precision import Dense
 from nets.layers import blocks
-from nets.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
+from nets.layers.attention import IMPLEMENTATIONS, SCORINGS, MultiHeadAttention
 from nets.layers.position import RelativePositionBias
 from nets.registry import register
 
@@ -266,6 +266,7 @@ class WindowAttention(nn.Module):
     shift_size: int = 0
     attention_dropout_rate: float = 0.0
     attention_implementation: str = 'auto'
+    attention_scoring: str = 'dot'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -298,6 +299,7 @@ class WindowAttention(nn.Module):
             dropout_rate=self.attention_dropout_rate,
             kernel_init='truncated_normal',
             implementation=self.attention_implementation,
+            scoring=self.attention_scoring,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name='attention',
@@ -320,6 +322,7 @@ class SwinBlock(nn.Module):
     attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
     attention_implementation: str = 'auto'
+    attention_scoring: str = 'dot'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -334,6 +337,7 @@ class SwinBlock(nn.Module):
             self.shift_size,
             attention_dropout_rate=self.attention_dropout_rate,
             attention_implementation=self.attention_implementation,
+            attention_scoring=self.attention_scoring,
             name='window_attention',
             **dims,
         )(y, train=train)
@@ -388,8 +392,10 @@ class SwinTransformer(nn.Module):
     window). `mlp_ratio` sets the MLP's hidden width; `dropout_rate` applies
     after the patch embedding, the attention projection and in the MLP;
     `attention_dropout_rate` to the attention weights; `drop_path_rate` is the
-    stochastic-depth rate of the last block. See `stage_windows` for the
-    accepted image sizes.
+    stochastic-depth rate of the last block. `attention_scoring='cosine'` scores
+    window attention by Swin v2's scaled cosine (`nets.layers.attention`; one
+    learned logit scale per head and block) instead of the scaled dot product.
+    See `stage_windows` for the accepted image sizes.
     """
 
     num_classes: int = 1000
@@ -403,6 +409,7 @@ class SwinTransformer(nn.Module):
     attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
     attention_implementation: str = 'auto'
+    attention_scoring: str = 'dot'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -410,6 +417,7 @@ class SwinTransformer(nn.Module):
         blocks.check_choice(
             'attention_implementation', self.attention_implementation, IMPLEMENTATIONS
         )
+        blocks.check_choice('attention_scoring', self.attention_scoring, SCORINGS)
         for rate in ('dropout_rate', 'attention_dropout_rate', 'drop_path_rate'):
             blocks.check_rate(rate, getattr(self, rate))
         for field in ('num_classes', 'patch_size', 'embed_dim', 'window_size'):
@@ -480,6 +488,7 @@ class SwinTransformer(nn.Module):
                     attention_dropout_rate=self.attention_dropout_rate,
                     drop_path_rate=rate,
                     attention_implementation=self.attention_implementation,
+                    attention_scoring=self.attention_scoring,
                     name=f'stage{stage}_block{i}',
                     **dims,
                 )(x, train=train)

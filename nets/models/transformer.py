@@ -48,7 +48,9 @@ from nets.registry import register
 
 Dtype = Any
 
-POSEMBS = ('sinusoidal', 'learned')
+# 'none': no position information at all; self-attention is then order-blind (permuting the
+# source tokens permutes the encoder's outputs the same way).
+POSEMBS = ('sinusoidal', 'learned', 'none')
 
 
 def shift_right(targets: jax.Array, bos_id: int) -> jax.Array:
@@ -147,8 +149,11 @@ class Transformer(nn.Module):
     `__call__(inputs, targets)` -> (batch, target_len, vocab) float32 logits;
     logits[:, t] predicts targets[:, t] from targets[:, :t] (the decoder reads the
     targets shifted right behind `bos_id`, done inside `decode`). The source
-    padding mask is `inputs != pad_id`. `max_length` bounds learned position
-    tables and sizes nothing else; the decoding cache is sized by `init_cache`.
+    padding mask is `inputs != pad_id`. `posemb`: 'sinusoidal' (the paper),
+    'learned' or 'none' (no position information: the encoder is then
+    permutation-equivariant over the source tokens). `max_length` bounds learned
+    position tables and sizes nothing else; the decoding cache is sized by
+    `init_cache`.
     `decoding=True` turns on the decoder's KV cache (use `decode_step`).
     """
 
@@ -273,7 +278,10 @@ class Transformer(nn.Module):
         return embedding(tokens) * jnp.asarray(math.sqrt(self.hidden_size), self.dtype)
 
     def _positions(self, length: int, which: str) -> jax.Array:
-        """(length, hidden) encodings of positions 0..length-1 for the 'encoder' or 'decoder'."""
+        """(length, hidden) encodings of positions 0..length-1 for the 'encoder' or 'decoder'
+        (zeros for posemb='none')."""
+        if self.posemb == 'none':
+            return jnp.zeros((length, self.hidden_size), self.dtype)
         if self.posemb == 'sinusoidal':
             return jnp.asarray(position.sinusoidal_1d(length, self.hidden_size), self.dtype)
         if length > self.max_length:
@@ -382,7 +390,7 @@ class Transformer(nn.Module):
         x = self._embed(self._target_embedding(), tokens[:, None])
         if self.posemb == 'sinusoidal':
             x = x + position.sinusoidal_at(step[None], self.hidden_size).astype(self.dtype)
-        else:
+        elif self.posemb == 'learned':
             table = self.decoder_position_embedding
             x = x + jax.lax.dynamic_slice_in_dim(table, step, 1).astype(self.dtype)
         logits = self._decoder_stack(x, encoded, inputs_valid, self_mask=None, train=False)

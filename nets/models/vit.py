@@ -8,7 +8,9 @@ exactly (e.g. ViT-B/16: 86,567,656 at 224 px, 1000 classes).
 
 Pooling: 'token' (class token), 'gap' (mean of the patch tokens) or 'map'
 (multi-head attention pooling with a learned probe, big_vision's MAP head).
-Position embeddings: 'learned' or fixed 'sincos2d'. A learned table made at
+Position embeddings: 'learned', fixed 'sincos2d', or 'none' (the encoder is then
+order-blind: permuting the patch tokens permutes their outputs the same way, and
+the pooled output, whichever the pool, does not change at all). A learned table made at
 one image size is bilinearly interpolated when the model is applied to
 another size (and `nets.layers.position.resize_grid_embedding` does the same to a
 checkpoint). stem='resnet' puts the patch embedding on a ResNet's feature map
@@ -33,7 +35,7 @@ from nets.registry import register
 Dtype = Any
 
 POOLS = ('token', 'gap', 'map')
-POSEMBS = ('learned', 'sincos2d')
+POSEMBS = ('learned', 'sincos2d', 'none')
 STEMS = ('patch', 'resnet')
 RESNET_STEMS = ('imagenet', 'cifar')
 
@@ -47,6 +49,7 @@ class MAPHead(nn.Module):
     num_heads: int
     mlp_dim: int
     attention_implementation: str = 'auto'
+    mlp_activation: str = 'gelu'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -66,7 +69,7 @@ class MAPHead(nn.Module):
             **dims,
         )(probe, x)
         y = blocks.layer_norm(name='norm', **dims)(x)
-        x = x + blocks.MlpBlock(self.mlp_dim, activation='gelu', name='mlp', **dims)(y)
+        x = x + blocks.MlpBlock(self.mlp_dim, activation=self.mlp_activation, name='mlp', **dims)(y)
         return x[:, 0]
 
 
@@ -113,8 +116,10 @@ class VisionTransformer(nn.Module):
     gets no position embedding. Stochastic depth grows linearly from 0 in the
     first block to `drop_path_rate` in the last. `representation_size` adds a
     Dense+tanh pre-logits layer. The head kernel starts from `head_init` (ViT
-    fine-tuning recipes use 'zeros'). Attention weights of every block are
-    sown into 'intermediates' when that collection is mutable.
+    fine-tuning recipes use 'zeros'). `mlp_activation` is the MLPs' activation: 'gelu' (the
+    exact form, as torchvision and timm) or 'gelu_tanh' (the tanh approximation that
+    big_vision's Flax models use). Attention weights of every block are sown into
+    'intermediates' when that collection is mutable.
     """
 
     num_classes: int = 1000
@@ -135,6 +140,7 @@ class VisionTransformer(nn.Module):
     representation_size: int | None = None
     head_init: str = 'truncated_normal'
     attention_implementation: str = 'auto'
+    mlp_activation: str = 'gelu'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -144,6 +150,7 @@ class VisionTransformer(nn.Module):
         blocks.check_choice('stem', self.stem, STEMS)
         blocks.check_choice('resnet_root', self.resnet_root, RESNET_STEMS)
         blocks.check_choice('head_init', self.head_init, blocks.INITIALIZERS)
+        blocks.check_choice('mlp_activation', self.mlp_activation, blocks.ACTIVATIONS)
         blocks.check_choice(
             'attention_implementation', self.attention_implementation, IMPLEMENTATIONS
         )
@@ -228,7 +235,8 @@ class VisionTransformer(nn.Module):
             x = jnp.concatenate(
                 [jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.hidden_size)), x], 1
             )
-        x = x + self._position_embedding(grid_h, grid_w, x.shape[1]).astype(self.dtype)
+        if self.posemb != 'none':
+            x = x + self._position_embedding(grid_h, grid_w, x.shape[1]).astype(self.dtype)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
         for i in range(self.depth):
@@ -239,6 +247,7 @@ class VisionTransformer(nn.Module):
                 dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
                 drop_path_rate=drop_path,
+                activation=self.mlp_activation,
                 attention_implementation=self.attention_implementation,
                 name=f'encoderblock_{i}',
                 **dims,
@@ -251,7 +260,12 @@ class VisionTransformer(nn.Module):
             x = jnp.mean(x, axis=1)
         else:
             x = MAPHead(
-                self.num_heads, self.mlp_dim, self.attention_implementation, name='map_head', **dims
+                self.num_heads,
+                self.mlp_dim,
+                self.attention_implementation,
+                self.mlp_activation,
+                name='map_head',
+                **dims,
             )(x)
         if self.representation_size is not None:
             x = jnp.tanh(Dense(self.representation_size, name='pre_logits', **dims)(x))
