@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import jpeg
 from data.builders import Digits, FashionMnist, Mnist1d, Mnist1dShuffled, Mnist5k
 from data.builders.addition import Addition
 from data.builders.char_corpus import CharCorpus
 from data.builders.digit_captions import DigitCaptions
+from data.builders.imagenet_standin import ImagenetStandin
 from data.builders.sequences import vocabularies_of
 from data.builders.translation import Translation
 from data.tokenizers import Vocabulary
@@ -45,12 +47,14 @@ LOCAL_DATASETS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
         Translation,
         Addition,
         DigitCaptions,
+        ImagenetStandin,
     )
 }
 
 # Mean/std cache written next to the prepared array_record files.
 STATS_FILENAME = 'image_stats.json'
-# Standard TFDS sets can be huge; their stats come from an evenly spaced subset.
+# Standard TFDS sets can be huge; their stats come from an evenly spaced subset (as do those of
+# sets whose images are encoded JPEGs, decoded one by one).
 MAX_STATS_EXAMPLES_STANDARD = 10_000
 
 _REQUIRED_FORMAT = 'array_record'
@@ -94,6 +98,11 @@ def list_datasets() -> list[str]:
     return sorted(LOCAL_DATASETS)
 
 
+def is_local(name: str) -> bool:
+    """Whether `name` is a local data set, or one of its configs ('imagenet_standin/large')."""
+    return name.partition('/')[0] in LOCAL_DATASETS
+
+
 def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
     return os.fspath(os.path.expanduser(data_dir)) if data_dir else DEFAULT_DATA_DIR
 
@@ -106,9 +115,12 @@ def get_builder(
     `builder_kwargs` go to the builder, e.g. `source_dir=` for fashion_mnist.
     """
     data_dir = _resolve_data_dir(data_dir)
-    if name in LOCAL_DATASETS:
+    if is_local(name):
+        base, _, config = name.partition('/')
+        if config:  # 'name/config' picks a builder config, as TFDS names do.
+            builder_kwargs = {'config': config, **builder_kwargs}
         make = functools.partial(
-            LOCAL_DATASETS[name], data_dir=data_dir, file_format=_REQUIRED_FORMAT, **builder_kwargs
+            LOCAL_DATASETS[base], data_dir=data_dir, file_format=_REQUIRED_FORMAT, **builder_kwargs
         )
     else:
         # Check the registry by class lookup first: it is local and instant, and
@@ -146,7 +158,7 @@ def _base_name(name: str) -> str:
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
-    if name in LOCAL_DATASETS:
+    if is_local(name):
         return (
             f'Prepare it with `python -m data.prepare --datasets={name} --data_dir={data_dir}` '
             '(or `make data`).'
@@ -199,11 +211,18 @@ def prepared_builder(
 
 
 def load_source(
-    name: str, split: str, data_dir: str | os.PathLike | None = None
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    image_options: jpeg.ImageOptions | None = None,
 ) -> Sequence[dict[str, Any]]:
     """Random-access source (`ArrayRecordDataSource`) of decoded records for one split.
 
-    `split` may use TFDS slicing, e.g. "train[:90%]".
+    `split` may use TFDS slicing, e.g. "train[:90%]". A set whose `image` is encoded and varies
+    in size (imagenet2012, imagenet_standin) gives a `jpeg.EncodedImageSource` instead: images
+    stay encoded and the loaders crop and decode them as `image_options` say (default
+    `jpeg.ImageOptions()`).
     """
     builder = prepared_builder(name, data_dir)
     available = list(builder.info.splits)
@@ -212,7 +231,17 @@ def load_source(
         raise ValueError(
             f'Unknown split {split!r} for {name!r}; available splits: {", ".join(available)}.'
         )
+    if jpeg.has_encoded_images(builder.info):
+        return _encoded_source(builder, split, image_options or jpeg.ImageOptions())
     return builder.as_data_source(split=split)
+
+
+def _encoded_source(
+    builder: tfds.core.DatasetBuilder, split: str, options: jpeg.ImageOptions
+) -> jpeg.EncodedImageSource:
+    # SkipDecoding: the records carry the encoded bytes; the loaders' workers decode them.
+    records = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    return jpeg.EncodedImageSource(records, options, jpeg.image_channels(builder.info))
 
 
 def compute_image_stats(
@@ -249,8 +278,13 @@ def _load_or_compute_stats(name: str, builder: tfds.core.DatasetBuilder) -> dict
         return json.loads(path.read_text())
     if 'train' not in builder.info.splits:
         raise ValueError(f'{name!r} has no train split to compute normalisation statistics from')
-    max_examples = None if name in LOCAL_DATASETS else MAX_STATS_EXAMPLES_STANDARD
-    mean, std, used = compute_image_stats(builder.as_data_source(split='train'), max_examples)
+    if jpeg.has_encoded_images(builder.info):
+        mean, std, used = jpeg.image_stats(
+            _encoded_source(builder, 'train', jpeg.ImageOptions()), MAX_STATS_EXAMPLES_STANDARD
+        )
+    else:
+        max_examples = None if is_local(name) else MAX_STATS_EXAMPLES_STANDARD
+        mean, std, used = compute_image_stats(builder.as_data_source(split='train'), max_examples)
     stats = {'split': 'train', 'num_examples': used, 'mean': mean, 'std': std}
     try:
         path.write_text(json.dumps(stats, indent=2))
@@ -259,11 +293,15 @@ def _load_or_compute_stats(name: str, builder: tfds.core.DatasetBuilder) -> dict
     return stats
 
 
-def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> DatasetInfo:
+def dataset_info(
+    name: str, data_dir: str | os.PathLike | None = None, *, image_size: int | None = None
+) -> DatasetInfo:
     """Shapes, classes, split sizes and train mean/std of a prepared dataset.
 
     Statistics are computed once (at prepare time for local sets, else on the
-    first call) and cached as image_stats.json in the dataset's folder.
+    first call) and cached as image_stats.json in the dataset's folder. Sets whose images
+    are encoded and vary in size (see `load_source`) have examples of shape
+    (image_size, image_size, channels), image_size defaulting to jpeg.DEFAULT_IMAGE_SIZE.
     """
     data_dir = _resolve_data_dir(data_dir)
     builder = prepared_builder(name, data_dir)
@@ -283,6 +321,10 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> Datase
     else:  # A sequence model's classes are the target tokens.
         num_classes, class_names = len(vocabularies['targets']), vocabularies['targets'].tokens
     example = features[input_name]
+    example_shape = tuple(example.shape)
+    if input_name == 'image' and jpeg.has_encoded_images(builder.info):
+        size = image_size or jpeg.DEFAULT_IMAGE_SIZE
+        example_shape = (size, size, jpeg.image_channels(builder.info))
     stats = (
         _load_or_compute_stats(name, builder) if input_name == 'image' else {'mean': (), 'std': ()}
     )
@@ -290,7 +332,7 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         name=name,
         num_classes=num_classes,
         class_names=class_names,
-        example_shape=tuple(example.shape),
+        example_shape=example_shape,
         image_dtype=np.dtype(example.np_dtype).name,
         splits={split: int(info.num_examples) for split, info in builder.info.splits.items()},
         mean=tuple(stats['mean']),

@@ -12,7 +12,9 @@ reproduces the following batches exactly.
 Small splits are decoded once into RAM (`InMemorySource`): PNG decoding costs
 ~0.1 ms per image, which would otherwise bound throughput at ~10k images/s
 per core. Images stay uint8 on the host; normalisation and augmentation are
-done on device.
+done on device. Sets of encoded images of varying size (`data.jpeg.EncodedImageSource`,
+imagenet2012) are never held in RAM: both loaders crop and decode them in grain worker
+processes (data/jpeg.py), random-resized crops for training and centre crops for evaluation.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import grain
 import jax
 import numpy as np
 from absl import flags
+
+from data.jpeg import EncodedImageSource, default_worker_count
 
 Batch = dict[str, np.ndarray]
 
@@ -153,8 +157,8 @@ def maybe_in_memory(
     Call once per split and reuse the result when the same split is read many
     times (e.g. evaluation every epoch).
     """
-    if isinstance(source, InMemorySource):
-        return source
+    if isinstance(source, InMemorySource | EncodedImageSource):
+        return source  # Encoded images are decoded per batch, cropped anew every epoch.
     nbytes = decoded_nbytes(source)
     if nbytes is None or nbytes > max_bytes:
         return source
@@ -228,12 +232,29 @@ class _TrainBatch:
     global_batch_size: int
     offset: int
     per_process: int
+    readers: int = 1  # worker processes sharing each epoch (their corrupt-image allowance)
 
     def __call__(self, step: int) -> Batch:
         epoch, index_in_epoch = divmod(step, len(self.source) // self.global_batch_size)
         permutation = _epoch_permutation(len(self.source), self.seed, epoch)
         start = index_in_epoch * self.global_batch_size + self.offset
-        return _read_batch(self.source, permutation[start : start + self.per_process])
+        indices = permutation[start : start + self.per_process]
+        if isinstance(self.source, EncodedImageSource):
+            return self.source.train_batch(
+                indices, seed=self.seed, epoch=epoch, readers=self.readers
+            )
+        return _read_batch(self.source, indices)
+
+
+def _in_workers(dataset: grain.IterDataset, worker_count: int) -> grain.IterDataset:
+    """`dataset` run in `worker_count` grain worker processes (in this one when 0)."""
+    if worker_count <= 0:
+        return dataset
+    # grain's worker processes read absl flags; outside an absl app they
+    # are unparsed and grain raises, so fall back to the flag defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
 
 
 def _training_source(
@@ -257,6 +278,11 @@ def _training_source(
     if steps == 0:
         raise ValueError(
             f'split of {len(source)} examples is smaller than global_batch_size {global_batch_size}'
+        )
+    if in_memory and isinstance(source, EncodedImageSource):
+        raise ValueError(
+            'in_memory=True cannot hold a source of encoded images: they are cropped anew '
+            'every epoch; use in_memory=None or False'
         )
     if in_memory is None:
         source = maybe_in_memory(source)
@@ -289,28 +315,27 @@ def train_loader(
     repeats forever. `in_memory=None` decodes the split into RAM now (one
     pass) when it fits in IN_MEMORY_MAX_BYTES, True always, False never;
     `worker_count > 0` reads in that many processes
-    (for large datasets with costly decoding). `process_index`/`process_count`
-    override JAX's (for tests and tools).
+    (for large datasets with costly decoding); an `EncodedImageSource` is always cropped and
+    decoded in worker processes (`data.jpeg.default_worker_count()` of them when 0).
+    `process_index`/`process_count` override JAX's (for tests and tools).
     """
     source, steps, offset, per_process = _training_source(
         source, global_batch_size, seed, shard, in_memory, process_index, process_count
     )
-    reader = _TrainBatch(source, seed, global_batch_size, offset, per_process)
+    encoded = isinstance(source, EncodedImageSource)
+    if encoded and worker_count <= 0:
+        worker_count = default_worker_count()
+    reader = _TrainBatch(source, seed, global_batch_size, offset, per_process, max(1, worker_count))
     num_steps = sys.maxsize if num_epochs is None else steps * num_epochs
-    # In-memory batches are a single gather: extra threads only add overhead.
-    threads = read_threads or (1 if isinstance(source, InMemorySource) else 4)
+    # In-memory batches are a single gather: extra threads only add overhead. Decoding
+    # workers hold one batch in flight each: threads there would only multiply the memory.
+    threads = read_threads or (1 if isinstance(source, InMemorySource) or encoded else 4)
     dataset = (
         grain.MapDataset.range(num_steps)
         .map(reader)
         .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
     )
-    if worker_count > 0:
-        # grain's worker processes read absl flags; outside an absl app they
-        # are unparsed and grain raises, so fall back to the flag defaults.
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return dataset
+    return _in_workers(dataset, worker_count)
 
 
 @functools.lru_cache(maxsize=4)
@@ -367,6 +392,8 @@ def stream_loader(
     `in_memory` and checkpointing (`get_state`/`set_state` of `iter(loader)`) work as in
     `train_loader`; reading is in the main process (text sources are small).
     """
+    if isinstance(source, EncodedImageSource):
+        raise ValueError('stream_loader reads token streams, not encoded images; use train_loader')
     source, steps, offset, per_process = _training_source(
         source, global_batch_size, seed, shard, in_memory, process_index, process_count
     )
@@ -388,6 +415,7 @@ class _EvalBatch:
     global_batch_size: int
     offset: int
     per_process: int
+    readers: int = 1  # worker processes sharing the pass (their corrupt-image allowance)
 
     def __call__(self, k: int) -> Batch:
         n = len(self.source)
@@ -395,7 +423,11 @@ class _EvalBatch:
         indices = np.arange(start, start + self.per_process)
         mask = indices < n
         # Padding rows re-read example 0 (keeps shapes) and are zeroed below.
-        batch = _read_batch(self.source, np.where(mask, indices, 0))
+        if isinstance(self.source, EncodedImageSource):
+            batch = self.source.eval_batch(np.where(mask, indices, 0), readers=self.readers)
+            mask &= batch.pop('valid')  # Records that do not decode are left out, as padding.
+        else:
+            batch = _read_batch(self.source, np.where(mask, indices, 0))
         for array in batch.values():
             array[~mask] = 0
         batch['mask'] = mask
@@ -407,6 +439,7 @@ def eval_batches(
     *,
     global_batch_size: int,
     read_threads: int = 4,
+    worker_count: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[Batch]:
@@ -416,15 +449,22 @@ def eval_batches(
     [i*B/P, (i+1)*B/P) of it. Every process yields ceil(N / B) batches of
     B / P rows; rows past the end of the split are zero with mask False, so
     summing masked metrics over all processes counts each example once.
+    `worker_count` grain worker processes read the batches (None: in this process, except
+    for an `EncodedImageSource`, whose centre crops `data.jpeg.default_worker_count()`
+    processes decode; its records that do not decode have mask False).
     """
     offset, per_process = _process_share(global_batch_size, True, process_index, process_count)
     if len(source) == 0:
         return iter(())
+    encoded = isinstance(source, EncodedImageSource)
+    if worker_count is None:
+        worker_count = default_worker_count() if encoded else 0
     num_batches = -(-len(source) // global_batch_size)
-    reader = _EvalBatch(source, global_batch_size, offset, per_process)
-    dataset = grain.MapDataset.range(num_batches).map(reader)
-    return iter(
-        dataset.to_iter_dataset(
-            grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
-        )
+    reader = _EvalBatch(source, global_batch_size, offset, per_process, max(1, worker_count))
+    threads = 1 if encoded and worker_count > 0 else read_threads
+    dataset = (
+        grain.MapDataset.range(num_batches)
+        .map(reader)
+        .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
     )
+    return iter(_in_workers(dataset, worker_count))

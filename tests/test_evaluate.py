@@ -11,9 +11,8 @@ import pytest
 
 from tests.test_train import REPO, tiny_config
 from train import evaluate, loop
-from train.checkpointing import CheckpointMismatch
+from train.checkpointing import CheckpointMismatch, find_checkpoints
 from train.config import ConfigError
-from train.evaluate import checkpoint_directory
 
 
 @pytest.fixture(scope='module')
@@ -78,7 +77,7 @@ def test_weights_that_do_not_fit_and_bad_names(run_dir, digits_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match='no checkpoint of step 5.*saved: \\[6, 12\\]'):
         evaluate.evaluate_run(run_dir, step=5)
     with pytest.raises(FileNotFoundError, match='no checkpoints in'):
-        checkpoint_directory(tmp_path)
+        find_checkpoints(tmp_path)
 
 
 def _command(*args):

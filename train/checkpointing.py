@@ -249,6 +249,25 @@ class Checkpointer:
         self._manager.close()
 
 
+CHECKPOINTS_DIR = 'checkpoints'  # a workdir's folder of steps (a converted model's too)
+
+
+def find_checkpoints(path: str | Path) -> Path:
+    """The folder of numbered checkpoint steps that `path` names: a run's workdir or a folder
+    written by `python -m nets.convert` (both hold checkpoints/), or such a folder itself."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f'{str(path)!r} does not exist')
+    if (path / CHECKPOINTS_DIR).is_dir():
+        path = path / CHECKPOINTS_DIR
+    if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
+        return path
+    raise FileNotFoundError(
+        f'no checkpoints in {str(path)!r}: give a training workdir (with {CHECKPOINTS_DIR}/), '
+        'its checkpoints folder or a folder written by python -m nets.convert'
+    )
+
+
 def load_checkpoint(directory: str | Path, step: int | None = None) -> dict[str, Any]:
     """A saved train state as nested dicts of arrays on this host's first device (no model or
     config needed, whatever mesh or host count wrote it): for analysis, export and tests.

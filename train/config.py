@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 import nets
+from data import jpeg
 from train import profiling, runtime
 from train.optim import OPTIMIZERS, check_optimizer_keys
 from train.tasks import TASKS, task_class
@@ -50,6 +52,15 @@ def default_config() -> ml_collections.ConfigDict:
     config.dataset.train_split = 'train'
     config.dataset.eval_split = 'test'
     config.dataset.worker_count = 0  # grain worker processes; 0 reads in the main process
+    # Encoded images of varying size (imagenet2012, imagenet_standin; data/jpeg.py). They are
+    # always decoded in worker processes: worker_count 0 = every core but one.
+    config.dataset.image_size = 224  # side of the square train and eval crops
+    config.dataset.crop_area_range = (0.08, 1.0)  # train: fraction of the image's area
+    config.dataset.crop_aspect_range = (3 / 4, 4 / 3)  # train: crop width / height
+    config.dataset.flip = True  # train: mirror left-right half the time
+    config.dataset.eval_crop_fraction = 0.875  # eval: centre square side / short side
+    config.dataset.max_corrupt_fraction = 0.001  # undecodable records tolerated per epoch
+    config.dataset.decoder = 'auto'  # 'auto', 'simplejpeg', 'pillow', 'pillow_full'
     # 'streams': row r of consecutive batches reads consecutive records of one stream and a
     # recurrent language model carries its state across steps (data.pipeline.stream_loader).
     config.dataset.order = 'shuffled'
@@ -138,6 +149,11 @@ def default_config() -> ml_collections.ConfigDict:
     # Steps start..stop-1 traced with jax.profiler into <workdir>/profile (train/profiling.py);
     # (-1, -1): no trace.
     config.profile_steps = (-1, -1)
+    # Parameters (and batch statistics) to start from, with a fresh optimiser and schedule: a
+    # run's workdir, its checkpoints/ folder, or a folder written by `python -m nets.convert`.
+    # What does not fit (a new head, a new image size) is re-initialised or resampled, and
+    # named in the log. Resuming the workdir's own checkpoint always wins.
+    config.init_from = ''
 
     # Hardware choices (train/runtime.py): device split, XLA flags, kernels, allocator,
     # micro-batches; resolved per run and recorded in config.json and summary.json.
@@ -398,6 +414,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     _check_positive('config.nonfinite_max_skips', config.nonfinite_max_skips)
     _check_learning_rate(config.optimizer)
+    try:
+        jpeg.options_from_config(config.dataset)
+    except ValueError as error:
+        raise ConfigError(f'config.dataset: {error}') from error
+    if config.init_from and not Path(config.init_from).exists():
+        raise ConfigError(f'config.init_from={config.init_from!r} does not exist')
     if not 0.0 <= config.schedule.end_factor <= 1.0:
         raise ConfigError(
             f'config.schedule.end_factor must be in [0, 1], got {config.schedule.end_factor}'

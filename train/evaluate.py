@@ -25,10 +25,11 @@ import ml_collections
 from absl import app, flags
 
 import data
+from data import jpeg
 from nets.kernels import switch
 from train import cli
 from train import runtime as runtime_lib
-from train.checkpointing import CheckpointMismatch, load_checkpoint
+from train.checkpointing import CheckpointMismatch, find_checkpoints, load_checkpoint
 from train.config import ConfigError
 from train.loop import create_model, evaluate_state
 from train.metrics_writer import quiet_library_logs
@@ -37,8 +38,6 @@ from train.state import TrainState
 from train.steps import make_eval_step
 from train.tasks import Task, task_from_config
 from train.workdir import read_run_config
-
-CHECKPOINTS = 'checkpoints'
 
 
 @dataclasses.dataclass
@@ -61,19 +60,6 @@ class LoadedRun:
         return {'params': self.state['params'], **(self.state.get('model_state') or {})}
 
 
-def checkpoint_directory(path: str | Path) -> Path:
-    """The checkpoints folder of a run's workdir, or `path` itself when it is one."""
-    path = Path(path).absolute()
-    if (path / CHECKPOINTS).is_dir():
-        return path / CHECKPOINTS
-    if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
-        return path
-    raise FileNotFoundError(
-        f'no checkpoints in {str(path)!r}: give a training workdir (with {CHECKPOINTS}/) or '
-        'its checkpoints folder'
-    )
-
-
 def _check_fits(task: Task, state: dict[str, Any], checkpoint_dir: Path) -> None:
     """The saved parameters have the tree and shapes the run's model initialises."""
     expected = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0))['params']
@@ -92,10 +78,12 @@ def load_trained(
     """Rebuilds the run in `workdir` and loads the newest (or `step`'s) checkpoint of
     `init_from` (default: the run itself)."""
     config = read_run_config(workdir)
-    info = data.dataset_info(config.dataset.name, config.dataset.data_dir or None)
+    info = data.dataset_info(
+        config.dataset.name, config.dataset.data_dir or None, image_size=config.dataset.image_size
+    )
     model = create_model(config, info)
     task = task_from_config(config, model=model, info=info)
-    directory = checkpoint_directory(init_from or workdir)
+    directory = find_checkpoints(init_from or workdir)
     if step is not None and not (directory / str(step)).is_dir():
         saved = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
         raise FileNotFoundError(f'no checkpoint of step {step} in {directory}; saved: {saved}')
@@ -113,7 +101,12 @@ def evaluate_split(run: LoadedRun, split: str, batch_size: int = 0) -> dict[str,
     mesh = make_mesh()
     try:
         check_batch_divides(batch_size, mesh, 'eval batch size (--batch_size)')
-        raw_source = data.load_source(config.dataset.name, split, data_dir)
+        raw_source = data.load_source(
+            config.dataset.name,
+            split,
+            data_dir,
+            image_options=jpeg.options_from_config(config.dataset),
+        )
     except ValueError as error:  # a batch the devices do not divide, or an unknown split
         raise ConfigError(str(error)) from error
     saved = run.state

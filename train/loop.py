@@ -26,13 +26,14 @@ from absl import logging
 
 import data
 import nets
-from data import augment
+from data import augment, jpeg
 from nets.kernels import switch
 from train import config as config_lib
 from train import pictures
 from train import runtime as runtime_lib
 from train.checkpointing import Checkpointer, CheckpointMismatch
 from train.early_stopping import EarlyStopping
+from train.init_from import initialise_from
 from train.metrics_writer import MetricWriter
 from train.optim import plateau_scale
 from train.profiling import StepProfiler
@@ -136,11 +137,16 @@ def _train_and_evaluate(
 
     # 2. Data.
     data_dir = config.dataset.data_dir or None
-    info = data.dataset_info(config.dataset.name, data_dir)
-    train_source = data.load_source(config.dataset.name, config.dataset.train_split, data_dir)
+    image_options = jpeg.options_from_config(config.dataset)  # encoded, variable-size images
+    info = data.dataset_info(config.dataset.name, data_dir, image_size=config.dataset.image_size)
+    train_source = data.load_source(
+        config.dataset.name, config.dataset.train_split, data_dir, image_options=image_options
+    )
     # Evaluated many times: decode it into memory once when it is small.
     eval_source = data.maybe_in_memory(
-        data.load_source(config.dataset.name, config.dataset.eval_split, data_dir)
+        data.load_source(
+            config.dataset.name, config.dataset.eval_split, data_dir, image_options=image_options
+        )
     )
 
     # 3. Model and task.
@@ -207,6 +213,10 @@ def _train_and_evaluate(
         checkpointer.close()
         raise config_lib.ConfigError(mismatch_message(workdir, config, error)) from error
     window = TrainWindow()
+    if restored is None and config.init_from:  # fine-tuning: a fresh run from given weights
+        state, report = initialise_from(config.init_from, state)
+        for line in report:
+            logging.info('init_from: %s', line)
     if restored is not None:
         state, window = restored[0], TrainWindow.from_json(restored[1])
     start_step = int(fetch(state.step))

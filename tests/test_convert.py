@@ -1,0 +1,120 @@
+"""Checkpoint conversion: tiny torchvision/timm/big_vision models (tests/fixtures/convert, made by
+tests/fixtures/make_convert_fixtures.py) converted and run; logits must match the reference's."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nets.convert as convert
+from nets.convert.tensors import read_safetensors
+from train.checkpointing import load_checkpoint
+
+FIXTURES = Path(__file__).resolve().parent / 'fixtures' / 'convert'
+
+# case, source, registered model, fields the tensors cannot fix, image size
+CASES = [
+    ('torchvision_resnet_basic', 'torchvision', 'resnet18', {}, None),
+    ('torchvision_resnet_bottleneck', 'torchvision', 'resnet50', {}, None),
+    ('torchvision_vit', 'torchvision', 'vit_b16', {'num_heads': 2}, None),
+    ('torchvision_vgg_bn', 'torchvision', 'vgg11_bn', {}, None),
+    ('torchvision_alexnet', 'torchvision', 'alexnet', {}, None),
+    ('torchvision_convnext', 'torchvision', 'convnext_t', {}, None),
+    ('torchvision_swin', 'torchvision', 'swin_t', {}, 16),
+    ('timm_resnet', 'timm', 'resnet18', {}, None),
+    ('timm_vit', 'timm', 'vit_b16', {'num_heads': 2}, None),
+    ('timm_convnext', 'timm', 'convnext_t', {}, None),
+    ('big_vision_vit', 'big_vision', 'vit_b16', {}, None),
+]
+
+
+def checkpoint(case: str, source: str) -> Path:
+    return FIXTURES / f'{case}{".npz" if source == "big_vision" else ".safetensors"}'
+
+
+def max_relative_difference(logits, reference) -> float:
+    return float(np.max(np.abs(logits - reference)) / np.max(np.abs(reference)))
+
+
+@pytest.mark.parametrize(
+    ('case', 'source', 'model', 'fields', 'size'), CASES, ids=[c[0] for c in CASES]
+)
+def test_converted_model_gives_the_reference_logits(case, source, model, fields, size):
+    converted = convert.convert(
+        source, model, checkpoint(case, source), fields=fields, image_size=size
+    )
+    io = np.load(FIXTURES / f'{case}_io.npz')
+    logits = np.asarray(converted.create().apply(converted.variables, io['inputs']))
+    assert logits.shape == io['logits'].shape
+    assert max_relative_difference(logits, io['logits']) < 1e-5
+
+
+def test_sizes_come_from_the_tensors_and_source_fields_from_the_source():
+    resnet = convert.convert(
+        'torchvision', 'resnet50', checkpoint('torchvision_resnet_bottleneck', 'torchvision')
+    )
+    assert resnet.fields['stage_sizes'] == (1, 2, 1, 1) and resnet.fields['width'] == 4
+    assert resnet.fields['block'] == 'bottleneck' and resnet.fields['num_classes'] == 7
+    swin = convert.convert(
+        'torchvision', 'swin_t', checkpoint('torchvision_swin', 'torchvision'), image_size=16
+    )
+    assert swin.fields['num_heads'] == (1, 2, 4) and swin.fields['window_size'] == 2
+    vit = convert.convert('big_vision', 'vit_b16', checkpoint('big_vision_vit', 'big_vision'))
+    assert vit.fields['mlp_activation'] == 'gelu_tanh' and vit.fields['num_heads'] == 2
+
+
+def test_position_table_is_resampled_for_another_image_size():
+    """Converting for 16 px equals applying the 32 px table at 16 px (the model resamples the
+    same way when it meets another grid)."""
+    path = checkpoint('torchvision_vit', 'torchvision')
+    native = convert.convert('torchvision', 'vit_b16', path, fields={'num_heads': 2})
+    small = convert.convert('torchvision', 'vit_b16', path, fields={'num_heads': 2}, image_size=16)
+    assert small.params['pos_embedding'].shape == (1, 1 + 2 * 2, 32)
+    assert small.input_shape == (16, 16, 3) and 'resampled' in small.notes[0]
+    images = np.load(FIXTURES / 'torchvision_vit_io.npz')['inputs'][:, :16, :16]
+    expected = native.create().apply(native.variables, images)
+    np.testing.assert_allclose(small.create().apply(small.variables, images), expected, atol=1e-5)
+
+
+def test_converted_folder_holds_a_loadable_checkpoint_and_its_description(tmp_path):
+    path = checkpoint('torchvision_resnet_basic', 'torchvision')
+    out = convert.convert_to_folder('torchvision', 'resnet18', path, tmp_path / 'converted')
+    described = json.loads((out / convert.METADATA_FILE).read_text())
+    assert described['model'] == 'resnet18' and described['source'] == 'torchvision'
+    assert described['fields']['stage_sizes'] == [1, 1, 1, 1]
+    saved = load_checkpoint(out / convert.CHECKPOINTS)
+    tensors = read_safetensors(path)
+    np.testing.assert_array_equal(saved['params']['head']['bias'], tensors['fc.bias'])
+    np.testing.assert_array_equal(
+        saved['model_state']['batch_stats']['stem']['norm']['var'], tensors['bn1.running_var']
+    )
+    with pytest.raises(ValueError, match='not empty'):
+        convert.convert_to_folder('torchvision', 'resnet18', path, out)
+
+
+def test_bad_requests_fail_with_one_line_naming_the_choices(tmp_path):
+    path = checkpoint('torchvision_resnet_basic', 'torchvision')
+    with pytest.raises(ValueError, match=r"Unknown source 'caffe'.*big_vision"):
+        convert.convert('caffe', 'resnet18', path)
+    with pytest.raises(ValueError, match=r"no big_vision mapping for 'resnet18'.*torchvision:vit"):
+        convert.convert('big_vision', 'resnet18', path)
+    with pytest.raises(FileNotFoundError, match='no checkpoint file'):
+        convert.convert('torchvision', 'resnet18', tmp_path / 'missing.safetensors')
+    # A ViT checkpoint read as a ResNet: the tensors it needs are not there.
+    with pytest.raises(ValueError, match="has no tensor 'conv1.weight'"):
+        convert.convert('torchvision', 'resnet18', checkpoint('torchvision_vit', 'torchvision'))
+
+
+def test_tensors_without_a_place_in_the_model_are_named(tmp_path):
+    tensors = read_safetensors(checkpoint('torchvision_resnet_basic', 'torchvision'))
+    tensors['layer1.0.se.fc.weight'] = np.ones((2, 8), np.float32)
+    np.savez(tmp_path / 'extra.npz', **tensors)
+    with pytest.raises(ValueError, match=r"no place in resnet18.*'layer1\.0\.se\.fc\.weight'"):
+        convert.convert('torchvision', 'resnet18', tmp_path / 'extra.npz')
+
+
+def test_a_field_that_contradicts_the_tensors_fails_the_fit_check():
+    path = checkpoint('torchvision_resnet_basic', 'torchvision')
+    with pytest.raises(ValueError, match='do not fit resnet18'):
+        convert.convert('torchvision', 'resnet18', path, fields={'stage_sizes': (1, 1, 1)})
