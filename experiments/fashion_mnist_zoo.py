@@ -43,6 +43,7 @@ IMAGE_FAMILIES = frozenset(
         'convnext',
         'nfnet',
         'swin',
+        'p4cnn',
     }
 )
 

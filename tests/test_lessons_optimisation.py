@@ -234,7 +234,7 @@ def test_report_runner_skips_reruns_and_reports_errors(
         assert finding.verdict.reason in text and finding.table in text
         assert f'--lessons={number} --scale=tiny' in text
     assert re.search(r'\| 6 \| .* \| \*\*error\*\* \| RuntimeError: simulated failure', text)
-    assert 'Not run yet: claims 7, 8, 9, 10, 11, 12.' in text
+    assert 'Not run yet: claims 7, 8, 9, 10, 11, 12, 13.' in text
     links = re.findall(r'!\[[^]]*\]\(([^)]+)\)', text)
     assert len(links) >= 5
     copied = (tmp_path / 'docs' / 'report.md').read_text()
