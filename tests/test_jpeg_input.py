@@ -4,6 +4,7 @@ and decoders, and the grain loaders on encoded sources (workers, resuming, corru
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import logging
 
@@ -269,3 +270,23 @@ def test_training_on_the_standin_end_to_end_and_resuming(standin_dir, tmp_path):
     assert summary['eval']['examples'] == 16
     config.num_steps = 9
     assert train_and_evaluate(config, tmp_path / 'run')['step'] == 9
+
+
+@pytest.mark.parametrize('config_file', ['imagenet_resnet50', 'imagenet_vit'])
+def test_imagenet_configs_run_their_smoke_argument_on_the_standin(
+    standin_dir, tmp_path, config_file
+):
+    """The ImageNet configs, unchanged but for their `:smoke` argument's sizes, train, evaluate
+    and checkpoint through the JPEG path on the stand-in."""
+    module = importlib.import_module(f'experiments.{config_file}')
+    config = module.get_config('smoke')
+    config.dataset.data_dir = standin_dir
+    summary = train_and_evaluate(config, tmp_path / config_file)
+    assert summary['stop_reason'] == 'finished' and summary['step'] == 6
+    assert np.isfinite(summary['eval']['loss'])
+    full = module.get_config('')
+    assert (full.dataset.name, full.dataset.image_size, full.batch_size) == (
+        'imagenet2012',
+        224,
+        1024,
+    )
