@@ -11,7 +11,9 @@ import pytest
 import nets
 import nets.convert as convert
 from nets.layers.position import resize_grid_embedding
-from train import init_from
+from tests.test_train import tiny_config
+from train import init_from, loop
+from train.checkpointing import load_checkpoint
 from train.config import ConfigError, default_config
 from train.state import TrainState
 
@@ -117,10 +119,6 @@ def test_a_path_that_is_not_a_checkpoint_fails_with_one_line(tmp_path):
     'init_from' not in default_config(), reason='config.init_from is not wired into the loop yet'
 )
 def test_fine_tuning_a_converted_resnet_on_digits(digits_dir, tmp_path):
-    from tests.test_train import tiny_config
-    from train import loop
-    from train.checkpointing import load_checkpoint
-
     out = convert.convert_to_folder(
         'torchvision',
         'resnet18',

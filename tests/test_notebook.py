@@ -40,3 +40,6 @@ def test_quickstart_notebook_runs_and_draws(digits_dir, tmp_path, monkeypatch):
     assert (tmp_path / 'runs' / 'mlp' / 'eval_test.json').exists()
     assert (tmp_path / 'runs' / 'mlp_digits.jax').stat().st_size > 0
     assert not (REPO / 'docs' / 'notebooks' / 'workdirs').exists()
+    # The fine-tuned ResNet started from the converted checkpoint.
+    assert (tmp_path / 'runs' / 'converted_resnet' / 'converted.json').exists()
+    assert (tmp_path / 'runs' / 'finetuned_resnet' / 'summary.json').exists()
