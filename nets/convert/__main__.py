@@ -7,7 +7,7 @@ from typing import Any
 
 from absl import flags
 
-from nets.convert import SOURCES, convert_to_folder
+from nets.convert.api import SOURCES, convert_to_folder
 from train import cli
 
 flags.DEFINE_enum('source', None, list(SOURCES), 'Where the checkpoint comes from.')
