@@ -7,7 +7,15 @@ its smallest size, its shortest budget or its lowest learning rate):
       --workdir=workdirs/scaling_cpu_tiny/runs/vit-s_e0.5_lr0.008
 The whole grid, its results file, fits, plots and report:
   python -m experiments.sweeps.scaling_study --preset=cpu_tiny --workdir=workdirs/scaling_cpu_tiny
-Presets (their families, ladders and budgets are in experiments/sweeps/scaling_grid.py):
+Presets (their families, ladders and budgets are in experiments/sweeps/scaling_grid.py; the
+sweep extends rates and budgets past the grid up to each preset's caps):
+  cpu_small     Fashion-MNIST as cpu_tiny; NFNet-style ConvNets (F0-style, scaled down, one
+                group, AGC) vs ViTs, 6 sizes each x budgets 0.25/0.5/1 x 3 rates = 108 runs,
+                then extensions (rates 2 factors of 2 past the grid, budgets up to 2 epochs).
+                Hardware: the 2-core CPU; estimated 41-52 min for the grid, 1.9-2.4 h at
+                most with every extension (scaling_study --estimate; docs/scaling.md).
+  gpu_h100      all of Fashion-MNIST, wider NFNets vs ViTs, 4 sizes x 3 budgets x 3 rates =
+                72 runs at batch 256 for one H100, about 10 minutes (an estimate).
   cpu_tiny      Fashion-MNIST 28x28, 20% of the train split, half the test split held out;
                 ResNet by width (4 sizes) vs ViT by width/depth/heads (5 sizes) x epoch budgets
                 0.25/0.5/1 x 2 learning rates = 54 runs (NFNet and ConvNeXt ladders with

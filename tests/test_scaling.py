@@ -1,11 +1,16 @@
 """Scaling studies: FLOP counts against analytic ones, the fitted laws against known exponents,
-the frontier, the presets, and a sweep that skips finished runs and resumes interrupted ones."""
+the frontier, the presets, a sweep that skips finished runs and resumes interrupted ones, and a
+whole study (cpu_small at a drastically reduced size) from training to its report."""
 
 import dataclasses
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -16,7 +21,9 @@ import pytest
 from experiments import scaling as scaling_config
 from experiments.analysis import compute
 from experiments.analysis import scaling_laws as laws
+from experiments.sweeps import scaling_analysis as analysis_lib
 from experiments.sweeps import scaling_grid as scaling
+from experiments.sweeps import scaling_plan, scaling_plots
 from experiments.sweeps import scaling_report as report
 from experiments.sweeps import scaling_study as study
 from nets.tools import flops as flop_counter
@@ -289,9 +296,17 @@ def _one_step(config, image_shape, num_classes):
     return int(state.step), float(metrics['loss'])
 
 
-@pytest.mark.parametrize('preset,family', [('tpu_imagenet', 'nfnet'), ('tpu_jft_like', 'vit')])
-def test_tpu_preset_steps_compile_and_run_on_cpu_at_reduced_size(preset, family):
-    """The TPU recipes (optimiser, AGC, bfloat16, schedule) at the smallest rung, shrunk to a
+@pytest.mark.parametrize(
+    'preset,family',
+    [
+        ('tpu_imagenet', 'nfnet'),
+        ('tpu_jft_like', 'vit'),
+        ('gpu_h100', 'nfnet'),
+        ('gpu_h100', 'vit'),
+    ],
+)
+def test_accelerator_preset_steps_compile_and_run_on_cpu_at_reduced_size(preset, family):
+    """The TPU and GPU recipes (optimiser, AGC, dtype, schedule) at the smallest rung, shrunk to a
     width and batch the CPU can take: one train step compiles, runs and gives a finite loss."""
     spec = scaling.PRESETS[preset]
     size = next(iter(spec.families[family].sizes))
@@ -306,7 +321,7 @@ def test_tpu_preset_steps_compile_and_run_on_cpu_at_reduced_size(preset, family)
         config.model[key] = value
     config.batch_size = 2
     validate(config)
-    assert config.dtype == 'bfloat16'
+    assert config.dtype == ('bfloat16' if preset.startswith('tpu') else 'float32')
     step, loss = _one_step(config, (16, 16, 3), 7)
     assert step == 1 and math.isfinite(loss)
 
@@ -385,6 +400,7 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, digits
         'skipped': 1,
         'trained': 1,
         'diverged': 0,
+        'preempted': 0,
     }
     assert calls == [specs[1].run_id]
     # Resumed, not restarted: the steps up to 20 kept their logged metrics from before.
@@ -455,6 +471,7 @@ def test_analysis_report_and_plots(tmp_path):
     preset = scaling.PRESETS['cpu_tiny']
     records = _synthetic_records('resnet', 'convnet', 0.1) + _synthetic_records('vit', 'vit', 0.15)
     analysis = study.analyze(records, num_resamples=50)
+    comparisons = analysis_lib.compare_families(analysis, num_resamples=50)
     for family in ('resnet', 'vit'):
         result = analysis[family]
         assert len(result['frontier']) >= 3 and 'params' in result['power_law']
@@ -464,8 +481,25 @@ def test_analysis_report_and_plots(tmp_path):
         )
         assert result['optimal_lr_fit']['params']['p'] < 0  # longer budgets, lower rates
         assert result['compute_optimal'] and 'params' in result['optimal_params_fit']
-    figures = report.write_plots(records, analysis, tmp_path)
+    assert [(c['convnet'], c['vit']) for c in comparisons] == [('resnet', 'vit')]
+    verdict = comparisons[0]['verdict']
+    assert verdict.startswith('The resnet') or verdict.startswith('No verdict')
+    figures = scaling_plots.write_plots(records, analysis, tmp_path, comparisons)
     assert all(f.exists() and f.stat().st_size > 10_000 for f in figures)
+    # The synthetic grid's sizes and rates as a preset, to plan from.
+    planning = dataclasses.replace(
+        preset,
+        families={
+            name: dataclasses.replace(
+                preset.families[name],
+                sizes={f's{n}': next(iter(preset.families[name].sizes.values())) for n in range(4)},
+                learning_rates=(0.1, 0.2),
+            )
+            for name in ('resnet', 'vit')
+        },
+    )
+    plan = scaling_plan.plan(planning, scaling.grid(planning), records)
+    assert plan.runs == ()  # cpu_tiny allows no extension
     report_path = report.write_report(
         preset,
         scaling.grid(preset),
@@ -478,7 +512,55 @@ def test_analysis_report_and_plots(tmp_path):
         sweep_log=[
             {'started': 0.0, 'train_seconds': 120.0, 'counts': {'trained': 48}, 'host_cores': 2}
         ],
+        comparisons=comparisons,
+        plan=plan,
     )
     text = report_path.read_text()
+    assert verdict in text and 'Held-out prediction' in text and 'TPU-v4 core-hours' in text
+    # Every best rate of a two-rate grid is at its edge, here also the cap.
+    assert 'AT THE CAP' in text and len(plan.lr_capped) == 2 * 4 * 3
     assert 'Power law on the frontier' in text and 'frontiers.png' in text and '## vit' in text
     assert '2.0 min training the grid' in text
+
+
+def test_cpu_small_smoke_study_runs_end_to_end_into_a_report(tmp_path, digits_dir):
+    """cpu_small reduced to 2 sizes x 2 budgets x 2 rates a family, a few steps a run, on the
+    8x8 digits: the study trains every run through the ordinary trainer, plans (nothing more:
+    the smoke preset allows no extension), analyses and writes its report. In a process of its
+    own with XLA's CPU compiler at optimisation level 0: runs of a few steps are nearly all
+    compilation (each run's learning rate and schedule are constants of its train step)."""
+    driver = f"""
+import dataclasses
+from pathlib import Path
+from experiments.sweeps import scaling_grid, scaling_plan, scaling_study
+preset = dataclasses.replace(
+    scaling_plan.smoke_preset('cpu_small'), dataset='digits', data_dir={digits_dir!r},
+    image_shape=(8, 8, 1), train_split='train[:512]', eval_split='test[:256]')
+scaling_study.study(preset, scaling_grid.grid(preset), Path({str(tmp_path)!r}), num_resamples=20)
+"""
+    env = os.environ | {'XLA_FLAGS': '--xla_backend_optimization_level=0', 'JAX_PLATFORMS': 'cpu'}
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, '-c', driver], env=env, cwd=root, check=True)
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert len(results['runs']) == 16  # 2 families x 2 sizes x 2 budgets x 2 rates
+    assert all(r['status'] == 'finished' and r['steps'] in (2, 4) for r in results['runs'])
+    assert {r['device_kind'] for r in results['runs']} != {''}
+    assert results['plan']['runs'] == []
+    text = (tmp_path / 'report.md').read_text()
+    assert '## Frontiers compared' in text and '### nfnet against vit' in text
+    assert results['comparisons'][0]['verdict'] in text
+    assert (tmp_path / 'loss_vs_compute.png').exists()
+
+    # Rerun: everything is done, nothing trains.
+    def refuse(config, workdir):
+        raise AssertionError(f'{workdir} trained again')
+
+    preset = dataclasses.replace(
+        scaling_plan.smoke_preset('cpu_small'),
+        dataset='digits',
+        data_dir=digits_dir,
+        image_shape=(8, 8, 1),
+        train_split='train[:512]',
+        eval_split='test[:256]',
+    )
+    assert study.sweep(preset, scaling.grid(preset), tmp_path, train_fn=refuse)['trained'] == 0

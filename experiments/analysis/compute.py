@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from nets.tools.flops import (
 )
 from train.loop import create_model
 from train.pictures import read_metrics
-from train.sharding import make_mesh
+from train.sharding import host_to_global, make_mesh
 from train.steps import init_train_state, make_train_step
 from train.tasks import task_from_config
 
@@ -211,3 +212,65 @@ def train_loop_seconds(metrics_file: str | Path, batch_size: int) -> float:
             seconds += steps * batch_size / speed
         previous_step = record['step']
     return seconds
+
+
+# --- Conversions and estimates -------------------------------------------------------------------
+
+# TPU v4: 275 TFLOP/s (bfloat16) per chip, two TensorCores per chip.
+TPU_V4_PEAK_FLOPS_PER_CORE = 275e12 / 2
+
+
+def tpu_v4_core_hours(flops: float, mfu: float) -> float:
+    """TPU-v4 core-hours that `flops` of training take at model FLOP utilisation `mfu`:
+    core-hours = FLOPs / (peak FLOP/s per core × MFU × 3600)."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f'mfu must be in (0, 1], got {mfu!r}')
+    return flops / (TPU_V4_PEAK_FLOPS_PER_CORE * mfu * 3600.0)
+
+
+def sweep_seconds(
+    runs: Sequence[tuple[float, int]], flops_per_second: float, seconds_per_run: float
+) -> float:
+    """Estimated seconds of a sweep: each run's (train-step FLOPs, steps) at a measured
+    `flops_per_second`, plus `seconds_per_run` for what does not scale with the steps
+    (compilation, the evaluation, checkpoints)."""
+    if not flops_per_second > 0:
+        raise ValueError(f'flops_per_second must be > 0, got {flops_per_second!r}')
+    return sum(flops * steps for flops, steps in runs) / flops_per_second + seconds_per_run * len(
+        runs
+    )
+
+
+def measured_steps_per_second(
+    config: ml_collections.ConfigDict,
+    example_shape: Sequence[int],
+    num_classes: int,
+    *,
+    steps: int = 5,
+) -> tuple[float, float]:
+    """(train steps per second, seconds of the first step, compilation included) of `config`'s
+    train step on random uint8 images on the first device: a probe of a few steps."""
+    info = _dataset_info(config, example_shape, num_classes)
+    model = create_model(config, info)
+    task = task_from_config(config, model=model, info=info, augmenter=None)
+    mesh = make_mesh(jax.devices()[:1])
+    tx, _ = task.make_optimizer(config, steps_per_epoch=100, total_steps=1000)
+    state = init_train_state(task, tx, config.seed, mesh)
+    rng = np.random.default_rng(0)
+    batch = host_to_global(
+        {
+            'image': rng.integers(0, 256, (config.batch_size, *example_shape), dtype=np.uint8),
+            'label': rng.integers(0, num_classes, config.batch_size).astype(np.int32),
+        },
+        mesh,
+    )
+    step = make_train_step(task, tx, mesh, skip_nonfinite=False)
+    started = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    return steps / (time.perf_counter() - started), first

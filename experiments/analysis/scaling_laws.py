@@ -8,7 +8,9 @@ compute-optimal model size, epoch budget and learning rate.
 - `fit_saturating`: L = c + a·(C + d)^(-b) (Zhai et al. 2022): an irreducible loss c, and an
   offset d that bends the curve at small compute. Fitted in log space (relative errors, as the
   straight-line law is) with box constraints a, b > 0, 0 <= c < min L, d >= 0, from several
-  starting points.
+  starting points. `fit_saturating_power` is the same without the offset, L = a·C^(-b) + c:
+  three parameters, the form the held-out prediction test compares with the power law
+  (experiments/analysis/scaling_prediction.py).
 - `bootstrap`: percentile intervals for every fitted parameter from refits on resampled
   points.
 - `compute_optimal`: at each compute level, the model size whose loss-vs-compute curve (its
@@ -34,7 +36,7 @@ from scipy import optimize
 class Fit:
     """A fitted law: its parameters, their bootstrap intervals, and the points it saw."""
 
-    law: str  # 'power', 'saturating' or 'log_linear'
+    law: str  # 'power', 'saturating', 'saturating_power' or 'log_linear'
     params: dict[str, float]
     intervals: dict[str, tuple[float, float]]  # 95% percentile bootstrap intervals
     num_points: int
@@ -42,20 +44,33 @@ class Fit:
     residual_rms: float  # root-mean-square residual of log y
 
     def predict(self, x: np.ndarray | float) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        p = self.params
-        if self.law == 'power':
-            return p['a'] * x ** (-p['b'])
-        if self.law == 'saturating':
-            return p['c'] + p['a'] * (x + p['d']) ** (-p['b'])
-        return p['k'] * x ** p['p']
+        return law_value(self.law, self.params, x)
 
     def formula(self) -> str:
-        if self.law == 'power':
-            return 'L = a·C^(-b)'
-        if self.law == 'saturating':
-            return 'L = c + a·(C + d)^(-b)'
-        return 'y = k·x^p'
+        return FORMULAS[self.law]
+
+
+FORMULAS = {
+    'power': 'L = a·C^(-b)',
+    'saturating': 'L = c + a·(C + d)^(-b)',
+    'saturating_power': 'L = a·C^(-b) + c',
+    'log_linear': 'y = k·x^p',
+}
+
+
+def law_value(law: str, params: dict[str, float], x: np.ndarray | float) -> np.ndarray:
+    """The value of `law` with `params` at `x`."""
+    x = np.asarray(x, dtype=np.float64)
+    p = params
+    if law == 'power':
+        return p['a'] * x ** (-p['b'])
+    if law == 'saturating':
+        return p['c'] + p['a'] * (x + p['d']) ** (-p['b'])
+    if law == 'saturating_power':
+        return p['c'] + p['a'] * x ** (-p['b'])
+    if law == 'log_linear':
+        return p['k'] * x ** p['p']
+    raise ValueError(f'unknown law {law!r}; valid: {sorted(FORMULAS)}')
 
 
 # --- Frontier ----------------------------------------------------------------------------------
@@ -77,6 +92,9 @@ def pareto_frontier(compute: Sequence[float], loss: Sequence[float]) -> np.ndarr
 
 # --- Fits --------------------------------------------------------------------------------------
 
+# The largest exponent the saturating fits may take (a bound the degeneracy check looks for).
+B_MAX = 5.0
+
 
 def _log_linear_params(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(p, log k) of the least-squares line log y = p·log x + log k."""
@@ -95,20 +113,26 @@ def _fit_power_point(compute: np.ndarray, loss: np.ndarray) -> dict[str, float]:
 
 
 def _fit_saturating_point(
-    compute: np.ndarray, loss: np.ndarray, start: dict[str, float] | None = None
+    compute: np.ndarray,
+    loss: np.ndarray,
+    start: dict[str, float] | None = None,
+    offset: bool = True,
 ) -> dict[str, float]:
     """Least squares of log L against log(c + a·(C + d)^(-b)) with compute in units of its
     smallest value, so that every starting point is O(1). Without `start`, several starts
     (irreducible loss from 0 to 95% of the smallest loss, offset 0 or 1) and the best is kept;
-    bootstrap refits start from the full-data fit and from c = d = 0."""
+    bootstrap refits start from the full-data fit and from c = d = 0. `offset=False` holds
+    d at 0: L = a·C^(-b) + c."""
     scale = float(np.min(compute))
     x = compute / scale
     log_loss = np.log(loss)
     c_max = float(np.min(loss)) * (1 - 1e-9)
     d_max = 1e3 * float(np.max(x))
+    free = 4 if offset else 3  # the parameters least squares moves: (log a, b, c[, d])
 
     def terms(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        log_a, b, c, d = theta
+        log_a, b, c = theta[:3]
+        d = theta[3] if offset else 0.0
         log_xd = np.log(x + d)
         power = np.exp(log_a - b * log_xd)
         return power, c + power, log_xd
@@ -117,29 +141,27 @@ def _fit_saturating_point(
         return np.log(terms(theta)[1]) - log_loss
 
     def jacobian(theta: np.ndarray) -> np.ndarray:
-        b, d = theta[1], theta[3]
+        b = theta[1]
+        d = theta[3] if offset else 0.0
         power, predicted, log_xd = terms(theta)
-        return np.stack(
-            [
-                power / predicted,
-                -log_xd * power / predicted,
-                1.0 / predicted,
-                -b * power / ((x + d) * predicted),
-            ],
-            axis=1,
-        )
+        columns = [power / predicted, -log_xd * power / predicted, 1.0 / predicted]
+        if offset:
+            columns.append(-b * power / ((x + d) * predicted))
+        return np.stack(columns, axis=1)
 
     starts = []
     if start is not None:
-        starts.append((min(start['c'], c_max * 0.999), start['d'] / scale))
+        starts.append((min(start['c'], c_max * 0.999), start.get('d', 0.0) / scale))
         starts.append((0.0, 0.0))
     else:
-        starts = [(f * c_max, d0) for f in (0.0, 0.3, 0.6, 0.85, 0.95) for d0 in (0.0, 1.0)]
+        offsets = (0.0, 1.0) if offset else (0.0,)
+        starts = [(f * c_max, d0) for f in (0.0, 0.3, 0.6, 0.85, 0.95) for d0 in offsets]
+    lower, upper = [-np.inf, 1e-4, 0.0, 0.0][:free], [np.inf, B_MAX, c_max, d_max][:free]
     best = None
     for c0, d0 in starts:
         d0 = min(d0, d_max * 0.999)
         slope, log_a0 = _log_linear_params(x + d0, np.maximum(loss - c0, 1e-12))
-        theta0 = np.array([log_a0, min(max(-slope, 1e-3), 4.9), c0, d0])
+        theta0 = np.array([log_a0, min(max(-slope, 1e-3), 0.98 * B_MAX), c0, d0][:free])
         try:
             result = optimize.least_squares(
                 residuals,
@@ -148,7 +170,7 @@ def _fit_saturating_point(
                 method='trf',
                 x_scale='jac',
                 max_nfev=500,
-                bounds=([-np.inf, 1e-4, 0.0, 0.0], [np.inf, 5.0, c_max, d_max]),
+                bounds=(lower, upper),
             )
         except (ValueError, FloatingPointError):
             continue
@@ -156,22 +178,42 @@ def _fit_saturating_point(
             best = result
     if best is None:
         raise RuntimeError('saturating fit failed from every starting point')
-    log_a, b, c, d = best.x
+    log_a, b, c = best.x[:3]
     # Back to the caller's compute units: a·(x + d)^(-b) = a·scale^b·(C + d·scale)^(-b).
-    return {
-        'a': float(math.exp(log_a + b * math.log(scale))),
-        'b': float(b),
-        'c': float(c),
-        'd': float(d * scale),
-    }
+    params = {'a': float(math.exp(log_a + b * math.log(scale))), 'b': float(b), 'c': float(c)}
+    if offset:
+        params['d'] = float(best.x[3] * scale)
+    return params
 
 
-_POINT_FITS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, float]], int]] = {
+def _fit_saturating_power_point(
+    compute: np.ndarray, loss: np.ndarray, start: dict[str, float] | None = None
+) -> dict[str, float]:
+    return _fit_saturating_point(compute, loss, start, offset=False)
+
+
+_POINT_FITS: dict[str, tuple[Callable[..., dict[str, float]], int]] = {
     # law -> (fit of one sample, number of parameters)
     'power': (_fit_power_point, 2),
     'log_linear': (_fit_log_linear_point, 2),
     'saturating': (_fit_saturating_point, 4),
+    'saturating_power': (_fit_saturating_power_point, 3),
 }
+# Laws whose fits start from a previous fit (the full-data one) in bootstrap refits.
+_SEEDED = ('saturating', 'saturating_power')
+
+
+def fit_params(
+    law: str, x: np.ndarray, y: np.ndarray, start: dict[str, float] | None = None
+) -> dict[str, float]:
+    """The parameters of `law` fitted to (x, y), without intervals; `start` seeds the
+    saturating laws' fits."""
+    if law not in _POINT_FITS:
+        raise ValueError(f'unknown law {law!r}; valid: {sorted(_POINT_FITS)}')
+    fit_point = _POINT_FITS[law][0]
+    if law in _SEEDED:
+        return fit_point(np.asarray(x, np.float64), np.asarray(y, np.float64), start)
+    return fit_point(np.asarray(x, np.float64), np.asarray(y, np.float64))
 
 
 def min_points(law: str) -> int:
@@ -194,7 +236,7 @@ def bootstrap(
     replacement; resamples with too few distinct points, or whose fit fails, are skipped.
     `start` (the full-data fit) seeds the saturating refits. Returns (intervals, number of
     resamples that gave a fit)."""
-    fit_point, num_params = _POINT_FITS[law]
+    num_params = _POINT_FITS[law][1]
     rng = np.random.default_rng(seed)
     samples: list[dict[str, float]] = []
     n = len(x)
@@ -203,10 +245,7 @@ def bootstrap(
         if len(np.unique(x[index])) < num_params:  # the law is not determined by the sample
             continue
         try:
-            if law == 'saturating':
-                samples.append(_fit_saturating_point(x[index], y[index], start))
-            else:
-                samples.append(fit_point(x[index], y[index]))
+            samples.append(fit_params(law, x[index], y[index], start))
         except (RuntimeError, ValueError, np.linalg.LinAlgError):
             continue
     if not samples:
@@ -226,14 +265,13 @@ def _fit(law: str, x: Sequence[float], y: Sequence[float], num_resamples: int, s
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     x, y = x[keep], y[keep]
-    fit_point = _POINT_FITS[law][0]
     needed = min_points(law)
     if len(np.unique(x)) < needed:
         raise ValueError(
             f'the {law} law has {needed - 1} parameters and needs at least {needed} '
             f'points of distinct x; there are {len(np.unique(x))}'
         )
-    params = fit_point(x, y)
+    params = fit_params(law, x, y)
     intervals, resamples = bootstrap(
         law, x, y, num_resamples=num_resamples, seed=seed, start=params
     )
@@ -254,6 +292,13 @@ def fit_saturating(
 ) -> Fit:
     """L = c + a·(C + d)^(-b) (Zhai et al. 2022), with bootstrap intervals."""
     return _fit('saturating', compute, loss, num_resamples, seed)
+
+
+def fit_saturating_power(
+    compute: Sequence[float], loss: Sequence[float], *, num_resamples: int = 1000, seed: int = 0
+) -> Fit:
+    """L = a·C^(-b) + c (an irreducible loss c, no offset), with bootstrap intervals."""
+    return _fit('saturating_power', compute, loss, num_resamples, seed)
 
 
 def fit_log_linear(

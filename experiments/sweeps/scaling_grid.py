@@ -4,7 +4,10 @@ their size ladders and recipes, presets (data, budgets, hardware), and the confi
 `experiments/scaling.py` is the config file that builds one run from it;
 `experiments/sweeps/scaling_study.py` runs a whole grid and analyses it. Every budget is its own
 full warmup + cosine schedule (train/optim.py), never a truncated longer run, and the learning
-rate is tuned per budget on a x2 grid, as in Smith et al. 2023.
+rate is tuned per budget on a x2 grid, as in Smith et al. 2023. A preset's grid is where a
+study starts: experiments/sweeps/scaling_plan.py extends the rates of a cell whose best rate is
+at the grid's edge, and the budgets while the compute-optimal one is the longest, up to the
+preset's `max_lr_steps` and `max_epochs`.
 """
 
 import dataclasses
@@ -61,6 +64,11 @@ class Preset:
     # Cores behind one JAX device for core-hours; 0 = from the platform the run reports.
     # TPU v4 (Smith et al.'s unit): one device per chip, two TensorCores each.
     cores_per_device: int = 0
+    # Caps of the sweep's extensions (experiments/sweeps/scaling_plan.py): factor-2 steps a
+    # cell's rates may go beyond the family's grid on either side, and the longest epoch budget
+    # (0: none beyond `epochs`).
+    max_lr_steps: int = 0
+    max_epochs: float = 0.0
 
 
 def lr_grid(lowest: float, points: int) -> tuple[float, ...]:
@@ -164,6 +172,101 @@ _CPU_FAMILIES = {
     ),
 }
 
+
+def _nfnet_one_group(width: int, depths: tuple[int, ...]) -> Size:
+    """An NFNet of `depths` stages all `width` wide whose 3x3 convolutions are one group (the
+    group width is the bottleneck width, as in F0's first stage): XLA's CPU convolutions run
+    grouped ones about 4x slower per FLOP."""
+    return Size(
+        'nfnet_f0',
+        {
+            'stem': 'small',
+            'depths': depths,
+            'widths': (width,) * len(depths),
+            'group_width': width // 2,
+            'drop_path_rate': 0.0,
+            'dropout_rate': 0.0,
+        },
+        f'NFNet depths {depths}, width {width}, one group',
+    )
+
+
+# --- cpu_small: the study that can conclude something on the 2-core CPU ------------------------
+# NFNet-style ConvNets (scaled weight standardisation, no normalisation layers, SGD with
+# Nesterov momentum and adaptive gradient clipping 0.1) against ViTs, six sizes each, about
+# x1.5-2 training FLOPs per rung, the first stage one block deep as in F0. Learning rates: the
+# ViT grid is centred on cpu_tiny's probed best (0.008 at 0.25-1 epochs); the NFNet grid takes
+# the ResNet's; the sweep extends both where a cell's best rate is at an edge.
+_SMALL_FAMILIES = {
+    'nfnet': Family(
+        'nfnet',
+        'convnet',
+        {
+            f'w{w}-{sum(d)}': _nfnet_one_group(w, d)
+            for w, d in (
+                (6, (1, 1, 1)),
+                (8, (1, 1, 1)),
+                (12, (1, 1, 1)),
+                (16, (1, 1, 2)),
+                (20, (1, 2, 2)),
+                (24, (1, 2, 3)),
+            )
+        },
+        optimizer={'name': 'nesterov', 'momentum': 0.9, 'weight_decay': 5e-5, 'agc_clip': 0.1},
+        learning_rates=lr_grid(0.1, 3),
+        warmup_fraction=0.1,
+    ),
+    'vit': Family(
+        'vit',
+        'vit',
+        {
+            f'w{hidden}-{depth}': _vit(hidden, depth, heads, 4)
+            for hidden, depth, heads in (
+                (12, 1, 1),
+                (16, 2, 1),
+                (24, 2, 2),
+                (32, 2, 2),
+                (48, 3, 3),
+                (64, 4, 4),
+            )
+        },
+        optimizer={'name': 'adamw', 'weight_decay': 0.05, 'grad_clip_norm': 1.0},
+        learning_rates=lr_grid(4e-3, 3),
+        warmup_fraction=0.1,
+    ),
+}
+
+# --- gpu_h100: the same comparison wider, on all of Fashion-MNIST, for one H100 ----------------
+# NFNets F0-style (stage widths w, 2w, 3w, 4w, first stage one group) with one or two blocks per
+# stage unit; ViTs up to width 128. Learning rates as cpu_small's, the ViT's halved for the
+# wider models.
+_GPU_FAMILIES = {
+    'nfnet': Family(
+        'nfnet',
+        'convnet',
+        {
+            f'f{m - 1}-w{w}': _nfnet_small(m, (w, 2 * w, 3 * w, 4 * w), w // 2)
+            for m, w in ((1, 16), (1, 32), (2, 32), (2, 48))
+        },
+        optimizer={'name': 'nesterov', 'momentum': 0.9, 'weight_decay': 5e-5, 'agc_clip': 0.1},
+        learning_rates=lr_grid(0.1, 3),
+        warmup_fraction=0.1,
+    ),
+    'vit': Family(
+        'vit',
+        'vit',
+        {
+            'ti': _vit(32, 2, 2, 4),
+            's': _vit(64, 4, 4, 4),
+            'm': _vit(96, 6, 4, 4),
+            'b': _vit(128, 6, 4, 4),
+        },
+        optimizer={'name': 'adamw', 'weight_decay': 0.05, 'grad_clip_norm': 1.0},
+        learning_rates=lr_grid(2e-3, 3),
+        warmup_fraction=0.1,
+    ),
+}
+
 # --- TPU presets: Smith et al.'s families and grid at 64 px --------------------------------------
 # NFNet F-variants: depths n·(1, 2, 6, 3) for F(n-1) (F7 is n = 8), widths (256, 512, 1536,
 # 1536); Smith et al. pre-train F0, F1, F3, F3+, F7, F7+ (the '+' variants have no published
@@ -246,6 +349,54 @@ PRESETS: dict[str, Preset] = {
         eval_every_steps=1_000_000,
         launcher='local',
     ),
+    # NFNet-style ConvNets (scaled down F0-style, AGC on) against ViTs, 6 sizes each, on the
+    # 2-core CPU: 6 sizes x 3 budgets x 3 rates = 54 runs a family, then the planned extensions
+    # (rates up to 2 factors of 2 beyond the grid, budgets up to 2 epochs). Sized with
+    # `scaling_study --estimate` (XLA FLOP counts and a probe of each family's middle size):
+    # under 3 hours even if every cell's rates were extended twice (docs/scaling.md).
+    'cpu_small': Preset(
+        name='cpu_small',
+        dataset='fashion_mnist',
+        train_split='train[:20%]',
+        eval_split='test[:50%]',
+        image_shape=(28, 28, 1),
+        num_classes=10,
+        batch_size=128,
+        eval_batch_size=1000,
+        epochs=(0.25, 0.5, 1.0),
+        families=_SMALL_FAMILIES,
+        default_families=('nfnet', 'vit'),
+        dtype='float32',
+        log_every_steps=25,
+        checkpoint_every_steps=50,
+        eval_every_steps=1_000_000,
+        launcher='local',
+        max_lr_steps=2,
+        max_epochs=2.0,
+    ),
+    # The same comparison on one H100 in about 10 minutes, an estimate (not measured): 4 sizes x
+    # 3 budgets x 3 rates x 2 families = 72 runs of 117-468 steps at batch 256, where models
+    # this small are bound by each run's compilation (~5 s) and step latency (a few ms).
+    'gpu_h100': Preset(
+        name='gpu_h100',
+        dataset='fashion_mnist',
+        train_split='train',
+        eval_split='test',
+        image_shape=(28, 28, 1),
+        num_classes=10,
+        batch_size=256,
+        eval_batch_size=2000,
+        epochs=(0.5, 1.0, 2.0),
+        families=_GPU_FAMILIES,
+        default_families=('nfnet', 'vit'),
+        dtype='float32',
+        log_every_steps=50,
+        checkpoint_every_steps=500,
+        eval_every_steps=1_000_000,
+        launcher='local',
+        max_lr_steps=1,
+        max_epochs=4.0,
+    ),
     'tpu_imagenet': Preset(
         name='tpu_imagenet',
         dataset='imagenet_resized/64x64',
@@ -264,6 +415,8 @@ PRESETS: dict[str, Preset] = {
         eval_every_steps=-1,
         launcher='tpu',
         cores_per_device=2,
+        max_lr_steps=2,
+        max_epochs=160.0,
     ),
     'tpu_jft_like': Preset(
         name='tpu_jft_like',
@@ -283,6 +436,8 @@ PRESETS: dict[str, Preset] = {
         eval_every_steps=-1,
         launcher='tpu',
         cores_per_device=2,
+        max_lr_steps=2,
+        max_epochs=64.0,
     ),
 }
 

@@ -1,7 +1,8 @@
-"""The scaling study's pictures and report: loss against compute with each family's frontier
-and fitted laws, optimal learning rate against epochs, compute-optimal size and budget, and
-`report.md` with the fitted numbers. Reads what experiments/sweeps/scaling_study.py collected
-(run records and the analysis); trains nothing.
+"""The scaling study's `report.md`: the grid and its cost, the models' FLOP counts, per family
+every cell's best learning rate (marked when still at a cap), the laws fitted and tested on
+held-out budgets, the compute-optimal choices, and the families compared with the verdict the
+numbers give. Reads what experiments/sweeps/scaling_study.py collected and analysed (the plots
+are experiments/sweeps/scaling_plots.py); trains nothing.
 """
 
 from __future__ import annotations
@@ -12,247 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.analysis import compute
 from experiments.sweeps import scaling_grid as scaling
+from experiments.sweeps.scaling_analysis import ASSUMED_MFU
 from experiments.sweeps.scaling_grid import DIVERGED, FINISHED, size_key
-
-# --- Plots -------------------------------------------------------------------------------------
-
-
-def _law_curve(fit: dict[str, Any], low: float, high: float) -> tuple[Any, Any] | None:
-    import numpy as np
-
-    if 'params' not in fit:
-        return None
-    x = np.geomspace(low, high, 100)
-    p = fit['params']
-    if fit['law'] == 'power':
-        return x, p['a'] * x ** (-p['b'])
-    return x, p['c'] + p['a'] * (x + p['d']) ** (-p['b'])
-
-
-def _log_axes(ax: Any, y_plain: bool = True) -> None:
-    """Log-log axes whose labels do not collide: no labels on minor x ticks, and plain numbers
-    on y, where a loss range spans less than a decade."""
-    from matplotlib import ticker
-
-    ax.set_xscale('log')
-    ax.set_yscale('log')
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    if y_plain:
-        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
-        ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter('%.3g'))
-
-
-def write_plots(
-    records: Sequence[dict[str, Any]], analysis: dict[str, Any], workdir: Path
-) -> list[Path]:
-    """loss_vs_compute.png, frontiers.png, optimal_lr_vs_epochs.png and compute_optimal.png in
-    the workdir."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    families = list(analysis)
-    colours = plt.get_cmap('viridis')
-    written = []
-
-    # 1. Every run, each size's LR-tuned budgets joined, the frontier and both laws.
-    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.6), squeeze=False)
-    for ax, family in zip(axes[0], families):
-        result = analysis[family]
-        sizes = list(
-            dict.fromkeys(p['size'] for p in sorted(result['points'], key=lambda p: p['params']))
-        )
-        for i, size in enumerate(sizes):
-            colour = colours(i / max(len(sizes) - 1, 1))
-            tuned = sorted(
-                (p for p in result['points'] if p['size'] == size), key=lambda p: p['compute']
-            )
-            ax.plot(
-                [p['compute'] for p in tuned],
-                [p['loss'] for p in tuned],
-                'o-',
-                color=colour,
-                label=f'{size} ({tuned[0]["params"]:,.0f} params)',
-                markersize=5,
-            )
-            others = [
-                r
-                for r in records
-                if r['family'] == family and r['size'] == size and r['status'] == FINISHED
-            ]
-            ax.scatter(
-                [r['train_flops'] for r in others],
-                [r['eval_loss'] for r in others],
-                marker='x',
-                color=colour,
-                alpha=0.4,
-                s=18,
-            )
-        frontier = result['frontier']
-        ax.plot(
-            [p['compute'] for p in frontier],
-            [p['loss'] for p in frontier],
-            's',
-            mfc='none',
-            mec='black',
-            markersize=11,
-            label='frontier',
-        )
-        low = min((p['compute'] for p in frontier), default=1.0)
-        high = max((p['compute'] for p in frontier), default=1.0)
-        for key, style in (('power_law', '--'), ('saturating', '-')):
-            curve = _law_curve(result[key], low, high)
-            if curve is not None:
-                b = result[key]['params']['b']
-                ax.plot(
-                    *curve,
-                    style,
-                    color='black',
-                    lw=1,
-                    label=f'{result[key]["formula"]}, b = {b:.3f}',
-                )
-        _log_axes(ax)
-        ax.set_xlabel('training FLOPs (XLA count)')
-        ax.set_ylabel('held-out loss')
-        ax.set_title(f'{family}: LR-tuned budgets (o), other LRs (x)')
-        ax.grid(alpha=0.3, which='both')
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(workdir / 'loss_vs_compute.png')
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-
-    # 2. The families' frontiers and power laws on one figure.
-    fig, ax = plt.subplots(figsize=(6.5, 4.6))
-    for i, family in enumerate(families):
-        result = analysis[family]
-        colour = plt.get_cmap('tab10')(i)
-        frontier = result['frontier']
-        ax.plot(
-            [p['compute'] for p in frontier],
-            [p['loss'] for p in frontier],
-            'o',
-            color=colour,
-            label=f'{family} frontier',
-        )
-        points = result['points']
-        curve = _law_curve(
-            result['power_law'],
-            min(p['compute'] for p in points),
-            max(p['compute'] for p in points),
-        )
-        if curve is not None:
-            p = result['power_law']['params']
-            ax.plot(*curve, '--', color=colour, label=f'{family}: {p["a"]:.3g}·C^-{p["b"]:.3f}')
-        curve = _law_curve(
-            result['saturating'],
-            min(p['compute'] for p in points),
-            max(p['compute'] for p in points),
-        )
-        if curve is not None:
-            ax.plot(*curve, '-', color=colour, lw=1, alpha=0.7, label=f'{family}: saturating fit')
-    _log_axes(ax)
-    ax.set_xlabel('training FLOPs (XLA count)')
-    ax.set_ylabel('held-out loss')
-    ax.set_title('Pareto frontiers')
-    ax.grid(alpha=0.3, which='both')
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(workdir / 'frontiers.png')
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-
-    # 3. The best learning rate of each budget, one line per size.
-    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4), squeeze=False)
-    for ax, family in zip(axes[0], families):
-        points = analysis[family]['points']
-        sizes = list(dict.fromkeys(p['size'] for p in sorted(points, key=lambda p: p['params'])))
-        for i, size in enumerate(sizes):
-            rows = sorted((p for p in points if p['size'] == size), key=lambda p: p['epochs'])
-            # Sizes often share a rate: a small vertical offset keeps every line visible.
-            offset = 2.0 ** (0.03 * (i - (len(sizes) - 1) / 2))
-            ax.plot(
-                [p['epochs'] for p in rows],
-                [p['optimal_lr'] * offset for p in rows],
-                'o-',
-                color=colours(i / max(len(sizes) - 1, 1)),
-                label=size,
-                alpha=0.85,
-            )
-        tried = sorted({lr for p in points for lr in p['learning_rates_tried']})
-        for lr in tried:
-            ax.axhline(lr, color='grey', lw=0.5, ls=':')
-        ax.set_xscale('log', base=2)
-        ax.set_yscale('log', base=2)
-        ax.set_xticks(sorted({p['epochs'] for p in points}))
-        ax.set_xticklabels([f'{e:g}' for e in sorted({p['epochs'] for p in points})])
-        ax.set_yticks(tried)
-        ax.set_yticklabels([f'{lr:g}' for lr in tried])
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        low, high = min(tried), max(tried)
-        ax.set_ylim(low / 2**0.5, high * 2**0.5)
-        ax.set_xlabel('epoch budget')
-        ax.set_ylabel('best learning rate (dotted: the grid; sizes offset)')
-        ax.set_title(family)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(workdir / 'optimal_lr_vs_epochs.png')
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-
-    # 4. Compute-optimal parameters and epochs against compute.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, family in enumerate(families):
-        colour = plt.get_cmap('tab10')(i)
-        optimal = analysis[family]['compute_optimal']
-        for ax, key, fit_key in (
-            (axes[0], 'params', 'optimal_params_fit'),
-            (axes[1], 'epochs', 'optimal_epochs_fit'),
-        ):
-            contested = [o for o in optimal if o['candidates'] >= 2]
-            alone = [o for o in optimal if o['candidates'] < 2]
-            ax.plot(
-                [o['spent'] for o in contested],
-                [o[key] for o in contested],
-                'o',
-                color=colour,
-                label=f'{family} (sizes compared: fitted)',
-                markersize=5,
-            )
-            ax.plot(
-                [o['spent'] for o in alone],
-                [o[key] for o in alone],
-                'o',
-                mfc='none',
-                color=colour,
-                label=f'{family} (one size only)',
-                markersize=5,
-            )
-            fit = analysis[family][fit_key]
-            if 'params' in fit:
-                xs = sorted(o['spent'] for o in optimal)
-                ax.plot(
-                    xs,
-                    [fit['params']['k'] * x ** fit['params']['p'] for x in xs],
-                    '--',
-                    color=colour,
-                    label=f'{family}: ∝ C^{fit["params"]["p"]:.2f}',
-                )
-    for ax, label in zip(axes, ('compute-optimal parameters', 'compute-optimal epochs')):
-        _log_axes(ax, y_plain=False)
-        ax.set_xlabel('training FLOPs')
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which='both')
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(workdir / 'compute_optimal.png')
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-    return written
-
+from experiments.sweeps.scaling_plan import Plan
 
 # --- Report ------------------------------------------------------------------------------------
 
@@ -343,21 +108,54 @@ def _model_lines(
     return ['## Models', ''] + _table(header, rows) + ['']
 
 
-def _family_lines(family: str, result: dict[str, Any]) -> list[str]:
+def _held_out_lines(held_out: dict[str, Any]) -> list[str]:
+    """The laws fitted on the smaller budgets and tested on the largest."""
+    lines = [
+        f'- Held-out prediction: fitted on the {held_out["num_fit"]} cheapest frontier points, '
+        f'predicting the {held_out["num_held_out"]} largest '
+        '(error: mean |log(predicted / measured)|, 95% bootstrap interval):'
+    ]
+    for law, result in held_out['laws'].items():
+        if result.get('error') is None:
+            lines.append(f'  - {law}: not fitted ({result["reason"]})')
+            continue
+        low, high = result['error_interval_95']
+        b_low, b_high = result['intervals_95'].get('b', (math.nan, math.nan))
+        note = f'; degenerate: {result["degenerate"]}' if result.get('degenerate') else ''
+        lines.append(
+            f'  - {result["formula"]}: error {result["error"]:.3f} [{low:.3f}, {high:.3f}], '
+            f'b = {result["params"]["b"]:.3g} [{b_low:.3g}, {b_high:.3g}]{note}'
+        )
+    return lines + [f'- {held_out["sentence"]}']
+
+
+def _rate_mark(point: dict[str, Any], plan: Plan | None, family: str) -> str:
+    """A best rate at the edge of the rates tried: at the cap, or not extended yet."""
+    if not point['lr_at_grid_edge']:
+        return ''
+    if plan is None:
+        return ' (edge)'
+    if (family, point['size'], float(point['epochs'])) in plan.lr_capped:
+        return ' (edge: AT THE CAP)'
+    return ' (edge: extension not run yet)'
+
+
+def _family_lines(family: str, result: dict[str, Any], plan: Plan | None = None) -> list[str]:
     frontier_ids = {(p['size'], p['epochs']) for p in result['frontier']}
     rows = []
     for p in sorted(result['points'], key=lambda p: (p['params'], p['epochs'])):
-        edge = ' (edge)' if p['lr_at_grid_edge'] else ''
         on_frontier = 'yes' if (p['size'], p['epochs']) in frontier_ids else ''
         rows.append(
             (
                 p['size'],
                 f'{p["epochs"]:g}',
-                f'{p["best_grid_lr"]:g}{edge}',
+                f'{p["best_grid_lr"]:g}{_rate_mark(p, plan, family)}',
+                ' '.join(f'{lr:g}' for lr in p['learning_rates_tried']),
                 f'{p["loss"]:.4f}',
                 f'{p["accuracy"]:.2%}',
                 f'{p["compute"]:.3g}',
-                f'{p["core_hours"]:.4f}',
+                f'{p["device_seconds"]:.1f} ({p["device_kind"]})',
+                f'{p["tpu_v4_core_hours"]:.2e}',
                 on_frontier,
             )
         )
@@ -365,11 +163,13 @@ def _family_lines(family: str, result: dict[str, Any]) -> list[str]:
         (
             'size',
             'epochs',
-            'best LR on the grid',
+            'best LR',
+            'LRs tried',
             'held-out loss',
             'accuracy',
             'training FLOPs',
-            'core-hours',
+            'device-seconds (device)',
+            f'TPU-v4 core-hours at MFU {ASSUMED_MFU:g}',
             'on frontier',
         ),
         rows,
@@ -384,7 +184,9 @@ def _family_lines(family: str, result: dict[str, Any]) -> list[str]:
         f'choices, the points of the two fits above); at {at_longest} of them the '
         f'best choice trains for the longest budget of the grid ({longest:g} epochs)'
     )
-    if contested and at_longest == len(contested):
+    if plan is not None and family in plan.epochs_capped:
+        budget_note += ': the optimum is AT THE BUDGET CAP (longer budgets belong in the grid)'
+    elif contested and 2 * at_longest >= len(contested):
         budget_note += ': longer budgets belong in the grid'
     edge_note = (
         '- Budgets whose best rate is the lowest or highest of the grid, so that the '
@@ -397,6 +199,8 @@ def _family_lines(family: str, result: dict[str, Any]) -> list[str]:
         '',
         f'- Power law on the frontier: {_fit_text(result["power_law"])}',
         f'- Saturating law (Zhai et al.): {_fit_text(result["saturating"])}',
+        f'- Saturating power law: {_fit_text(result["saturating_power"])}',
+        *_held_out_lines(result['held_out']),
         '- Compute-optimal parameters N_opt = k·C^p: ' + _fit_text(result['optimal_params_fit']),
         f'- Compute-optimal epochs E_opt = k·C^p: {_fit_text(result["optimal_epochs_fit"])}',
         budget_note,
@@ -435,22 +239,41 @@ def _family_lines(family: str, result: dict[str, Any]) -> list[str]:
     )
 
 
-def _comparison_lines(analysis: dict[str, Any]) -> list[str]:
-    names = list(analysis)
-    common_low = max(min(p['compute'] for p in analysis[f]['points']) for f in names)
-    common_high = min(max(p['compute'] for p in analysis[f]['points']) for f in names)
-    if common_low >= common_high:
-        return ['## Frontiers compared', '', "- the families' compute ranges do not overlap", '']
+def _comparison_lines(comparisons: Sequence[dict[str, Any]]) -> list[str]:
     lines = ['## Frontiers compared', '']
-    for level in (common_low, math.sqrt(common_low * common_high), common_high):
-        values = []
-        for f in names:
-            fit = analysis[f]['power_law']
-            if 'params' in fit:
-                loss = fit['params']['a'] * level ** -fit['params']['b']
-                values.append(f'{f} {loss:.4f}')
-        lines.append(f'- at {level:.3g} FLOPs the power laws give: ' + ', '.join(values))
-    return lines + ['']
+    for entry in comparisons:
+        lines += [
+            f'### {entry["convnet"]} against {entry["vit"]}',
+            '',
+            f'**{entry["verdict"]}**',
+            '',
+        ]
+        if entry.get('levels'):
+            rows = [
+                (
+                    f'{row["compute"]:.3g}',
+                    f'{compute.tpu_v4_core_hours(row["compute"], ASSUMED_MFU):.2e}',
+                    f'{row["loss_ratio"]:.3f}',
+                    '[{:.3f}, {:.3f}]'.format(*(math.exp(v) for v in row['interval_95'])),
+                    {'below': 'ConvNet below', 'above': 'ConvNet above'}.get(
+                        row['side'], 'not distinguishable'
+                    ),
+                )
+                for row in entry['levels']
+            ]
+            lines += _table(
+                (
+                    'training FLOPs',
+                    f'TPU-v4 core-hours at MFU {ASSUMED_MFU:g}',
+                    'loss ratio ConvNet / ViT (power laws)',
+                    '95% bootstrap interval',
+                    'verdict',
+                ),
+                rows,
+            )
+            lines.append('')
+        lines += [f'- {text}' for text in entry['exponents']] + ['']
+    return lines
 
 
 def write_report(
@@ -463,10 +286,14 @@ def write_report(
     figures: Sequence[Path],
     sweep_seconds: float = 0.0,
     sweep_log: Sequence[dict[str, Any]] = (),
+    *,
+    comparisons: Sequence[dict[str, Any]] = (),
+    plan: Plan | None = None,
 ) -> Path:
     """`<workdir>/report.md`: the grid, its cost, the models' FLOP counts and checks, and per
     family the LR-tuned runs, the fitted laws with their intervals, the compute-optimal choices
-    and the learning rates; then the frontiers compared and the figures."""
+    and the learning rates (a best rate or budget still at a cap of `plan` is marked); then the
+    frontiers compared (`comparisons`) with their verdicts, and the figures."""
     finished = [r for r in records if r['status'] == FINISHED]
     diverged = [r for r in records if r['status'] == DIVERGED]
     families = sorted({s.family for s in specs})
@@ -483,16 +310,27 @@ def write_report(
         '',
         "Training FLOPs are XLA's count of the compiled train step (forward, backward, "
         'optimiser; multiply-add = 2; loop bodies multiplied by their trip counts) times the '
-        "steps; evaluation is not included. Core-hours are the training loop's measured "
-        'seconds (from the logged throughput) x devices x cores per device.',
+        "steps; evaluation is not included. Device-seconds are the training loop's measured "
+        'seconds (from the logged throughput) x devices, on the device named; core-hours are '
+        'those x cores per device / 3600. TPU-v4 core-hours convert the FLOPs: core-hours = '
+        'FLOPs / (peak FLOP/s per core x MFU x 3600), with the peak '
+        f'{compute.TPU_V4_PEAK_FLOPS_PER_CORE:.4g} FLOP/s (bfloat16; 275 TFLOP/s a chip of '
+        f'two cores) and an assumed MFU of {ASSUMED_MFU:g}.',
         '',
     ]
+    if plan is not None:
+        lines += [
+            f'Planned runs not done yet: {len(plan.runs)}. Cells whose best rate is still at a '
+            f'cap: {len(plan.lr_capped)}; families whose compute-optimal budget is at the budget '
+            f'cap: {list(plan.epochs_capped) or "none"}.',
+            '',
+        ]
     lines += _cost_lines(finished, sweep_log, sweep_seconds)
     lines += _model_lines(preset, families, flops)
     for family, result in analysis.items():
-        lines += _family_lines(family, result)
-    if len(analysis) >= 2:
-        lines += _comparison_lines(analysis)
+        lines += _family_lines(family, result, plan)
+    if comparisons:
+        lines += _comparison_lines(comparisons)
     if diverged:
         lines += ['## Diverged runs', '']
         lines += [f'- {r["run_id"]}: {r["error"][:120]}' for r in diverged] + ['']

@@ -1,45 +1,61 @@
-"""A scaling study of ConvNets against ViTs: trains the grid of experiments/scaling.py, then
-fits scaling laws and writes plots and a report.
+"""A scaling study of ConvNets against ViTs: trains the grid of experiments/scaling.py and the
+runs its results call for, then fits and tests scaling laws, compares the families and writes
+plots and a report.
 
-    python -m experiments.sweeps.scaling_study --preset=cpu_tiny --workdir=workdirs/scaling_cpu_tiny
-        [--families=resnet,vit] [--epochs=0.25,0.5] [--emit_commands] [--analyze_only]
+    python -m experiments.sweeps.scaling_study --preset=cpu_small \
+        --workdir=workdirs/scaling_cpu_small
+        [--families=nfnet,vit] [--epochs=0.25,0.5] [--emit_commands] [--analyze_only]
+        [--estimate] [--smoke]
 
-The grid is families x sizes x epoch budgets x learning rates (a x2 grid); every budget is its
-own full cosine schedule. Locally the runs train one after another in this process, each in
-`<workdir>/runs/<run id>` through the ordinary trainer, so the sweep is resumable: a finished
-run (its summary.json says 'finished') or a diverged one (diverged.json) is skipped, an
-interrupted one resumes from its newest checkpoint. With --emit_commands nothing trains: one
-command per unfinished run is printed and written to `<workdir>/commands.sh` (for the TPU
-presets, `gcloud compute tpus tpu-vm ssh ... --worker=all`); after the cluster has run them,
-`--analyze_only` collects the run folders (copied or mounted under the same workdir).
+The base grid is families x sizes x epoch budgets x learning rates (a x2 grid); every budget is
+its own full cosine schedule. After it, experiments/sweeps/scaling_plan.py plans more runs from
+the results: a rate a factor 2 beyond the edge where a cell's best rate is at the edge, a
+budget twice the longest while the compute-optimal budget is the longest, up to the preset's
+caps; the sweep runs them and plans again until nothing is left. Locally the runs train one after
+another in this process, each in `<workdir>/runs/<run id>` through the ordinary trainer, so the
+sweep is resumable: a finished run (its summary.json says 'finished') or a diverged one
+(diverged.json) is skipped, an interrupted one resumes from its newest checkpoint, and the plan
+is made again from the run folders. With --emit_commands nothing trains: one command per run
+the plan asks for now is printed and written to `<workdir>/commands.sh` (for the TPU presets,
+`gcloud compute tpus tpu-vm ssh ... --worker=all`); run them, then emit again for the next
+round; `--analyze_only` collects the run folders (copied or mounted under the same workdir).
+`--estimate` prints the estimated wall time (scaling_estimate.py); `--smoke` runs the preset at
+a drastically reduced size (scaling_plan.smoke_preset).
 
 Writes into the workdir:
   results.jsonl    one line per finished or diverged run: config, held-out loss and accuracy,
-                   FLOPs per step and in total, measured device-seconds and core-hours
+                   FLOPs per step and in total, measured device-seconds, device and core-hours
   flops.json       each model's FLOP counts (XLA, loop-corrected) and the analytic checks
   results.json     runs + analysis (LR-tuned points, frontiers, fits with bootstrap intervals,
-                   compute-optimal size and epochs, optimal learning rates)
-  report.md        the fitted numbers, tables and the figures below
-  loss_vs_compute.png  frontiers.png  optimal_lr_vs_epochs.png  compute_optimal.png
+                   held-out predictions, compute-optimal size and epochs, optimal learning
+                   rates), the families compared with their verdicts, and the plan
+  report.md        the fitted numbers, tables, verdicts and the figures below
+  loss_vs_compute.png  frontiers.png  frontier_difference.png  optimal_lr_vs_epochs.png
+  compute_optimal.png
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 from absl import app, flags, logging
 
 from experiments.analysis import compute
-from experiments.analysis import scaling_laws as laws
 from experiments.sweeps import scaling_grid as scaling
-from experiments.sweeps.scaling_grid import DIVERGED, FINISHED, INTERRUPTED, PENDING, size_key
-from experiments.sweeps.scaling_report import write_plots, write_report
+from experiments.sweeps import scaling_plan
+from experiments.sweeps.scaling_analysis import analyze, compare_families
+from experiments.sweeps.scaling_estimate import estimate, model_flops
+from experiments.sweeps.scaling_grid import DIVERGED, FINISHED, INTERRUPTED, PENDING
+from experiments.sweeps.scaling_plots import write_plots
+from experiments.sweeps.scaling_report import write_report
+from train import cli
 
 _PRESET = flags.DEFINE_string('preset', 'cpu_tiny', f'One of {sorted(scaling.PRESETS)}.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of the study: runs, results, report.')
@@ -52,6 +68,12 @@ _ANALYZE_ONLY = flags.DEFINE_bool(
     'analyze_only', False, 'Collect finished runs and analyse them; train nothing.'
 )
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap', 1000, 'Bootstrap resamples per fitted law.')
+_SMOKE = flags.DEFINE_bool(
+    'smoke', False, 'The preset at a drastically reduced size (scaling_plan.smoke_preset).'
+)
+_ESTIMATE = flags.DEFINE_bool(
+    'estimate', False, 'Print the estimated wall time (FLOP counts and a probe); train nothing.'
+)
 _CORES = flags.DEFINE_integer(
     'cores_per_device',
     0,
@@ -95,10 +117,10 @@ def decoded_sources_kept() -> Iterator[None]:
     original = data.load_source
     kept: dict[tuple[str, str, str], Any] = {}
 
-    def load_source(name: str, split: str, data_dir: Any = None) -> Any:
-        key = (name, split, str(data_dir))
+    def load_source(name: str, split: str, data_dir: Any = None, **options: Any) -> Any:
+        key = (name, split, str(data_dir), repr(sorted(options.items())))
         if key not in kept:
-            kept[key] = data.maybe_in_memory(original(name, split, data_dir))
+            kept[key] = data.maybe_in_memory(original(name, split, data_dir, **options))
         return kept[key]
 
     data.load_source = load_source
@@ -111,7 +133,14 @@ def decoded_sources_kept() -> Iterator[None]:
 def _append_session(directory: Path, seconds: float, outcome: str) -> None:
     path = directory / 'sessions.json'
     sessions = json.loads(path.read_text()) if path.exists() else []
-    sessions.append({'wall_seconds': seconds, 'outcome': outcome, 'ended': time.time()})
+    sessions.append(
+        {
+            'wall_seconds': seconds,
+            'outcome': outcome,
+            'ended': time.time(),
+            'device_kind': jax.devices()[0].device_kind,
+        }
+    )
     path.write_text(json.dumps(sessions, indent=2))
 
 
@@ -124,13 +153,13 @@ def run_grid(
     after_each: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Trains every unfinished run of `specs` one after another (resuming interrupted ones).
-    Returns how many runs were skipped, trained and found diverged. A preempted run (SIGTERM)
-    stops the sweep: rerun the command to go on."""
+    Returns how many runs were skipped, trained, found diverged and preempted. A preempted run
+    (SIGTERM) stops the sweep: rerun the command to go on."""
     from train.loop import NonFiniteError
 
     if train_fn is None:
         from train.loop import train_and_evaluate as train_fn
-    counts = {'skipped': 0, 'trained': 0, 'diverged': 0}
+    counts = {'skipped': 0, 'trained': 0, 'diverged': 0, 'preempted': 0}
     with decoded_sources_kept():
         for index, spec in enumerate(specs):
             directory = run_dir(workdir, spec)
@@ -156,6 +185,7 @@ def run_grid(
                 _append_session(directory, time.time() - started, summary['stop_reason'])
                 if summary['stop_reason'].startswith('preempted'):
                     logging.warning('preempted during %s: rerun the command to resume', spec.run_id)
+                    counts['preempted'] += 1
                     break
                 counts['trained'] += 1
             if after_each is not None:
@@ -200,20 +230,6 @@ def emit_commands(
 
 
 # --- Results -----------------------------------------------------------------------------------
-
-
-def model_flops(preset: scaling.Preset, family: str, size: str, workdir: Path) -> dict[str, float]:
-    """flop_report of one size, kept in `<workdir>/flops.json` (compiling costs seconds)."""
-    path = workdir / 'flops.json'
-    table = json.loads(path.read_text()) if path.exists() else {}
-    key = size_key(preset, family, size)
-    if key not in table:
-        rates = preset.families[family].learning_rates
-        config = scaling.run_config(preset, family, size, preset.epochs[0], rates[0])
-        table[key] = compute.flop_report(config, preset.image_shape, preset.num_classes)
-        workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table, indent=2))
-    return table[key]
 
 
 def _device_cores(summary: dict[str, Any], preset: scaling.Preset, override: int) -> int:
@@ -286,6 +302,7 @@ def run_record(
         train_device_seconds=loop_seconds * devices,
         core_hours=compute.core_hours(loop_seconds * devices, cores),
         wall_core_hours=compute.core_hours(wall * devices, cores),
+        device_kind=next((s['device_kind'] for s in sessions if s.get('device_kind')), ''),
     )
     return record
 
@@ -302,105 +319,64 @@ def collect(
     return records
 
 
+def planned_specs(
+    preset: scaling.Preset,
+    base: Sequence[scaling.RunSpec],
+    workdir: Path,
+    cores_override: int = 0,
+) -> tuple[list[scaling.RunSpec], list[dict[str, Any]], scaling_plan.Plan]:
+    """The runs of a study so far (the base grid and every extension the runs in the workdir
+    led to), their records, and the plan of what is still to run: planned again from the run
+    folders until no planned run is found done."""
+    specs = list(base)
+    while True:
+        records = collect(specs, preset, workdir, cores_override)
+        plan = scaling_plan.plan(preset, base, records)
+        new = [s for s in plan.runs if s not in specs]
+        specs += new
+        if not any(run_state(run_dir(workdir, s)) in (FINISHED, DIVERGED) for s in new):
+            return specs, records, plan
+
+
+def sweep(
+    preset: scaling.Preset,
+    base: Sequence[scaling.RunSpec],
+    workdir: Path,
+    *,
+    train_fn: Callable[..., dict[str, Any]] | None = None,
+    cores_override: int = 0,
+) -> dict[str, int]:
+    """Trains the base grid, then what scaling_plan.plan asks for given the runs done, round
+    after round until the plan is empty (or a run is preempted). Resumable: every round plans
+    from the run folders. Returns the counts of run_grid summed over the rounds."""
+    totals = {'skipped': 0, 'trained': 0, 'diverged': 0, 'preempted': 0, 'rounds': 0}
+    attempted: set[scaling.RunSpec] = set()
+    while True:
+        specs, _, plan = planned_specs(preset, base, workdir, cores_override)
+        fresh = [s for s in plan.runs if s not in attempted]
+        if not fresh:
+            # Nothing left, or planned runs that were trained and still did not finish.
+            if plan.runs:
+                logging.warning('runs that did not finish: %s', [s.run_id for s in plan.runs])
+            return totals
+        attempted.update(fresh)
+        for reason in plan.reasons:
+            logging.info('extending the grid: %s', reason)
+        counts = run_grid(
+            fresh,
+            workdir,
+            train_fn=train_fn,
+            preset=preset,
+            after_each=functools.partial(collect, specs, preset, workdir, cores_override),
+        )
+        totals['rounds'] += 1
+        for key, value in counts.items():
+            totals[key] += value
+        if counts['preempted']:
+            return totals
+
+
 # --- Analysis ----------------------------------------------------------------------------------
-
-
-def _try_fit(
-    fit: Callable[..., laws.Fit], x: Sequence[float], y: Sequence[float], num_resamples: int
-) -> dict[str, Any]:
-    try:
-        return laws.summarize_fit(fit(x, y, num_resamples=num_resamples))
-    except (ValueError, RuntimeError) as error:
-        return {'error': str(error)}
-
-
-def tuned_points(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The best learning rate of each (family, size, epoch budget): Smith et al. tune the rate
-    per budget. Diverged runs count as the worst rate."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r['family'], r['size'], r['epochs']), []).append(r)
-    points = []
-    for (family, size, epochs), runs in groups.items():
-        finished = [r for r in runs if r['status'] == FINISHED]
-        if not finished:
-            continue
-        best = min(finished, key=lambda r: r['eval_loss'])
-        rate, at_edge = laws.best_learning_rate(
-            [r['learning_rate'] for r in runs],
-            [r['eval_loss'] if r['status'] == FINISHED else math.inf for r in runs],
-        )
-        points.append(
-            {
-                'family': family,
-                'size': size,
-                'epochs': epochs,
-                'params': best['params'],
-                'compute': best['train_flops'],
-                'core_hours': best['core_hours'],
-                'loss': best['eval_loss'],
-                'accuracy': best['eval_accuracy'],
-                'best_grid_lr': best['learning_rate'],
-                'optimal_lr': rate,
-                'lr_at_grid_edge': at_edge,
-                'learning_rates_tried': sorted(r['learning_rate'] for r in runs),
-            }
-        )
-    return sorted(points, key=lambda p: (p['family'], p['compute']))
-
-
-def analyze_family(points: Sequence[dict[str, Any]], num_resamples: int) -> dict[str, Any]:
-    """Frontier, both laws, compute-optimal size and epochs, and optimal LR of one family."""
-    compute_values = [p['compute'] for p in points]
-    losses = [p['loss'] for p in points]
-    frontier = [points[i] for i in laws.pareto_frontier(compute_values, losses)]
-    fx, fy = [p['compute'] for p in frontier], [p['loss'] for p in frontier]
-    optimal = laws.compute_optimal(
-        [p['size'] for p in points],
-        [p['params'] for p in points],
-        compute_values,
-        losses,
-        [p['epochs'] for p in points],
-    )
-    # Levels where only one size competed say nothing about which size is best; a cheaper run
-    # chosen at several levels is one observation.
-    contested = list({(o.spent, o.size): o for o in optimal if o.candidates >= 2}.values())
-    learning_rates = [p for p in points if math.isfinite(p['optimal_lr'])]
-    return {
-        'points': list(points),
-        'frontier': frontier,
-        'power_law': _try_fit(laws.fit_power_law, fx, fy, num_resamples),
-        'saturating': _try_fit(laws.fit_saturating, fx, fy, num_resamples),
-        'compute_optimal': [vars(o) for o in optimal],
-        'optimal_params_fit': _try_fit(
-            laws.fit_log_linear,
-            [o.spent for o in contested],
-            [o.params for o in contested],
-            num_resamples,
-        ),
-        'optimal_epochs_fit': _try_fit(
-            laws.fit_log_linear,
-            [o.spent for o in contested],
-            [o.epochs for o in contested],
-            num_resamples,
-        ),
-        'optimal_lr_fit': _try_fit(
-            laws.fit_log_linear,
-            [p['epochs'] for p in learning_rates],
-            [p['optimal_lr'] for p in learning_rates],
-            num_resamples,
-        ),
-        'lr_at_grid_edge': sum(p['lr_at_grid_edge'] for p in points),
-    }
-
-
-def analyze(records: Sequence[dict[str, Any]], num_resamples: int = 1000) -> dict[str, Any]:
-    points = tuned_points(records)
-    families = sorted({p['family'] for p in points})
-    return {
-        family: analyze_family([p for p in points if p['family'] == family], num_resamples)
-        for family in families
-    }
 
 
 def analyze_and_report(
@@ -412,9 +388,11 @@ def analyze_and_report(
     cores_override: int = 0,
     sweep_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """Collects the runs, fits, plots and writes results.json and report.md."""
-    records = collect(specs, preset, workdir, cores_override)
+    """Collects the runs (the base grid `specs` and the extensions planned from them), fits,
+    compares the families, plots and writes results.json and report.md."""
+    specs, records, plan = planned_specs(preset, specs, workdir, cores_override)
     analysis = analyze(records, num_resamples)
+    comparisons = compare_families(analysis, num_resamples)
     flops_path = workdir / 'flops.json'
     flops = json.loads(flops_path.read_text()) if flops_path.exists() else {}
     log_path = workdir / 'sweep_log.jsonl'
@@ -423,19 +401,74 @@ def analyze_and_report(
         if log_path.exists()
         else []
     )
-    figures = write_plots(records, analysis, workdir) if analysis else []
+    figures = write_plots(records, analysis, workdir, comparisons) if analysis else []
     report = write_report(
-        preset, specs, records, analysis, flops, workdir, figures, sweep_seconds, sweep_log
+        preset,
+        specs,
+        records,
+        analysis,
+        flops,
+        workdir,
+        figures,
+        sweep_seconds,
+        sweep_log,
+        comparisons=comparisons,
+        plan=plan,
     )
     results = {
         'preset': preset.name,
         'runs': records,
         'analysis': analysis,
+        'comparisons': comparisons,
+        'plan': plan.as_dict(),
         'figures': [str(f) for f in figures],
         'report': str(report),
     }
     (workdir / 'results.json').write_text(json.dumps(results, indent=2, default=float))
     return results
+
+
+def _log_sweep(workdir: Path, started: float, counts: dict[str, int]) -> None:
+    with open(workdir / 'sweep_log.jsonl', 'a') as f:
+        record = {
+            'started': started,
+            'train_seconds': time.time() - started,
+            'counts': counts,
+            'host_cores': compute.host_cores(),
+        }
+        f.write(json.dumps(record) + '\n')
+
+
+def study(
+    preset: scaling.Preset,
+    base: Sequence[scaling.RunSpec],
+    workdir: Path,
+    *,
+    train_fn: Callable[..., dict[str, Any]] | None = None,
+    analyze_only: bool = False,
+    num_resamples: int = 1000,
+    cores_override: int = 0,
+) -> dict[str, Any]:
+    """A whole study: trains the base grid and its planned extensions (unless `analyze_only`),
+    then analyses every run done and writes results.json, the plots and report.md."""
+    started = time.time()
+    if not analyze_only:
+        # Runs of one size share their initialisation and evaluation programs (only the train
+        # step holds the learning rate and schedule): compile those once for the whole sweep.
+        jax.config.update('jax_compilation_cache_dir', str(workdir.absolute() / 'jax_cache'))
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+        counts = sweep(preset, base, workdir, train_fn=train_fn, cores_override=cores_override)
+        logging.info('runs: %s', counts)
+        if counts['trained'] or counts['diverged']:
+            _log_sweep(workdir, started, counts)
+    return analyze_and_report(
+        preset,
+        base,
+        workdir,
+        num_resamples=num_resamples,
+        cores_override=cores_override,
+        sweep_seconds=time.time() - started,
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -444,55 +477,33 @@ def main(argv: list[str]) -> None:
     from train.metrics_writer import quiet_library_logs
 
     quiet_library_logs()
-    started = time.time()
     preset = scaling.get_preset(_PRESET.value)
+    if _SMOKE.value:
+        preset = scaling_plan.smoke_preset(preset)
     epochs = [float(e) for e in _EPOCHS.value] if _EPOCHS.value else None
     try:
         specs = scaling.grid(preset, _FAMILIES.value, epochs)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     workdir = Path(_WORKDIR.value)
-    if _EMIT.value:
-        print('\n'.join(emit_commands(specs, workdir, preset)))
+    if _ESTIMATE.value:
+        print(json.dumps(estimate(preset, specs, workdir), indent=2))
         return
-    if not _ANALYZE_ONLY.value:
-        # Runs of one size share their initialisation and evaluation programs (only the train
-        # step holds the learning rate and schedule): compile those once for the whole sweep.
-        import jax
-
-        jax.config.update('jax_compilation_cache_dir', str(workdir.absolute() / 'jax_cache'))
-        jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-        counts = run_grid(
-            specs,
-            workdir,
-            preset=preset,
-            after_each=lambda: collect(specs, preset, workdir, _CORES.value),
-        )
-        logging.info('runs: %s', counts)
-        if counts['trained'] or counts['diverged']:
-            with open(workdir / 'sweep_log.jsonl', 'a') as f:
-                f.write(
-                    json.dumps(
-                        {
-                            'started': started,
-                            'train_seconds': time.time() - started,
-                            'counts': counts,
-                            'host_cores': compute.host_cores(),
-                        }
-                    )
-                    + '\n'
-                )
-    results = analyze_and_report(
+    if _EMIT.value:
+        _, _, plan = planned_specs(preset, specs, workdir, _CORES.value)
+        print('\n'.join(emit_commands(plan.runs, workdir, preset)))
+        return
+    results = study(
         preset,
         specs,
         workdir,
+        analyze_only=_ANALYZE_ONLY.value,
         num_resamples=_BOOTSTRAP.value,
         cores_override=_CORES.value,
-        sweep_seconds=time.time() - started,
     )
     print(Path(results['report']).read_text())
 
 
 if __name__ == '__main__':
     flags.mark_flag_as_required('workdir')
-    app.run(main)
+    cli.run(main)
