@@ -23,9 +23,10 @@ sweep extends rates and budgets past the grid up to each preset's caps):
   tpu_imagenet  ImageNet-1k at 64x64 (TFDS imagenet_resized/64x64, prepared by the user),
                 NFNet F0/F1/F3/F7, ResNet-50/101/152, ConvNeXt T/S/B/L and ViT Ti/S/B/L/H at
                 patch 4 (256 tokens) x 6 epoch budgets 2.5...80 x 4 learning rates a factor 2
-                apart; batch 4096, bfloat16, a Cloud TPU v4 slice.
-  tpu_jft_like  the same families on ImageNet-21k (a TFDS builder `imagenet21k` the user
-                prepares), epoch budgets 1...32.
+                apart; batch 4096, bfloat16, a Cloud TPU v4 slice. 64 px, not 224: the grid's
+                ~200 runs x 80 epochs at 224 px would cost ~12x the FLOPs (ViT tokens grow with
+                the pixel count), beyond a study's budget; a 224 px run of one model is
+                experiments/imagenet_resnet50.py or imagenet_vit.py (the JPEG input path).
 Expected: held-out loss falls with compute on both frontiers; the measured cpu_tiny report, its
 fits and plots are in docs/scaling.md.
 """

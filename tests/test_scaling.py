@@ -300,7 +300,7 @@ def _one_step(config, image_shape, num_classes):
     'preset,family',
     [
         ('tpu_imagenet', 'nfnet'),
-        ('tpu_jft_like', 'vit'),
+        ('tpu_imagenet', 'vit'),
         ('gpu_h100', 'nfnet'),
         ('gpu_h100', 'vit'),
     ],
@@ -327,7 +327,7 @@ def test_accelerator_preset_steps_compile_and_run_on_cpu_at_reduced_size(preset,
 
 
 def test_tpu_launch_commands_reach_every_worker(tmp_path):
-    preset = scaling.PRESETS['tpu_jft_like']
+    preset = scaling.PRESETS['tpu_imagenet']
     specs = scaling.grid(preset)
     commands = study.emit_commands(specs, tmp_path, preset)
     assert len(commands) == len(specs) == (4 + 5) * 6 * 4  # NFNet and ViT sizes x budgets x LRs

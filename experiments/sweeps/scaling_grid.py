@@ -418,27 +418,6 @@ PRESETS: dict[str, Preset] = {
         max_lr_steps=2,
         max_epochs=160.0,
     ),
-    'tpu_jft_like': Preset(
-        name='tpu_jft_like',
-        dataset='imagenet21k',
-        train_split='train[50000:]',
-        eval_split='train[:50000]',
-        image_shape=(64, 64, 3),
-        num_classes=21843,
-        batch_size=4096,
-        eval_batch_size=4096,
-        epochs=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
-        families=_TPU_FAMILIES,
-        default_families=('nfnet', 'vit'),
-        dtype='bfloat16',
-        log_every_steps=100,
-        checkpoint_every_steps=2000,
-        eval_every_steps=-1,
-        launcher='tpu',
-        cores_per_device=2,
-        max_lr_steps=2,
-        max_epochs=64.0,
-    ),
 }
 
 
