@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 import logging
 import os
@@ -21,35 +22,34 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import jpeg
-from data.builders import Digits, FashionMnist, Mnist1d, Mnist1dShuffled, Mnist5k
-from data.builders.addition import Addition
-from data.builders.char_corpus import CharCorpus
-from data.builders.digit_captions import DigitCaptions
-from data.builders.imagenet_standin import ImagenetStandin
 from data.builders.sequences import vocabularies_of
-from data.builders.translation import Translation
 from data.tokenizers import Vocabulary
 
 DEFAULT_DATA_DIR: str = os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(
     '~/tensorflow_datasets'
 )
 
-# Datasets whose builders ship in this repo and prepare offline.
-LOCAL_DATASETS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
-    cls.name: cls
-    for cls in (
-        FashionMnist,
-        Mnist5k,
-        Digits,
-        Mnist1d,
-        Mnist1dShuffled,
-        CharCorpus,
-        Translation,
-        Addition,
-        DigitCaptions,
-        ImagenetStandin,
-    )
+# Datasets whose builders ship in this repo and prepare offline: name -> 'module:Class' in
+# data/builders/, imported on first use (a run imports its own builder, not all ten).
+LOCAL_DATASETS: dict[str, str] = {
+    'fashion_mnist': 'fashion_mnist:FashionMnist',
+    'mnist5k': 'mnist5k:Mnist5k',
+    'digits': 'digits:Digits',
+    'mnist1d': 'mnist1d:Mnist1d',
+    'mnist1d_shuffled': 'mnist1d:Mnist1dShuffled',
+    'char_corpus': 'char_corpus:CharCorpus',
+    'translation': 'translation:Translation',
+    'addition': 'addition:Addition',
+    'digit_captions': 'digit_captions:DigitCaptions',
+    'imagenet_standin': 'imagenet_standin:ImagenetStandin',
 }
+
+
+def local_builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
+    """The builder class of local data set `name` (a key of LOCAL_DATASETS)."""
+    module, _, cls = LOCAL_DATASETS[name].partition(':')
+    return getattr(importlib.import_module(f'data.builders.{module}'), cls)
+
 
 # Mean/std cache written next to the prepared array_record files.
 STATS_FILENAME = 'image_stats.json'
@@ -120,7 +120,10 @@ def get_builder(
         if config:  # 'name/config' picks a builder config, as TFDS names do.
             builder_kwargs = {'config': config, **builder_kwargs}
         make = functools.partial(
-            LOCAL_DATASETS[base], data_dir=data_dir, file_format=_REQUIRED_FORMAT, **builder_kwargs
+            local_builder_class(base),
+            data_dir=data_dir,
+            file_format=_REQUIRED_FORMAT,
+            **builder_kwargs,
         )
     else:
         # Check the registry by class lookup first: it is local and instant, and

@@ -270,7 +270,9 @@ def test_non_array_record_dataset_is_rejected(data_dir, tmp_path, file_format):
 def test_local_builders_shadow_tfds_names_without_registering():
     import tensorflow_datasets as tfds
 
-    assert catalog.LOCAL_DATASETS['fashion_mnist'] is fashion_mnist.FashionMnist
+    assert catalog.local_builder_class('fashion_mnist') is fashion_mnist.FashionMnist
+    for name in catalog.LOCAL_DATASETS:  # every entry names a builder of that name
+        assert catalog.local_builder_class(name).name == name
     assert tfds.builder_cls('fashion_mnist') is not fashion_mnist.FashionMnist
 
 
