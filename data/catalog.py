@@ -15,11 +15,13 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from data import jpeg
 from data.builders.sequences import vocabularies_of
@@ -103,8 +105,39 @@ def is_local(name: str) -> bool:
     return name.partition('/')[0] in LOCAL_DATASETS
 
 
-def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
-    return os.fspath(os.path.expanduser(data_dir)) if data_dir else DEFAULT_DATA_DIR
+# Where datasets under a gs:// data dir are copied to (ArrayRecord's reader opens local files
+# only): $DEEPNETS_GCS_CACHE, else ~/.cache/deepnets/gcs.
+GCS_CACHE_DIR = os.environ.get('DEEPNETS_GCS_CACHE') or os.path.expanduser('~/.cache/deepnets/gcs')
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike | None, name: str | None = None) -> str:
+    """The data dir to read from: a gs:// URL's dataset `name` is copied, once, to a local cache
+    (GCS_CACHE_DIR/<bucket>/<path>) and that folder returned; without `name` the URL itself."""
+    data_dir = os.fspath(os.path.expanduser(data_dir)) if data_dir else DEFAULT_DATA_DIR
+    if not data_dir.startswith('gs://') or name is None:
+        return data_dir
+    local = os.path.join(GCS_CACHE_DIR, data_dir[len('gs://') :].strip('/'))
+    _copy_missing(epath.Path(data_dir) / _base_name(name), epath.Path(local) / _base_name(name))
+    return local
+
+
+def _copy_missing(source: epath.Path, target: epath.Path) -> None:
+    """Copies every file under `source` that `target` lacks or holds at another size (a partial
+    copy of a killed run is completed; a finished one costs one listing)."""
+    if not source.is_dir():
+        return  # nothing there: the builder's "not prepared" error names the URL's copy
+    for entry in source.iterdir():
+        if entry.is_dir():
+            _copy_missing(entry, target / entry.name)
+            continue
+        local = target / entry.name
+        if local.exists() and local.stat().length == entry.stat().length:
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        partial = target / f'{entry.name}.partial'
+        with entry.open('rb') as remote, open(partial, 'wb') as copy:
+            shutil.copyfileobj(remote, copy, 1 << 24)
+        partial.rename(local)  # whole or absent
 
 
 def get_builder(
@@ -114,7 +147,7 @@ def get_builder(
 
     `builder_kwargs` go to the builder, e.g. `source_dir=` for fashion_mnist.
     """
-    data_dir = _resolve_data_dir(data_dir)
+    data_dir = _resolve_data_dir(data_dir, name)
     if is_local(name):
         base, _, config = name.partition('/')
         if config:  # 'name/config' picks a builder config, as TFDS names do.

@@ -24,8 +24,9 @@ GRADS = jax.tree.map(lambda p: 0.25 + 0.1 * jnp.cos(jnp.arange(p.size).reshape(p
 def _opt(**settings):
     config = default_config()
     config.schedule.name = 'constant'
-    config.optimizer.update(settings)
-    return config.optimizer, config.schedule
+    # As a config read back from JSON can hold them: values of any type, checked by the rules.
+    optimizer = ml_collections.ConfigDict({**config.optimizer.to_dict(), **settings})
+    return optimizer, config.schedule
 
 
 def _updates(opt, sched, params=PARAMS, grads=GRADS, steps=2):

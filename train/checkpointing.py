@@ -2,11 +2,12 @@
 train metrics, saved together; every step sealed as soon as it is written.
 
 A checkpoint is `<workdir>/checkpoints/<step>/{state,data,window}`. Orbax writes each step to a
-temporary folder and renames it when complete, so an interrupted write is never listed as a
-step. The moment a save is finalised, process 0 seals it: `integrity.json` lists every file's
-size and CRC-32, written to a temporary file, fsynced and renamed (a seal is complete or
-absent). Only sealed steps are trusted: restoring tries the newest step first and moves aside,
-with a warning, one that has no seal (the process died between the save and the seal), a seal
+temporary folder and renames it when complete (on GCS, which cannot rename, it writes the step's
+folder directly and marks it complete with `commit_success.txt`), so an interrupted write is
+never listed as a step. The moment a save is finalised, process 0 seals it: `integrity.json`
+lists every file's size and CRC-32, written so that it is complete or absent (train/storage.py).
+Only sealed steps are trusted: restoring tries the newest step first and moves aside, with a
+warning, one that has no seal (the process died between the save and the seal), a seal
 that cannot be read, or files that no longer match their seal; such a folder becomes
 `corrupt-<step>-<time>` (kept for inspection, never loaded) and the next older step is used.
 A sealed, intact step that fails to load is not corruption (the config changed): that raises
@@ -18,10 +19,8 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
-import os
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import grain
@@ -29,6 +28,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+from train.storage import Path, as_path, files_under, is_remote, move_folder, write_whole
 
 INTEGRITY_FILE = 'integrity.json'
 WINDOW_ITEM = 'window'
@@ -49,17 +50,18 @@ def file_digests(step_dir: Path) -> dict[str, list[int]]:
     """Relative path -> [size, CRC-32] of every file of a checkpoint step (the seal and orbax's
     commit bookkeeping excluded)."""
     digests = {}
-    for path in sorted(p for p in step_dir.rglob('*') if p.is_file()):
+    for path in sorted(files_under(step_dir)):
         relative = path.relative_to(step_dir).as_posix()
         if relative in (*_COMMIT_FILES, INTEGRITY_FILE) or relative.startswith(
             f'{INTEGRITY_FILE}.'
         ):
             continue
-        crc = 0
+        crc = size = 0
         with path.open('rb') as f:
             while chunk := f.read(1 << 22):
                 crc = zlib.crc32(chunk, crc)
-        digests[relative] = [path.stat().st_size, crc]
+                size += len(chunk)
+        digests[relative] = [size, crc]
     return digests
 
 
@@ -91,21 +93,6 @@ def seal_problem(step_dir: Path) -> str | None:
     return None
 
 
-def _write_durably(path: Path, text: str) -> None:
-    """Writes `path` so that after a crash it is either complete or absent."""
-    temporary = path.with_name(f'{path.name}.tmp')
-    with open(temporary, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 class _QuietOrbax:
     """Silences orbax's own error log lines while a restore is tried (its failure is reported
     once, summarised, by the caller)."""
@@ -124,7 +111,8 @@ class Checkpointer:
     """Keeps the newest `keep` checkpoints of a run under `directory`."""
 
     def __init__(self, directory: Path, *, keep: int):
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)
+        self._saving_step: int | None = None  # the step whose save is in flight
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -159,6 +147,9 @@ class Checkpointer:
         the next step right away. The step is sealed as soon as orbax finalises it."""
         if step in self._manager.all_steps():
             return
+        # The previous save is sealed as it finishes: orbax would wait for it anyway.
+        self._manager.wait_until_finished()
+        self._saving_step = step
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -172,19 +163,27 @@ class Checkpointer:
     def _seal_unsealed(self) -> None:
         """Seals every complete step that has no seal yet (process 0). Orbax calls this when a
         save is finalised, just before it renames the step's temporary folder to its final
-        name, so the step appears already sealed; `wait` and `close` call it too."""
+        name, so the step appears already sealed; `wait` and `close` call it too. On GCS a step's
+        folder has its final name while it is written: there it is finalised once committed, or
+        when it is the step whose save is being finalised."""
         if jax.process_index() != 0 or not self.directory.is_dir():
             return
+        remote = is_remote(self.directory)
         for step_dir in self.directory.iterdir():
             step_name = step_dir.name.split('.', 1)[0]
-            finalised = step_dir.name.isdigit() or step_dir.name.startswith(
-                f'{step_name}{_ORBAX_TEMPORARY}'
-            )
+            if remote:
+                finalised = step_dir.name.isdigit() and (
+                    int(step_name) == self._saving_step or (step_dir / _COMMIT_FILES[1]).exists()
+                )
+            else:
+                finalised = step_dir.name.isdigit() or step_dir.name.startswith(
+                    f'{step_name}{_ORBAX_TEMPORARY}'
+                )
             seal = step_dir / INTEGRITY_FILE
             if not (step_name.isdigit() and finalised and step_dir.is_dir()) or seal.exists():
                 continue
             try:
-                _write_durably(seal, json.dumps(file_digests(step_dir)))
+                write_whole(seal, json.dumps(file_digests(step_dir)))
             except FileNotFoundError:  # a step orbax is renaming or deleting (max_to_keep)
                 continue
 
@@ -202,7 +201,7 @@ class Checkpointer:
         if jax.process_count() > 1:  # every process has looked at it before it moves
             multihost_utils.sync_global_devices(f'checked checkpoint {step}')
         if jax.process_index() == 0:
-            os.replace(self.directory / str(step), target)
+            move_folder(self.directory / str(step), target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f'quarantined checkpoint {step}')
         self._manager.reload()
@@ -255,7 +254,7 @@ CHECKPOINTS_DIR = 'checkpoints'  # a workdir's folder of steps (a converted mode
 def find_checkpoints(path: str | Path) -> Path:
     """The folder of numbered checkpoint steps that `path` names: a run's workdir or a folder
     written by `python -m nets.convert` (both hold checkpoints/), or such a folder itself."""
-    path = Path(path).absolute()
+    path = as_path(path)
     if not path.exists():
         raise FileNotFoundError(f'{str(path)!r} does not exist')
     if (path / CHECKPOINTS_DIR).is_dir():
@@ -272,7 +271,7 @@ def load_checkpoint(directory: str | Path, step: int | None = None) -> dict[str,
     """A saved train state as nested dicts of arrays on this host's first device (no model or
     config needed, whatever mesh or host count wrote it): for analysis, export and tests.
     `step=None` takes the newest."""
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     # Only the state is read: orbax's notes about the other items (data, window) are noise here.
     with (
         _QuietOrbax(),

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -41,6 +40,7 @@ from train.progress import NonFiniteError, NonFiniteWatch, Preemption, TrainWind
 from train.sharding import check_batch_divides, fetch, host_to_global, make_mesh
 from train.state import TrainState
 from train.steps import init_train_state, make_eval_step, make_train_step
+from train.storage import Path, as_path
 from train.tasks import Task, task_from_config
 from train.workdir import check_workdir, mismatch_message, write_run_config
 
@@ -122,7 +122,7 @@ def train_and_evaluate(
         )
         runtime = runtime_lib.apply(runtime_lib.resolve(config, host), starting_process=False)
     with switch.use(conv=runtime.conv_backend, attention=runtime.attention):
-        return _train_and_evaluate(config, Path(workdir).absolute(), runtime)
+        return _train_and_evaluate(config, as_path(workdir), runtime)
 
 
 def _train_and_evaluate(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -27,11 +26,14 @@ from train import runtime as runtime_lib
 from train.loop import PREEMPTED, train_and_evaluate
 from train.metrics_writer import quiet_library_logs
 from train.progress import NonFiniteError
+from train.storage import as_path
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally with ":key=value,...".', lock_config=True
 )
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and pictures go.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Where checkpoints, metrics and pictures go: a folder or a gs:// URL.'
+)
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0 (multi-host without auto-detection).'
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> int:
         logging.set_verbosity(logging.WARNING)  # only process 0 reports
     for choice, reason in runtime.reasons:
         logging.info('runtime: %s: %s', choice, reason)
-    workdir = Path(_WORKDIR.value)
+    workdir = as_path(_WORKDIR.value)  # a local folder or a gs:// URL
     try:
         summary = train_and_evaluate(config, workdir, runtime)
     except NonFiniteError as error:

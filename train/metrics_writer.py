@@ -3,6 +3,12 @@
 Only JAX process 0 writes; the others get a writer that drops everything, so callers never
 branch on the process index. Files are strict JSON: a non-finite number (a NaN loss) is written
 as null; `train.pictures.read_metrics` reads it back as NaN.
+
+On GCS, where an object cannot be appended to, both are written to a local mirror (a temporary
+folder) and copied into the bucket at every `flush` (every checkpoint) and at `close`: what a
+killed run loses is what its resumption drops anyway (the records past its last checkpoint).
+TensorBoard's own gs:// writer is not used: it would need a second GCS client
+(google-cloud-storage) with its own credentials, beside gcsfs.
 """
 
 from __future__ import annotations
@@ -10,13 +16,16 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import math
+import shutil
+import tempfile
 import time
-from pathlib import Path
+from pathlib import Path as LocalPath
 from typing import Any
 
 from absl import logging
 
 from train.progress import finite_or_none
+from train.storage import Path, as_path, is_remote
 
 
 class _LibraryInfoFilter(std_logging.Filter):
@@ -46,17 +55,29 @@ def _format(value: Any) -> str:
 
 class MetricWriter:
     """Appends records to `<workdir>/metrics.jsonl`, TensorBoard events in
-    `<workdir>/tensorboard`."""
+    `<workdir>/tensorboard`. `metrics_file` is where the run's records can be read back now
+    (on GCS, the local mirror; `metrics_url` is the object they are copied to)."""
 
     def __init__(self, workdir: Path, *, enabled: bool = True):
+        workdir = as_path(workdir)
         self.enabled = enabled
-        self.metrics_file = workdir / 'metrics.jsonl'
+        self.metrics_url = workdir / 'metrics.jsonl'
         self.tensorboard_dir = workdir / 'tensorboard'
+        self._mirror = None  # the local folder standing in for a gs:// workdir
+        self.metrics_file = self.metrics_url
         self._tb = None
-        if enabled:
-            from tensorboardX import SummaryWriter  # pure-Python event writer: no TensorFlow
+        if not enabled:
+            return
+        local_tensorboard = self.tensorboard_dir
+        if is_remote(workdir):
+            self._mirror = LocalPath(tempfile.mkdtemp(prefix='deepnets-metrics-'))
+            self.metrics_file = self._mirror / 'metrics.jsonl'
+            if self.metrics_url.exists():  # a resumed run goes on with the records
+                self.metrics_file.write_bytes(self.metrics_url.read_bytes())
+            local_tensorboard = self._mirror / 'tensorboard'
+        from tensorboardX import SummaryWriter  # pure-Python event writer: no TensorFlow
 
-            self._tb = SummaryWriter(str(self.tensorboard_dir), flush_secs=30)
+        self._tb = SummaryWriter(str(local_tensorboard), flush_secs=30)
 
     def write(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -92,14 +113,30 @@ class MetricWriter:
         lines = self.metrics_file.read_text().splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
         self.metrics_file.write_text(''.join(line + '\n' for line in kept))
+        self._upload()
 
     def flush(self) -> None:
-        """Writes buffered TensorBoard events to disk (at every checkpoint, so a killed run loses
-        no points that its checkpoint covers)."""
+        """Writes buffered TensorBoard events to disk, and the mirror to the bucket (at every
+        checkpoint, so a killed run loses no points that its checkpoint covers)."""
         if self._tb is not None:
             self._tb.flush()
+        self._upload()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        self._upload()
+        if self._mirror is not None:
+            shutil.rmtree(self._mirror, ignore_errors=True)
+            self._mirror = None
+            self.metrics_file = self.metrics_url
+
+    def _upload(self) -> None:
+        """Copies the local mirror of a gs:// workdir into the bucket (whole objects)."""
+        if self._mirror is None:
+            return
+        if self.metrics_file.exists():
+            self.metrics_url.write_bytes(self.metrics_file.read_bytes())
+        for events in sorted((self._mirror / 'tensorboard').glob('*')):
+            (self.tensorboard_dir / events.name).write_bytes(events.read_bytes())

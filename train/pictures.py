@@ -1,6 +1,7 @@
 """PNG pictures written next to a run's metrics: training curves, confusion matrices and
 grids of (generated) images; `figure` and `save_figure` for every other picture the trainer
-draws (matplotlib's non-interactive Agg backend: no display on servers)."""
+draws (matplotlib's non-interactive Agg backend: no display on servers). Paths may be local
+or gs:// URLs (train/storage.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ matplotlib.use('Agg')  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from train.storage import as_path  # noqa: E402
+
 
 def figure(nrows: int = 1, ncols: int = 1, **kwargs):
     """A new figure and its axes (`plt.subplots`), drawn off screen."""
@@ -26,7 +29,9 @@ def save_figure(fig, out_path: Path, dpi: int = 110) -> Path:
     """Lays out, writes and closes `fig` as `out_path` (folders created); returns the path."""
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=dpi)
+    # Through a file object: matplotlib writes to local paths only.
+    with as_path(out_path).open('wb') as f:
+        fig.savefig(f, dpi=dpi, format=out_path.suffix.lstrip('.') or 'png')
     plt.close(fig)
     return out_path
 
@@ -35,7 +40,7 @@ def read_metrics(metrics_file: Path) -> dict[str, list[dict]]:
     """metrics.jsonl -> records grouped by their 'kind' ('train', 'eval', ...); a null value
     (how the writer stores a non-finite number) reads as NaN."""
     grouped: dict[str, list[dict]] = defaultdict(list)
-    with open(metrics_file) as f:
+    with as_path(metrics_file).open() as f:
         for line in f:
             if line.strip():
                 record = {k: math.nan if v is None else v for k, v in json.loads(line).items()}
@@ -126,5 +131,6 @@ def save_image_grid(
     grid = image_grid(images, columns)
     grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out_path)
+    with as_path(out_path).open('wb') as f:  # through a file object: gs:// URLs too
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format='PNG')
     return out_path

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 
 from train.config import ConfigError
+from train.storage import Path, as_path, is_remote
 
 CONFIG_FILE = 'config.json'
 # config.json's key for the resolved runtime (train/runtime.py's record), beside the config.
@@ -21,15 +21,30 @@ RESOLVED_RUNTIME_KEY = 'resolved_runtime'
 
 
 def check_workdir(workdir: Path) -> None:
-    """Fails early, with the reason, when the run could not write its results."""
+    """Fails early, with the reason, when the run could not write its results: a local folder
+    that cannot be made or written, or a gs:// bucket that is missing, unreachable or refuses
+    these credentials."""
+    remote = is_remote(workdir)
+    # Any failure of the cloud clients (HTTP, credentials, connection) means the same thing here.
+    failures = Exception if remote else OSError
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        if not remote:  # GCS has no folders; creating one under a missing bucket would create it
+            workdir.mkdir(parents=True, exist_ok=True)
         # One probe per process: on a pod every host checks the same shared workdir at once.
         probe = workdir / f'.write_probe.{jax.process_index()}.{os.getpid()}'
         probe.write_text('ok')
         probe.unlink()
-    except OSError as error:
-        raise ConfigError(f'workdir {str(workdir)!r} is not writable: {error}') from error
+    except failures as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if remote and isinstance(error, FileNotFoundError):  # gcsfs names only the request
+            reason = f'bucket {str(workdir)[len("gs://") :].split("/")[0]!r} not found'
+        hint = (
+            ' (does the bucket exist, and may these credentials write to it? '
+            'gcloud auth application-default login sets them)'
+            if remote
+            else ''
+        )
+        raise ConfigError(f'workdir {str(workdir)!r} is not writable: {reason}{hint}') from error
 
 
 def write_run_config(
@@ -43,7 +58,7 @@ def write_run_config(
 
 def read_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config a run in `workdir` ran with (config.json without the runtime record)."""
-    path = Path(workdir) / CONFIG_FILE
+    path = as_path(workdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(
             f'{path} not found: {str(workdir)!r} is not a training workdir '
@@ -58,7 +73,7 @@ def config_differences(workdir: Path, config: ml_collections.ConfigDict) -> list
     """'key: saved -> now' for every config key that differs from the run saved in `workdir`
     (None when it has no readable config.json)."""
     try:
-        saved = _flat(json.loads((Path(workdir) / CONFIG_FILE).read_text()))
+        saved = _flat(json.loads((as_path(workdir) / CONFIG_FILE).read_text()))
     except (OSError, ValueError):
         return None
     now = _flat(json.loads(config.to_json_best_effort()))
