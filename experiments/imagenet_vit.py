@@ -12,8 +12,8 @@ global norm 1, 90 epochs, random-resized crops (area 5-100%) + flips at 224 px, 
 global-average-pooled tokens into the head,
 bfloat16 compute with float32 parameters.
 Hardware and time (published, big_vision): ViT-S/16 on one TPU-v3-8, 6-7 hours.
-Expected: ViT-S/16 76.5% top-1 on the validation split after 90 epochs. ViT-B/16 with this recipe is not published by big_vision;
-torchvision's (longer, heavier) recipe reaches 81.1%.
+Expected: ViT-S/16 76.5% top-1 on the validation split after 90 epochs. ViT-B/16 with this
+recipe is not published by big_vision; torchvision's (longer, heavier) recipe reaches 81.1%.
 Smoke test on any CPU in about a minute: `:smoke` trains a 2-block, width-64 ViT on the offline
 stand-in (python -m data.prepare imagenet_standin) at 64 px for 6 steps with the same
 augmentation.
