@@ -53,4 +53,5 @@ def _shrink_for_smoke(config) -> None:
     config.batch_size = config.eval_batch_size = 8
     config.num_steps = 6
     config.optimizer.learning_rate = 0.1 * 8 / 256
-    config.log_every_steps = config.checkpoint_every_steps = config.eval_every_steps = 3
+    config.log_every_steps = config.checkpoint_every_steps = 3
+    config.eval_every_steps = 6  # one evaluation: each pass starts its decoding workers

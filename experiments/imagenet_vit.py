@@ -61,5 +61,6 @@ def get_config(arg: str = ''):
         config.batch_size = config.eval_batch_size = 8
         config.num_steps = 6
         config.schedule.warmup_epochs = 0.0
-        config.log_every_steps = config.checkpoint_every_steps = config.eval_every_steps = 3
+        config.log_every_steps = config.checkpoint_every_steps = 3
+        config.eval_every_steps = 6  # one evaluation: each pass starts its decoding workers
     return config

@@ -17,7 +17,6 @@ from PIL import Image
 from data import catalog, jpeg, pipeline
 from data.builders import imagenet_standin
 from data.prepare import prepare
-from train.config import default_config, model_config
 from train.loop import train_and_evaluate
 
 TINY = 'imagenet_standin/tiny'
@@ -253,23 +252,6 @@ def test_options_are_checked_and_read_from_a_config():
     ]:
         with pytest.raises(ValueError, match=message):
             jpeg.ImageOptions(**bad)
-
-
-def test_training_on_the_standin_end_to_end_and_resuming(standin_dir, tmp_path):
-    """The trainer on the encoded stand-in through the JPEG path (one decoding worker): train,
-    evaluate, checkpoint; the same config for more steps resumes from the checkpoint."""
-    config = default_config()
-    config.dataset.name, config.dataset.data_dir = TINY, standin_dir
-    config.dataset.eval_split, config.dataset.image_size = 'validation', 32
-    config.dataset.worker_count = 1
-    config.model = model_config('cnn', channels=(8, 16), convs_per_stage=1)
-    config.batch_size, config.eval_batch_size, config.num_steps = 8, 16, 6
-    config.log_every_steps = config.checkpoint_every_steps = config.eval_every_steps = 3
-    summary = train_and_evaluate(config, tmp_path / 'run')
-    assert summary['stop_reason'] == 'finished' and summary['step'] == 6
-    assert summary['eval']['examples'] == 16
-    config.num_steps = 9
-    assert train_and_evaluate(config, tmp_path / 'run')['step'] == 9
 
 
 @pytest.mark.parametrize('config_file', ['imagenet_resnet50', 'imagenet_vit'])

@@ -209,16 +209,18 @@ def plan(preset: Preset, base: Sequence[RunSpec], records: Sequence[dict[str, An
     return Plan(tuple(runs), tuple(lr_capped), tuple(epochs_capped), tuple(reasons))
 
 
-def smoke_preset(preset: str | Preset, train_examples: int = 512, batch_size: int = 64) -> Preset:
+def smoke_preset(
+    preset: str | Preset, train_examples: int = 512, batch_size: int = 64, rates: int = 2
+) -> Preset:
     """`preset` at a drastically reduced size, to run a whole study end to end in seconds: each
-    family's two smallest sizes and two lowest rates, the two shortest budgets, `train_examples`
+    family's two smallest sizes and `rates` lowest rates, the two shortest budgets, `train_examples`
     training images in batches of `batch_size` (a handful of steps a run) and no extensions."""
     preset = get_preset(preset)
     families = {
         name: dataclasses.replace(
             family,
             sizes=dict(list(family.sizes.items())[:2]),
-            learning_rates=family.learning_rates[:2],
+            learning_rates=family.learning_rates[:rates],
         )
         for name, family in preset.families.items()
     }
