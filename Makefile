@@ -19,7 +19,7 @@ demo: data
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n auto --dist worksteal tests
+	$(PY) -m pytest -n auto --dist loadfile tests
 
 setup: $(VENV)/.installed
 
