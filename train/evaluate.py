@@ -174,12 +174,8 @@ def evaluate_run(
     return record
 
 
-USER_ERRORS = (
-    ConfigError,
-    data.DatasetNotPreparedError,
-    FileNotFoundError,
-    CheckpointMismatch,
-)
+# Every program's user errors, plus weights that do not fit the run's model.
+USER_ERRORS = (*cli.USER_ERRORS, CheckpointMismatch)
 
 
 def define_flags() -> None:
