@@ -4,6 +4,7 @@ tests/fixtures/make_convert_fixtures.py) converted and run; logits must match th
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -26,6 +27,10 @@ CASES = [
     ('timm_vit', 'timm', 'vit_b16', {'num_heads': 2}, None),
     ('timm_convnext', 'timm', 'convnext_t', {}, None),
     ('big_vision_vit', 'big_vision', 'vit_b16', {}, None),
+    ('torchvision_googlenet', 'torchvision', 'googlenet', {}, 48),
+    ('torchvision_inception_v3', 'torchvision', 'inception_v3', {'transform_input': False}, 80),
+    ('timm_dm_nfnet', 'timm', 'nfnet_f0', {}, 40),
+    ('timm_nfnet_l', 'timm', 'nfnet_f1', {'activation': 'silu'}, 40),
 ]
 
 
@@ -45,7 +50,8 @@ def test_converted_model_gives_the_reference_logits(case, source, model, fields,
         source, model, checkpoint(case, source), fields=fields, image_size=size
     )
     io = np.load(FIXTURES / f'{case}_io.npz')
-    logits = np.asarray(converted.create().apply(converted.variables, io['inputs']))
+    # Compiled: eager dispatch of the deeper models' many small ops takes longer than XLA.
+    logits = np.asarray(jax.jit(converted.create().apply)(converted.variables, io['inputs']))
     assert logits.shape == io['logits'].shape
     assert max_relative_difference(logits, io['logits']) < 1e-5
 
@@ -62,6 +68,25 @@ def test_sizes_come_from_the_tensors_and_source_fields_from_the_source():
     assert swin.fields['num_heads'] == (1, 2, 4) and swin.fields['window_size'] == 2
     vit = convert.convert('big_vision', 'vit_b16', checkpoint('big_vision_vit', 'big_vision'))
     assert vit.fields['mlp_activation'] == 'gelu_tanh' and vit.fields['num_heads'] == 2
+
+
+def test_torchvision_inception_and_timm_nfnet_fields_come_from_the_source():
+    googlenet = convert.convert(
+        'torchvision', 'googlenet', checkpoint('torchvision_googlenet', 'torchvision')
+    )
+    assert googlenet.fields['width_multiplier'] == 1 / 8 and googlenet.fields['bn_epsilon'] == 1e-3
+    assert googlenet.fields['aux_logits'] is False and googlenet.fields['transform_input']
+    assert googlenet.input_shape == (224, 224, 3) and "['aux1', 'aux2']" in googlenet.notes[0]
+    assert 'aux_head1' not in googlenet.params
+    deepmind = convert.convert('timm', 'nfnet_f0', checkpoint('timm_dm_nfnet', 'timm'))
+    assert deepmind.fields['conv_padding'] == 'same' and deepmind.fields['ws_epsilon'] == 1e-5
+    assert deepmind.fields['depths'] == (1, 2, 1, 1) and deepmind.fields['stem_widths'][-1] == 16
+    timm_form = convert.convert(
+        'timm', 'nfnet_f0', checkpoint('timm_nfnet_l', 'timm'), fields={'activation': 'silu'}
+    )
+    assert timm_form.fields['conv_padding'] == 'symmetric'
+    assert timm_form.fields['final_conv_mult'] == 1.5 and timm_form.fields['se_ratio'] == 0.25
+    np.testing.assert_array_equal(timm_form.params['stage1_block1']['skip_gain'], 1.0)
 
 
 def test_position_table_is_resampled_for_another_image_size():
@@ -104,6 +129,13 @@ def test_bad_requests_fail_with_one_line_naming_the_choices(tmp_path):
     # A ViT checkpoint read as a ResNet: the tensors it needs are not there.
     with pytest.raises(ValueError, match="has no tensor 'conv1.weight'"):
         convert.convert('torchvision', 'resnet18', checkpoint('torchvision_vit', 'torchvision'))
+    with pytest.raises(ValueError, match=r"'inception_v2'.*'googlenet', 'inception_v3'"):
+        convert.convert('torchvision', 'inception_v2', path)
+    with pytest.raises(ValueError, match=r'not a timm NFNet-F checkpoint.*dm_nfnet_f\*'):
+        convert.convert('timm', 'nfnet_f0', checkpoint('timm_resnet', 'timm'))
+    with pytest.raises(ValueError, match=r"no NFNet gamma for activation 'swish'.*'gelu'"):
+        nfnet = checkpoint('timm_dm_nfnet', 'timm')
+        convert.convert('timm', 'nfnet_f0', nfnet, fields={'activation': 'swish'})
 
 
 def test_tensors_without_a_place_in_the_model_are_named(tmp_path):

@@ -8,10 +8,13 @@ from typing import Any
 from absl import flags
 
 from nets.convert.api import SOURCES, convert_to_folder
+from nets.convert.core import read_metadata
 from train import cli
 
 flags.DEFINE_enum('source', None, list(SOURCES), 'Where the checkpoint comes from.')
-flags.DEFINE_string('model', None, 'A registered nets model name (e.g. resnet50, vit_b16).')
+flags.DEFINE_string(
+    'model', None, 'A registered nets model name (e.g. resnet50, vit_b16, char_lstm).'
+)
 flags.DEFINE_string('checkpoint', None, 'The checkpoint file (.safetensors, .npz, .pth).')
 flags.DEFINE_string('out', None, 'The folder to write (new or empty).')
 flags.DEFINE_integer(
@@ -50,6 +53,8 @@ def main(argv: list[str]) -> None:
         fields=parse_fields(options.field),
         image_size=options.image_size,
     )
+    for note in read_metadata(out)['notes']:
+        print(f'note: {note}')
     print(f'wrote {out}')
 
 

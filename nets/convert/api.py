@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import nets
-from nets.convert import convnets, transformers
+from nets.convert import convnets, inception, nfnet, recurrent, transformers
 from nets.convert.core import Converted, check_fits, save
 from nets.convert.tensors import Tensors, read_tensors
 from nets.layers.blocks import check_choice
 
-SOURCES = ('torchvision', 'timm', 'big_vision')
+SOURCES = ('torchvision', 'timm', 'big_vision', 'torch')
 
 Mapping = Callable[[Tensors, str, dict[str, Any], int | None], Converted]
 MAPPINGS: dict[tuple[str, str], Mapping] = {
@@ -28,6 +28,10 @@ MAPPINGS: dict[tuple[str, str], Mapping] = {
     ('timm', 'vit'): transformers.timm_vit,
     ('big_vision', 'vit'): transformers.big_vision_vit,
     ('torchvision', 'swin'): transformers.torchvision_swin,
+    ('torchvision', 'inception'): inception.torchvision_inception,
+    ('timm', 'nfnet'): nfnet.timm_nfnet,
+    ('torch', 'rnn'): recurrent.classifier,
+    ('torch', 'language_model'): recurrent.language_model,
 }
 # Buffers the nets models recompute or do not need.
 IGNORED = (r'num_batches_tracked$', r'relative_position_index$')

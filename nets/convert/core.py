@@ -8,7 +8,8 @@ model initialises (`jax.eval_shape`, nothing allocated), so a converted folder a
 
 A converted folder is what `train.init_from` and `train.evaluate --init_from` read:
 
-    DIR/converted.json              model name, fields, image size, source and file
+    DIR/converted.json              model name, fields, input shape and dtype, notes, source
+                                    and file
     DIR/checkpoints/0/state/        orbax: {'step': 0, 'params': ..., 'model_state': ...}
 
 the layout of a training run's checkpoints, so one loader serves runs and conversions.
@@ -42,6 +43,7 @@ class Converted:
     model_state: dict[str, Any]
     input_shape: tuple[int, ...]  # one example, batch dimension excluded
     notes: list[str] = dataclasses.field(default_factory=list)
+    input_dtype: str = 'float32'  # 'int32' for token ids
 
     def create(self) -> Any:
         return nets.create(self.model, **self.fields)
@@ -64,7 +66,7 @@ def check_fits(converted: Converted) -> None:
     model = converted.create()
     abstract = jax.eval_shape(
         lambda x: model.init(jax.random.key(0), x),
-        jax.ShapeDtypeStruct((1, *converted.input_shape), jnp.float32),
+        jax.ShapeDtypeStruct((1, *converted.input_shape), jnp.dtype(converted.input_dtype)),
     )
     expected = _shapes({k: v for k, v in abstract.items() if k != 'intermediates'})
     found = _shapes(converted.variables)
@@ -109,6 +111,7 @@ def save(converted: Converted, out: str | Path, description: dict[str, Any]) -> 
         'model': converted.model,
         'fields': {k: json_value(v) for k, v in converted.fields.items()},
         'input_shape': list(converted.input_shape),
+        'input_dtype': converted.input_dtype,
         'notes': converted.notes,
         **description,
     }

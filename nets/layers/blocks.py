@@ -140,9 +140,11 @@ def batch_norm(
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     zero_scale: bool = False,
+    epsilon: float = BATCH_NORM_EPSILON,
     name: str | None = None,
 ) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's momentum/epsilon; running stats in `batch_stats`.
+    """BatchNorm with PyTorch's momentum and (by default) epsilon; running stats in
+    `batch_stats`.
 
     Call inside a compact method. `zero_scale` starts the scale at 0 (used to make
     residual blocks begin as identities).
@@ -150,7 +152,7 @@ def batch_norm(
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=BATCH_NORM_MOMENTUM,
-        epsilon=BATCH_NORM_EPSILON,
+        epsilon=epsilon,
         scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
         dtype=dtype,
         param_dtype=param_dtype,
@@ -185,7 +187,8 @@ class ConvNormAct(nn.Module):
     The spatial rank (1-D signals, 2-D images, ...) is taken from the input,
     which is channels-last `(N, *spatial, C)`; an int `kernel_size`/`strides`
     means the same value on every spatial dim. The conv has a bias only when
-    there is no norm (unless `use_bias` says otherwise).
+    there is no norm (unless `use_bias` says otherwise). `norm_epsilon` is the BatchNorm's
+    (torchvision's Inception convs use 1e-3).
     """
 
     features: int
@@ -197,6 +200,7 @@ class ConvNormAct(nn.Module):
     use_bias: bool | None = None
     kernel_init: str = 'he_normal'
     zero_init_norm: bool = False
+    norm_epsilon: float = BATCH_NORM_EPSILON
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -224,6 +228,7 @@ class ConvNormAct(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 zero_scale=self.zero_init_norm,
+                epsilon=self.norm_epsilon,
                 name='norm',
             )(x)
         return activation(self.activation)(x)
@@ -320,6 +325,9 @@ class SqueezeExcite(nn.Module):
         return x * nn.sigmoid(h)
 
 
+WS_EPSILON_MODES = ('max', 'add')
+
+
 class ScaledWSConv(nn.Module):
     """Convolution with scaled weight standardisation (Brock et al. 2021, NF-ResNets/NFNets).
 
@@ -327,11 +335,13 @@ class ScaledWSConv(nn.Module):
     and variance taken per output channel over its fan-in, with a learnable
     per-channel `gain` (init 1). A zero-mean, 1/fan_in-variance filter keeps a
     unit-variance input at unit variance without a normaliser, and removing the
-    mean cancels the mean shift that ReLU/GELU outputs carry. `epsilon` bounds
-    fan_in·var from below (as the reference does) so a collapsed filter cannot
-    blow up. The standardisation runs in `param_dtype`; the conv runs in `dtype`.
-    Padding defaults to 'SAME' (TensorFlow/Haiku placement, as the NFNet
-    reference). `feature_group_count` gives grouped convs (fan-in per group).
+    mean cancels the mean shift that ReLU/GELU outputs carry. `epsilon` keeps a
+    collapsed filter from blowing up: `epsilon_mode='max'` bounds fan_in·var from below,
+    max(fan_in·var, epsilon) (the DeepMind reference), 'add' uses fan_in·(var + epsilon)
+    (timm's ScaledStdConv2d, a batch norm over the weights). The standardisation runs in
+    `param_dtype`; the conv runs in `dtype`. Padding defaults to 'SAME' (TensorFlow/Haiku
+    placement, as the NFNet reference). `feature_group_count` gives grouped convs (fan-in per
+    group).
     """
 
     features: int
@@ -341,9 +351,14 @@ class ScaledWSConv(nn.Module):
     feature_group_count: int = 1
     use_bias: bool = True
     epsilon: float = 1e-4
+    epsilon_mode: str = 'max'
     kernel_init: str = 'lecun_normal'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        check_choice('epsilon_mode', self.epsilon_mode, WS_EPSILON_MODES)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -365,7 +380,10 @@ class ScaledWSConv(nn.Module):
         fan_in_axes = tuple(range(rank + 1))
         mean = jnp.mean(kernel, axis=fan_in_axes, keepdims=True)
         var = jnp.var(kernel, axis=fan_in_axes, keepdims=True)
-        scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, self.epsilon)) * gain
+        if self.epsilon_mode == 'max':
+            scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, self.epsilon)) * gain
+        else:
+            scale = jax.lax.rsqrt((var + self.epsilon) * fan_in) * gain
         weight = (kernel - mean) * scale
         padding = (
             self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]

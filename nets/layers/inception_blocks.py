@@ -2,11 +2,12 @@
 Inception v3) and nets/models/inception_resnet.py (Inception-ResNet-v2).
 
 `InceptionBlock` is the base of every Inception block: its fields and `conv`, a conv (no bias) -
-BatchNorm - activation like torchvision's `BasicConv2d` (whose BatchNorm epsilon is 1e-3; here it
-is the package-wide PyTorch default 1e-5, which changes no parameter count and matters only when
-loading torchvision weights). Also here: a max pool with PyTorch's padding and ceil-mode
-semantics, the field checks the models share, the auxiliary-logit protocol (`run_aux_head`) and
-the two stems: GoogLeNet's (BN-Inception's too) and Inception v3's (Inception-ResNet-v2's too).
+BatchNorm - activation like torchvision's `BasicConv2d`. Its BatchNorm epsilon `bn_epsilon`
+defaults to the package-wide PyTorch default 1e-5; torchvision's BasicConv2d uses 1e-3, which the
+checkpoint converter (nets/convert) sets. Also here: a max pool with PyTorch's padding and
+ceil-mode semantics, torchvision's `transform_input`, the field checks the models share, the
+auxiliary-logit protocol (`run_aux_head`) and the two stems: GoogLeNet's (BN-Inception's too)
+and Inception v3's (Inception-ResNet-v2's too).
 """
 
 from typing import Any
@@ -20,6 +21,19 @@ from nets.layers import blocks
 Dtype = Any
 
 STEMS = ('imagenet', 'small')
+
+# torchvision's `transform_input`: ImageNet-normalised channels (x - mean) / std re-expressed as
+# (x' - 0.5) / 0.5, the [-1, 1] range the Inception weights ported from TensorFlow expect.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def torchvision_transform_input(x: jax.Array) -> jax.Array:
+    """torchvision's `transform_input` on channels-last RGB images: x·(std/0.5) + (mean-0.5)/0.5
+    per channel."""
+    scale = jnp.asarray([s / 0.5 for s in _IMAGENET_STD], x.dtype)
+    shift = jnp.asarray([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], x.dtype)
+    return x * scale + shift
 
 
 def max_pool(
@@ -43,6 +57,8 @@ def check_inception_fields(model: nn.Module) -> None:
         raise ValueError(f'width_multiplier must be positive, got {model.width_multiplier!r}')
     if getattr(model, 'aux_loss_weight', 0.0) < 0:
         raise ValueError(f'aux_loss_weight must be >= 0, got {model.aux_loss_weight!r}')
+    if not getattr(model, 'bn_epsilon', 1.0) > 0:
+        raise ValueError(f'bn_epsilon must be positive, got {model.bn_epsilon!r}')
 
 
 class InceptionBlock(nn.Module):
@@ -51,6 +67,7 @@ class InceptionBlock(nn.Module):
     width_multiplier: float = 1.0
     activation: str = 'relu'
     kernel_init: str = 'he_normal'
+    bn_epsilon: float = blocks.BATCH_NORM_EPSILON
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -73,6 +90,7 @@ class InceptionBlock(nn.Module):
             padding=padding,
             activation=self.activation,
             kernel_init=self.kernel_init,
+            norm_epsilon=self.bn_epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,

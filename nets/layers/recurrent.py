@@ -23,7 +23,9 @@ Each gate's block is drawn on its own: Glorot-uniform input kernels (Keras' defa
 orthogonal recurrent kernels (Saxe et al. 2014: a square orthogonal matrix keeps the norm of
 the state through the recurrence at initialisation, so gradients over many steps neither
 vanish nor explode from the start). One bias per gate, so an LSTM has exactly
-4(d_in·H + H·H + H) parameters and a GRU 3(d_in·H + H·H + H) (PyTorch/cuDNN keep two biases).
+4(d_in·H + H·H + H) parameters and a GRU 3(d_in·H + H·H + H) (PyTorch/cuDNN keep two biases);
+a GRU with `reset_after=True` (PyTorch's and cuDNN's form) has H more, the recurrent bias of its
+candidate, which the reset gate multiplies.
 
 The carry stays float32 whatever `dtype` is: matmuls run in `dtype`, the state update in the
 carry's precision, so bfloat16 compute does not round the memory away step after step.
@@ -215,9 +217,17 @@ class GRUCell(_Cell):
         n = tanh(W_n x + U_n (r ⊙ h) + b_n)     candidate
         h' = z ⊙ h + (1 − z) ⊙ n
 
-    The reset gate multiplies h before U_n (the paper's form; PyTorch/cuDNN apply it after,
-    r ⊙ (U_n h + b'), which needs a second bias). Carry and output: h (batch, H).
+    The reset gate multiplies h before U_n: the paper's form. `reset_after=True` gives
+    PyTorch's and cuDNN's form (Keras' reset_after), which multiplies after U_n:
+
+        n = tanh(W_n x + b_n + r ⊙ (U_n h + b_hn))
+
+    with b_hn the parameter 'recurrent_bias' (H,), which the reset gate scales and so cannot
+    merge into b_n (PyTorch's other two hidden biases do merge into b_z and b_r). It also lets
+    the three recurrent products run as one. Carry and output: h (batch, H).
     """
+
+    reset_after: bool = False
 
     num_gates = 3
 
@@ -225,8 +235,21 @@ class GRUCell(_Cell):
     def __call__(self, carry: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = carry
         w_x, w_h, b = self._weights(x.shape[-1])
-        x, h_in, w_x, w_h, b = promote_dtype(x, h, w_x, w_h, b, dtype=self.dtype)
         width = self.features
+        if self.reset_after:
+            b_hn = self.param('recurrent_bias', nn.initializers.zeros, (width,), self.param_dtype)
+            x, h_in, w_x, w_h, b, b_hn = promote_dtype(x, h, w_x, w_h, b, b_hn, dtype=self.dtype)
+            from_x = matmul(x, w_x) + b
+            from_h = matmul(h_in, w_h)
+            z = nn.sigmoid((from_x[..., :width] + from_h[..., :width]).astype(h.dtype))
+            r = nn.sigmoid(
+                (from_x[..., width : 2 * width] + from_h[..., width : 2 * width]).astype(h.dtype)
+            )
+            hidden_n = (from_h[..., 2 * width :] + b_hn).astype(h.dtype)
+            n = jnp.tanh(from_x[..., 2 * width :].astype(h.dtype) + r * hidden_n)
+            h_new = z * h + (1.0 - z) * n
+            return h_new, h_new.astype(self.dtype)
+        x, h_in, w_x, w_h, b = promote_dtype(x, h, w_x, w_h, b, dtype=self.dtype)
         from_x = matmul(x, w_x) + b
         from_h = matmul(h_in, w_h[:, : 2 * width])  # U_z h, U_r h; U_n waits for the reset gate
         z = nn.sigmoid((from_x[..., :width] + from_h[..., :width]).astype(h.dtype))
@@ -246,6 +269,16 @@ def make_cell(cell: str, features: int, **fields: Any) -> _Cell:
     """The cell called `cell` ('rnn', 'lstm', 'gru') with `features` hidden units."""
     blocks.check_choice('cell', cell, CELLS)
     return CELLS[cell](features=features, **fields)
+
+
+def cell_type_fields(cell: str, forget_bias: float, reset_after: bool) -> dict[str, Any]:
+    """Of the fields only one cell type has (LSTM: forget_bias, GRU: reset_after), those that
+    `cell` takes, for the layers and models that carry both."""
+    if cell == 'lstm':
+        return {'forget_bias': forget_bias}
+    if cell == 'gru':
+        return {'reset_after': reset_after}
+    return {}
 
 
 def sequence_mask(
@@ -294,6 +327,7 @@ class RNNLayer(nn.Module):
     kernel_init: str = 'glorot_uniform'
     recurrent_kernel_init: str = 'orthogonal'
     forget_bias: float = 1.0  # LSTM only
+    reset_after: bool = False  # GRU only
     unroll: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -323,6 +357,7 @@ class RNNLayer(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,
+            **cell_type_fields(self.cell, self.forget_bias, self.reset_after),
         )
 
     @nn.compact
@@ -373,6 +408,7 @@ class BidirectionalRNN(nn.Module):
     kernel_init: str = 'glorot_uniform'
     recurrent_kernel_init: str = 'orthogonal'
     forget_bias: float = 1.0
+    reset_after: bool = False
     unroll: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -398,6 +434,7 @@ class BidirectionalRNN(nn.Module):
             kernel_init=self.kernel_init,
             recurrent_kernel_init=self.recurrent_kernel_init,
             forget_bias=self.forget_bias,
+            reset_after=self.reset_after,
             unroll=self.unroll,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -434,6 +471,7 @@ class StackedRNN(nn.Module):
     kernel_init: str = 'glorot_uniform'
     recurrent_kernel_init: str = 'orthogonal'
     forget_bias: float = 1.0
+    reset_after: bool = False
     unroll: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -463,6 +501,7 @@ class StackedRNN(nn.Module):
             kernel_init=self.kernel_init,
             recurrent_kernel_init=self.recurrent_kernel_init,
             forget_bias=self.forget_bias,
+            reset_after=self.reset_after,
             unroll=self.unroll,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -46,6 +46,12 @@ second; a 28x28 image reaches the classifier at 4x4 (GoogLeNet, v2) or 2x2
 needs, instead of torchvision's 5x5/3 average pool (which needs the 17x17
 grid of a ~299 px image). `width_multiplier` scales every conv and head
 width (rounded, at least 1).
+
+Ported torchvision weights (`python -m nets.convert`): `bn_epsilon` is the
+BatchNorm epsilon of every conv (default the package-wide 1e-5; torchvision's
+BasicConv2d uses 1e-3), and `transform_input=True` (GoogLeNet, v3) applies
+torchvision's `transform_input` first: ImageNet-normalised images re-expressed
+in the [-1, 1] scaling of the weights torchvision ported from TensorFlow.
 """
 
 import functools
@@ -67,6 +73,7 @@ from nets.layers.inception_blocks import (
     inception_v3_stem_output_size,
     max_pool,
     run_aux_head,
+    torchvision_transform_input,
 )
 from nets.registry import register
 
@@ -179,6 +186,8 @@ class GoogLeNet(nn.Module):
     dropout_rate: float = 0.2
     activation: str = 'relu'
     kernel_init: str = 'he_normal'
+    bn_epsilon: float = blocks.BATCH_NORM_EPSILON
+    transform_input: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -199,13 +208,16 @@ class GoogLeNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         blocks.check_images(self, x)
-        fields = block_fields(self)
+        fields = {**block_fields(self), 'bn_epsilon': self.bn_epsilon}
         inception = functools.partial(
             InceptionV1Block, wide_kernel_size=self.wide_kernel_size, **fields
         )
         aux_head = functools.partial(GoogLeNetAuxHead, num_classes=self.num_classes, **fields)
 
-        x = GoogLeNetStem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)
+        x = x.astype(self.dtype)
+        if self.transform_input:
+            x = torchvision_transform_input(x)
+        x = GoogLeNetStem(stem=self.stem, name='stem', **fields)(x, train=train)
         x = inception(features=(64, 96, 128, 16, 32, 32), name='inception3a')(x, train=train)
         x = inception(features=(128, 128, 192, 32, 96, 64), name='inception3b')(x, train=train)
         x = max_pool(x, 3, 2, ceil_mode=True)
@@ -246,6 +258,7 @@ class InceptionV2(nn.Module):
     dropout_rate: float = 0.0
     activation: str = 'relu'
     kernel_init: str = 'he_normal'
+    bn_epsilon: float = blocks.BATCH_NORM_EPSILON
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -266,7 +279,7 @@ class InceptionV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         blocks.check_images(self, x)
-        fields = block_fields(self)
+        fields = {**block_fields(self), 'bn_epsilon': self.bn_epsilon}
         x = GoogLeNetStem(stem=self.stem, name='stem', **fields)(x.astype(self.dtype), train=train)
         for name, features, pool, strides in _BN_INCEPTION_LAYOUT:
             x = InceptionV2Block(
@@ -407,6 +420,8 @@ class InceptionV3(nn.Module):
     dropout_rate: float = 0.5
     activation: str = 'relu'
     kernel_init: str = 'he_normal'
+    bn_epsilon: float = blocks.BATCH_NORM_EPSILON
+    transform_input: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -441,10 +456,11 @@ class InceptionV3(nn.Module):
                 f"{without_aux}x{without_aux}, stem='small' smaller images)"
             )
         blocks.check_images(self, x, hint)
-        fields = block_fields(self)
-        x = InceptionV3Stem(stem=self.stem, name='stem', **fields)(
-            x.astype(self.dtype), train=train
-        )
+        fields = {**block_fields(self), 'bn_epsilon': self.bn_epsilon}
+        x = x.astype(self.dtype)
+        if self.transform_input:
+            x = torchvision_transform_input(x)
+        x = InceptionV3Stem(stem=self.stem, name='stem', **fields)(x, train=train)
         for name, pool_features in (('mixed_5b', 32), ('mixed_5c', 64), ('mixed_5d', 64)):
             x = InceptionA(pool_features=pool_features, name=name, **fields)(x, train=train)
         x = InceptionB(name='mixed_6a', **fields)(x, train=train)

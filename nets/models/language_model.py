@@ -76,6 +76,7 @@ class RecurrentLM(nn.Module):
     kernel_init: str = 'glorot_uniform'
     recurrent_kernel_init: str = 'orthogonal'
     forget_bias: float = 1.0  # LSTM only
+    reset_after: bool = False  # GRU only: PyTorch's nn.GRU form (`GRUCell`)
     unroll: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -132,6 +133,7 @@ class RecurrentLM(nn.Module):
                 kernel_init=self.kernel_init,
                 recurrent_kernel_init=self.recurrent_kernel_init,
                 forget_bias=self.forget_bias,
+                reset_after=self.reset_after,
                 unroll=self.unroll,
                 name=f'layer{i}',
                 **dims,

@@ -44,6 +44,16 @@ batches need smaller λ). AGC must skip the final linear layer (`head`); 0-D and
 norm, as the reference's unit-wise norm does. AGC lives in the optax builder
 (train/optim.py), not here.
 
+Porting weights (`python -m nets.convert`, timm's NFNets): `activation_gamma`
+replaces the exact γ by another value (timm and the DeepMind reference use the
+sampled constants, gelu 1.7015043497085571); `ws_epsilon` and `ws_epsilon_mode`
+are the weight standardisation's epsilon and its form (`blocks.ScaledWSConv`:
+'max', the reference's max(fan_in·var, 1e-4), or 'add', timm's
+fan_in·(var + 1e-5)); `conv_padding='symmetric'` pads k // 2 on each side as
+PyTorch does (timm's nfnet_* and nfnet_l*; its dm_nfnet_* use 'same'); and
+`stem_widths` sets the four stem convs' widths (default 16, 32, 64 and
+widths[0] / 2; timm's are stem_chs / 8, / 4, / 2 and stem_chs).
+
 Each block sows the variance of its residual branch (before the skip gain;
 mean over channels of the per-channel variance) as
 `intermediates/<block>/residual_variance` when 'intermediates' is mutable:
@@ -65,6 +75,7 @@ from nets.registry import register
 Dtype = Any
 
 STEMS = ('imagenet', 'small')
+CONV_PADDINGS = ('same', 'symmetric')
 
 # γ = 1 / std(f(z)) for z ~ N(0, 1), by adaptive quadrature (scipy) of the exact
 # functions in `blocks.ACTIVATIONS` (tests/test_nets_modern.py re-derives them).
@@ -83,10 +94,30 @@ ACTIVATION_GAMMAS: dict[str, float] = {
 }
 
 
-def scaled_activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The activation `name` times its γ, so N(0, 1) inputs give unit-variance outputs."""
+def conv_fields(module: nn.Module) -> dict[str, Any]:
+    """The `blocks.ScaledWSConv` fields an NFNet module (NFNet or NFBlock) sets on every conv."""
+    return dict(
+        epsilon=module.ws_epsilon,
+        epsilon_mode=module.ws_epsilon_mode,
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+    )
+
+
+def padding_for(kind: str, kernel_size: int) -> str | list[tuple[int, int]]:
+    """'SAME' (TensorFlow's, more padding after than before for strided convs) or PyTorch's
+    k // 2 on each side."""
+    if kind == 'same':
+        return 'SAME'
+    return [(kernel_size // 2, kernel_size // 2)] * 2
+
+
+def scaled_activation(name: str, gamma: float | None = None) -> Callable[[jax.Array], jax.Array]:
+    """The activation `name` times its γ (`gamma`, or by default the exact 1/std(f(z)) from
+    `ACTIVATION_GAMMAS`), so N(0, 1) inputs give unit-variance outputs."""
     blocks.check_choice('activation', name, ACTIVATION_GAMMAS)
-    fn, gamma = blocks.activation(name), ACTIVATION_GAMMAS[name]
+    fn = blocks.activation(name)
+    gamma = ACTIVATION_GAMMAS[name] if gamma is None else gamma
 
     def scaled(x: jax.Array) -> jax.Array:
         return fn(x) * jnp.asarray(gamma, x.dtype)
@@ -111,13 +142,18 @@ class NFBlock(nn.Module):
     se_ratio: float = 0.5
     drop_path_rate: float = 0.0
     activation: str = 'gelu'
+    activation_gamma: float | None = None
+    ws_epsilon: float = 1e-4
+    ws_epsilon_mode: str = 'max'
+    conv_padding: str = 'same'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        act = scaled_activation(self.activation)
-        dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        act = scaled_activation(self.activation, self.activation_gamma)
+        dims = conv_fields(self)
+        padded = dict(padding=padding_for(self.conv_padding, 3), **dims)
         # Bottleneck width rounded down to whole groups (all F-variant widths are multiples of 128).
         groups = int(self.features * self.bottleneck_ratio) // self.group_width
         width = groups * self.group_width
@@ -138,13 +174,19 @@ class NFBlock(nn.Module):
 
         y = blocks.ScaledWSConv(width, 1, name='conv0', **dims)(out)
         y = blocks.ScaledWSConv(
-            width, 3, strides=self.strides, feature_group_count=groups, name='conv1', **dims
+            width, 3, strides=self.strides, feature_group_count=groups, name='conv1', **padded
         )(act(y))
-        y = blocks.ScaledWSConv(width, 3, feature_group_count=groups, name='conv1b', **dims)(act(y))
+        y = blocks.ScaledWSConv(width, 3, feature_group_count=groups, name='conv1b', **padded)(
+            act(y)
+        )
         y = blocks.ScaledWSConv(self.features, 1, name='conv2', **dims)(act(y))
         # The sigmoid gate averages ~0.5 at init; x2 keeps the branch at unit scale.
         y = 2.0 * blocks.SqueezeExcite(
-            max(1, int(self.features * self.se_ratio)), activation='relu', name='se', **dims
+            max(1, int(self.features * self.se_ratio)),
+            activation='relu',
+            name='se',
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )(y)
         if self.is_mutable_collection('intermediates'):
             variance = jnp.mean(jnp.var(y.astype(jnp.float32), axis=tuple(range(y.ndim - 1))))
@@ -159,8 +201,8 @@ class NFNet(nn.Module):
 
     Stage i has `depths[i]` NF blocks of width `widths[i]` (stride 2 from the
     second stage on). `final_conv_mult` sizes the last 1x1 conv
-    (final_conv_mult · widths[-1]). `drop_path_rate` is the stochastic-depth
-    rate at the end of the network; `dropout_rate` applies before the head.
+    (int(final_conv_mult · widths[-1]); timm's nfnet_l* use 1.5). `drop_path_rate` is the
+    stochastic-depth rate at the end of the network; `dropout_rate` applies before the head.
     `bottleneck_ratio · widths[i]` must hold at least one group of `group_width`.
     """
 
@@ -172,8 +214,13 @@ class NFNet(nn.Module):
     group_width: int = 128
     se_ratio: float = 0.5
     alpha: float = 0.2
-    final_conv_mult: int = 2
+    final_conv_mult: float = 2.0
     activation: str = 'gelu'
+    activation_gamma: float | None = None
+    stem_widths: tuple[int, ...] | None = None
+    ws_epsilon: float = 1e-4
+    ws_epsilon_mode: str = 'max'
+    conv_padding: str = 'same'
     drop_path_rate: float = 0.1
     dropout_rate: float = 0.2
     dtype: Dtype = jnp.float32
@@ -182,7 +229,18 @@ class NFNet(nn.Module):
     def __post_init__(self) -> None:
         blocks.check_choice('stem', self.stem, STEMS)
         blocks.check_choice('activation', self.activation, ACTIVATION_GAMMAS)
+        blocks.check_choice('ws_epsilon_mode', self.ws_epsilon_mode, blocks.WS_EPSILON_MODES)
+        blocks.check_choice('conv_padding', self.conv_padding, CONV_PADDINGS)
         blocks.check_rate('drop_path_rate', self.drop_path_rate)
+        if self.stem_widths is not None and (
+            len(self.stem_widths) != 4 or min(self.stem_widths) < 1
+        ):
+            raise ValueError(
+                f'stem_widths must be four positive widths (the imagenet stem convs), got '
+                f'{self.stem_widths!r}'
+            )
+        if not self.ws_epsilon > 0:
+            raise ValueError(f'ws_epsilon must be positive, got {self.ws_epsilon!r}')
         blocks.check_rate('dropout_rate', self.dropout_rate)
         if (
             not self.depths
@@ -194,7 +252,11 @@ class NFNet(nn.Module):
                 f'depths and widths must be non-empty tuples of equal length (depths >= 1, '
                 f'widths >= 2), got depths={self.depths!r}, widths={self.widths!r}'
             )
-        if self.group_width < 1 or self.final_conv_mult < 1 or not self.alpha > 0:
+        if (
+            self.group_width < 1
+            or int(self.final_conv_mult * self.widths[-1]) < 1
+            or not self.alpha > 0
+        ):
             raise ValueError(
                 f'group_width and final_conv_mult must be positive and alpha > 0, got '
                 f'group_width={self.group_width}, final_conv_mult={self.final_conv_mult}, '
@@ -228,19 +290,20 @@ class NFNet(nn.Module):
                 f'Input size {x.shape[1]}x{x.shape[2]} is too small for stem {self.stem!r} and '
                 f'{len(self.depths)} stages: minimum {minimum}x{minimum}'
             )
-        act = scaled_activation(self.activation)
-        dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        act = scaled_activation(self.activation, self.activation_gamma)
+        dims = conv_fields(self)
+        padded = dict(padding=padding_for(self.conv_padding, 3), **dims)
         x = x.astype(self.dtype)
-        stem_width = self.widths[0] // 2
+        stem_widths = self.stem_widths or (16, 32, 64, self.widths[0] // 2)
         if self.stem == 'imagenet':
-            for i, (features, strides) in enumerate(((16, 2), (32, 1), (64, 1), (stem_width, 2))):
+            for i, (features, strides) in enumerate(zip(stem_widths, (2, 1, 1, 2))):
                 if i > 0:
                     x = act(x)
-                x = blocks.ScaledWSConv(features, 3, strides=strides, name=f'stem_conv{i}', **dims)(
-                    x
-                )
+                x = blocks.ScaledWSConv(
+                    features, 3, strides=strides, name=f'stem_conv{i}', **padded
+                )(x)
         else:
-            x = blocks.ScaledWSConv(stem_width, 3, name='stem_conv', **dims)(x)
+            x = blocks.ScaledWSConv(stem_widths[-1], 3, name='stem_conv', **padded)(x)
 
         num_blocks = sum(self.depths)
         expected_std = 1.0
@@ -257,8 +320,13 @@ class NFNet(nn.Module):
                     se_ratio=self.se_ratio,
                     drop_path_rate=self.drop_path_rate * index / num_blocks,
                     activation=self.activation,
+                    activation_gamma=self.activation_gamma,
+                    ws_epsilon=self.ws_epsilon,
+                    ws_epsilon_mode=self.ws_epsilon_mode,
+                    conv_padding=self.conv_padding,
                     name=f'stage{stage}_block{i}',
-                    **dims,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
                 )(x, train=train)
                 index += 1
                 # A stage's first block has a normalised (projected) shortcut: variance
@@ -268,14 +336,18 @@ class NFNet(nn.Module):
                 expected_std = math.sqrt(expected_std**2 + self.alpha**2)
 
         x = blocks.ScaledWSConv(
-            self.final_conv_mult * self.widths[-1], 1, name='final_conv', **dims
+            int(self.final_conv_mult * self.widths[-1]), 1, name='final_conv', **dims
         )(x)
         x = act(x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = Dense(self.num_classes, kernel_init=blocks.initializer('normal'), name='head', **dims)(
-            x
-        )
+        x = Dense(
+            self.num_classes,
+            kernel_init=blocks.initializer('normal'),
+            name='head',
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
         return x.astype(jnp.float32)
 
 

@@ -33,7 +33,8 @@ class RNNClassifier(nn.Module):
     - 'mean': the mean of the top layer's outputs over valid steps;
     - 'flatten': every time step's output, concatenated (Greydanus 2020's MNIST-1D GRU); the
       head then depends on the sequence length.
-    `valid`/`lengths` mark padding as in `RNNLayer`.
+    `valid`/`lengths` mark padding as in `RNNLayer`. `reset_after=True` makes a GRU apply its
+    reset gate after the recurrent product, as PyTorch's nn.GRU does (`GRUCell`).
     """
 
     num_classes: int = 10
@@ -46,7 +47,8 @@ class RNNClassifier(nn.Module):
     dropout_rate: float = 0.0
     kernel_init: str = 'glorot_uniform'
     recurrent_kernel_init: str = 'orthogonal'
-    forget_bias: float = 1.0
+    forget_bias: float = 1.0  # LSTM only
+    reset_after: bool = False  # GRU only
     unroll: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -92,6 +94,7 @@ class RNNClassifier(nn.Module):
             kernel_init=self.kernel_init,
             recurrent_kernel_init=self.recurrent_kernel_init,
             forget_bias=self.forget_bias,
+            reset_after=self.reset_after,
             unroll=self.unroll,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
