@@ -31,6 +31,9 @@ CASES = [
     ('torchvision_inception_v3', 'torchvision', 'inception_v3', {'transform_input': False}, 80),
     ('timm_dm_nfnet', 'timm', 'nfnet_f0', {}, 40),
     ('timm_nfnet_l', 'timm', 'nfnet_f1', {'activation': 'silu'}, 40),
+    ('timm_swin', 'timm', 'swin_t', {}, 32),
+    ('timm_vgg', 'timm', 'vgg11', {}, 64),
+    ('timm_inception_v3', 'timm', 'inception_v3', {}, 80),
 ]
 
 
@@ -89,6 +92,49 @@ def test_torchvision_inception_and_timm_nfnet_fields_come_from_the_source():
     np.testing.assert_array_equal(timm_form.params['stage1_block1']['skip_gain'], 1.0)
 
 
+def test_timm_swin_vgg_and_inception_fields_come_from_the_source():
+    swin = convert.convert('timm', 'swin_t', checkpoint('timm_swin', 'timm'), image_size=32)
+    assert swin.fields['depths'] == (2, 2, 2, 1) and swin.fields['num_heads'] == (1, 1, 2, 4)
+    assert swin.fields['window_size'] == 4 and swin.fields['embed_dim'] == 4
+    # The last stage's 2x2 map uses a 2x2 window: a 3x3 table, as timm made it.
+    assert swin.params['stage3_block0']['window_attention']['relative_position_bias'][
+        'relative_position_bias_table'
+    ].shape == (9, 4)
+    vgg = convert.convert('timm', 'vgg11', checkpoint('timm_vgg', 'timm'), image_size=64)
+    assert vgg.fields['pooled_size'] == 2 and vgg.fields['fc_width'] == 16
+    assert vgg.fields['batch_norm'] is False and 'ConvMlp' in vgg.notes[0]
+    inception = convert.convert('timm', 'inception_v3', checkpoint('timm_inception_v3', 'timm'))
+    assert inception.fields['transform_input'] is False and inception.fields['bn_epsilon'] == 1e-3
+    assert inception.input_shape == (299, 299, 3) and len(inception.notes) == 1
+    assert "['AuxLogits']" in inception.notes[0] and 'aux_logits=False' in inception.notes[0]
+
+
+def test_timm_swin_with_merges_at_stage_ends_converts_the_same(tmp_path):
+    """The original code's and older timm's layout: layers.N.downsample ends stage N (none after
+    the last), the classifier is `head`, and the shifted-window masks are stored."""
+    tensors = read_safetensors(checkpoint('timm_swin', 'timm'))
+    renamed = {'layers.1.blocks.1.attn_mask': np.zeros((16, 16, 16), np.float32)}
+    for name, value in tensors.items():
+        if name.startswith('head.fc.'):
+            name = name.replace('head.fc.', 'head.')
+        elif '.downsample.' in name:
+            stage = int(name.split('.')[1])
+            name = name.replace(f'layers.{stage}.', f'layers.{stage - 1}.')
+        renamed[name] = value
+    np.savez(tmp_path / 'swin_end.npz', **renamed)
+    converted = convert.convert('timm', 'swin_t', tmp_path / 'swin_end.npz', image_size=32)
+    io = np.load(FIXTURES / 'timm_swin_io.npz')
+    logits = converted.create().apply(converted.variables, io['inputs'])
+    assert max_relative_difference(np.asarray(logits), io['logits']) < 1e-5
+
+
+def test_timm_vgg_refuses_maps_its_head_would_slide_over():
+    path = checkpoint('timm_vgg', 'timm')
+    with pytest.raises(ValueError, match=r'image_size 96 .* slides its 2x2 .* 3x3 map'):
+        convert.convert('timm', 'vgg11', path, image_size=96)
+    assert convert.convert('timm', 'vgg11', path, image_size=95).input_shape == (95, 95, 3)
+
+
 def test_position_table_is_resampled_for_another_image_size():
     """Converting for 16 px equals applying the 32 px table at 16 px (the model resamples the
     same way when it meets another grid)."""
@@ -131,6 +177,8 @@ def test_bad_requests_fail_with_one_line_naming_the_choices(tmp_path):
         convert.convert('torchvision', 'resnet18', checkpoint('torchvision_vit', 'torchvision'))
     with pytest.raises(ValueError, match=r"'inception_v2'.*'googlenet', 'inception_v3'"):
         convert.convert('torchvision', 'inception_v2', path)
+    with pytest.raises(ValueError, match=r"timm has no counterpart of 'googlenet'.*inception_v3"):
+        convert.convert('timm', 'googlenet', checkpoint('timm_inception_v3', 'timm'))
     with pytest.raises(ValueError, match=r'not a timm NFNet-F checkpoint.*dm_nfnet_f\*'):
         convert.convert('timm', 'nfnet_f0', checkpoint('timm_resnet', 'timm'))
     with pytest.raises(ValueError, match=r"no NFNet gamma for activation 'swish'.*'gelu'"):

@@ -10,11 +10,12 @@ that every tensor found a place and every parameter of the model got one, and `s
 folder that `--config.init_from=DIR` (fine-tuning) and `train.evaluate --init_from=DIR` load.
 
 Mappings (source: families): torchvision: resnet, vgg, alexnet, convnext, vit, swin, inception
-(googlenet, inception_v3); timm: resnet, convnext, vit, nfnet (dm_nfnet_f*, nfnet_f*,
-nfnet_l*); big_vision: vit (.npz, big_vision's and the original ViT's names); torch (plain
-nn.LSTM / nn.GRU / nn.RNN models): rnn (lstm, gru, rnn classifiers), language_model
-(char_lstm, char_gru, char_rnn). docs/zoo.md lists them with what each assumes; what a
-conversion assumed beyond the tensors is in its `notes` (printed, and kept in converted.json).
+(googlenet, inception_v3); timm: resnet, vgg, convnext, vit, swin, inception (inception_v3),
+nfnet (dm_nfnet_f*, nfnet_f*, nfnet_l*); big_vision: vit (.npz, big_vision's and the original
+ViT's names); torch (plain nn.LSTM / nn.GRU / nn.RNN models): rnn (lstm, gru, rnn classifiers),
+language_model (char_lstm, char_gru, char_rnn). docs/zoo.md lists them with what each assumes;
+what a conversion assumed beyond the tensors is in its `notes` (printed, and kept in
+converted.json).
 """
 
 from __future__ import annotations

@@ -20,21 +20,25 @@ Mapping = Callable[[Tensors, str, dict[str, Any], int | None], Converted]
 MAPPINGS: dict[tuple[str, str], Mapping] = {
     ('torchvision', 'resnet'): convnets.resnet,
     ('timm', 'resnet'): convnets.resnet,
-    ('torchvision', 'vgg'): convnets.vgg,
+    ('torchvision', 'vgg'): functools.partial(convnets.vgg, source='torchvision'),
+    ('timm', 'vgg'): functools.partial(convnets.vgg, source='timm'),
     ('torchvision', 'alexnet'): convnets.alexnet,
     ('torchvision', 'convnext'): functools.partial(convnets.convnext, source='torchvision'),
     ('timm', 'convnext'): functools.partial(convnets.convnext, source='timm'),
     ('torchvision', 'vit'): transformers.torchvision_vit,
     ('timm', 'vit'): transformers.timm_vit,
     ('big_vision', 'vit'): transformers.big_vision_vit,
-    ('torchvision', 'swin'): transformers.torchvision_swin,
-    ('torchvision', 'inception'): inception.torchvision_inception,
+    ('torchvision', 'swin'): functools.partial(transformers.swin, source='torchvision'),
+    ('timm', 'swin'): functools.partial(transformers.swin, source='timm'),
+    ('torchvision', 'inception'): functools.partial(inception.inception, source='torchvision'),
+    ('timm', 'inception'): functools.partial(inception.inception, source='timm'),
     ('timm', 'nfnet'): nfnet.timm_nfnet,
     ('torch', 'rnn'): recurrent.classifier,
     ('torch', 'language_model'): recurrent.language_model,
 }
-# Buffers the nets models recompute or do not need.
-IGNORED = (r'num_batches_tracked$', r'relative_position_index$')
+# Buffers the nets models recompute or do not need (Swin's index and, in checkpoints of the
+# original code and older timm, its shifted-window masks).
+IGNORED = (r'num_batches_tracked$', r'relative_position_index$', r'\.attn_mask$')
 
 
 def convertible() -> list[str]:

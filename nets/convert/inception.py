@@ -1,14 +1,18 @@
-"""torchvision's GoogLeNet and Inception v3 into `nets.models.inception`.
+"""torchvision's GoogLeNet and Inception v3, and timm's Inception v3, into
+`nets.models.inception`.
 
 Every torchvision `BasicConv2d` (conv, bn) becomes a `ConvNormAct` (conv, norm) of the same
 name in the same block: GoogLeNet's `inception3a.branch2.1` is `inception3a/branch2`, Inception
-v3's `Mixed_5b.branch5x5_2` is `mixed_5b/branch5x5_2`. What the tensors cannot say is set from
-torchvision: BatchNorm epsilon 1e-3 (`bn_epsilon`), and `transform_input=True`, the setting of
-torchvision's pretrained weights (a model trained from `googlenet()` / `inception_v3()` without
-weights has it off: convert with the field `transform_input=False`). The auxiliary heads
-(`aux1`, `aux2`, `AuxLogits`) run only in training; their tensors are skipped, the model is
-converted with `aux_logits=False`, and the notes say so. `width_multiplier` is read from the
-first conv, so narrowed models convert too.
+v3's `Mixed_5b.branch5x5_2` is `mixed_5b/branch5x5_2`. timm's `InceptionV3` is torchvision's
+layout under the same names (its `ConvNormAct` keeps `conv` and `bn`), so one mapping serves
+both. What the tensors cannot say is set from the source: BatchNorm epsilon 1e-3 (`bn_epsilon`)
+for both; torchvision's `transform_input=True`, the setting of its pretrained weights (a model
+trained from `googlenet()` / `inception_v3()` without weights has it off: convert with the field
+`transform_input=False`), while timm has no such step (`transform_input=False`). The auxiliary
+heads (`aux1`, `aux2`, `AuxLogits`; of timm's weights only `inception_v3.tv_in1k` has one) run
+only in training; their tensors are skipped, the model is converted with `aux_logits=False`,
+and the notes say so. `width_multiplier` is read from the first conv, so narrowed models
+convert too.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import Any
 from nets.convert.core import Converted
 from nets.convert.tensors import FlaxTree, Tensors
 
-TORCHVISION_BN_EPSILON = 1e-3
-MODELS = ('googlenet', 'inception_v3')
+BN_EPSILON = 1e-3  # torchvision's BasicConv2d and timm's InceptionV3 (norm_eps)
+MODELS = {'torchvision': ('googlenet', 'inception_v3'), 'timm': ('inception_v3',)}
 _IMAGE_SIZES = {'googlenet': 224, 'inception_v3': 299}
 
 # GoogLeNet's Inception module: torchvision Sequential member -> nets branch.
@@ -44,7 +48,8 @@ _V3_BLOCKS = ('5b', '5c', '5d', '6a', '6b', '6c', '6d', '6e', '7a', '7b', '7c')
 
 
 def _basic_conv(tree: FlaxTree, tensors: Tensors, torch_name: str, path: str) -> None:
-    """torchvision's BasicConv2d (conv without bias, bn) into ConvNormAct `path`."""
+    """torchvision's BasicConv2d or timm's ConvNormAct (conv without bias, bn) into ConvNormAct
+    `path`."""
     tree.conv(tensors, f'{torch_name}.conv', f'{path}/conv')
     tree.batch_norm(tensors, f'{torch_name}.bn', f'{path}/norm')
 
@@ -65,8 +70,8 @@ def _notes(skipped: list[str], fields: dict[str, Any]) -> list[str]:
     notes = []
     if skipped:
         notes.append(
-            f'skipped the auxiliary heads {skipped} (torchvision runs them only in training): '
-            'converted with aux_logits=False'
+            f'skipped the auxiliary heads {skipped} (training-time classifiers, no part of '
+            'the logits): converted with aux_logits=False'
         )
     if fields['transform_input']:
         notes.append(
@@ -77,12 +82,13 @@ def _notes(skipped: list[str], fields: dict[str, Any]) -> list[str]:
     return notes
 
 
-def torchvision_inception(
-    tensors: Tensors, model: str, fields: dict[str, Any], image_size: int | None
+def inception(
+    tensors: Tensors, model: str, fields: dict[str, Any], image_size: int | None, source: str
 ) -> Converted:
-    """torchvision GoogLeNet (model 'googlenet') or Inception3 ('inception_v3')."""
-    if model not in MODELS:
-        raise ValueError(f'torchvision has no counterpart of {model!r}; convertible: {MODELS}')
+    """torchvision GoogLeNet (model 'googlenet') or Inception3 ('inception_v3'), or timm
+    InceptionV3 ('inception_v3')."""
+    if model not in MODELS[source]:
+        raise ValueError(f'{source} has no counterpart of {model!r}; convertible: {MODELS[source]}')
     tree = FlaxTree()
     if model == 'googlenet':
         for name in ('conv1', 'conv2', 'conv3'):
@@ -114,8 +120,8 @@ def torchvision_inception(
         width_multiplier=tensors.shape(first_conv)[0] / base_width,
         stem='imagenet',
         aux_logits=False,
-        bn_epsilon=TORCHVISION_BN_EPSILON,
-        transform_input=True,
+        bn_epsilon=BN_EPSILON,
+        transform_input=source == 'torchvision',
     )
     fields = {**inferred, **fields}
     size = image_size or _IMAGE_SIZES[model]

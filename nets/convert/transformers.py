@@ -1,11 +1,12 @@
 """Vision Transformers into `nets.models.vit` and `nets.models.swin`.
 
 Sources: torchvision's `VisionTransformer` and `SwinTransformer` (v1), timm's
-`VisionTransformer`, and big_vision / google-research ViT `.npz` files (Flax names, already in
-Flax layouts). PyTorch keeps a layer's query, key and value as one (3D, D) matrix; the nets
-attention keeps (D, heads, head_dim) kernels per projection, so the matrix is split and the
-heads unfolded. big_vision's position table covers the patches only (its class token has no
-position embedding), so a zero row is put in front for the class token: the sum is the same.
+`VisionTransformer` and `SwinTransformer` (v1), and big_vision / google-research ViT `.npz`
+files (Flax names, already in Flax layouts). PyTorch keeps a layer's query, key and value as
+one (3D, D) matrix; the nets attention keeps (D, heads, head_dim) kernels per projection, so the
+matrix is split and the heads unfolded. big_vision's position table covers the patches only
+(its class token has no position embedding), so a zero row is put in front for the class token:
+the sum is the same.
 
 A learned position table is resampled (bilinear on the patch grid, the class-token row kept)
 when `image_size` asks for another grid than the checkpoint's. Fields that the source fixes
@@ -16,6 +17,7 @@ one.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -243,27 +245,65 @@ def big_vision_vit(
     return Converted(model, {**inferred, **fields}, tree.params, {}, (size, size, 3), notes)
 
 
-def torchvision_swin(
-    tensors: Tensors, model: str, fields: dict[str, Any], image_size: int | None
+# Swin v1 names. timm (1.0.x) merges patches at the start of stages 1.. and names the
+# classifier head.fc; the original code and older timm merge at the end of stages ..n-2 and name
+# it head: 'timm_end', told apart by a 'layers.0.downsample.*' tensor (as timm's own loader does).
+_SWIN_NAMES = {
+    'torchvision': dict(
+        patch_embed='features.0.0',
+        patch_norm='features.0.2',
+        stage=r'features\.(\d+)\.\d+\.attn\.qkv\.weight',
+        block='features.{index}.{i}',
+        merge='features.{index_before}',
+        fc1='mlp.0',
+        fc2='mlp.3',
+        head='head',
+    ),
+    'timm': dict(
+        patch_embed='patch_embed.proj',
+        patch_norm='patch_embed.norm',
+        stage=r'layers\.(\d+)\.blocks\.\d+\.attn\.qkv\.weight',
+        block='layers.{index}.blocks.{i}',
+        merge='layers.{index}.downsample',
+        fc1='mlp.fc1',
+        fc2='mlp.fc2',
+        head='head.fc',
+    ),
+}
+_SWIN_NAMES['timm_end'] = {
+    **_SWIN_NAMES['timm'],
+    'merge': 'layers.{index_before}.downsample',
+    'head': 'head',
+}
+
+
+def swin(
+    tensors: Tensors, model: str, fields: dict[str, Any], image_size: int | None, source: str
 ) -> Converted:
-    """torchvision SwinTransformer v1 (features.0 patch embedding, odd features.* stages,
-    even ones patch merging, norm, head). The image size is not in the tensors: give it when it
-    is not 224 (the relative-bias tables must match the windows the model uses at that size)."""
+    """torchvision SwinTransformer v1 (features.0 patch embedding, odd features.* stages, even
+    ones patch merging, norm, head) or timm's (patch_embed, layers.N.downsample and .blocks.M,
+    norm, head.fc). The image size is not in the tensors: give it when it is not 224 (the
+    relative-bias tables must match the windows the model uses at that size)."""
+    if source == 'timm' and 'layers.0.downsample.reduction.weight' in tensors:
+        source = 'timm_end'
+    names = _SWIN_NAMES[source]
     tree = FlaxTree()
-    tree.conv(tensors, 'features.0.0', 'patch_embed')
-    tree.layer_norm(tensors, 'features.0.2', 'patch_embed_norm')
+    tree.conv(tensors, names['patch_embed'], 'patch_embed')
+    tree.layer_norm(tensors, names['patch_norm'], 'patch_embed_norm')
     stage_indices = sorted(
-        {int(n.split('.')[1]) for n in tensors.names() if '.attn.qkv.weight' in n}
+        {int(m.group(1)) for n in tensors.names() if (m := re.fullmatch(names['stage'], n))}
     )
     depths, heads = [], []
     window = None
     for stage, index in enumerate(stage_indices):
         if stage > 0:
-            tree.layer_norm(tensors, f'features.{index - 1}.norm', f'merge{stage}/norm')
-            tree.dense(tensors, f'features.{index - 1}.reduction', f'merge{stage}/reduction', False)
-        depth = tensors.count(rf'features\.{index}\.(\d+)\.')
+            merge = names['merge'].format(index=index, index_before=index - 1)
+            tree.layer_norm(tensors, f'{merge}.norm', f'merge{stage}/norm')
+            tree.dense(tensors, f'{merge}.reduction', f'merge{stage}/reduction', False)
+        block = names['block'].format(index=index, i='{i}')
+        depth = tensors.count(rf'{re.escape(block.split("{i}")[0])}(\d+)\.')
         for i in range(depth):
-            prefix, path = f'features.{index}.{i}', f'stage{stage}_block{i}'
+            prefix, path = block.format(i=i), f'stage{stage}_block{i}'
             table = tensors.take(f'{prefix}.attn.relative_position_bias_table')
             block_heads = table.shape[1]
             tree.layer_norm(tensors, f'{prefix}.norm1', f'{path}/norm1')
@@ -280,24 +320,24 @@ def torchvision_swin(
                 block_heads,
             )
             tree.layer_norm(tensors, f'{prefix}.norm2', f'{path}/norm2')
-            tree.dense(tensors, f'{prefix}.mlp.0', f'{path}/mlp/fc1')
-            tree.dense(tensors, f'{prefix}.mlp.3', f'{path}/mlp/fc2')
+            tree.dense(tensors, f'{prefix}.{names["fc1"]}', f'{path}/mlp/fc1')
+            tree.dense(tensors, f'{prefix}.{names["fc2"]}', f'{path}/mlp/fc2')
             if stage == 0 and i == 0:
                 window = (math.isqrt(table.shape[0]) + 1) // 2
         depths.append(depth)
         heads.append(block_heads)
     tree.layer_norm(tensors, 'norm', 'norm')
-    tree.dense(tensors, 'head', 'head')
-    embed_dim = tensors.shape('features.0.0.weight')[0]
-    first = f'features.{stage_indices[0]}.0.mlp.0.weight'
+    tree.dense(tensors, names['head'], 'head')
+    patch_weight = tensors.shape(f'{names["patch_embed"]}.weight')
+    first = names['block'].format(index=stage_indices[0], i=0)
     inferred = dict(
-        num_classes=tensors.shape('head.weight')[0],
-        patch_size=tensors.shape('features.0.0.weight')[-1],
-        embed_dim=embed_dim,
+        num_classes=tensors.shape(f'{names["head"]}.weight')[0],
+        patch_size=patch_weight[-1],
+        embed_dim=patch_weight[0],
         depths=tuple(depths),
         num_heads=tuple(heads),
         window_size=window,
-        mlp_ratio=tensors.shape(first)[0] / embed_dim,
+        mlp_ratio=tensors.shape(f'{first}.{names["fc1"]}.weight')[0] / patch_weight[0],
         attention_scoring='dot',
     )
     size = image_size or 224
