@@ -1,6 +1,7 @@
 """The convolution benchmark's bookkeeping (no timing assertions): it finds a model's
-convolutions with their counts, counts their FLOPs, its PyTorch passes compute what JAX's do,
-and the report sums the step. Toy sizes; PyTorch parts skip when torch is not installed."""
+convolutions with their counts and groups, counts their FLOPs, its PyTorch passes compute what
+JAX's do (grouped convolutions too), and the report sums the step. Toy sizes; PyTorch parts skip
+when torch is not installed."""
 
 import importlib.util
 import json
@@ -8,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.benchmarks import bench_common
+from experiments.benchmarks import bench_common, conv_passes
 from experiments.benchmarks import conv_benchmark as bench
 
 
@@ -39,8 +40,33 @@ def test_conv_flops_counts_the_output_positions():
 
 
 def test_rejects_a_model_without_images():
-    with pytest.raises(ValueError, match="'lstm_lm' is not an image model; valid: \\['resnet18'"):
+    with pytest.raises(
+        ValueError, match="'lstm_lm' is not an image model; valid: \\['nfnet_f0', 'resnet18'"
+    ):
         bench.run('lstm_lm', 'tiny', 1)
+    with pytest.raises(ValueError, match="unknown model 'nfnet'; valid: \\['nfnet_f0'"):
+        bench.run('nfnet', 'tiny', 1)
+    with pytest.raises(ValueError, match="'resnet18' has no grouped convolutions"):
+        bench.run('resnet18', 'tiny', 1, 'grouped')
+
+
+def tiny_nfnet_grouped_convolutions():
+    convs = conv_passes.model_convolutions(conv_passes.conv_model_spec('nfnet_f0', 'tiny'))
+    return [c for c in convs if c['groups'] > 1]
+
+
+def test_finds_the_grouped_convolutions_of_the_tiny_nfnet_with_their_groups():
+    # Tiny NFNet: widths (64, 128), bottleneck 0.5, group width 16: stage 0's 3x3s have 2 groups
+    # of 16 channels at 8x8 (conv1 and conv1b alike), stage 1's 4 groups, the first strided.
+    convs = tiny_nfnet_grouped_convolutions()
+    assert [(c['groups'], tuple(c['kernel_shape']), c['count']) for c in convs] == [
+        (2, (3, 3, 16, 32), 2),
+        (4, (3, 3, 16, 64), 1),
+        (4, (3, 3, 16, 64), 1),
+    ]
+    assert [tuple(c['strides']) for c in convs] == [(1, 1), (2, 2), (1, 1)]
+    # Each output channel sums over its group's 16 input channels.
+    assert bench.conv_flops(convs[0]) == 2.0 * 4 * 8 * 8 * 9 * 16 * 32
 
 
 def _backends():
@@ -49,13 +75,17 @@ def _backends():
     return ['xla'] + (['onednn'] if onednn_conv.available() else [])
 
 
-@pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
-def test_every_framework_computes_the_same_passes(strides):
+@pytest.mark.parametrize('strides,groups', [((1, 1), 1), ((2, 2), 1), ((1, 1), 2), ((2, 2), 4)])
+def test_every_framework_computes_the_same_passes(strides, groups):
     """JAX with each convolution backend, and PyTorch where installed."""
+    candidates = tiny_resnet_convolutions() if groups == 1 else tiny_nfnet_grouped_convolutions()
     conv = next(
         c
-        for c in tiny_resnet_convolutions()
-        if tuple(c['strides']) == strides and c['kernel_shape'][0] == 3 and not c['reads_input']
+        for c in candidates
+        if tuple(c['strides']) == strides
+        and c.get('groups', 1) == groups
+        and c['kernel_shape'][0] == 3
+        and not c['reads_input']
     )
     reference = bench.jax_passes(conv, 'xla')
     expected_y, (expected_dx, expected_dw) = reference['forward'](), reference['backward']()
@@ -108,3 +138,20 @@ def test_report_sums_the_step_and_writes_json_and_markdown(tmp_path):
     table = out.with_suffix('.md').read_text()
     assert 'Per train step' in table and '| JAX XLA |' in table
     assert json.loads(out.read_text())['step_totals'] == totals
+
+
+def test_grouped_report_of_the_tiny_nfnet(tmp_path):
+    report = bench.run('nfnet_f0', 'tiny', 1, 'grouped')
+    assert report['convs'] == 'grouped' and report['rows']
+    assert all(r['groups'] > 1 for r in report['rows'])
+    assert {r['groups'] for r in report['rows']} == {2, 4}
+    table = bench.markdown(report)
+    assert '# Grouped convolutions of nfnet_f0' in table and '| groups |' in table
+    assert 'Load average (1, 5, 15 min) before:' in table
+    if 'torch' in report['step_totals']:
+        totals = report['step_totals']
+        for backend in _backends():
+            for name in bench.PASSES:
+                assert totals[f'torch_over_{backend}_{name}'] == pytest.approx(
+                    totals['torch'][f'{name}_s'] / totals[backend][f'{name}_s']
+                )

@@ -1,6 +1,7 @@
 """oneDNN convolutions (nets/kernels/onednn_conv.py): the same values and gradients as XLA's, on one
-device and on a data-parallel mesh (no gathered batch), inside scans, in bfloat16; the switch
-and its errors; FLOP counts see XLA's convolutions."""
+device and on a data-parallel mesh (no gathered batch), inside scans, in bfloat16, ungrouped and
+grouped (feature_group_count, depthwise included); the switch and its errors; FLOP counts see
+XLA's convolutions."""
 
 import platform
 import sys
@@ -22,18 +23,20 @@ needs_onednn = pytest.mark.skipif(
 DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _loss(x, w, strides, padding):
-    y = conv.conv_general_dilated(x, w, strides, padding, dimension_numbers=DIMENSIONS)
+def _loss(x, w, strides, padding, groups=1):
+    y = conv.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=DIMENSIONS, feature_group_count=groups
+    )
     return jnp.sum(jnp.sin(y.astype(jnp.float32)))
 
 
-def _value_and_grads(x, w, strides, padding, backend):
+def _value_and_grads(x, w, strides, padding, backend, groups=1):
     def fn(x, w):
         # The backend is chosen while tracing: inside the traced function.
         if backend == 'xla':
             with switch.use(conv='xla'):
-                return _loss(x, w, strides, padding)
-        return _loss(x, w, strides, padding)
+                return _loss(x, w, strides, padding, groups)
+        return _loss(x, w, strides, padding, groups)
 
     return jax.jit(jax.value_and_grad(fn, (0, 1)))(x, w)
 
@@ -75,10 +78,39 @@ def test_same_values_and_gradients_as_xla(shape, kernel, strides, padding):
 
 
 @needs_onednn
-def test_bfloat16_operands_stay_bfloat16_and_match_xla():
-    x, w = _operands((4, 8, 8, 16), (3, 3, 16, 16), jnp.bfloat16)
-    _, grads = _value_and_grads(x, w, (1, 1), 'SAME', 'onednn')
-    _, expected = _value_and_grads(x, w, (1, 1), 'SAME', 'xla')
+@pytest.mark.parametrize(
+    'shape,kernel,groups,strides,padding',
+    [
+        ((4, 9, 9, 8), (3, 3, 4, 6), 2, (1, 1), 'SAME'),
+        ((4, 9, 9, 12), (3, 3, 4, 9), 3, (2, 2), 'SAME'),
+        ((3, 10, 8, 12), (3, 2, 3, 8), 4, (2, 1), ((0, 1), (2, 0))),
+        ((4, 8, 8, 12), (1, 1, 2, 12), 6, (2, 2), 'VALID'),
+        ((2, 11, 11, 8), (7, 7, 1, 8), 8, (1, 1), ((3, 3), (3, 3))),  # depthwise
+        ((2, 9, 9, 6), (3, 3, 1, 12), 6, (2, 2), ((1, 0), (0, 1))),  # depthwise, 2 per channel
+    ],
+)
+def test_grouped_convolutions_have_the_values_and_gradients_of_xla(
+    shape, kernel, groups, strides, padding
+):
+    x, w = _operands(shape, kernel)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: _loss(x, w, strides, padding, groups), (0, 1)))(
+        x, w
+    )
+    assert onednn_calls_in(jaxpr) == 3  # forward, dx, dw: the grouped convolution is oneDNN's
+    value, grads = _value_and_grads(x, w, strides, padding, 'onednn', groups)
+    expected, expected_grads = _value_and_grads(x, w, strides, padding, 'xla', groups)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-4)
+    for got, want in zip(grads, expected_grads):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize('groups', [1, 4])
+def test_bfloat16_operands_stay_bfloat16_and_match_xla(groups):
+    x, w = _operands((4, 8, 8, 16), (3, 3, 16 // groups, 16), jnp.bfloat16)
+    _, grads = _value_and_grads(x, w, (1, 1), 'SAME', 'onednn', groups)
+    _, expected = _value_and_grads(x, w, (1, 1), 'SAME', 'xla', groups)
     for got, want in zip(grads, expected):
         assert got.dtype == jnp.bfloat16
         scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
@@ -88,34 +120,40 @@ def test_bfloat16_operands_stay_bfloat16_and_match_xla():
 
 
 @needs_onednn
-def test_the_conv_module_runs_onednn_and_xla_convolutions_on_request():
-    model = conv.Conv(8, (3, 3))
-    x = jnp.ones((2, 8, 8, 3))
+@pytest.mark.parametrize('groups', [1, 4])
+def test_the_conv_module_runs_onednn_and_xla_convolutions_on_request(groups):
+    model = conv.Conv(8, (3, 3), feature_group_count=groups)
+    x = jnp.ones((2, 8, 8, 4))
     variables = model.init(jax.random.key(0), x)
 
     def grad():  # a new function each time: JAX reuses the trace of one it has seen
-        return jax.grad(lambda v: jnp.sum(model.apply(v, x)))
+        return jax.grad(lambda v, x: jnp.sum(model.apply(v, x)), (0, 1))
 
-    assert onednn_calls_in(jax.make_jaxpr(grad())(variables)) == 3  # forward, dx, dw
+    assert onednn_calls_in(jax.make_jaxpr(grad())(variables, x)) == 3  # forward, dx, dw
     with switch.use(conv='xla'):
-        assert onednn_calls_in(jax.make_jaxpr(grad())(variables)) == 0
+        assert onednn_calls_in(jax.make_jaxpr(grad())(variables, x)) == 0
     # Ranks, dilations and dtypes oneDNN does not take stay XLA's.
     assert not onednn_conv.supports(jnp.ones((2, 8, 3)), jnp.ones((3, 3, 4)), (1,))
-    assert not onednn_conv.supports(x, jnp.ones((3, 3, 3, 4)), (2, 2))
+    assert not onednn_conv.supports(x, jnp.ones((3, 3, 4, 4)), (2, 2))
     assert not onednn_conv.supports(
-        x.astype(jnp.float16), jnp.ones((3, 3, 3, 4), jnp.float16), (1, 1)
+        x.astype(jnp.float16), jnp.ones((3, 3, 4, 4), jnp.float16), (1, 1)
     )
+    # Groups must split the input channels into the kernel's and divide the output channels.
+    assert onednn_conv.supports(jnp.ones((2, 8, 8, 6)), jnp.ones((3, 3, 2, 9)), (1, 1), 3)
+    assert not onednn_conv.supports(jnp.ones((2, 8, 8, 6)), jnp.ones((3, 3, 3, 9)), (1, 1), 3)
+    assert not onednn_conv.supports(jnp.ones((2, 8, 8, 6)), jnp.ones((3, 3, 2, 8)), (1, 1), 3)
 
 
 @needs_onednn
-def test_sharded_batch_stays_sharded_and_the_kernel_gradient_is_summed():
+@pytest.mark.parametrize('groups', [1, 2])
+def test_sharded_batch_stays_sharded_and_the_kernel_gradient_is_summed(groups):
     mesh = jax.make_mesh((2,), ('data',), devices=jax.devices()[:2])
-    x, w = _operands((8, 8, 8, 4), (3, 3, 4, 6))
+    x, w = _operands((8, 8, 8, 4), (3, 3, 4 // groups, 6))
     xs = jax.device_put(x, NamedSharding(mesh, P('data')))
     ws = jax.device_put(w, NamedSharding(mesh, P()))
-    fn = jax.jit(jax.value_and_grad(lambda x, w: _loss(x, w, (2, 2), 'SAME'), (0, 1)))
+    fn = jax.jit(jax.value_and_grad(lambda x, w: _loss(x, w, (2, 2), 'SAME', groups), (0, 1)))
     value, (dx, dw) = fn(xs, ws)
-    expected, (expected_dx, expected_dw) = _value_and_grads(x, w, (2, 2), 'SAME', 'xla')
+    expected, (expected_dx, expected_dw) = _value_and_grads(x, w, (2, 2), 'SAME', 'xla', groups)
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)

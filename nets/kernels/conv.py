@@ -20,8 +20,11 @@ gradient convolutions out themselves, so there the convolution is lax's, as in n
 
 On the CPU, 2-D float32 and bfloat16 convolutions with undilated kernels go to oneDNN's kernels
 instead where the kernel switch asks for them and they build (nets/kernels/onednn_conv.py,
-nets/kernels/switch.py); the XLA paths here serve the other convolutions, and all of them with
-the switch at 'xla'.
+nets/kernels/switch.py), grouped ones (feature_group_count > 1: NFNet's grouped 3x3s,
+ConvNeXt's depthwise 7x7s) included: XLA's CPU backend runs those on a slow generic path, in
+forward and both gradients (docs/conv_benchmark_grouped.md). The XLA paths here serve the other
+ungrouped convolutions, and all of them with the switch at 'xla'; grouped convolutions that
+oneDNN does not take are lax's as they are.
 """
 
 from __future__ import annotations
@@ -252,14 +255,14 @@ def conv_general_dilated(
     precision: Any = None,
     preferred_element_type: Any = None,
 ) -> jax.Array:
-    """`lax.conv_general_dilated` with loop-safe gradients for channels-last,
-    ungrouped, undilated-input convolutions on the CPU (the others go to lax as they are)."""
+    """`lax.conv_general_dilated` on the CPU's fast paths for channels-last, undilated-input
+    convolutions: oneDNN's (grouped ones included) where the kernel switch asks for them and
+    they build, else loop-safe gradients for ungrouped ones (the others go to lax as they are)."""
     rank = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * rank)
     rhs_dilation = tuple(rhs_dilation or (1,) * rank)
     if (
         jax.default_backend() != 'cpu'
-        or feature_group_count != 1
         or batch_group_count != 1
         or any(d != 1 for d in lhs_dilation)
         or preferred_element_type is not None
@@ -283,9 +286,25 @@ def conv_general_dilated(
         window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:rank], rhs_dilation)]
         padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if onednn_conv.supports(lhs, rhs, rhs_dilation) and onednn_conv.use_for_trace():
-        return onednn_conv.conv2d(lhs, rhs, tuple(window_strides), padding)
-    return _conv(lhs, rhs, tuple(window_strides), padding, rhs_dilation, precision)
+    strides = tuple(window_strides)
+    if (
+        onednn_conv.supports(lhs, rhs, rhs_dilation, feature_group_count)
+        and onednn_conv.use_for_trace()
+    ):
+        return onednn_conv.conv2d(lhs, rhs, strides, padding, feature_group_count)
+    if feature_group_count != 1:
+        # The gradients of `_conv` are written for ungrouped kernels.
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            strides,
+            padding,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+        )
+    return _conv(lhs, rhs, strides, padding, rhs_dilation, precision)
 
 
 class Conv(nn.Conv):

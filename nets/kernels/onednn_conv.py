@@ -8,9 +8,10 @@ kernel gradient) against the oneDNN wheel (`onednn-cpu-gomp`, a dependency on x8
 jaxlib's FFI headers, once per source/jaxlib version, into a cache directory, and gives
 `conv2d`, a differentiable channels-last 2-D convolution whose passes call those handlers.
 
-`nets.kernels.conv` sends 2-D float32/bfloat16 convolutions here on the CPU when the kernel switch
-(`nets.kernels.switch`: conv 'auto' or 'onednn') asks for them and `available()`; elsewhere
-(GPU, TPU, other ranks and dtypes, dilated kernels) convolutions stay XLA's. `available()`
+`nets.kernels.conv` sends 2-D float32/bfloat16 convolutions here on the CPU, grouped ones
+(feature_group_count) included, when the kernel switch (`nets.kernels.switch`: conv 'auto' or
+'onednn') asks for them and `available()`; elsewhere (GPU, TPU, other ranks and dtypes, dilated
+kernels) convolutions stay XLA's. `available()`
 builds the library on first use (a few seconds with g++); the trainer calls it before tracing
 (`train.runtime.apply`). XLA's FLOP count sees custom calls as free, so FLOP counts
 (`nets.tools.flops`) trace with XLA's convolutions.
@@ -186,13 +187,16 @@ def _warn_once(problem: str) -> None:
     )
 
 
-def supports(x: jax.Array, w: jax.Array, rhs_dilation: Sequence[int]) -> bool:
-    """Whether `conv2d` computes this convolution: 2-D, undilated kernel, both operands float32
-    or both bfloat16."""
+def supports(x: jax.Array, w: jax.Array, rhs_dilation: Sequence[int], groups: int = 1) -> bool:
+    """Whether `conv2d` computes this convolution: 2-D, undilated kernel, `groups` groups of
+    the input and output channels, both operands float32 or both bfloat16."""
     return (
         x.ndim == 4
         and w.ndim == 4
         and all(d == 1 for d in rhs_dilation)
+        and groups >= 1
+        and x.shape[-1] == w.shape[2] * groups
+        and w.shape[3] % groups == 0
         and x.dtype == w.dtype
         and any(x.dtype == d for d in DTYPES)
     )
@@ -212,6 +216,7 @@ def _ffi(
     b: jax.Array,
     strides: tuple[int, ...],
     padding: tuple[tuple[int, int], ...],
+    groups: int,
     threads: int,
 ):
     return jax.ffi.ffi_call(TARGETS[target], result)(
@@ -220,6 +225,7 @@ def _ffi(
         strides=np.asarray(strides, np.int64),
         padding_lo=np.asarray([lo for lo, _ in padding], np.int64),
         padding_hi=np.asarray([hi for _, hi in padding], np.int64),
+        groups=np.int64(groups),
         threads=np.int64(threads),
     )
 
@@ -244,16 +250,15 @@ def _output_shape(x_shape, w_shape, strides, padding) -> tuple[int, ...]:
 
 
 def _make_pass(target: str, rule: str, reduces_batch: bool):
-    """A custom_partitioning op (a, b, result_shape, strides, padding) -> result running
+    """A custom_partitioning op (a, b, result_shape, strides, padding, groups) -> result running
     `target` on each device's share of the batch; `reduces_batch`: the result sums over the
     batch (kernel gradient), so the shares' results are added with a psum."""
 
-    def single(a, b, result_shape, strides, padding):
-        return _ffi(
-            target, jax.ShapeDtypeStruct(result_shape, a.dtype), a, b, strides, padding, _cores()
-        )
+    def single(a, b, result_shape, strides, padding, groups):
+        result = jax.ShapeDtypeStruct(result_shape, a.dtype)
+        return _ffi(target, result, a, b, strides, padding, groups, _cores())
 
-    op = custom_partitioning(single, static_argnums=(2, 3, 4))
+    op = custom_partitioning(single, static_argnums=(2, 3, 4, 5))
 
     def shardings(mesh, arg_shapes):
         batch = _batch_axes(arg_shapes[0].sharding)
@@ -262,10 +267,10 @@ def _make_pass(target: str, rule: str, reduces_batch: bool):
         args = (sharded, sharded if reduces_batch else replicated)
         return batch, args, replicated if reduces_batch else sharded
 
-    def infer(result_shape, strides, padding, mesh, arg_shapes, shape):
+    def infer(result_shape, strides, padding, groups, mesh, arg_shapes, shape):
         return shardings(mesh, arg_shapes)[2]
 
-    def partition(result_shape, strides, padding, mesh, arg_shapes, shape):
+    def partition(result_shape, strides, padding, groups, mesh, arg_shapes, shape):
         batch, arg_shardings, result_sharding = shardings(mesh, arg_shapes)
         threads = max(1, _cores() // max(1, _local_devices(mesh)))
         shards = (
@@ -280,9 +285,8 @@ def _make_pass(target: str, rule: str, reduces_batch: bool):
         )
 
         def lower(a, b):
-            out = _ffi(
-                target, jax.ShapeDtypeStruct(local_shape, a.dtype), a, b, strides, padding, threads
-            )
+            result = jax.ShapeDtypeStruct(local_shape, a.dtype)
+            out = _ffi(target, result, a, b, strides, padding, groups, threads)
             if reduces_batch and batch is not None:
                 out = jax.lax.psum(out, batch)
             return out
@@ -299,35 +303,38 @@ def _make_pass(target: str, rule: str, reduces_batch: bool):
 
 
 # Factors: n batch, (h, w) input positions, (p, q) output positions, (i, j) kernel taps,
-# c input channels, o output channels.
-_forward = _make_pass('forward', 'n h w c, i j c o -> n p q o', reduces_batch=False)
-_input_gradient = _make_pass('input_gradient', 'n p q o, i j c o -> n h w c', reduces_batch=False)
-_kernel_gradient = _make_pass('kernel_gradient', 'n h w c, n p q o -> i j c o', reduces_batch=True)
+# c input channels, d the kernel's (c / groups), o output channels.
+_forward = _make_pass('forward', 'n h w c, i j d o -> n p q o', reduces_batch=False)
+_input_gradient = _make_pass('input_gradient', 'n p q o, i j d o -> n h w c', reduces_batch=False)
+_kernel_gradient = _make_pass('kernel_gradient', 'n h w c, n p q o -> i j d o', reduces_batch=True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(
     x: jax.Array,
     w: jax.Array,
     strides: tuple[int, int],
     padding: tuple[tuple[int, int], tuple[int, int]],
+    groups: int = 1,
 ) -> jax.Array:
-    """Channels-last 2-D convolution on oneDNN: x (N, H, W, C), w (KH, KW, C, O), both float32
-    or both bfloat16 -> (N, OH, OW, O); `padding` ((lo, hi), (lo, hi)) as lax's. Needs
+    """Channels-last 2-D convolution on oneDNN: x (N, H, W, C), w (KH, KW, C / groups, O), both
+    float32 or both bfloat16 -> (N, OH, OW, O); `padding` ((lo, hi), (lo, hi)) and `groups`
+    (output channel o in group o // (O / groups)) as lax's padding and feature_group_count. Needs
     `available()` (the FFI handlers registered)."""
-    return _forward(x, w, _output_shape(x.shape, w.shape, strides, padding), strides, padding)
+    shape = _output_shape(x.shape, w.shape, strides, padding)
+    return _forward(x, w, shape, strides, padding, groups)
 
 
-def _conv2d_fwd(x, w, strides, padding):
-    return conv2d(x, w, strides, padding), (x, w)
+def _conv2d_fwd(x, w, strides, padding, groups):
+    return conv2d(x, w, strides, padding, groups), (x, w)
 
 
-def _conv2d_bwd(strides, padding, residuals, dy):
+def _conv2d_bwd(strides, padding, groups, residuals, dy):
     x, w = residuals
     dy = dy.astype(x.dtype)
     return (
-        _input_gradient(dy, w, x.shape, strides, padding),
-        _kernel_gradient(x, dy, w.shape, strides, padding),
+        _input_gradient(dy, w, x.shape, strides, padding, groups),
+        _kernel_gradient(x, dy, w.shape, strides, padding, groups),
     )
 
 

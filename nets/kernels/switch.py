@@ -11,8 +11,9 @@ The trainer sets it once per run from the resolved runtime (`train.runtime.apply
 builds the oneDNN library before anything is traced, so tracing never runs a compiler there.
 
 Choices:
-  conv       'auto'   oneDNN's kernels for 2-D float32/bfloat16 convolutions on the CPU where
-                      the library builds (nets/kernels/onednn_conv.py), XLA's elsewhere
+  conv       'auto'   oneDNN's kernels for 2-D float32/bfloat16 convolutions, grouped ones
+                      included, on the CPU where the library builds
+                      (nets/kernels/onednn_conv.py), XLA's elsewhere
              'onednn' oneDNN's on the CPU; an error where the library cannot be built
              'xla'    XLA's own convolutions everywhere
   attention  'auto'   cuDNN's fused attention on a GPU in half precision where it applies,

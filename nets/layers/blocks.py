@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nets.kernels.conv import Conv, channels_last_dimension_numbers
+from nets.kernels.conv import Conv, channels_last_dimension_numbers, conv_general_dilated
 from nets.kernels.mixed_precision import Dense
 
 Dtype = Any
@@ -388,7 +388,8 @@ class ScaledWSConv(nn.Module):
         padding = (
             self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
         )
-        y = jax.lax.conv_general_dilated(
+        # The kernel switch's convolution: oneDNN's (grouped ones too) on the CPU where it builds.
+        y = conv_general_dilated(
             x.astype(self.dtype),
             weight.astype(self.dtype),
             strides,

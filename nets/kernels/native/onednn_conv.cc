@@ -2,10 +2,13 @@
 // JAX's CPU backend: nets/kernels/onednn_conv.py builds this file, registers the handlers and
 // calls them.
 //
-// Layouts are JAX's channels-last ones: inputs (N, H, W, C), kernels (KH, KW, C, O), outputs
-// (N, OH, OW, O). oneDNN reads and writes activations in that (nhwc) layout and picks its own
-// blocked layout for the kernel (format_tag::any), into and out of which each call reorders the
-// small kernel, as PyTorch's channels-last convolutions do. Primitives are created once per
+// Layouts are JAX's channels-last ones: inputs (N, H, W, C), kernels (KH, KW, C / G, O), outputs
+// (N, OH, OW, O), for G groups (feature_group_count; output channel o belongs to group
+// o / (O / G), as in lax). oneDNN takes a grouped kernel as 5-D (G, O / G, C / G, KH, KW)
+// weights, which JAX's buffer holds in oneDNN's hwigo order. oneDNN reads and writes activations
+// in the (nhwc) layout and picks its own blocked layout for the kernel (format_tag::any), into
+// and out of which each call reorders the small kernel, as PyTorch's channels-last convolutions
+// do. Primitives are created once per
 // shape and kept; oneDNN runs them on OpenMP threads, `threads` per call.
 //
 // XLA may run two of these calls at once (a layer's input and kernel gradients are
@@ -40,7 +43,7 @@ enum Pass : int64_t { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
 struct Convolution {
   dnnl::primitive primitive;
   memory::desc input, kernel, output;  // as the primitive reads and writes them
-  memory::desc user_kernel;            // (KH, KW, C, O): hwio
+  memory::desc user_kernel;            // (KH, KW, C / G, O): hwio, or hwigo when grouped
   memory::desc scratchpad;
   bool reorder_kernel = false;
   dnnl::reorder kernel_reorder;  // user -> primitive (forward, input gradient) or back
@@ -75,15 +78,15 @@ void Keep(Convolution& conv, dnnl::primitive primitive, const dnnl::primitive_de
   conv.output = output;
 }
 
-// x: (N, H, W, C), w: (KH, KW, C, O), y: (N, OH, OW, O).
+// x: (N, H, W, C), w: (KH, KW, C / G, O), y: (N, OH, OW, O); G = groups.
 std::shared_ptr<Convolution> GetConvolution(Pass pass, memory::data_type type,
                                             ffi::Span<const int64_t> x,
                                             ffi::Span<const int64_t> w,
                                             ffi::Span<const int64_t> y,
                                             ffi::Span<const int64_t> strides,
                                             ffi::Span<const int64_t> padding_lo,
-                                            ffi::Span<const int64_t> padding_hi) {
-  std::vector<int64_t> key = {pass, static_cast<int64_t>(type)};
+                                            ffi::Span<const int64_t> padding_hi, int64_t groups) {
+  std::vector<int64_t> key = {pass, static_cast<int64_t>(type), groups};
   for (auto dims : {x, w, y, strides, padding_lo, padding_hi}) key.insert(key.end(), dims.begin(), dims.end());
   std::lock_guard<std::mutex> lock(cache_mutex);
   auto found = Cache().find(key);
@@ -92,7 +95,9 @@ std::shared_ptr<Convolution> GetConvolution(Pass pass, memory::data_type type,
   auto& engine = Engine();
   memory::desc input({x[0], x[3], x[1], x[2]}, type, memory::format_tag::nhwc);
   memory::desc output({y[0], y[3], y[1], y[2]}, type, memory::format_tag::nhwc);
-  memory::dims kernel_dims = {w[3], w[2], w[0], w[1]};
+  memory::dims kernel_dims = groups == 1
+      ? memory::dims{w[3], w[2], w[0], w[1]}
+      : memory::dims{groups, w[3] / groups, w[2], w[0], w[1]};
   memory::desc any_kernel(kernel_dims, type, memory::format_tag::any);
   memory::dims stride_dims = {strides[0], strides[1]};
   memory::dims lo = {padding_lo[0], padding_lo[1]}, hi = {padding_hi[0], padding_hi[1]};
@@ -103,7 +108,8 @@ std::shared_ptr<Convolution> GetConvolution(Pass pass, memory::data_type type,
       any_kernel, output, stride_dims, lo, hi, attr);
 
   auto conv = std::make_shared<Convolution>();
-  conv->user_kernel = memory::desc(kernel_dims, type, memory::format_tag::hwio);
+  conv->user_kernel = memory::desc(
+      kernel_dims, type, groups == 1 ? memory::format_tag::hwio : memory::format_tag::hwigo);
   if (pass == kForward) {
     Keep(*conv, dnnl::convolution_forward(forward), forward, forward.src_desc(),
          forward.weights_desc(), forward.dst_desc());
@@ -134,7 +140,7 @@ std::shared_ptr<Convolution> GetConvolution(Pass pass, memory::data_type type,
 
 ffi::Error Run(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out,
                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding_lo,
-               ffi::Span<const int64_t> padding_hi, int64_t threads) {
+               ffi::Span<const int64_t> padding_hi, int64_t groups, int64_t threads) {
   // The forward pass reads (x, w) and writes y; the input gradient reads (dy, w), writes dx;
   // the kernel gradient reads (x, dy), writes dw.
   ffi::AnyBuffer x = pass == kInputGradient ? out : a;
@@ -143,6 +149,11 @@ ffi::Error Run(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
   if (x.dimensions().size() != 4 || w.dimensions().size() != 4 || y.dimensions().size() != 4 ||
       strides.size() != 2 || padding_lo.size() != 2 || padding_hi.size() != 2)
     return ffi::Error::InvalidArgument("onednn_conv: 2-D convolutions only (rank-4 operands)");
+  if (groups < 1 || x.dimensions()[3] != w.dimensions()[2] * groups ||
+      y.dimensions()[3] % groups != 0)
+    return ffi::Error::InvalidArgument(
+        "onednn_conv: the groups must divide the output channels, and the input channels must "
+        "be the kernel's times the groups");
   if (a.element_type() != b.element_type() || a.element_type() != out.element_type())
     return ffi::Error::InvalidArgument("onednn_conv: operands and result of different dtypes");
   memory::data_type type;
@@ -152,7 +163,7 @@ ffi::Error Run(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
   try {
     auto conv = GetConvolution(pass, type, x.dimensions(), w.dimensions(), y.dimensions(),
-                               strides, padding_lo, padding_hi);
+                               strides, padding_lo, padding_hi, groups);
     auto& engine = Engine();
     dnnl::stream stream(engine);
     memory input(conv->input, engine, x.untyped_data());
@@ -194,8 +205,8 @@ ffi::Error Run(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer out
 #define DEFINE_PASS(name, pass)                                                              \
   ffi::Error name(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,      \
                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding_lo,    \
-                  ffi::Span<const int64_t> padding_hi, int64_t threads) {                   \
-    return Run(pass, a, b, *out, strides, padding_lo, padding_hi, threads);                  \
+                  ffi::Span<const int64_t> padding_hi, int64_t groups, int64_t threads) {   \
+    return Run(pass, a, b, *out, strides, padding_lo, padding_hi, groups, threads);          \
   }
 DEFINE_PASS(Forward, kForward)
 DEFINE_PASS(InputGradient, kInputGradient)
@@ -211,6 +222,7 @@ DEFINE_PASS(KernelGradient, kKernelGradient)
       .Attr<ffi::Span<const int64_t>>("strides")                                  \
       .Attr<ffi::Span<const int64_t>>("padding_lo")                               \
       .Attr<ffi::Span<const int64_t>>("padding_hi")                               \
+      .Attr<int64_t>("groups")                                                    \
       .Attr<int64_t>("threads")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward, BINDING);
