@@ -146,8 +146,11 @@ def test_gradients_in_batch_chunks_equal_nn_conv(strides, monkeypatch):
             variables, x
         )
 
+    # A kernel gradient sums 48 x 64 products; chunked and whole sums round differently, by
+    # an amount that scales with the largest entries (and with how XLA orders the sums).
     for ours, theirs in zip(jax.tree.leaves(grads(conv)), jax.tree.leaves(grads(reference))):
-        assert jnp.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+        scale = float(jnp.max(jnp.abs(theirs)))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_chunked_gradients_of_a_batch_sharded_over_devices_gather_nothing(monkeypatch):
