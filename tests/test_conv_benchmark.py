@@ -155,3 +155,108 @@ def test_grouped_report_of_the_tiny_nfnet(tmp_path):
                 assert totals[f'torch_over_{backend}_{name}'] == pytest.approx(
                     totals['torch'][f'{name}_s'] / totals[backend][f'{name}_s']
                 )
+
+
+# (input (NHWC), kernel (HWIO), groups, stride, count, pass, seconds of xla, onednn, torch)
+SYNTHETIC_ROWS = [
+    ((2, 8, 8, 32), (3, 3, 16, 32), 2, 1, 2, 'forward', 0.02, 0.01, 0.008),
+    ((2, 8, 8, 32), (3, 3, 16, 32), 2, 1, 2, 'backward', 0.4, 0.03, 0.025),
+    ((2, 8, 8, 64), (3, 3, 16, 64), 4, 2, 1, 'forward', 0.01, 0.005, 0.005),
+    ((2, 8, 8, 64), (3, 3, 16, 64), 4, 2, 1, 'backward', 0.2, 0.012, 0.015),
+]
+
+
+def synthetic_grouped_report() -> dict:
+    """A --convs=grouped report as conv_benchmark.run returns it, with made-up times (0.1 GFLOP
+    per forward pass, 0.2 per backward); the step's totals from bench.step_totals."""
+    rows = []
+    for shape, kernel, groups, stride, count, name, *seconds in SYNTHETIC_ROWS:
+        gflop = 0.1 if name == 'forward' else 0.2
+        row = dict(
+            input_shape=list(shape),
+            kernel_shape=list(kernel),
+            strides=[stride, stride],
+            groups=groups,
+            count=count,
+            gflop=gflop,
+        )
+        row['pass'] = name
+        for framework, t in zip(('xla', 'onednn', 'torch'), seconds):
+            row.update({f'{framework}_s': t, f'{framework}_gflops': gflop / t})
+        rows.append(row)
+    return {
+        'model': 'toy_net',
+        'size': 'tiny',
+        'convs': 'grouped',
+        'batch_size': 2,
+        'command': 'python -m experiments.benchmarks.conv_benchmark --convs=grouped',
+        'date': '2030-01-02T03:04:05+00:00',
+        'machine': {
+            'cpu_model': 'Toy CPU',
+            'cpu_summary': 'Toy CPU (x86_64; avx2; 2 cores)',
+            'cores': 2,
+            'load_average': '2.5, 2.0, 1.5',
+        },
+        'load_average_after': '3.5, 2.5, 2.0',
+        'xla_flags': '--toy_flag',
+        'versions': {'jax': '9.9', 'torch': '8.8', 'python': '3.11'},
+        'peak_size': 256,
+        'peak_gflops': {'jax': 123.4, 'torch': 99.0},
+        'rows': rows,
+        'step_totals': bench.step_totals(rows),
+    }
+
+
+def test_grouped_summary_from_a_report():
+    report = synthetic_grouped_report()
+    section = bench.grouped_summary_markdown(
+        report, rows_page='toy.md', peak_elsewhere='450 in the train-step run above'
+    )
+    assert section.startswith('## Grouped convolutions (toy_net): JAX against PyTorch\n')
+    assert f'`{report["command"]}`, 2030-01-02T03:04:05+00:00' in section
+    assert 'Machine: Toy CPU (x86_64; avx2; 2 cores); jax 9.9, torch 8.8' in section
+    assert 'its 2 distinct grouped convolutions (2 and 4 groups of 16 input channels)' in section
+    assert 'every row in [`toy.md`](toy.md)' in section
+    assert 'before the run: 2.5, 2.0, 1.5; after it: 3.5, 2.5, 2.0' in section
+    assert 'read 123 GFLOP/s (450 in the train-step run above)' in section
+    # JAX time / PyTorch time of the step's passes (count x time): oneDNN forward
+    # 2 x 0.01 + 0.005 = 0.025 s against 2 x 0.008 + 0.005 = 0.021 s, and so on.
+    assert (
+        f'| {bench.BACKEND_NOTES["onednn"]} | 1.19x (0.0250 vs 0.0210 s) | '
+        '1.11x (0.0720 vs 0.0650 s) | 1.13x (0.0970 vs 0.0860 s) |'
+    ) in section
+    assert (
+        f'| {bench.BACKEND_NOTES["xla"]} | 2.38x (0.0500 vs 0.0210 s) | '
+        '15.4x (1.00 vs 0.0650 s) | 12.2x (1.05 vs 0.0860 s) |'
+    ) in section
+    # Per layer: oneDNN forward 1.25x and 1.00x of PyTorch's time, backward 1.20x and 0.80x.
+    assert (
+        "with oneDNN's kernels 1.00-1.25x forward (10-20 GFLOP/s), 0.80-1.20x backward" in section
+    )
+    assert (
+        "with XLA's kernels 2.00-2.50x forward (5.0-10 GFLOP/s), 13.3-16.0x backward "
+        '(0.5-1.0 GFLOP/s)'
+    ) in section
+    assert section.endswith('PyTorch: 12-20 GFLOP/s forward, 8.0-13 GFLOP/s backward.\n')
+    assert set(bench.BACKEND_NOTES) == set(bench.JAX_BACKENDS)
+
+
+def test_grouped_summary_without_pytorch_and_of_another_set():
+    report = synthetic_grouped_report()
+    rows = [{k: v for k, v in r.items() if not k.startswith('torch_')} for r in report['rows']]
+    without = {**report, 'rows': rows, 'step_totals': bench.step_totals(rows)}
+    section = bench.grouped_summary_markdown(without)
+    assert 'every row in the table at the top of this page' in section
+    assert section.endswith(
+        'PyTorch was not measured in this run (torch not installed): no ratios.\n'
+    )
+    with pytest.raises(ValueError, match="convs 'all': the summary is of a --convs=grouped run"):
+        bench.grouped_summary_markdown({**report, 'convs': 'all'})
+
+
+def test_grouped_page_ends_with_the_summary():
+    report = synthetic_grouped_report()
+    page = bench.markdown(report)
+    assert page.startswith('# Grouped convolutions of toy_net')
+    assert page.endswith('\n\n' + bench.grouped_summary_markdown(report))
+    assert 'JAX time / PyTorch time' not in bench.markdown({**report, 'convs': 'all'})

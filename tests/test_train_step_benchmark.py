@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import pytest
 
 import nets
-from experiments.benchmarks import bench_common
+from experiments.benchmarks import bench_common, conv_benchmark
 from experiments.benchmarks import train_step_benchmark as bench
+from tests.test_conv_benchmark import synthetic_grouped_report
 from train import host_cpu, runtime
 
 STEP_KEYS = {
@@ -244,6 +245,38 @@ def test_a_run_whose_peak_moved_is_flagged():
     flagged = [note for note in report['notes'] if 'speed moved' in note]
     assert len(flagged) == 1 and '-66% (bfloat16)' in flagged[0] and 'float32' not in flagged[0]
     assert '| bfloat16 | ' in bench_common.markdown_report(report)
+
+
+def test_the_page_ends_with_the_grouped_convolutions_whose_json_lies_beside_it(tmp_path):
+    jobs = [dict(job='peak'), dict(job='peak', again=True)]
+    peaks = iter(
+        [
+            [{'dtype': 'float32', 'gflops': 400.0, 'size': 64}],
+            [{'dtype': 'float32', 'gflops': 420.4}],
+        ]
+    )
+    report = bench.run_benchmark(
+        jobs, lambda job: next(peaks), command='test', xla_flags='', log=lambda _: None
+    )
+    out = tmp_path / 'benchmarks.json'
+    assert bench.grouped_conv_report(str(out)) is None and bench.grouped_conv_report(None) is None
+    assert bench.report_markdown(report) == bench_common.markdown_report(report)
+    grouped = synthetic_grouped_report()
+    (tmp_path / bench.GROUPED_CONV_JSON).write_text(json.dumps(grouped))
+    found = bench.grouped_conv_report(str(out))
+    assert found == json.loads(json.dumps(grouped))
+    bench_common.write_report(report, bench.report_markdown(report, found), str(out))
+    section = conv_benchmark.grouped_summary_markdown(
+        found,
+        rows_page='conv_benchmark_grouped.md',
+        peak_elsewhere='420 in the train-step run above',  # the higher of its two peaks
+    )
+    assert out.with_suffix('.md').read_text() == (
+        bench_common.markdown_report(report) + '\n' + section
+    )
+    (tmp_path / bench.GROUPED_CONV_JSON).write_text(json.dumps({**grouped, 'convs': 'all'}))
+    with pytest.raises(ValueError, match='conv_benchmark_grouped.json: not a report of'):
+        bench.grouped_conv_report(str(out))
 
 
 def test_torch_twins_match_the_jax_parameter_counts():

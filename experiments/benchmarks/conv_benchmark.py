@@ -20,7 +20,10 @@ in one process, alternating block by block:
 The first convolution reads the image, so its backward pass is the kernel gradient alone, as in
 a train step. Reported: ms and GFLOP/s per pass, the float32 matmul peak of both for scale, the
 machine's load average before and after, and the sum over the step (count x time): the seconds
-a train step spends in (the measured) convolutions in each.
+a train step spends in (the measured) convolutions in each. A --convs=grouped page ends with
+grouped_summary_markdown's section (JAX time / PyTorch time per backend and pass), which
+train_step_benchmark.py appends to its own page when this run's JSON lies beside it as
+conv_benchmark_grouped.json (docs/benchmarks.md).
 
 Hardware and time: a 2-core x86-64 CPU (AVX-512); about a minute for ResNet-18, three for
 NFNet-F0's grouped convolutions (XLA's take seconds each).
@@ -33,9 +36,10 @@ grouped ones several times longer with XLA's, as long with oneDNN's as in PyTorc
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags
@@ -50,11 +54,16 @@ from experiments.benchmarks.conv_passes import (
     time_alternating,
     torch_passes,
 )
-from train import cli
 
 PASSES = ('forward', 'backward')
 FRAMEWORKS = (*JAX_BACKENDS, 'torch')
 LABELS = {'xla': 'JAX XLA', 'onednn': 'JAX oneDNN', 'torch': 'PyTorch'}
+# The JAX convolution kernels of a summary's rows: where they come from and how to choose them.
+BACKEND_NOTES = {
+    'onednn': "oneDNN's (`nets/kernels/onednn_conv.py` through `nets.kernels.conv`, the CPU "
+    'default where it builds)',
+    'xla': "XLA's (`config.runtime.conv_backend=xla`)",
+}
 CONV_SETS = ('all', 'grouped')
 
 
@@ -133,6 +142,8 @@ def step_totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """The page written beside the JSON: setting, one row per convolution and pass, the step's
+    totals; a --convs=grouped run's ends with grouped_summary_markdown's section."""
     present = [f for f in FRAMEWORKS if f in report['step_totals']]
     peaks = report['peak_gflops']
     grouped = report.get('convs') == 'grouped'
@@ -200,6 +211,113 @@ def markdown(report: dict[str, Any]) -> str:
             + ', '.join(ratios)
             + ' (over 1: JAX faster).',
         ]
+    if grouped:
+        lines += ['', grouped_summary_markdown(report).rstrip('\n')]
+    return '\n'.join(lines) + '\n'
+
+
+def _ratio(value: float) -> str:
+    return f'{value:.2f}' if value < 10 else f'{value:.1f}'
+
+
+def _seconds(value: float) -> str:
+    """Three significant digits, trailing zeros kept (3.00, 26.4, 0.876)."""
+    digits = 2 - math.floor(math.log10(value)) if value > 0 else 3
+    return f'{value:.{max(digits, 0)}f}'
+
+
+def _gflops(value: float) -> str:
+    return f'{value:.0f}' if value >= 10 else f'{value:.1f}'
+
+
+def _span(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    low, high = fmt(min(values)), fmt(max(values))
+    return low if low == high else f'{low}-{high}'
+
+
+def _and(items: Sequence[Any]) -> str:
+    words = [str(item) for item in items]
+    return ' and '.join([', '.join(words[:-1]), words[-1]] if len(words) > 2 else words)
+
+
+def grouped_summary_markdown(
+    report: dict[str, Any], rows_page: str | None = None, peak_elsewhere: str | None = None
+) -> str:
+    """The section that sums up a --convs=grouped run (`report`, as run returns it and its JSON
+    holds it): command, date, machine, load, JAX time / PyTorch time per JAX backend for the
+    forward and backward passes and the train step's grouped convolutions (count x time), and
+    the per-layer ranges. `rows_page`: the page with every row, linked relative to the page the
+    section goes in (None: the table at the top of that page). `peak_elsewhere`: the float32
+    matmul peak of another run, set beside this run's (e.g. '464 in the train-step run above').
+    ValueError names a report of another convolution set."""
+    if report.get('convs') != 'grouped':
+        raise ValueError(f'convs {report.get("convs")!r}: the summary is of a --convs=grouped run')
+    machine_, rows, totals = report['machine'], report['rows'], report['step_totals']
+    shapes = {
+        (tuple(r['input_shape']), tuple(r['kernel_shape']), tuple(r['strides'])) for r in rows
+    }
+    where = f'[`{rows_page}`]({rows_page})' if rows_page else 'the table at the top of this page'
+    lines = [
+        f'## Grouped convolutions ({report["model"]}): JAX against PyTorch',
+        '',
+        f'Measured apart from any train step: `{report["command"]}`, {report["date"]}. Machine: '
+        f'{machine_.get("cpu_summary", machine_["cpu_model"])}; jax {report["versions"]["jax"]}, '
+        f'torch {report["versions"]["torch"] or "not installed"}; XLA flags '
+        f'`{report["xla_flags"]}`.',
+        '',
+        f'{report["model"]} at batch {report["batch_size"]}: its {len(shapes)} distinct grouped '
+        f'convolutions ({_and(sorted({r["groups"] for r in rows}))} groups of '
+        f'{_and(sorted({r["kernel_shape"][2] for r in rows}))} input channels), each timed '
+        'alone, forward and backward (input + kernel gradient), the frameworks alternating block '
+        f'by block in one process; every row in {where}.',
+        '',
+        f'Load average (1, 5, 15 min) before the run: {machine_["load_average"]}; after it: '
+        f'{report.get("load_average_after", "–")}, which counts the run itself (about one per '
+        f'core it keeps busy). The JAX float32 matmul peak ({report["peak_size"]}) read '
+        f'{report["peak_gflops"]["jax"]:.0f} GFLOP/s'
+        + (f' ({peak_elsewhere})' if peak_elsewhere else '')
+        + '. Any load beyond the run itself came from other processes sharing the cores: every '
+        'time is then inflated, but alike in the alternating columns, so compare the ratios, '
+        'not absolute times.',
+        '',
+    ]
+    backends = [b for b in BACKEND_NOTES if b in totals]
+    if 'torch' not in totals or not backends:
+        lines.append('PyTorch was not measured in this run (torch not installed): no ratios.')
+        return '\n'.join(lines) + '\n'
+    torch = totals['torch']
+    lines += [
+        'JAX time / PyTorch time (PyTorch: `torch.conv2d(groups=G)` and '
+        '`aten.convolution_backward` on channels-last tensors; under 1: JAX faster):',
+        '',
+        "| JAX kernels | forward | backward | train step's grouped convolutions (count x time) |",
+        '|---|---|---|---|',
+    ]
+    for backend in backends:
+        cells = [
+            f'{_ratio(totals[backend][key] / torch[key])}x '
+            f'({_seconds(totals[backend][key])} vs {_seconds(torch[key])} s)'
+            for key in ('forward_s', 'backward_s', 'total_s')
+        ]
+        lines.append(f'| {BACKEND_NOTES[backend]} | {" | ".join(cells)} |')
+    by_pass = {name: [r for r in rows if r['pass'] == name] for name in PASSES}
+    spans = [
+        f"with {LABELS[backend].removeprefix('JAX ')}'s kernels "
+        + ', '.join(
+            f'{_span([r[f"{backend}_s"] / r["torch_s"] for r in measured], _ratio)}x {name} '
+            f'({_span([r[f"{backend}_gflops"] for r in measured], _gflops)} GFLOP/s)'
+            for name, measured in by_pass.items()
+        )
+        for backend in backends
+    ]
+    torch_rates = ', '.join(
+        f'{_span([r["torch_gflops"] for r in measured], _gflops)} GFLOP/s {name}'
+        for name, measured in by_pass.items()
+    )
+    lines += [
+        '',
+        f'Per layer, JAX time / PyTorch time: {"; ".join(spans)}. PyTorch: {torch_rates}.',
+    ]
     return '\n'.join(lines) + '\n'
 
 
@@ -270,9 +388,16 @@ def main(argv: Sequence[str]) -> None:
         report = run(FLAGS.model, FLAGS.size, FLAGS.repeats, FLAGS.convs)
     except ValueError as error:  # a bad --model: the message names it and the valid ones
         raise app.UsageError(str(error)) from None
+    if FLAGS.out:  # the command that wrote the files, as the reports show it
+        report['command'] += f' --out={FLAGS.out}'
     write_report(report, markdown(report), FLAGS.out or None)
 
 
 if __name__ == '__main__':
+    # Here, not at the top: train.cli imports JAX (through data), and train_step_benchmark.py
+    # imports this module (grouped_summary_markdown) into its PyTorch workers, which stay free
+    # of JAX.
+    from train import cli
+
     define_flags()
     cli.run(main)

@@ -21,7 +21,10 @@ is read when JAX starts), one model after another, so that the rows compared run
     (data.augment) jitted on device, against the train step's consumption.
 Ratios (JAX / PyTorch examples/s) and the two speed targets (bench_common.reach) are judged in
 the report. This module plans the jobs, runs each in a worker process and assembles the report;
-jax_rows.py measures the JAX rows, torch_models.py the PyTorch ones.
+jax_rows.py measures the JAX rows, torch_models.py the PyTorch ones. Where a grouped-convolution
+run's JSON (`conv_benchmark.py --convs=grouped --out=.../conv_benchmark_grouped.json`) lies beside
+--out, the page ends with its section (conv_benchmark.grouped_summary_markdown): a model's
+grouped convolutions (NFNet-F0's in docs/) in JAX against PyTorch, measured apart from this run.
 CPU defaults (XLA flags, convolution kernels, allocator, micro-batches) are what train/runtime.py
 chooses for this CPU (the tables measured on AMD Zen there, rules from the CPU's properties
 elsewhere); see NOTES, `--xla_flags` and `--micro_batches`. The report names the CPU, its
@@ -66,10 +69,13 @@ from experiments.benchmarks.bench_common import (
     version,
     write_report,
 )
+from experiments.benchmarks.conv_benchmark import grouped_summary_markdown
 from experiments.benchmarks.jax_rows import jax_peak_row, jax_train_step_row, pipeline_rows
 
 # PyTorch eager under the allocator settings the JAX row of its model runs with.
 TORCH_EAGER_SAME_MALLOC = 'eager+malloc'
+# conv_benchmark.py --convs=grouped's JSON: beside --out, its section ends the page.
+GROUPED_CONV_JSON = 'conv_benchmark_grouped.json'
 
 
 def _family(model: str) -> str:
@@ -85,7 +91,9 @@ def define_flags() -> None:
     flags.DEFINE_string(
         'out',
         'docs/benchmarks.json',
-        'JSON results; the markdown table goes beside it with the suffix .md (empty: print only).',
+        'JSON results; the markdown table goes beside it with the suffix .md (empty: print '
+        f'only). A {GROUPED_CONV_JSON} beside it (conv_benchmark.py --convs=grouped) adds its '
+        'section to the page.',
     )
     flags.DEFINE_list('models', ['resnet18', 'vit_ti4', 'lstm_lm'], 'Models to measure.')
     flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
@@ -431,6 +439,45 @@ def run_benchmark(
     return report
 
 
+def grouped_conv_report(out: str | None) -> dict[str, Any] | None:
+    """The report of conv_benchmark.py --convs=grouped saved as GROUPED_CONV_JSON beside `out`,
+    or None (no `out`, no such file); ValueError names a file that holds no such report."""
+    path = Path(out).with_name(GROUPED_CONV_JSON) if out else None
+    if path is None or not path.exists():
+        return None
+    try:
+        grouped = json.loads(path.read_text())
+        grouped_summary_markdown(grouped)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f'{path}: not a report of conv_benchmark.py --convs=grouped ({error})'
+        ) from None
+    return grouped
+
+
+def report_markdown(report: dict[str, Any], grouped: dict[str, Any] | None = None) -> str:
+    """The page (docs/benchmarks.md): bench_common.markdown_report, then, given `grouped`
+    (grouped_conv_report), the grouped convolutions' section, its rows linked on the .md page
+    beside their JSON and its matmul peak set beside this run's float32 one."""
+    table = markdown_report(report)
+    if grouped is None:
+        return table
+    peaks = [
+        row['gflops']
+        for row in (*report['peak'], *report.get('peak_at_end', []))
+        if row['dtype'] == 'float32' and row.get('gflops')
+    ]
+    return (
+        table
+        + '\n'
+        + grouped_summary_markdown(
+            grouped,
+            rows_page=Path(GROUPED_CONV_JSON).with_suffix('.md').name,
+            peak_elsewhere=f'{max(peaks):.0f} in the train-step run above' if peaks else None,
+        )
+    )
+
+
 def cpu_class() -> str:
     """Whether this CPU is of the class train/runtime.py's tables were measured on, or which
     property puts it outside (its choices then follow rules from its properties)."""
@@ -464,6 +511,10 @@ def main(argv: Sequence[str]) -> None:
         result = run_worker(json.loads(FLAGS.worker))
         print(ROW_MARKER + json.dumps(result), flush=True)
         return
+    try:  # read before the run: a bad file fails in seconds, not after it
+        grouped = grouped_conv_report(FLAGS.out)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     torch_modes = [m for m in FLAGS.torch if m]
     if torch_modes and version('torch') is None:
         print("torch is not installed (pip install -e '.[benchmark]'): no PyTorch rows")
@@ -494,7 +545,7 @@ def main(argv: Sequence[str]) -> None:
         xla_flags=FLAGS.xla_flags,
         log=lambda s: print(s, flush=True),
     )
-    write_report(report, markdown_report(report), FLAGS.out)
+    write_report(report, report_markdown(report, grouped), FLAGS.out)
 
 
 if __name__ == '__main__':
