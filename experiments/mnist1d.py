@@ -14,10 +14,10 @@ units (the paper's 6 reached 89.5% here, short of its 91%; 12 gives 10,618 param
 150 epochs (the paper's 6,000 steps) with gradients clipped to global norm 1.
 Hardware: 2-core CPU, one XLA device; 9-32 s each for mlp/cnn, about 30-45 s for the recurrent
 ones (about 4 ms a step in a 200-step smoke run).
-Expected (Greydanus 2020's table): logistic regression 32%, MLP 68%, CNN 94%, GRU 91%; shuffled: CNN falls to 56%, GRU to
-57%, MLP stays 68%.
-Measured here (all 6,000 steps): logistic regression 32.9% (shuffled too), MLP 68.1%, CNN 98.3%, GRU 93.9%, LSTM 93.7%, RNN 83.9%;
-shuffled: CNN 59.4%, MLP 68.7%, GRU 52.7%, LSTM 54.8%.
+Expected (Greydanus 2020's table): logistic regression 32%, MLP 68%, CNN 94%, GRU 91%;
+shuffled: CNN falls to 56%, GRU to 57%, MLP stays 68%.
+Measured here (all 6,000 steps): logistic regression 32.9% (shuffled too), MLP 68.1%, CNN 98.3%,
+GRU 93.9%, LSTM 93.7%, RNN 83.9%; shuffled: CNN 59.4%, MLP 68.7%, GRU 52.7%, LSTM 54.8%.
 """
 
 # The recurrent classifiers are registered (nets/models/rnn.py) under the names of their cells.
