@@ -55,6 +55,10 @@ def test_a_pure_power_law_makes_the_saturating_form_degenerate_and_the_report_sa
     assert 'c -> 0' in degenerate or 'unidentifiable' in degenerate
     assert comparison['better'] == 'power'
     assert 'degenerate' in comparison['sentence']
+    # "Better" only where the paired interval says so; otherwise chosen because of the collapse.
+    measurably_better = comparison['difference_interval_95'][1] < 0
+    assert ('predicts the' in comparison['sentence']) == measurably_better
+    assert ('is the one to use' in comparison['sentence']) != measurably_better
 
 
 @pytest.mark.parametrize(

@@ -170,7 +170,8 @@ def compare_laws(
     """Both laws of HELD_OUT_LAWS on the same held-out split, and which predicts the held-out
     points better: the one whose error is lower when the paired bootstrap interval of the error
     difference (power − saturating) excludes 0, else neither. A degenerate saturating fit never
-    wins: its error says nothing the power law's does not."""
+    wins (its error says nothing the power law's does not): `better` is then the power law, and
+    the sentence says whether its error is measurably lower or the form is chosen by default."""
     x, y = _clean(compute, loss)
     held = default_held_out(len(x)) if num_held_out is None else num_held_out
     fit_x, fit_y, test_x, test_y = x[:-held], y[:-held], x[-held:], y[-held:]
@@ -229,6 +230,12 @@ def compare_laws(
     if better is None:
         comparison['sentence'] = (
             f'Neither law predicts the {held} held-out budgets better: {errors_text}; {reason}.'
+        )
+    elif saturating['degenerate'] and not high < 0:
+        # Not measurably better: the power law is chosen because the other form collapses to it.
+        comparison['sentence'] = (
+            f'The {laws.FORMULAS["power"]} form is the one to use, though it does not predict '
+            f'the {held} held-out budgets measurably better ({errors_text}): {reason}.'
         )
     else:
         comparison['sentence'] = (
