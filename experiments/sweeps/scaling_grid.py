@@ -353,7 +353,9 @@ PRESETS: dict[str, Preset] = {
     # 2-core CPU: 6 sizes x 3 budgets x 3 rates = 54 runs a family, then the planned extensions
     # (rates up to 2 factors of 2 beyond the grid, budgets up to 2 epochs). Sized with
     # `scaling_study --estimate` (XLA FLOP counts and a probe of each family's middle size):
-    # under 3 hours even if every cell's rates were extended twice (docs/scaling.md).
+    # under 3 hours even if every cell's rates were extended twice (docs/scaling.md). Expected:
+    # ~180 runs in ~1.5 h on 2 cores, 9 frontier points a family
+    # (docs/scaling_cpu_small_report.md).
     'cpu_small': Preset(
         name='cpu_small',
         dataset='fashion_mnist',
