@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests.conftest import FAST_COMPILE
 from tests.test_train import REPO, tiny_config
 from train import evaluate, loop
 from train.checkpointing import CheckpointMismatch, find_checkpoints
@@ -84,7 +85,7 @@ def _command(*args):
     return subprocess.run(
         [sys.executable, '-m', 'train.evaluate', *args],
         cwd=REPO,
-        env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'),
+        env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}'),
         capture_output=True,
         text=True,
         timeout=300,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import data
+from tests.conftest import FAST_COMPILE
 from tests.test_train import REPO, tiny_config
 from train import export, loop
 from train.config import ConfigError, model_config
@@ -56,7 +57,7 @@ def _command(*args, cwd=REPO):
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
-        env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'),
+        env=dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=1 {FAST_COMPILE}'),
         capture_output=True,
         text=True,
         timeout=300,

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import FAST_COMPILE
 from train.checkpointing import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +141,9 @@ def _command(workdir: str, data_dir: str) -> list[str]:
 
 
 def _environment(**changes: str) -> dict[str, str]:
-    return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', **changes)
+    return dict(
+        os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}', **changes
+    )
 
 
 def test_killed_run_on_gcs_resumes_bit_exactly_and_leaves_its_files(digits_dir, tmp_path, gcs):

@@ -6,6 +6,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from tests.conftest import FAST_COMPILE
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / 'docs' / 'notebooks' / 'quickstart.ipynb'
 # A hang guard per cell, far above the cell's time (the longest, a ViT's training, ~20 s).
@@ -24,7 +26,7 @@ def _with_workdir(notebook, workdir: Path):
 
 def test_quickstart_notebook_runs_and_draws(digits_dir, tmp_path, monkeypatch):
     monkeypatch.setenv('TFDS_DATA_DIR', digits_dir)  # the kernel inherits the environment
-    monkeypatch.setenv('XLA_FLAGS', '')  # one CPU device, as a reader's kernel has
+    monkeypatch.setenv('XLA_FLAGS', FAST_COMPILE)  # one CPU device, as a reader's kernel has
     notebook = _with_workdir(nbformat.read(NOTEBOOK, as_version=4), tmp_path / 'runs')
     NotebookClient(
         notebook,

@@ -27,6 +27,7 @@ from experiments.sweeps import scaling_plan, scaling_plots
 from experiments.sweeps import scaling_report as report
 from experiments.sweeps import scaling_study as study
 from nets.tools import flops as flop_counter
+from tests.conftest import FAST_COMPILE
 from train.config import validate
 
 # --- FLOP counts -------------------------------------------------------------------------------
@@ -538,7 +539,7 @@ preset = dataclasses.replace(
     image_shape=(8, 8, 1), train_split='train[:512]', eval_split='test[:256]')
 scaling_study.study(preset, scaling_grid.grid(preset), Path({str(tmp_path)!r}), num_resamples=20)
 """
-    env = os.environ | {'XLA_FLAGS': '--xla_backend_optimization_level=0', 'JAX_PLATFORMS': 'cpu'}
+    env = os.environ | {'XLA_FLAGS': FAST_COMPILE, 'JAX_PLATFORMS': 'cpu'}
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, '-c', driver], env=env, cwd=root, check=True)
     results = json.loads((tmp_path / 'results.json').read_text())

@@ -19,6 +19,7 @@ import pytest
 
 import data
 from tests import nan_model
+from tests.conftest import FAST_COMPILE
 from tests.test_train import REPO, _free_port, final_params, tiny_config
 from train import cli, loop
 from train.checkpointing import INTEGRITY_FILE, Checkpointer
@@ -27,7 +28,7 @@ from train.metrics_writer import MetricWriter
 from train.pictures import read_metrics
 from train.progress import NonFiniteError
 
-ENV = dict(os.environ, XLA_FLAGS='')
+ENV = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
 
 
 def _command(workdir: Path, *overrides: str, config: str = 'tiny_digits_config.py') -> list[str]:

@@ -16,6 +16,7 @@ import pytest
 
 import data
 from tests import nan_model
+from tests.conftest import FAST_COMPILE
 from train import loop
 from train.checkpointing import load_checkpoint
 from train.config import ConfigError, default_config, model_config
@@ -147,7 +148,7 @@ def test_killed_run_resumes_from_last_checkpoint(digits_dir, tmp_path):
         f'--workdir={tmp_path / "run"}',
         *overrides,
     ]
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}')
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -189,7 +190,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_the_same_command_continues(digits
         f'--workdir={tmp_path / "run"}',
         *overrides,
     ]
-    env = dict(os.environ, XLA_FLAGS='')
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -280,7 +281,7 @@ def test_two_processes_train_like_one(digits_dir, tmp_path):
         '--config.log_every_steps=10',
         '--config.schedule.name=constant',
     ]
-    env = dict(os.environ, XLA_FLAGS='')
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
 
     def run_two(steps: int) -> list[str]:
         port = _free_port()

@@ -175,8 +175,8 @@ _CPU_FAMILIES = {
 
 def _nfnet_one_group(width: int, depths: tuple[int, ...]) -> Size:
     """An NFNet of `depths` stages all `width` wide whose 3x3 convolutions are one group (the
-    group width is the bottleneck width, as in F0's first stage): XLA's CPU convolutions run
-    grouped ones about 4x slower per FLOP."""
+    group width is the bottleneck width, as in F0's first stage): at these widths, groups of a
+    few channels would leave each convolution too little work per group."""
     return Size(
         'nfnet_f0',
         {
