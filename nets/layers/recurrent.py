@@ -236,28 +236,23 @@ class GRUCell(_Cell):
         h = carry
         w_x, w_h, b = self._weights(x.shape[-1])
         width = self.features
-        if self.reset_after:
-            b_hn = self.param('recurrent_bias', nn.initializers.zeros, (width,), self.param_dtype)
-            x, h_in, w_x, w_h, b, b_hn = promote_dtype(x, h, w_x, w_h, b, b_hn, dtype=self.dtype)
-            from_x = matmul(x, w_x) + b
-            from_h = matmul(h_in, w_h)
-            z = nn.sigmoid((from_x[..., :width] + from_h[..., :width]).astype(h.dtype))
-            r = nn.sigmoid(
-                (from_x[..., width : 2 * width] + from_h[..., width : 2 * width]).astype(h.dtype)
-            )
-            hidden_n = (from_h[..., 2 * width :] + b_hn).astype(h.dtype)
-            n = jnp.tanh(from_x[..., 2 * width :].astype(h.dtype) + r * hidden_n)
-            h_new = z * h + (1.0 - z) * n
-            return h_new, h_new.astype(self.dtype)
         x, h_in, w_x, w_h, b = promote_dtype(x, h, w_x, w_h, b, dtype=self.dtype)
         from_x = matmul(x, w_x) + b
-        from_h = matmul(h_in, w_h[:, : 2 * width])  # U_z h, U_r h; U_n waits for the reset gate
+        # Reset after U_n: the three recurrent products at once; before: U_n waits for r.
+        from_h = matmul(h_in, w_h if self.reset_after else w_h[:, : 2 * width])
         z = nn.sigmoid((from_x[..., :width] + from_h[..., :width]).astype(h.dtype))
-        r = nn.sigmoid((from_x[..., width : 2 * width] + from_h[..., width:]).astype(h.dtype))
-        reset_h = (r * h).astype(w_h.dtype)
-        n = jnp.tanh(
-            (from_x[..., 2 * width :] + matmul(reset_h, w_h[:, 2 * width :])).astype(h.dtype)
+        r = nn.sigmoid(
+            (from_x[..., width : 2 * width] + from_h[..., width : 2 * width]).astype(h.dtype)
         )
+        if self.reset_after:
+            b_hn = self.param('recurrent_bias', nn.initializers.zeros, (width,), self.param_dtype)
+            hidden_n = (from_h[..., 2 * width :] + jnp.asarray(b_hn, self.dtype)).astype(h.dtype)
+            n = jnp.tanh(from_x[..., 2 * width :].astype(h.dtype) + r * hidden_n)
+        else:
+            reset_h = (r * h).astype(w_h.dtype)
+            n = jnp.tanh(
+                (from_x[..., 2 * width :] + matmul(reset_h, w_h[:, 2 * width :])).astype(h.dtype)
+            )
         h_new = z * h + (1.0 - z) * n
         return h_new, h_new.astype(self.dtype)
 
