@@ -238,9 +238,12 @@ def test_best_learning_rate():
 def test_cpu_tiny_grid_is_the_promised_one():
     preset = scaling.PRESETS['cpu_tiny']
     runs = scaling.grid('cpu_tiny')
-    assert len(runs) == 54  # (4 ResNet + 5 ViT sizes) x 3 budgets x 2 rates
-    assert {r.family for r in runs} == {'resnet', 'vit'}
-    for family in ('resnet', 'vit'):
+    assert len(runs) == 54  # (4 NFNet + 5 ViT sizes) x 3 budgets x 2 rates
+    assert {r.family for r in runs} == {'nfnet', 'vit'}
+    assert preset.families['nfnet'].optimizer['agc_clip'] > 0  # NFNets train with AGC
+    # ResNet stays available for `--families=resnet,vit`.
+    assert {r.family for r in scaling.grid('cpu_tiny', ['resnet'])} == {'resnet'}
+    for family in ('nfnet', 'resnet', 'vit'):
         rates = preset.families[family].learning_rates
         assert len(preset.families[family].sizes) >= 4 and len(rates) == 2
         assert rates[1] == pytest.approx(2 * rates[0])
