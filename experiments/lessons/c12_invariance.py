@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.analysis.warped_accuracy import affine_matrices, warped_accuracy_fn
 from experiments.lessons import (
     Finding,
     Verdict,
@@ -223,23 +224,6 @@ def transform_parameters(
     return amount * directions[:, 0], amount * directions[:, 1], zeros
 
 
-def make_accuracy_fn(trained: Any):
-    """Jitted accuracy of a restored run on unit-range images warped per image by (dx, dy,
-    degrees) with data/augment's bilinear warp (black fill)."""
-    from data.augment.affine import compose, rotation_matrix, translation_matrix, warp
-
-    def transform(image, dx, dy, degrees):
-        return warp(image, compose(translation_matrix(dx, dy), rotation_matrix(degrees)))
-
-    @jax.jit
-    def accuracy(images, labels, dx, dy, degrees) -> jax.Array:
-        warped = jax.vmap(transform)(images, dx, dy, degrees)
-        logits = trained.model.apply(trained.variables, trained.task.standardise(warped))
-        return jnp.mean(jnp.argmax(logits, -1) == labels)
-
-    return accuracy
-
-
 def feature_fn(trained: Any, module: str):
     """Jitted: images -> the output map of `module` ((N, h, w, C), (N, h, w, 4, C) for p4 maps;
     a ViT's (N, h*w, C) tokens as their (N, h, w, C) grid)."""
@@ -401,12 +385,13 @@ def run(workdir: Path, scale: str, data_dir: str | None) -> Finding:
         result = train_run(make_config(setting, name, data_dir), runs / name)
         numbers['params'][name] = result.summary['num_params']
         trained = load_run(runs / name)
-        accuracy = make_accuracy_fn(trained)
+        accuracy = warped_accuracy_fn(trained)
         for kind, amounts in (('translate', setting['shifts']), ('rotate', setting['angles'])):
-            numbers[kind][name] = [
-                float(accuracy(images, labels, *transform_parameters(kind, amount, len(labels))))
-                for amount in amounts
-            ]
+            numbers[kind][name] = []
+            for amount in amounts:
+                dx, dy, degrees = transform_parameters(kind, amount, len(labels))
+                matrices = affine_matrices(degrees, dx, dy)
+                numbers[kind][name].append(accuracy(images, labels, matrices))
         if name != 'mlp':
             module, stride = feature_map(name, setting['models'][name][1])
             numbers['equivariance'][name] = equivariance_error(
