@@ -31,7 +31,7 @@ match a rare word's <unk>) it reads 4.56 / 5.87 / 1.70.
 
 from train.config import check_arg_choice, default_config, model_config, parse_arg
 
-_MODELS = {
+MODELS = {
     'context': dict(name='seq2seq_context'),
     'attention': dict(name='seq2seq_attention'),
     'transformer': dict(name='transformer_tiny'),
@@ -45,12 +45,12 @@ _STEPS = {'context': 300, 'attention': 250, 'transformer': 300}
 
 def get_config(arg: str = ''):
     args = parse_arg(arg, model='attention')
-    check_arg_choice('model', args.model, _MODELS)
+    check_arg_choice('model', args.model, MODELS)
     config = default_config()
     config.task = 'seq2seq'
     config.dataset.name = 'translation'
     config.dataset.eval_split = 'test'
-    fields = dict(_MODELS[args.model])
+    fields = dict(MODELS[args.model])
     config.model = model_config(fields.pop('name'), **fields)
     config.batch_size = 64
     config.eval_batch_size = 500

@@ -13,7 +13,7 @@ import nets
 from data import DatasetInfo, catalog
 from data.tokenizers import CharVocabulary, WordVocabulary
 from train import loop
-from train.config import default_config, model_config
+from train.config import default_config, model_config, validate
 from train.tasks import create_task
 from train.tasks.captioning import CaptioningTask, attention_slot_hits
 from train.tasks.seq2seq import (
@@ -290,3 +290,33 @@ def test_captioning_penalty_weight_enters_the_loss(small_data_dir):
     expected = float(metrics['loss']) + 0.5 * 2 * float(metrics['attention_penalty']) / 5
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     assert float(metrics['attention_penalty']) > 0.0
+
+
+def test_translation_comparison_rows_and_separation(small_data_dir, tmp_path):
+    from experiments import translation
+    from experiments.sweeps import translation_comparison as comparison
+
+    for model in translation.MODELS:
+        config = comparison.run_config(model, seed=3, num_steps=1500)
+        validate(config)
+        assert (config.num_steps, config.seed, config.eval_every_steps) == (1500, 3, 1500)
+    config = tiny_run_config(small_data_dir, 'seq2seq')
+    config.dataset.name = 'addition'
+    config.model = model_config('seq2seq_context', **TINY_SEQ2SEQ)
+    row = comparison.measure('context', 0, config, tmp_path / 'context_seed0')
+    assert row['steps'] == config.num_steps and 0.0 <= row['bleu'] <= 100.0
+    # Seeds' BLEU: attention's worst (2.0) beats context's best (1.5); one transformer seed
+    # cannot show a separation.
+    bleus = [('context', 1.0), ('context', 1.5), ('attention', 3.0), ('attention', 2.0)]
+    rows = [dict(row, model=m, seed=i % 2, bleu=b) for i, (m, b) in enumerate(bleus)]
+    rows.append(dict(row, model='transformer', seed=0, bleu=9.0))
+    pairs = {(p['better'], p['worse']): p for p in comparison.separation(rows)}
+    assert pairs['attention', 'context']['separated']
+    assert pairs['attention', 'context']['gap'] == pytest.approx(0.5)
+    assert not pairs['transformer', 'attention']['separated']
+    assert not pairs['transformer', 'context']['separated']
+    rows[1]['bleu'] = 2.5  # now the seeds overlap
+    assert not comparison.separation(rows)[0]['separated']
+    comparison.write_table(rows, tmp_path)
+    table = (tmp_path / 'results.md').read_text()
+    assert '- attention over context: not separated' in table and '| 2.50 |' in table
