@@ -17,9 +17,10 @@ sweep extends rates and budgets past the grid up to each preset's caps):
   gpu_h100      all of Fashion-MNIST, wider NFNets vs ViTs, 4 sizes x 3 budgets x 3 rates =
                 72 runs at batch 256 for one H100, about 10 minutes (an estimate).
   cpu_tiny      Fashion-MNIST 28x28, 20% of the train split, half the test split held out;
-                ResNet by width (4 sizes) vs ViT by width/depth/heads (5 sizes) x epoch budgets
-                0.25/0.5/1 x 2 learning rates = 54 runs (NFNet and ConvNeXt ladders with
-                --families=nfnet,convnext). Hardware: a 2-core CPU, one XLA device; about 15 min.
+                NFNet-style ConvNets (4 of cpu_small's one-group rungs, AGC) vs ViT by
+                width/depth/heads (5 sizes) x epoch budgets 0.25/0.5/1 x 2 learning rates = 54
+                runs (ResNet-8 and ConvNeXt ladders with --families=resnet,convnext,...).
+                Hardware: a 2-core CPU, one XLA device; 14 min measured.
   tpu_imagenet  ImageNet-1k at 64x64 (TFDS imagenet_resized/64x64, prepared by the user),
                 NFNet F0/F1/F3/F7, ResNet-50/101/152, ConvNeXt T/S/B/L and ViT Ti/S/B/L/H at
                 patch 4 (256 tokens) x 6 epoch budgets 2.5...80 x 4 learning rates a factor 2

@@ -141,14 +141,14 @@ def _nfnet_one_group(width: int, depths: tuple[int, ...]) -> Size:
 
 
 # --- cpu_tiny: Fashion-MNIST 28x28 on the 2-core CPU --------------------------------------------
-# Ladders of about x2 training FLOPs per rung (XLA's counts at batch 128: ResNet 0.5, 1.8, 3.9,
-# 6.8 GFLOPs per step; ViT 0.5, 1.4, 4.2, 9.3, 14 GFLOPs), sized so that the 54 runs fit in
-# about half an hour here. The ViT ladder has five rungs, like Ti/S/B/L/H: with four, its
-# frontier had four points, too few to fit the four-parameter saturating law. The
-# learning-rate pairs were bracketed by probe runs at the middle sizes (0.25 and 0.5 epochs,
-# rates x2 apart): ResNet w8 was best at 0.4 of 0.05...1.6, ViT s at
-# 0.008 of 0.001...0.032; short budgets favour high rates. The NFNet and ConvNeXt ladders take
-# the rates of their closest relative (SGD like the ResNet, AdamW like the ViT) unprobed.
+# Ladders of about x2 training FLOPs per rung (XLA's counts at batch 128: NFNet 0.7, 1.2, 2.0,
+# 4.7 GFLOPs per step; ResNet 0.5, 1.8, 3.9, 6.8; ViT 0.5, 1.4, 4.2, 9.3, 14), sized so that
+# the default 54 runs (NFNet and ViT) take about 15 minutes here. The ViT ladder has five
+# rungs, like Ti/S/B/L/H: with four, its frontier had four points, too few to fit the
+# four-parameter saturating law. The learning-rate pairs were bracketed by probe runs at the
+# middle sizes (0.25 and 0.5 epochs, rates x2 apart): ResNet w8 was best at 0.4 of
+# 0.05...1.6, ViT s at 0.008 of 0.001...0.032; short budgets favour high rates. The ConvNeXt
+# ladder takes the ViT's rates (AdamW) unprobed.
 _CPU_FAMILIES = {
     'resnet': Family(
         'resnet',
