@@ -98,3 +98,29 @@ def test_one_tiny_comparison_row(tmp_path, digits_dir):
     table = (tmp_path / 'results.md').read_text()
     assert '| deformable (`deformable_resnet50`) |' in table
     assert f'{row["warped_accuracy"]:.2%}' in table
+
+
+def test_the_comparison_sweeps_shared_steps(tmp_path):
+    from absl import app
+
+    # The sweeps import together (one test process): no flag is defined twice.
+    from experiments.sweeps import (
+        comparison,
+        deformable_comparison,  # noqa: F401
+        scaling_study,  # noqa: F401
+        translation_comparison,  # noqa: F401
+    )
+
+    assert comparison.selected(None, ('resnet', 'deformable')) == ['resnet', 'deformable']
+    assert comparison.selected(['deformable'], ('resnet', 'deformable')) == ['deformable']
+    with pytest.raises(app.UsageError, match=r"\['vgg'\]; valid: \['resnet', 'deformable'\]"):
+        comparison.selected(['vgg'], ('resnet', 'deformable'))
+    tables = []
+
+    def write_table(rows, workdir):
+        tables.append(len(rows))
+        (workdir / 'results.md').write_text(f'{len(rows)} rows')
+
+    jobs = [('a', lambda: {'row': 1}), ('b', lambda: {'row': 2})]
+    assert comparison.run_all(jobs, tmp_path, write_table) == [{'row': 1}, {'row': 2}]
+    assert tables == [1, 2]  # rewritten after every run

@@ -11,12 +11,13 @@ comparison resumes where it stopped and a finished model is not trained again. W
 
 from __future__ import annotations
 
+import functools
 import json
-import statistics
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags
 
+from experiments.sweeps import comparison
 from train import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for every run and the results table.')
@@ -32,7 +33,6 @@ def measure(name: str, workdir: Path, num_epochs: float | None) -> dict:
     from nets.tools.summary import flops_per_example
     from train import config as config_lib
     from train.loop import train_and_evaluate
-    from train.pictures import read_metrics
 
     config = fashion_mnist_convnets.get_config(name)
     if num_epochs is not None:
@@ -42,10 +42,6 @@ def measure(name: str, workdir: Path, num_epochs: float | None) -> dict:
     kwargs = config_lib.model_kwargs(config)
     kwargs['num_classes'] = info.num_classes
     model = nets.create(config.model.name, **kwargs)
-    train_records = read_metrics(workdir / name / 'metrics.jsonl').get('train', [])
-    speeds = [r['examples_per_second'] for r in train_records[1:]] or [
-        r['examples_per_second'] for r in train_records
-    ]
     return {
         'model': name,
         'registered_name': config.model.name,
@@ -53,7 +49,7 @@ def measure(name: str, workdir: Path, num_epochs: float | None) -> dict:
         'test_loss': summary['eval']['loss'],
         'parameters': summary['num_params'],
         'mflops_per_example': flops_per_example(model, (1, *info.example_shape)) / 1e6,
-        'train_examples_per_second': statistics.median(speeds),
+        'train_examples_per_second': comparison.median_train_speed(workdir / name),
         'epochs': summary['epochs'],
         'steps': summary['step'],
     }
@@ -104,17 +100,10 @@ def main(argv: list[str]) -> None:
     from train.metrics_writer import quiet_library_logs
 
     quiet_library_logs()
-    names = _MODELS.value or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise app.UsageError(f'unknown model(s) {unknown}; valid: {list(MODELS)}')
+    names = comparison.selected(_MODELS.value, MODELS)
     workdir = Path(_WORKDIR.value)
-    rows = []
-    for name in names:
-        logging.info('=== %s', name)
-        rows.append(measure(name, workdir, _NUM_EPOCHS.value))
-        write_table(rows, workdir)  # after every model: a partial table survives interruption
-    print((workdir / 'results.md').read_text())
+    jobs = [(name, functools.partial(measure, name, workdir, _NUM_EPOCHS.value)) for name in names]
+    comparison.run_all(jobs, workdir, write_table)
 
 
 if __name__ == '__main__':

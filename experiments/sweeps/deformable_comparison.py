@@ -13,18 +13,24 @@ and `<workdir>/results.md`.
 
 from __future__ import annotations
 
+import functools
 import json
-import statistics
 from pathlib import Path
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags
 
+from experiments.sweeps import comparison
 from train import cli
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for both runs and the results table.')
-_MODELS = flags.DEFINE_list('models', None, 'Subset of the models (default: both).')
-_NUM_EPOCHS = flags.DEFINE_float('num_epochs', None, 'Override the shared budget in epochs.')
+
+def define_flags() -> None:
+    """The program's flags, defined only when it runs: tests import this module beside other
+    sweeps that define `--workdir` too."""
+    flags.DEFINE_string('workdir', None, 'Folder for both runs and the results table.')
+    flags.DEFINE_list('models', None, 'Subset of the models (default: both).')
+    flags.DEFINE_float('num_epochs', None, 'Override the shared budget in epochs.')
+    flags.mark_flag_as_required('workdir')
 
 
 def measure(name: str, config: ml_collections.ConfigDict, run_dir: Path) -> dict:
@@ -41,7 +47,6 @@ def measure(name: str, config: ml_collections.ConfigDict, run_dir: Path) -> dict
     from nets.tools.summary import flops_per_example
     from train import config as config_lib
     from train.loop import train_and_evaluate
-    from train.pictures import read_metrics
 
     summary = train_and_evaluate(config, run_dir)
     info = data.dataset_info(config.dataset.name, config.dataset.data_dir or None)
@@ -60,10 +65,6 @@ def measure(name: str, config: ml_collections.ConfigDict, run_dir: Path) -> dict
     degrees, zoom = warped_accuracy.random_rotation_zoom(len(labels), max_zoom)
     identity = warped_accuracy.affine_matrices(np.zeros(len(labels), np.float32))
     warped = warped_accuracy.affine_matrices(degrees, zoom=zoom)
-    train_records = read_metrics(run_dir / 'metrics.jsonl').get('train', [])
-    speeds = [r['examples_per_second'] for r in train_records[1:]] or [
-        r['examples_per_second'] for r in train_records
-    ]
     return {
         'model': name,
         'registered_name': config.model.name,
@@ -71,7 +72,7 @@ def measure(name: str, config: ml_collections.ConfigDict, run_dir: Path) -> dict
         'warped_accuracy': accuracy(images, labels, warped),
         'parameters': summary['num_params'],
         'mflops_per_example': flops_per_example(model, (1, *info.example_shape)) / 1e6,
-        'train_examples_per_second': statistics.median(speeds),
+        'train_examples_per_second': comparison.median_train_speed(run_dir),
         'epochs': summary['epochs'],
         'steps': summary['step'],
     }
@@ -99,22 +100,16 @@ def main(argv: list[str]) -> None:
     from train.metrics_writer import quiet_library_logs
 
     quiet_library_logs()
-    names = _MODELS.value or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise app.UsageError(f'unknown model(s) {unknown}; valid: {list(MODELS)}')
-    workdir = Path(_WORKDIR.value)
-    rows = []
-    for name in names:
-        logging.info('=== %s', name)
+    workdir = Path(flags.FLAGS.workdir)
+    jobs = []
+    for name in comparison.selected(flags.FLAGS.models, MODELS):
         config = get_config(f'model={name}')
-        if _NUM_EPOCHS.value is not None:
-            config.num_epochs = _NUM_EPOCHS.value
-        rows.append(measure(name, config, workdir / name))
-        write_table(rows, workdir)  # after every model: a partial table survives interruption
-    print((workdir / 'results.md').read_text())
+        if flags.FLAGS.num_epochs is not None:
+            config.num_epochs = flags.FLAGS.num_epochs
+        jobs.append((name, functools.partial(measure, name, config, workdir / name)))
+    comparison.run_all(jobs, workdir, write_table)
 
 
 if __name__ == '__main__':
-    flags.mark_flag_as_required('workdir')
+    define_flags()
     cli.run(main)

@@ -14,18 +14,25 @@ seed noise) or overlap.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments.sweeps import comparison
 from train import cli
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for every run and the results table.')
-_MODELS = flags.DEFINE_list('models', None, 'Subset of the models (default: all three).')
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1'], 'Seeds of every model.')
-_NUM_STEPS = flags.DEFINE_integer('num_steps', 1200, 'Training steps of every run (batch 64).')
+
+def define_flags() -> None:
+    """The program's flags, defined only when it runs: tests import this module beside other
+    sweeps that define `--workdir` too."""
+    flags.DEFINE_string('workdir', None, 'Folder for every run and the results table.')
+    flags.DEFINE_list('models', None, 'Subset of the models (default: all three).')
+    flags.DEFINE_list('seeds', ['0', '1'], 'Seeds of every model.')
+    flags.DEFINE_integer('num_steps', 1200, 'Training steps of every run (batch 64).')
+    flags.mark_flag_as_required('workdir')
 
 
 def run_config(model: str, seed: int, num_steps: int):
@@ -111,25 +118,29 @@ def main(argv: list[str]) -> None:
     from train.metrics_writer import quiet_library_logs
 
     quiet_library_logs()
-    names = _MODELS.value or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise app.UsageError(f'unknown model(s) {unknown}; valid: {list(MODELS)}')
+    names = comparison.selected(flags.FLAGS.models, MODELS)
     try:
-        seeds = [int(s) for s in _SEEDS.value]
+        seeds = [int(s) for s in flags.FLAGS.seeds]
     except ValueError:
-        raise app.UsageError(f'--seeds must be integers, got {_SEEDS.value}') from None
-    workdir = Path(_WORKDIR.value)
-    rows = []
-    for seed in seeds:
-        for name in names:
-            logging.info('=== %s, seed %d', name, seed)
-            config = run_config(name, seed, _NUM_STEPS.value)
-            rows.append(measure(name, seed, config, workdir / f'{name}_seed{seed}'))
-            write_table(rows, workdir)  # after every run: a partial table survives interruption
-    print((workdir / 'results.md').read_text())
+        raise app.UsageError(f'--seeds must be integers, got {flags.FLAGS.seeds}') from None
+    workdir = Path(flags.FLAGS.workdir)
+    jobs = [
+        (
+            f'{name}, seed {seed}',
+            functools.partial(
+                measure,
+                name,
+                seed,
+                run_config(name, seed, flags.FLAGS.num_steps),
+                workdir / f'{name}_seed{seed}',
+            ),
+        )
+        for seed in seeds  # every model's seed 0 first
+        for name in names
+    ]
+    comparison.run_all(jobs, workdir, write_table)
 
 
 if __name__ == '__main__':
-    flags.mark_flag_as_required('workdir')
+    define_flags()
     cli.run(main)
