@@ -501,6 +501,7 @@ def test_analysis_report_and_plots(tmp_path):
             )
             for name in ('resnet', 'vit')
         },
+        default_families=('resnet', 'vit'),
     )
     plan = scaling_plan.plan(planning, scaling.grid(planning), records)
     assert plan.runs == ()  # cpu_tiny allows no extension
