@@ -39,26 +39,19 @@ def measure(name: str, config: ml_collections.ConfigDict, run_dir: Path) -> dict
     import jax.numpy as jnp
     import numpy as np
 
-    import data
-    import nets
     from experiments.analysis import warped_accuracy
     from experiments.analysis.runs import load_run
     from experiments.lessons.c08_residual import load_arrays
     from nets.tools.summary import flops_per_example
-    from train import config as config_lib
     from train.loop import train_and_evaluate
 
     summary = train_and_evaluate(config, run_dir)
-    info = data.dataset_info(config.dataset.name, config.dataset.data_dir or None)
-    kwargs = config_lib.model_kwargs(config)
-    kwargs['num_classes'] = info.num_classes
-    model = nets.create(config.model.name, **kwargs)
-
+    trained = load_run(run_dir)
     data_dir = config.dataset.data_dir or None
     test = load_arrays(config.dataset.name, config.dataset.eval_split, data_dir)
     images = jnp.asarray(test['image'], jnp.float32) / 255.0
     labels = jnp.asarray(test['label'])
-    accuracy = warped_accuracy.warped_accuracy_fn(load_run(run_dir))
+    accuracy = warped_accuracy.warped_accuracy_fn(trained)
     # The test set's zoom range is the training one (the run's 'scale' op).
     zooms = [op['max_factor'] for op in config.augment if op['op'] == 'scale']
     max_zoom = zooms[0] if zooms else 1.0
@@ -71,7 +64,8 @@ def measure(name: str, config: ml_collections.ConfigDict, run_dir: Path) -> dict
         'clean_accuracy': accuracy(images, labels, identity),
         'warped_accuracy': accuracy(images, labels, warped),
         'parameters': summary['num_params'],
-        'mflops_per_example': flops_per_example(model, (1, *info.example_shape)) / 1e6,
+        'mflops_per_example': flops_per_example(trained.model, (1, *trained.info.example_shape))
+        / 1e6,
         'train_examples_per_second': comparison.median_train_speed(run_dir),
         'epochs': summary['epochs'],
         'steps': summary['step'],

@@ -3,7 +3,7 @@ attention and the Transformer of experiments/translation.py, each trained with t
 budget from several seeds, scored by BLEU on the 1,000 test verses.
 
     python -m experiments.sweeps.translation_comparison --workdir=workdirs/translation_long \
-        [--num_steps=1200] [--seeds=0,1] [--models=context,attention]
+        [--num_steps=1500] [--seeds=0,1] [--models=context,attention]
 
 Runs go seed by seed (every model's seed 0 first), each in `<workdir>/<model>_seed<seed>`
 through the ordinary trainer, so an interrupted comparison resumes where it stopped. Writes
@@ -31,7 +31,7 @@ def define_flags() -> None:
     flags.DEFINE_string('workdir', None, 'Folder for every run and the results table.')
     flags.DEFINE_list('models', None, 'Subset of the models (default: all three).')
     flags.DEFINE_list('seeds', ['0', '1'], 'Seeds of every model.')
-    flags.DEFINE_integer('num_steps', 1200, 'Training steps of every run (batch 64).')
+    flags.DEFINE_integer('num_steps', 1500, 'Training steps of every run (batch 64).')
     flags.mark_flag_as_required('workdir')
 
 
@@ -93,7 +93,7 @@ def write_table(rows: list[dict], workdir: Path) -> None:
     (workdir / 'results.json').write_text(json.dumps({'runs': rows, 'pairs': pairs}, indent=2))
     lines = [
         '| model | seed | steps | BLEU | BLEU vs decoded reference | test loss | parameters | '
-        'wall s |',
+        'wall s (last session) |',
         '|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
