@@ -460,3 +460,32 @@ def test_bad_inputs_raise():
         layer.init(rng(0), jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match=r'\(batch, time, channels\)'):
         nets.create('gru').init(rng(0), jnp.zeros((2, 40)))
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason="XLA's CPU bfloat16 rewriting")
+def test_bfloat16_lstm_stacks_its_outputs_in_place():
+    # XLA's CPU backend has no bfloat16 dynamic-update-slice: a scan stacking bfloat16 values
+    # converts the whole stack to float32 and back at every step. The fused LSTM stacks their
+    # bits as uint16, so the compiled step updates no bfloat16 buffer.
+    from nets.kernels.fused_lstm import lstm_sequence
+
+    t, b, n, h = 16, 4, 8, 8
+    key = jax.random.key(0)
+    w_x, w_h = jax.random.normal(key, (n, 4 * h)), jax.random.normal(key, (h, 4 * h))
+    xs = jax.random.normal(key, (t, b, n)).astype(jnp.bfloat16)
+    carry = (jnp.zeros((b, h)), jnp.zeros((b, h)))
+    mask = jnp.ones((t, b), bool)
+
+    def loss(w_x, w_h, bias, xs):
+        _, ys = lstm_sequence(w_x, w_h, bias, carry, xs, mask, False, 1, jnp.bfloat16)
+        return jnp.sum(ys.astype(jnp.float32) ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    hlo = grad.lower(w_x, w_h, jnp.zeros(4 * h), xs).compile().as_text()
+    # Computations (fusions, loop bodies) that write into a stack: none converts a whole
+    # (t, b, ...) stack.
+    writers = [c for c in hlo.split('\n\n') if 'dynamic-update-slice(' in c]
+    assert writers
+    for computation in writers:
+        for line in computation.splitlines():
+            assert not (f'[{t},{b},' in line.split('convert(')[0] and 'convert(' in line), line

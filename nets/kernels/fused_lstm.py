@@ -22,9 +22,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nets.kernels.mixed_precision import float32_product, matmul
+from nets.kernels.mixed_precision import LOW_PRECISION, float32_product, matmul
 
 Dtype = Any
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+    """A 2-byte float array viewed as uint16, others unchanged. XLA's CPU backend has no
+    bfloat16 dynamic-update-slice: stacking a scan's bfloat16 output, it converts the whole
+    stacked buffer to float32 and back at every step; the same bits as uint16 are written in
+    place."""
+    return lax.bitcast_convert_type(x, jnp.uint16) if x.dtype in LOW_PRECISION else x
+
+
+def _from_bits(x: jax.Array, dtype: Dtype) -> jax.Array:
+    """Undoes `_as_bits` for an array that was `dtype`."""
+    return lax.bitcast_convert_type(x, dtype) if x.dtype == jnp.uint16 else x
 
 
 def lstm_update(
@@ -63,12 +76,13 @@ def _forward(
         keep = keep[:, None]
         new_carry = (jnp.where(keep, c_new, c), jnp.where(keep, h_new.astype(h.dtype), h))
         y = jnp.where(keep, h_new, 0).astype(dtype)
-        return new_carry, (y, c, h_in, gates)
+        return new_carry, (_as_bits(y), c, _as_bits(h_in), gates)
 
     carry, (ys, cs_prev, hs_prev, gates) = lax.scan(
         step, carry, (xs, mask), reverse=reverse, unroll=unroll
     )
-    return carry, ys, (cs_prev, hs_prev, gates)
+    low = jnp.dtype(dtype)
+    return carry, _from_bits(ys, low), (cs_prev, _from_bits(hs_prev, low), gates)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
@@ -102,7 +116,7 @@ def _lstm_sequence_bwd(reverse, unroll, dtype, residuals, cotangents):
     w_h_low = w_h.astype(dtype)
 
     def step(d_carry, inputs):
-        dc_out, dh_out = d_carry
+        dc_out, dh_out, d_b = d_carry
         dy, c_prev, (i, f, g, o), keep = inputs
         keep = keep[:, None]
         # A kept step passes its carry's cotangent to the new state; a masked one to the old.
@@ -119,19 +133,24 @@ def _lstm_sequence_bwd(reverse, unroll, dtype, residuals, cotangents):
             ],
             axis=-1,
         )
-        dh_prev = float32_product(dz.astype(dtype), w_h_low, ((1,), (1,))) + jnp.where(
-            keep, 0, dh_out
-        )
+        dz_low = dz.astype(dtype)  # the bfloat16 step's rounding, as matmul's VJP
+        dh_prev = float32_product(dz_low, w_h_low, ((1,), (1,))) + jnp.where(keep, 0, dh_out)
         dc_prev = dc * f + jnp.where(keep, 0, dc_out)
-        return (dc_prev, dh_prev), dz
+        # The bias gradient is summed here, in float32, so that only the products' operand
+        # (dz in the compute dtype, half the bytes in bfloat16) is stacked.
+        return (dc_prev, dh_prev, d_b + dz.sum(0)), _as_bits(dz_low)
 
-    d_final = (dc_final.astype(jnp.float32), dh_final.astype(jnp.float32))
-    (dc0, dh0), dzs = lax.scan(
+    d_final = (
+        dc_final.astype(jnp.float32),
+        dh_final.astype(jnp.float32),
+        jnp.zeros(b.shape, jnp.float32),
+    )
+    (dc0, dh0, d_b), dzs_bits = lax.scan(
         step, d_final, (dys, cs_prev, gates, mask), reverse=not reverse, unroll=unroll
     )
+    dzs_low = _from_bits(dzs_bits, jnp.dtype(dtype))
     # Contracted over (time, batch) as two axes, not one reshaped axis: on a data-parallel mesh
     # the batch axis is sharded, and merging it with time would all-gather the operands.
-    dzs_low = dzs.astype(dtype)  # the bfloat16 step's rounding, as matmul's VJP
     d_w_x = float32_product(xs, dzs_low, ((0, 1), (0, 1)))
     d_w_h = float32_product(hs_prev, dzs_low, ((0, 1), (0, 1)))
     d_xs = float32_product(dzs_low, w_x.astype(dtype), ((2,), (1,)))
@@ -139,7 +158,7 @@ def _lstm_sequence_bwd(reverse, unroll, dtype, residuals, cotangents):
     return (
         d_w_x.astype(w_x.dtype),
         d_w_h.astype(w_h.dtype),
-        dzs.sum((0, 1)).astype(b.dtype),
+        d_b.astype(b.dtype),
         d_carry0,
         d_xs.astype(xs.dtype),
         None,
