@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from nets.kernels.mixed_precision import Dense, DenseGeneral, dot_general, matmul
+from nets.kernels.mixed_precision import Dense, DenseGeneral, add_bias, dot_general, matmul
 from tests.nets_harness import all_eqns
 
 # (lhs shape, rhs shape, contracting dims): Dense, DenseGeneral over two axes, axes out of
@@ -77,6 +77,7 @@ def test_layers_keep_flax_parameters(ours, flax_layer, kwargs):
     variables = flax_layer(**kwargs).init(jax.random.key(0), x)
     mine = ours(**kwargs).init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, variables)
+    jax.tree.map(np.testing.assert_array_equal, mine, variables)  # the same initial values
     np.testing.assert_array_equal(
         ours(**kwargs).apply(variables, x), flax_layer(**kwargs).apply(variables, x)
     )
@@ -85,3 +86,39 @@ def test_layers_keep_flax_parameters(ours, flax_layer, kwargs):
     np.testing.assert_allclose(
         np.asarray(low, np.float32), flax_layer(**kwargs).apply(variables, x), rtol=5e-2, atol=5e-2
     )
+
+
+@pytest.mark.parametrize(
+    'layer',
+    [Dense(features=6, dtype=jnp.bfloat16), DenseGeneral(features=(2, 3), dtype=jnp.bfloat16)],
+)
+def test_bfloat16_bias_gradient_is_summed_in_float32(layer):
+    # The sum is taken of float32 values (then rounded once to the bias's bfloat16).
+    x = jnp.zeros((1000, 5), jnp.float32)
+    variables = layer.init(jax.random.key(0), x)
+
+    def loss(v):
+        return jnp.sum(layer.apply(v, x).astype(jnp.float32) * (1 + 2.0**-7))
+
+    grads = jax.grad(loss)(variables)['params']['bias']
+    expected = float(jnp.bfloat16(1000 * (1 + 2.0**-7)))
+    np.testing.assert_array_equal(grads, np.full(grads.shape, expected, np.float32))
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(variables)
+    sums = [e for e in all_eqns(jaxpr.jaxpr) if e.primitive.name == 'reduce_sum']
+    assert sums and all(e.invars[0].aval.dtype == jnp.float32 for e in sums)
+
+
+def test_add_bias_broadcasts_like_plus():
+    y = jnp.arange(24.0).reshape(2, 3, 4)
+    for bias in (jnp.ones(4), jnp.ones((3, 4)), jnp.ones((3, 1))):
+        for dtype in (jnp.float32, jnp.bfloat16):
+            a, b = y.astype(dtype), bias.astype(dtype)
+            np.testing.assert_array_equal(add_bias(a, b), a + b)
+            got = jax.grad(lambda b, a=a: jnp.sum(add_bias(a, b).astype(jnp.float32) ** 2))(b)
+            want = jax.grad(lambda b, a=a: jnp.sum((a + b).astype(jnp.float32) ** 2))(b)
+            np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-2)
+
+
+def test_dense_general_rejects_batch_dims():
+    with pytest.raises(ValueError, match='batch_dims'):
+        DenseGeneral(features=3, batch_dims=(0,)).init(jax.random.key(0), jnp.ones((2, 4)))

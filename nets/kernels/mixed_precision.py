@@ -14,8 +14,11 @@ rule would multiply a float32 cotangent by a bfloat16 operand, the slow float32 
 Products of float32 (or mixed) operands, and products with batch dimensions, are plain
 `lax.dot_general`: the result and its gradient are unchanged for float32 models.
 
-`Dense` and `DenseGeneral` are Flax's layers with this product, parameter names and shapes
-unchanged; `matmul` is `x @ w` with it (the recurrent cells).
+`Dense` and `DenseGeneral` are Flax's layers with this product, parameter names, shapes and
+initial values unchanged; `matmul` is `x @ w` with it (the recurrent cells). Their bias is added
+by `add_bias`, whose gradient sums a low-precision cotangent in float32: JAX's own rule sums it in
+bfloat16, which XLA's CPU backend emulates as a float32 sum rounded to bfloat16 after every
+addition, a slow reduce-window (and a less exact sum).
 """
 
 from collections.abc import Sequence
@@ -24,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -163,13 +167,84 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     return dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
+@jax.custom_vjp
+def _add_low_precision_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    return y + bias
+
+
+def _add_bias_fwd(y: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return y + bias, bias
+
+
+def _add_bias_bwd(bias: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    axes = tuple(range(g.ndim - bias.ndim)) + tuple(
+        g.ndim - bias.ndim + i for i, n in enumerate(bias.shape) if n == 1 and g.shape[i] != 1
+    )
+    d_bias = jnp.sum(g, axes, dtype=jnp.float32).reshape(bias.shape)
+    return g, d_bias.astype(bias.dtype)
+
+
+_add_low_precision_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """`y + bias`, `bias` broadcast over y's leading axes (and its own size-1 axes); for
+    low-precision operands of one dtype the bias gradient is summed in float32."""
+    if jnp.dtype(y.dtype) in LOW_PRECISION and y.dtype == bias.dtype:
+        return _add_low_precision_bias(y, bias)
+    return y + bias
+
+
 class Dense(nn.Dense):
-    """`flax.linen.Dense` whose low-precision products accumulate in float32 (`dot_general`)."""
+    """`flax.linen.Dense` whose low-precision products accumulate in float32 (`dot_general`)
+    and whose bias gradient is summed in float32 (`add_bias`)."""
 
     dot_general: Any = dot_general
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        kernel = self.param(
+            'kernel', self.kernel_init, (jnp.shape(inputs)[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), self.precision)
+        return y if bias is None else add_bias(y, bias)
 
 
 class DenseGeneral(nn.DenseGeneral):
-    """`flax.linen.DenseGeneral` whose low-precision products accumulate in float32."""
+    """`flax.linen.DenseGeneral` (without `batch_dims`) whose low-precision products accumulate
+    in float32 and whose bias gradient is summed in float32."""
 
     dot_general: Any = dot_general
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if self.batch_dims:
+            raise ValueError(
+                f'DenseGeneral here takes no batch_dims (got {self.batch_dims!r}); use '
+                'flax.linen.DenseGeneral for per-batch kernels'
+            )
+        features = tuple(self.features) if isinstance(self.features, Sequence) else (self.features,)
+        axis = tuple(self.axis) if isinstance(self.axis, Sequence) else (self.axis,)
+        axis = tuple(a % inputs.ndim for a in axis)
+        contracted = tuple(inputs.shape[a] for a in axis)
+
+        def kernel_init(rng, shape, dtype=jnp.float32):
+            # Flax's: initialised as a (fan_in, fan_out) matrix, then reshaped.
+            flat = (int(np.prod(contracted)), int(np.prod(features)))
+            return jnp.reshape(self.kernel_init(rng, flat, dtype), shape)
+
+        def bias_init(rng, shape, dtype=jnp.float32):
+            return jnp.reshape(self.bias_init(rng, (int(np.prod(features)),), dtype), shape)
+
+        kernel = self.param('kernel', kernel_init, contracted + features, self.param_dtype)
+        bias = self.param('bias', bias_init, features, self.param_dtype) if self.use_bias else None
+        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        kernel_axes = tuple(range(len(axis)))
+        y = self.dot_general(inputs, kernel, ((axis, kernel_axes), ((), ())), self.precision)
+        return y if bias is None else add_bias(y, bias)
