@@ -18,6 +18,9 @@ gradient as one product, and large-activation layers' gradients in chunks of 16 
 stay in the caches. Only where JAX's default backend is the CPU: GPU and TPU compilers lay
 gradient convolutions out themselves, so there the convolution is lax's, as in nn.Conv.
 
+Patch embeddings (windows as large as their strides, no padding: ViT and Swin patches, ConvNeXt's
+stem) are one product on the CPU (`patch_product`), ahead of both convolution paths.
+
 On the CPU, 2-D float32 and bfloat16 convolutions with undilated kernels go to oneDNN's kernels
 instead where the kernel switch asks for them and they build (nets/kernels/onednn_conv.py,
 nets/kernels/switch.py), grouped ones (feature_group_count > 1: NFNet's grouped 3x3s,
@@ -41,6 +44,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nets.kernels import onednn_conv
+from nets.kernels.mixed_precision import matmul
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -242,6 +246,44 @@ def _conv_bwd(strides, padding, rhs_dilation, precision, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def is_patch_embedding(
+    window: Sequence[int],
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    rhs_dilation: Sequence[int],
+    feature_group_count: int,
+) -> bool:
+    """Whether a convolution cuts its input into non-overlapping patches (a ViT's or a Swin's
+    patch embedding, a ConvNeXt stem): windows larger than one pixel and as large as the
+    strides, no padding."""
+    return (
+        feature_group_count == 1
+        and math.prod(window) > 1
+        and tuple(window) == tuple(strides)
+        and all(lo == hi == 0 for lo, hi in padding)
+        and all(d == 1 for d in rhs_dilation)
+    )
+
+
+def patch_product(x: jax.Array, w: jax.Array) -> jax.Array:
+    """A patch-embedding convolution (`is_patch_embedding`) of channels-last `x` as one product:
+    each patch flattened, times the kernel as a (patch size, out) matrix, low-precision operands
+    accumulated in float32 (nets.kernels.mixed_precision). The convolution's terms, summed in
+    another order. On the
+    CPU it replaces oneDNN's kernel gradient, which is slow for such layers in bfloat16 (three
+    input channels), and XLA's convolutions."""
+    window, channels = w.shape[:-2], x.shape[-1]
+    rank = len(window)
+    n, spatial = x.shape[0], x.shape[1:-1]
+    counts = tuple(size // p for size, p in zip(spatial, window))
+    x = x[(slice(None), *(slice(0, c * p) for c, p in zip(counts, window)))]
+    # (n, c1, p1, c2, p2, ..., channels) -> (n, c1, c2, ..., p1, p2, ..., channels)
+    split = x.reshape(n, *itertools.chain.from_iterable(zip(counts, window)), channels)
+    order = (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)
+    patches = split.transpose(order).reshape(n, *counts, math.prod(window) * channels)
+    return matmul(patches, w.reshape(-1, w.shape[-1]))
+
+
 def conv_general_dilated(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -287,6 +329,8 @@ def conv_general_dilated(
         padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides = tuple(window_strides)
+    if is_patch_embedding(rhs.shape[:rank], strides, padding, rhs_dilation, feature_group_count):
+        return patch_product(lhs, rhs)
     if (
         onednn_conv.supports(lhs, rhs, rhs_dilation, feature_group_count)
         and onednn_conv.use_for_trace()
