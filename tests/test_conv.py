@@ -51,11 +51,7 @@ def test_values_parameters_and_gradients_equal_nn_conv(fields, shape):
             variables, x
         )
 
-    ours, theirs = conv.apply(variables, x), reference.apply(variables, x)
-    if fields.get('strides') == 4:  # a patch embedding: one product, its sums in another order
-        assert jnp.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
-    else:
-        assert jnp.array_equal(ours, theirs)
+    assert jnp.array_equal(conv.apply(variables, x), reference.apply(variables, x))
     for ours, theirs in zip(jax.tree.leaves(grads(conv)), jax.tree.leaves(grads(reference))):
         assert jnp.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
@@ -179,15 +175,15 @@ def test_chunked_gradients_of_a_batch_sharded_over_devices_gather_nothing(monkey
     assert 'all-gather' not in hlo and 'all-to-all' not in hlo and 'collective-permute' not in hlo
 
 
-@pytest.mark.parametrize('backend', ['xla', 'onednn'])
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-def test_patch_embedding_is_one_product(backend, dtype):
+def test_patch_embedding_is_one_product_where_onednn_would_run(dtype):
     # Non-overlapping windows (a ViT's patch embedding): no convolution and no oneDNN call in
     # the step, in either precision, and nn.Conv's values and gradients.
     from nets.kernels import onednn_conv
 
-    if backend == 'onednn' and not onednn_conv.available():
+    if not onednn_conv.available():
         pytest.skip('oneDNN library not built here')
+    backend = 'onednn'
     fields = dict(features=8, kernel_size=(4, 4), strides=4, padding='VALID', dtype=dtype)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 18, 16, 3))
     reference, conv = nn.Conv(**fields), Conv(**fields)

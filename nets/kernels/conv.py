@@ -18,8 +18,9 @@ gradient as one product, and large-activation layers' gradients in chunks of 16 
 stay in the caches. Only where JAX's default backend is the CPU: GPU and TPU compilers lay
 gradient convolutions out themselves, so there the convolution is lax's, as in nn.Conv.
 
-Patch embeddings (windows as large as their strides, no padding: ViT and Swin patches, ConvNeXt's
-stem) are one product on the CPU (`patch_product`), ahead of both convolution paths.
+Where oneDNN would take them, patch embeddings (windows as large as their strides, no padding:
+ViT and Swin patches, ConvNeXt's stem) are one product instead (`patch_product`); with the switch
+at 'xla' (which the FLOP count and the model summary use) they stay XLA's convolutions.
 
 On the CPU, 2-D float32 and bfloat16 convolutions with undilated kernels go to oneDNN's kernels
 instead where the kernel switch asks for them and they build (nets/kernels/onednn_conv.py,
@@ -269,9 +270,8 @@ def patch_product(x: jax.Array, w: jax.Array) -> jax.Array:
     """A patch-embedding convolution (`is_patch_embedding`) of channels-last `x` as one product:
     each patch flattened, times the kernel as a (patch size, out) matrix, low-precision operands
     accumulated in float32 (nets.kernels.mixed_precision). The convolution's terms, summed in
-    another order. On the
-    CPU it replaces oneDNN's kernel gradient, which is slow for such layers in bfloat16 (three
-    input channels), and XLA's convolutions."""
+    another order. It replaces oneDNN's kernels, whose bfloat16 kernel gradient is slow for
+    such layers (three input channels)."""
     window, channels = w.shape[:-2], x.shape[-1]
     rank = len(window)
     n, spatial = x.shape[0], x.shape[1:-1]
@@ -329,12 +329,14 @@ def conv_general_dilated(
         padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides = tuple(window_strides)
-    if is_patch_embedding(rhs.shape[:rank], strides, padding, rhs_dilation, feature_group_count):
-        return patch_product(lhs, rhs)
     if (
         onednn_conv.supports(lhs, rhs, rhs_dilation, feature_group_count)
         and onednn_conv.use_for_trace()
     ):
+        if is_patch_embedding(
+            rhs.shape[:rank], strides, padding, rhs_dilation, feature_group_count
+        ):
+            return patch_product(lhs, rhs)
         return onednn_conv.conv2d(lhs, rhs, strides, padding, feature_group_count)
     if feature_group_count != 1:
         # The gradients of `_conv` are written for ungrouped kernels.
