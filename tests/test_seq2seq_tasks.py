@@ -296,6 +296,7 @@ def test_translation_comparison_rows_and_separation(small_data_dir, tmp_path):
     from experiments import translation
     from experiments.sweeps import translation_comparison as comparison
 
+    assert set(comparison.DEFAULT_MODELS) < set(translation.MODELS)
     for model in translation.MODELS:
         config = comparison.run_config(model, seed=3, num_steps=1500)
         validate(config)

@@ -113,6 +113,9 @@ def test_param_count_closed_form(norm_position, share_embeddings):
     assert (
         param_count(nets.create('transformer_tiny')) == closed_form(256, 64, 128, 2, 2) == 183_808
     )
+    assert param_count(nets.create('transformer_small')) == closed_form(
+        256, 128, 512, 3, 3, pre_ln=True
+    )
 
 
 def test_shared_embeddings_are_one_matrix():

@@ -3,13 +3,22 @@ attention and the Transformer of experiments/translation.py, each trained with t
 budget from several seeds, scored by BLEU on the 1,000 test verses.
 
     python -m experiments.sweeps.translation_comparison --workdir=workdirs/translation_long \
-        [--num_steps=1500] [--seeds=0,1] [--models=context,attention]
+        [--num_steps=1500] [--seeds=0,1] [--models=context,attention,transformer_small]
+
+The default models are the three forms, the Transformer at transformer_small size; `transformer`
+(transformer_tiny) is the fourth choice.
 
 Runs go seed by seed (every model's seed 0 first), each in `<workdir>/<model>_seed<seed>`
 through the ordinary trainer, so an interrupted comparison resumes where it stopped. Writes
 `<workdir>/results.json` and `<workdir>/results.md` after every run: BLEU per seed, the mean,
 and for each pair of models whether their seeds' BLEU ranges are disjoint (separated outside
 seed noise) or overlap.
+
+Hardware and time: the idle 2-core CPU (AMD EPYC, Zen 4): 9-12.5 min per context or attention
+run, 16-21 min per transformer_small run at 1,500 steps; about 90 min for the default six.
+Expected (2026-12-07, BLEU seeds 0 / 1): attention 14.86 / 14.71, transformer_small 10.82 /
+10.92, context 3.85 / 3.73, every pair separated (transformer_tiny: 4.07 / 3.78, not separated
+from context).
 """
 
 from __future__ import annotations
@@ -24,12 +33,16 @@ from absl import app, flags
 from experiments.sweeps import comparison
 from train import cli
 
+DEFAULT_MODELS = ('context', 'attention', 'transformer_small')
+
 
 def define_flags() -> None:
     """The program's flags, defined only when it runs: tests import this module beside other
     sweeps that define `--workdir` too."""
     flags.DEFINE_string('workdir', None, 'Folder for every run and the results table.')
-    flags.DEFINE_list('models', None, 'Subset of the models (default: all three).')
+    flags.DEFINE_list(
+        'models', list(DEFAULT_MODELS), 'Models (choices: experiments/translation.py MODELS).'
+    )
     flags.DEFINE_list('seeds', ['0', '1'], 'Seeds of every model.')
     flags.DEFINE_integer('num_steps', 1500, 'Training steps of every run (batch 64).')
     flags.mark_flag_as_required('workdir')

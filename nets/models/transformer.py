@@ -534,6 +534,23 @@ register(
     norm_position='post',
     share_embeddings=True,
 )
+# Word-level translation on a CPU: twice tiny's width, 3 + 3 layers, and LayerNorm before each
+# sub-layer (pre-LN trains from a short warmup without stalling on the unigram plateau).
+register(
+    'transformer_small',
+    Transformer,
+    family='transformer',
+    vocab_size=256,
+    hidden_size=128,
+    num_heads=4,
+    mlp_dim=512,
+    num_encoder_layers=3,
+    num_decoder_layers=3,
+    dropout_rate=0.1,
+    max_length=128,
+    norm_position='pre',
+    share_embeddings=True,
+)
 # Small enough to train on a laptop CPU (toy copy/reverse tasks, byte-level vocabularies).
 register(
     'transformer_tiny',
