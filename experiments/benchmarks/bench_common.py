@@ -327,6 +327,16 @@ NOTES = [
     'convolutions have no bfloat16 path (124-132 GFLOP/s vs 146 float32 on a 32x32x64 3x3 layer, '
     "older host); oneDNN's use AVX512-BF16, in PyTorch and now in JAX (ResNet-18's bfloat16 step "
     "runs at 1.5x JAX's float32 one, 2.1x in PyTorch).",
+    "Three bfloat16 pathologies of XLA's CPU backend, found in profiles of the bfloat16 steps "
+    '(2026-12-07, the slower host): (1) a bias gradient summed in bfloat16 became a reduce-window '
+    'in float32 rounded to bfloat16 after every addition, ~20% of a ViT-Ti/4 step; '
+    "nets.kernels.mixed_precision.add_bias sums it in float32; (2) oneDNN's bfloat16 kernel "
+    'gradient of the 4x4 patch embedding (3 input channels) took ~17% of the step; a patch '
+    'embedding is now one product (nets.kernels.conv.patch_product); (3) a scan stacking '
+    'bfloat16 outputs converted the whole stack to float32 and back at every step (O(T^2) '
+    'traffic in the LSTM); the fused LSTM stacks their bits as uint16. ViT-Ti/4 bfloat16 step '
+    '1.82-1.88 -> 1.52-1.54 s, LSTM bfloat16 0.33-0.50 -> 0.30-0.42 s (alternating runs of the '
+    'commits before and after).',
     'torch.compile breaks the graph at nn.LSTM (the LSTM compile row runs eagerly) and takes '
     '35-50 s per model on 2 cores. PyTorch images are channels-last (faster than NCHW for '
     'ResNet-18 here: 9.1 vs 10.4 s per step, interleaved, under load).',
