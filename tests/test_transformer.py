@@ -146,6 +146,7 @@ def test_registered_variants():
     assert nets.list_models('transformer') == [
         'transformer_base',
         'transformer_big',
+        'transformer_small',
         'transformer_tiny',
     ]
     big = nets.model_fields('transformer_big')
@@ -162,6 +163,12 @@ def test_registered_variants():
         base['posemb'],
         base['activation'],
     ) == ('post', True, 'sinusoidal', 'relu')
+    small = nets.model_fields('transformer_small')
+    assert (small['hidden_size'], small['norm_position'], small['num_encoder_layers']) == (
+        128,
+        'pre',
+        3,
+    )
 
 
 # --------------------------------------------------------------------------- masking
