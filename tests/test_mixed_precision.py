@@ -109,8 +109,9 @@ def test_bfloat16_bias_gradient_is_summed_in_float32(layer):
 
 
 def test_add_bias_broadcasts_like_plus():
-    y = jnp.arange(24.0).reshape(2, 3, 4)
-    for bias in (jnp.ones(4), jnp.ones((3, 4)), jnp.ones((3, 1))):
+    cases = [((2, 3, 4), (4,)), ((2, 3, 4), (3, 4)), ((2, 3, 4), (3, 1)), ((1, 5, 6), (1, 6))]
+    for y_shape, bias_shape in cases:
+        y, bias = jnp.arange(float(np.prod(y_shape))).reshape(y_shape), jnp.ones(bias_shape)
         for dtype in (jnp.float32, jnp.bfloat16):
             a, b = y.astype(dtype), bias.astype(dtype)
             np.testing.assert_array_equal(add_bias(a, b), a + b)

@@ -251,18 +251,16 @@ def is_patch_embedding(
     window: Sequence[int],
     strides: Sequence[int],
     padding: Sequence[tuple[int, int]],
-    rhs_dilation: Sequence[int],
     feature_group_count: int,
 ) -> bool:
-    """Whether a convolution cuts its input into non-overlapping patches (a ViT's or a Swin's
-    patch embedding, a ConvNeXt stem): windows larger than one pixel and as large as the
-    strides, no padding."""
+    """Whether an undilated convolution cuts its input into non-overlapping patches (a ViT's
+    or a Swin's patch embedding, a ConvNeXt stem): windows larger than one pixel and as large
+    as the strides, no padding."""
     return (
         feature_group_count == 1
         and math.prod(window) > 1
         and tuple(window) == tuple(strides)
         and all(lo == hi == 0 for lo, hi in padding)
-        and all(d == 1 for d in rhs_dilation)
     )
 
 
@@ -333,9 +331,7 @@ def conv_general_dilated(
         onednn_conv.supports(lhs, rhs, rhs_dilation, feature_group_count)
         and onednn_conv.use_for_trace()
     ):
-        if is_patch_embedding(
-            rhs.shape[:rank], strides, padding, rhs_dilation, feature_group_count
-        ):
+        if is_patch_embedding(rhs.shape[:rank], strides, padding, feature_group_count):
             return patch_product(lhs, rhs)
         return onednn_conv.conv2d(lhs, rhs, strides, padding, feature_group_count)
     if feature_group_count != 1:

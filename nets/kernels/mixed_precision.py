@@ -177,8 +177,9 @@ def _add_bias_fwd(y: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _add_bias_bwd(bias: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    axes = tuple(range(g.ndim - bias.ndim)) + tuple(
-        g.ndim - bias.ndim + i for i, n in enumerate(bias.shape) if n == 1 and g.shape[i] != 1
+    lead = g.ndim - bias.ndim  # the axes bias was broadcast over, then its own size-1 ones
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(bias.shape) if n == 1 and g.shape[lead + i] != 1
     )
     d_bias = jnp.sum(g, axes, dtype=jnp.float32).reshape(bias.shape)
     return g, d_bias.astype(bias.dtype)
