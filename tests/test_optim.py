@@ -182,3 +182,34 @@ def test_adaptive_gradient_clipping_caps_unitwise_ratio_but_skips_head():
     ) / jnp.linalg.norm(params['conv']['kernel'].reshape(-1, 4), axis=0)
     np.testing.assert_allclose(unit_ratio, 0.01, rtol=1e-3)
     np.testing.assert_allclose(updates['head']['kernel'], -100.0)  # the classifier is exempt
+
+
+@pytest.mark.parametrize('name', ['momentum', 'adam'])
+def test_accumulated_update_is_what_k_multisteps_calls_return(name):
+    """The trainer's one-call update from a step's mean gradient gives the k-th MultiSteps call's
+    updates and state (same layout, so checkpoints are unchanged), cycle after cycle."""
+    opt, sched = _configs(name=name, learning_rate=0.1, grad_clip_norm=0.6)
+    k = 3
+    tx, _ = optim.build_optimizer(
+        opt, sched, steps_per_epoch=10, total_steps=100, accumulate_steps=k
+    )
+    micro = [jax.tree.map(lambda g, i=i: g * (i + 1) - 0.2 * i, GRADS) for i in range(k)]
+    mean = jax.tree.map(lambda *g: sum(g) / k, *micro)
+    called = once = tx.init(PARAMS)
+    for _ in range(2):  # the second cycle starts from the first's state
+        for grads in micro:
+            expected, called = tx.update(grads, called, PARAMS, value=jnp.asarray(0.7))
+        updates, once = optim.accumulated_update(tx, mean, once, PARAMS, value=jnp.asarray(0.7))
+        assert jax.tree.structure(once) == jax.tree.structure(called)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, expected)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), once, called)
+    assert int(once.gradient_step) == 2 and int(once.mini_step) == 0
+
+
+def test_accumulated_update_without_accumulation_is_the_plain_update():
+    opt, sched = _configs(name='momentum', learning_rate=0.1)
+    tx, _ = optim.build_optimizer(opt, sched, steps_per_epoch=10, total_steps=100)
+    state = tx.init(PARAMS)
+    ours, _ = optim.accumulated_update(tx, GRADS, state, PARAMS, value=jnp.asarray(1.0))
+    plain, _ = tx.update(GRADS, state, PARAMS, value=jnp.asarray(1.0))
+    jax.tree.map(np.testing.assert_array_equal, ours, plain)

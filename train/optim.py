@@ -158,11 +158,12 @@ def build_optimizer(
     steps_per_epoch: int,
     total_steps: int,
     accumulate_steps: int = 1,
-) -> tuple[optax.GradientTransformationExtraArgs, Schedule]:
+) -> tuple[optax.GradientTransformationExtraArgs | optax.MultiSteps, Schedule]:
     """Returns (transformation, schedule). Call `tx.update(grads, state, params, value=loss)`.
-    With `accumulate_steps` = k > 1 the update of every k-th call applies the chain to the mean
-    of the k gradients; the others return zero updates. `tx.init(params)` raises ValueError for
-    a per-parameter rule that decides no parameter."""
+    With `accumulate_steps` = k > 1 it is an optax.MultiSteps: the update of every k-th call
+    applies the chain to the mean of the k gradients, the others return zero updates
+    (`accumulated_update` does the k calls' work from their mean at once). `tx.init(params)`
+    raises ValueError for a per-parameter rule that decides no parameter."""
     if accumulate_steps < 1:
         raise ValueError(f'accumulate_steps must be >= 1, got {accumulate_steps}')
     param_rules.check_param_rules(opt)
@@ -210,8 +211,33 @@ def build_optimizer(
         )
     tx = optax.chain(*chain)
     if accumulate_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps).gradient_transformation()
+        # The MultiSteps object itself (it has init and update): `accumulated_update` needs its
+        # inner chain.
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps)
     return tx, schedule
+
+
+def accumulated_update(
+    tx: Any, mean_grads: Any, opt_state: Any, params: Any, *, value: jax.Array
+) -> tuple[Any, Any]:
+    """One optimiser update from the mean of a step's k micro-batch gradients -> (updates,
+    state). For an optax.MultiSteps `tx` (k > 1) it returns what the k-th of k `tx.update` calls
+    would, in the same state layout (checkpoints do not change), but runs the chain once:
+    MultiSteps runs its inner chain at every call and keeps one result, and calling it inside the
+    micro-batch loop makes the parameters loop-carried, so XLA copies every weight per
+    micro-batch. The state must be at the start of an accumulation (mini_step 0), as it is
+    between train steps. Other transformations: `tx.update`."""
+    if not isinstance(tx, optax.MultiSteps):
+        return tx.update(mean_grads, opt_state, params, value=value)
+    updates, inner_state = tx.inner_opt.update(
+        mean_grads, opt_state.inner_opt_state, params, value=value
+    )
+    return updates, opt_state._replace(
+        mini_step=jnp.zeros_like(opt_state.mini_step),
+        gradient_step=optax.safe_increment(opt_state.gradient_step),
+        inner_opt_state=inner_state,
+        acc_grads=jax.tree.map(jnp.zeros_like, opt_state.acc_grads),
+    )
 
 
 def plateau_scale(opt_state: Any) -> float:

@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from train.ema import ema_update
+from train.optim import accumulated_update
 from train.progress import PREEMPT_KEY
 from train.sharding import DATA_AXIS, batch_sharding, replicated, state_shardings
 from train.state import TrainState
@@ -82,8 +83,9 @@ def gradient_update(
     batch: dict[str, jax.Array],
 ):
     """forward + backward + optimiser update of the task's loss. With accumulation the micro-
-    batches run in a scan; `tx` is then an optax.MultiSteps that averages their gradients and
-    applies one update of the inner optimiser at the last one (zero updates before it)."""
+    batches run in a scan that sums their gradients; `tx` is then an optax.MultiSteps, and
+    `accumulated_update` applies its inner optimiser once to the mean (the mean loss as its
+    `value`)."""
     grad_fn = jax.value_and_grad(task.train_loss, has_aux=True)
     if grad_accum_steps == 1:
         (loss, (model_state, metrics)), grads = grad_fn(
@@ -93,27 +95,31 @@ def gradient_update(
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
     else:
-
+        # The parameters stay outside the loop (loop-invariant): only the gradient sum and the
+        # model state are carried; the optimiser runs once, on the mean.
         def micro_step(carry, micro):
-            params, model_state, opt_state, grad_sum = carry
+            model_state, grad_sum = carry
             micro_batch, index = micro
-            (loss, (model_state, metrics)), grads = grad_fn(
-                params, model_state, micro_batch, jax.random.fold_in(state.step_rng(), index)
+            (_, (model_state, metrics)), grads = grad_fn(
+                state.params, model_state, micro_batch, jax.random.fold_in(state.step_rng(), index)
             )
-            updates, opt_state = tx.update(grads, opt_state, params, value=loss)
-            grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-            return (optax.apply_updates(params, updates), model_state, opt_state, grad_sum), metrics
+            return (model_state, jax.tree.map(jnp.add, grad_sum, grads)), metrics
 
         micro_batches = split_micro_batches(batch, grad_accum_steps, mesh)
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (params, model_state, opt_state, grad_sum), metrics = jax.lax.scan(
+        (model_state, grad_sum), metrics = jax.lax.scan(
             micro_step,
-            (state.params, state.model_state, state.opt_state, zeros),
+            (state.model_state, zeros),
             (micro_batches, jnp.arange(grad_accum_steps)),
         )
         metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
         loss = metrics['loss']
-        grad_norm = optax.global_norm(grad_sum) / grad_accum_steps
+        grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
+        updates, opt_state = accumulated_update(
+            tx, grads, state.opt_state, state.params, value=loss
+        )
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads)
     new_state = state.replace(
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
     )
