@@ -72,8 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_epochs = 10.0  # may be fractional
     config.num_steps = -1  # > 0 overrides num_epochs
     config.dtype = 'float32'  # compute dtype of the model; parameters stay float32
-    # Each step's batch is split into this many micro-batches whose gradients optax.MultiSteps
-    # averages before one update: the step of the full batch with 1/k of its activation memory.
+    # Each step's batch is split into this many micro-batches whose gradients are averaged
+    # before one update (optax.MultiSteps' state): the full batch's step with 1/k of its
+    # activation memory.
     config.grad_accum_steps = 1
     # Exponential moving average of the parameters (0 = off); evaluated beside the raw ones, its
     # metrics prefixed 'ema_'. Warm-up decay min(ema_decay, (1 + n) / (10 + n)) after n updates.
