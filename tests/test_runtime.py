@@ -127,6 +127,7 @@ def test_allocator_settings_for_measured_families_keep_the_user_s_values():
 def test_bad_runtime_values_name_the_choices():
     for key, value, choices in (
         ('conv_backend', 'mkl', 'onednn'),
+        ('matmul_backend', 'mkl', 'onednn'),
         ('xla_flags', 'fast', 'auto'),
         ('malloc', 'jemalloc', 'heap'),
         ('attention', 'flash', 'cudnn'),

@@ -132,6 +132,30 @@ def test_a_non_x86_host_keeps_xla_s_kernels_and_flags():
     assert unknown.grad_accum_steps == 1 and 'unknown' in unknown.reason('grad_accum_steps')
 
 
+def test_large_bfloat16_products_go_to_onednn_where_the_cpu_has_bfloat16_instructions():
+    for cpu, reason in ((ZEN4, 'AVX512-BF16 present'), (SAPPHIRE_RAPIDS, 'AMX-BF16 present')):
+        chosen = _resolve(cpu, 'char_lstm', dtype='bfloat16')
+        assert chosen.matmul_backend == 'onednn'
+        assert chosen.reason('matmul_backend').startswith(reason)
+        assert _resolve(cpu, 'char_lstm').matmul_backend == 'xla'  # float32: XLA's
+        # Several devices: XLA's, whose products are partitioned over the mesh.
+        two = _config('char_lstm', dtype='bfloat16')
+        two.runtime.cpu_devices = 2
+        assert resolve(two, _host(cpu=cpu)).matmul_backend == 'xla'
+        assert '2 devices' in resolve(two, _host(cpu=cpu)).reason('matmul_backend')
+    laptop = _resolve(AVX2_LAPTOP, 'char_lstm', dtype='bfloat16')
+    assert laptop.matmul_backend == 'xla' and 'no AVX512-BF16' in laptop.reason('matmul_backend')
+    graviton = _resolve(GRAVITON, 'char_lstm', dtype='bfloat16')
+    assert graviton.matmul_backend == 'xla' and 'x86-64 only' in graviton.reason('matmul_backend')
+    gpu = resolve(_config('char_lstm', dtype='bfloat16'), _host('gpu'))
+    assert gpu.matmul_backend == 'xla' and 'on gpu' in gpu.reason('matmul_backend')
+    forced = _config('char_lstm')
+    forced.runtime.matmul_backend = 'onednn'
+    chosen = resolve(forced, _host(cpu=AVX2_LAPTOP))
+    assert chosen.matmul_backend == 'onednn' and chosen.matmul_backend_required
+    assert runtime.record(chosen)['matmul_backend'] == 'onednn'
+
+
 def test_the_config_and_the_jaxlib_still_win_over_the_cpu():
     config = _config('resnet18', dtype='bfloat16')
     config.runtime.conv_backend = 'onednn'
@@ -147,6 +171,7 @@ def test_cpu_choices_give_every_choice_with_its_reason():
     assert set(choices) == {
         'xla_flags',
         'conv_backend',
+        'matmul_backend',
         'malloc',
         'micro_batch_size',
         'bfloat16_products',

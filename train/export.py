@@ -76,7 +76,7 @@ def export_run(
     platforms = check_platforms(platforms)
     run = load_trained(workdir, step=step)
     function = inference_function(run)
-    with switch.use(conv='xla', attention='plain'):
+    with switch.use(conv='xla', attention='plain', matmul='xla'):
         return jax_export.export(jax.jit(function), platforms=platforms)(input_spec(run))
 
 

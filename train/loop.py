@@ -121,7 +121,9 @@ def train_and_evaluate(
             runtime_lib.host_facts(platform=jax.default_backend()), processes=jax.process_count()
         )
         runtime = runtime_lib.apply(runtime_lib.resolve(config, host), starting_process=False)
-    with switch.use(conv=runtime.conv_backend, attention=runtime.attention):
+    with switch.use(
+        conv=runtime.conv_backend, attention=runtime.attention, matmul=runtime.matmul_backend
+    ):
         return _train_and_evaluate(config, as_path(workdir), runtime)
 
 

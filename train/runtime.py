@@ -11,6 +11,8 @@ and summary.json.
   cpu_devices       XLA CPU devices to split the host into (data parallel over cores)
   xla_flags         'auto' | 'none': an XLA CPU flag preset chosen for the CPU
   conv_backend      'auto' | 'onednn' | 'xla': CPU convolution kernels (nets.kernels.switch)
+  matmul_backend    'auto' | 'onednn' | 'xla': CPU kernels of large bfloat16 products
+                    (nets.kernels.switch; float32 products stay XLA's)
   attention         'auto' | 'plain' | 'xla' | 'cudnn': attention kernels (nets.kernels.switch)
   malloc            'auto' | 'default' | 'heap': glibc allocator settings ('heap' keeps freed
                     memory in one heap, so XLA's per-step buffers stop costing page faults)
@@ -20,7 +22,8 @@ and summary.json.
 How 'auto' chooses on a CPU (`train.host_cpu.Cpu`: vendor, model, instruction-set flags, cores,
 L2/L3 sizes): on the CPU class the choices were measured on (`MEASURED_CPU_CLASS`: AMD, AVX512-
 BF16, no AMX) the per-family tables below; on any other CPU, rules from its properties
-(`xla_flag_preset`, `conv_backend_choice`, `malloc_choice`, `micro_batch_choice`), each
+(`xla_flag_preset`, `conv_backend_choice`, `matmul_backend_choice`, `malloc_choice`,
+`micro_batch_choice`), each
 returning (value, reason) with the reason naming the property that decided. XLA flags,
 allocator settings and micro-batches apply only with the jaxlib release they were measured on
 (`MEASURED_JAXLIB`): an unknown XLA flag aborts XLA at start, and experimental flags come and
@@ -81,6 +84,7 @@ def default_block() -> ml_collections.ConfigDict:
     block.cpu_devices = 1
     block.xla_flags = 'auto'
     block.conv_backend = 'auto'
+    block.matmul_backend = 'auto'
     block.attention = 'auto'
     block.malloc = 'auto'
     block.micro_batch_size = -1
@@ -92,6 +96,7 @@ def check_block(block: Mapping[str, Any]) -> None:
     for key, valid in (
         ('xla_flags', XLA_FLAG_CHOICES),
         ('conv_backend', switch.CONV_BACKENDS),
+        ('matmul_backend', switch.MATMUL_BACKENDS),
         ('attention', switch.ATTENTION_BACKENDS),
         ('malloc', MALLOC_CHOICES),
     ):
@@ -135,6 +140,8 @@ class Runtime:
     conv_backend: str  # 'onednn' | 'xla'
     conv_backend_required: bool  # set by the config: an error, not a fallback, if unavailable
     attention: str
+    matmul_backend: str  # 'onednn' | 'xla'
+    matmul_backend_required: bool
     malloc_env: tuple[tuple[str, str], ...]
     grad_accum_steps: int  # micro-batches per step
     reasons: tuple[tuple[str, str], ...]  # (choice, why)
@@ -253,6 +260,27 @@ def conv_backend_choice(cpu: Cpu, family: str | None, dtype: str) -> Choice:
     return 'onednn', f"{isa}: oneDNN's JIT float32 convolutions (PyTorch's CPU kernels){kept}"
 
 
+def matmul_backend_choice(cpu: Cpu, dtype: str, devices: int = 1) -> Choice:
+    """'onednn' or 'xla': the kernels of a `dtype` model's large products (nets.kernels.
+    onednn_matmul: bfloat16 ones of >= 1 GFLOP) with `devices` data-parallel CPU devices."""
+    if not cpu.x86_64:
+        return 'xla', f"{class_mismatch(cpu)}: the oneDNN wheel is x86-64 only; XLA's products"
+    if dtype != 'bfloat16':
+        return 'xla', f"{dtype}: XLA's products (oneDNN's measured no faster in float32)"
+    if devices > 1:
+        return 'xla', (
+            f"{devices} devices: XLA's products (oneDNN's have no partitioning rule, so a "
+            'mesh would gather their operands)'
+        )
+    if cpu.has('amx_bf16'):
+        return 'onednn', 'AMX-BF16 present: oneDNN bfloat16 products on its tiles (XLA has none)'
+    if cpu.has('avx512_bf16'):
+        return 'onednn', (
+            "AVX512-BF16 present: oneDNN's bfloat16 products, faster than XLA's from 1 GFLOP"
+        )
+    return 'xla', "no AVX512-BF16 or AMX: bfloat16 products run at float32's rate either way"
+
+
 def malloc_choice(cpu: Cpu, family: str | None) -> Choice:
     """The glibc allocator variables for a `family` model (MALLOC_ENV, or {})."""
     if family not in MALLOC_ENV_FAMILIES:
@@ -311,6 +339,7 @@ def cpu_choices(
     choices = {
         'xla_flags': xla_flag_preset(cpu, family, dtype),
         'conv_backend': conv_backend_choice(cpu, family, dtype),
+        'matmul_backend': matmul_backend_choice(cpu, dtype, devices),
         'malloc': malloc_choice(cpu, family),
         'micro_batch_size': micro_batch_choice(cpu, family, devices),
     }
@@ -403,6 +432,15 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
         conv, reasons['conv_backend'] = conv_backend_choice(cpu, family, dtype)
     else:
         reasons['conv_backend'] = f'config.runtime.conv_backend={conv}'
+    matmul = block.matmul_backend
+    if not on_cpu:
+        matmul, reasons['matmul_backend'] = 'xla', f"XLA's on {host.platform}"
+    elif matmul == 'auto':
+        matmul, reasons['matmul_backend'] = matmul_backend_choice(
+            cpu, dtype, cpu_devices * host.processes
+        )
+    else:
+        reasons['matmul_backend'] = f'config.runtime.matmul_backend={matmul}'
     if on_cpu and dtype == 'bfloat16':
         reasons['bfloat16_products'] = bfloat16_product_path(cpu)[1]
     reasons['attention'] = (
@@ -464,6 +502,8 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
         conv_backend=conv,
         conv_backend_required=on_cpu and block.conv_backend == 'onednn',
         attention=block.attention,
+        matmul_backend=matmul,
+        matmul_backend_required=on_cpu and block.matmul_backend == 'onednn',
         malloc_env=tuple(sorted(malloc.items())),
         grad_accum_steps=accum,
         reasons=tuple(sorted(reasons.items())),
@@ -505,24 +545,32 @@ def apply(
     if missing:
         reasons['malloc'] += ' (not in force: train.main sets them when it starts the process)'
         malloc = {}
-    conv = runtime.conv_backend
-    if runtime.platform == 'cpu' and conv == 'onednn':
+    backends = {'conv_backend': runtime.conv_backend, 'matmul_backend': runtime.matmul_backend}
+    required = {
+        'conv_backend': runtime.conv_backend_required,
+        'matmul_backend': runtime.matmul_backend_required,
+    }
+    for key, backend in backends.items():
+        if runtime.platform != 'cpu' or backend != 'onednn':
+            continue
         from nets.kernels import onednn_conv
 
         problem = onednn_conv.unavailable_reason()  # builds it now, not while tracing
         if problem is not None:
-            if runtime.conv_backend_required:
+            if required[key]:
                 raise onednn_conv.OnednnUnavailable(
-                    f"config.runtime.conv_backend='onednn', but: {problem}"
+                    f"config.runtime.{key}='onednn', but: {problem}"
                 )
-            conv = 'xla'
-            reasons['conv_backend'] = f'xla: oneDNN unavailable ({problem.splitlines()[0]})'
+            backends[key] = 'xla'
+            reasons[key] = f'xla: oneDNN unavailable ({problem.splitlines()[0]})'
+    conv, matmul = backends['conv_backend'], backends['matmul_backend']
     if starting_process:  # a caller's process keeps its switch: the loop sets it per run
-        switch.set_kernels(conv=conv, attention=runtime.attention)
+        switch.set_kernels(conv=conv, attention=runtime.attention, matmul=matmul)
     return dataclasses.replace(
         runtime,
         xla_flags=flags,
         conv_backend=conv,
+        matmul_backend=matmul,
         malloc_env=tuple(sorted(malloc.items())),
         reasons=tuple(sorted(reasons.items())),
     )
@@ -545,6 +593,7 @@ def record(runtime: Runtime) -> dict[str, Any]:
         'xla_flags_added': list(runtime.xla_flags),
         'xla_flags': os.environ.get('XLA_FLAGS', ''),
         'conv_backend': runtime.conv_backend,
+        'matmul_backend': runtime.matmul_backend,
         'attention': runtime.attention,
         'malloc_env': dict(runtime.malloc_env),
         'grad_accum_steps': runtime.grad_accum_steps,

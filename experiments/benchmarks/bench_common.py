@@ -337,6 +337,14 @@ NOTES = [
     'traffic in the LSTM); the fused LSTM stacks their bits as uint16. ViT-Ti/4 bfloat16 step '
     '1.82-1.88 -> 1.52-1.54 s, LSTM bfloat16 0.33-0.50 -> 0.30-0.42 s (alternating runs of the '
     'commits before and after).',
+    'bfloat16 products of at least 1 GFLOP on oneDNN (nets/kernels/onednn_matmul.py, '
+    'config.runtime.matmul_backend; `+matmul` in the table): one device, AVX512-BF16 or AMX. '
+    "oneDNN reads a transposed operand through strides where XLA copies it first (ViT-Ti/4's "
+    "bfloat16 weight gradients alone 2.4-2.8x faster) and its bfloat16 GEMM runs at PyTorch's "
+    "rate (the bfloat16 peak row is the models' product, so oneDNN's there). In the steps: "
+    "LSTM bfloat16 289-291 -> 272-278 ms (its gradient products after the loop); the ViT's "
+    'smaller micro-batch products measured slower on oneDNN inside the step (1.48-1.50 -> '
+    "1.64-1.70 s), so they stay XLA's (2026-12-07, alternating runs).",
     'torch.compile breaks the graph at nn.LSTM (the LSTM compile row runs eagerly) and takes '
     '35-50 s per model on 2 cores. PyTorch images are channels-last (faster than NCHW for '
     'ResNet-18 here: 9.1 vs 10.4 s per step, interleaved, under load).',
@@ -449,11 +457,13 @@ def _fmt(value: Any, spec: str = '.2f', suffix: str = '') -> str:
 
 
 def _kernels(row: dict[str, Any]) -> str:
-    """A JAX row's convolution kernels and the YNNPACK fusions its XLA flags turn off."""
+    """A JAX row's convolution kernels (+ oneDNN products where it ran them) and the YNNPACK
+    fusions its XLA flags turn off."""
     if row.get('framework') != 'jax':
         return ''
     fusions = [f.split('=', 1)[1] for f in row.get('xla_flags', '').split() if 'ynn_fusion' in f]
-    return f'{row.get("conv_backend", "–")} / {",".join(fusions) or "XLA defaults"}'
+    products = ' +matmul' if row.get('matmul_backend') == 'onednn' else ''
+    return f'{row.get("conv_backend", "–")}{products} / {",".join(fusions) or "XLA defaults"}'
 
 
 def _choice_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -517,7 +527,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         'the trainer gives glibc allocator settings (train/runtime.py MALLOC_ENV) ran '
         'with them, and `eager+malloc` is PyTorch eager under the same settings (`vs '
         "eager+malloc`: the JAX row over it); `conv / fusions`: the JAX row's convolution "
-        'kernels and the YNNPACK fusions its XLA flags turn off.',
+        "kernels (`+matmul`: its large bfloat16 products on oneDNN's too) and the YNNPACK "
+        'fusions its XLA flags turn off.',
         '',
         '| model | dtype | framework | devices/mode | params | examples/s | step ms | '
         'cores | MFU | vs eager | vs compile | vs eager f32 | vs eager+malloc | compile s '

@@ -162,9 +162,12 @@ def run_worker(job: dict[str, Any]) -> Any:
         from train.runtime import cpu_choices
 
         choices = cpu_choices(_family(job['model']), job['dtype'], job['devices'])
-        conv = choices['conv_backend'][0]
+        conv, matmul = choices['conv_backend'][0], choices['matmul_backend'][0]
         # 'auto' runs oneDNN's where it builds, as the trainer falls back to XLA's.
-        with switch.use(conv='auto' if conv == 'onednn' else conv):
+        with switch.use(
+            conv='auto' if conv == 'onednn' else conv,
+            matmul='auto' if matmul == 'onednn' else matmul,
+        ):
             row = jax_train_step_row(
                 spec,
                 dtype=job['dtype'],
@@ -179,6 +182,7 @@ def run_worker(job: dict[str, Any]) -> Any:
             'malloc_env': malloc_env,
             **row,
             'conv_backend': ran,
+            'matmul_backend': 'onednn' if matmul == 'onednn' and onednn_conv.available() else 'xla',
             'choices': {name: reason for name, (_, reason) in choices.items()},
         }
     if kind == 'torch_step':

@@ -22,6 +22,7 @@ addition, a slow reduce-window (and a less exact sum).
 """
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -29,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from nets.kernels import onednn_matmul
 
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -48,14 +51,52 @@ def _accumulates_in_float32(
     )
 
 
+def _xla_float32_product(
+    lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...], precision: Any
+) -> jax.Array:
+    return lax.dot_general(
+        lhs, rhs, (contracting, ((), ())), precision=precision, preferred_element_type=jnp.float32
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _onednn_float32_product(
+    lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...], precision: Any
+) -> jax.Array:
+    return onednn_matmul.product(lhs, rhs, contracting)
+
+
+def _onednn_forward(lhs, rhs, contracting, precision):
+    return _onednn_float32_product(lhs, rhs, contracting, precision), (lhs, rhs)
+
+
+def _onednn_backward(contracting, precision, residuals, g):
+    # Only a second derivative differentiates the product itself (the layers' gradients are
+    # products of their own, below): XLA's products serve it.
+    _, vjp = jax.vjp(
+        partial(_xla_float32_product, contracting=contracting, precision=precision), *residuals
+    )
+    return vjp(g)
+
+
+_onednn_float32_product.defvjp(_onednn_forward, _onednn_backward)
+
+
 def float32_product(
     lhs: jax.Array, rhs: jax.Array, contracting: tuple[tuple[int, ...], ...], precision: Any = None
 ) -> jax.Array:
     """The float32 result of a product without batch dimensions (low-precision operands
-    accumulate in float32; float32 ones are a plain product)."""
-    return lax.dot_general(
-        lhs, rhs, (contracting, ((), ())), precision=precision, preferred_element_type=jnp.float32
-    )
+    accumulate in float32; float32 ones are a plain product). Large bfloat16 products run on
+    oneDNN where the kernel switch allows (`onednn_matmul.supports`, `use_for_trace`), XLA's
+    kernels elsewhere (float32 ones too: the LSTM's measured no faster on oneDNN)."""
+    contracting = tuple(tuple(int(a) for a in axes) for axes in contracting)
+    if (
+        jnp.dtype(lhs.dtype) in LOW_PRECISION
+        and onednn_matmul.supports(lhs, rhs, contracting)
+        and onednn_matmul.use_for_trace()
+    ):
+        return _onednn_float32_product(lhs, rhs, contracting, precision)
+    return _xla_float32_product(lhs, rhs, contracting, precision)
 
 
 def _float32_accumulated(

@@ -4,7 +4,8 @@ XLA's CPU backend runs convolutions on Eigen's kernels (or YNNPACK's), which are
 oneDNN's on a ConvNet's layers (experiments/benchmarks/conv_benchmark.py times each pass;
 docs/speed.md). This module
 compiles nets/kernels/native/onednn_conv.cc (three XLA FFI handlers: forward pass, input gradient,
-kernel gradient) against the oneDNN wheel (`onednn-cpu-gomp`, a dependency on x86-64 Linux) and
+kernel gradient) and onednn_matmul.cc (matrix products, for nets/kernels/onednn_matmul.py) into
+one library, against the oneDNN wheel (`onednn-cpu-gomp`, a dependency on x86-64 Linux) and
 jaxlib's FFI headers, once per source/jaxlib version, into a cache directory, and gives
 `conv2d`, a differentiable channels-last 2-D convolution whose passes call those handlers.
 
@@ -43,7 +44,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from nets.kernels import switch
 
-SOURCE = Path(__file__).parent / 'native' / 'onednn_conv.cc'
+SOURCES = tuple(
+    Path(__file__).parent / 'native' / f for f in ('onednn_conv.cc', 'onednn_matmul.cc')
+)
 CACHE_ENV = 'DEEPNETS_CACHE'
 DTYPES = (jnp.float32, jnp.bfloat16)
 TARGETS = {
@@ -51,6 +54,7 @@ TARGETS = {
     'input_gradient': 'OnednnConvInputGradient',
     'kernel_gradient': 'OnednnConvKernelGradient',
 }
+MATMUL_TARGET = 'OnednnMatmul'
 
 
 class OnednnUnavailable(RuntimeError):
@@ -95,7 +99,7 @@ def build_command(output: Path) -> list[str]:
         '-fopenmp',
         f'-I{jax.ffi.include_dir()}',
         f'-I{prefix / "include"}',
-        str(SOURCE),
+        *map(str, SOURCES),
         '-o',
         str(output),
         f'-L{lib}',
@@ -108,14 +112,14 @@ def library_path() -> Path:
     """Where the built library lies: the cache directory ($DEEPNETS_CACHE, else
     ~/.cache/deepnets) under a name keyed by the source, the command and jaxlib's version."""
     cache = Path(os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'deepnets')
-    key = hashlib.sha256(SOURCE.read_bytes())
+    key = hashlib.sha256(b''.join(source.read_bytes() for source in SOURCES))
     key.update(' '.join(build_command(Path('out.so'))).encode())
     key.update(importlib.metadata.version('jaxlib').encode())
-    return cache / f'onednn_conv-{key.hexdigest()[:16]}.so'
+    return cache / f'onednn-{key.hexdigest()[:16]}.so'
 
 
 def build() -> Path:
-    """Compiles nets/kernels/native/onednn_conv.cc unless the cache holds it already (a few
+    """Compiles nets/kernels/native/*.cc unless the cache holds the library already (a few
     seconds); returns the library's path. Raises OnednnUnavailable with the compiler's message."""
     path = library_path()
     if path.is_file():
@@ -126,7 +130,8 @@ def build() -> Path:
         tmp = Path(scratch) / path.name
         result = subprocess.run(build_command(tmp), capture_output=True, text=True, timeout=600)
         if result.returncode:
-            raise OnednnUnavailable(f'building {SOURCE.name} failed:\n{result.stderr[-4000:]}')
+            names = ', '.join(source.name for source in SOURCES)
+            raise OnednnUnavailable(f'building {names} failed:\n{result.stderr[-4000:]}')
         os.replace(tmp, path)
     return path
 
@@ -142,7 +147,7 @@ def _load() -> str | None:
         library = ctypes.cdll.LoadLibrary(str(build()))
     except (OnednnUnavailable, OSError, subprocess.TimeoutExpired) as error:
         return str(error)
-    for target in TARGETS.values():
+    for target in (*TARGETS.values(), MATMUL_TARGET):
         jax.ffi.register_ffi_target(
             target, jax.ffi.pycapsule(getattr(library, target)), platform='cpu'
         )
@@ -204,7 +209,7 @@ def supports(x: jax.Array, w: jax.Array, rhs_dilation: Sequence[int], groups: in
 # --- The three passes, each partitioned over a data-parallel mesh -----------------------------
 
 
-def _cores() -> int:
+def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
@@ -255,7 +260,7 @@ def _make_pass(target: str, rule: str, reduces_batch: bool):
 
     def single(a, b, result_shape, strides, padding, groups):
         result = jax.ShapeDtypeStruct(result_shape, a.dtype)
-        return _ffi(target, result, a, b, strides, padding, groups, _cores())
+        return _ffi(target, result, a, b, strides, padding, groups, cores())
 
     op = custom_partitioning(single, static_argnums=(2, 3, 4, 5))
 
@@ -271,7 +276,7 @@ def _make_pass(target: str, rule: str, reduces_batch: bool):
 
     def partition(result_shape, strides, padding, groups, mesh, arg_shapes, shape):
         batch, arg_shardings, result_sharding = shardings(mesh, arg_shapes)
-        threads = max(1, _cores() // max(1, _local_devices(mesh)))
+        threads = max(1, cores() // max(1, _local_devices(mesh)))
         shards = (
             1
             if batch is None

@@ -1,5 +1,5 @@
-"""The one switch for backend-specific kernels: which convolution and attention implementations
-code traced from now on uses.
+"""The one switch for backend-specific kernels: which convolution, matrix-product and attention
+implementations code traced from now on uses.
 
 Models never read the environment or the config for this; they ask here, while tracing:
 
@@ -16,6 +16,11 @@ Choices:
                       (nets/kernels/onednn_conv.py), XLA's elsewhere
              'onednn' oneDNN's on the CPU; an error where the library cannot be built
              'xla'    XLA's own convolutions everywhere
+  matmul     'auto'   oneDNN's kernels for float32/bfloat16 products without batch axes
+                      (the dense layers, nets/kernels/onednn_matmul.py) on the CPU backend with
+                      one device in the process, where the library builds; XLA's elsewhere
+             'onednn' oneDNN's on the CPU; an error where the library cannot be built
+             'xla'    XLA's own products everywhere
   attention  'auto'   cuDNN's fused attention on a GPU in half precision where it applies,
                       the plain softmax(QK^T)V elsewhere (nets/layers/attention.py)
              'plain' | 'xla' | 'cudnn'   that implementation (a model's own `attention` field,
@@ -32,6 +37,7 @@ import dataclasses
 from collections.abc import Iterator
 
 CONV_BACKENDS = ('auto', 'onednn', 'xla')
+MATMUL_BACKENDS = ('auto', 'onednn', 'xla')
 ATTENTION_BACKENDS = ('auto', 'plain', 'xla', 'cudnn')
 
 
@@ -41,10 +47,12 @@ class KernelChoice:
 
     conv: str = 'auto'
     attention: str = 'auto'
+    matmul: str = 'auto'
 
     def __post_init__(self) -> None:
         for name, value, valid in (
             ('conv', self.conv, CONV_BACKENDS),
+            ('matmul', self.matmul, MATMUL_BACKENDS),
             ('attention', self.attention, ATTENTION_BACKENDS),
         ):
             if value not in valid:
@@ -69,22 +77,29 @@ def attention_backend() -> str:
     return _current.attention
 
 
-def set_kernels(*, conv: str | None = None, attention: str | None = None) -> KernelChoice:
+def matmul_backend() -> str:
+    return _current.matmul
+
+
+def set_kernels(
+    *, conv: str | None = None, attention: str | None = None, matmul: str | None = None
+) -> KernelChoice:
     """Sets the choice for the rest of the process (None keeps a setting); returns the previous
     one."""
     global _current
     previous = _current
-    _current = dataclasses.replace(
-        _current, **{k: v for k, v in (('conv', conv), ('attention', attention)) if v is not None}
-    )
+    changes = (('conv', conv), ('attention', attention), ('matmul', matmul))
+    _current = dataclasses.replace(_current, **{k: v for k, v in changes if v is not None})
     return previous
 
 
 @contextlib.contextmanager
-def use(*, conv: str | None = None, attention: str | None = None) -> Iterator[KernelChoice]:
+def use(
+    *, conv: str | None = None, attention: str | None = None, matmul: str | None = None
+) -> Iterator[KernelChoice]:
     """Within this context, code traced uses these kernels (None keeps a setting)."""
     global _current
-    previous = set_kernels(conv=conv, attention=attention)
+    previous = set_kernels(conv=conv, attention=attention, matmul=matmul)
     try:
         yield _current
     finally:

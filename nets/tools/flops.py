@@ -45,13 +45,14 @@ def sub_jaxprs(eqn: Any) -> list[Any]:
 
 
 def onednn_calls_in(jaxpr: Any) -> int:
-    """How many oneDNN convolution passes `jaxpr` (a Jaxpr or ClosedJaxpr) and the jaxprs it
-    calls run (e.g. to check that a program traced for a FLOP count used XLA's)."""
+    """How many oneDNN convolution passes and products `jaxpr` (a Jaxpr or ClosedJaxpr) and the
+    jaxprs it calls run (e.g. to check that a program traced for a FLOP count used XLA's)."""
     jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
     return sum(
         (
             eqn.primitive.name == 'ffi_call'
-            and eqn.params.get('target_name') in onednn_conv.TARGETS.values()
+            and eqn.params.get('target_name')
+            in (*onednn_conv.TARGETS.values(), onednn_conv.MATMUL_TARGET)
         )
         + sum(onednn_calls_in(sub) for sub in sub_jaxprs(eqn))
         for eqn in jaxpr.eqns
@@ -152,12 +153,12 @@ def loop_corrected_flops(fn: Callable[..., Any], *args: Any, compiled: Any = Non
     `fn` may be a jitted function with shardings; the count is then XLA's count for one
     device's program, so count on a one-device mesh to get the whole step. `compiled`: `fn`
     already compiled for these arguments (saves compiling it again; one compiled with XLA's
-    convolutions, under `nets.kernels.switch.use(conv='xla')`).
+    convolutions and products, under `nets.kernels.switch.use(conv='xla', matmul='xla')`).
     """
     abstract_args = jax.tree.map(_abstract, args)
     # XLA counts a custom call as no FLOPs: the count traces the program with XLA's
-    # convolutions, not oneDNN's (nets/kernels/onednn_conv.py).
-    with switch.use(conv='xla'):
+    # convolutions and products, not oneDNN's (nets/kernels/onednn_conv.py, onednn_matmul.py).
+    with switch.use(conv='xla', matmul='xla'):
         closed = jax.make_jaxpr(fn)(*abstract_args)
         if onednn_calls_in(closed):
             raise ValueError(
@@ -292,7 +293,7 @@ def analytic_forward_flops(fn: Callable[..., Any], *args: Any) -> float:
     (multiply-add = 2, padding taps excluded, loops once per iteration): the analytic count of
     a forward pass, independent of XLA. A train step costs about three times this (the
     backward pass takes one product for the input gradient and one for the weight gradient)."""
-    with switch.use(conv='xla'):  # lax convolutions, whose shapes it reads
+    with switch.use(conv='xla', matmul='xla'):  # lax convolutions, whose shapes it reads
         closed = jax.make_jaxpr(fn)(*jax.tree.map(_abstract, args))
     return _matmul_conv_flops(closed.jaxpr)
 

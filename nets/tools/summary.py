@@ -205,7 +205,7 @@ def _batch(inputs: ExampleInputs) -> int:
 def trace_forward(model: nn.Module, inputs: ExampleInputs, variables: Any) -> Any:
     """The eval-mode forward pass on abstract `variables` and `inputs` as a ClosedJaxpr, traced
     with XLA's convolutions (whose windows and shapes the counts read)."""
-    with switch.use(conv='xla'):
+    with switch.use(conv='xla', matmul='xla'):
         return jax.make_jaxpr(_forward(model))(variables, *inputs.specs)
 
 
