@@ -27,7 +27,7 @@ from absl import app, flags
 import data
 from data import jpeg
 from nets.kernels import switch
-from train import cli
+from train import cli, host_cpu
 from train import runtime as runtime_lib
 from train.checkpointing import CheckpointMismatch, find_checkpoints, load_checkpoint
 from train.config import ConfigError
@@ -156,7 +156,7 @@ def evaluate_run(
     split = split or run.config.dataset.eval_split
     if runtime is None:
         host = dataclasses.replace(
-            runtime_lib.host_facts(platform=jax.default_backend()), processes=jax.process_count()
+            host_cpu.host_facts(platform=jax.default_backend()), processes=jax.process_count()
         )
         runtime = runtime_lib.apply(runtime_lib.resolve(run.config, host), starting_process=False)
     with switch.use(conv=runtime.conv_backend, attention=runtime.attention):
@@ -200,7 +200,7 @@ def main(argv: list[str]) -> int:
     config = read_run_config(options.workdir)
     # The run's hardware choices (CPU device split, kernels), applied before JAX starts.
     runtime = runtime_lib.apply(
-        runtime_lib.resolve(config, runtime_lib.host_facts()), starting_process=True
+        runtime_lib.resolve(config, host_cpu.host_facts()), starting_process=True
     )
     quiet_library_logs()
     record = evaluate_run(

@@ -1,8 +1,10 @@
-"""The host CPU's properties that the runtime's choices depend on, read without starting JAX
-(standard library only, so benchmark drivers that must not import JAX can read them too).
+"""The host's properties that the runtime's choices depend on, read without starting JAX
+(standard library and jaxlib's version only, so benchmark drivers that must not import JAX can
+read them too).
 
     cpu = this_cpu()        # /proc/cpuinfo and /sys/devices/system/cpu/cpu0/cache, read once
     cpu.has('avx512_bf16'), cpu.l2_cache_bytes, describe(cpu)
+    host = host_facts()     # + the platform JAX will use, jaxlib, libc, XLA_FLAGS, MALLOC_*
 
 Where those files do not exist (macOS, Windows, a restricted container) the properties are
 unknown (empty flags, None sizes) and the choices that need them say so. `train/runtime.py`
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import os
 import platform
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # The instruction-set flags (as /proc/cpuinfo names them) that some choice depends on.
@@ -155,4 +158,54 @@ def describe(cpu: Cpu, flags: Iterable[str] = CPU_FLAGS) -> str:
         f'{", ".join(present) or "none of " + "/".join(CPU_FLAGS)}; '
         f'{cpu.physical_cores or "?"} cores, {cpu.logical_cores or "?"} threads; '
         f'L2 {_size(cpu.l2_cache_bytes)}, L3 {_size(cpu.l3_cache_bytes)})'
+    )
+
+
+# --- The host as the runtime sees it: platform, jaxlib, libc, environment, CPU --------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """What `resolve` needs to know about the machine and the process (gathered by
+    `host_facts`; tests build it by hand)."""
+
+    platform: str  # 'cpu', 'gpu' or 'tpu': where JAX will compute
+    jaxlib_version: str
+    libc: str  # 'glibc' where glibc's allocator variables apply
+    xla_flags: str  # XLA_FLAGS as the process found it
+    environ_malloc: Mapping[str, str]  # the MALLOC_* variables of the environment
+    processes: int = 1
+    cpu: Cpu = Cpu()  # the host CPU's properties (unknown by default)
+
+
+def detect_platform() -> str:
+    """Where JAX will compute, without starting it: JAX_PLATFORMS when set, else 'tpu'/'gpu'
+    when such a plugin is installed, else 'cpu'."""
+    wanted = os.environ.get('JAX_PLATFORMS', '').strip().lower()
+    if wanted:
+        first = wanted.split(',')[0]
+        return {'cuda': 'gpu', 'rocm': 'gpu'}.get(first, first)
+    names = {
+        (dist.metadata['Name'] or '').lower().replace('_', '-')
+        for dist in importlib.metadata.distributions()
+    }
+    if any(name.startswith('libtpu') for name in names):
+        return 'tpu'
+    if any(name.startswith(('jax-cuda', 'jax-rocm')) for name in names):
+        return 'gpu'
+    return 'cpu'
+
+
+def host_facts(processes: int = 1, platform: str | None = None) -> Host:
+    """Reads the machine (its CPU: `this_cpu`) and the environment (changes nothing)."""
+    from jaxlib.version import __version__ as jaxlib_version  # starts no backend
+
+    return Host(
+        platform=platform or detect_platform(),
+        jaxlib_version=jaxlib_version,
+        libc=platform.libc_ver()[0],
+        xla_flags=os.environ.get('XLA_FLAGS', ''),
+        environ_malloc={k: v for k, v in os.environ.items() if k.startswith('MALLOC_')},
+        processes=processes,
+        cpu=this_cpu(),
     )

@@ -28,7 +28,7 @@ import nets
 from data import augment, jpeg
 from nets.kernels import switch
 from train import config as config_lib
-from train import pictures
+from train import host_cpu, pictures
 from train import runtime as runtime_lib
 from train.checkpointing import Checkpointer, CheckpointMismatch
 from train.early_stopping import EarlyStopping
@@ -118,7 +118,7 @@ def train_and_evaluate(
     config_lib.validate(config)
     if runtime is None:
         host = dataclasses.replace(
-            runtime_lib.host_facts(platform=jax.default_backend()), processes=jax.process_count()
+            host_cpu.host_facts(platform=jax.default_backend()), processes=jax.process_count()
         )
         runtime = runtime_lib.apply(runtime_lib.resolve(config, host), starting_process=False)
     with switch.use(

@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train import cli
+from train import cli, host_cpu
 from train import config as config_lib
 from train import runtime as runtime_lib
 from train.loop import PREEMPTED, train_and_evaluate
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     config = _CONFIG.value
     config_lib.validate(config)  # before anything starts: a bad key costs no restart
-    host = runtime_lib.host_facts(processes=_NUM_PROCESSES.value or 1)
+    host = host_cpu.host_facts(processes=_NUM_PROCESSES.value or 1)
     # Allocator settings are read when a process starts: the program restarts itself once with
     # them (same command); a caller's process (a test) is left as it is.
     restart = [sys.executable, *sys.orig_argv[1:]] if __name__ == '__main__' else None

@@ -2,7 +2,7 @@
 `config.runtime` and the host's properties, applied once, and recorded in the run's config.json
 and summary.json.
 
-    host = host_facts(processes=1)             # reads the machine (CPU included); changes nothing
+    host = host_cpu.host_facts(processes=1)    # reads the machine (CPU included); changes nothing
     runtime = resolve(config, host)            # pure: the choices and why each was made
     runtime = apply(runtime, starting_process=True)   # the only code that changes the process
     record(runtime)                            # + versions, CPU, device kind and count, for the run
@@ -45,7 +45,7 @@ import ml_collections
 
 import nets
 from nets.kernels import switch
-from train.host_cpu import Cpu, this_cpu
+from train.host_cpu import Cpu, Host, this_cpu
 from train.tasks import task_class
 
 CPU_DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
@@ -114,20 +114,6 @@ def check_block(block: Mapping[str, Any]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Host:
-    """What `resolve` needs to know about the machine and the process (gathered by
-    `host_facts`; tests build it by hand)."""
-
-    platform: str  # 'cpu', 'gpu' or 'tpu': where JAX will compute
-    jaxlib_version: str
-    libc: str  # 'glibc' where glibc's allocator variables apply
-    xla_flags: str  # XLA_FLAGS as the process found it
-    environ_malloc: Mapping[str, str]  # MALLOC_* variables the user set
-    processes: int = 1
-    cpu: Cpu = Cpu()  # the host CPU's properties (unknown by default)
-
-
-@dataclasses.dataclass(frozen=True)
 class Runtime:
     """The resolved choices of one run and why each was made."""
 
@@ -149,40 +135,6 @@ class Runtime:
 
     def reason(self, choice: str) -> str:
         return dict(self.reasons).get(choice, '')
-
-
-def detect_platform() -> str:
-    """Where JAX will compute, without starting it: JAX_PLATFORMS when set, else 'tpu'/'gpu'
-    when such a plugin is installed, else 'cpu'."""
-    wanted = os.environ.get('JAX_PLATFORMS', '').strip().lower()
-    if wanted:
-        first = wanted.split(',')[0]
-        return {'cuda': 'gpu', 'rocm': 'gpu'}.get(first, first)
-    names = {
-        (dist.metadata['Name'] or '').lower().replace('_', '-')
-        for dist in importlib.metadata.distributions()
-    }
-    if any(name.startswith('libtpu') for name in names):
-        return 'tpu'
-    if any(name.startswith(('jax-cuda', 'jax-rocm')) for name in names):
-        return 'gpu'
-    return 'cpu'
-
-
-def host_facts(processes: int = 1, platform: str | None = None) -> Host:
-    """Reads the machine (its CPU: `train.host_cpu.this_cpu`) and the environment (changes
-    nothing)."""
-    from jaxlib.version import __version__ as jaxlib_version  # starts no backend
-
-    return Host(
-        platform=platform or detect_platform(),
-        jaxlib_version=jaxlib_version,
-        libc=platform_lib.libc_ver()[0],
-        xla_flags=os.environ.get('XLA_FLAGS', ''),
-        environ_malloc={k: os.environ[k] for k in MALLOC_ENV if k in os.environ},
-        processes=processes,
-        cpu=this_cpu(),
-    )
 
 
 # --- From the CPU's properties to each choice: pure, each (value, reason) -----------------------
@@ -261,8 +213,8 @@ def conv_backend_choice(cpu: Cpu, family: str | None, dtype: str) -> Choice:
 
 
 def matmul_backend_choice(cpu: Cpu, dtype: str, devices: int = 1) -> Choice:
-    """'onednn' or 'xla': the kernels of a `dtype` model's large products (nets.kernels.
-    onednn_matmul: bfloat16 ones of >= 1 GFLOP) with `devices` data-parallel CPU devices."""
+    """'onednn' or 'xla': the kernels of a `dtype` model's large products (bfloat16 ones of at
+    least 1 GFLOP, nets/kernels/onednn_matmul.py) with `devices` data-parallel CPU devices."""
     if not cpu.x86_64:
         return 'xla', f"{class_mismatch(cpu)}: the oneDNN wheel is x86-64 only; XLA's products"
     if dtype != 'bfloat16':
@@ -273,7 +225,7 @@ def matmul_backend_choice(cpu: Cpu, dtype: str, devices: int = 1) -> Choice:
             'mesh would gather their operands)'
         )
     if cpu.has('amx_bf16'):
-        return 'onednn', 'AMX-BF16 present: oneDNN bfloat16 products on its tiles (XLA has none)'
+        return 'onednn', "AMX-BF16 present: oneDNN's bfloat16 products (its AMX kernels)"
     if cpu.has('avx512_bf16'):
         return 'onednn', (
             "AVX512-BF16 present: oneDNN's bfloat16 products, faster than XLA's from 1 GFLOP"

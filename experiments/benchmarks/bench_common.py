@@ -337,14 +337,6 @@ NOTES = [
     'traffic in the LSTM); the fused LSTM stacks their bits as uint16. ViT-Ti/4 bfloat16 step '
     '1.82-1.88 -> 1.52-1.54 s, LSTM bfloat16 0.33-0.50 -> 0.30-0.42 s (alternating runs of the '
     'commits before and after).',
-    'bfloat16 products of at least 1 GFLOP on oneDNN (nets/kernels/onednn_matmul.py, '
-    'config.runtime.matmul_backend; `+matmul` in the table): one device, AVX512-BF16 or AMX. '
-    "oneDNN reads a transposed operand through strides where XLA copies it first (ViT-Ti/4's "
-    "bfloat16 weight gradients alone 2.4-2.8x faster) and its bfloat16 GEMM runs at PyTorch's "
-    "rate (the bfloat16 peak row is the models' product, so oneDNN's there). In the steps: "
-    "LSTM bfloat16 289-291 -> 272-278 ms (its gradient products after the loop); the ViT's "
-    'smaller micro-batch products measured slower on oneDNN inside the step (1.48-1.50 -> '
-    "1.64-1.70 s), so they stay XLA's (2026-12-07, alternating runs).",
     'torch.compile breaks the graph at nn.LSTM (the LSTM compile row runs eagerly) and takes '
     '35-50 s per model on 2 cores. PyTorch images are channels-last (faster than NCHW for '
     'ResNet-18 here: 9.1 vs 10.4 s per step, interleaved, under load).',

@@ -375,7 +375,7 @@ def run(model: str, size: str, repeats: int, convs: str = 'all') -> dict[str, An
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from train import runtime
+    from train import host_cpu, runtime
     from train.config import default_config, model_config
 
     FLAGS = flags.FLAGS
@@ -384,7 +384,7 @@ def main(argv: Sequence[str]) -> None:
         # The XLA flags the trainer ships for the model, set before JAX starts its CPU backend.
         config = default_config()
         config.model = model_config(spec.net, **spec.fields)
-        runtime.apply(runtime.resolve(config, runtime.host_facts()), starting_process=True)
+        runtime.apply(runtime.resolve(config, host_cpu.host_facts()), starting_process=True)
         report = run(FLAGS.model, FLAGS.size, FLAGS.repeats, FLAGS.convs)
     except ValueError as error:  # a bad --model: the message names it and the valid ones
         raise app.UsageError(str(error)) from None
