@@ -21,6 +21,7 @@ import platform
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from platform import libc_ver
 
 # The instruction-set flags (as /proc/cpuinfo names them) that some choice depends on.
 CPU_FLAGS = (
@@ -203,7 +204,7 @@ def host_facts(processes: int = 1, platform: str | None = None) -> Host:
     return Host(
         platform=platform or detect_platform(),
         jaxlib_version=jaxlib_version,
-        libc=platform.libc_ver()[0],
+        libc=libc_ver()[0],
         xla_flags=os.environ.get('XLA_FLAGS', ''),
         environ_malloc={k: v for k, v in os.environ.items() if k.startswith('MALLOC_')},
         processes=processes,
