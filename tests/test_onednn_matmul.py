@@ -67,6 +67,16 @@ def test_products_match_xla_in_every_layout(monkeypatch, dtype, lhs_shape, rhs_s
     np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-4)
 
 
+def _assert_trees_close(expected, actual, tolerance=2e-2):
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tolerance, atol=tolerance
+        ),
+        expected,
+        actual,
+    )
+
+
 def _traced_with(backend, fn, *args):
     def run(*args):
         with switch.use(matmul=backend):  # chosen while tracing
@@ -89,13 +99,7 @@ def test_bfloat16_layers_route_their_products_and_gradients_to_onednn(monkeypatc
     xla, xla_calls = _traced_with('xla', value_and_grads, params, x)
     ours, calls = _traced_with('onednn', value_and_grads, params, x)
     assert xla_calls == 0 and calls == 3  # forward, input gradient, kernel gradient
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(
-            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2
-        ),
-        xla,
-        ours,
-    )
+    _assert_trees_close(xla, ours)
 
     # A second derivative goes through the product's own VJP (XLA's products).
     def input_gradient_norm(x):
@@ -104,9 +108,7 @@ def test_bfloat16_layers_route_their_products_and_gradients_to_onednn(monkeypatc
 
     second, _ = _traced_with('onednn', jax.grad(input_gradient_norm), x)
     reference, _ = _traced_with('xla', jax.grad(input_gradient_norm), x)
-    np.testing.assert_allclose(
-        np.asarray(second, np.float32), np.asarray(reference, np.float32), rtol=5e-2, atol=5e-2
-    )
+    _assert_trees_close(reference, second, tolerance=5e-2)
 
 
 @needs_onednn
@@ -132,13 +134,7 @@ def test_the_fused_lstm_gradient_products_run_on_onednn(monkeypatch):
     xla, _ = _traced_with('xla', grads, w_x, w_h, xs)
     ours, calls = _traced_with('onednn', grads, w_x, w_h, xs)
     assert calls >= 3  # the weight and input gradients after the loop, at least
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(
-            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2
-        ),
-        xla,
-        ours,
-    )
+    _assert_trees_close(xla, ours)
 
 
 def test_auto_leaves_multi_device_processes_and_float32_to_xla(monkeypatch):

@@ -36,19 +36,8 @@
 namespace ffi = xla::ffi;
 using dnnl::memory;
 
-namespace {
-
-enum Pass : int64_t { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
-
-struct Convolution {
-  dnnl::primitive primitive;
-  memory::desc input, kernel, output;  // as the primitive reads and writes them
-  memory::desc user_kernel;            // (KH, KW, C / G, O): hwio, or hwigo when grouped
-  memory::desc scratchpad;
-  bool reorder_kernel = false;
-  dnnl::reorder kernel_reorder;  // user -> primitive (forward, input gradient) or back
-  memory::desc reorder_scratchpad;
-};
+// Shared with onednn_matmul.cc (one library): the engine and each thread's scratch buffer.
+namespace deepnets_onednn {
 
 // This thread's scratch memory for a primitive, at least `bytes` long.
 void* ThreadScratch(size_t bytes) {
@@ -61,6 +50,25 @@ dnnl::engine& Engine() {
   static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
   return *engine;
 }
+
+}  // namespace deepnets_onednn
+
+namespace {
+
+using deepnets_onednn::Engine;
+using deepnets_onednn::ThreadScratch;
+
+enum Pass : int64_t { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
+
+struct Convolution {
+  dnnl::primitive primitive;
+  memory::desc input, kernel, output;  // as the primitive reads and writes them
+  memory::desc user_kernel;            // (KH, KW, C / G, O): hwio, or hwigo when grouped
+  memory::desc scratchpad;
+  bool reorder_kernel = false;
+  dnnl::reorder kernel_reorder;  // user -> primitive (forward, input gradient) or back
+  memory::desc reorder_scratchpad;
+};
 
 std::mutex cache_mutex;
 std::map<std::vector<int64_t>, std::shared_ptr<Convolution>>& Cache() {

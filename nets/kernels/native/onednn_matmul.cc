@@ -8,7 +8,7 @@
 // The result is the float32 (M, N) product of (M, K) by (K, N), for float32 or bfloat16
 // operands (bfloat16 accumulating in float32, on AVX512-BF16 or AMX where the CPU has them).
 // Primitives are created once per shape and kept; each call takes its scratch memory from the
-// calling thread's buffer (XLA may run two products at once).
+// calling thread's buffer (onednn_conv.cc's, shared).
 
 #include <omp.h>
 
@@ -27,23 +27,21 @@
 namespace ffi = xla::ffi;
 using dnnl::memory;
 
+// Defined in onednn_conv.cc, built into the same library.
+namespace deepnets_onednn {
+void* ThreadScratch(size_t bytes);
+dnnl::engine& Engine();
+}  // namespace deepnets_onednn
+
 namespace {
+
+using deepnets_onednn::Engine;
+using deepnets_onednn::ThreadScratch;
 
 struct Matmul {
   dnnl::matmul primitive;
   memory::desc a, b, c, scratchpad;
 };
-
-void* ThreadScratch(size_t bytes) {
-  thread_local std::vector<char> buffer;
-  if (buffer.size() < bytes) buffer.resize(bytes);
-  return buffer.data();
-}
-
-dnnl::engine& Engine() {
-  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
-  return *engine;
-}
 
 std::mutex cache_mutex;
 // One product at a time: each runs on all the cores' OpenMP threads, and two at once (XLA runs
