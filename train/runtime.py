@@ -502,13 +502,12 @@ def apply(
         'conv_backend': runtime.conv_backend_required,
         'matmul_backend': runtime.matmul_backend_required,
     }
-    for key, backend in backends.items():
-        if runtime.platform != 'cpu' or backend != 'onednn':
-            continue
+    on_onednn = [k for k, b in backends.items() if runtime.platform == 'cpu' and b == 'onednn']
+    if on_onednn:
         from nets.kernels import onednn_conv
 
         problem = onednn_conv.unavailable_reason()  # builds it now, not while tracing
-        if problem is not None:
+        for key in on_onednn if problem is not None else ():
             if required[key]:
                 raise onednn_conv.OnednnUnavailable(
                     f"config.runtime.{key}='onednn', but: {problem}"

@@ -177,12 +177,15 @@ def run_worker(job: dict[str, Any]) -> Any:
                 count_flops=job.get('count_flops', True),
                 micro_batches=job.get('micro_batches', True),
             )
-        ran = 'onednn' if conv == 'onednn' and onednn_conv.available() else 'xla'
+        built = onednn_conv.available()  # what ran: 'auto' falls back to XLA's where not built
+        ran = {
+            name: 'onednn' if c == 'onednn' and built else 'xla'
+            for name, c in (('conv_backend', conv), ('matmul_backend', matmul))
+        }
         return {
             'malloc_env': malloc_env,
             **row,
-            'conv_backend': ran,
-            'matmul_backend': 'onednn' if matmul == 'onednn' and onednn_conv.available() else 'xla',
+            **ran,
             'choices': {name: reason for name, (_, reason) in choices.items()},
         }
     if kind == 'torch_step':

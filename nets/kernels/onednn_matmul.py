@@ -108,13 +108,16 @@ def use_for_trace() -> bool:
 
 def product(
     lhs: jax.Array, rhs: jax.Array, contracting: tuple[Sequence[int], Sequence[int]]
-) -> jax.Array | None:
+) -> jax.Array:
     """The float32 product of `lhs` and `rhs` contracted over `contracting` (dot_general's, no
-    batch axes) on oneDNN, or None where `supports` rules it out. Not differentiable by itself:
-    callers give it their own VJP (nets.kernels.mixed_precision)."""
-    if not supports(lhs, rhs, contracting):
-        return None
+    batch axes) on oneDNN; callers ask `supports` first (it adds the size threshold). Not
+    differentiable by itself: callers give it their own VJP (nets.kernels.mixed_precision)."""
     matrices = plan(lhs.ndim, rhs.ndim, *contracting)
+    if matrices is None or lhs.dtype != rhs.dtype or jnp.dtype(lhs.dtype) not in DTYPES:
+        raise ValueError(
+            f'onednn_matmul.product: {lhs.dtype}{lhs.shape} x {rhs.dtype}{rhs.shape} over '
+            f'{contracting} is not a float32 or bfloat16 product of two matrices'
+        )
     lhs_kept = [lhs.shape[a] for a in range(lhs.ndim) if a not in contracting[0]]
     rhs_kept = [rhs.shape[a] for a in range(rhs.ndim) if a not in contracting[1]]
     result = jax.ShapeDtypeStruct((*lhs_kept, *rhs_kept), jnp.float32)
