@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nets.kernels.batch_norm import BatchNorm
 from nets.kernels.conv import Conv, channels_last_dimension_numbers, conv_general_dilated
 from nets.kernels.mixed_precision import Dense
 
@@ -142,14 +143,14 @@ def batch_norm(
     zero_scale: bool = False,
     epsilon: float = BATCH_NORM_EPSILON,
     name: str | None = None,
-) -> nn.BatchNorm:
+) -> BatchNorm:
     """BatchNorm with PyTorch's momentum and (by default) epsilon; running stats in
-    `batch_stats`.
+    `batch_stats` (nets.kernels.batch_norm's: flax's module with a hand-written backward pass).
 
     Call inside a compact method. `zero_scale` starts the scale at 0 (used to make
     residual blocks begin as identities).
     """
-    return nn.BatchNorm(
+    return BatchNorm(
         use_running_average=not train,
         momentum=BATCH_NORM_MOMENTUM,
         epsilon=epsilon,
