@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import nets
-from experiments.benchmarks import bench_common, conv_benchmark
+from experiments.benchmarks import bench_common, conv_benchmark, run_noise
 from experiments.benchmarks import train_step_benchmark as bench
 from tests.test_conv_benchmark import synthetic_grouped_report
 from train import host_cpu, runtime
@@ -235,7 +235,7 @@ def test_a_run_whose_peak_moved_is_flagged():
         {'dtype': 'bfloat16', 'gflops': 350.0, 'size': 64},
     ]
     end = [{'dtype': 'float32', 'gflops': 196.0}, {'dtype': 'bfloat16', 'gflops': 120.0}]
-    drift = bench.peak_drift(start, end)
+    drift = run_noise.peak_drift(start, end)
     assert drift == pytest.approx({'float32': -0.02, 'bfloat16': 120 / 350 - 1})
     jobs = [dict(job='peak'), dict(job='peak', again=True)]
     peaks = iter([start, end])
@@ -322,3 +322,57 @@ def test_benchmark_measures_the_trainer_s_cpu_flags():
         )
         == ''
     )
+
+
+def test_rounds_alternate_the_order_and_count_flops_once():
+    jobs = bench.plan_jobs(
+        ['lstm_lm'],
+        ['float32'],
+        [1],
+        ['eager'],
+        steps=2,
+        warmup=0,
+        size='tiny',
+        peak_size=64,
+        pipeline=False,
+        rounds=3,
+    )
+    rows = [(j['job'], j.get('mode'), j.get('round')) for j in jobs[1:-1]]
+    jax_row, eager, malloc = (
+        ('jax_step', None),
+        ('torch_step', 'eager'),
+        ('torch_step', 'eager+malloc'),
+    )
+    assert rows == [
+        (*jax_row, 0), (*eager, 0), (*malloc, 0),
+        (*malloc, 1), (*eager, 1), (*jax_row, 1),
+        (*jax_row, 2), (*eager, 2), (*malloc, 2),
+    ]  # fmt: skip
+    assert [j['count_flops'] for j in jobs[1:-1] if j['job'] == 'jax_step'] == [True, False, False]
+    assert all('round' not in j for j in bench.plan_jobs(
+        ['lstm_lm'], ['float32'], [1], ['eager'], steps=2, warmup=0, size='tiny', peak_size=64,
+        pipeline=False,
+    ))  # fmt: skip
+
+
+def test_fastest_round_stands_for_the_row():
+    def row(framework, step_s, **extra):
+        return dict(model='m', dtype='float32', framework=framework, step_s=step_s, **extra)
+
+    rows = [
+        row('jax', 2.0, devices=1, step_flops=10.0, uncorrected_loops=0),
+        row('torch', 1.5, mode='eager'),
+        row('torch', 1.2, mode='eager'),
+        row('jax', 1.8, devices=1),
+        row('jax', None, devices=2, error='timed out'),
+        row('jax', 1.9, devices=2),
+    ]
+    jax1, eager, jax2 = run_noise.fastest_rounds(rows)
+    assert (jax1['step_s'], jax1['step_flops'], jax1['round_step_s']) == (1.8, 10.0, [2.0, 1.8])
+    assert (eager['step_s'], eager['round_step_s']) == (1.2, [1.5, 1.2])
+    assert (jax2['step_s'], jax2['round_step_s']) == (1.9, [None, 1.9])
+    assert 'error' not in jax2
+    note = run_noise.rounds_note([jax1, eager, jax2])
+    assert 'm float32 jax 1 dev: 2000 / 1800' in note and 'failed / 1900' in note
+    single = [row('jax', 1.0, devices=1)]
+    assert run_noise.fastest_rounds(single) == single and run_noise.rounds_note(single) is None

@@ -4,7 +4,7 @@ Command (the full run; writes docs/benchmarks.json and docs/benchmarks.md):
   python -m experiments.benchmarks.train_step_benchmark --out=docs/benchmarks.json
       [--models=resnet18,vit_ti4,lstm_lm] [--dtypes=float32,bfloat16] [--devices=1,2]
       [--torch=eager,compile] [--steps=6] [--warmup=0] [--pipeline=true] [--size=full|tiny]
-      [--micro_batches=true]
+      [--micro_batches=true] [--rounds=1]
 Measures, each row in its own worker process (so its compile time and peak resident memory,
 ru_maxrss, are its own, and the device count can differ: `--xla_force_host_platform_device_count`
 is read when JAX starts), one model after another, so that the rows compared run close in time:
@@ -40,7 +40,9 @@ PyTorch eager float32: ResNet-18 0.79x (float32) / 0.83x (bfloat16), ViT-Ti/4 1.
 runs spread: ResNet-18 float32 0.61-0.79x, ViT-Ti/4 float32 0.90-1.00x, LSTM float32 0.80-1.03x.
 conv_benchmark.py takes ResNet-18's convolutions apart. The GPU counterpart is gpu_benchmark.py.
 Other processes on the cores change the picture (PyTorch's OpenMP threads suffer more): compare
-rows whose `cores` is near the core count.
+rows whose `cores` is near the core count. A shared VM's speed also moves by 5-10% over minutes:
+`--rounds=2` runs each model and dtype's rows twice, PyTorch's first the second time, and
+reports each row's fastest round (run_noise.py; about twice the time).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from typing import Any
 
 from absl import app, flags
 
+from experiments.benchmarks import run_noise
 from experiments.benchmarks.bench_common import (
     NOTES,
     ROW_MARKER,
@@ -107,6 +110,13 @@ def define_flags() -> None:
         lower_bound=1,
     )
     flags.DEFINE_integer('warmup', 0, 'Untimed steps after the first (untimed) one.', lower_bound=0)
+    flags.DEFINE_integer(
+        'rounds',
+        1,
+        "Times each model and dtype's rows run, in alternating order (JAX rows first, then "
+        'PyTorch rows first, ...); each row reports its fastest round.',
+        lower_bound=1,
+    )
     flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'tiny': toy models (a smoke test).")
     flags.DEFINE_integer('peak_size', 2048, 'Side of the peak matmul.', lower_bound=8)
     flags.DEFINE_bool('pipeline', True, 'Measure the input pipeline.')
@@ -215,13 +225,17 @@ def plan_jobs(
     pipeline: bool,
     micro_batches: bool = True,
     cpu_malloc: bool = True,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
     """Every job in the order it runs: the peak, then per model and dtype its JAX rows (one
     per device count) and PyTorch rows, so that the rows compared run close in time, and the
     peak again (a shared VM's speed can drift within a run; the report says when it did).
     `cpu_malloc`: JAX rows run with the trainer's allocator settings for their family
     (train.runtime.cpu_malloc_env), and where there are any, PyTorch eager runs once more
-    under the same settings (mode 'eager+malloc')."""
+    under the same settings (mode 'eager+malloc'). `rounds` > 1 repeats each model and dtype's
+    rows that many times (job key 'round'), every other round in reverse order, so a drift of
+    the machine's speed within the block favours neither framework; FLOPs are counted in the
+    first round only."""
     from train.runtime import cpu_malloc_env
 
     common = dict(steps=steps, warmup=warmup, size=size)
@@ -240,7 +254,7 @@ def plan_jobs(
             # Model FLOPs are counted once per model (add_ratios): on the smallest mesh's row
             # of the first dtype (float32 when measured).
             count_dtype = 'float32' if 'float32' in dtypes else dtypes[0]
-            jobs += [
+            block = [
                 dict(
                     job='jax_step',
                     model=model,
@@ -253,12 +267,12 @@ def plan_jobs(
                 )
                 for n in devices
             ]
-            jobs += [
+            block += [
                 dict(job='torch_step', model=model, dtype=dtype, mode=mode, **common)
                 for mode in torch_modes
             ]
             if cpu_malloc and 'eager' in torch_modes and cpu_malloc_env(_family(model)):
-                jobs.append(
+                block.append(
                     dict(
                         job='torch_step',
                         model=model,
@@ -267,6 +281,18 @@ def plan_jobs(
                         **common,
                     )
                 )
+            if rounds == 1:
+                jobs += block
+                continue
+            for r in range(rounds):
+                jobs += [
+                    dict(
+                        job,
+                        round=r,
+                        **({'count_flops': False} if r and 'count_flops' in job else {}),
+                    )
+                    for job in (block if r % 2 == 0 else block[::-1])
+                ]
     if pipeline:
         image_models = [m for m in models if model_spec(m, size).kind == 'image'] or ['resnet18']
         jobs.append(dict(job='pipeline', model=image_models[0], devices=1, **common))
@@ -396,6 +422,10 @@ def run_benchmark(
                 f'compile {row.get("compile_s") or 0:.1f} s, {row["params"]:,} params'
             )
         log(f'{label:<40} {text}   ({time.perf_counter() - start:.0f} s)')
+    report['rows'] = run_noise.fastest_rounds(report['rows'])
+    note = run_noise.rounds_note(report['rows'])
+    if note:
+        report['notes'].append(note)
     # MFU against the higher of the two peak measurements: a slow moment at the start must not
     # flatter every row.
     peaks = {r['dtype']: r['gflops'] * 1e9 for r in report['peak']}
@@ -416,11 +446,11 @@ def run_benchmark(
             row['consumed_per_s'] = max(consumption)
             row['headroom'] = row['examples_per_s'] / max(consumption)
     report['reach'] = reach(report['rows'])
-    report['peak_drift'] = peak_drift(report['peak'], report.get('peak_at_end', []))
+    report['peak_drift'] = run_noise.peak_drift(report['peak'], report.get('peak_at_end', []))
     drifted = {
         dtype: change
         for dtype, change in report['peak_drift'].items()
-        if abs(change) > DRIFT_TOLERANCE
+        if abs(change) > run_noise.DRIFT_TOLERANCE
     }
     if drifted:
         report['notes'].append(
@@ -497,19 +527,6 @@ def cpu_class() -> str:
     return f'{class_mismatch(cpu)}, not {MEASURED_CPU_CLASS}: rules from its properties'
 
 
-DRIFT_TOLERANCE = 0.1  # a larger change of the peak between the start and the end flags the run
-
-
-def peak_drift(start: Sequence[dict[str, Any]], end: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Relative change of each dtype's matmul peak from the start of the run to its end."""
-    at_end = {row['dtype']: row['gflops'] for row in end}
-    return {
-        row['dtype']: at_end[row['dtype']] / row['gflops'] - 1
-        for row in start
-        if row['dtype'] in at_end and row['gflops']
-    }
-
-
 def main(argv: Sequence[str]) -> None:
     FLAGS = flags.FLAGS
     if len(argv) > 1:
@@ -538,6 +555,7 @@ def main(argv: Sequence[str]) -> None:
         pipeline=FLAGS.pipeline,
         micro_batches=FLAGS.micro_batches,
         cpu_malloc=FLAGS.cpu_malloc,
+        rounds=FLAGS.rounds,
     )
     command = ' '.join(['python -m experiments.benchmarks.train_step_benchmark', *sys.argv[1:]])
     print(
