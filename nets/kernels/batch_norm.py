@@ -10,7 +10,7 @@ version instead keeps float32 copies of whole activations (the input converted, 
 its mean), each written to and read back from memory, where batch norm is memory-bound.
 A `jax.custom_vjp`: reverse mode only (jax.jvp through a training-mode BatchNorm raises).
 Every other configuration (running averages, masks, cross-device axis names, other feature
-axes, the two-pass variance) goes to flax's own code.
+axes, the two-pass variance, float64 inputs) goes to flax's own code.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+# Input dtypes whose statistics flax computes in float32, as `normalize_batch` does.
+FLOAT32_STATISTICS = tuple(jnp.dtype(t) for t in (jnp.float32, jnp.bfloat16, jnp.float16))
 
 
 def _statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -97,6 +100,8 @@ class BatchNorm(nn.BatchNorm):
         if (
             nn.merge_param('use_running_average', self.use_running_average, use_running_average)
             or mask is not None
+            or jnp.dtype(x.dtype) not in FLOAT32_STATISTICS
+            or jnp.dtype(self.dtype or x.dtype) not in FLOAT32_STATISTICS
             or self.axis not in (-1, x.ndim - 1)
             or self.axis_name is not None
             or not (self.use_fast_variance and self.force_float32_reductions)
