@@ -99,6 +99,18 @@ def test_reach_names_the_slower_rows():
     assert target['rows_slower_than_torch_eager_float32'] == ['m float32 1dev: 0.50x']
 
 
+def tiny_plan(
+    models: list[str],
+    dtypes: tuple[str, ...] = ('float32',),
+    devices: tuple[int, ...] = (1,),
+    torch_modes: tuple[str, ...] = ('eager',),
+    **options,
+) -> list[dict]:
+    """plan_jobs for toy models, 2 steps a row, no pipeline, unless `options` say otherwise."""
+    settings = dict(steps=2, warmup=0, size='tiny', peak_size=64, pipeline=False) | options
+    return bench.plan_jobs(models, list(dtypes), list(devices), list(torch_modes), **settings)
+
+
 def test_plan_runs_each_model_s_rows_together_with_their_device_counts():
     jobs = bench.plan_jobs(
         ['lstm_lm', 'resnet18'],
@@ -138,31 +150,11 @@ def test_plan_runs_each_model_s_rows_together_with_their_device_counts():
     assert env['MALLOC_ARENA_MAX'] == '1'
     assert bench.worker_env(jobs[4], None)['MALLOC_MMAP_MAX_'] == '0'
     assert 'MALLOC_ARENA_MAX' not in bench.worker_env(jobs[3], None)
-    untuned = bench.plan_jobs(
-        ['vit_ti4'],
-        ['float32'],
-        [1],
-        ['eager'],
-        steps=2,
-        warmup=0,
-        size='tiny',
-        peak_size=64,
-        pipeline=False,
-    )
+    untuned = tiny_plan(['vit_ti4'])
     assert [j.get('mode') for j in untuned if j['job'] == 'torch_step'] == ['eager']
     assert 'MALLOC_ARENA_MAX' not in bench.worker_env(untuned[1], None)
     with pytest.raises(ValueError, match='unknown model'):
-        bench.plan_jobs(
-            ['nope'],
-            ['float32'],
-            [1],
-            [],
-            steps=1,
-            warmup=0,
-            size='tiny',
-            peak_size=64,
-            pipeline=False,
-        )
+        tiny_plan(['nope'], torch_modes=())
 
 
 def test_jax_row_measures_the_project_step():
@@ -325,18 +317,7 @@ def test_benchmark_measures_the_trainer_s_cpu_flags():
 
 
 def test_rounds_alternate_the_order_and_count_flops_once():
-    jobs = bench.plan_jobs(
-        ['lstm_lm'],
-        ['float32'],
-        [1],
-        ['eager'],
-        steps=2,
-        warmup=0,
-        size='tiny',
-        peak_size=64,
-        pipeline=False,
-        rounds=3,
-    )
+    jobs = tiny_plan(['lstm_lm'], rounds=3)
     rows = [(j['job'], j.get('mode'), j.get('round')) for j in jobs[1:-1]]
     jax_row, eager, malloc = (
         ('jax_step', None),
@@ -349,10 +330,7 @@ def test_rounds_alternate_the_order_and_count_flops_once():
         (*jax_row, 2), (*eager, 2), (*malloc, 2),
     ]  # fmt: skip
     assert [j['count_flops'] for j in jobs[1:-1] if j['job'] == 'jax_step'] == [True, False, False]
-    assert all('round' not in j for j in bench.plan_jobs(
-        ['lstm_lm'], ['float32'], [1], ['eager'], steps=2, warmup=0, size='tiny', peak_size=64,
-        pipeline=False,
-    ))  # fmt: skip
+    assert all('round' not in j for j in tiny_plan(['lstm_lm']))
 
 
 def test_fastest_round_stands_for_the_row():
