@@ -33,14 +33,15 @@ instruction-set flags and each JAX row's choices with their reasons.
 Hardware and time: the 2-core CPU (AMD EPYC, AVX-512 with AVX512-BF16), jax 0.10.2, torch
 2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 27 worker processes, 7-11 minutes;
 `--torch=eager` saves ~1 minute; `--size=tiny` checks the plumbing in a few minutes.
-Expected (2026-11-27 10:45 UTC run, docs/benchmarks.md, ~12 minutes, on a faster host than
-the earlier runs): peak 392-424 GFLOP/s float32, ~900 bfloat16 (float32 accumulation); JAX best /
-PyTorch eager float32: ResNet-18 0.79x (float32) / 0.83x (bfloat16), ViT-Ti/4 1.44x / 1.42x
-(micro-batches of 16), LSTM 1.02x / 1.26x; ViT float32 MFU 56%. On the older host (peak 150-200)
-runs spread: ResNet-18 float32 0.61-0.79x, ViT-Ti/4 float32 0.90-1.00x, LSTM float32 0.80-1.03x.
-conv_benchmark.py takes ResNet-18's convolutions apart. The GPU counterpart is gpu_benchmark.py.
+Expected (2026-12-08 01:00 UTC run with --rounds=2, docs/benchmarks.md, 21 minutes, on the
+slower host of 2026-12-07): peak ~190-205 GFLOP/s float32, ~400 bfloat16 (0.98x PyTorch's); JAX /
+PyTorch eager at the same dtype, 1 device / 2 devices: ResNet-18 1.19x / 1.14x float32,
+0.97x / 1.03x bfloat16; ViT-Ti/4 1.02x / 1.01x and 1.06x / 1.18x; LSTM 1.07x / 0.95x and
+0.90x / 0.76x; ViT float32 MFU 69%. Single runs of that host spread by about 10% per ratio
+(docs/speed.md compares five). conv_benchmark.py takes ResNet-18's convolutions apart. The
+GPU counterpart is gpu_benchmark.py.
 Other processes on the cores change the picture (PyTorch's OpenMP threads suffer more): compare
-rows whose `cores` is near the core count. A shared VM's speed also moves by 5-10% over minutes:
+rows whose `cores` is near the core count. A shared VM's speed also moves by 5-25% over minutes:
 `--rounds=2` runs each model and dtype's rows twice, PyTorch's first the second time, and
 reports each row's fastest round (run_noise.py; about twice the time).
 """
