@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nets.kernels.batch_norm import BatchNorm
 from nets.kernels.conv import Conv
 from nets.layers import blocks
 from nets.registry import register
@@ -54,8 +55,8 @@ def dcgan_layout(image_size: int) -> tuple[int, int]:
     return base, stages
 
 
-def _batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(
+def _batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> BatchNorm:
+    return BatchNorm(
         use_running_average=not train,
         momentum=blocks.BATCH_NORM_MOMENTUM,
         epsilon=blocks.BATCH_NORM_EPSILON,
