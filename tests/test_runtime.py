@@ -94,6 +94,16 @@ def test_conv_backend_per_family_unless_the_config_chooses():
     assert chosen.conv_backend == 'onednn' and chosen.conv_backend_required
 
 
+def test_a_run_s_kernel_switch_settings_are_its_resolved_backends():
+    config = _config('resnet18', dtype='bfloat16')
+    config.runtime.matmul_backend = 'xla'
+    config.runtime.attention = 'plain'
+    chosen = resolve(config, _host())
+    assert runtime.kernels(chosen) == dict(conv='onednn', attention='plain', matmul='xla')
+    with switch.use(**runtime.kernels(chosen)):  # the settings the switch takes
+        assert switch.matmul_backend() == 'xla' and switch.conv_backend() == 'onednn'
+
+
 def test_micro_batches_per_family_batch_and_devices():
     micro = runtime.MICRO_BATCH_BY_FAMILY['vit']
     assert runtime.cpu_grad_accum_steps('vit', 8 * micro, 1, cpu=ZEN4) == 8

@@ -159,7 +159,7 @@ def evaluate_run(
             host_cpu.host_facts(platform=jax.default_backend()), processes=jax.process_count()
         )
         runtime = runtime_lib.apply(runtime_lib.resolve(run.config, host), starting_process=False)
-    with switch.use(conv=runtime.conv_backend, attention=runtime.attention):
+    with switch.use(**runtime_lib.kernels(runtime)):
         metrics = evaluate_split(run, split, batch_size)
     record = {
         'split': split,

@@ -121,9 +121,7 @@ def train_and_evaluate(
             host_cpu.host_facts(platform=jax.default_backend()), processes=jax.process_count()
         )
         runtime = runtime_lib.apply(runtime_lib.resolve(config, host), starting_process=False)
-    with switch.use(
-        conv=runtime.conv_backend, attention=runtime.attention, matmul=runtime.matmul_backend
-    ):
+    with switch.use(**runtime_lib.kernels(runtime)):
         return _train_and_evaluate(config, as_path(workdir), runtime)
 
 

@@ -514,16 +514,22 @@ def apply(
                 )
             backends[key] = 'xla'
             reasons[key] = f'xla: oneDNN unavailable ({problem.splitlines()[0]})'
-    conv, matmul = backends['conv_backend'], backends['matmul_backend']
-    if starting_process:  # a caller's process keeps its switch: the loop sets it per run
-        switch.set_kernels(conv=conv, attention=runtime.attention, matmul=matmul)
-    return dataclasses.replace(
+    applied = dataclasses.replace(
         runtime,
         xla_flags=flags,
-        conv_backend=conv,
-        matmul_backend=matmul,
+        **backends,
         malloc_env=tuple(sorted(malloc.items())),
         reasons=tuple(sorted(reasons.items())),
+    )
+    if starting_process:  # a caller's process keeps its switch: the loop sets it per run
+        switch.set_kernels(**kernels(applied))
+    return applied
+
+
+def kernels(runtime: Runtime) -> dict[str, str]:
+    """The kernel switch's settings for a run (`nets.kernels.switch.use(**kernels(runtime))`)."""
+    return dict(
+        conv=runtime.conv_backend, attention=runtime.attention, matmul=runtime.matmul_backend
     )
 
 

@@ -16,9 +16,11 @@ Choices:
                       (nets/kernels/onednn_conv.py), XLA's elsewhere
              'onednn' oneDNN's on the CPU; an error where the library cannot be built
              'xla'    XLA's own convolutions everywhere
-  matmul     'auto'   oneDNN's kernels for float32/bfloat16 products without batch axes
-                      (the dense layers, nets/kernels/onednn_matmul.py) on the CPU backend with
-                      one device in the process, where the library builds; XLA's elsewhere
+  matmul     'auto'   oneDNN's kernels for the large bfloat16 products without batch axes
+                      (nets.kernels.mixed_precision's, at least onednn_matmul.MIN_FLOPS: dense
+                      layers, the fused LSTM's gradients; nets/kernels/onednn_matmul.py) on the
+                      CPU backend with one device in the process, where the library builds;
+                      XLA's elsewhere
              'onednn' oneDNN's on the CPU; an error where the library cannot be built
              'xla'    XLA's own products everywhere
   attention  'auto'   cuDNN's fused attention on a GPU in half precision where it applies,
