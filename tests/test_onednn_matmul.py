@@ -10,11 +10,16 @@ import pytest
 from jax import lax
 
 from nets.kernels import mixed_precision, onednn_conv, onednn_matmul, switch
+from nets.kernels.conv import channels_last_dimension_numbers, conv_general_dilated
 from nets.kernels.fused_lstm import lstm_sequence
 from nets.tools.flops import loop_corrected_flops, onednn_calls_in
 
 needs_onednn = pytest.mark.skipif(
     not onednn_conv.available(), reason='oneDNN library not built here'
+)
+needs_onednn_bfloat16 = pytest.mark.skipif(
+    jnp.dtype(jnp.bfloat16) not in onednn_conv.runnable_dtypes(),
+    reason='oneDNN has no bfloat16 kernels on this CPU (AVX-512 and up)',
 )
 
 
@@ -45,7 +50,9 @@ def test_supports_takes_large_float32_or_bfloat16_products_only():
 
 
 @needs_onednn
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    'dtype', [jnp.float32, pytest.param(jnp.bfloat16, marks=needs_onednn_bfloat16)]
+)
 @pytest.mark.parametrize(
     'lhs_shape, rhs_shape, contracting',
     [
@@ -85,7 +92,7 @@ def _traced_with(backend, fn, *args):
     return jax.jit(run)(*args), onednn_calls_in(jax.make_jaxpr(run)(*args))
 
 
-@needs_onednn
+@needs_onednn_bfloat16
 def test_bfloat16_layers_route_their_products_and_gradients_to_onednn(monkeypatch):
     monkeypatch.setattr(onednn_matmul, 'MIN_FLOPS', 0)
     x = jax.random.normal(jax.random.key(1), (4, 7, 16)).astype(jnp.bfloat16)
@@ -111,7 +118,7 @@ def test_bfloat16_layers_route_their_products_and_gradients_to_onednn(monkeypatc
     _assert_trees_close(reference, second, tolerance=5e-2)
 
 
-@needs_onednn
+@needs_onednn_bfloat16
 def test_the_fused_lstm_gradient_products_run_on_onednn(monkeypatch):
     monkeypatch.setattr(onednn_matmul, 'MIN_FLOPS', 0)
     t, b, n, h = 5, 3, 4, 8
@@ -163,3 +170,27 @@ def test_flop_counts_trace_xla_products(monkeypatch):
     with switch.use(matmul='onednn'):
         count = loop_corrected_flops(jax.jit(mixed_precision.matmul), x, w)
     assert count.total == pytest.approx(2 * 32 * 64 * 16, rel=0.01)
+
+
+@needs_onednn
+def test_a_cpu_without_onednn_bfloat16_kernels_keeps_bfloat16_work_on_xla(monkeypatch, caplog):
+    # As on an AVX2-only CPU, where oneDNN refuses to create bfloat16 primitives.
+    NHWC = channels_last_dimension_numbers(4)
+    monkeypatch.setattr(onednn_conv, 'runnable_dtypes', lambda: (jnp.dtype(jnp.float32),))
+    monkeypatch.setattr(onednn_matmul, 'MIN_FLOPS', 0)
+    x, w = jnp.ones((8, 16), jnp.bfloat16), jnp.ones((16, 4), jnp.bfloat16)
+    images, kernel = jnp.ones((1, 6, 6, 3), jnp.bfloat16), jnp.ones((3, 3, 3, 4), jnp.bfloat16)
+    for backend in ('auto', 'onednn'):
+        with switch.use(matmul=backend, conv=backend):
+            product = jax.make_jaxpr(lambda x, w: mixed_precision.matmul(x, w))(x, w)
+            conv = jax.make_jaxpr(
+                lambda a, b: conv_general_dilated(a, b, (1, 1), 'SAME', dimension_numbers=NHWC)
+            )(images, kernel)
+            assert onednn_conv.use_for_trace(jnp.float32)
+        assert onednn_calls_in(product) == 0 and onednn_calls_in(conv) == 0
+    # Float32 work still runs there.
+    with switch.use(conv='onednn'):
+        conv = jax.make_jaxpr(
+            lambda a, b: conv_general_dilated(a, b, (1, 1), 'SAME', dimension_numbers=NHWC)
+        )(images.astype(jnp.float32), kernel.astype(jnp.float32))
+    assert onednn_calls_in(conv) > 0

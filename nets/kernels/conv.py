@@ -327,10 +327,9 @@ def conv_general_dilated(
         padding = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides = tuple(window_strides)
-    if (
-        onednn_conv.supports(lhs, rhs, rhs_dilation, feature_group_count)
-        and onednn_conv.use_for_trace()
-    ):
+    if onednn_conv.supports(
+        lhs, rhs, rhs_dilation, feature_group_count
+    ) and onednn_conv.use_for_trace(lhs.dtype):
         if is_patch_embedding(rhs.shape[:rank], strides, padding, feature_group_count):
             return patch_product(lhs, rhs)
         return onednn_conv.conv2d(lhs, rhs, strides, padding, feature_group_count)

@@ -93,7 +93,7 @@ def float32_product(
     if (
         jnp.dtype(lhs.dtype) in LOW_PRECISION
         and onednn_matmul.supports(lhs, rhs, contracting)
-        and onednn_matmul.use_for_trace()
+        and onednn_matmul.use_for_trace(lhs.dtype)
     ):
         return _onednn_float32_product(lhs, rhs, contracting, precision)
     return _xla_float32_product(lhs, rhs, contracting, precision)

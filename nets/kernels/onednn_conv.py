@@ -137,21 +137,40 @@ def build() -> Path:
 
 
 @functools.cache
-def _load() -> str | None:
-    """Builds and registers the FFI handlers once; None on success, else why not."""
+def _open() -> tuple[object | None, str | None]:
+    """Builds, loads and registers the FFI handlers once: (the library, None), or (None, why
+    not)."""
     if sys.platform != 'linux':
-        return f'oneDNN convolutions are built for Linux only (this is {sys.platform})'
+        return None, f'oneDNN convolutions are built for Linux only (this is {sys.platform})'
     try:
         import ctypes
 
         library = ctypes.cdll.LoadLibrary(str(build()))
     except (OnednnUnavailable, OSError, subprocess.TimeoutExpired) as error:
-        return str(error)
+        return None, str(error)
     for target in (*TARGETS.values(), MATMUL_TARGET):
         jax.ffi.register_ffi_target(
             target, jax.ffi.pycapsule(getattr(library, target)), platform='cpu'
         )
-    return None
+    return library, None
+
+
+def _load() -> str | None:
+    """Builds and registers the FFI handlers once; None on success, else why not."""
+    return _open()[1]
+
+
+@functools.cache
+def runnable_dtypes() -> tuple[jnp.dtype, ...]:
+    """The dtypes oneDNN's kernels run in on this CPU (builds the library on first call; () where
+    it cannot be loaded): float32 everywhere, bfloat16 where oneDNN has kernels for it (AVX-512
+    and up; it refuses to create them on AVX2-only CPUs, where XLA keeps bfloat16 work)."""
+    library, problem = _open()
+    if problem is not None:
+        return ()
+    if library.DeepnetsOnednnRunsBfloat16():
+        return tuple(jnp.dtype(d) for d in DTYPES)
+    return (jnp.dtype(jnp.float32),)
 
 
 def unavailable_reason() -> str | None:
@@ -165,19 +184,30 @@ def available() -> bool:
     return _load() is None
 
 
-def use_for_trace() -> bool:
-    """Whether a CPU convolution traced now runs on oneDNN, as the kernel switch says: 'xla' no;
-    'onednn' yes (OnednnUnavailable where it cannot); 'auto' where available, with a warning
-    once where not."""
+def use_for_trace(dtype: jnp.dtype | None = None) -> bool:
+    """Whether a CPU convolution (in `dtype`) traced now runs on oneDNN, as the kernel switch
+    says: 'xla' no; 'onednn' yes (OnednnUnavailable where it cannot); 'auto' where available,
+    with a warning once where not. A dtype this CPU's oneDNN has no kernels for
+    (`runnable_dtypes`) stays on XLA's either way."""
     backend = switch.conv_backend()
     if backend == 'xla':
         return False
     problem = _load()
     if problem is None:
-        return True
+        return dtype is None or runs(dtype, backend)
     if backend == 'onednn':
         raise OnednnUnavailable(f"the conv kernel switch asks for 'onednn', but: {problem}")
     _warn_once(problem)
+    return False
+
+
+def runs(dtype: jnp.dtype, backend: str) -> bool:
+    """Whether oneDNN runs `dtype` here; where the switch asked for 'onednn' and it does not,
+    says so once."""
+    if jnp.dtype(dtype) in runnable_dtypes():
+        return True
+    if backend == 'onednn':
+        _warn_once(f'oneDNN has no {jnp.dtype(dtype).name} kernels on this CPU (AVX-512 and up)')
     return False
 
 

@@ -87,10 +87,11 @@ def supports(
     return 2 * lhs.size * kept >= MIN_FLOPS
 
 
-def use_for_trace() -> bool:
-    """Whether a product traced now may run on oneDNN, as the kernel switch says: 'xla' no;
-    'onednn' where the library is built (an error where it cannot be); 'auto' on the CPU backend
-    with one device in the process, where the library is built."""
+def use_for_trace(dtype: jnp.dtype | None = None) -> bool:
+    """Whether a product (in `dtype`) traced now may run on oneDNN, as the kernel switch says:
+    'xla' no; 'onednn' where the library is built (an error where it cannot be); 'auto' on the
+    CPU backend with one device in the process, where the library is built. A dtype this CPU's
+    oneDNN has no kernels for (`onednn_conv.runnable_dtypes`) stays on XLA's either way."""
     backend = switch.matmul_backend()
     if backend == 'xla':
         return False
@@ -98,7 +99,7 @@ def use_for_trace() -> bool:
         return False
     problem = onednn_conv.unavailable_reason()
     if problem is None:
-        return True
+        return dtype is None or onednn_conv.runs(dtype, backend)
     if backend == 'onednn':
         raise onednn_conv.OnednnUnavailable(
             f"the matmul kernel switch asks for 'onednn', but: {problem}"

@@ -53,6 +53,33 @@ dnnl::engine& Engine() {
 
 }  // namespace deepnets_onednn
 
+// 1 where this CPU runs oneDNN's bfloat16 convolutions (all three passes) and bfloat16 products
+// (float32 result), 0 where oneDNN refuses to create them: oneDNN 3.2 has bfloat16 kernels on
+// AVX-512 and up, none on AVX2-only CPUs. nets/kernels/onednn_conv.py asks once
+// (`runnable_dtypes`) and keeps bfloat16 work on XLA's kernels where it is 0.
+extern "C" int DeepnetsOnednnRunsBfloat16() {
+  using type = memory::data_type;
+  using tag = memory::format_tag;
+  try {
+    auto& engine = deepnets_onednn::Engine();
+    memory::desc a({16, 16}, type::bf16, tag::ab), c({16, 16}, type::f32, tag::ab);
+    dnnl::matmul::primitive_desc product(engine, a, a, c);
+    memory::desc x({1, 16, 8, 8}, type::bf16, tag::nhwc), y({1, 16, 8, 8}, type::bf16, tag::nhwc);
+    memory::desc w({16, 16, 3, 3}, type::bf16, tag::any);
+    memory::dims one = {1, 1};
+    dnnl::convolution_forward::primitive_desc forward(
+        engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, x, w, y,
+        one, one, one);
+    dnnl::convolution_backward_data::primitive_desc input_gradient(
+        engine, dnnl::algorithm::convolution_direct, x, w, y, one, one, one, forward);
+    dnnl::convolution_backward_weights::primitive_desc kernel_gradient(
+        engine, dnnl::algorithm::convolution_direct, x, w, y, one, one, one, forward);
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+  return 1;
+}
+
 namespace {
 
 using deepnets_onednn::Engine;
