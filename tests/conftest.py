@@ -8,8 +8,18 @@ import os
 # them about twice as fast and runs them about as fast.
 # Subprocesses that set their own XLA_FLAGS add FAST_COMPILE too.
 FAST_COMPILE = '--xla_backend_optimization_level=0'
-os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count=8 {FAST_COMPILE}'
+# The flags without which XLA crashes on this CPU (train.runtime.required_xla_flags), as every run
+# of the trainer has them.
+from train.host_cpu import this_cpu  # noqa: E402
+from train.runtime import required_xla_flags  # noqa: E402
+
+os.environ['XLA_FLAGS'] = ' '.join(
+    [
+        os.environ.get('XLA_FLAGS', ''),
+        '--xla_force_host_platform_device_count=8',
+        FAST_COMPILE,
+        *required_xla_flags(this_cpu()),
+    ]
 ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 

@@ -98,7 +98,13 @@ def test_an_avx2_only_laptop_keeps_float32_speed_paths():
     assert resnet.reason('bfloat16_products').startswith('no AVX512-BF16: bfloat16 products upcast')
     f32 = _resolve(AVX2_LAPTOP, 'resnet18')
     assert f32.conv_backend == 'onednn' and f32.reason('conv_backend').startswith('AVX2 present')
-    assert f32.xla_flags == DEFAULT_FLAGS and f32.reason('xla_flags').startswith('no AVX512-BF16')
+    # YNNPACK's reduce fusions crash without AVX-512: off, whatever the config says.
+    assert f32.xla_flags == (f'{DEFAULT_FLAGS[0]},-reduce',)
+    assert f32.reason('xla_flags').startswith('no AVX512-BF16')
+    assert 'reduce fusions off YNNPACK too (they crash without AVX-512)' in f32.reason('xla_flags')
+    bare = _resolve(AVX2_LAPTOP, 'resnet18', runtime=dict(xla_flags='none'))
+    assert bare.xla_flags == (f'{runtime.YNN_FUSION_FLAG}=-reduce',)
+    assert 'kept, or programs crash here' in bare.reason('xla_flags')
     # 4 cores x 256 KiB of L2: micro-batches of 8.
     assert _resolve(AVX2_LAPTOP, batch_size=64).grad_accum_steps == 8
     assert runtime.micro_batch_choice(AVX2_LAPTOP, 'vit')[0] == 8
@@ -239,3 +245,10 @@ def test_cpuinfo_and_cache_sizes_are_parsed_and_missing_files_degrade(tmp_path):
     assert nowhere.model and nowhere.logical_cores  # from the platform module and os
     with pytest.raises(ValueError, match='avx512_bf16'):
         intel.has('avx512bf16')
+
+
+def test_only_cpus_without_avx512_need_the_crash_workaround_flags():
+    assert runtime.required_xla_flags(AVX2_LAPTOP) == [f'{runtime.YNN_FUSION_FLAG}=-reduce']
+    for cpu in (ZEN4, SAPPHIRE_RAPIDS, ONE_CORE, GRAVITON):
+        assert runtime.required_xla_flags(cpu) == []
+    assert _resolve(ZEN4, 'resnet18', runtime=dict(xla_flags='none')).xla_flags == ()

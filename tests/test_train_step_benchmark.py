@@ -293,19 +293,21 @@ def test_torch_row_on_a_toy_model():
 def test_benchmark_measures_the_trainer_s_cpu_flags():
     """The JAX workers run with what train.main adds on the CPU for their model family and dtype
     (train.runtime), unless --xla_flags overrides it for every row."""
-    from train.runtime import DEFAULT_YNN_FUSION, YNN_FUSION_FLAG, cpu_xla_flags
+    from train.runtime import cpu_xla_flags
 
     vit = {'job': 'jax_step', 'model': 'vit_ti4', 'dtype': 'float32', 'devices': 1}
     lstm = {'job': 'jax_step', 'model': 'lstm_lm', 'dtype': 'float32', 'devices': 2}
+    # This machine's preset: the flags differ by CPU (tests/test_runtime_host.py checks them).
+    (preset,) = cpu_xla_flags('language_model', 'float32')
     assert bench.job_xla_flags(vit) == ' '.join(cpu_xla_flags('vit', 'float32'))
-    assert bench.job_xla_flags(lstm) == f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}'
+    assert bench.job_xla_flags(lstm) == preset
     assert bench.job_xla_flags({**vit, 'dtype': 'bfloat16'}) == bench.job_xla_flags(lstm)
     assert (
         bench.job_xla_flags(vit, '--xla_cpu_use_thunk_runtime=true')
         == '--xla_cpu_use_thunk_runtime=true'
     )
     assert bench.worker_env(lstm, None)['XLA_FLAGS'].split() == [
-        f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}',
+        preset,
         '--xla_force_host_platform_device_count=2',
     ]
     assert (

@@ -61,6 +61,10 @@ DEFAULT_YNN_FUSION = '-individual_convolution'
 YNN_FUSION_BY_FAMILY_AND_DTYPE = {
     ('vit', 'float32'): '-individual_convolution,-individual_dot,-dot',
 }
+# YNNPACK's reduce fusions crash on x86-64 CPUs without AVX-512 under jaxlib 0.10 (a segfault in
+# their transpose, every time, in a deformable ResNet's train step on an AVX2-only AMD EPYC):
+# there reductions stay XLA's, whatever else the preset says.
+CRASHING_YNN_FUSIONS = ('reduce',)
 # glibc malloc: one arena, no mmap for large blocks, never trim the heap (64 GiB threshold).
 MALLOC_ENV = {
     'MALLOC_ARENA_MAX': '1',
@@ -165,6 +169,19 @@ def _unmeasured(cpu: Cpu) -> str:
     return f'{class_mismatch(cpu)}, not the measured {MEASURED_CPU_CLASS}'
 
 
+def crashing_ynn_fusions(cpu: Cpu) -> tuple[str, ...]:
+    """The YNNPACK fusion types that crash on `cpu` (CRASHING_YNN_FUSIONS on x86-64 without
+    AVX-512; none elsewhere)."""
+    return CRASHING_YNN_FUSIONS if cpu.x86_64 and not cpu.has('avx512f') else ()
+
+
+def required_xla_flags(cpu: Cpu) -> list[str]:
+    """The XLA flags without which programs crash on `cpu` (every process here needs them, the
+    tests' too; the presets include them)."""
+    off = crashing_ynn_fusions(cpu)
+    return [f'{YNN_FUSION_FLAG}=' + ','.join(f'-{fusion}' for fusion in off)] if off else []
+
+
 def xla_flag_preset(cpu: Cpu, family: str | None, dtype: str) -> Choice:
     """The XLA CPU flags for a `family` model computing in `dtype` on `cpu`."""
     if in_measured_class(cpu):
@@ -175,9 +192,16 @@ def xla_flag_preset(cpu: Cpu, family: str | None, dtype: str) -> Choice:
             else f'{MEASURED}: convolutions off YNNPACK ({fusion}), the default preset'
         )
     if cpu.x86_64:
-        return [f'{YNN_FUSION_FLAG}={DEFAULT_YNN_FUSION}'], (
-            f'{_unmeasured(cpu)}: the x86-64 preset, convolutions off YNNPACK; the per-family '
-            'extras only on the measured class'
+        off = crashing_ynn_fusions(cpu)
+        fusion = ','.join([DEFAULT_YNN_FUSION, *(f'-{f}' for f in off)])
+        crash = (
+            f'; {", ".join(off)} fusions off YNNPACK too (they crash without AVX-512)'
+            if off
+            else ''
+        )
+        return [f'{YNN_FUSION_FLAG}={fusion}'], (
+            f'{_unmeasured(cpu)}: the x86-64 preset, convolutions off YNNPACK{crash}; the '
+            'per-family extras only on the measured class'
         )
     return [], f"{_unmeasured(cpu)}: XLA's default fusions (the presets are x86-64 measurements)"
 
@@ -368,7 +392,11 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
     if on_cpu and cpu_devices > 1 and CPU_DEVICE_COUNT_FLAG not in host.xla_flags:
         flags.append(f'{CPU_DEVICE_COUNT_FLAG}={cpu_devices}')
     if block.xla_flags == 'none':
-        reasons['xla_flags'] = 'config.runtime.xla_flags=none'
+        required = [f for f in required_xla_flags(cpu) if f.split('=')[0] not in host.xla_flags]
+        flags += required if tuned else []
+        reasons['xla_flags'] = 'config.runtime.xla_flags=none' + (
+            f' (kept, or programs crash here: {required})' if tuned and required else ''
+        )
     elif tuned:
         preset, why = xla_flag_preset(cpu, family, dtype)
         own = [f for f in preset if f.split('=')[0] not in host.xla_flags]
