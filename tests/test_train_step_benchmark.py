@@ -88,6 +88,47 @@ def test_ratios_and_mfu_come_from_the_measured_numbers():
     assert 'mfu' not in failed and failed['error'] == 'boom'
 
 
+def test_a_pytorch_worker_stopped_in_its_first_step_gives_a_bound(monkeypatch):
+    marker = bench_common.FIRST_STEP_MARKER
+    monkeypatch.setattr(bench_common.time, 'time', lambda: 1000.0)
+    stopped = bench_common.stopped_row(f'built\n{marker}700.0\n', 600, batch_size=64)
+    assert stopped['error'] == 'timed out after 600 s'
+    assert stopped['step_s_at_least'] == 300.0 and stopped['examples_per_s_at_most'] == 64 / 300
+    # Stopped before its first step, or a worker without one: no bound.
+    assert set(bench_common.stopped_row(b'built\n', 600, 64)) == {'error'}
+    assert set(bench_common.stopped_row(f'{marker}700.0', 600, 0)) == {'error'}
+    jax_row = dict(
+        model='m',
+        dtype='bfloat16',
+        framework='jax',
+        devices=1,
+        step_s=2.0,
+        examples_per_s=32.0,
+        params=5,
+    )
+    torch_row = dict(model='m', dtype='bfloat16', framework='torch', mode='eager', **stopped)
+    jax_row, torch_row = bench_common.add_ratios([jax_row, torch_row], {'float32': 1e12})
+    assert jax_row['vs_torch_eager'] is None
+    assert jax_row['vs_torch_eager_at_least'] == pytest.approx(32.0 / (64 / 300))
+    report = {
+        'meta': dict(
+            command='test',
+            date='d',
+            cpu_model='cpu',
+            cores=2,
+            memory_gib=1.0,
+            jax='j',
+            python='p',
+            load_average='0',
+        ),
+        'peak': [dict(dtype='bfloat16', size=2048, gflops=100.0, torch_gflops=0.3, torch_size=512)],
+        'rows': [jax_row, torch_row],
+    }
+    table = bench_common.markdown_report(report)
+    assert '| > 150x |' in table and '< 0.21 (no step ended in 300 s) | > 300000 |' in table
+    assert '| 0.3 (at 512) |' in table
+
+
 def test_reach_names_the_slower_rows():
     rows = fake_rows()
     target = bench_common.reach(rows, vit_model='m')

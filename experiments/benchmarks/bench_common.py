@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import resource
 import statistics
 import time
@@ -23,6 +24,7 @@ from train.host_cpu import describe, this_cpu
 
 # A worker prints its result as one line starting with this marker; the driver reads it.
 ROW_MARKER = 'BENCHMARK_ROW '
+FIRST_STEP_MARKER = 'BENCHMARK_FIRST_STEP '  # + time.time() as a PyTorch row's first step begins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +150,24 @@ def model_spec(model: str, size: str = 'full') -> ModelSpec:
     return specs[size][model]
 
 
+def announce_first_step() -> None:
+    """Prints FIRST_STEP_MARKER and the time, as a worker's first step begins."""
+    print(f'{FIRST_STEP_MARKER}{time.time()}', flush=True)
+
+
+def stopped_row(stdout: str | bytes | None, timeout: float, batch_size: int) -> dict[str, Any]:
+    """The row of a worker stopped at `timeout`: an error, and where it had begun its first step
+    (FIRST_STEP_MARKER on its `stdout`) and `batch_size` is given, the bound that gives: a step
+    slower than the time since."""
+    row: dict[str, Any] = {'error': f'timed out after {timeout:.0f} s'}
+    text = stdout.decode(errors='replace') if isinstance(stdout, bytes) else stdout or ''
+    began = [line for line in text.splitlines() if line.startswith(FIRST_STEP_MARKER)]
+    if batch_size and began:
+        seconds = time.time() - float(began[-1][len(FIRST_STEP_MARKER) :])
+        row.update(step_s_at_least=seconds, examples_per_s_at_most=batch_size / seconds)
+    return row
+
+
 def time_steps(
     run: Callable[[int], Any], sync: Callable[[Any], Any], *, steps: int, warmup: int
 ) -> tuple[float, list[float], list[float]]:
@@ -227,149 +247,19 @@ def matmul_flops(size: int) -> float:
     return 2.0 * size**3
 
 
-# What the report's notes say: the defaults chosen and what limits JAX (measured while
-# developing; the rows of a run are its own evidence).
-NOTES = [
-    'Rows are medians of --steps timed steps after one untimed call (plus --warmup); each row '
-    'runs in its own process. Compare rows only where `cores` is near the core count: lower '
-    'means other processes shared the machine, which costs PyTorch (OpenMP barriers) more than '
-    'JAX.',
-    'The VM changed host between runs: until 2026-11-27 08:21 UTC its float32 matmul peak read '
-    "150-200 GFLOP/s in JAX, from 10:00 that day 390-440 (memory ~7 GB/s, PyTorch's matmul "
-    '~200). The development figures below are from the older host unless they say otherwise; '
-    'ratios measured in one run are comparable, absolute times across hosts are not.',
-    # Development A/Bs (2-core AMD EPYC, jax 0.10.2, torch 2.13.0, machine shared at load 4-9,
-    # so train-step CPU seconds were compared, interleaved in one process or in alternating
-    # processes):
-    'XLA flags (train/runtime.py, per model family and dtype, what train.main adds on '
-    "CPU-only hosts; each row's flags are in the JSON): convolutions off YNNPACK "
-    '(--xla_cpu_experimental_ynn_fusion_type=-individual_convolution) for every model cut the '
-    'CPU seconds of a ResNet-18 step by 24% (8.9 -> 6.6-6.8 s), ViT-Ti/4 by 5%, the LSTM and the '
-    'quickstart CNN by 0%. Dot products off YNNPACK as well (-individual_dot,-dot) for float32 '
-    'ViTs: ViT-Ti/4 step 3.42/3.00 s -> 2.89/2.85 s (alternating A/B, 5 steps each); the same '
-    "made the LSTM slower (0.65 -> 0.94 s), ResNet-18 no faster, and bfloat16 slower (Eigen's "
-    "bfloat16 products run at half YNNPACK's rate). Element-wise fusions on YNNPACK (+eltwise) "
-    'do not compile the LSTM step (jax 0.10.2: "unsupported layout in YNN fusion"); reductions '
-    'on it (+reduce) cost the same (0.272 vs 0.274 s, 3 alternating rounds, 2026-11-27).',
-    'Convolutions on oneDNN (nets/kernels/onednn_conv.py, the CPU default where it builds; '
-    "config.runtime.conv_backend=xla for XLA's): 2-D float32/bfloat16 convolutions and both their "
-    'gradients run as XLA FFI calls into oneDNN 3.2 (the onednn-cpu-gomp wheel), the library '
-    "PyTorch's CPU convolutions use, with activations in JAX's channels-last layout and the "
-    "kernel reordered into oneDNN's blocked layout per call. 2026-11-27, alternating runs, "
-    'without the allocator settings below: ResNet-18 step 1.70 -> 1.26-1.30 s float32 (one '
-    "device; 1.73 -> 1.29 s on two), 1.66 -> 0.92 s bfloat16 (oneDNN's AVX512-BF16 "
-    "convolutions; XLA's CPU convolutions have none), ViT-Ti/4 1.30 -> 1.20 s (its patch "
-    'embedding). The 32x32x64 3x3 forward convolution runs at 481 GFLOP/s in oneDNN alone, as in '
-    "PyTorch, against XLA's 272. Written first with oneDNN's default library-managed "
-    'scratchpad, which primitives share: two convolutions XLA ran at the same time corrupted '
-    "each other (a GAN's resumed run differed, a two-discriminator program hung); each call "
-    "now takes its calling thread's own scratch buffer (tests/test_onednn_conv.py).",
-    'Allocator (train/runtime.py MALLOC_ENV, what train.main restarts with for ResNets and '
-    "language models; `+malloc` in the table): XLA's CPU runtime allocates a step's buffers "
-    'afresh each step, and glibc maps large ones with mmap and returns them when freed, so the '
-    'kernel supplies (and zeroes) new pages every step: ~230,000 page faults per ResNet-18 step. '
-    'One arena, no mmap and no trimming keep the memory in the heap: ~1,500 faults per step; '
-    'ResNet-18 1.28-1.30 -> 1.10-1.14 s, LSTM 0.27-0.31 -> 0.23 s (alternating runs); ViT-Ti/4 '
-    "1.25 -> 1.39-1.50 s with one arena, 1.24 s without the arena limit, so the ViT keeps glibc's "
-    'defaults. PyTorch eager gains as much or more under the same settings (the `eager+malloc` '
-    'rows, two runs of 2026-11-27: ResNet-18 float32 +27-34%, the LSTM +41-45%): with equal '
-    "allocator settings JAX's ResNet-18 is at 0.90-0.96x PyTorch eager and the float32 LSTM at "
-    '0.74-0.87x. PyTorch does not ship such settings; this project does.',
-    'Micro-batches (train/runtime.py MICRO_BATCH_BY_FAMILY, what train.main does on the '
-    'CPU; `(k micro)` in the table): ViT steps run their batch as micro-batches of 16 examples '
-    'per device in a scan (config.grad_accum_steps; the same averaged gradient and one update). '
-    'The activations of 16 images (0.8 MB per ViT-Ti/4 layer output, 3.2 MB in the MLP) stay '
-    'in the caches between the memory-bound layer norms, GELUs and softmaxes, where 128 images '
-    'stream through main memory at ~6 GB/s. Interleaved A/B, ViT-Ti/4 batch 128: float32 one '
-    'device 3.3-3.7 -> 2.2-2.4 s (micro-batches of 32: 2.3-2.5 s), two devices 2.8 -> 2.2 s, '
-    'bfloat16 2.7 -> 1.9 s; PyTorch eager split the same way: 2.7 -> 2.5 s. The LSTM gains '
-    'nothing (0.52 -> 0.54 s with two micro-batches); ResNet-18 would, but batch norm would then '
-    'see 16- or 32-image statistics, so it keeps whole batches. Convolutions in that scan go '
-    "through nets.kernels.conv.Conv: XLA's CPU backend gives gradient convolutions their fast "
-    'layout '
-    "only outside loops (a 32x32x64 3x3 layer's kernel gradient took 13 s in a scan, 0.13 s "
-    'with Conv; ResNet-18 in 4 micro-batches: 168 s -> 3.0 s per step, 3.3 s whole).',
-    "ViT attention: 'xla' (jax.nn.dot_product_attention) and the explicit 'plain' softmax cost "
-    "the same (5.6 vs 5.7 CPU s; on the CPU both materialise the 65x65 weights); rows use 'xla'.",
-    'LSTM unroll: 1 step per loop iteration is fastest (CPU s 1.25; 2: 1.38, 4: 1.58, 8: 2.32), '
-    'the project default. Hoisting the input projection x·W_x out of the scan (one '
-    '(8192x128)·(128x2048) product before the loop, as cuDNN/oneDNN do) was measured slower: '
-    'train step 0.58 -> 0.72 s, fwd+bwd of a bare LSTM 0.45 -> 0.60 s. The projected inputs '
-    "(64 MiB, and their gradient) pass through memory several times at this VM's ~6 GB/s "
-    '(a 64 MiB read+write copy), while inside the loop x_t and W_x stay in cache; kept inside. '
-    'One concatenated [x_t, h]·[W_x; W_h] product per step instead of two was no faster either '
-    '(bare LSTM 0.48-0.50 -> 0.51-0.54 s).',
-    'LSTM backward (nets/kernels/fused_lstm.py, every RNNLayer LSTM): differentiating the '
-    'scanned cell, '
-    "JAX adds the 64-deep products x_t^T·dz_t and h_{t-1}^T·dz_t into the kernels' gradients at "
-    "every step; the fused layer's backward loop carries only the state gradients and stacks "
-    'dz_t, and the weight, bias and input gradients are single products over all 8192 rows '
-    'after the loop (the (512x8192)·(8192x2048) one at 188 GFLOP/s), as cuDNN/oneDNN do. '
-    'Interleaved, one device: train step 0.69 -> 0.58 s (median); keeping the four gate '
-    'activations as separate arrays rather than concatenated gained another 6%; keeping tanh(c) '
-    'rather than recomputing it did not pay; unroll 2 the same, 4 slower. On the 2-device mesh '
-    'those products contract (time, batch) as two axes: reshaped into one, the sharded batch '
-    'merged with time and XLA all-gathered the 64 MiB stacked gradients (0.90 -> 0.75 s; a test '
-    'checks the sharded gradient gathers nothing).',
-    'Device count: a 2-device mesh took 7% fewer CPU s for ResNet-18, the same for ViT, 30% more '
-    'for the LSTM before its fused backward (now about the same as one device); on the faster '
-    'host (2026-11-27, 3 alternating rounds) ResNet-18 took 1.92 s per step on one device and '
-    '2.07 s on two (with oneDNN convolutions 1.26-1.30 and 1.29 s). The trainer '
-    'stays at one device by default (a 2-device all-reduce stalled once in ~10 runs, see '
-    'docs/speed.md), --config.runtime.cpu_devices=2 opts in.',
-    "bfloat16 in JAX: asked for a bfloat16 result, XLA's CPU backend converts both operands "
-    "to float32 (a 2048^3 product at 167 GFLOP/s, below float32's 200); asked to accumulate "
-    'in float32 it runs AVX512-BF16 through YNNPACK at 371 GFLOP/s (the bfloat16 peak above). '
-    "nets.kernels.mixed_precision (every model's Dense/DenseGeneral and the recurrent cells) "
-    'does so '
-    'for the forward product and both gradient products: ViT-Ti/4 bfloat16 step 3.44 -> 2.49 s '
-    "(1 device; 2.23 s on 2, as fast as PyTorch eager float32), LSTM 0.81 -> 0.56 s. XLA's CPU "
-    'convolutions have no bfloat16 path (124-132 GFLOP/s vs 146 float32 on a 32x32x64 3x3 layer, '
-    "older host); oneDNN's use AVX512-BF16, in PyTorch and now in JAX (ResNet-18's bfloat16 step "
-    "runs at 1.5x JAX's float32 one, 2.1x in PyTorch).",
-    "Three bfloat16 pathologies of XLA's CPU backend, found in profiles of the bfloat16 steps "
-    '(2026-12-07, the slower host): (1) a bias gradient summed in bfloat16 became a reduce-window '
-    'in float32 rounded to bfloat16 after every addition, ~20% of a ViT-Ti/4 step; '
-    "nets.kernels.mixed_precision.add_bias sums it in float32; (2) oneDNN's bfloat16 kernel "
-    'gradient of the 4x4 patch embedding (3 input channels) took ~17% of the step; a patch '
-    'embedding is now one product (nets.kernels.conv.patch_product); (3) a scan stacking '
-    'bfloat16 outputs converted the whole stack to float32 and back at every step (O(T^2) '
-    'traffic in the LSTM); the fused LSTM stacks their bits as uint16. ViT-Ti/4 bfloat16 step '
-    '1.82-1.88 -> 1.52-1.54 s, LSTM bfloat16 0.33-0.50 -> 0.30-0.42 s (alternating runs of the '
-    'commits before and after).',
-    'torch.compile breaks the graph at nn.LSTM (the LSTM compile row runs eagerly) and takes '
-    '35-50 s per model on 2 cores. PyTorch images are channels-last (faster than NCHW for '
-    'ResNet-18 here: 9.1 vs 10.4 s per step, interleaved, under load).',
-    "What limits JAX. ResNet-18: its convolutions are now oneDNN's, as in PyTorch "
-    '(experiments/benchmarks/conv_benchmark.py, docs/conv_benchmark.md, times each one in JAX '
-    "with XLA's kernels, with oneDNN's, and in PyTorch); the rest of the step (batch norm, "
-    "ReLU, the update) is XLA's fusions. Before oneDNN, XLA's CPU convolutions took 1.2-1.3 "
-    "s of a ~1.65 s step against PyTorch's 0.91-0.94 s: its 32x32x64 layers at ~0.6x oneDNN "
-    '(forward 279 vs 487 GFLOP/s; the kernel gradient first transposes input and gradient into '
-    "the (C, H, W, N) and (H, W, N, C) layouts XLA's kernel-gradient convolution wants), the "
-    "deeper ones at 0.7-1.1x, YNNPACK's slower still. That XLA path, which still serves "
-    'other convolutions and config.runtime.conv_backend=xla, got three fixes in '
-    'nets/kernels/conv.py: strided '
-    "layers' input gradients as stride-1 convolutions of the input phases (XLA ran them over "
-    'zero-dilated gradients at 68 GFLOP/s), 1x1 kernel gradients as one product (24 GFLOP/s as '
-    "convolutions): step 1.98 -> 1.92 s; large-activation layers' gradients in cache-sized "
-    'chunks of 16 examples strided over the batch: 1.89 -> 1.72 s on one device, 2.04 -> 1.78 s '
-    'on two. Tried there and measured no better: the kernel gradient as a 3-D convolution that '
-    'reads the gradient untransposed (52 -> 267 ms); on the older host, materialising the '
-    'gradient once (3.4 -> 3.5 s) or the activations; a batch norm with a one-map custom '
-    'backward (3.395 vs 3.405 s); weight gradients as im2col or 9 shifted products (15-95 '
-    "GFLOP/s against XLA's 96-172); oneDNN flags of XLA (not built into this jaxlib); "
-    '--xla_cpu_use_fusion_emitters=false (3.18 -> 3.41 s) and the concurrency-optimised '
-    'scheduler (3.18 -> 3.33 s; the LSTM on the faster host 0.269 vs 0.270 s, 5 rounds). '
-    'LSTM: PyTorch '
-    "runs oneDNN's fused LSTM; XLA runs each time step as ~10 small kernels in a while loop: "
-    'the per-step products at 180-190 GFLOP/s (near the peak), then the element-wise gate '
-    'kernels, the stacking of what the backward pass keeps, and ~0.4 ms per step of gaps '
-    "between kernels (a profile's kernels add up to 0.45 of a 0.54 s step). ViT-Ti/4 float32: "
-    'its 192-wide products run at '
-    '~110-170 GFLOP/s, the layer norms, exact GELU and softmax are memory-bound at ~6 GB/s. '
-    'A quiet-moment check: one-device steps keep both XLA threads ~93-95% busy.',
-]
+# The report's notes (the defaults chosen and what limits JAX, measured while developing; the
+# rows of a run are its own evidence): one paragraph each in train_step_notes.md.
+NOTES_FILE = Path(__file__).with_name('train_step_notes.md')
+
+
+def report_notes(path: Path = NOTES_FILE) -> list[str]:
+    """The notes of `path`: its paragraphs (blank-line separated, an HTML comment skipped), each
+    joined into one line."""
+    text = re.sub(r'<!--.*?-->', '', path.read_text(), flags=re.DOTALL)
+    return [' '.join(p.split()) for p in re.split(r'\n\s*\n', text) if p.strip()]
+
+
+NOTES = report_notes()
 
 
 # --- From measured rows to the report ----------------------------------------------------------
@@ -386,7 +276,9 @@ def add_ratios(
     under the JAX row's allocator settings) and `vs_torch_eager_float32` (the issue's
     target: >= 1). Model FLOPs are XLA's count of the model's JAX float32 step (any dtype's
     when no float32 row counted): one count per model, whatever dtype, mesh or framework runs
-    it, so MFUs compare. Rows that failed keep their error and get nothing."""
+    it, so MFUs compare. Rows that failed keep their error and get nothing; where the PyTorch
+    row was stopped before one step ended (`examples_per_s_at_most`), the JAX row gets the bound
+    (`vs_torch_eager_at_least`, ...) instead."""
     flops: dict[str, float] = {}
     for row in sorted(rows, key=lambda r: r.get('dtype') != 'float32'):  # float32 first
         if row.get('framework') == 'jax' and row.get('step_flops'):
@@ -395,6 +287,12 @@ def add_ratios(
         (row['model'], row['dtype'], row['mode']): row['examples_per_s']
         for row in rows
         if row.get('framework') == 'torch' and 'examples_per_s' in row
+    }
+    # A PyTorch row stopped before its first step ended: its speed is at most this.
+    torch_at_most = {
+        (row['model'], row['dtype'], row['mode']): row['examples_per_s_at_most']
+        for row in rows
+        if row.get('framework') == 'torch' and row.get('examples_per_s_at_most')
     }
     for row in rows:
         if 'examples_per_s' not in row:
@@ -414,6 +312,8 @@ def add_ratios(
         ):
             other = torch_speed.get(key)
             row[name] = row['examples_per_s'] / other if other else None
+            if not other and torch_at_most.get(key):
+                row[f'{name}_at_least'] = row['examples_per_s'] / torch_at_most[key]
     return rows
 
 
@@ -446,6 +346,17 @@ def _fmt(value: Any, spec: str = '.2f', suffix: str = '') -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return '–'
     return f'{value:{spec}}{suffix}'
+
+
+def _smaller_side(row: dict[str, Any]) -> bool:
+    return row.get('torch_size', row['size']) != row['size']
+
+
+def _ratio(row: dict[str, Any], name: str) -> str:
+    """A ratio cell: the ratio, or '> N x' where PyTorch's row gave only a bound."""
+    if row.get(name) is None and row.get(f'{name}_at_least'):
+        return f'> {row[f"{name}_at_least"]:.0f}x'
+    return _fmt(row.get(name), '.2f', 'x')
 
 
 def _kernels(row: dict[str, Any]) -> str:
@@ -500,7 +411,9 @@ def markdown_report(report: dict[str, Any]) -> str:
     for row in report['peak']:
         lines.append(
             f'| {row["dtype"]} | {row["size"]} | {_fmt(row.get("gflops"), ".1f")} | '
-            f'{_fmt(row.get("torch_gflops"), ".1f")} | '
+            f'{_fmt(row.get("torch_gflops"), ".1f")}'
+            + (f' (at {row["torch_size"]})' if _smaller_side(row) else '')
+            + ' | '
             f'{_fmt(at_end.get(row["dtype"]), ".1f")} |'
         )
     lines += [
@@ -534,18 +447,24 @@ def markdown_report(report: dict[str, Any]) -> str:
         if row.get('grad_accum_steps', 1) > 1:
             where += f' ({row["grad_accum_steps"]} micro)'
         if 'error' in row:
+            at_most = row.get('examples_per_s_at_most')
             lines.append(
                 f'| {row["model"]} | {row["dtype"]} | {row["framework"]} | {where} | | '
-                f'failed: {row["error"][:80]} | | | | | | | | | | |'
+                + (
+                    f'< {at_most:.2g} (no step ended in {row["step_s_at_least"]:.0f} s) | '
+                    f'> {row["step_s_at_least"] * 1e3:.0f} | | | | | | | | | |'
+                    if at_most
+                    else f'failed: {row["error"][:80]} | | | | | | | | | | |'
+                )
             )
             continue
         lines.append(
             f'| {row["model"]} | {row["dtype"]} | {row["framework"]} | {where} | '
             f'{row["params"]:,} | {row["examples_per_s"]:.1f} | {row["step_s"] * 1e3:.0f} | '
             f'{_fmt(row["cpu_s"] / row["step_s"] if row.get("cpu_s") else None, ".1f")} | '
-            f'{_fmt(row.get("mfu"), ".1%")} | {_fmt(row.get("vs_torch_eager"), ".2f", "x")} | '
-            f'{_fmt(row.get("vs_torch_compile"), ".2f", "x")} | '
-            f'{_fmt(row.get("vs_torch_eager_float32"), ".2f", "x")} | '
+            f'{_fmt(row.get("mfu"), ".1%")} | {_ratio(row, "vs_torch_eager")} | '
+            f'{_ratio(row, "vs_torch_compile")} | '
+            f'{_ratio(row, "vs_torch_eager_float32")} | '
             f'{_fmt(row.get("vs_torch_eager_same_malloc"), ".2f", "x")} | '
             f'{_fmt(row.get("compile_s"), ".1f")} | {_fmt(row.get("peak_rss_mib"), ".0f")} | '
             f'{_kernels(row)} |'

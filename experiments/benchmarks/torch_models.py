@@ -17,6 +17,7 @@ Imported only by the torch worker process (never with JAX, so its peak memory is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -214,6 +215,7 @@ def torch_train_step_row(
     device: str = 'cpu',
     steps_per_call: int = 1,
     seed: int = 0,
+    first_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Times the twin's train step on a fixed synthetic batch; a benchmark row (dict).
 
@@ -278,6 +280,8 @@ def torch_train_step_row(
             step()
         return step()
 
+    if first_step:  # announces the first step (a driver that stops a slow worker knows when)
+        first_step()
     first, times, cpu = time_steps(
         run, lambda loss: float(loss.detach()), steps=steps, warmup=warmup
     )
@@ -324,3 +328,15 @@ def torch_matmul_gflops(
     _, times, _ = time_steps(products, lambda c: float(c[0, 0]), steps=repeats, warmup=1)
     seconds = step_summary(1, 0.0, times)['step_s'] / products_per_call
     return matmul_flops(size) / seconds / 1e9
+
+
+def torch_peak_gflops(
+    size: int, dtype: str, budget_s: float = 60.0, probe: int = 256
+) -> tuple[float, int]:
+    """(GFLOP/s, side): PyTorch's rate on a (size x size) product, or on a smaller power-of-two
+    side where its kernels are so slow (bfloat16 without AVX-512: a reference loop) that six
+    products of `size` would take more than `budget_s` at the rate of a `probe`-side one."""
+    rate = torch_matmul_gflops(probe, dtype, repeats=3) * 1e9
+    while size > probe and 6 * matmul_flops(size) / rate > budget_s:
+        size //= 2
+    return torch_matmul_gflops(size, dtype, 5), size

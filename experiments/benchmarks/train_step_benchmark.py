@@ -32,7 +32,8 @@ instruction-set flags and each JAX row's choices with their reasons.
 
 Hardware and time: the 2-core CPU (AMD EPYC, AVX-512 with AVX512-BF16), jax 0.10.2, torch
 2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 27 worker processes, 7-11 minutes;
-`--torch=eager` saves ~1 minute; `--size=tiny` checks the plumbing in a few minutes.
+`--torch=eager` saves ~1 minute; `--size=tiny` checks the plumbing in a few minutes. On a CPU
+without AVX-512, PyTorch's bfloat16 steps take minutes: `--torch_timeout=150` bounds them.
 Expected (2026-12-08 01:00 UTC run with --rounds=2, docs/benchmarks.md, 21 minutes, on the
 slower host of 2026-12-07): peak ~190-205 GFLOP/s float32, ~400 bfloat16 (0.98x PyTorch's); JAX /
 PyTorch eager at the same dtype, 1 device / 2 devices: ResNet-18 1.19x / 1.14x float32,
@@ -66,10 +67,12 @@ from experiments.benchmarks.bench_common import (
     NOTES,
     ROW_MARKER,
     add_ratios,
+    announce_first_step,
     machine,
     markdown_report,
     model_spec,
     reach,
+    stopped_row,
     version,
     write_report,
 )
@@ -143,6 +146,9 @@ def define_flags() -> None:
         '(train/runtime.py).',
     )
     flags.DEFINE_integer('row_timeout', 900, 'Seconds before a worker is abandoned.')
+    flags.DEFINE_integer(
+        'torch_timeout', None, 'Seconds for a PyTorch worker (default --row_timeout): see NOTES.'
+    )
     flags.DEFINE_string('worker', None, 'Internal: run one row (JSON) and print it.')
 
 
@@ -156,11 +162,13 @@ def run_worker(job: dict[str, Any]) -> Any:
         rows = jax_peak_row(job['peak_size'], job['dtypes'])
         if job.get('torch'):
             try:
-                from experiments.benchmarks.torch_models import torch_matmul_gflops
+                from experiments.benchmarks.torch_models import torch_peak_gflops
             except ImportError:
                 return rows
             for row in rows:
-                row['torch_gflops'] = torch_matmul_gflops(job['peak_size'], row['dtype'], 5)
+                row['torch_gflops'], row['torch_size'] = torch_peak_gflops(
+                    job['peak_size'], row['dtype']
+                )
         return rows
     if kind == 'pipeline':
         return pipeline_rows(model_spec(job['model'], size), steps=max(job['steps'], 20))
@@ -204,7 +212,12 @@ def run_worker(job: dict[str, Any]) -> Any:
 
         mode = 'eager' if job['mode'] == TORCH_EAGER_SAME_MALLOC else job['mode']
         row = torch_train_step_row(
-            spec, dtype=job['dtype'], mode=mode, steps=job['steps'], warmup=job['warmup']
+            spec,
+            dtype=job['dtype'],
+            mode=mode,
+            steps=job['steps'],
+            warmup=job['warmup'],
+            first_step=announce_first_step,
         )
         return {**row, 'mode': job['mode'], 'malloc_env': malloc_env}
     raise ValueError(f'unknown job {kind!r}')
@@ -345,8 +358,10 @@ def run_in_subprocess(job: dict[str, Any], xla_flags: str | None, timeout: float
             timeout=timeout,
             cwd=Path(__file__).resolve().parents[2],
         )
-    except subprocess.TimeoutExpired:
-        return {'error': f'timed out after {timeout:.0f} s'}
+    except subprocess.TimeoutExpired as stopped:
+        torch = job['job'] == 'torch_step'
+        batch = model_spec(job['model'], job.get('size', 'full')).batch_size if torch else 0
+        return stopped_row(stopped.stdout, timeout, batch)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(ROW_MARKER):
             return json.loads(line[len(ROW_MARKER) :])
@@ -566,7 +581,13 @@ def main(argv: Sequence[str]) -> None:
     )
     report = run_benchmark(
         jobs,
-        lambda job: run_in_subprocess(job, FLAGS.xla_flags, FLAGS.row_timeout),
+        lambda job: run_in_subprocess(
+            job,
+            FLAGS.xla_flags,
+            FLAGS.torch_timeout or FLAGS.row_timeout
+            if job['job'] == 'torch_step'
+            else FLAGS.row_timeout,
+        ),
         command=command,
         xla_flags=FLAGS.xla_flags,
         log=lambda s: print(s, flush=True),
