@@ -252,3 +252,16 @@ def test_only_cpus_without_avx512_need_the_crash_workaround_flags():
     for cpu in (ZEN4, SAPPHIRE_RAPIDS, ONE_CORE, GRAVITON):
         assert runtime.required_xla_flags(cpu) == []
     assert _resolve(ZEN4, 'resnet18', runtime=dict(xla_flags='none')).xla_flags == ()
+
+
+def test_an_avx2_only_amd_epyc_takes_the_vit_extras_measured_there_too():
+    zen3 = dataclasses.replace(AVX2_LAPTOP, vendor='AuthenticAMD', model='AMD EPYC 7B13')
+    assert runtime.in_avx2_measured_class(zen3) and not runtime.in_avx2_measured_class(AVX2_LAPTOP)
+    vit = _resolve(zen3, batch_size=128)
+    fusions = vit.xla_flags[0].split('=')[1].split(',')
+    assert fusions == ['-individual_convolution', '-individual_dot', '-dot', '-reduce']
+    assert vit.reason('xla_flags').startswith(f'measured on {runtime.AVX2_MEASURED_CLASS} too')
+    assert _resolve(zen3, batch_size=128, dtype='bfloat16').xla_flags == (
+        f'{DEFAULT_FLAGS[0]},-reduce',
+    )
+    assert _resolve(AVX2_LAPTOP, batch_size=128).xla_flags == (f'{DEFAULT_FLAGS[0]},-reduce',)

@@ -54,6 +54,9 @@ XLA_FLAG_CHOICES = ('auto', 'none')
 MALLOC_CHOICES = ('auto', 'default', 'heap')
 MEASURED_JAXLIB = ('0.10.',)
 MEASURED_CPU_CLASS = 'AMD Zen (avx512_bf16, no AMX)'
+# Where the per-family YNNPACK extras were measured again (ViT-Ti/4 float32, dot products off
+# YNNPACK: 2.93-3.21 -> 2.53-2.93 s per step, 2026-12-08, an AVX2-only AMD EPYC).
+AVX2_MEASURED_CLASS = 'AMD Zen (avx2, no AVX-512)'
 
 # Convolutions off YNNPACK for every model (XLA's own convolutions are faster on these shapes);
 # float32 ViTs on the measured class also take dot products off it.
@@ -169,6 +172,12 @@ def _unmeasured(cpu: Cpu) -> str:
     return f'{class_mismatch(cpu)}, not the measured {MEASURED_CPU_CLASS}'
 
 
+def in_avx2_measured_class(cpu: Cpu) -> bool:
+    """Whether `cpu` is of the AVX2-only AMD class the per-family YNNPACK extras were measured
+    on as well (AVX2_MEASURED_CLASS)."""
+    return cpu.vendor == 'AuthenticAMD' and cpu.has('avx2') and not cpu.has('avx512f')
+
+
 def crashing_ynn_fusions(cpu: Cpu) -> tuple[str, ...]:
     """The YNNPACK fusion types that crash on `cpu` (CRASHING_YNN_FUSIONS on x86-64 without
     AVX-512; none elsewhere)."""
@@ -193,16 +202,26 @@ def xla_flag_preset(cpu: Cpu, family: str | None, dtype: str) -> Choice:
         )
     if cpu.x86_64:
         off = crashing_ynn_fusions(cpu)
-        fusion = ','.join([DEFAULT_YNN_FUSION, *(f'-{f}' for f in off)])
         crash = (
             f'; {", ".join(off)} fusions off YNNPACK too (they crash without AVX-512)'
             if off
             else ''
         )
-        return [f'{YNN_FUSION_FLAG}={fusion}'], (
-            f'{_unmeasured(cpu)}: the x86-64 preset, convolutions off YNNPACK{crash}; the '
-            'per-family extras only on the measured class'
+        extra = in_avx2_measured_class(cpu) and (family, dtype) in YNN_FUSION_BY_FAMILY_AND_DTYPE
+        fusion = ','.join(
+            [
+                YNN_FUSION_BY_FAMILY_AND_DTYPE[(family, dtype)] if extra else DEFAULT_YNN_FUSION,
+                *(f'-{f}' for f in off),
+            ]
         )
+        why = (
+            f'measured on {AVX2_MEASURED_CLASS} too: YNNPACK fusions {fusion} fastest for '
+            f'({family}, {dtype}){crash}'
+            if extra
+            else f'{_unmeasured(cpu)}: the x86-64 preset, convolutions off YNNPACK{crash}; the '
+            'per-family extras only on the measured classes'
+        )
+        return [f'{YNN_FUSION_FLAG}={fusion}'], why
     return [], f"{_unmeasured(cpu)}: XLA's default fusions (the presets are x86-64 measurements)"
 
 
