@@ -32,10 +32,10 @@ instruction-set flags and each JAX row's choices with their reasons.
 
 Hardware and time: the 2-core CPU (AMD EPYC, AVX-512 with AVX512-BF16), jax 0.10.2, torch
 2.13.0 (CPU wheel: `pip install -e '.[benchmark]'`). 27 worker processes, 7-11 minutes;
-`--torch=eager` saves ~1 minute; `--size=tiny` checks the plumbing in a few minutes. On a CPU
-without AVX-512, PyTorch's bfloat16 steps take minutes: `--torch_timeout=150` bounds them.
-Expected (2026-12-08 01:00 UTC run with --rounds=2, docs/benchmarks.md, 21 minutes, on the
-slower host of 2026-12-07): peak ~190-205 GFLOP/s float32, ~400 bfloat16 (0.98x PyTorch's); JAX /
+`--torch=eager` saves ~1 minute; `--size=tiny` checks the plumbing in a few minutes. Zen 3 AVX2
+host (docs/benchmarks.md, 18 min with `--torch_timeout=150`): float32 0.73-1.00x, bfloat16 > 30x.
+Expected (2026-12-08 01:00 UTC run with --rounds=2, docs/benchmarks_epyc_avx512.md, 21 minutes,
+on the slower AVX-512 host): peak ~190-205 GFLOP/s float32, ~400 bfloat16 (0.98x PyTorch's); JAX /
 PyTorch eager at the same dtype, 1 device / 2 devices: ResNet-18 1.19x / 1.14x float32,
 0.97x / 1.03x bfloat16; ViT-Ti/4 1.02x / 1.01x and 1.06x / 1.18x; LSTM 1.07x / 0.95x and
 0.90x / 0.76x; ViT float32 MFU 69%. Single runs of that host spread by about 10% per ratio
