@@ -54,8 +54,7 @@ XLA_FLAG_CHOICES = ('auto', 'none')
 MALLOC_CHOICES = ('auto', 'default', 'heap')
 MEASURED_JAXLIB = ('0.10.',)
 MEASURED_CPU_CLASS = 'AMD Zen (avx512_bf16, no AMX)'
-# Where the per-family YNNPACK extras were measured again (ViT-Ti/4 float32, dot products off
-# YNNPACK: 2.93-3.21 -> 2.53-2.93 s per step, 2026-12-08, an AVX2-only AMD EPYC).
+# Where the per-family YNNPACK extras measured faster as well (docs/speed.md, the AVX2-only EPYC).
 AVX2_MEASURED_CLASS = 'AMD Zen (avx2, no AVX-512)'
 
 # Convolutions off YNNPACK for every model (XLA's own convolutions are faster on these shapes);
@@ -64,9 +63,8 @@ DEFAULT_YNN_FUSION = '-individual_convolution'
 YNN_FUSION_BY_FAMILY_AND_DTYPE = {
     ('vit', 'float32'): '-individual_convolution,-individual_dot,-dot',
 }
-# YNNPACK's reduce fusions crash on x86-64 CPUs without AVX-512 under jaxlib 0.10 (a segfault in
-# their transpose, every time, in a deformable ResNet's train step on an AVX2-only AMD EPYC):
-# there reductions stay XLA's, whatever else the preset says.
+# YNNPACK's reduce fusions segfault on x86-64 CPUs without AVX-512 under jaxlib 0.10 (in their
+# transpose; docs/speed.md): there reductions stay XLA's, whatever else the preset says.
 CRASHING_YNN_FUSIONS = ('reduce',)
 # glibc malloc: one arena, no mmap for large blocks, never trim the heap (64 GiB threshold).
 MALLOC_ENV = {

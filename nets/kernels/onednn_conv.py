@@ -11,7 +11,8 @@ jaxlib's FFI headers, once per source/jaxlib version, into a cache directory, an
 
 `nets.kernels.conv` sends 2-D float32/bfloat16 convolutions here on the CPU, grouped ones
 (feature_group_count) included, when the kernel switch (`nets.kernels.switch`: conv 'auto' or
-'onednn') asks for them and `available()`; elsewhere (GPU, TPU, other ranks and dtypes, dilated
+'onednn') asks for them and `available()`, bfloat16 ones where this CPU has oneDNN's bfloat16
+kernels (`runnable_dtypes`: AVX-512 and up); elsewhere (GPU, TPU, other ranks and dtypes, dilated
 kernels) convolutions stay XLA's. `available()` builds the library on first use (a few seconds
 with g++); the trainer calls it before tracing (`train.runtime.apply`). XLA's FLOP count sees
 custom calls as free, so FLOP counts (`nets.tools.flops`) trace with XLA's convolutions.

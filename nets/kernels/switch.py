@@ -13,7 +13,8 @@ builds the oneDNN library before anything is traced, so tracing never runs a com
 Choices:
   conv       'auto'   oneDNN's kernels for 2-D float32/bfloat16 convolutions, grouped ones
                       included, on the CPU where the library builds
-                      (nets/kernels/onednn_conv.py), XLA's elsewhere
+                      (nets/kernels/onednn_conv.py), XLA's elsewhere; bfloat16 only where
+                      the CPU has oneDNN's bfloat16 kernels (AVX-512 and up), with 'onednn' too
              'onednn' oneDNN's on the CPU; an error where the library cannot be built
              'xla'    XLA's own convolutions everywhere
   matmul     'auto'   oneDNN's kernels for the large bfloat16 products without batch axes
