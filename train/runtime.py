@@ -20,11 +20,10 @@ and summary.json.
                     same update, computed in pieces whose activations stay in the caches)
 
 How 'auto' chooses on a CPU (`train.host_cpu.Cpu`: vendor, model, instruction-set flags, cores,
-L2/L3 sizes): on the CPU class the choices were measured on (`MEASURED_CPU_CLASS`: AMD, AVX512-
-BF16, no AMX) the per-family tables below; on any other CPU, rules from its properties
-(`xla_flag_preset`, `conv_backend_choice`, `matmul_backend_choice`, `malloc_choice`,
-`micro_batch_choice`), each
-returning (value, reason) with the reason naming the property that decided. XLA flags,
+L2/L3 sizes): on the measured class (`MEASURED_CPU_CLASS`: AMD, AVX512-BF16, no AMX) the
+per-family tables below; elsewhere rules from its properties (`xla_flag_preset`,
+`conv_backend_choice`, `matmul_backend_choice`, `malloc_choice`, `micro_batch_choice`), each
+returning (value, reason) naming the property that decided (`required_xla_flags` too). XLA flags,
 allocator settings and micro-batches apply only with the jaxlib release they were measured on
 (`MEASURED_JAXLIB`): an unknown XLA flag aborts XLA at start, and experimental flags come and
 go. GPUs and TPUs take none of them.
@@ -171,20 +170,17 @@ def _unmeasured(cpu: Cpu) -> str:
 
 
 def in_avx2_measured_class(cpu: Cpu) -> bool:
-    """Whether `cpu` is of the AVX2-only AMD class the per-family YNNPACK extras were measured
-    on as well (AVX2_MEASURED_CLASS)."""
+    """Whether `cpu` is of AVX2_MEASURED_CLASS."""
     return cpu.vendor == 'AuthenticAMD' and cpu.has('avx2') and not cpu.has('avx512f')
 
 
 def crashing_ynn_fusions(cpu: Cpu) -> tuple[str, ...]:
-    """The YNNPACK fusion types that crash on `cpu` (CRASHING_YNN_FUSIONS on x86-64 without
-    AVX-512; none elsewhere)."""
+    """The YNNPACK fusions that crash on `cpu`: CRASHING_YNN_FUSIONS on x86-64 without AVX-512."""
     return CRASHING_YNN_FUSIONS if cpu.x86_64 and not cpu.has('avx512f') else ()
 
 
 def required_xla_flags(cpu: Cpu) -> list[str]:
-    """The XLA flags without which programs crash on `cpu` (every process here needs them, the
-    tests' too; the presets include them)."""
+    """The XLA flags without which programs crash on `cpu` (the presets include them)."""
     off = crashing_ynn_fusions(cpu)
     return [f'{YNN_FUSION_FLAG}=' + ','.join(f'-{fusion}' for fusion in off)] if off else []
 
@@ -200,25 +196,18 @@ def xla_flag_preset(cpu: Cpu, family: str | None, dtype: str) -> Choice:
         )
     if cpu.x86_64:
         off = crashing_ynn_fusions(cpu)
-        crash = (
-            f'; {", ".join(off)} fusions off YNNPACK too (they crash without AVX-512)'
-            if off
-            else ''
-        )
         extra = in_avx2_measured_class(cpu) and (family, dtype) in YNN_FUSION_BY_FAMILY_AND_DTYPE
-        fusion = ','.join(
-            [
-                YNN_FUSION_BY_FAMILY_AND_DTYPE[(family, dtype)] if extra else DEFAULT_YNN_FUSION,
-                *(f'-{f}' for f in off),
-            ]
-        )
+        base = YNN_FUSION_BY_FAMILY_AND_DTYPE[(family, dtype)] if extra else DEFAULT_YNN_FUSION
+        fusion = ','.join([base, *(f'-{f}' for f in off)])
         why = (
             f'measured on {AVX2_MEASURED_CLASS} too: YNNPACK fusions {fusion} fastest for '
-            f'({family}, {dtype}){crash}'
+            f'({family}, {dtype})'
             if extra
-            else f'{_unmeasured(cpu)}: the x86-64 preset, convolutions off YNNPACK{crash}; the '
+            else f'{_unmeasured(cpu)}: the x86-64 preset, convolutions off YNNPACK; the '
             'per-family extras only on the measured classes'
         )
+        if off:
+            why += f'; {", ".join(off)} fusions off YNNPACK too (they crash without AVX-512)'
         return [f'{YNN_FUSION_FLAG}={fusion}'], why
     return [], f"{_unmeasured(cpu)}: XLA's default fusions (the presets are x86-64 measurements)"
 
@@ -344,8 +333,7 @@ def cpu_choices(
 def cpu_xla_flags(
     family: str | None = None, dtype: str = 'float32', cpu: Cpu | None = None
 ) -> list[str]:
-    """The XLA CPU flags for a model of `family` computing in `dtype` on `cpu` (None: this
-    machine's CPU)."""
+    """The XLA CPU flags for a `family` model in `dtype` on `cpu` (None: this machine's CPU)."""
     return xla_flag_preset(cpu or this_cpu(), family, dtype)[0]
 
 
@@ -411,9 +399,8 @@ def resolve(config: ml_collections.ConfigDict, host: Host) -> Runtime:
     if block.xla_flags == 'none':
         required = [f for f in required_xla_flags(cpu) if f.split('=')[0] not in host.xla_flags]
         flags += required if tuned else []
-        reasons['xla_flags'] = 'config.runtime.xla_flags=none' + (
-            f' (kept, or programs crash here: {required})' if tuned and required else ''
-        )
+        kept = f' (kept, or programs crash here: {required})' if tuned and required else ''
+        reasons['xla_flags'] = f'config.runtime.xla_flags=none{kept}'
     elif tuned:
         preset, why = xla_flag_preset(cpu, family, dtype)
         own = [f for f in preset if f.split('=')[0] not in host.xla_flags]
