@@ -208,8 +208,17 @@ def runs(dtype: jnp.dtype, backend: str) -> bool:
     if jnp.dtype(dtype) in runnable_dtypes():
         return True
     if backend == 'onednn':
-        _warn_once(f'oneDNN has no {jnp.dtype(dtype).name} kernels on this CPU (AVX-512 and up)')
+        _warn_dtype_once(jnp.dtype(dtype).name)
     return False
+
+
+@functools.cache
+def _warn_dtype_once(dtype: str) -> None:
+    # Products and convolutions alike: the switch asked for oneDNN, XLA's kernels run instead.
+    logging.warning(
+        "oneDNN has no %s kernels on this CPU (AVX-512 and up): XLA's run that work instead",
+        dtype,
+    )
 
 
 @functools.cache
